@@ -1,0 +1,56 @@
+"""One exception tree for the whole project.
+
+Every error a user can cause or act on is an :class:`AragogError`. CLIs print its
+message on one or two lines and exit with status 2; the server maps each subclass to
+one HTTP status (see ``aragog_jax.serving``). Transport exceptions are mapped at one
+boundary and re-raised ``from exc`` so the cause stays visible in logs.
+"""
+
+from __future__ import annotations
+
+
+class AragogError(Exception):
+    """Base of every error aragog_jax raises on purpose."""
+
+
+class SpecError(AragogError, ValueError):
+    """A spec file (workflow, model cards, engine profile, fleet) is invalid.
+
+    The message names the file, the field and the offending value.
+    """
+
+
+class SpaceTooLargeError(SpecError):
+    """A configuration space is larger than the dense-enumeration limit."""
+
+
+class DatasetError(AragogError, ValueError):
+    """An accuracy dataset or an input row is malformed or does not match its workflow."""
+
+
+class CheckpointError(AragogError, ValueError):
+    """A router checkpoint is unreadable or was trained for another configuration space."""
+
+
+class SchedulerError(AragogError, ValueError):
+    """An invalid call into the scheduler state machine (unknown request, double finish, ...)."""
+
+
+class UpstreamError(AragogError):
+    """An engine (vLLM, SGLang, emulated) failed: connection error, 5xx, malformed reply."""
+
+
+class UpstreamTimeout(UpstreamError):
+    """An engine did not answer within its timeout."""
+
+
+class NoViableConfigurationError(AragogError):
+    """No admitted configuration is left for a request (every option failed)."""
+
+
+class OverloadedError(AragogError):
+    """The meta-queue is full; the caller should retry later."""
+
+
+class DeadlineExceededError(AragogError):
+    """A request ran past its deadline."""
