@@ -8,5 +8,24 @@ from aragog_jax.data._dataset import (
     load_dataset,
     save_dataset,
 )
+from aragog_jax.data._synth import (
+    DEFAULT_TARGET_ACCURACY,
+    SynthParams,
+    generate,
+    stage_roles,
+    viability_stats,
+)
 
-__all__ = ["FORMAT", "SPLITS", "AccuracyDataset", "accurate_labels", "load_dataset", "save_dataset"]
+__all__ = [
+    "DEFAULT_TARGET_ACCURACY",
+    "FORMAT",
+    "SPLITS",
+    "AccuracyDataset",
+    "SynthParams",
+    "accurate_labels",
+    "generate",
+    "load_dataset",
+    "save_dataset",
+    "stage_roles",
+    "viability_stats",
+]

@@ -1,0 +1,367 @@
+"""Seeded synthetic accuracy data for any workflow over any model pool.
+
+Real labels need real LLM runs. Until a user labels their own data, the router,
+scheduler and simulator train and run on data from this generator. It reproduces what
+the Aragog paper reports about real workflows, and no more:
+
+* ``c_max`` (largest model everywhere) is right on a calibrated fraction of inputs (the
+  workflow's ``target_accuracy[family]``),
+* many configurations are as accurate as ``c_max`` on an input, with easy inputs
+  (nearly every configuration right) and hard ones (only large models right) in between,
+* later stages repair earlier errors (a large refine/aggregate model fixes a weak draft),
+* accuracy is near-monotone in model size,
+* the input text carries learnable but noisy signal about difficulty and about which
+  stage is critical.
+
+The model (``profiles/datasets/README.md`` has the long version with the numbers):
+
+1. **Inputs.** Input n has a latent difficulty ``d[n] ~ N(0, 1)`` and one critical
+   *role* ``r[n]`` (stages with the same upstream stages and the same prompt up to
+   digits, e.g. the four voters, form one role). Stage s of input n has difficulty
+   ``h[n, s] = d[n] + critical_offset * ([role(s) == r[n]] - 1 / num_roles)``.
+2. **Skills.** Model m has skill
+   ``a[m] = -skill_per_doubling * log2(p_max / p[m]) ** skill_exponent`` (0 for the
+   largest model of the pool; concave, so a 20x smaller model is not 20x worse). Model m at stage s solves its part with
+   quality ``k[n, s, m] = a[m] - h[n, s] + luck``, where ``luck`` is a per
+   (input, role, model) normal (the same model on the same input errs the same way in
+   parallel voters) plus a smaller per (input, stage, model) normal.
+3. **Propagation (repair).** In topological order a stage's quality is
+   ``q = u + repair_up * max(k - u, 0) - repair_down * max(u - k, 0)`` where ``u`` is the
+   quality it receives (source stages: ``q = k``; several upstream stages:
+   ``u = (1 - w) * mean + w * max`` of their qualities). A strong late model lifts a weak
+   draft most of the way to its own level; a weak late model spoils a good draft only a
+   little. ``q`` is monotone in every stage's skill.
+4. **Scores.** The workflow's quality ``Q[n, c]`` is the mean over sink stages. The
+   score is ``1[Q > tau]`` (binary metrics), with one threshold ``tau`` per dataset
+   chosen between two sorted values of ``Q[:, c_max]`` so that ``c_max`` is right on
+   exactly ``round(target * N)`` inputs.
+5. **Text.** A bag of pseudo-words: difficulty words whose level is a noisy function of
+   ``d[n]``, words of the critical role (mostly) or other roles, and Zipf-distributed
+   filler words. The router can recover ``d`` and ``r`` roughly, never the luck terms.
+6. **Tokens.** Per stage ``(input, output)`` tokens vary log-normally around the stage's
+   expected counts; inputs share a length factor (also the text's length) and harder
+   inputs produce longer outputs.
+7. **Splits.** A seeded permutation: 60 % train, 20 % calibration, 20 % test.
+
+Random streams are keyed by (seed, workflow name, purpose[, model, stage/role]), so the
+same workflow and seed give the same texts, difficulties, tokens and splits for every
+model family, and one model's luck on an input is the same in every pool it is part of.
+"""
+
+from __future__ import annotations
+
+import re
+import zlib
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from aragog_jax.data._dataset import SPLITS, AccuracyDataset, accurate_labels
+from aragog_jax.errors import DatasetError
+from aragog_jax.space import ConfigSpace
+from aragog_jax.spec import WorkflowSpec
+
+GENERATOR_NAME = "aragog_jax.synth"
+GENERATOR_VERSION = 1
+#: Accuracy of c_max used when the workflow has no ``target_accuracy`` for the family.
+DEFAULT_TARGET_ACCURACY = 0.75
+#: Configurations processed at once when computing scores (bounds memory at N x chunk).
+_CONFIG_CHUNK = 4096
+
+
+@dataclass(frozen=True)
+class SynthParams:
+    """Knobs of the generator model (see the module docstring); defaults ship the data."""
+
+    skill_per_doubling: float = 0.8
+    skill_exponent: float = 0.6
+    critical_offset: float = 0.6
+    role_luck_sd: float = 0.22
+    stage_luck_sd: float = 0.08
+    repair_up: float = 0.6
+    repair_down: float = 0.25
+    upstream_max_weight: float = 0.5
+    # text
+    num_levels: int = 8
+    words_per_level: int = 14
+    words_per_role: int = 12
+    num_filler_words: int = 300
+    mean_words: float = 26.0
+    difficulty_word_share: float = 0.3
+    role_word_share: float = 0.12
+    critical_role_word_prob: float = 0.75
+    level_noise_sd: float = 1.1
+    # tokens
+    length_sd: float = 0.25
+    stage_token_sd: float = 0.1
+    output_token_sd: float = 0.25
+    output_difficulty_slope: float = 0.1
+    # splits
+    split_fractions: tuple[float, float, float] = (0.6, 0.2, 0.2)
+
+
+def _key(x: str) -> int:
+    return zlib.crc32(x.encode("utf-8"))
+
+
+def _rng(seed: int, *keys: str) -> np.random.Generator:
+    return np.random.default_rng(np.random.SeedSequence([int(seed) & 0xFFFFFFFF, *(_key(k) for k in keys)]))
+
+
+def stage_roles(workflow: WorkflowSpec) -> list[int]:
+    """Role id per stage: stages with equal upstream lists and prompts (digits ignored) share a role."""
+    keys: dict[tuple, int] = {}
+    roles = []
+    for s in workflow.stage:
+        k = (tuple(sorted(re.sub(r"\d+", "#", u) for u in s.upstream)), re.sub(r"\d+", "#", s.prompt))
+        roles.append(keys.setdefault(k, len(keys)))
+    return roles
+
+
+def resolve_target(workflow: WorkflowSpec, family: str | None, target: float | None) -> float:
+    """The c_max accuracy to calibrate to: explicit ``target``, else the workflow's figure, else the default."""
+    if target is not None:
+        t = float(target)
+    elif family is not None and family in workflow.target_accuracy:
+        t = float(workflow.target_accuracy[family])
+    else:
+        t = DEFAULT_TARGET_ACCURACY
+    if not 0.0 <= t <= 1.0:
+        raise DatasetError(f"{workflow.name}: target accuracy {t} is not in [0, 1]")
+    return t
+
+
+# ----------------------------------------------------------------------------- text
+
+
+_ONSETS = ("b", "d", "f", "g", "k", "l", "m", "n", "p", "r", "s", "t", "v", "z", "ch", "sh", "tr", "pl", "gr", "st")
+_VOWELS = ("a", "e", "i", "o", "u", "ai", "ou")
+
+
+def _vocabulary(workflow: WorkflowSpec, num_roles: int, p: SynthParams) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Distinct pseudo-words: (levels[L, W], roles[R, W], filler[F]); fixed per workflow name, not per seed."""
+    rng = _rng(0, "vocabulary", workflow.name)
+    need = p.num_levels * p.words_per_level + num_roles * p.words_per_role + p.num_filler_words
+    words: dict[str, None] = {}
+    while len(words) < need:
+        n_syl = int(rng.integers(2, 4))
+        w = "".join(_ONSETS[int(rng.integers(len(_ONSETS)))] + _VOWELS[int(rng.integers(len(_VOWELS)))] for _ in range(n_syl))
+        if rng.random() < 0.3:
+            w += "n"
+        words.setdefault(w, None)
+    arr = np.array(list(words), dtype=object)
+    a = p.num_levels * p.words_per_level
+    b = a + num_roles * p.words_per_role
+    return arr[:a].reshape(p.num_levels, p.words_per_level), arr[a:b].reshape(num_roles, p.words_per_role), arr[b:]
+
+
+def _texts(
+    workflow: WorkflowSpec, seed: int, difficulty: np.ndarray, critical: np.ndarray, length: np.ndarray, num_roles: int, p: SynthParams
+) -> list[str]:
+    levels, role_words, filler = _vocabulary(workflow, num_roles, p)
+    rng = _rng(seed, workflow.name, "text")
+    n = difficulty.shape[0]
+    num_words = np.clip(np.rint(p.mean_words * np.exp(0.3 * length)), 8, 80).astype(np.int64)
+    # Difficulty level centre: the input's difficulty quantile under N(0, 1), mapped onto [0, L-1].
+    centre = (np.clip(difficulty, -2.5, 2.5) + 2.5) / 5.0 * (p.num_levels - 1)
+    zipf = 1.0 / np.arange(1, filler.shape[0] + 1, dtype=np.float64)
+    zipf /= zipf.sum()
+    texts = []
+    for i in range(n):
+        k = int(num_words[i])
+        kind = rng.random(k)
+        lv = np.clip(np.rint(centre[i] + p.level_noise_sd * rng.standard_normal(k)), 0, p.num_levels - 1).astype(np.int64)
+        which = rng.integers(0, p.words_per_level, size=k)
+        other_role = rng.integers(0, num_roles, size=k)
+        role = np.where(rng.random(k) < p.critical_role_word_prob, critical[i], other_role)
+        rw = rng.integers(0, p.words_per_role, size=k)
+        fw = rng.choice(filler.shape[0], size=k, p=zipf)
+        out = []
+        for j in range(k):
+            if kind[j] < p.difficulty_word_share:
+                out.append(levels[lv[j], which[j]])
+            elif kind[j] < p.difficulty_word_share + p.role_word_share:
+                out.append(role_words[role[j], rw[j]])
+            else:
+                out.append(filler[fw[j]])
+        texts.append(" ".join(out).capitalize() + "?")
+    return texts
+
+
+# ----------------------------------------------------------------------------- scores
+
+
+def _quality(
+    space: ConfigSpace, k: np.ndarray, sinks: list[int], order: list[int], p: SynthParams, configs: np.ndarray
+) -> np.ndarray:
+    """float64[N, C'] workflow quality of ``configs`` (int32[C', S]) given per-stage skills k[N, S, M]."""
+    q: dict[int, np.ndarray] = {}
+    for s in order:
+        ks = k[:, s, :][:, configs[:, s]]  # [N, C']
+        ups = space.upstream[s]
+        if not ups:
+            q[s] = ks
+            continue
+        if len(ups) == 1:
+            u = q[ups[0]]
+        else:
+            stack = np.stack([q[x] for x in ups])
+            u = (1.0 - p.upstream_max_weight) * stack.mean(axis=0) + p.upstream_max_weight * stack.max(axis=0)
+        q[s] = u + p.repair_up * np.maximum(ks - u, 0.0) - p.repair_down * np.maximum(u - ks, 0.0)
+    return np.mean(np.stack([q[s] for s in sinks]), axis=0)
+
+
+def generate(
+    space: ConfigSpace,
+    workflow: WorkflowSpec,
+    num_inputs: int = 200,
+    seed: int = 0,
+    *,
+    family: str | None = None,
+    target: float | None = None,
+    params: SynthParams | None = None,
+) -> AccuracyDataset:
+    """A synthetic accuracy dataset for ``workflow`` over ``space``'s model pool.
+
+    Args:
+      space: the configuration space (``build_space(workflow, pool)``).
+      workflow: the workflow the space was built from.
+      num_inputs: N, number of inputs (>= 1).
+      seed: seeds every random stream (with the workflow name).
+      family: family name, used to look up ``workflow.target_accuracy`` and stored in meta.
+      target: c_max accuracy to calibrate to; overrides the workflow's figure.
+      params: generator knobs; default :class:`SynthParams()`.
+
+    Returns:
+      An :class:`AccuracyDataset` with binary float32 scores[N, C] where ``c_max`` is right
+      on exactly ``round(target * N)`` inputs.
+    """
+    p = params or SynthParams()
+    if space.workflow != workflow.name or list(space.stage_names) != workflow.stage_names:
+        raise DatasetError(f"space is for workflow {space.workflow!r}, not {workflow.name!r}")
+    n = int(num_inputs)
+    if n < 1:
+        raise DatasetError(f"num_inputs: need at least 1 input, got {num_inputs}")
+    tgt = resolve_target(workflow, family, target)
+    wf = workflow.name
+    num_stages = space.num_stages
+
+    roles = stage_roles(workflow)
+    num_roles = max(roles) + 1
+    role_key = {}
+    for s, r in enumerate(roles):
+        role_key.setdefault(r, workflow.stage[s].name)
+
+    # 1. inputs
+    difficulty = _rng(seed, wf, "difficulty").standard_normal(n)
+    critical = _rng(seed, wf, "critical").integers(0, num_roles, size=n)
+    length = _rng(seed, wf, "length").standard_normal(n)
+    is_crit = (np.asarray(roles)[None, :] == critical[:, None]).astype(np.float64)  # [N, S]
+    h = difficulty[:, None] + p.critical_offset * (is_crit - 1.0 / num_roles)
+
+    # 2. skills: one luck stream per (model, role) and per (model, stage), keyed by names.
+    params_ = space.model_params
+    skill = -p.skill_per_doubling * np.log2(params_.max() / params_) ** p.skill_exponent
+    k = np.empty((n, num_stages, space.num_models), dtype=np.float64)
+    for m, name in enumerate(space.model_names):
+        role_luck = {r: _rng(seed, wf, "luck", name, key).standard_normal(n) for r, key in role_key.items()}
+        for s in range(num_stages):
+            own = _rng(seed, wf, "stage-luck", name, workflow.stage[s].name).standard_normal(n)
+            k[:, s, m] = skill[m] - h[:, s] + p.role_luck_sd * role_luck[roles[s]] + p.stage_luck_sd * own
+
+    # 3-4. quality and calibrated threshold
+    order = [int(s) for s in space.topo_order]
+    sinks = [s for s in range(num_stages) if int(space.stage_depth[s]) == 0]
+    q_max = _quality(space, k, sinks, order, p, space.configs[space.c_max : space.c_max + 1])[:, 0]
+    num_right = int(np.floor(tgt * n + 0.5))
+    srt = np.sort(q_max)[::-1]
+    if num_right <= 0:
+        tau = float(srt[0]) + 1.0
+    elif num_right >= n:
+        tau = float(srt[-1]) - 1.0
+    else:
+        tau = float(0.5 * (srt[num_right - 1] + srt[num_right]))
+    scores = np.empty((n, space.num_configs), dtype=np.float32)
+    for lo in range(0, space.num_configs, _CONFIG_CHUNK):
+        cfg = space.configs[lo : lo + _CONFIG_CHUNK]
+        scores[:, lo : lo + cfg.shape[0]] = _quality(space, k, sinks, order, p, cfg) > tau
+
+    # 5. text, 6. tokens, 7. splits
+    texts = _texts(workflow, seed, difficulty, critical, length, num_roles, p)
+    trng = _rng(seed, wf, "tokens")
+    exp_tok = space.stage_tokens.astype(np.float64)  # [S, 2]
+    tin = exp_tok[None, :, 0] * np.exp(p.length_sd * length[:, None] + p.stage_token_sd * trng.standard_normal((n, num_stages)))
+    tout = exp_tok[None, :, 1] * np.exp(
+        p.output_token_sd * trng.standard_normal((n, num_stages)) + p.output_difficulty_slope * difficulty[:, None]
+    )
+    tokens = np.stack([tin, tout], axis=-1)
+    tokens = np.where(exp_tok[None] > 0, np.maximum(np.rint(tokens), 1), 0).astype(np.int32)
+
+    perm = _rng(seed, wf, "splits").permutation(n)
+    num_train = int(np.floor(p.split_fractions[0] * n + 0.5))
+    num_cal = int(np.floor(p.split_fractions[1] * n + 0.5))
+    split_of = np.empty(n, dtype=object)
+    split_of[perm[:num_train]] = SPLITS[0]
+    split_of[perm[num_train : num_train + num_cal]] = SPLITS[1]
+    split_of[perm[num_train + num_cal :]] = SPLITS[2]
+
+    width = len(str(n - 1))
+    meta = {
+        "workflow": wf,
+        "family": family or "",
+        "fingerprint": space.fingerprint(),
+        "stage_names": list(space.stage_names),
+        "model_names": list(space.model_names),
+        "source": "synthetic",
+        "seed": int(seed),
+        "generator": {
+            "name": GENERATOR_NAME,
+            "version": GENERATOR_VERSION,
+            "params": {k_: list(v) if isinstance(v, tuple) else v for k_, v in asdict(p).items()},
+            "target_accuracy": tgt,
+            "threshold": tau,
+            "c_max_accuracy": num_right / n,
+            "stage_roles": roles,
+        },
+    }
+    return AccuracyDataset(
+        ids=[f"{wf}-{i:0{width}d}" for i in range(n)],
+        texts=texts,
+        splits=[str(x) for x in split_of],
+        tokens=tokens,
+        scores=scores,
+        meta=meta,
+    )
+
+
+# ----------------------------------------------------------------------------- statistics
+
+
+def viability_stats(scores: np.ndarray, c_max: int, config_flops: np.ndarray | None = None) -> dict:
+    """Summary of how many configurations are accurate per input (the router's headroom).
+
+    Returns a dict with ``c_max_accuracy``; over inputs where c_max is right:
+    ``viable_frac_mean`` and quartiles ``viable_frac_q10/q25/q50/q75/q90`` (fraction of
+    configurations accurate), ``cheapest_not_cmax`` (fraction of those inputs whose
+    cheapest accurate configuration is not c_max); ``all_accurate_frac`` (inputs where
+    every configuration is accurate, c_max failures included); and, with
+    ``config_flops``, ``oracle_flops_ratio`` (mean FLOPs of the cheapest accurate
+    configuration over c_max's FLOPs, all inputs).
+    """
+    scores = np.asarray(scores, dtype=np.float32)
+    lab = accurate_labels(scores, c_max)
+    right = scores[:, c_max] > 0.5
+    frac = lab.mean(axis=1)
+    fr = frac[right] if right.any() else np.ones(1)
+    first = lab.argmax(axis=1)  # configs ascend in FLOPs, so the first accurate one is the cheapest
+    out = {
+        "c_max_accuracy": float(right.mean()),
+        "viable_frac_mean": float(fr.mean()),
+        **{f"viable_frac_q{q}": float(np.quantile(fr, q / 100)) for q in (10, 25, 50, 75, 90)},
+        "cheapest_not_cmax": float((first[right] != c_max).mean()) if right.any() else 0.0,
+        "all_accurate_frac": float(lab.all(axis=1).mean()),
+    }
+    if config_flops is not None:
+        f = np.asarray(config_flops, dtype=np.float64)
+        out["oracle_flops_ratio"] = float((f[first] / f[c_max]).mean())
+    return out
