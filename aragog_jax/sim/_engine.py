@@ -1,0 +1,234 @@
+"""A continuous-batching engine on a virtual clock, built from an engine profile.
+
+The model (what a vLLM-style engine does, at iteration granularity):
+
+* Sequences wait in a FIFO queue and join the running batch at an iteration boundary
+  while the batch has fewer than ``max_batch`` sequences (the profile's saturation
+  batch) and the KV cache can hold the sequence's prompt plus its full output
+  (reserved at admission, released at completion, so there is no preemption).
+* Every iteration decodes one token for every running sequence and prefills the
+  prompts of the sequences that joined at that boundary. Its duration is
+  ``decode_base_s + decode_per_seq_s * b + decode_per_ctx_token_s * ctx`` plus
+  ``prefill_tokens / prefill_tokens_per_s``, where b is the running batch and ctx the
+  context tokens it holds (see :mod:`aragog_jax.perf`).
+* A sequence that joins at iteration j with a prompt of p tokens and o output tokens
+  produces its first token at the end of iteration j (the prefill iteration) and its
+  last at the end of iteration j + o - 1; during iteration i it holds p + (i - j)
+  context tokens.
+
+Between two events (a completion or an admission) the batch is fixed, so iteration
+k after the last boundary takes ``A + c * k`` with c = decode_per_ctx_token_s * b: the
+engine jumps straight to the next event with the closed form
+``T(k) = prefill + k A + c k (k - 1) / 2`` instead of stepping through iterations. An
+event costs O(log b).
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+from collections import deque
+from typing import Any
+
+from aragog_jax.errors import SpecError
+from aragog_jax.spec import EngineProfile
+
+INF = math.inf
+
+
+class SimEngine:
+    """One engine. The driver calls :meth:`submit`, and :meth:`on_event` at ``next_time``.
+
+    Attributes:
+      name: engine name.
+      model: model name it serves.
+      max_batch: most sequences running at once.
+      kv_capacity: KV-cache tokens.
+      next_time: virtual time of the next boundary this engine must process (inf: idle).
+      version: bumped whenever ``next_time`` changes, so stale heap entries are skipped.
+    """
+
+    __slots__ = (
+        "name", "model", "profile", "max_batch", "kv_capacity",
+        "_base", "_per_seq", "_per_ctx", "_prefill_rate",
+        "t_b", "i_b", "_run", "_seq_no", "b", "_sum_p", "_sum_j", "kv_reserved", "_prefill_s",
+        "waiting", "next_time", "_next_k", "version",
+        "busy_s", "tokens_out", "completed",
+    )
+
+    def __init__(self, name: str, model: str, profile: EngineProfile, max_batch: int | None = None) -> None:
+        self.name = name
+        self.model = model
+        self.profile = profile
+        self.max_batch = int(max_batch or profile.saturation_batch)
+        self.kv_capacity = int(profile.kv_capacity_tokens)
+        self._base = profile.decode_base_s
+        self._per_seq = profile.decode_per_seq_s
+        self._per_ctx = profile.decode_per_ctx_token_s
+        self._prefill_rate = profile.prefill_tokens_per_s
+        self.t_b = 0.0  # time of the last processed boundary
+        self.i_b = 0  # index of the iteration that starts at t_b
+        self._run: list[tuple[int, int, Any, int, int, int]] = []  # (finish_iter, seq_no, job, prompt, reserve, join_iter)
+        self._seq_no = 0
+        self.b = 0
+        self._sum_p = 0  # sum of prompts of running sequences
+        self._sum_j = 0  # sum of join iterations of running sequences
+        self.kv_reserved = 0
+        self._prefill_s = 0.0  # prefill seconds charged to iteration i_b
+        self.waiting: deque[tuple[Any, int, int]] = deque()
+        self.next_time = INF
+        self._next_k = 0  # iterations from t_b to next_time
+        self.version = 0
+        self.busy_s = 0.0
+        self.tokens_out = 0
+        self.completed = 0
+
+    # -- load as a monitor sees it -------------------------------------------------
+    @property
+    def num_running(self) -> int:
+        return self.b
+
+    @property
+    def num_waiting(self) -> int:
+        return len(self.waiting)
+
+    def kv_usage(self) -> float:
+        """Share of KV capacity held by running sequences at the last boundary."""
+        return (self._sum_p - self._sum_j + self.b * self.i_b) / self.kv_capacity
+
+    # -- closed-form iteration time ---------------------------------------------------
+    def _span(self, k: int) -> float:
+        """Seconds from t_b to the end of the k-th iteration (k >= 1) with the batch fixed."""
+        b = self.b
+        a = self._base + self._per_seq * b + self._per_ctx * (self._sum_p - self._sum_j + b * self.i_b)
+        return self._prefill_s + k * a + self._per_ctx * b * k * (k - 1) * 0.5
+
+    def _first_boundary_after(self, now: float) -> int:
+        """Smallest k >= 1 with t_b + T(k) >= now (the batch is running)."""
+        dt = now - self.t_b
+        b = self.b
+        a = self._base + self._per_seq * b + self._per_ctx * (self._sum_p - self._sum_j + b * self.i_b)
+        c = self._per_ctx * b
+        rem = dt - self._prefill_s
+        if rem <= a:
+            k = 1
+        elif c <= 0.0:
+            k = max(1, math.ceil(rem / a))
+        else:
+            # c/2 k^2 + (a - c/2) k - rem >= 0
+            h = a - 0.5 * c
+            k = max(1, math.ceil((-h + math.sqrt(h * h + 2.0 * c * rem)) / c))
+        while k > 1 and self.t_b + self._span(k - 1) >= now:
+            k -= 1
+        while self.t_b + self._span(k) < now:
+            k += 1
+        return k
+
+    def _set_next(self, k: int) -> None:
+        self._next_k = k
+        self.next_time = self.t_b + self._span(k) if k > 0 else self.t_b
+        self.version += 1
+
+    # -- driver interface -------------------------------------------------------------
+    def submit(self, now: float, job: Any, prompt_tokens: int, output_tokens: int) -> bool:
+        """Queue a sequence at ``now``. Returns True when ``next_time`` changed.
+
+        Raises:
+          SpecError: the sequence can never fit this engine's KV cache.
+        """
+        output_tokens = max(1, int(output_tokens))
+        if prompt_tokens + output_tokens > self.kv_capacity:
+            raise SpecError(
+                f"engine {self.name}: a sequence of {prompt_tokens}+{output_tokens} tokens exceeds "
+                f"the KV capacity of {self.kv_capacity} tokens"
+            )
+        self.waiting.append((job, int(prompt_tokens), output_tokens))
+        if self.b == 0:
+            if self.next_time == INF:  # idle: start an iteration now
+                self.t_b = now
+                self._prefill_s = 0.0
+                self._next_k = 0
+                self.next_time = now
+                self.version += 1
+                return True
+            return False  # a boundary is already pending
+        if self.b >= self.max_batch or len(self.waiting) > 1:
+            # Full, or queued behind earlier sequences whose boundary is already set
+            # (or which wait for KV space until the next completion).
+            return False
+        k = self._first_boundary_after(now)
+        if k < self._next_k:
+            self._set_next(k)
+            return True
+        return False
+
+    def on_event(self, now: float) -> list[Any]:
+        """Process the boundary at ``now`` (== ``next_time``); return the finished jobs."""
+        k = self._next_k
+        if self.b > 0 and k > 0:
+            span = self._span(k)
+            self.busy_s += span
+            self.tokens_out += k * self.b
+            self.i_b += k
+        self.t_b = now
+        self._prefill_s = 0.0
+        done: list[Any] = []
+        run = self._run
+        last = self.i_b - 1
+        while run and run[0][0] <= last:
+            _, _, job, p, reserve, j = heapq.heappop(run)
+            self.b -= 1
+            self._sum_p -= p
+            self._sum_j -= j
+            self.kv_reserved -= reserve
+            self.completed += 1
+            done.append(job)
+        # Admit waiting sequences FIFO while the batch and the KV cache have room.
+        waiting = self.waiting
+        prefill_tokens = 0
+        while waiting and self.b < self.max_batch:
+            job, p, o = waiting[0]
+            if self.kv_reserved + p + o > self.kv_capacity:
+                break
+            waiting.popleft()
+            self._seq_no += 1
+            heapq.heappush(run, (self.i_b + o - 1, self._seq_no, job, p, p + o, self.i_b))
+            self.b += 1
+            self._sum_p += p
+            self._sum_j += self.i_b
+            self.kv_reserved += p + o
+            prefill_tokens += p
+        self._prefill_s = prefill_tokens / self._prefill_rate
+        if self.b == 0:
+            self._next_k = 0
+            self.next_time = INF
+            self.version += 1
+        else:
+            # Sequences still waiting (batch full or KV blocked) are retried at the next
+            # completion boundary, the first moment anything frees up.
+            self._set_next(run[0][0] - self.i_b + 1)
+        return done
+
+
+def run_standalone(engine: SimEngine, jobs: list[tuple[float, int, int]]) -> list[float]:
+    """Feed ``(arrival_time, prompt_tokens, output_tokens)`` jobs straight into one engine.
+
+    Returns the completion time of every job, in input order. For tests and for
+    checking a profile by hand; the fleet driver does the same with a scheduler between.
+    """
+    order = sorted(range(len(jobs)), key=lambda i: jobs[i][0])
+    done_at = [INF] * len(jobs)
+    pos = 0
+    while True:
+        t_arr = jobs[order[pos]][0] if pos < len(order) else INF
+        if t_arr == INF and engine.next_time == INF:
+            break
+        if t_arr <= engine.next_time and t_arr < INF:
+            i = order[pos]
+            engine.submit(t_arr, i, jobs[i][1], jobs[i][2])
+            pos += 1
+        else:
+            now = engine.next_time
+            for i in engine.on_event(now):
+                done_at[i] = now
+    return done_at
