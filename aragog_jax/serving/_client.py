@@ -1,0 +1,236 @@
+"""One long-lived HTTP client per engine; transport errors are mapped here, once.
+
+Every failure an engine can produce leaves this module as an
+:class:`~aragog_jax.errors.UpstreamError` (``UpstreamTimeout`` for timeouts) raised
+``from`` the transport exception, with a message naming the engine. A 4xx reply is an
+:class:`EngineRejected`: the request, not the engine, is at fault, so it does not trip
+the circuit breaker.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from dataclasses import dataclass
+
+import aiohttp
+import msgspec
+
+from aragog_jax.errors import UpstreamError, UpstreamTimeout
+from aragog_jax.serving._wire import CHUNK_DECODER, COMPLETION_DECODER, ENCODER
+
+ORCA_REQUEST_HEADER = "endpoint-load-metrics-format"
+ORCA_RESPONSE_HEADER = "endpoint-load-metrics"
+
+
+class EngineRejected(UpstreamError):
+    """The engine answered 4xx: the request is at fault (e.g. prompt too long)."""
+
+
+@dataclass(frozen=True, slots=True)
+class OrcaReport:
+    """vLLM's per-response load report (``endpoint-load-metrics`` header)."""
+
+    waiting: float | None
+    kv_usage: float | None
+    at: float  # time.monotonic() when received
+
+
+@dataclass(frozen=True, slots=True)
+class ChatResult:
+    text: str
+    prompt_tokens: int
+    completion_tokens: int
+    finish_reason: str | None
+    orca: OrcaReport | None
+
+
+@dataclass(frozen=True, slots=True)
+class ClientLimits:
+    """Timeouts (seconds) and connection limits of one engine client."""
+
+    request_timeout_s: float = 60.0
+    connect_timeout_s: float = 5.0
+    probe_timeout_s: float = 2.0
+    max_connections: int = 512
+    orca: bool = True  # ask for the ORCA load header
+
+
+def parse_orca(value: str, now: float) -> OrcaReport | None:
+    """Parse ``JSON {"named_metrics": {...}}`` or ``TEXT named_metrics.k=v, ...``."""
+    fmt, _, body = value.strip().partition(" ")
+    metrics: dict[str, float] = {}
+    try:
+        if fmt.upper() == "JSON":
+            named = json.loads(body).get("named_metrics", {})
+            metrics = {str(k): float(v) for k, v in named.items()}
+        elif fmt.upper() == "TEXT":
+            for item in body.split(","):
+                k, _, v = item.strip().partition("=")
+                if k.startswith("named_metrics."):
+                    metrics[k.removeprefix("named_metrics.")] = float(v)
+        else:
+            return None
+    except (ValueError, AttributeError, TypeError):
+        return None
+    waiting = metrics.get("num_requests_waiting")
+    kv = metrics.get("kv_cache_usage_perc", metrics.get("kv_cache_utilization"))
+    if waiting is None and kv is None:
+        return None
+    return OrcaReport(waiting=waiting, kv_usage=kv, at=now)
+
+
+class EngineClient:
+    """An OpenAI-compatible engine at ``url`` serving ``served_model``.
+
+    Lifecycle: ``await open()`` once, ``await close()`` once; the session and its
+    connection pool live in between.
+    """
+
+    def __init__(self, name: str, url: str, served_model: str, limits: ClientLimits = ClientLimits()):
+        self.name = name
+        self.url = url.rstrip("/")
+        self.served_model = served_model
+        self.limits = limits
+        self._session: aiohttp.ClientSession | None = None
+        self._headers = {"Content-Type": "application/json"}
+        if limits.orca:
+            self._headers[ORCA_REQUEST_HEADER] = "JSON"
+
+    async def open(self) -> None:
+        if self._session is not None:
+            return
+        connector = aiohttp.TCPConnector(limit=self.limits.max_connections, limit_per_host=self.limits.max_connections)
+        timeout = aiohttp.ClientTimeout(
+            total=self.limits.request_timeout_s,
+            sock_connect=self.limits.connect_timeout_s,
+        )
+        self._session = aiohttp.ClientSession(connector=connector, timeout=timeout, raise_for_status=False)
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    @property
+    def session(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            raise RuntimeError(f"engine client {self.name!r} is not open")
+        return self._session
+
+    # -- chat --------------------------------------------------------------------------
+
+    async def chat(
+        self,
+        prompt: str,
+        *,
+        max_tokens: int,
+        seed: int = 0,
+        stream: bool = False,
+        timeout_s: float | None = None,
+    ) -> ChatResult:
+        """One chat completion; raises UpstreamError / UpstreamTimeout / EngineRejected."""
+        body = {
+            "model": self.served_model,
+            "messages": [{"role": "user", "content": prompt}],
+            "max_tokens": max_tokens,
+            "temperature": 0.0,
+            "seed": seed,
+        }
+        if stream:
+            body["stream"] = True
+            body["stream_options"] = {"include_usage": True}
+        timeout = aiohttp.ClientTimeout(total=timeout_s, sock_connect=self.limits.connect_timeout_s) if timeout_s else None
+        url = self.url + "/v1/chat/completions"
+        try:
+            async with self.session.post(url, data=ENCODER.encode(body), headers=self._headers, timeout=timeout) as resp:
+                if resp.status >= 400:
+                    detail = (await resp.text())[:200].replace("\n", " ")
+                    cls = EngineRejected if 400 <= resp.status < 500 and resp.status not in (408, 429) else UpstreamError
+                    raise cls(f"engine {self.name}: HTTP {resp.status}: {detail}")
+                orca_raw = resp.headers.get(ORCA_RESPONSE_HEADER)
+                orca = parse_orca(orca_raw, time.monotonic()) if orca_raw else None
+                if stream:
+                    return await self._read_stream(resp, orca)
+                raw = await resp.read()
+        except UpstreamError:
+            raise
+        except (asyncio.TimeoutError, aiohttp.ServerTimeoutError) as exc:
+            raise UpstreamTimeout(f"engine {self.name}: no reply within {timeout_s or self.limits.request_timeout_s:g} s") from exc
+        except aiohttp.ClientPayloadError as exc:
+            raise UpstreamError(f"engine {self.name}: truncated response: {exc}") from exc
+        except aiohttp.ClientError as exc:
+            raise UpstreamError(f"engine {self.name}: {type(exc).__name__}: {exc}") from exc
+        try:
+            reply = COMPLETION_DECODER.decode(raw)
+        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+            raise UpstreamError(f"engine {self.name}: malformed response: {exc}") from exc
+        choice = reply.choices[0]
+        if choice.message.content is None:
+            raise UpstreamError(f"engine {self.name}: malformed response: choices[0].message.content is null")
+        usage = reply.usage
+        return ChatResult(
+            text=choice.message.content,
+            prompt_tokens=usage.prompt_tokens if usage else 0,
+            completion_tokens=usage.completion_tokens if usage else 0,
+            finish_reason=choice.finish_reason,
+            orca=orca,
+        )
+
+    async def _read_stream(self, resp: aiohttp.ClientResponse, orca: OrcaReport | None) -> ChatResult:
+        parts: list[str] = []
+        finish: str | None = None
+        usage = None
+        done = False
+        async for line in resp.content:
+            line = line.strip()
+            if not line.startswith(b"data:"):
+                continue
+            data = line[5:].strip()
+            if data == b"[DONE]":
+                done = True
+                break
+            try:
+                chunk = CHUNK_DECODER.decode(data)
+            except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+                raise UpstreamError(f"engine {self.name}: malformed stream chunk: {exc}") from exc
+            for c in chunk.choices:
+                if c.delta.content:
+                    parts.append(c.delta.content)
+                if c.finish_reason:
+                    finish = c.finish_reason
+            if chunk.usage is not None:
+                usage = chunk.usage
+        if not done:
+            raise UpstreamError(f"engine {self.name}: stream ended without [DONE] (truncated)")
+        return ChatResult(
+            text="".join(parts),
+            prompt_tokens=usage.prompt_tokens if usage else 0,
+            completion_tokens=usage.completion_tokens if usage else 0,
+            finish_reason=finish,
+            orca=orca,
+        )
+
+    # -- probes ------------------------------------------------------------------------
+
+    async def _get_text(self, path: str) -> str:
+        timeout = aiohttp.ClientTimeout(total=self.limits.probe_timeout_s)
+        try:
+            async with self.session.get(self.url + path, timeout=timeout) as resp:
+                if resp.status != 200:
+                    raise UpstreamError(f"engine {self.name}: GET {path}: HTTP {resp.status}")
+                return await resp.text()
+        except UpstreamError:
+            raise
+        except (asyncio.TimeoutError, aiohttp.ServerTimeoutError) as exc:
+            raise UpstreamTimeout(f"engine {self.name}: GET {path}: no reply within {self.limits.probe_timeout_s:g} s") from exc
+        except aiohttp.ClientError as exc:
+            raise UpstreamError(f"engine {self.name}: GET {path}: {type(exc).__name__}: {exc}") from exc
+
+    async def health(self) -> None:
+        """Raise UpstreamError unless ``GET /health`` answers 200."""
+        await self._get_text("/health")
+
+    async def metrics_text(self) -> str:
+        return await self._get_text("/metrics")

@@ -1,0 +1,34 @@
+"""Run an aiohttp application on a loopback port inside the current event loop."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+
+class LoopbackServer:
+    """``await start()`` binds ``host:port`` (0: a free port) and returns the base URL."""
+
+    def __init__(self, app: web.Application, host: str = "127.0.0.1", port: int = 0, shutdown_timeout: float = 1.0):
+        self.app = app
+        self.host = host
+        self.port = port
+        self.url = ""
+        self.shutdown_timeout = shutdown_timeout  # how long stop() waits for handlers
+        self._runner: web.AppRunner | None = None
+
+    async def start(self) -> str:
+        self._runner = web.AppRunner(
+            self.app, access_log=None, handle_signals=False, shutdown_timeout=self.shutdown_timeout
+        )
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, self.host, self.port, backlog=1024)
+        await site.start()
+        host, port = self._runner.addresses[0][:2]
+        self.port = port
+        self.url = f"http://{host}:{port}"
+        return self.url
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None

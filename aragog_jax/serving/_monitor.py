@@ -1,0 +1,226 @@
+"""Load monitor (DESIGN §6): what each engine is doing, from three sources.
+
+1. **Own in-flight count** per engine: exact for this server's traffic, always fresh.
+2. **``/metrics`` scrape** every ``poll_s``: vLLM ``vllm:num_requests_running``,
+   ``vllm:num_requests_waiting``, ``vllm:kv_cache_usage_perc`` (falling back to the
+   older ``vllm:gpu_cache_usage_perc``); SGLang ``sglang:num_running_reqs``,
+   ``sglang:num_queue_reqs``, ``sglang:token_usage``. Values are summed over label sets
+   (data-parallel ranks).
+3. **ORCA header** (``endpoint-load-metrics``) on engine replies, when the engine
+   sends it: a fresher ``num_requests_waiting`` and KV usage than the last scrape.
+
+The rule (:meth:`EngineLoadState.snapshot`): with a fresh scrape (younger than
+``stale_after_s``), ``running = max(scraped running, own in-flight)`` bounded by what
+the scrape saw in total, and ``waiting`` from the newest of scrape and ORCA, plus own
+in-flight beyond what the scrape saw (dispatched after it). With a stale or missing
+scrape, the engine's load is the own in-flight count alone. An engine whose breaker is
+open has zero slots.
+
+The monitor also probes ``/health`` (the breaker's half-open probe) and calls
+``on_change`` when an engine's health flips or its scraped load changes, which
+triggers a scheduling round.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from aragog_jax.errors import UpstreamError
+from aragog_jax.serving._breaker import BreakerState, CircuitBreaker
+from aragog_jax.serving._client import EngineClient, OrcaReport
+
+log = logging.getLogger("aragog_jax.serving")
+
+RUNNING_NAMES = ("vllm:num_requests_running", "sglang:num_running_reqs")
+WAITING_NAMES = ("vllm:num_requests_waiting", "sglang:num_queue_reqs")
+KV_NAMES = ("vllm:kv_cache_usage_perc", "vllm:gpu_cache_usage_perc", "sglang:token_usage")
+_WANTED = RUNNING_NAMES + WAITING_NAMES + KV_NAMES
+
+
+def parse_gauges(text: str) -> dict[str, float]:
+    """Sum the wanted gauges over their label sets from a Prometheus text exposition."""
+    out: dict[str, float] = {}
+    for line in text.splitlines():
+        if not line or line[0] == "#" or not line.startswith(("vllm:", "sglang:")):
+            continue
+        brace = line.find("{")
+        if brace >= 0:
+            name = line[:brace]
+            rest = line[line.rfind("}") + 1 :]
+        else:
+            name, _, rest = line.partition(" ")
+        if name not in _WANTED:
+            continue
+        fields = rest.split()
+        if not fields:
+            continue
+        try:
+            value = float(fields[0])
+        except ValueError:
+            continue
+        out[name] = out.get(name, 0.0) + value
+    return out
+
+
+@dataclass(frozen=True, slots=True)
+class ScrapedLoad:
+    running: float | None
+    waiting: float | None
+    kv_usage: float | None
+    at: float
+
+    @classmethod
+    def from_gauges(cls, g: dict[str, float], at: float) -> ScrapedLoad:
+        def first(names: tuple[str, ...]) -> float | None:
+            for n in names:
+                if n in g:
+                    return g[n]
+            return None
+
+        return cls(first(RUNNING_NAMES), first(WAITING_NAMES), first(KV_NAMES), at)
+
+
+@dataclass(frozen=True, slots=True)
+class EngineLoad:
+    """One engine's load as the scheduler sees it."""
+
+    engine: str
+    model: str
+    running: int
+    waiting: int
+    kv_usage: float  # 0-1, or -1 when unknown
+    in_flight: int  # own requests on this engine
+    healthy: bool
+    slots_cap: int | None  # breaker limit (0 when open, probes when half-open)
+    source: str  # "metrics", "metrics+orca", "in_flight"
+    age_s: float  # age of the scrape used (inf when none)
+
+
+class EngineLoadState:
+    """Mutable per-engine bookkeeping; only the monitor and the executor touch it."""
+
+    def __init__(self, client: EngineClient, model: str, breaker: CircuitBreaker):
+        self.client = client
+        self.name = client.name
+        self.model = model
+        self.breaker = breaker
+        self.in_flight = 0
+        self.scraped: ScrapedLoad | None = None
+        self.orca: OrcaReport | None = None
+        self.scrape_errors = 0
+        self.num_dispatched = 0
+
+    def snapshot(self, now: float, stale_after_s: float) -> EngineLoad:
+        cap = self.breaker.slots(now)
+        healthy = self.breaker.state is not BreakerState.OPEN
+        sc = self.scraped
+        age = now - sc.at if sc is not None else float("inf")
+        if sc is not None and age <= stale_after_s and sc.running is not None:
+            seen = sc.running + (sc.waiting or 0.0)
+            waiting = sc.waiting or 0.0
+            kv = sc.kv_usage if sc.kv_usage is not None else -1.0
+            source = "metrics"
+            if self.orca is not None and self.orca.at > sc.at and now - self.orca.at <= stale_after_s:
+                if self.orca.waiting is not None:
+                    waiting = self.orca.waiting
+                if self.orca.kv_usage is not None:
+                    kv = self.orca.kv_usage
+                source = "metrics+orca"
+            running = max(sc.running, float(min(self.in_flight, max(seen, 0.0))))
+            # Own requests the scrape could not have seen yet queue behind the others.
+            waiting += max(0.0, self.in_flight - seen)
+            return EngineLoad(self.name, self.model, int(running), int(round(waiting)), kv, self.in_flight, healthy, cap, source, age)
+        return EngineLoad(self.name, self.model, self.in_flight, 0, -1.0, self.in_flight, healthy, cap, "in_flight", age)
+
+
+class LoadMonitor:
+    """Scrapes every engine's ``/metrics`` and probes ``/health`` on an interval.
+
+    Lifecycle: ``start()`` creates one polling task; ``stop()`` cancels it.
+    """
+
+    def __init__(
+        self,
+        states: list[EngineLoadState],
+        *,
+        poll_s: float = 0.5,
+        stale_after_s: float | None = None,
+        on_change: Callable[[], None] | None = None,
+    ):
+        self.states = {s.name: s for s in states}
+        self.poll_s = poll_s
+        self.stale_after_s = stale_after_s if stale_after_s is not None else max(3 * poll_s, 1.0)
+        self.on_change = on_change or (lambda: None)
+        self._task: asyncio.Task | None = None
+        self.num_polls = 0
+
+    def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self._run(), name="load-monitor")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+            self._task = None
+
+    def snapshot(self, now: float | None = None) -> list[EngineLoad]:
+        now = time.monotonic() if now is None else now
+        return [s.snapshot(now, self.stale_after_s) for s in self.states.values()]
+
+    async def _run(self) -> None:
+        while True:
+            await self.poll_once()
+            await asyncio.sleep(self.poll_s)
+
+    async def poll_once(self) -> None:
+        results = await asyncio.gather(*(self._poll_engine(s) for s in self.states.values()), return_exceptions=True)
+        self.num_polls += 1
+        for r in results:
+            if isinstance(r, BaseException) and not isinstance(r, asyncio.CancelledError):
+                log.warning("load monitor: unexpected error %r", r)
+        if any(r is True for r in results):
+            self.on_change()
+
+    async def _poll_engine(self, st: EngineLoadState) -> bool:
+        """Scrape one engine; returns True when what the scheduler sees changed."""
+        now = time.monotonic()
+        before = st.breaker.poll(now)
+        old = st.scraped
+        try:
+            text = await st.client.metrics_text()
+        except UpstreamError as exc:
+            st.scrape_errors += 1
+            # /metrics failing alone is not an engine fault; /health decides.
+            try:
+                await st.client.health()
+            except UpstreamError as hexc:
+                if st.breaker.on_failure(time.monotonic(), str(hexc)):
+                    log.warning("engine %s unhealthy: %s", st.name, hexc)
+                return st.breaker.state != before
+            log.debug("engine %s: /metrics failed: %s", st.name, exc)
+            if st.breaker.on_success(time.monotonic()):
+                log.warning("engine %s recovered", st.name)
+            return st.breaker.state != before
+        now = time.monotonic()
+        st.scraped = ScrapedLoad.from_gauges(parse_gauges(text), now)
+        if before is not BreakerState.CLOSED:
+            # The scrape answered, so the engine is up; confirm with /health.
+            try:
+                await st.client.health()
+            except UpstreamError as exc:
+                st.breaker.on_failure(time.monotonic(), str(exc))
+                return st.breaker.state != before
+            if st.breaker.on_success(time.monotonic()):
+                log.warning("engine %s recovered", st.name)
+        changed = st.breaker.state != before
+        if old is None or (old.running, old.waiting) != (st.scraped.running, st.scraped.waiting):
+            changed = True
+        return changed

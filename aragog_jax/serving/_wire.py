@@ -1,0 +1,180 @@
+"""Messages on the wire: msgspec Structs with encoders and decoders built once.
+
+Two protocols meet here: the OpenAI chat-completions protocol spoken to engines (and
+offered by the front door with ``model = "workflow:<name>"``), and the workflow-run
+protocol of ``POST /v1/workflows/{name}/runs``.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+import msgspec
+
+# --- OpenAI chat completions (engine side and front door) -----------------------------
+
+
+class ContentPart(msgspec.Struct, frozen=True):
+    type: str = "text"
+    text: str = ""
+
+
+class ChatMessage(msgspec.Struct, frozen=True):
+    role: str
+    content: str | list[ContentPart] | None = None
+
+    def text(self) -> str:
+        if self.content is None:
+            return ""
+        if isinstance(self.content, str):
+            return self.content
+        return "".join(p.text for p in self.content if p.type == "text")
+
+
+class Usage(msgspec.Struct, frozen=True):
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    total_tokens: int = 0
+
+
+class _RespMessage(msgspec.Struct, frozen=True):
+    role: str = "assistant"
+    content: str | None = None
+
+
+class _Choice(msgspec.Struct, frozen=True):
+    message: _RespMessage
+    index: int = 0
+    finish_reason: str | None = None
+
+
+class ChatCompletion(msgspec.Struct, frozen=True):
+    """An engine's non-streaming reply; unknown fields are ignored."""
+
+    choices: Annotated[list[_Choice], msgspec.Meta(min_length=1)]
+    id: str = ""
+    model: str = ""
+    usage: Usage | None = None
+
+
+class _Delta(msgspec.Struct, frozen=True):
+    role: str | None = None
+    content: str | None = None
+
+
+class _ChunkChoice(msgspec.Struct, frozen=True):
+    delta: _Delta = _Delta()
+    index: int = 0
+    finish_reason: str | None = None
+
+
+class ChatCompletionChunk(msgspec.Struct, frozen=True):
+    choices: list[_ChunkChoice] = []
+    usage: Usage | None = None
+
+
+class FrontChatRequest(msgspec.Struct, frozen=True):
+    """``POST /v1/chat/completions`` at the front door. Unknown OpenAI fields are ignored."""
+
+    model: Annotated[str, msgspec.Meta(min_length=1)]
+    messages: Annotated[list[ChatMessage], msgspec.Meta(min_length=1)]
+    stream: bool = False
+    user: str | None = None
+
+
+# --- Workflow runs ---------------------------------------------------------------------
+
+
+class RunRequest(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """``POST /v1/workflows/{name}/runs``."""
+
+    input: Annotated[str, msgspec.Meta(min_length=1)]
+    stream: bool = False
+    deadline_s: Annotated[float, msgspec.Meta(gt=0)] | None = None  # capped by the server's
+    replay: bool = False  # include the scheduling rounds (round-replay JSON) in the receipt
+
+
+class Attempt(msgspec.Struct, frozen=True):
+    """One failed try of a stage on an engine (the stage was rescheduled after it)."""
+
+    model: str
+    engine: str
+    error: str
+
+
+class StageReceipt(msgspec.Struct, frozen=True):
+    stage: str
+    model: str
+    engine: str
+    queue_s: float  # ready -> dispatched (meta-queue time)
+    run_s: float  # dispatched -> engine reply
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    round_id: int = -1  # the scheduling round that placed the stage
+    failed_attempts: list[Attempt] = []
+
+
+class Receipt(msgspec.Struct, frozen=True):
+    workflow: str
+    num_configs: int
+    num_admitted: int  # configurations the router admitted for this input
+    router: str  # "trained" or "admit-all"
+    routing_s: float
+    total_s: float
+    stages: list[StageReceipt]
+    configuration: dict[str, str] = {}  # stage -> model actually used
+    failovers: int = 0
+    rounds: list[Any] = []  # round-replay dumps (only when requested)
+
+
+class RunResponse(msgspec.Struct, frozen=True):
+    id: str
+    workflow: str
+    output: str
+    receipt: Receipt
+
+
+class StageEvent(msgspec.Struct, frozen=True, tag="stage", tag_field="event"):
+    id: str
+    stage: str
+    output: str
+    receipt: StageReceipt
+
+
+class DoneEvent(msgspec.Struct, frozen=True, tag="done", tag_field="event"):
+    id: str
+    output: str
+    receipt: Receipt
+
+
+class ErrorEvent(msgspec.Struct, frozen=True, tag="error", tag_field="event"):
+    id: str
+    status: int
+    error: str
+
+
+class ErrorBody(msgspec.Struct, frozen=True):
+    error: ErrorDetail
+
+
+class ErrorDetail(msgspec.Struct, frozen=True):
+    message: str
+    type: str
+    code: int
+    field: str | None = None
+
+
+class WorkflowInfo(msgspec.Struct, frozen=True):
+    name: str
+    description: str
+    stages: list[str]
+    num_configs: int
+    router: Literal["trained", "admit-all"]
+    model: str  # the name to use with /v1/chat/completions
+
+
+ENCODER = msgspec.json.Encoder()
+COMPLETION_DECODER = msgspec.json.Decoder(ChatCompletion)
+CHUNK_DECODER = msgspec.json.Decoder(ChatCompletionChunk)
+RUN_REQUEST_DECODER = msgspec.json.Decoder(RunRequest)
+FRONT_CHAT_DECODER = msgspec.json.Decoder(FrontChatRequest)

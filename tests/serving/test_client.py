@@ -1,0 +1,93 @@
+"""Engine client against the loopback fake engine: every fault maps to one error."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from aragog_jax.errors import UpstreamError, UpstreamTimeout
+from aragog_jax.serving import ClientLimits, EngineClient, EngineRejected, FakeEngine, LoopbackServer, parse_orca
+
+
+async def _with_fake(fake: FakeEngine, fn, limits: ClientLimits = ClientLimits(request_timeout_s=2.0)):
+    srv = LoopbackServer(fake.app)
+    url = await srv.start()
+    client = EngineClient("e0", url, fake.served, limits)
+    await client.open()
+    try:
+        return await fn(client)
+    finally:
+        await client.close()
+        await srv.stop()
+
+
+def test_ok_reply_and_usage():
+    fake = FakeEngine("m")
+    res = asyncio.run(_with_fake(fake, lambda c: c.chat("hello", max_tokens=7)))
+    assert res.text == fake.text_for("hello")
+    assert res.completion_tokens == 7
+    assert fake.num_completed == 1
+
+
+def test_stream_reply_is_joined():
+    fake = FakeEngine("m")
+    res = asyncio.run(_with_fake(fake, lambda c: c.chat("hi there", max_tokens=3, stream=True)))
+    assert res.text == fake.text_for("hi there")
+    assert res.finish_reason == "length"
+    assert res.completion_tokens == 3
+
+
+@pytest.mark.parametrize(
+    ("mode", "exc", "needle"),
+    [
+        ("fail", UpstreamError, "HTTP 503"),
+        ("malformed", UpstreamError, "malformed"),
+        ("truncated", UpstreamError, "engine e0"),
+        ("stream_truncated", UpstreamError, "engine e0"),
+        ("hang", UpstreamTimeout, "no reply within"),
+    ],
+)
+def test_faults_map_to_upstream_errors(mode, exc, needle):
+    fake = FakeEngine("m", mode=mode)
+    stream = mode == "stream_truncated"
+    with pytest.raises(exc, match=needle) as info:
+        asyncio.run(_with_fake(fake, lambda c: c.chat("x", max_tokens=2, stream=stream, timeout_s=0.3)))
+    assert not isinstance(info.value, EngineRejected)
+    assert info.value.__cause__ is not None or mode in ("fail", "stream_truncated")
+
+
+def test_4xx_is_rejected_not_engine_fault():
+    fake = FakeEngine("m", mode="fail", fail_status=400)
+    with pytest.raises(EngineRejected, match="HTTP 400"):
+        asyncio.run(_with_fake(fake, lambda c: c.chat("x", max_tokens=2)))
+
+
+def test_connection_refused_is_upstream_error():
+    async def go():
+        client = EngineClient("gone", "http://127.0.0.1:9", "m", ClientLimits(request_timeout_s=1.0, connect_timeout_s=0.5))
+        await client.open()
+        try:
+            await client.chat("x", max_tokens=1)
+        finally:
+            await client.close()
+
+    with pytest.raises(UpstreamError, match="engine gone") as info:
+        asyncio.run(go())
+    assert info.value.__cause__ is not None
+
+
+def test_orca_header_parsed_from_reply():
+    fake = FakeEngine("m", orca=True)
+    res = asyncio.run(_with_fake(fake, lambda c: c.chat("x", max_tokens=2)))
+    assert res.orca is not None and res.orca.kv_usage == 0.25 and res.orca.waiting == 0.0
+
+
+def test_parse_orca_formats():
+    j = parse_orca('JSON {"named_metrics": {"kv_cache_usage_perc": 0.5, "num_requests_waiting": 3.0}}', 1.0)
+    assert (j.waiting, j.kv_usage, j.at) == (3.0, 0.5, 1.0)
+    t = parse_orca("TEXT named_metrics.kv_cache_utilization=0.4, named_metrics.num_requests_waiting=2", 2.0)
+    assert (t.waiting, t.kv_usage) == (2.0, 0.4)
+    assert parse_orca("JSON not-json", 0.0) is None
+    assert parse_orca("PROTO abc", 0.0) is None
+    assert parse_orca('JSON {"named_metrics": {}}', 0.0) is None
