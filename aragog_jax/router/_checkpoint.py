@@ -1,0 +1,186 @@
+"""Router checkpoints: one ``.npz`` file, versioned, tied to one configuration space.
+
+Layout (NumPy ``.npz``, loaded with ``allow_pickle=False``)::
+
+    __meta__            uint8[...]  UTF-8 JSON of :class:`CheckpointMeta` (below)
+    thresholds          float32[C]  logit thresholds in the space's configuration order
+                                    (+inf: never admitted; c_max: -inf)
+    hidden/<i>/w, /b    the MLP layers, stored in ``meta.param_dtype``
+    head/w, head/b      dense head   (or head/stage_model, head/b: factorised head)
+
+The metadata names the workflow, the family, the model pool, the stage names and the
+space fingerprint (:meth:`ConfigSpace.fingerprint`); :func:`check_space` refuses a space
+that differs in any of them, saying which. It also records the featuriser (name and
+config), the architecture, the calibration (epsilon, confidence, guarantee, shift), the
+training history and the evaluation report, and the git SHA that produced it.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import io
+import json
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+import msgspec
+import numpy as np
+
+from aragog_jax.errors import CheckpointError
+from aragog_jax.router._model import RouterModelConfig, flatten_params, unflatten_params
+from aragog_jax.space import ConfigSpace
+
+FORMAT = "aragog-router/1"
+
+
+class CheckpointMeta(msgspec.Struct, kw_only=True):
+    """Everything in a checkpoint except the arrays."""
+
+    format: str = FORMAT
+    workflow: str
+    family: str | None = None
+    fingerprint: str
+    stage_names: list[str]
+    model_names: list[str]
+    num_configs: int
+    featurizer: str
+    featurizer_config: dict
+    model: dict
+    param_dtype: str = "float32"
+    calibration: dict = {}
+    training: dict = {}
+    report: dict = {}
+    git_sha: str = "unknown"
+    created: str = ""
+
+
+@dataclass(eq=False)
+class RouterCheckpoint:
+    """A checkpoint in memory; ``params`` are float32 NumPy arrays."""
+
+    meta: CheckpointMeta
+    params: dict
+    thresholds: np.ndarray
+
+    @property
+    def model_config(self) -> RouterModelConfig:
+        return model_config_from_dict(self.meta.model)
+
+    def check_space(self, space: ConfigSpace, where: str = "router checkpoint") -> None:
+        """Raise :class:`CheckpointError` unless the checkpoint was trained for ``space``."""
+        m = self.meta
+        problems = []
+        if m.workflow != space.workflow:
+            problems.append(f"workflow {m.workflow!r}, not {space.workflow!r}")
+        if list(m.model_names) != list(space.model_names):
+            problems.append(f"model pool {m.model_names}, not {list(space.model_names)}")
+        if list(m.stage_names) != list(space.stage_names):
+            problems.append(f"stages {m.stage_names}, not {list(space.stage_names)}")
+        if m.num_configs != space.num_configs:
+            problems.append(f"{m.num_configs} configurations, not {space.num_configs}")
+        if not problems and m.fingerprint != space.fingerprint():
+            problems.append(f"configuration order fingerprint {m.fingerprint}, not {space.fingerprint()}")
+        if problems:
+            raise CheckpointError(f"{where} was trained for a different configuration space: " + "; ".join(problems))
+
+
+def model_config_from_dict(d: dict) -> RouterModelConfig:
+    try:
+        return RouterModelConfig(
+            feature_dim=int(d["feature_dim"]),
+            num_configs=int(d["num_configs"]),
+            hidden=tuple(int(h) for h in d["hidden"]),
+            head=str(d["head"]),
+            num_stages=int(d.get("num_stages", 0)),
+            num_models=int(d.get("num_models", 0)),
+        )
+    except (KeyError, TypeError, ValueError) as exc:
+        raise CheckpointError(f"checkpoint model description is malformed: {d!r}") from exc
+
+
+def git_sha(cwd: str | Path | None = None) -> str:
+    """The current commit (with ``-dirty`` when the tree has changes), or ``unknown``."""
+    cwd = cwd or Path(__file__).resolve().parent
+    try:
+        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, timeout=5, check=True)
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"], cwd=cwd, capture_output=True, text=True, timeout=5
+        )
+        return sha.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def _json_default(obj):
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    raise TypeError(f"not JSON serialisable: {type(obj)}")
+
+
+def _clean(obj):
+    """Replace non-finite floats by None so the JSON is strict."""
+    if isinstance(obj, float) and not np.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: _clean(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_clean(v) for v in obj]
+    return obj
+
+
+def meta_to_json(meta: CheckpointMeta) -> bytes:
+    d = msgspec.to_builtins(meta, builtin_types=(), enc_hook=_json_default)
+    return json.dumps(_clean(d), indent=1, sort_keys=True, default=_json_default, allow_nan=False).encode()
+
+
+def save_checkpoint(ckpt: RouterCheckpoint, path: str | Path) -> Path:
+    """Write ``ckpt`` to ``path`` (a ``.npz`` file; parent directories are created)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if not ckpt.meta.created:
+        ckpt.meta.created = _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    dtype = ckpt.meta.param_dtype
+    arrays = {k: v.astype(dtype) for k, v in flatten_params(ckpt.params).items()}
+    arrays["thresholds"] = np.asarray(ckpt.thresholds, np.float32)
+    arrays["__meta__"] = np.frombuffer(meta_to_json(ckpt.meta), dtype=np.uint8)
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_bytes(buf.getvalue())
+    tmp.replace(path)
+    return path
+
+
+def load_checkpoint(path: str | Path) -> RouterCheckpoint:
+    """Read a checkpoint written by :func:`save_checkpoint`.
+
+    Raises:
+      CheckpointError: missing or unreadable file, unknown format version, bad shapes.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such router checkpoint")
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            arrays = {k: z[k] for k in z.files}
+    except (OSError, ValueError, EOFError) as exc:
+        raise CheckpointError(f"{path}: not a router checkpoint (.npz): {exc}") from exc
+    if "__meta__" not in arrays:
+        raise CheckpointError(f"{path}: not a router checkpoint (no __meta__ entry)")
+    try:
+        meta = msgspec.json.decode(arrays.pop("__meta__").tobytes(), type=CheckpointMeta)
+    except msgspec.ValidationError as exc:
+        raise CheckpointError(f"{path}: malformed checkpoint metadata: {exc}") from exc
+    except msgspec.DecodeError as exc:
+        raise CheckpointError(f"{path}: checkpoint metadata is not JSON: {exc}") from exc
+    if meta.format != FORMAT:
+        raise CheckpointError(f"{path}: checkpoint format {meta.format!r}, this version reads {FORMAT!r}")
+    cfg = model_config_from_dict(meta.model)
+    thresholds = arrays.pop("thresholds", None)
+    if thresholds is None or thresholds.shape != (meta.num_configs,):
+        raise CheckpointError(f"{path}: thresholds missing or not of shape ({meta.num_configs},)")
+    params = unflatten_params(arrays, cfg)
+    return RouterCheckpoint(meta=meta, params=params, thresholds=np.asarray(thresholds, np.float32))

@@ -1,0 +1,314 @@
+"""Featurisers: text -> float32[R, D], named in every router checkpoint.
+
+Two implementations behind one small interface (:class:`Featurizer`):
+
+* ``hashed-ngram`` (default): deterministic signed feature hashing of word unigrams,
+  word bigrams and character n-grams of the lower-cased UTF-8 bytes. No downloads, no
+  vocabulary; vectorised in NumPy over the whole batch (no per-token Python loop), so it
+  featurises tens of thousands of texts per second on one core. The hash is our own
+  64-bit polynomial hash (not Python's salted ``hash``), so features are identical across
+  processes and machines.
+* ``openai-embeddings``: any OpenAI-compatible ``/v1/embeddings`` endpoint (vLLM serves
+  embedding models), batched, with timeouts and clear errors when the endpoint is down or
+  returns the wrong dimension.
+
+``make_featurizer(name, config)`` rebuilds a featuriser from what a checkpoint recorded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Protocol, runtime_checkable
+
+import numpy as np
+
+from aragog_jax.errors import CheckpointError, UpstreamError, UpstreamTimeout
+
+__all__ = [
+    "EmbeddingsFeaturizer",
+    "Featurizer",
+    "HashedNgramFeaturizer",
+    "make_featurizer",
+]
+
+
+@runtime_checkable
+class Featurizer(Protocol):
+    """Text to features. ``name`` and ``config()`` go into the checkpoint."""
+
+    name: str
+
+    @property
+    def dim(self) -> int: ...
+
+    def config(self) -> dict: ...
+
+    def __call__(self, texts: Sequence[str]) -> np.ndarray:
+        """float32[len(texts), dim]."""
+        ...
+
+
+# ---------------------------------------------------------------------------------------
+# Hashed n-grams
+
+_P = np.uint64(0x100000001B3)  # FNV-64 prime, odd, so invertible mod 2**64
+_P_INV = np.uint64(pow(int(_P), -1, 1 << 64))
+_M1 = np.uint64(0xBF58476D1CE4E5B9)
+_M2 = np.uint64(0x94D049BB133111EB)
+_K_BIGRAM = np.uint64(0x9E3779B97F4A7C15)
+_SALT = {"w1": 0x1F2E3D4C5B6A7988, "w2": 0x2B7E151628AED2A6, "c": 0x3C6EF372FE94F82B}
+
+
+def _mix(h: np.ndarray) -> np.ndarray:
+    """splitmix64 finaliser, vectorised (uint64 arithmetic wraps mod 2**64)."""
+    h = h ^ (h >> np.uint64(30))
+    h = h * _M1
+    h = h ^ (h >> np.uint64(27))
+    h = h * _M2
+    return h ^ (h >> np.uint64(31))
+
+
+def _word_byte(buf: np.ndarray) -> np.ndarray:
+    """bool per byte: a-z, 0-9, '_' or any non-ASCII byte (after lower-casing)."""
+    return ((buf >= 97) & (buf <= 122)) | ((buf >= 48) & (buf <= 57)) | (buf == 95) | (buf >= 128)
+
+
+@dataclass(frozen=True)
+class HashedNgramFeaturizer:
+    """Signed hashed n-gram features, ``sign(x) * log1p(|x|)`` then L2-normalised rows.
+
+    Attributes:
+      dim: output dimension, a power of two.
+      word_ngrams: word n-gram orders (1 and/or 2). Words are maximal runs of
+        ``[a-z0-9_]`` and non-ASCII bytes after lower-casing.
+      char_ngrams: character (byte) n-gram orders over the text with every non-word byte
+        mapped to a space; n-grams never cross texts.
+      seed: salts every hash, so different seeds give independent hash functions.
+    """
+
+    dim: int = 1024
+    word_ngrams: tuple[int, ...] = (1, 2)
+    char_ngrams: tuple[int, ...] = ()
+    seed: int = 0
+    name: str = field(default="hashed-ngram", init=False)
+
+    def __post_init__(self) -> None:
+        if self.dim <= 0 or self.dim & (self.dim - 1):
+            raise CheckpointError(f"hashed-ngram featuriser: dim must be a power of two, got {self.dim}")
+        if not set(self.word_ngrams) <= {1, 2}:
+            raise CheckpointError(f"hashed-ngram featuriser: word_ngrams must be among (1, 2), got {self.word_ngrams}")
+        if any(n < 1 or n > 16 for n in self.char_ngrams):
+            raise CheckpointError(f"hashed-ngram featuriser: char_ngrams must be in 1..16, got {self.char_ngrams}")
+        object.__setattr__(self, "word_ngrams", tuple(self.word_ngrams))
+        object.__setattr__(self, "char_ngrams", tuple(self.char_ngrams))
+
+    def config(self) -> dict:
+        d = asdict(self)
+        d.pop("name")
+        d["word_ngrams"] = list(self.word_ngrams)
+        d["char_ngrams"] = list(self.char_ngrams)
+        return d
+
+    def __call__(self, texts: Sequence[str]) -> np.ndarray:
+        num = len(texts)
+        if num == 0:
+            return np.zeros((0, self.dim), np.float32)
+        encoded = [t.lower().encode("utf-8") for t in texts]
+        lengths = np.fromiter((len(e) for e in encoded), dtype=np.int64, count=num)
+        # One separator byte after every text: no n-gram crosses two texts.
+        buf = np.frombuffer(b" ".join(encoded) + b" ", dtype=np.uint8)
+        row = np.repeat(np.arange(num, dtype=np.int64), lengths + 1)
+        is_word = _word_byte(buf)
+        buf = np.where(is_word, buf, np.uint8(32))
+        n_bytes = buf.shape[0]
+
+        # Prefix hashes: pre[i] = sum_{j<i} b_j * P^-j, so the polynomial hash of bytes
+        # [s, e) is P^(e-1) * (pre[e] - pre[s]) (all mod 2**64; uint64 wraps).
+        p_pow = np.empty(n_bytes + 1, np.uint64)
+        p_pow[0] = 1
+        p_pow[1:] = _P
+        p_pow = np.cumprod(p_pow, dtype=np.uint64)
+        p_inv_pow = np.empty(n_bytes, np.uint64)
+        p_inv_pow[0] = 1
+        p_inv_pow[1:] = _P_INV
+        p_inv_pow = np.cumprod(p_inv_pow, dtype=np.uint64)
+        pre = np.zeros(n_bytes + 1, np.uint64)
+        np.cumsum(buf.astype(np.uint64) * p_inv_pow, dtype=np.uint64, out=pre[1:])
+
+        def seg_hash(s: np.ndarray, e: np.ndarray) -> np.ndarray:
+            return p_pow[e - 1] * (pre[e] - pre[s])
+
+        seed = np.uint64(self.seed & 0xFFFFFFFFFFFFFFFF)
+        hashes: list[np.ndarray] = []
+        rows: list[np.ndarray] = []
+
+        if self.word_ngrams:
+            prev = np.concatenate(([False], is_word[:-1]))
+            nxt = np.concatenate((is_word[1:], [False]))
+            starts = np.flatnonzero(is_word & ~prev)
+            ends = np.flatnonzero(is_word & ~nxt) + 1
+            words = seg_hash(starts, ends)
+            word_rows = row[starts]
+            if 1 in self.word_ngrams:
+                hashes.append(_mix(words ^ np.uint64(_SALT["w1"]) ^ seed))
+                rows.append(word_rows)
+            if 2 in self.word_ngrams and words.shape[0] > 1:
+                same = word_rows[1:] == word_rows[:-1]
+                pair = _mix(words[:-1]) * _K_BIGRAM + words[1:]
+                hashes.append(_mix(pair[same] ^ np.uint64(_SALT["w2"]) ^ seed))
+                rows.append(word_rows[1:][same])
+        word_cum = np.zeros(n_bytes + 1, np.int64)
+        np.cumsum(is_word, out=word_cum[1:])
+        for n in self.char_ngrams:
+            if n_bytes < n:
+                continue
+            s = np.arange(n_bytes - n + 1, dtype=np.int64)
+            # within one text, and not made of separator spaces only
+            ok = (row[s] == row[s + n - 1]) & (word_cum[s + n] > word_cum[s])
+            s = s[ok]
+            salt = np.uint64((_SALT["c"] + n) & 0xFFFFFFFFFFFFFFFF)
+            hashes.append(_mix(seg_hash(s, s + n) ^ salt ^ seed))
+            rows.append(row[s])
+
+        if not hashes:
+            return np.zeros((num, self.dim), np.float32)
+        h = np.concatenate(hashes)
+        r = np.concatenate(rows)
+        bucket = (h & np.uint64(self.dim - 1)).astype(np.int64)
+        sign = np.where((h >> np.uint64(63)) == 1, -1.0, 1.0)
+        counts = np.bincount(r * self.dim + bucket, weights=sign, minlength=num * self.dim).reshape(num, self.dim)
+        x = np.sign(counts) * np.log1p(np.abs(counts))
+        norm = np.sqrt((x * x).sum(axis=1, keepdims=True))
+        x = x / np.where(norm > 0, norm, 1.0)
+        return x.astype(np.float32)
+
+
+# ---------------------------------------------------------------------------------------
+# OpenAI-compatible embeddings endpoint
+
+
+@dataclass(frozen=True)
+class EmbeddingsFeaturizer:
+    """Embeddings from an OpenAI-compatible ``POST {base_url}/embeddings`` endpoint.
+
+    Attributes:
+      base_url: e.g. ``http://localhost:8000/v1`` (a vLLM embedding server).
+      model: the embedding model name sent in every request.
+      dim: expected embedding dimension; a different one is an error.
+      batch_size: texts per HTTP request.
+      max_concurrency: requests in flight at once.
+      timeout_s: total timeout of one HTTP request.
+      api_key_env: name of the environment variable holding a bearer token (read when a
+        request is made, never at import); empty for none.
+      normalize: L2-normalise the returned vectors.
+    """
+
+    base_url: str
+    model: str
+    dim: int
+    batch_size: int = 64
+    max_concurrency: int = 4
+    timeout_s: float = 30.0
+    api_key_env: str = ""
+    normalize: bool = True
+    name: str = field(default="openai-embeddings", init=False)
+
+    def config(self) -> dict:
+        d = asdict(self)
+        d.pop("name")
+        return d
+
+    def __call__(self, texts: Sequence[str]) -> np.ndarray:
+        """Synchronous batch embedding (training and offline jobs).
+
+        Must not be called from a running event loop; async code uses :meth:`aembed`.
+        """
+        return asyncio.run(self.aembed(texts))
+
+    async def aembed(self, texts: Sequence[str]) -> np.ndarray:
+        """float32[len(texts), dim], batched with at most ``max_concurrency`` requests in flight.
+
+        Raises:
+          UpstreamError: the endpoint is down, answers non-200, or returns malformed data
+            or vectors of the wrong dimension.
+          UpstreamTimeout: a request took longer than ``timeout_s``.
+        """
+        import aiohttp
+
+        texts = list(texts)
+        out = np.zeros((len(texts), self.dim), np.float32)
+        if not texts:
+            return out
+        url = self.base_url.rstrip("/") + "/embeddings"
+        headers = {"Content-Type": "application/json"}
+        if self.api_key_env:
+            key = os.environ.get(self.api_key_env, "")
+            if key:
+                headers["Authorization"] = f"Bearer {key}"
+        sem = asyncio.Semaphore(max(1, self.max_concurrency))
+        timeout = aiohttp.ClientTimeout(total=self.timeout_s)
+
+        async def one(session: aiohttp.ClientSession, lo: int) -> None:
+            batch = texts[lo : lo + self.batch_size]
+            async with sem:
+                try:
+                    async with session.post(url, json={"model": self.model, "input": batch}, headers=headers) as resp:
+                        if resp.status != 200:
+                            body = (await resp.text())[:200]
+                            raise UpstreamError(f"embeddings endpoint {url} answered HTTP {resp.status}: {body}")
+                        payload = await resp.json(content_type=None)
+                except TimeoutError as exc:
+                    raise UpstreamTimeout(f"embeddings endpoint {url} did not answer within {self.timeout_s} s") from exc
+                except aiohttp.ClientConnectionError as exc:
+                    raise UpstreamError(f"embeddings endpoint {url} is unreachable (is the server up?): {exc}") from exc
+                except (aiohttp.ClientError, ValueError) as exc:
+                    raise UpstreamError(f"embeddings endpoint {url} sent a malformed reply: {exc}") from exc
+            try:
+                items = sorted(payload["data"], key=lambda d: d["index"])
+                vecs = np.asarray([d["embedding"] for d in items], dtype=np.float32)
+            except (KeyError, TypeError, ValueError) as exc:
+                raise UpstreamError(f"embeddings endpoint {url} sent a malformed reply: {exc!r}") from exc
+            if vecs.ndim != 2 or vecs.shape[0] != len(batch):
+                raise UpstreamError(
+                    f"embeddings endpoint {url} returned {vecs.shape[0] if vecs.ndim else 0} vectors for {len(batch)} inputs"
+                )
+            if vecs.shape[1] != self.dim:
+                raise UpstreamError(
+                    f"embeddings endpoint {url} (model {self.model!r}) returned dimension {vecs.shape[1]}, "
+                    f"the router expects {self.dim}; serve the model the router was trained with"
+                )
+            if self.normalize:
+                norm = np.linalg.norm(vecs, axis=1, keepdims=True)
+                vecs = vecs / np.where(norm > 0, norm, 1.0)
+            out[lo : lo + len(batch)] = vecs
+
+        connector = aiohttp.TCPConnector(limit=max(1, self.max_concurrency))
+        async with aiohttp.ClientSession(timeout=timeout, connector=connector) as session:
+            await asyncio.gather(*(one(session, lo) for lo in range(0, len(texts), self.batch_size)))
+        return out
+
+
+_FEATURIZERS = {"hashed-ngram": HashedNgramFeaturizer, "openai-embeddings": EmbeddingsFeaturizer}
+
+
+def make_featurizer(name: str, config: dict | None = None, **overrides) -> Featurizer:
+    """Build a featuriser by name from its recorded ``config()`` plus overrides.
+
+    Raises:
+      CheckpointError: unknown featuriser name or config field.
+    """
+    cls = _FEATURIZERS.get(name)
+    if cls is None:
+        raise CheckpointError(f"unknown featuriser {name!r} (known: {', '.join(sorted(_FEATURIZERS))})")
+    cfg = dict(config or {})
+    cfg.update({k: v for k, v in overrides.items() if v is not None})
+    for key in ("word_ngrams", "char_ngrams"):
+        if key in cfg:
+            cfg[key] = tuple(cfg[key])
+    try:
+        return cls(**cfg)
+    except TypeError as exc:
+        raise CheckpointError(f"featuriser {name!r}: bad config {cfg}: {exc}") from exc
