@@ -171,7 +171,7 @@ def calibrate(
     c_max: int,
     *,
     epsilon: float = 0.02,
-    confidence: float = 0.9,
+    confidence: float = 0.95,
     guarantee: str = "cheapest",
     policy_fraction: float = 0.4,
     seed: int = 0,

@@ -51,7 +51,7 @@ class TrainConfig:
     seed: int = 0
     param_dtype: str = "float32"
     epsilon: float = 0.02
-    confidence: float = 0.9
+    confidence: float = 0.95
     guarantee: str = "cheapest"
     policy_fraction: float = 0.4
     sweep: tuple[float, ...] = field(default=DEFAULT_SWEEP)
