@@ -15,6 +15,7 @@ class LoopbackServer:
         self.url = ""
         self.shutdown_timeout = shutdown_timeout  # how long stop() waits for handlers
         self._runner: web.AppRunner | None = None
+        self._site: web.TCPSite | None = None
 
     async def start(self) -> str:
         self._runner = web.AppRunner(
@@ -23,10 +24,19 @@ class LoopbackServer:
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.host, self.port, backlog=1024)
         await site.start()
+        self._site = site
         host, port = self._runner.addresses[0][:2]
         self.port = port
         self.url = f"http://{host}:{port}"
         return self.url
+
+    async def stop_listening(self) -> None:
+        """Refuse new connections and close idle keep-alive ones; in-flight requests go on."""
+        if self._site is not None and self._runner is not None:
+            await self._site.stop()
+            self._site = None
+            if self._runner.server is not None:
+                self._runner.server.pre_shutdown()
 
     async def stop(self) -> None:
         if self._runner is not None:

@@ -1,0 +1,84 @@
+"""Serve agentic workflows: ``python -m aragog_jax.serve [--fleet FLEET.toml]``.
+
+Without ``--fleet`` it runs the embedded default: one emulated engine per model of the
+Qwen family on loopback (profiles/fleets/qwen_4gpu.toml, time-scaled so a demo request
+returns in about a second), every shipped workflow and its shipped router.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+from collections.abc import Sequence
+
+from aragog_jax._cli import run_cli
+from aragog_jax.errors import SpecError
+
+log = logging.getLogger("aragog_jax.serving")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(
+        prog="python -m aragog_jax.serve",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=(
+            "routes: POST /v1/workflows/{name}/runs, GET /v1/workflows, POST /v1/chat/completions "
+            "(model 'workflow:<name>'), GET /v1/models, /health, /ready, /metrics, GET /v1/rounds/{id}"
+        ),
+    )
+    ap.add_argument("--fleet", metavar="FLEET.toml", help="fleet file (engines, workflows, routers, [server]); default: embedded demo")
+    ap.add_argument("--host", help="bind address (default from the fleet file: 127.0.0.1, loopback only)")
+    ap.add_argument("--port", type=int, help="port (default from the fleet file: 8000; 0 picks a free one)")
+    ap.add_argument("--time-scale", type=float, help="emulated engines run this many times faster than their profiles")
+    ap.add_argument("--drain-s", type=float, default=30.0, help="on SIGINT/SIGTERM, let in-flight requests finish this long (default 30)")
+    ap.add_argument("--keep-rounds", type=int, default=256, help="scheduling rounds kept for GET /v1/rounds/{id} (default 256)")
+    ap.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"], help="default INFO")
+    return ap
+
+
+async def _serve(args: argparse.Namespace) -> int:
+    from aragog_jax.serving import Server, ServeOptions, load_runtime
+
+    fleet = load_runtime(args.fleet, host=args.host, port=args.port, time_scale=args.time_scale)
+    server = Server(fleet, ServeOptions(drain_s=args.drain_s, keep_rounds=args.keep_rounds))
+    try:
+        url = await server.start()
+    except OSError as exc:
+        await server.stop(drain_s=0)
+        raise SpecError(f"cannot listen on {fleet.settings.host}:{fleet.settings.port}: {exc.strerror or exc}") from exc
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    first = next(iter(fleet.workflows))
+    log.info("fleet: %s; %d engines (%s)", fleet.source, len(fleet.engines), ", ".join(f"{e.name}={e.model}" for e in fleet.engines))
+    log.info("workflows: %s", ", ".join(f"{n} ({'router' if w.router is not None else 'admit-all'})" for n, w in fleet.workflows.items()))
+    if fleet.api_keys:
+        log.info("API keys required (%d configured)", len(fleet.api_keys))
+    log.info("listening on %s", url)
+    log.info(
+        "try: curl -s %s/v1/workflows/%s/runs -H 'Content-Type: application/json' -d '{\"input\": \"Write a function that reverses a string.\"}'",
+        url, first,
+    )  # fmt: skip
+    print(f"aragog_jax serving on {url}", flush=True)
+    await stop.wait()
+    log.info("shutting down: draining in-flight requests (up to %.0f s)", args.drain_s)
+    summary = await server.stop()
+    log.info("stopped (%s)", summary)
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.time_scale is not None and args.time_scale <= 0:
+        raise SpecError(f"--time-scale must be > 0, got {args.time_scale}")
+    logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(message)s", stream=sys.stderr)
+    return asyncio.run(_serve(args))
+
+
+if __name__ == "__main__":
+    sys.exit(run_cli(main))

@@ -1,0 +1,399 @@
+"""Workflow execution: requests in, scheduling rounds, stage dispatches, receipts out.
+
+The executor is the one entry point from coroutines to the (synchronous) scheduler.
+A scheduling round runs when something changed: a request arrived, a stage finished
+or failed, or the load monitor saw an engine's load or health change. Rounds are
+coalesced (many triggers in one loop iteration give one round) and never polled.
+
+Faults: an engine error marks the engine (circuit breaker) and the stage goes back to
+the scheduler, which places it on another model that keeps an admitted configuration.
+When none is left the request fails with :class:`NoViableConfigurationError` (503); an
+engine that rejects the request itself (4xx) fails it with :class:`UpstreamError` (502).
+Every accepted request ends in exactly one of: completed, failed, expired, cancelled.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import time
+import uuid
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from aragog_jax.errors import (
+    AragogError,
+    DeadlineExceededError,
+    NoViableConfigurationError,
+    OverloadedError,
+    UpstreamError,
+)
+from aragog_jax.serving._breaker import BreakerState
+from aragog_jax.serving._client import EngineClient, EngineRejected
+from aragog_jax.serving._fleet import FleetRuntime, WorkflowRuntime
+from aragog_jax.serving._metrics import ServerMetrics
+from aragog_jax.serving._monitor import EngineLoadState, LoadMonitor
+from aragog_jax.serving._routing import Routed, RouterWorker
+from aragog_jax.serving._sched import Assignment, SchedulerPort
+from aragog_jax.serving._wire import Attempt, Receipt, StageReceipt
+
+log = logging.getLogger("aragog_jax.serving")
+
+#: A stage is given up after this many failed attempts (on top of the viability check).
+MAX_ATTEMPTS_PER_STAGE = 4
+
+
+class _SafeDict(dict):
+    def __missing__(self, key: str) -> str:
+        return "{" + key + "}"
+
+
+@dataclass
+class Run:
+    id: str
+    wf: WorkflowRuntime
+    input: str
+    t0: float
+    deadline: float
+    replay: bool = False
+    routed: Routed | None = None
+    outputs: dict[int, str] = field(default_factory=dict)
+    receipts: dict[int, StageReceipt] = field(default_factory=dict)
+    ready_at: dict[int, float] = field(default_factory=dict)
+    attempts: dict[int, list[Attempt]] = field(default_factory=dict)
+    tasks: set[asyncio.Task] = field(default_factory=set)
+    rounds: list[Any] = field(default_factory=list)
+    done: asyncio.Future | None = None
+    events: asyncio.Queue | None = None  # stage receipts for streaming
+    timer: asyncio.TimerHandle | None = None
+    status: str = "routing"  # routing, queued, completed, failed, expired, cancelled
+    failovers: int = 0
+
+    @property
+    def finished(self) -> bool:
+        return self.status in ("completed", "failed", "expired", "cancelled")
+
+
+@dataclass(frozen=True, slots=True)
+class RunResult:
+    id: str
+    output: str
+    receipt: Receipt
+
+
+class Executor:
+    """Lifecycle: ``await open()`` (clients, monitor), then ``submit``; ``await close()``."""
+
+    def __init__(self, fleet: FleetRuntime, engine_urls: dict[str, str], metrics: ServerMetrics, *, keep_rounds: int = 256):
+        self.fleet = fleet
+        self.settings = fleet.settings
+        self.metrics = metrics
+        from aragog_jax.serving._breaker import CircuitBreaker
+        from aragog_jax.serving._client import ClientLimits
+
+        limits = ClientLimits(
+            request_timeout_s=self.settings.engine_timeout_s,
+            connect_timeout_s=min(5.0, self.settings.engine_timeout_s),
+            max_connections=max(64, self.settings.max_queue),
+        )
+        self.engines: dict[str, EngineLoadState] = {}
+        for e in fleet.engines:
+            client = EngineClient(e.name, engine_urls[e.name], e.served_model, limits)
+            self.engines[e.name] = EngineLoadState(client, e.model, CircuitBreaker())
+        self.monitor = LoadMonitor(list(self.engines.values()), poll_s=self.settings.metrics_poll_s, on_change=self.kick)
+        self.sched = SchedulerPort(fleet)
+        self.routers = {name: RouterWorker(wf) for name, wf in fleet.workflows.items()}
+        self.runs: dict[str, Run] = {}
+        self.num_accepted = 0
+        self.draining = False
+        self._kick_scheduled = False
+        self._seed = itertools.count()
+        self.recent_rounds: deque[Any] = deque(maxlen=keep_rounds)
+        self.counts = {"completed": 0, "failed": 0, "expired": 0, "cancelled": 0}
+
+    # -- lifecycle ----------------------------------------------------------------------
+
+    async def open(self) -> None:
+        for st in self.engines.values():
+            await st.client.open()
+        await self.monitor.poll_once()
+        self.monitor.start()
+
+    async def close(self) -> None:
+        await self.monitor.stop()
+        for run in list(self.runs.values()):
+            self._finish(run, "cancelled", AragogError("server shutting down"))
+        for st in self.engines.values():
+            await st.client.close()
+
+    @property
+    def num_in_flight(self) -> int:
+        return len(self.runs)
+
+    def ready(self) -> tuple[bool, str]:
+        now = time.monotonic()
+        down = [n for n, st in self.engines.items() if st.breaker.poll(now) is BreakerState.OPEN]
+        if len(down) == len(self.engines):
+            return False, f"no engine reachable ({', '.join(down)})"
+        if self.draining:
+            return False, "draining"
+        return True, f"{len(self.engines) - len(down)}/{len(self.engines)} engines reachable"
+
+    # -- submission ---------------------------------------------------------------------
+
+    def admit(self, workflow: str, text: str, *, deadline_s: float | None = None, replay: bool = False, stream: bool = False) -> Run:
+        """Accept a run or raise OverloadedError (bounded meta-queue)."""
+        if self.draining:
+            raise AragogError("server is shutting down; not accepting new requests")
+        if len(self.runs) >= self.settings.max_queue:
+            raise OverloadedError(f"meta-queue full ({self.settings.max_queue} requests in flight)")
+        wf = self.fleet.workflows[workflow]
+        now = time.monotonic()
+        limit = self.settings.request_deadline_s if deadline_s is None else min(deadline_s, self.settings.request_deadline_s)
+        run = Run(
+            id=f"run-{uuid.uuid4().hex[:20]}", wf=wf, input=text, t0=now, deadline=now + limit, replay=replay,
+            done=asyncio.get_running_loop().create_future(), events=asyncio.Queue() if stream else None,
+        )  # fmt: skip
+        self.runs[run.id] = run
+        run.timer = asyncio.get_running_loop().call_later(limit, self._expire, run)
+        self.num_accepted += 1
+        self.metrics.in_flight.set(len(self.runs))
+        task = asyncio.get_running_loop().create_task(self._start(run))
+        run.tasks.add(task)
+        task.add_done_callback(run.tasks.discard)
+        return run
+
+    async def wait(self, run: Run) -> RunResult:
+        """Wait for a run to end; raises the AragogError it ended with (504 past its deadline)."""
+        try:
+            return await asyncio.shield(run.done)
+        except asyncio.CancelledError:
+            # The client went away: stop spending engine time on it.
+            self._finish(run, "cancelled", AragogError("client disconnected"))
+            raise
+
+    def _expire(self, run: Run) -> None:
+        self._finish(run, "expired", DeadlineExceededError(
+            f"request {run.id} ran past its deadline of {run.deadline - run.t0:g} s"))  # fmt: skip
+
+    async def _start(self, run: Run) -> None:
+        try:
+            routed = await self.routers[run.wf.name].route(run.input)
+        except Exception as exc:  # noqa: BLE001
+            self._finish(run, "failed", AragogError(f"routing failed: {exc}"))
+            return
+        if run.finished:
+            return
+        run.routed = routed
+        self.metrics.routing_s.observe(routed.routing_s)
+        self.metrics.admitted.observe(routed.num_admitted)
+        if not routed.mask.any():
+            self._finish(run, "failed", NoViableConfigurationError(f"{run.wf.name}: no admitted configuration can run on this fleet"))
+            return
+        run.status = "queued"
+        now = time.monotonic()
+        for sid in self.sched.add(run.id, run.wf, routed.mask):
+            run.ready_at[sid] = now
+        self.kick()
+
+    # -- rounds -------------------------------------------------------------------------
+
+    def kick(self) -> None:
+        """Ask for a scheduling round soon (coalesced)."""
+        if not self._kick_scheduled:
+            self._kick_scheduled = True
+            asyncio.get_running_loop().call_soon(self._round)
+
+    def _round(self) -> None:
+        self._kick_scheduled = False
+        if not self.sched.num_pending:
+            self.metrics.meta_queue.set(0)
+            return
+        now = time.monotonic()
+        loads = self.monitor.snapshot(now)
+        t0 = time.perf_counter()
+        plan = self.sched.schedule(loads)
+        self.metrics.scheduling_s.observe(time.perf_counter() - t0)
+        if plan.record is not None:
+            self.recent_rounds.append(plan.record)
+        for a in plan.assignments:
+            run = self.runs.get(a.run_id)
+            if run is None or run.finished:
+                continue
+            if run.replay and plan.record is not None and (not run.rounds or run.rounds[-1] is not plan.record):
+                run.rounds.append(plan.record)
+            self._dispatch(run, a, plan.round_id, now)
+        self.metrics.meta_queue.set(self.sched.num_pending)
+        for ld in loads:
+            m = self.metrics
+            m.engine_running.labels(ld.engine).set(ld.running)
+            m.engine_waiting.labels(ld.engine).set(ld.waiting)
+            m.engine_in_flight.labels(ld.engine).set(ld.in_flight)
+            m.engine_kv.labels(ld.engine).set(ld.kv_usage)
+            m.engine_healthy.labels(ld.engine).set(1.0 if ld.healthy else 0.0)
+
+    def _dispatch(self, run: Run, a: Assignment, round_id: int, now: float) -> None:
+        st = self.engines[a.engine]
+        st.in_flight += 1
+        st.num_dispatched += 1
+        st.breaker.on_dispatch(now)
+        task = asyncio.get_running_loop().create_task(self._run_stage(run, a, st, round_id, now))
+        run.tasks.add(task)
+        task.add_done_callback(run.tasks.discard)
+
+    def _prompt(self, run: Run, sid: int) -> str:
+        stage = run.wf.spec.stage[sid]
+        values = _SafeDict(input=run.input)
+        for up in stage.upstream:
+            values[up] = run.outputs.get(run.wf.stage_index[up], "")
+        return stage.prompt.format_map(values)
+
+    async def _run_stage(self, run: Run, a: Assignment, st: EngineLoadState, round_id: int, t_disp: float) -> None:
+        sid = a.stage_id
+        stage = run.wf.spec.stage[sid]
+        timeout = min(self.settings.engine_timeout_s, max(0.05, run.deadline - time.monotonic()))
+        try:
+            try:
+                res = await st.client.chat(self._prompt(run, sid), max_tokens=max(1, stage.output_tokens), seed=next(self._seed) % 2**31, timeout_s=timeout)
+            finally:
+                st.in_flight -= 1
+        except asyncio.CancelledError:
+            self.sched.release(run.id, sid, a.engine)
+            raise
+        except EngineRejected as exc:
+            self.metrics.dispatches.labels(a.engine, st.model, "rejected").inc()
+            self.sched.release(run.id, sid, a.engine)
+            self._finish(run, "failed", UpstreamError(f"stage {stage.name!r}: {exc}"))
+            self.kick()
+            return
+        except UpstreamError as exc:
+            self._on_engine_fault(run, a, st, exc)
+            return
+        now = time.monotonic()
+        if st.breaker.on_success(now):
+            log.warning("engine %s recovered", st.name)
+        if res.orca is not None:
+            st.orca = res.orca
+        self.metrics.dispatches.labels(a.engine, st.model, "ok").inc()
+        if run.finished:
+            self.sched.release(run.id, sid, a.engine)
+            self.kick()
+            return
+        queue_s = t_disp - run.ready_at.get(sid, t_disp)
+        self.metrics.queue_s.observe(queue_s)
+        rec = StageReceipt(
+            stage=stage.name, model=st.model, engine=st.name, queue_s=queue_s, run_s=now - t_disp,
+            prompt_tokens=res.prompt_tokens, completion_tokens=res.completion_tokens, round_id=round_id,
+            failed_attempts=run.attempts.get(sid, []),
+        )  # fmt: skip
+        run.outputs[sid] = res.text
+        run.receipts[sid] = rec
+        newly_ready = self.sched.finished(run.id, sid, a.engine)
+        for r in newly_ready:
+            run.ready_at[r] = now
+        if run.events is not None:
+            run.events.put_nowait((stage.name, res.text, rec))
+        if len(run.outputs) == run.wf.space.num_stages:
+            self._complete(run)
+        self.kick()
+
+    def _on_engine_fault(self, run: Run, a: Assignment, st: EngineLoadState, exc: UpstreamError) -> None:
+        now = time.monotonic()
+        sid = a.stage_id
+        if st.breaker.on_failure(now, str(exc)):
+            log.warning("engine %s marked unhealthy: %s", st.name, exc)
+        self.metrics.dispatches.labels(a.engine, st.model, "error").inc()
+        attempts = run.attempts.setdefault(sid, [])
+        attempts.append(Attempt(model=st.model, engine=st.name, error=str(exc)))
+        if run.finished:
+            self.sched.release(run.id, sid, a.engine)
+            self.kick()
+            return
+        run.failovers += 1
+        self.metrics.failovers.labels(run.wf.name).inc()
+        healthy_models = self._healthy_models(now)
+        viable = self.sched.failed(run.id, sid, a.engine, healthy_models)
+        if len(attempts) >= MAX_ATTEMPTS_PER_STAGE:
+            self._finish(run, "failed", UpstreamError(
+                f"stage {run.wf.spec.stage[sid].name!r} failed {len(attempts)} times; last: {exc}"))  # fmt: skip
+        elif not viable:
+            self._finish(run, "failed", NoViableConfigurationError(
+                f"stage {run.wf.spec.stage[sid].name!r} failed on {st.name} ({exc}) and no admitted configuration "
+                f"can run on the remaining healthy engines"))  # fmt: skip
+        else:
+            run.ready_at[sid] = now
+        # Other queued requests may have lost their last option too.
+        self._sweep_unviable(healthy_models)
+        self.kick()
+
+    def _healthy_models(self, now: float) -> set[str]:
+        return {st.model for st in self.engines.values() if st.breaker.poll(now) is not BreakerState.OPEN}
+
+    def _sweep_unviable(self, healthy_models: set[str]) -> None:
+        for run_id in self.sched.unviable(healthy_models):
+            run = self.runs.get(run_id)
+            if run is not None and not run.finished:
+                self._finish(run, "failed", NoViableConfigurationError(
+                    f"{run.wf.name}: no admitted configuration can run on the healthy engines ({sorted(healthy_models)})"))  # fmt: skip
+
+    # -- endings ------------------------------------------------------------------------
+
+    def _receipt(self, run: Run) -> Receipt:
+        wf = run.wf
+        stages = [run.receipts[s] for s in range(wf.space.num_stages) if s in run.receipts]
+        routed = run.routed
+        return Receipt(
+            workflow=wf.name,
+            num_configs=wf.space.num_configs,
+            num_admitted=routed.num_admitted if routed else 0,
+            router=routed.router if routed else ("trained" if wf.router is not None else "admit-all"),
+            routing_s=routed.routing_s if routed else 0.0,
+            total_s=time.monotonic() - run.t0,
+            stages=stages,
+            configuration={r.stage: r.model for r in stages},
+            failovers=run.failovers,
+            rounds=list(run.rounds),
+        )
+
+    def _complete(self, run: Run) -> None:
+        wf = run.wf
+        sinks = [i for i in range(wf.space.num_stages) if int(wf.space.stage_depth[i]) == 0]
+        output = run.outputs[sinks[-1]]
+        self._end(run, "completed")
+        run.done.set_result(RunResult(run.id, output, self._receipt(run)))
+
+    def _finish(self, run: Run, status: str, exc: AragogError) -> None:
+        if run.finished:
+            return
+        self._end(run, status)
+        self.sched.cancel(run.id)
+        for t in list(run.tasks):
+            if t is not asyncio.current_task():
+                t.cancel()
+        if not run.done.done():
+            run.done.set_exception(exc)
+            run.done.exception()  # mark retrieved: a handler may be gone already
+        if run.events is not None:
+            run.events.put_nowait(None)
+
+    def _end(self, run: Run, status: str) -> None:
+        run.status = status
+        if run.timer is not None:
+            run.timer.cancel()
+        self.runs.pop(run.id, None)
+        self.counts[status] = self.counts.get(status, 0) + 1
+        self.metrics.requests.labels(run.wf.name, status).inc()
+        self.metrics.in_flight.set(len(self.runs))
+        if run.events is not None and status == "completed":
+            run.events.put_nowait(None)
+
+    def receipt_so_far(self, run: Run) -> Receipt:
+        return self._receipt(run)
+
+
+def as_mask(mask: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(mask, dtype=bool)

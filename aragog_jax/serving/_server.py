@@ -1,0 +1,362 @@
+"""The front door: aiohttp routes, admission, security, and the server's lifecycle.
+
+Errors map to HTTP statuses in one place (:func:`status_of`): schema errors 400 (naming
+the field), bad or missing key 401, unknown workflow 404, body too large 413, meta-queue
+full 429 (with ``Retry-After``), engine failure 502, no viable configuration or
+shutting down 503, deadline 504.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import logging
+import re
+import time
+import uuid
+from dataclasses import dataclass
+
+import msgspec
+from aiohttp import web
+
+from aragog_jax.errors import (
+    AragogError,
+    DeadlineExceededError,
+    NoViableConfigurationError,
+    OverloadedError,
+    SpecError,
+    UpstreamError,
+    UpstreamTimeout,
+)
+from aragog_jax.serving._emulated import EmulatedEngine
+from aragog_jax.serving._executor import Executor, Run
+from aragog_jax.serving._fleet import FleetRuntime
+from aragog_jax.serving._loopback import LoopbackServer
+from aragog_jax.serving._metrics import ServerMetrics
+from aragog_jax.serving._wire import (
+    ENCODER,
+    FRONT_CHAT_DECODER,
+    RUN_REQUEST_DECODER,
+    DoneEvent,
+    ErrorEvent,
+    RunResponse,
+    StageEvent,
+    WorkflowInfo,
+)
+
+log = logging.getLogger("aragog_jax.serving")
+
+WORKFLOW_MODEL_PREFIX = "workflow:"
+RETRY_AFTER_S = 1
+
+
+class NotFound(AragogError):
+    """Unknown workflow or route."""
+
+
+class BadRequest(AragogError):
+    def __init__(self, message: str, field: str | None = None):
+        super().__init__(message)
+        self.field = field
+
+
+class Unauthorized(AragogError):
+    pass
+
+
+class ShuttingDown(AragogError):
+    """The server is draining: 503."""
+
+
+_STATUS: list[tuple[type[BaseException], int, str]] = [
+    (BadRequest, 400, "invalid_request_error"),
+    (SpecError, 400, "invalid_request_error"),
+    (Unauthorized, 401, "authentication_error"),
+    (NotFound, 404, "not_found_error"),
+    (OverloadedError, 429, "overloaded_error"),
+    (UpstreamTimeout, 504, "upstream_timeout"),
+    (UpstreamError, 502, "upstream_error"),
+    (NoViableConfigurationError, 503, "no_viable_configuration"),
+    (DeadlineExceededError, 504, "deadline_exceeded"),
+    (AragogError, 503, "unavailable"),
+]
+
+
+def status_of(exc: BaseException) -> tuple[int, str]:
+    for cls, status, kind in _STATUS:
+        if isinstance(exc, cls):
+            return status, kind
+    return 500, "internal_error"
+
+
+def error_response(exc: BaseException) -> web.Response:
+    status, kind = status_of(exc)
+    body = {"error": {"message": str(exc), "type": kind, "code": status, "field": getattr(exc, "field", None)}}
+    headers = {"Retry-After": str(RETRY_AFTER_S)} if status == 429 else None
+    return web.Response(status=status, body=ENCODER.encode(body), content_type="application/json", headers=headers)
+
+
+_FIELD_RE = re.compile(r"at `\$\.?([^`]*)`")
+_MISSING_RE = re.compile(r"(?:missing required field|unknown field) `([^`]+)`")
+
+
+def schema_error(exc: msgspec.MsgspecError) -> BadRequest:
+    msg = str(exc)
+    m = _MISSING_RE.search(msg) or _FIELD_RE.search(msg)
+    field = m.group(1) if m else None
+    if isinstance(exc, msgspec.ValidationError):
+        return BadRequest(f"invalid request: {msg}" + (f" (field {field!r})" if field else ""), field)
+    return BadRequest(f"malformed JSON: {msg}", None)
+
+
+@dataclass
+class ServeOptions:
+    drain_s: float = 30.0  # graceful shutdown: how long in-flight requests may finish
+    keep_rounds: int = 256  # scheduling rounds kept for GET /v1/rounds/{id}
+
+
+class Server:
+    """Lifecycle: ``await start()`` -> serving; ``await stop()`` drains and closes."""
+
+    def __init__(self, fleet: FleetRuntime, options: ServeOptions = ServeOptions()):
+        self.fleet = fleet
+        self.settings = fleet.settings
+        self.options = options
+        self.metrics = ServerMetrics()
+        self.executor: Executor | None = None
+        self.emulated: dict[str, tuple[EmulatedEngine, LoopbackServer]] = {}
+        self.site: LoopbackServer | None = None
+        self.url = ""
+        self.state = "new"  # new, serving, draining, closed
+        self._stopping: asyncio.Task | None = None
+        self.app = self._make_app()
+
+    # -- lifecycle ------------------------------------------------------------------------
+
+    async def start(self) -> str:
+        urls: dict[str, str] = {}
+        for e in self.fleet.engines:
+            if e.emulated:
+                eng = EmulatedEngine(e.name, e.model, e.profile, time_scale=self.settings.time_scale, served_model_name=e.served_model)
+                srv = LoopbackServer(eng.app)
+                urls[e.name] = await srv.start()
+                self.emulated[e.name] = (eng, srv)
+            else:
+                urls[e.name] = e.spec.url
+        self.executor = Executor(self.fleet, urls, self.metrics, keep_rounds=self.options.keep_rounds)
+        await self.executor.open()
+        self.site = LoopbackServer(self.app, self.settings.host, self.settings.port, shutdown_timeout=1.0)
+        self.url = await self.site.start()
+        self.state = "serving"
+        return self.url
+
+    async def stop(self, drain_s: float | None = None) -> dict[str, int]:
+        """Stop taking requests, let in-flight ones finish for ``drain_s``, then close.
+
+        Safe to call more than once (later calls wait for the first)."""
+        if self._stopping is None:
+            self._stopping = asyncio.get_running_loop().create_task(self._stop(drain_s))
+        return await asyncio.shield(self._stopping)
+
+    async def _stop(self, drain_s: float | None) -> dict[str, int]:
+        self.state = "draining"
+        ex = self.executor
+        left = 0
+        if ex is not None:
+            ex.draining = True
+        if self.site is not None:
+            await self.site.stop_listening()
+        if ex is not None:
+            deadline = time.monotonic() + (self.options.drain_s if drain_s is None else drain_s)
+            while ex.num_in_flight and time.monotonic() < deadline:
+                await asyncio.sleep(0.05)
+            left = ex.num_in_flight
+            await ex.close()  # what is left ends with 503
+        if self.site is not None:
+            await self.site.stop()
+        for _, srv in self.emulated.values():
+            await srv.stop()
+        self.state = "closed"
+        return {"cancelled_at_shutdown": left}
+
+    # -- app ------------------------------------------------------------------------------
+
+    def _make_app(self) -> web.Application:
+        app = web.Application(client_max_size=self.settings.max_body_bytes, middlewares=[self._guard])
+        r = app.router
+        r.add_get("/health", self.health)
+        r.add_get("/ready", self.ready)
+        r.add_get("/metrics", self.prom)
+        r.add_get("/v1/workflows", self.list_workflows)
+        r.add_post("/v1/workflows/{name}/runs", self.run_workflow)
+        r.add_get("/v1/models", self.list_models)
+        r.add_post("/v1/chat/completions", self.chat)
+        r.add_get("/v1/rounds/{round_id}", self.get_round)
+        return app
+
+    @web.middleware
+    async def _guard(self, request: web.Request, handler):
+        try:
+            if self.fleet.api_keys and request.path != "/health":
+                auth = request.headers.get("Authorization", "")
+                key = auth[7:].strip() if auth[:7].lower() == "bearer " else ""
+                if not key or not any(hmac.compare_digest(key.encode(), k.encode()) for k in self.fleet.api_keys):
+                    # Never log or echo the key.
+                    raise Unauthorized("missing or invalid API key (send Authorization: Bearer <key>)")
+            if request.content_length is not None and request.content_length > self.settings.max_body_bytes:
+                return web.Response(
+                    status=413, content_type="application/json",
+                    body=ENCODER.encode({"error": {"message": f"request body over {self.settings.max_body_bytes} bytes",
+                                                   "type": "payload_too_large", "code": 413, "field": None}}),
+                )  # fmt: skip
+            return await handler(request)
+        except AragogError as exc:
+            return error_response(exc)
+        except web.HTTPRequestEntityTooLarge:
+            return web.Response(
+                status=413, content_type="application/json",
+                body=ENCODER.encode({"error": {"message": f"request body over {self.settings.max_body_bytes} bytes",
+                                               "type": "payload_too_large", "code": 413, "field": None}}),
+            )  # fmt: skip
+
+    async def health(self, request: web.Request) -> web.Response:
+        return web.json_response({"status": "ok"})
+
+    async def ready(self, request: web.Request) -> web.Response:
+        ex = self.executor
+        ok, why = ex.ready() if ex is not None else (False, "starting")
+        routers = {n: ("compiled" if w.router is not None else "admit-all") for n, w in self.fleet.workflows.items()}
+        return web.json_response({"ready": ok, "detail": why, "routers": routers}, status=200 if ok else 503)
+
+    async def prom(self, request: web.Request) -> web.Response:
+        if self.executor is not None:
+            self.metrics.in_flight.set(self.executor.num_in_flight)
+        return web.Response(body=self.metrics.render(), content_type="text/plain", charset="utf-8")
+
+    def _workflow(self, name: str):
+        wf = self.fleet.workflows.get(name)
+        if wf is None:
+            raise NotFound(f"unknown workflow {name!r} (known: {', '.join(sorted(self.fleet.workflows))})")
+        return wf
+
+    async def list_workflows(self, request: web.Request) -> web.Response:
+        data = [
+            WorkflowInfo(
+                name=w.name, description=w.spec.description, stages=list(w.space.stage_names),
+                num_configs=w.space.num_configs, router="trained" if w.router is not None else "admit-all",
+                model=WORKFLOW_MODEL_PREFIX + w.name,
+            )
+            for w in self.fleet.workflows.values()
+        ]  # fmt: skip
+        return web.Response(body=ENCODER.encode({"object": "list", "data": data}), content_type="application/json")
+
+    async def list_models(self, request: web.Request) -> web.Response:
+        data = [{"id": WORKFLOW_MODEL_PREFIX + n, "object": "model", "created": 0, "owned_by": "aragog"} for n in self.fleet.workflows]
+        return web.json_response({"object": "list", "data": data})
+
+    async def get_round(self, request: web.Request) -> web.Response:
+        try:
+            rid = int(request.match_info["round_id"])
+        except ValueError as exc:
+            raise BadRequest("round id must be an integer", "round_id") from exc
+        for rec in reversed(self.executor.recent_rounds):
+            if getattr(rec, "round_id", None) == rid or (isinstance(rec, dict) and rec.get("round_id") == rid):
+                return web.Response(body=ENCODER.encode(rec), content_type="application/json")
+        raise NotFound(f"round {rid} is not among the last {self.options.keep_rounds} rounds")
+
+    async def _read(self, request: web.Request, decoder):
+        raw = await request.read()
+        try:
+            return decoder.decode(raw)
+        except msgspec.MsgspecError as exc:
+            raise schema_error(exc) from exc
+
+    def _admit(self, workflow: str, text: str, **kw) -> Run:
+        if self.state != "serving" or self.executor is None:
+            raise ShuttingDown("server is shutting down; not accepting new requests")
+        return self.executor.admit(workflow, text, **kw)
+
+    async def run_workflow(self, request: web.Request) -> web.StreamResponse:
+        wf = self._workflow(request.match_info["name"])
+        body = await self._read(request, RUN_REQUEST_DECODER)
+        run = self._admit(wf.name, body.input, deadline_s=body.deadline_s, replay=body.replay, stream=body.stream)
+        if body.stream:
+            return await self._stream_run(request, run)
+        res = await self.executor.wait(run)
+        return web.Response(
+            body=ENCODER.encode(RunResponse(id=res.id, workflow=wf.name, output=res.output, receipt=res.receipt)),
+            content_type="application/json",
+        )
+
+    async def _stream_run(self, request: web.Request, run: Run) -> web.StreamResponse:
+        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
+        await resp.prepare(request)
+        try:
+            while True:
+                item = await run.events.get()
+                if item is None:
+                    break
+                stage, text, rec = item
+                await resp.write(b"event: stage\ndata: " + ENCODER.encode(StageEvent(run.id, stage, text, rec)) + b"\n\n")
+            if run.done.exception() is None:
+                res = run.done.result()
+                await resp.write(b"event: done\ndata: " + ENCODER.encode(DoneEvent(run.id, res.output, res.receipt)) + b"\n\n")
+            else:
+                exc = run.done.exception()
+                status, _ = status_of(exc)
+                await resp.write(b"event: error\ndata: " + ENCODER.encode(ErrorEvent(run.id, status, str(exc))) + b"\n\n")
+        except (asyncio.CancelledError, ConnectionResetError):
+            self.executor._finish(run, "cancelled", AragogError("client disconnected"))
+            raise
+        await resp.write_eof()
+        return resp
+
+    # -- OpenAI-compatible ------------------------------------------------------------------
+
+    async def chat(self, request: web.Request) -> web.StreamResponse:
+        body = await self._read(request, FRONT_CHAT_DECODER)
+        if not body.model.startswith(WORKFLOW_MODEL_PREFIX):
+            raise NotFound(f"model {body.model!r}: use 'workflow:<name>' (see GET /v1/models)")
+        wf = self._workflow(body.model[len(WORKFLOW_MODEL_PREFIX):])
+        users = [m for m in body.messages if m.role == "user"]
+        if not users or not users[-1].text().strip():
+            raise BadRequest("messages: needs a non-empty user message (the workflow input)", "messages")
+        run = self._admit(wf.name, users[-1].text(), stream=False)
+        created = int(time.time())
+        cid = f"chatcmpl-{uuid.uuid4().hex[:24]}"
+        if not body.stream:
+            res = await self.executor.wait(run)
+            usage = _usage(res.receipt)
+            payload = {
+                "id": cid, "object": "chat.completion", "created": created, "model": body.model,
+                "choices": [{"index": 0, "message": {"role": "assistant", "content": res.output}, "finish_reason": "stop"}],
+                "usage": usage, "aragog": {"id": res.id, "receipt": res.receipt},
+            }  # fmt: skip
+            return web.Response(body=ENCODER.encode(payload), content_type="application/json")
+        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
+        await resp.prepare(request)
+
+        def chunk(delta: dict, finish: str | None = None, **extra) -> bytes:
+            c = {"id": cid, "object": "chat.completion.chunk", "created": created, "model": body.model,
+                 "choices": [{"index": 0, "delta": delta, "finish_reason": finish}], **extra}  # fmt: skip
+            return b"data: " + ENCODER.encode(c) + b"\n\n"
+
+        await resp.write(chunk({"role": "assistant", "content": ""}))
+        try:
+            res = await self.executor.wait(run)
+        except AragogError as exc:
+            status, kind = status_of(exc)
+            await resp.write(b"data: " + ENCODER.encode({"error": {"message": str(exc), "type": kind, "code": status}}) + b"\n\n")
+            await resp.write_eof()
+            return resp
+        await resp.write(chunk({"content": res.output}))
+        await resp.write(chunk({}, "stop", usage=_usage(res.receipt)))
+        await resp.write(b"data: [DONE]\n\n")
+        await resp.write_eof()
+        return resp
+
+
+def _usage(receipt) -> dict:
+    p = sum(s.prompt_tokens for s in receipt.stages)
+    c = sum(s.completion_tokens for s in receipt.stages)
+    return {"prompt_tokens": p, "completion_tokens": c, "total_tokens": p + c}

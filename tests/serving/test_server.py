@@ -1,0 +1,240 @@
+"""The server against loopback fake engines: routes, receipts, faults, admission, shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import aiohttp
+import pytest
+
+from aragog_jax.serving import FakeEngine, LoopbackServer, Server, ServeOptions, load_runtime
+
+from ._fleetkit import write_fleet
+
+
+async def _serve(tmp_path, engines: dict[str, tuple[str, FakeEngine]], fn, *, server=None, options=ServeOptions(drain_s=2.0), workflows=None):
+    fakes = []
+    urls = []
+    for name, (model, fake) in engines.items():
+        srv = LoopbackServer(fake.app)
+        fakes.append(srv)
+        urls.append((name, model, await srv.start()))
+    settings = {"port": 0, "metrics_poll_s": 0.05, "engine_timeout_s": 2.0, **(server or {})}
+    path = write_fleet(tmp_path, urls, server=settings, workflows=workflows)
+    fleet = load_runtime(path)
+    s = Server(fleet, options)
+    url = await s.start()
+    try:
+        async with aiohttp.ClientSession(base_url=url) as http:
+            return await fn(s, http)
+    finally:
+        await s.stop(drain_s=0.5)
+        for f in fakes:
+            await f.stop()
+
+
+def _two(mode_small="ok", mode_big="ok", **kw):
+    return {"e-small": ("small", FakeEngine("small", mode=mode_small, **kw)), "e-big": ("big", FakeEngine("big", mode=mode_big, **kw))}
+
+
+async def _post(http, path, body, **kw):
+    async with http.post(path, json=body, **kw) as r:
+        return r.status, await r.json(content_type=None), r.headers
+
+
+def test_run_completes_with_receipt(tmp_path):
+    engines = _two()
+
+    async def fn(s, http):
+        return await _post(http, "/v1/workflows/chain/runs", {"input": "reverse a string"})
+
+    status, body, _ = asyncio.run(_serve(tmp_path, engines, fn))
+    assert status == 200, body
+    rec = body["receipt"]
+    assert [st["stage"] for st in rec["stages"]] == ["draft", "polish"]
+    assert rec["num_configs"] == 4 and rec["num_admitted"] == 4 and rec["router"] == "admit-all"
+    polish = rec["stages"][1]
+    fake = engines[polish["engine"]][1]
+    draft_text = engines[rec["stages"][0]["engine"]][1].text_for("Draft: reverse a string")
+    # The final stage's prompt is rendered from the input and the upstream output.
+    assert body["output"] == fake.text_for(f"Polish {draft_text} for reverse a string")
+    assert rec["configuration"] == {"draft": rec["stages"][0]["model"], "polish": polish["model"]}
+    assert all(st["queue_s"] >= 0 and st["run_s"] > 0 and st["round_id"] >= 0 for st in rec["stages"])
+
+
+def test_fan_in_and_streaming_events(tmp_path):
+    async def fn(s, http):
+        events = []
+        async with http.post("/v1/workflows/fan/runs", json={"input": "q", "stream": True}) as r:
+            assert r.headers["Content-Type"].startswith("text/event-stream")
+            async for line in r.content:
+                if line.startswith(b"data: "):
+                    events.append(json.loads(line[6:]))
+        return events
+
+    events = asyncio.run(_serve(tmp_path, _two(), fn))
+    kinds = [e["event"] for e in events]
+    assert kinds[-1] == "done" and kinds.count("stage") == 3
+    assert {e["stage"] for e in events if e["event"] == "stage"} == {"a", "b", "join"}
+    assert events[-2]["stage"] == "join" and events[-1]["output"] == events[-2]["output"]
+
+
+def test_listing_and_errors(tmp_path):
+    async def fn(s, http):
+        out = {}
+        async with http.get("/v1/workflows") as r:
+            out["wf"] = await r.json()
+        async with http.get("/v1/models") as r:
+            out["models"] = await r.json()
+        out["404"] = await _post(http, "/v1/workflows/nope/runs", {"input": "x"})
+        out["400_missing"] = await _post(http, "/v1/workflows/chain/runs", {})
+        out["400_type"] = await _post(http, "/v1/workflows/chain/runs", {"input": 3})
+        out["400_unknown"] = await _post(http, "/v1/workflows/chain/runs", {"input": "x", "bogus": 1})
+        async with http.post("/v1/workflows/chain/runs", data=b"{not json", headers={"Content-Type": "application/json"}) as r:
+            out["400_json"] = (r.status, await r.json())
+        async with http.post("/v1/workflows/chain/runs", data=b'{"input": "' + b"x" * 5000 + b'"}') as r:
+            out["413"] = r.status
+        async with http.get("/health") as r:
+            out["health"] = r.status
+        async with http.get("/ready") as r:
+            out["ready"] = (r.status, await r.json())
+        return out
+
+    out = asyncio.run(_serve(tmp_path, _two(), fn, server={"max_body_bytes": 1024}))
+    assert [w["name"] for w in out["wf"]["data"]] == ["chain", "fan"]
+    assert {m["id"] for m in out["models"]["data"]} == {"workflow:chain", "workflow:fan"}
+    assert out["404"][0] == 404 and "unknown workflow 'nope'" in out["404"][1]["error"]["message"]
+    assert out["400_missing"][0] == 400 and out["400_missing"][1]["error"]["field"] == "input"
+    assert out["400_type"][0] == 400 and out["400_type"][1]["error"]["field"] == "input"
+    assert out["400_unknown"][0] == 400 and out["400_unknown"][1]["error"]["field"] == "bogus"
+    assert out["400_json"][0] == 400 and "malformed JSON" in out["400_json"][1]["error"]["message"]
+    assert out["413"] == 413
+    assert out["health"] == 200 and out["ready"][0] == 200 and out["ready"][1]["ready"] is True
+
+
+def test_api_keys_from_file_and_env(tmp_path, monkeypatch):
+    monkeypatch.setenv("ARAGOG_TEST_KEYS", "env-key-1, env-key-2")
+
+    async def fn(s, http):
+        no = await _post(http, "/v1/workflows/chain/runs", {"input": "x"})
+        bad = await _post(http, "/v1/workflows/chain/runs", {"input": "x"}, headers={"Authorization": "Bearer nope"})
+        ok_file = await _post(http, "/v1/workflows/chain/runs", {"input": "x"}, headers={"Authorization": "Bearer file-key"})
+        ok_env = await _post(http, "/v1/workflows/chain/runs", {"input": "x"}, headers={"Authorization": "Bearer env-key-2"})
+        async with http.get("/health") as r:
+            health = r.status
+        return no, bad, ok_file, ok_env, health
+
+    no, bad, ok_file, ok_env, health = asyncio.run(
+        _serve(tmp_path, _two(), fn, server={"api_keys": ["file-key"], "api_keys_env": "ARAGOG_TEST_KEYS"})
+    )
+    assert no[0] == 401 and bad[0] == 401
+    assert "nope" not in json.dumps(bad[1])  # the key is never echoed
+    assert ok_file[0] == 200 and ok_env[0] == 200 and health == 200
+
+
+def test_queue_full_is_429_with_retry_after_and_deadline_is_504(tmp_path):
+    async def fn(s, http):
+        first = asyncio.create_task(_post(http, "/v1/workflows/chain/runs", {"input": "slow", "deadline_s": 0.3}))
+        await asyncio.sleep(0.1)
+        second = await _post(http, "/v1/workflows/chain/runs", {"input": "x"})
+        return await first, second, s.executor.counts
+
+    first, second, counts = asyncio.run(_serve(tmp_path, _two("slow", "slow", slow_s=1.0), fn, server={"max_queue": 1}))
+    assert second[0] == 429 and second[2]["Retry-After"] == "1"
+    assert first[0] == 504 and "deadline" in first[1]["error"]["message"]
+    assert counts["expired"] == 1
+
+
+@pytest.mark.parametrize("mode", ["fail", "malformed", "truncated", "hang"])
+def test_engine_fault_fails_over_to_other_model(tmp_path, mode):
+    engines = _two(mode_small=mode, mode_big="ok")
+
+    async def fn(s, http):
+        res = [await _post(http, "/v1/workflows/chain/runs", {"input": f"in{i}"}) for i in range(3)]
+        async with http.get("/metrics") as r:
+            metrics = await r.text()
+        return res, metrics, s.executor.engines["e-small"].breaker.num_opened
+
+    res, metrics, opened = asyncio.run(_serve(tmp_path, engines, fn, server={"engine_timeout_s": 0.3}))
+    assert all(r[0] == 200 for r in res), res
+    stages = [st for r in res for st in r[1]["receipt"]["stages"]]
+    assert all(st["engine"] == "e-big" for st in stages)
+    failed = [a for st in stages for a in st["failed_attempts"]]
+    assert failed and all(a["engine"] == "e-small" for a in failed)
+    assert opened >= 1
+    assert 'aragog_failovers_total{workflow="chain"}' in metrics
+    assert 'aragog_engine_healthy{engine="e-small"} 0.0' in metrics
+
+
+def test_no_viable_configuration_left_is_503_not_a_hang(tmp_path):
+    async def fn(s, http):
+        r = await asyncio.wait_for(_post(http, "/v1/workflows/chain/runs", {"input": "x"}), 10)
+        return r, s.executor.counts, s.executor.num_in_flight
+
+    (status, body, _), counts, left = asyncio.run(_serve(tmp_path, _two("fail", "fail"), fn))
+    assert status in (502, 503), body
+    assert "no admitted configuration" in body["error"]["message"] or "failed" in body["error"]["message"]
+    assert counts["failed"] == 1 and left == 0
+
+
+def test_engine_recovery_is_detected(tmp_path):
+    engines = _two(mode_small="fail")
+
+    async def fn(s, http):
+        await _post(http, "/v1/workflows/chain/runs", {"input": "x"})
+        br = s.executor.engines["e-small"].breaker
+        assert br.state.name != "CLOSED"
+        engines["e-small"][1].mode = "ok"
+        for _ in range(100):
+            await asyncio.sleep(0.05)
+            if br.state.name == "CLOSED":
+                break
+        return br.state.name
+
+    assert asyncio.run(_serve(tmp_path, engines, fn)) == "CLOSED"
+
+
+def test_graceful_shutdown_drains_in_flight(tmp_path):
+    async def fn(s, http):
+        running = asyncio.create_task(_post(http, "/v1/workflows/chain/runs", {"input": "x"}))
+        await asyncio.sleep(0.1)
+        stopping = asyncio.create_task(s.stop(drain_s=5.0))
+        await asyncio.sleep(0.05)
+        try:
+            late = (await _post(http, "/v1/workflows/chain/runs", {"input": "late"}))[0]
+        except aiohttp.ClientError:
+            late = "refused"
+        done = await running
+        summary = await stopping
+        return done, late, summary
+
+    done, late, summary = asyncio.run(_serve(tmp_path, _two("ok", "ok", delay_s=0.2), fn))
+    assert done[0] == 200 and summary == {"cancelled_at_shutdown": 0}
+    assert late in ("refused", 503)
+
+
+def test_openai_client_unchanged(tmp_path):
+    openai = pytest.importorskip("openai")
+
+    async def fn(s, http):
+        client = openai.AsyncOpenAI(base_url=s.url + "/v1", api_key="unused")
+        models = await client.models.list()
+        resp = await client.chat.completions.create(
+            model="workflow:chain", messages=[{"role": "system", "content": "be brief"}, {"role": "user", "content": "hello"}]
+        )
+        chunks = []
+        stream = await client.chat.completions.create(model="workflow:fan", messages=[{"role": "user", "content": "q"}], stream=True)
+        async for ch in stream:
+            if ch.choices and ch.choices[0].delta.content:
+                chunks.append(ch.choices[0].delta.content)
+        with pytest.raises(openai.NotFoundError):
+            await client.chat.completions.create(model="workflow:nope", messages=[{"role": "user", "content": "x"}])
+        await client.close()
+        return [m.id for m in models.data], resp, "".join(chunks)
+
+    ids, resp, streamed = asyncio.run(_serve(tmp_path, _two(), fn))
+    assert ids == ["workflow:chain", "workflow:fan"]
+    assert resp.choices[0].message.role == "assistant" and resp.choices[0].message.content.startswith(("small:", "big:"))
+    assert resp.usage.completion_tokens == 16
+    assert streamed.startswith(("small:", "big:"))
