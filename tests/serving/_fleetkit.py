@@ -74,22 +74,24 @@ prompt = "Join {a} and {b}"
 
 def write_fleet(
     tmp: Path,
-    engines: list[tuple[str, str, str]],
+    engines: list[tuple[str, ...]],
     *,
     server: dict | None = None,
     workflows: dict[str, str] | None = None,
     catalog: str = CATALOG,
     family: str = "t",
 ) -> Path:
-    """``engines``: (name, model, url) with url "" for an emulated engine (needs ``profile``)."""
+    """``engines``: (name, model, url[, served_model_name]); url "" for an emulated engine."""
     tmp.mkdir(parents=True, exist_ok=True)
     (tmp / "models.toml").write_text(catalog)
     workflows = workflows if workflows is not None else {"chain": CHAIN, "fan": FAN}
     for name, text in workflows.items():
         (tmp / f"{name}.toml").write_text(textwrap.dedent(text))
     lines = [f'family = "{family}"', 'models = "models.toml"', "workflows = [" + ", ".join(f'"{n}.toml"' for n in workflows) + "]"]
-    for name, model, url in engines:
+    for name, model, url, *served in engines:
         lines += ["", "[[engine]]", f'name = "{name}"', f'model = "{model}"']
+        if served:
+            lines.append(f'served_model_name = "{served[0]}"')
         if url:
             lines += [f'url = "{url}"', 'kind = "vllm"']
         else:

@@ -1,0 +1,168 @@
+"""Integration with two real vLLM CPU engines (``-m vllm``; prepared by scripts/test.sh).
+
+The engines serve the tiny random-weight Llama as ``tiny-a`` (core 0) and ``tiny-b``
+(core 1), with ``--max-num-seqs 4``. The last test kills ``tiny-a``, so it stays last.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import time
+
+import aiohttp
+import pytest
+
+from aragog_jax.serving import CircuitBreaker, ClientLimits, EngineClient, EngineLoadState, LoadMonitor, Server, ServeOptions, load_runtime
+
+from ._fleetkit import write_fleet
+
+pytestmark = [pytest.mark.vllm, pytest.mark.slow]
+
+LONG_CHAIN = """
+name = "chain"
+
+[[stage]]
+name = "draft"
+input_tokens = 10
+output_tokens = 48
+prompt = "Draft: {input}"
+
+[[stage]]
+name = "polish"
+upstream = ["draft"]
+input_tokens = 60
+output_tokens = 48
+prompt = "Polish {draft} for {input}"
+"""
+
+
+def _fleet(tmp_path, engines, **server):
+    settings = {"port": 0, "metrics_poll_s": 0.1, "engine_timeout_s": 30.0, **server}
+    eng = [("vllm-a", "small", engines[0].url, engines[0].name), ("vllm-b", "big", engines[1].url, engines[1].name)]
+    return load_runtime(write_fleet(tmp_path, eng, server=settings, workflows={"chain": LONG_CHAIN}))
+
+
+async def _runs(http, n, text="q"):
+    async def one(i):
+        async with http.post("/v1/workflows/chain/runs", json={"input": f"{text} {i}"}) as r:
+            return r.status, await r.json()
+
+    return await asyncio.gather(*(one(i) for i in range(n)))
+
+
+def test_monitor_reads_real_gauges_moving(vllm_engines):
+    engines, _ = vllm_engines
+
+    async def go():
+        clients = [EngineClient(e.name, e.url, e.name, ClientLimits(request_timeout_s=60)) for e in engines]
+        for c in clients:
+            await c.open()
+        states = [EngineLoadState(c, c.name, CircuitBreaker()) for c in clients]
+        mon = LoadMonitor(states, poll_s=0.05)
+        peak = {c.name: [0, 0] for c in clients}
+        try:
+            await mon.poll_once()
+            idle = {s.engine: (s.running, s.waiting, s.source) for s in mon.snapshot()}
+            # Hide our own in-flight count so only the scraped gauges are judged.
+            work = [asyncio.create_task(c.chat(f"tell me {i}", max_tokens=160, seed=i)) for c in clients for i in range(14)]
+            while not all(t.done() for t in work):
+                await mon.poll_once()
+                for st in states:
+                    sc = st.scraped
+                    peak[st.name][0] = max(peak[st.name][0], int(sc.running or 0))
+                    peak[st.name][1] = max(peak[st.name][1], int(sc.waiting or 0))
+                await asyncio.sleep(0.05)
+            results = await asyncio.gather(*work)
+            await mon.poll_once()
+            after = {st.name: (st.scraped.running, st.scraped.waiting) for st in states}
+            orca = [r.orca for r in results if r.orca is not None]
+            return idle, peak, after, results, orca
+        finally:
+            for c in clients:
+                await c.close()
+
+    idle, peak, after, results, orca = asyncio.run(asyncio.wait_for(go(), 240))
+    print("vLLM gauges: idle", idle, "peak [running, waiting]", peak, "after", after, f"ORCA reports: {len(orca)}")
+    assert all(v == (0, 0, "metrics") for v in idle.values())
+    for name, (running, waiting) in peak.items():
+        assert running == 4, (name, peak)  # --max-num-seqs 4
+        assert waiting >= 5, (name, peak)
+    assert all(v == (0.0, 0.0) for v in after.values())
+    assert len(results) == 28 and all(r.completion_tokens > 0 for r in results)
+    assert orca, "vLLM sent no endpoint-load-metrics header"
+    assert all(0.0 <= o.kv_usage <= 1.0 for o in orca if o.kv_usage is not None)
+
+
+def test_runs_complete_through_server_on_both_engines(vllm_engines, tmp_path):
+    engines, _ = vllm_engines
+
+    async def go():
+        s = Server(_fleet(tmp_path, engines), ServeOptions(drain_s=5))
+        url = await s.start()
+        try:
+            async with aiohttp.ClientSession(base_url=url) as http:
+                res = await _runs(http, 12)
+                async with http.get("/metrics") as r:
+                    metrics = await r.text()
+                async with http.get("/ready") as r:
+                    ready = r.status
+            return res, metrics, ready
+        finally:
+            await s.stop(drain_s=1)
+
+    res, metrics, ready = asyncio.run(asyncio.wait_for(go(), 240))
+    assert ready == 200
+    assert [st for st, _ in res] == [200] * 12, [b for st, b in res if st != 200]
+    used = {stage["engine"] for _, body in res for stage in body["receipt"]["stages"]}
+    print("engines used:", sorted(used), "models:", sorted({stage["model"] for _, b in res for stage in b["receipt"]["stages"]}))
+    assert used == {"vllm-a", "vllm-b"}
+    assert all(body["output"] for _, body in res)
+    assert 'aragog_requests_total{status="completed",workflow="chain"} 12.0' in metrics
+    for _, body in res:
+        for stage in body["receipt"]["stages"]:
+            assert stage["completion_tokens"] > 0 and stage["run_s"] > 0
+
+
+def test_engine_killed_mid_run_fails_over_and_accounts_for_every_request(vllm_engines, tmp_path):
+    engines, procs = vllm_engines
+    victim = engines[0]
+
+    async def go():
+        s = Server(_fleet(tmp_path, engines), ServeOptions(drain_s=5))
+        url = await s.start()
+        try:
+            async with aiohttp.ClientSession(base_url=url) as http:
+                task = asyncio.create_task(_runs(http, 16, "kill"))
+                # Wait until tiny-a is busy with our stages, then kill it.
+                t0 = time.monotonic()
+                while s.executor.engines["vllm-a"].in_flight == 0 and time.monotonic() - t0 < 30:
+                    await asyncio.sleep(0.02)
+                in_flight_at_kill = s.executor.engines["vllm-a"].in_flight
+                os.killpg(victim.pid, signal.SIGKILL)
+                res = await task
+                counts = dict(s.executor.counts)
+                healthy = s.executor.engines["vllm-a"].breaker.state.name
+                left = s.executor.num_in_flight
+                accepted = s.executor.num_accepted
+            return res, counts, healthy, left, accepted, in_flight_at_kill
+        finally:
+            await s.stop(drain_s=1)
+
+    res, counts, state, left, accepted, at_kill = asyncio.run(asyncio.wait_for(go(), 240))
+    procs[victim.name].wait(timeout=10)
+    statuses = [st for st, _ in res]
+    failovers = sum(b["receipt"]["failovers"] for st, b in res if st == 200)
+    print(f"killed {victim.name} with {at_kill} stages in flight; statuses {statuses}; failovers {failovers}; counts {counts}")
+    assert at_kill > 0
+    assert len(res) == 16 == accepted and left == 0
+    assert sum(counts.values()) == 16
+    assert all(st in (200, 502, 503) for st in statuses)
+    assert statuses.count(200) == counts["completed"]
+    assert failovers >= 1 and state != "CLOSED"
+    for st, body in res:
+        if st == 200:
+            for stage in body["receipt"]["stages"]:
+                for a in stage["failed_attempts"]:
+                    assert a["engine"] == "vllm-a"
