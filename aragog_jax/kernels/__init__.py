@@ -1,0 +1,22 @@
+"""Pure ``jax.numpy`` kernels (STYLE 1): no jit, I/O or state; the caller jits.
+
+Twins with the same names and semantics live in ``aragog_jax.kernels._reference``.
+"""
+
+from aragog_jax.kernels.scheduling import (
+    SHARE_SCALE,
+    BeamResult,
+    StageScores,
+    beam_assign,
+    schedule_round,
+    score_stages,
+)
+
+__all__ = [
+    "SHARE_SCALE",
+    "BeamResult",
+    "StageScores",
+    "beam_assign",
+    "schedule_round",
+    "score_stages",
+]

@@ -1,0 +1,59 @@
+"""Stage scheduler (DESIGN §5): meta-queue state machine, load vector, policies.
+
+The serving front door and the simulator drive one :class:`Scheduler`::
+
+    sched = Scheduler(engines, policy="aragog", beam_width=4)
+    sched.add_request(rid, space, mask)          # at arrival, after routing
+    plan = sched.schedule(load_vector)           # whenever an engine may have free slots
+    for a in plan.assignments: dispatch(a)       # a.request_id, a.stage_name, a.engine
+    sched.on_stage_finished(rid, stage)          # or on_stage_failed(rid, stage, engine)
+
+See :mod:`aragog_jax.scheduler._scheduler` for the full call protocol.
+"""
+
+from aragog_jax.scheduler._load import (
+    KV_FULL,
+    UTILITY_SCALE,
+    EngineInfo,
+    EngineLoad,
+    LoadVector,
+)
+from aragog_jax.scheduler._policy import (
+    BRUTE_FORCE_MAX_ITEMS,
+    DEFAULT_BEAM_WIDTH,
+    BeamPolicy,
+    BruteForcePolicy,
+    PerInputPolicy,
+    PerWorkflowPolicy,
+    Policy,
+    PolicyName,
+    make_policy,
+)
+from aragog_jax.scheduler._round import COMPILED, CompiledRounds, RoundArrays, pad_round
+from aragog_jax.scheduler._scheduler import Assignment, Plan, Scheduler, Skipped, round_flexibility
+
+__all__ = [
+    "BRUTE_FORCE_MAX_ITEMS",
+    "COMPILED",
+    "DEFAULT_BEAM_WIDTH",
+    "KV_FULL",
+    "UTILITY_SCALE",
+    "Assignment",
+    "BeamPolicy",
+    "BruteForcePolicy",
+    "CompiledRounds",
+    "EngineInfo",
+    "EngineLoad",
+    "LoadVector",
+    "PerInputPolicy",
+    "PerWorkflowPolicy",
+    "Plan",
+    "Policy",
+    "PolicyName",
+    "RoundArrays",
+    "Scheduler",
+    "Skipped",
+    "make_policy",
+    "pad_round",
+    "round_flexibility",
+]

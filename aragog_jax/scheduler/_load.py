@@ -1,0 +1,227 @@
+"""Engines and their live load (DESIGN §5 "Load vector").
+
+An :class:`EngineInfo` is the static description of one engine (name, the model it
+serves, saturation batch, throughput curve). An :class:`EngineLoad` adds what was
+observed at the start of a round; a :class:`LoadVector` is one per engine, in the
+scheduler's engine order.
+
+Free slots: ``max(0, saturation_batch - running - waiting)``, and 0 when the engine is
+unhealthy or its KV cache is at least ``kv_full`` (default 0.99) used.
+
+Throughput curve f(n): tokens/s at n concurrent sequences, linear interpolation
+between points, flat past the last point, and linear from (0, 0) to the first point
+when that point is above 0 sequences.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from aragog_jax.errors import SchedulerError
+from aragog_jax.spec import EngineProfile
+
+#: Default resolution of the utility U: 1 / UTILITY_SCALE of fleet capacity. Plans whose
+#: U differs by less are near-ties, broken by flexibility and then by index.
+UTILITY_SCALE = 100_000
+#: KV-cache usage at or above which an engine gets no new sequence.
+KV_FULL = 0.99
+
+Curve = tuple[tuple[float, float], ...]
+
+
+def check_curve(curve: Iterable[Sequence[float]], where: str) -> Curve:
+    """Validate curve points ``[[concurrency, tokens/s], ...]``; raise naming ``where``."""
+    try:
+        points = tuple((float(n), float(t)) for n, t in curve)
+    except (TypeError, ValueError) as exc:
+        raise SchedulerError(f"{where}: expected [[concurrency, tokens/s], ...], got {curve!r}") from exc
+    if not points:
+        raise SchedulerError(f"{where}: needs at least one point")
+    xs = [p[0] for p in points]
+    if any(not np.isfinite(v) or v < 0 for p in points for v in p):
+        raise SchedulerError(f"{where}: points must be finite and >= 0, got {list(points)}")
+    if any(b <= a for a, b in zip(xs, xs[1:])):
+        raise SchedulerError(f"{where}: concurrency must strictly increase, got {xs}")
+    return points
+
+
+def curve_arrays(curve: Curve) -> tuple[np.ndarray, np.ndarray]:
+    """(xs, ys) float64 arrays ready for ``np.interp`` (with (0, 0) prepended if needed)."""
+    xs = np.array([p[0] for p in curve], dtype=np.float64)
+    ys = np.array([p[1] for p in curve], dtype=np.float64)
+    if xs[0] > 0:
+        xs = np.concatenate([[0.0], xs])
+        ys = np.concatenate([[0.0], ys])
+    return xs, ys
+
+
+@dataclass(frozen=True)
+class EngineInfo:
+    """Static description of one engine.
+
+    Attributes:
+      name: unique engine name.
+      model: name of the model it serves (the ConfigSpace model name).
+      saturation_batch: concurrent sequences at which throughput saturates.
+      curve: ((concurrency, tokens/s), ...) throughput curve.
+    """
+
+    name: str
+    model: str
+    saturation_batch: int
+    curve: Curve
+
+    def __post_init__(self) -> None:
+        if not self.name:
+            raise SchedulerError("engine name must not be empty")
+        if int(self.saturation_batch) < 1:
+            raise SchedulerError(f"engine {self.name!r}: saturation_batch must be >= 1, got {self.saturation_batch}")
+        object.__setattr__(self, "curve", check_curve(self.curve, f"engine {self.name!r}: curve"))
+
+    @classmethod
+    def from_profile(cls, name: str, profile: EngineProfile) -> EngineInfo:
+        """An engine named ``name`` that behaves like ``profile``."""
+        return cls(
+            name=name,
+            model=profile.model,
+            saturation_batch=int(profile.saturation_batch),
+            curve=tuple((float(p.concurrency), float(p.tokens_per_s)) for p in profile.curve),
+        )
+
+
+@dataclass(frozen=True)
+class EngineLoad:
+    """One engine's state at the start of a round.
+
+    Attributes:
+      name, model, saturation_batch, curve: as in :class:`EngineInfo`.
+      running, waiting: sequences the engine is running / has queued.
+      kv_usage: KV-cache usage in [0, 1].
+      healthy: False when health checks fail (the engine then has no free slot).
+      free_slots: new sequences the scheduler may send this round.
+    """
+
+    name: str
+    model: str
+    saturation_batch: int
+    curve: Curve
+    running: int = 0
+    waiting: int = 0
+    kv_usage: float = 0.0
+    healthy: bool = True
+    free_slots: int = field(default=-1)
+
+    def __post_init__(self) -> None:
+        if self.running < 0 or self.waiting < 0:
+            raise SchedulerError(f"engine {self.name!r}: running and waiting must be >= 0")
+        if self.free_slots < 0:  # derive from the observations
+            free = 0
+            if self.healthy and self.kv_usage < KV_FULL:
+                free = max(0, int(self.saturation_batch) - int(self.running) - int(self.waiting))
+            object.__setattr__(self, "free_slots", free)
+
+    @property
+    def load(self) -> int:
+        """Sequences on the engine (running + waiting), the x of its curve."""
+        return int(self.running) + int(self.waiting)
+
+    @classmethod
+    def observe(
+        cls,
+        engine: EngineInfo,
+        *,
+        running: int = 0,
+        waiting: int = 0,
+        kv_usage: float = 0.0,
+        healthy: bool = True,
+    ) -> EngineLoad:
+        """Live observations on top of an engine's static description."""
+        return cls(
+            name=engine.name,
+            model=engine.model,
+            saturation_batch=engine.saturation_batch,
+            curve=engine.curve,
+            running=int(running),
+            waiting=int(waiting),
+            kv_usage=float(kv_usage),
+            healthy=bool(healthy),
+        )
+
+
+@dataclass(frozen=True)
+class LoadVector:
+    """The load of every engine at the start of a round, in the scheduler's engine order."""
+
+    engines: tuple[EngineLoad, ...]
+
+    @classmethod
+    def idle(cls, engines: Sequence[EngineInfo]) -> LoadVector:
+        """Every engine healthy and empty."""
+        return cls(tuple(EngineLoad.observe(e) for e in engines))
+
+    @classmethod
+    def observe(
+        cls, engines: Sequence[EngineInfo], observations: Mapping[str, Mapping[str, float | int | bool]]
+    ) -> LoadVector:
+        """Build from static descriptions plus ``{engine name: {running, waiting, kv_usage, healthy}}``.
+
+        Engines missing from ``observations`` are taken as idle and healthy.
+        """
+        unknown = sorted(set(observations) - {e.name for e in engines})
+        if unknown:
+            raise SchedulerError(f"load observations for unknown engines {unknown}")
+        return cls(tuple(EngineLoad.observe(e, **observations.get(e.name, {})) for e in engines))
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return tuple(e.name for e in self.engines)
+
+    def free_slots(self) -> np.ndarray:
+        """int32[E]."""
+        return np.array([e.free_slots for e in self.engines], dtype=np.int32)
+
+    def loads(self) -> np.ndarray:
+        """int64[E] running + waiting."""
+        return np.array([e.load for e in self.engines], dtype=np.int64)
+
+    def throughput(self, extra: np.ndarray | None = None) -> np.ndarray:
+        """float64[E] f_e(load_e + extra_e)."""
+        extra = np.zeros(len(self.engines)) if extra is None else np.asarray(extra, dtype=np.float64)
+        out = np.empty(len(self.engines))
+        for e, (eng, x) in enumerate(zip(self.engines, extra, strict=True)):
+            xs, ys = curve_arrays(eng.curve)
+            out[e] = np.interp(eng.load + x, xs, ys)
+        return out
+
+    def capacity(self) -> float:
+        """Σ_e f_e at its last curve point (tokens/s of the whole fleet at saturation)."""
+        return float(sum(e.curve[-1][1] for e in self.engines))
+
+    def utilization(self, assigned: np.ndarray) -> float:
+        """U of DESIGN §5: Σ_e [f_e(load_e + assigned_e) - f_e(load_e)] / capacity."""
+        cap = self.capacity()
+        if cap <= 0:
+            return 0.0
+        gain = self.throughput(assigned) - self.throughput()
+        return float(gain.sum() / cap)
+
+    def gain_table(self, num_slots: int, utility_scale: int = UTILITY_SCALE) -> np.ndarray:
+        """int32[E, num_slots]: quantised gain of the (k+1)-th sequence added this round.
+
+        ``gain[e, k] = rint((f_e(load_e + k + 1) - f_e(load_e + k)) / capacity * utility_scale)``.
+        Computed once per round on the host in float64 so kernel and twin see the same
+        integers.
+        """
+        cap = self.capacity()
+        out = np.zeros((len(self.engines), num_slots), dtype=np.int32)
+        if cap <= 0:
+            return out
+        k = np.arange(num_slots + 1, dtype=np.float64)
+        for e, eng in enumerate(self.engines):
+            xs, ys = curve_arrays(eng.curve)
+            f = np.interp(eng.load + k, xs, ys)
+            out[e] = np.rint(np.diff(f) / cap * utility_scale).astype(np.int32)
+        return out

@@ -1,0 +1,197 @@
+"""Scheduling policies: one enum, one factory, one tiny protocol (STYLE 10).
+
+Every policy answers two questions: which configurations a request may use (``admit``,
+once at arrival) and which engine each ready stage goes to this round (``assign``).
+Decision rules:
+
+* ``aragog`` — admit the router's mask; assign by the beam search of DESIGN §5 with
+  width ``beam_width`` (default 4): items in FIFO order, every beam extended with every
+  allowed engine that has a free slot, an item skipped only when none has; ranked by the
+  forecast throughput gain U (resolution ``1 / utility_scale`` of fleet capacity,
+  default 1e-5), then flexibility F (sum of kept shares, resolution 2**-14), then the
+  lowest candidate index. The greedy line always survives, so it is never worse than
+  ``greedy``.
+* ``greedy`` — the same with ``beam_width = 1``.
+* ``per_input`` — admit only the request's cheapest admitted configuration by FLOPs
+  (the first admitted one: spaces sort configurations by ascending FLOPs); assign each
+  stage FIFO to the engine of that configuration's model with the largest gain (B = 1).
+* ``per_workflow`` — admit one configuration per workflow, fixed at construction
+  (``configs = {workflow name: config index or {stage: model}}``), whatever the mask;
+  assign as ``per_input``.
+* ``brute_force`` — admit the mask; assign the exact optimum of the same search space
+  (highest U, then F) by exhaustive search; at most ``max_items`` (default 10) ready
+  items per round.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping
+from typing import Protocol
+
+import numpy as np
+
+from aragog_jax.errors import SchedulerError, SpecError
+from aragog_jax.kernels import BeamResult
+from aragog_jax.kernels import _reference as reference
+from aragog_jax.scheduler._round import COMPILED, CompiledRounds, RoundArrays
+from aragog_jax.space import ConfigSpace
+
+#: Default beam width (the paper's B).
+DEFAULT_BEAM_WIDTH = 4
+#: Largest round the brute-force policy accepts.
+BRUTE_FORCE_MAX_ITEMS = 10
+
+
+class PolicyName(enum.StrEnum):
+    ARAGOG = "aragog"
+    GREEDY = "greedy"
+    PER_INPUT = "per_input"
+    PER_WORKFLOW = "per_workflow"
+    BRUTE_FORCE = "brute_force"
+
+
+class Policy(Protocol):
+    """What the scheduler asks a policy."""
+
+    name: PolicyName
+
+    def admit(self, space: ConfigSpace, mask: np.ndarray) -> np.ndarray:
+        """Called once per request at ``add_request``: the configurations it may use.
+
+        ``mask`` is the router's admitted mask restricted to configurations whose every
+        model is served by some engine. Returns bool[C]; all False means "none".
+        """
+        ...
+
+    def assign(self, arrays: RoundArrays) -> BeamResult:
+        """Called once per round: the engine of every item (-1: not placed)."""
+        ...
+
+
+class BeamPolicy:
+    """``aragog`` (and ``greedy`` with ``beam_width = 1``): the jitted beam search."""
+
+    def __init__(
+        self,
+        beam_width: int = DEFAULT_BEAM_WIDTH,
+        *,
+        name: PolicyName = PolicyName.ARAGOG,
+        compiled: CompiledRounds = COMPILED,
+    ) -> None:
+        if int(beam_width) < 1:
+            raise SchedulerError(f"beam_width must be >= 1, got {beam_width}")
+        self.name = name
+        self.beam_width = int(beam_width)
+        self.compiled = compiled
+
+    def admit(self, space: ConfigSpace, mask: np.ndarray) -> np.ndarray:
+        return mask
+
+    def assign(self, arrays: RoundArrays) -> BeamResult:
+        return self.compiled(arrays, self.beam_width)[1]
+
+
+class PerInputPolicy(BeamPolicy):
+    """``per_input``: the cheapest admitted configuration, fixed at arrival."""
+
+    def __init__(self, *, compiled: CompiledRounds = COMPILED) -> None:
+        super().__init__(1, name=PolicyName.PER_INPUT, compiled=compiled)
+
+    def admit(self, space: ConfigSpace, mask: np.ndarray) -> np.ndarray:
+        out = np.zeros_like(mask)
+        hits = np.flatnonzero(mask)
+        if hits.size:
+            out[hits[0]] = True
+        return out
+
+
+class PerWorkflowPolicy(BeamPolicy):
+    """``per_workflow``: one configuration per workflow, given at construction."""
+
+    def __init__(self, configs: Mapping[str, int | Mapping[str, str]], *, compiled: CompiledRounds = COMPILED) -> None:
+        super().__init__(1, name=PolicyName.PER_WORKFLOW, compiled=compiled)
+        self.configs = dict(configs)
+
+    def admit(self, space: ConfigSpace, mask: np.ndarray) -> np.ndarray:
+        if space.workflow not in self.configs:
+            raise SchedulerError(
+                f"per_workflow policy has no configuration for workflow {space.workflow!r} "
+                f"(given: {sorted(self.configs)})"
+            )
+        cfg = self.configs[space.workflow]
+        if isinstance(cfg, Mapping):
+            try:
+                index = space.index_of(dict(cfg))
+            except SpecError as exc:
+                raise SchedulerError(f"per_workflow configuration for {space.workflow!r}: {exc}") from exc
+        else:
+            index = int(cfg)
+            if not 0 <= index < space.num_configs:
+                raise SchedulerError(
+                    f"per_workflow configuration for {space.workflow!r}: index {index} outside "
+                    f"0..{space.num_configs - 1}"
+                )
+        out = np.zeros(space.num_configs, dtype=bool)
+        out[index] = True
+        return out
+
+
+class BruteForcePolicy:
+    """``brute_force``: exhaustive search (pure Python), for measuring optimality."""
+
+    name = PolicyName.BRUTE_FORCE
+
+    def __init__(self, max_items: int = BRUTE_FORCE_MAX_ITEMS) -> None:
+        self.max_items = int(max_items)
+
+    def admit(self, space: ConfigSpace, mask: np.ndarray) -> np.ndarray:
+        return mask
+
+    def assign(self, arrays: RoundArrays) -> BeamResult:
+        if arrays.num_items > self.max_items:
+            raise SchedulerError(
+                f"brute_force policy handles at most {self.max_items} ready items per round, got {arrays.num_items}"
+            )
+        scores = reference.score_stages(arrays.item_viable, arrays.item_cfg_model, arrays.num_models)
+        return reference.brute_force_assign(
+            scores.kept,
+            scores.num_viable,
+            arrays.item_viable,
+            arrays.item_cfg_model,
+            arrays.item_req,
+            arrays.item_valid,
+            arrays.engine_model,
+            arrays.free_slots,
+            arrays.gain,
+        )
+
+
+def make_policy(
+    name: str | PolicyName,
+    *,
+    beam_width: int = DEFAULT_BEAM_WIDTH,
+    per_workflow: Mapping[str, int | Mapping[str, str]] | None = None,
+    brute_force_max_items: int = BRUTE_FORCE_MAX_ITEMS,
+) -> Policy:
+    """Build a policy by name (see the module docstring for each rule).
+
+    Args:
+      name: one of :class:`PolicyName`'s values.
+      beam_width: B of ``aragog``.
+      per_workflow: the fixed configuration of every workflow (``per_workflow`` only).
+      brute_force_max_items: largest round ``brute_force`` accepts.
+    """
+    if name == PolicyName.ARAGOG:
+        return BeamPolicy(beam_width)
+    if name == PolicyName.GREEDY:
+        return BeamPolicy(1, name=PolicyName.GREEDY)
+    if name == PolicyName.PER_INPUT:
+        return PerInputPolicy()
+    if name == PolicyName.PER_WORKFLOW:
+        if per_workflow is None:
+            raise SchedulerError("per_workflow policy needs per_workflow={workflow: configuration}")
+        return PerWorkflowPolicy(per_workflow)
+    if name == PolicyName.BRUTE_FORCE:
+        return BruteForcePolicy(brute_force_max_items)
+    raise SchedulerError(f"unknown policy {name!r}; choose from {[p.value for p in PolicyName]}")

@@ -1,0 +1,170 @@
+"""One scheduling round as padded arrays, and the jitted, bucketed round function.
+
+:class:`RoundArrays` is what a policy sees: the kernel inputs of one round on the host,
+already padded to buckets. The state machine and the round-replay CLI both build one.
+:class:`CompiledRounds` owns the jitted wrapper of ``score_stages`` + ``beam_assign``:
+one executable per (items, configurations, slots, engines, dtype, beam) bucket,
+compiled ahead of time with ``jax.jit(f).lower(...).compile()`` and cached, so the hot
+path never traces.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+from typing import Any
+
+import jax
+import numpy as np
+
+from aragog_jax.errors import SchedulerError
+from aragog_jax.kernels import BeamResult, StageScores, schedule_round
+from aragog_jax.space import bucket_size
+
+#: Smallest item / configuration / slot buckets (powers of two above them).
+MIN_ITEMS = 16
+MIN_CONFIGS = 8
+MIN_SLOTS = 8
+
+
+def model_dtype(num_models: int) -> type[np.signedinteger]:
+    """Narrowest id dtype: int8 keeps the per-round copies and the scoring pass small."""
+    return np.int8 if num_models < 127 else np.int32
+
+
+@dataclass(frozen=True, eq=False)
+class RoundArrays:
+    """Kernel inputs of one round, padded (see ``aragog_jax.kernels.beam_assign``).
+
+    Attributes:
+      item_viable: bool[R, C] viable mask of each item's request (padding: False).
+      item_cfg_model: int[R, C] model id per configuration at the item's stage (-1 pad).
+      item_req: int32[R] request slot; items of a request are consecutive.
+      item_valid: bool[R] real item.
+      engine_model: int32[E] model id of each engine.
+      free_slots: int32[E] free slots of each engine.
+      gain: int32[E, K] quantised gain of the (k+1)-th sequence per engine.
+      num_models: number of model ids.
+      num_items: real items (a prefix of the R rows).
+    """
+
+    item_viable: np.ndarray
+    item_cfg_model: np.ndarray
+    item_req: np.ndarray
+    item_valid: np.ndarray
+    engine_model: np.ndarray
+    free_slots: np.ndarray
+    gain: np.ndarray
+    num_models: int
+    num_items: int
+
+    def kernel_args(self) -> tuple[Any, ...]:
+        """Positional arguments of ``schedule_round`` (without the static ones)."""
+        return (
+            self.item_viable,
+            self.item_cfg_model,
+            self.item_req,
+            self.item_valid,
+            self.engine_model,
+            self.free_slots,
+            self.gain,
+        )
+
+    def bucket_key(self, beam_width: int) -> tuple:
+        return (
+            self.item_viable.shape,
+            self.gain.shape,
+            str(self.item_cfg_model.dtype),
+            self.num_models,
+            beam_width,
+        )
+
+
+def pad_round(
+    item_viable: np.ndarray,
+    item_cfg_model: np.ndarray,
+    item_req: np.ndarray,
+    engine_model: np.ndarray,
+    free_slots: np.ndarray,
+    gain: np.ndarray,
+    num_models: int,
+    *,
+    item_bucket: int | None = None,
+    cfg_bucket: int | None = None,
+) -> RoundArrays:
+    """Pad unpadded per-item arrays (``n`` real items) to power-of-two buckets."""
+    n, c = item_viable.shape
+    r_b = item_bucket or bucket_size(max(n, MIN_ITEMS))
+    c_b = cfg_bucket or bucket_size(max(c, MIN_CONFIGS))
+    k_b = bucket_size(max(gain.shape[1], MIN_SLOTS))
+    if r_b < n or c_b < c:
+        raise SchedulerError(f"round of {n} items x {c} configurations exceeds bucket {r_b} x {c_b}")
+    viable = np.zeros((r_b, c_b), dtype=bool)
+    viable[:n, :c] = item_viable
+    cfgm = np.full((r_b, c_b), -1, dtype=model_dtype(num_models))
+    cfgm[:n, :c] = item_cfg_model
+    req = np.full(r_b, -1, dtype=np.int32)
+    req[:n] = item_req
+    valid = np.zeros(r_b, dtype=bool)
+    valid[:n] = True
+    g = np.zeros((gain.shape[0], k_b), dtype=np.int32)
+    g[:, : gain.shape[1]] = gain
+    return RoundArrays(
+        item_viable=viable,
+        item_cfg_model=cfgm,
+        item_req=req,
+        item_valid=valid,
+        engine_model=np.asarray(engine_model, dtype=np.int32),
+        free_slots=np.minimum(np.asarray(free_slots, dtype=np.int32), k_b),
+        gain=g,
+        num_models=int(num_models),
+        num_items=n,
+    )
+
+
+class CompiledRounds:
+    """Ahead-of-time compiled ``schedule_round`` executables, one per bucket.
+
+    ``num_traces`` counts traces of the wrapped function; tests assert that a second
+    round in a bucket does not add one.
+    """
+
+    def __init__(self) -> None:
+        self._cache: dict[tuple, Any] = {}
+        self._lock = threading.Lock()
+        self.num_traces = 0
+
+    def _fn(self, *args, num_models: int, beam_width: int):
+        self.num_traces += 1  # runs at trace time only
+        return schedule_round(*args, num_models, beam_width)
+
+    def compile(self, arrays: RoundArrays, beam_width: int):
+        """The executable for ``arrays``' bucket, compiling it on first use."""
+        key = arrays.bucket_key(beam_width)
+        exe = self._cache.get(key)
+        if exe is None:
+            with self._lock:
+                exe = self._cache.get(key)
+                if exe is None:
+                    jitted = jax.jit(self._fn, static_argnames=("num_models", "beam_width"))
+                    exe = jitted.lower(
+                        *arrays.kernel_args(), num_models=arrays.num_models, beam_width=beam_width
+                    ).compile()
+                    self._cache[key] = exe
+        return exe
+
+    @property
+    def buckets(self) -> tuple[tuple, ...]:
+        return tuple(self._cache)
+
+    def __call__(self, arrays: RoundArrays, beam_width: int) -> tuple[StageScores, BeamResult]:
+        """Run one round; returns NumPy scores and result."""
+        exe = self.compile(arrays, beam_width)
+        scores, result = exe(*arrays.kernel_args())
+        scores = StageScores(*(np.asarray(x) for x in scores))
+        result = BeamResult(*(np.asarray(x) for x in result))
+        return scores, result
+
+
+#: Shared by every scheduler in the process: executables depend only on the bucket.
+COMPILED = CompiledRounds()
