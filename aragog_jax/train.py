@@ -85,6 +85,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     g = parser.add_argument_group("featuriser")
     g.add_argument("--featurizer", choices=("hashed-ngram", "openai-embeddings"), default="hashed-ngram", help="default %(default)s")
     g.add_argument("--feature-dim", type=int, default=1024, help="hashed-ngram dimension / expected embedding dimension (default %(default)s)")
+    g.add_argument("--word-ngrams", type=_ints, default=(1,), help="hashed-ngram word n-gram orders, 1 and/or 2 (default 1)")
     g.add_argument("--char-ngrams", type=_ints, default=(), help="hashed-ngram character n-gram orders, e.g. 3,5 (default none)")
     g.add_argument("--embeddings-url", help="openai-embeddings: base URL, e.g. http://localhost:8000/v1")
     g.add_argument("--embeddings-model", help="openai-embeddings: model name")
@@ -126,7 +127,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     space = load_space(args.workflow, family, models=args.models or DEFAULT_MODELS)
     ds = load_dataset(dataset_dir, space)
     if args.featurizer == "hashed-ngram":
-        feat = HashedNgramFeaturizer(dim=args.feature_dim, char_ngrams=args.char_ngrams)
+        feat = HashedNgramFeaturizer(dim=args.feature_dim, word_ngrams=args.word_ngrams, char_ngrams=args.char_ngrams)
     else:
         if not args.embeddings_url or not args.embeddings_model:
             raise DatasetError("--featurizer openai-embeddings needs --embeddings-url and --embeddings-model")

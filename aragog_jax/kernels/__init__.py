@@ -3,6 +3,15 @@
 Twins with the same names and semantics live in ``aragog_jax.kernels._reference``.
 """
 
+from aragog_jax.kernels.routing import (
+    config_embedding,
+    dominance_complete,
+    mlp_trunk,
+    route,
+    route_chunk,
+    router_logits,
+    threshold_mask,
+)
 from aragog_jax.kernels.scheduling import (
     SHARE_SCALE,
     BeamResult,
@@ -17,6 +26,13 @@ __all__ = [
     "BeamResult",
     "StageScores",
     "beam_assign",
+    "config_embedding",
+    "dominance_complete",
+    "mlp_trunk",
+    "route",
+    "route_chunk",
+    "router_logits",
     "schedule_round",
     "score_stages",
+    "threshold_mask",
 ]

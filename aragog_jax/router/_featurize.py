@@ -2,8 +2,8 @@
 
 Two implementations behind one small interface (:class:`Featurizer`):
 
-* ``hashed-ngram`` (default): deterministic signed feature hashing of word unigrams,
-  word bigrams and character n-grams of the lower-cased UTF-8 bytes. No downloads, no
+* ``hashed-ngram`` (default): deterministic signed feature hashing of word unigrams
+  (optionally word bigrams and character n-grams) of the lower-cased UTF-8 bytes. No downloads, no
   vocabulary; vectorised in NumPy over the whole batch (no per-token Python loop), so it
   featurises tens of thousands of texts per second on one core. The hash is our own
   64-bit polynomial hash (not Python's salted ``hash``), so features are identical across
@@ -82,15 +82,17 @@ class HashedNgramFeaturizer:
 
     Attributes:
       dim: output dimension, a power of two.
-      word_ngrams: word n-gram orders (1 and/or 2). Words are maximal runs of
-        ``[a-z0-9_]`` and non-ASCII bytes after lower-casing.
+      word_ngrams: word n-gram orders (1 and/or 2; default unigrams: on the shipped
+        synthetic data bigrams only add hash collisions and cut the flexibility kept at
+        epsilon 0.02 from 0.54 to 0.37 on self_refine_humaneval/qwen). Words are maximal
+        runs of ``[a-z0-9_]`` and non-ASCII bytes after lower-casing.
       char_ngrams: character (byte) n-gram orders over the text with every non-word byte
         mapped to a space; n-grams never cross texts.
       seed: salts every hash, so different seeds give independent hash functions.
     """
 
     dim: int = 1024
-    word_ngrams: tuple[int, ...] = (1, 2)
+    word_ngrams: tuple[int, ...] = (1,)
     char_ngrams: tuple[int, ...] = ()
     seed: int = 0
     name: str = field(default="hashed-ngram", init=False)

@@ -38,6 +38,24 @@ from aragog_jax.space import ConfigSpace, load_space
 DEFAULT_BUCKETS = (1, 8, 64, 512, 4096)
 #: Configurations scored per chunk in budgeted routing.
 DEFAULT_CHUNK = 64
+#: Rows per block inside big buckets (see :func:`route_blocked`).
+DEFAULT_ROW_BLOCK = 512
+
+
+def route_blocked(params, features, thresholds, always, configs=None, row_block: int = 0):
+    """``kernels.routing.route`` over blocks of ``row_block`` rows (``lax.map``), for big buckets.
+
+    A 4096-row bucket of a 512-wide MLP has 8 MiB activations per layer, more than the
+    CPU caches; blocks of 512 rows keep every layer in cache and run about twice as fast.
+    Each row's result is the same as unblocked (rows never mix). Used when the bucket is
+    a multiple of ``row_block`` larger than it; ``row_block=0`` disables blocking.
+    """
+    num_rows = features.shape[0]
+    if row_block <= 0 or num_rows <= row_block or num_rows % row_block:
+        return K.route(params, features, thresholds, always, configs)
+    blocks = features.reshape(num_rows // row_block, row_block, features.shape[1])
+    mask, prob = jax.lax.map(lambda x: K.route(params, x, thresholds, always, configs), blocks)
+    return mask.reshape(num_rows, -1), prob.reshape(num_rows, -1)
 
 
 @dataclass(frozen=True)
@@ -72,6 +90,7 @@ class Router:
         featurizer: Featurizer | None = None,
         *,
         chunk: int = DEFAULT_CHUNK,
+        row_block: int = DEFAULT_ROW_BLOCK,
     ) -> None:
         checkpoint.check_space(space)
         self.checkpoint = checkpoint
@@ -93,6 +112,7 @@ class Router:
         self._configs = put(space.configs) if self.model_config.head == "factorised" else None
         self._dominates: jax.Array | None = None
         self.chunk = max(1, min(int(chunk), space.num_configs))
+        self.row_block = int(row_block)
         self.buckets: tuple[int, ...] = ()
         self._full: dict[int, object] = {}
         self._trunk: dict[int, object] = {}
@@ -111,6 +131,7 @@ class Router:
         *,
         featurizer: Featurizer | None = None,
         chunk: int = DEFAULT_CHUNK,
+        row_block: int = DEFAULT_ROW_BLOCK,
         **featurizer_overrides,
     ) -> Router:
         """Load a checkpoint; without ``space`` the shipped workflow and family it names are used.
@@ -128,7 +149,7 @@ class Router:
         if featurizer is None and featurizer_overrides:
             featurizer = make_featurizer(ckpt.meta.featurizer, ckpt.meta.featurizer_config, **featurizer_overrides)
         try:
-            return cls(ckpt, space, featurizer, chunk=chunk)
+            return cls(ckpt, space, featurizer, chunk=chunk, row_block=row_block)
         except CheckpointError as exc:
             raise CheckpointError(f"{path}: {exc}") from exc
 
@@ -151,7 +172,7 @@ class Router:
 
     def _route_fn(self, params, features, thresholds, always, configs):
         self.num_traces += 1
-        return K.route(params, features, thresholds, always, configs)
+        return route_blocked(params, features, thresholds, always, configs, self.row_block)
 
     def _trunk_fn(self, hidden, features):
         self.num_traces += 1

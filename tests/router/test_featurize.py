@@ -73,7 +73,7 @@ TEXTS = [
 ]
 
 
-@pytest.mark.parametrize("kw", [dict(), dict(char_ngrams=(3, 5)), dict(word_ngrams=(1,), dim=64, seed=7)])
+@pytest.mark.parametrize("kw", [dict(), dict(word_ngrams=(1, 2), char_ngrams=(3, 5)), dict(word_ngrams=(2,), dim=64, seed=7)])
 def test_hashed_ngram_matches_reference_loops(kw):
     f = HashedNgramFeaturizer(**kw)
     got = f(TEXTS)
@@ -81,18 +81,21 @@ def test_hashed_ngram_matches_reference_loops(kw):
     assert got.shape == (len(TEXTS), f.dim) and got.dtype == np.float32
     np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-7)
     norms = np.linalg.norm(got, axis=1)
-    np.testing.assert_allclose(norms[[0, 1, 4, 5]], 1.0, rtol=1e-5)
-    assert norms[2] == 0.0 and norms[3] == 0.0
+    np.testing.assert_allclose(norms[[0, 1, 5]], 1.0, rtol=1e-5)
+    assert norms[2] == 0.0 and norms[3] == 0.0  # nothing to hash
+    assert norms[4] == pytest.approx(0.0 if f.word_ngrams == (2,) else 1.0, abs=1e-6)  # one word, no bigram
 
 
 def test_hashed_ngram_is_deterministic_batch_invariant_and_case_insensitive():
-    f = HashedNgramFeaturizer(dim=256)
+    f = HashedNgramFeaturizer(dim=256, word_ngrams=(1, 2))
     batch = f(TEXTS)
     for i, t in enumerate(TEXTS):
         np.testing.assert_array_equal(f([t])[0], batch[i])
     np.testing.assert_array_equal(f(["Hello World"]), f(["hello world"]))
     assert not np.array_equal(f(["hello world"]), f(["world hello"]))  # bigrams see order
-    assert not np.array_equal(HashedNgramFeaturizer(dim=256, seed=1)(TEXTS[:1]), batch[:1])
+    assert not np.array_equal(HashedNgramFeaturizer(dim=256, word_ngrams=(1, 2), seed=1)(TEXTS[:1]), batch[:1])
+    uni = HashedNgramFeaturizer(dim=256)
+    np.testing.assert_array_equal(uni(["hello world"]), uni(["world hello"]))  # the default is a bag of words
     assert f([]).shape == (0, 256)
 
 

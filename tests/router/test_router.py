@@ -66,6 +66,17 @@ def test_bucket_and_padding_invariance(router, tiny):
     assert empty.mask.shape == (0, space.num_configs)
 
 
+def test_row_blocked_big_bucket_equals_small_buckets(tiny):
+    space, ds, _, ckpt, _ = tiny
+    router = Router.load(ckpt, space, row_block=64).compile((64, 256))
+    texts = ds.texts[:250]
+    big = router.route_texts(texts)  # bucket 256 = 4 blocks of 64 through lax.map
+    for lo in range(0, 250, 64):
+        small = router.route_texts(texts[lo : lo + 64])  # bucket 64, unblocked
+        np.testing.assert_array_equal(big.mask[lo : lo + 64], small.mask)
+        np.testing.assert_allclose(big.prob[lo : lo + 64], small.prob, atol=1e-6)
+
+
 def test_budget_zero_scores_one_chunk_and_completes_by_dominance(tiny):
     space, ds, _, ckpt, _ = tiny
     router = Router.load(ckpt, space, chunk=8).compile(BUCKETS, budgeted=True)
