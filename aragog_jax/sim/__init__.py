@@ -1,0 +1,35 @@
+"""Discrete-event fleet simulator driving the real scheduler on a virtual clock (DESIGN §7).
+
+* :class:`SimEngine` — continuous-batching engine from an engine profile.
+* :func:`arrival_times`, :func:`sample_inputs` — seeded workloads.
+* :func:`load_setup` — fleet + workflow space + dataset (+ masks).
+* :func:`simulate` — one policy at one rate; :func:`run_sweep` — policies × rates, the
+  summary dict; :func:`write_summary` — ``summary.json`` and plots.
+"""
+
+from aragog_jax.sim._driver import RunConfig, RunResult, simulate
+from aragog_jax.sim._engine import SimEngine, run_standalone
+from aragog_jax.sim._experiment import POLICIES, SweepConfig, auto_rates, build_masks, run_sweep, summarize_run, write_summary
+from aragog_jax.sim._setup import Setup, constrained_variant, load_setup, per_workflow_config
+from aragog_jax.sim._workload import arrival_times, sample_inputs
+
+__all__ = [
+    "POLICIES",
+    "RunConfig",
+    "RunResult",
+    "Setup",
+    "SimEngine",
+    "SweepConfig",
+    "arrival_times",
+    "auto_rates",
+    "build_masks",
+    "constrained_variant",
+    "load_setup",
+    "per_workflow_config",
+    "run_standalone",
+    "run_sweep",
+    "sample_inputs",
+    "simulate",
+    "summarize_run",
+    "write_summary",
+]

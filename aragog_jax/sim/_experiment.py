@@ -1,0 +1,393 @@
+"""Rate sweeps over policies, the summary JSON and its plots.
+
+Policies (``POLICIES``):
+
+* ``aragog``: beam search (width ``beam_width``) over the router's masks when a
+  checkpoint exists for the workflow × family, else oracle masks (the summary says
+  which); routing time of the real jitted router is charged per request.
+* ``aragog-oracle``: beam search over the oracle masks (the accurate set from the
+  dataset), no routing time.
+* ``greedy``: beam width 1 over the same masks as ``aragog``, routing time charged.
+* ``per_input``: the cheapest accurate configuration by FLOPs (oracle), fixed at
+  arrival, no routing time.
+* ``per_workflow``: one configuration for every request: the cheapest whose test
+  accuracy matches ``c_max`` within ``workflow_tolerance``.
+
+Workload: Poisson (or gamma) arrivals during ``duration_s`` (default 60 s); each run
+continues until every request finished or the horizon (default 3 x duration).
+
+Metrics per policy and rate: ``throughput`` is the completion rate in the window
+[duration / 3, duration] (after the fleet has filled, while arrivals still come:
+at overload it is the fleet's sustained capacity, at light load the arrival rate);
+``throughput_overall`` is completions / (last completion - first arrival).
+``max_throughput`` is the highest ``throughput`` over the sweep. Latency is arrival to
+last stage over every request; requests unfinished at the horizon count with their
+latency so far (``latency_censored`` says how many), so percentiles are lower bounds
+then. ``accuracy`` is the mean score of the realised configurations, ``c_max_accuracy``
+the mean score ``c_max`` gets on the same inputs.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import platform
+import subprocess
+import time
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+import numpy as np
+
+from aragog_jax.errors import AragogError
+from aragog_jax.sim._driver import RunConfig, RunResult, simulate
+from aragog_jax.sim._metrics import latency_stats, pct_change
+from aragog_jax.sim._setup import ROUTERS_DIR, Setup, per_workflow_config
+
+POLICIES = ("aragog", "aragog-oracle", "greedy", "per_input", "per_workflow")
+_SCHEDULER_POLICY = {
+    "aragog": "aragog",
+    "aragog-oracle": "aragog",
+    "greedy": "greedy",
+    "per_input": "per_input",
+    "per_workflow": "per_workflow",
+}
+_USES_ROUTER = {"aragog", "greedy"}
+
+
+@dataclass(frozen=True)
+class SweepConfig:
+    """Parameters shared by every run of a sweep (see :class:`RunConfig`)."""
+
+    policies: tuple[str, ...] = ("aragog", "per_input", "per_workflow")
+    rates: tuple[float, ...] | None = None  # None: automatic
+    num_rates: int = 6
+    num_requests: int = 0  # 0: every arrival within duration_s
+    duration_s: float = 60.0
+    round_interval_s: float = 0.02
+    beam_width: int = 4
+    arrival: str = "poisson"
+    cv: float = 2.0
+    seed: int = 0
+    round_cost_s: float | None = None  # None: measured per round
+    route_cost_s: float | None = None  # None: measured from the router
+    poll_interval_s: float = 0.0
+    horizon_s: float | None = None  # None: 3 x duration_s
+    workflow_tolerance: float = 0.0
+    router: str | None = None  # checkpoint path; None: the shipped one if present; "oracle": none
+
+
+def git_sha() -> str:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
+                             cwd=Path(__file__).resolve().parent)
+        return out.stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def request_output_tokens(setup: Setup) -> float:
+    """Mean output tokens per request over the rows requests draw from."""
+    return float(setup.dataset.tokens[setup.rows, :, 1].sum(axis=1).mean())
+
+
+def auto_rates(setup: Setup, num: int) -> tuple[float, ...]:
+    """Geometric rates from half of what the largest engine alone sustains to what the
+    whole fleet would sustain if every engine ran saturated (an upper bound).
+
+    Capacities use each engine's curve at its saturation batch (decode only), divided by
+    the mean output tokens of a request.
+    """
+    from aragog_jax.perf import curve_tokens_per_s
+
+    toks = request_output_tokens(setup)
+    caps = [curve_tokens_per_s(e.profile, e.profile.saturation_batch) for e in setup.engines]
+    biggest = max(range(len(setup.engines)), key=lambda i: setup.engines[i].profile.decode_base_s)
+    lo = 0.5 * caps[biggest] / toks
+    hi = sum(caps) / toks
+    if num <= 1:
+        return (round(hi, 3),)
+    return tuple(round(float(r), 3) for r in np.geomspace(lo, hi, num))
+
+
+@dataclass(eq=False)
+class Masks:
+    router: np.ndarray  # bool[N, C] masks for router-based policies
+    oracle: np.ndarray  # bool[N, C]
+    source: str  # "router:<path>" or "oracle (no router checkpoint)"
+    route_cost_s: float
+
+
+def build_masks(setup: Setup, router: str | None, route_cost_s: float | None) -> Masks:
+    """Router masks for every dataset row (or oracle masks), and the routing time to charge."""
+    oracle = setup.labels
+    path = None
+    if router != "oracle":
+        path = Path(router) if router else ROUTERS_DIR / setup.space.workflow / f"{setup.family}.npz"
+        if router and not path.is_file():
+            raise AragogError(f"router checkpoint not found: {path}")
+        if not path.is_file() or setup.meta.get("variant"):
+            path = None
+    if path is None:
+        return Masks(oracle, oracle, "oracle (no router checkpoint)", 0.0 if route_cost_s is None else route_cost_s)
+    from aragog_jax.router import Router
+
+    r = Router.load(path, setup.space).compile()
+    res = r.route_texts(setup.dataset.texts)
+    mask = np.asarray(res.mask, dtype=bool)
+    if route_cost_s is None:
+        text = setup.dataset.texts[int(setup.rows[0])]
+        for _ in range(5):
+            r.route_texts([text])
+        samples = [r.route_texts([setup.dataset.texts[int(i)]]).elapsed for i in setup.rows[:50]]
+        route_cost_s = float(np.median(samples))
+    return Masks(mask, oracle, f"router:{path}", route_cost_s)
+
+
+def summarize_run(setup: Setup, res: RunResult) -> dict:
+    ds = setup.dataset
+    done = np.isfinite(res.finish)
+    n_done = int(done.sum())
+    window_end = float(res.config.duration_s if res.config.num_requests <= 0 else res.arrival.max())
+    window_start = window_end / 3.0
+    in_window = done & (res.finish >= window_start) & (res.finish <= window_end)
+    steady = float(in_window.sum()) / (window_end - window_start) if window_end > window_start else float("nan")
+    overall = n_done / float(res.finish[done].max() - res.arrival.min()) if n_done else 0.0
+    # Requests still running at the horizon count with their latency so far (a lower
+    # bound), so percentiles are never flattered by leaving the slowest out.
+    lat_all = np.where(done, res.finish, max(res.end_time, float(res.arrival.max()))) - res.arrival
+    lat = res.latency[done]
+    rows = res.rows[done]
+    acc = float(ds.scores[rows, res.config_idx[done]].mean()) if n_done else float("nan")
+    cmax = float(ds.scores[rows, setup.space.c_max].mean()) if n_done else float("nan")
+    walls = np.asarray(res.round_wall_s)
+    sched_wall = float(walls.sum())
+    return {
+        "rate": res.config.rate,
+        "num_requests": int(res.arrival.size),
+        "completed": int(n_done),
+        "unfinished": res.num_unfinished,
+        "throughput": float(steady),
+        "throughput_window_s": [window_start, window_end],
+        "throughput_overall": float(overall),
+        "latency": latency_stats(lat_all),
+        "latency_censored": int((~done).sum()),
+        "rounds_compiling": res.compiled_rounds,
+        "accuracy": acc,
+        "c_max_accuracy": cmax,
+        "routing_overhead_share": float(res.route_s[done].sum() / lat.sum()) if n_done and lat.sum() > 0 else 0.0,
+        "scheduler_ms_per_round": float(1e3 * walls.mean()) if walls.size else 0.0,
+        "scheduler_ms_p95": float(1e3 * np.percentile(walls, 95)) if walls.size else 0.0,
+        "rounds": res.rounds,
+        "stage_completions": res.stage_completions,
+        "sim_wall_s": res.sim_wall_s,
+        "stage_completions_per_wall_s": res.stage_completions / res.sim_wall_s if res.sim_wall_s > 0 else 0.0,
+        "stage_completions_per_wall_s_excl_scheduler": (
+            res.stage_completions / (res.sim_wall_s - sched_wall) if res.sim_wall_s > sched_wall else 0.0
+        ),
+        "num_admitted_mean": float(res.num_admitted.mean()),
+        "distinct_configs": int(np.unique(res.config_idx[done]).size),
+        "engine_utilization": {k: v / float(res.end_time) if res.end_time > 0 else 0.0 for k, v in res.engine_busy_s.items()},
+        "engine_tokens": res.engine_tokens,
+    }
+
+
+def run_sweep(setup: Setup, sweep: SweepConfig, *, progress: bool = True, keep_runs: bool = False) -> dict:
+    """Every policy at every rate; returns the summary dict (see ``write_summary``)."""
+    for p in sweep.policies:
+        if p not in POLICIES:
+            raise AragogError(f"unknown policy {p!r} (known: {', '.join(POLICIES)})")
+    t0 = time.perf_counter()
+    masks = build_masks(setup, sweep.router, sweep.route_cost_s)
+    rates = sweep.rates or auto_rates(setup, sweep.num_rates)
+    test_scores = setup.dataset.scores[setup.rows]
+    pwf = per_workflow_config(test_scores, setup.space.c_max, sweep.workflow_tolerance)
+    total = len(sweep.policies) * len(rates)
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=total, desc=f"{setup.space.workflow}/{setup.family}", unit="run", leave=False)
+    policies: dict[str, dict] = {}
+    runs: dict[str, list[RunResult]] = {}
+    for p in sweep.policies:
+        use_router = p in _USES_ROUTER
+        mask = masks.router if use_router else masks.oracle
+        per_rate = []
+        for rate in rates:
+            cfg = RunConfig(
+                policy=_SCHEDULER_POLICY[p],
+                rate=float(rate),
+                num_requests=sweep.num_requests,
+                duration_s=sweep.duration_s,
+                round_interval_s=sweep.round_interval_s,
+                beam_width=1 if p == "greedy" else sweep.beam_width,
+                arrival=sweep.arrival,
+                cv=sweep.cv,
+                seed=sweep.seed,
+                route_cost_s=masks.route_cost_s if use_router else 0.0,
+                round_cost_s=sweep.round_cost_s,
+                poll_interval_s=sweep.poll_interval_s,
+                horizon_s=sweep.horizon_s if sweep.horizon_s is not None else 3.0 * sweep.duration_s,
+            )
+            res = simulate(setup, cfg, mask, per_workflow_config=pwf)
+            per_rate.append(summarize_run(setup, res))
+            if keep_runs:
+                runs.setdefault(p, []).append(res)
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix(policy=p, rate=f"{rate:g}")
+        thr = [r["throughput"] for r in per_rate]
+        done = sum(r["completed"] for r in per_rate)
+        policies[p] = {
+            "max_throughput": float(np.nanmax(thr)) if any(np.isfinite(thr)) else float("nan"),
+            "per_rate": per_rate,
+            "accuracy": float(np.average([r["accuracy"] for r in per_rate], weights=[r["completed"] for r in per_rate])) if done else float("nan"),
+            "c_max_accuracy": float(np.average([r["c_max_accuracy"] for r in per_rate], weights=[r["completed"] for r in per_rate])) if done else float("nan"),
+            "routing_overhead_share": {"lowest_rate": per_rate[0]["routing_overhead_share"], "highest_rate": per_rate[-1]["routing_overhead_share"]},
+            "scheduler_ms_per_round": float(np.average([r["scheduler_ms_per_round"] for r in per_rate], weights=[max(r["rounds"], 1) for r in per_rate])),
+            "masks": ("oracle" if not use_router else masks.source) if p != "per_workflow" else f"config {pwf}",
+            "admitted": _admitted_hist(mask[setup.rows]) if p not in ("per_input", "per_workflow") else None,
+        }
+    if bar is not None:
+        bar.close()
+    summary = {
+        "git_sha": git_sha(),
+        "workflow": setup.space.workflow,
+        "family": setup.family,
+        "fleet": str(setup.fleet_path),
+        "num_gpus": setup.num_gpus,
+        "engines": [{"name": e.name, "model": e.model, "gpus": e.num_gpus, "profile_kind": e.profile.kind} for e in setup.engines],
+        "num_configs": setup.space.num_configs,
+        "c_max": setup.space.config_to_models(setup.space.c_max),
+        "per_workflow_config": setup.space.config_to_models(pwf),
+        "mask_source": masks.source,
+        "route_cost_s": masks.route_cost_s,
+        "rates": list(rates),
+        "sweep": {k: (v if not isinstance(v, float) or math.isfinite(v) else None) for k, v in asdict(sweep).items()},
+        "round_cost": "measured" if sweep.round_cost_s is None else sweep.round_cost_s,
+        "device": platform.machine() + " " + platform.processor(),
+        "wall_s": time.perf_counter() - t0,
+        "policies": policies,
+        "comparison": compare(policies),
+    }
+    if keep_runs:
+        summary["_runs"] = runs
+    return summary
+
+
+def _admitted_hist(mask: np.ndarray) -> dict:
+    counts = mask.sum(axis=1)
+    return {"mean": float(counts.mean()), "median": float(np.median(counts)), "counts": counts.astype(int).tolist(),
+            "num_configs": int(mask.shape[1])}
+
+
+def compare(policies: dict) -> dict:
+    """Aragog's gains vs each baseline: max throughput and latency at the highest rate."""
+    out: dict[str, dict] = {}
+    if "aragog" not in policies:
+        return out
+    a = policies["aragog"]
+    for base in ("per_input", "per_workflow", "greedy", "aragog-oracle"):
+        if base not in policies:
+            continue
+        b = policies[base]
+        out[f"aragog_vs_{base}"] = {
+            "max_throughput_gain_pct": pct_change(a["max_throughput"], b["max_throughput"]),
+            "median_latency_change_pct": pct_change(a["per_rate"][-1]["latency"]["p50"], b["per_rate"][-1]["latency"]["p50"]),
+            "p95_latency_change_pct": pct_change(a["per_rate"][-1]["latency"]["p95"], b["per_rate"][-1]["latency"]["p95"]),
+        }
+    out["aragog_accuracy_drop_points"] = 100.0 * (a["c_max_accuracy"] - a["accuracy"])
+    return out
+
+
+def write_summary(summary: dict, out: str | Path, *, plots: bool = True) -> Path:
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    clean = {k: v for k, v in summary.items() if not k.startswith("_")}
+    (out / "summary.json").write_text(json.dumps(clean, indent=2, allow_nan=True) + "\n")
+    if plots:
+        plot_summary(summary, out)
+    return out / "summary.json"
+
+
+def plot_summary(summary: dict, out: Path) -> list[Path]:
+    """Throughput–latency curves, latency CDF at the highest rate, accuracy bars,
+    admitted-configuration counts."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    title = f"{summary['workflow']} / {summary['family']} / {summary['num_gpus']} GPUs"
+    pols = summary["policies"]
+    paths = []
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for p, d in pols.items():
+        x = [r["throughput"] for r in d["per_rate"]]
+        ax.plot(x, [r["latency"]["p50"] for r in d["per_rate"]], marker="o", label=f"{p} P50")
+        ax.plot(x, [r["latency"]["p95"] for r in d["per_rate"]], ls="--", color=ax.lines[-1].get_color(), alpha=0.6)
+    ax.set_xlabel("throughput (requests/s)")
+    ax.set_ylabel("latency (s): P50 solid, P95 dashed")
+    ax.set_yscale("log")
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    paths.append(out / "throughput_latency.png")
+    fig.savefig(paths[-1], dpi=110)
+    plt.close(fig)
+
+    runs = summary.get("_runs")
+    if runs:
+        fig, ax = plt.subplots(figsize=(6, 4))
+        for p, rs in runs.items():
+            lat = np.sort(rs[-1].latency[np.isfinite(rs[-1].latency)])
+            ax.plot(lat, np.arange(1, lat.size + 1) / lat.size, label=p)
+        ax.set_xlabel(f"latency (s) at {summary['rates'][-1]:g} requests/s")
+        ax.set_ylabel("CDF")
+        ax.set_title(title, fontsize=9)
+        ax.legend(fontsize=7)
+        fig.tight_layout()
+        paths.append(out / "latency_cdf.png")
+        fig.savefig(paths[-1], dpi=110)
+        plt.close(fig)
+
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    names = list(pols)
+    ax.bar(names, [pols[p]["accuracy"] for p in names], label="realised")
+    cm = np.mean([pols[p]["c_max_accuracy"] for p in names])
+    ax.axhline(cm, color="k", ls="--", label=f"c_max {cm:.3f}")
+    ax.axhline(cm - 0.02, color="r", ls=":", label="c_max - 2 points")
+    ax.set_ylabel("accuracy")
+    ax.set_ylim(max(0.0, cm - 0.15), min(1.0, cm + 0.08))
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    paths.append(out / "accuracy.png")
+    fig.savefig(paths[-1], dpi=110)
+    plt.close(fig)
+
+    hist = {p: d["admitted"] for p, d in pols.items() if d.get("admitted")}
+    if hist:
+        fig, ax = plt.subplots(figsize=(6, 3.5))
+        seen = set()
+        for p, h in hist.items():
+            key = json.dumps(h["counts"][:50])
+            if key in seen:
+                continue
+            seen.add(key)
+            ax.hist(h["counts"], bins=min(50, h["num_configs"]), alpha=0.5, label=f"{p} (mean {h['mean']:.1f})")
+        ax.set_xlabel(f"admitted configurations per input (of {next(iter(hist.values()))['num_configs']})")
+        ax.set_ylabel("inputs")
+        ax.set_title(title, fontsize=9)
+        ax.legend(fontsize=7)
+        fig.tight_layout()
+        paths.append(out / "admitted.png")
+        fig.savefig(paths[-1], dpi=110)
+        plt.close(fig)
+    return paths
+
+
+def with_overrides(sweep: SweepConfig, **kw) -> SweepConfig:
+    return replace(sweep, **kw)

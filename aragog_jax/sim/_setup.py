@@ -1,0 +1,183 @@
+"""What a simulation runs on: a fleet of engines, a workflow's space, its dataset, masks.
+
+* Fleet: a FleetSpec file (default: the shipped ``profiles/fleets/<family>_<gpus>gpu.toml``);
+  every engine needs a ``profile``.
+* Dataset: ``profiles/datasets/<workflow>/<family>/`` (or ``--dataset DIR``).
+* Masks: per dataset row, the configurations a policy may use.
+  - ``oracle``: the accurate set from the dataset's scores (``accurate_labels``).
+  - ``router``: a trained checkpoint's admitted set (see :mod:`aragog_jax.sim._masks`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from aragog_jax.data import AccuracyDataset, accurate_labels, load_dataset
+from aragog_jax.errors import AragogError, SpecError
+from aragog_jax.space import ConfigSpace
+from aragog_jax.space import build_space
+from aragog_jax.spec import (
+    DEFAULT_MODELS,
+    PROFILES_DIR,
+    EngineProfile,
+    WorkflowSpec,
+    family_pool,
+    load_fleet,
+    load_models,
+    load_profile,
+    load_workflow,
+    resolve,
+)
+
+DATASETS_DIR = PROFILES_DIR / "datasets"
+FLEETS_DIR = PROFILES_DIR / "fleets"
+ROUTERS_DIR = PROFILES_DIR / "routers"
+
+
+@dataclass(frozen=True)
+class FleetEngine:
+    name: str
+    model: str
+    profile: EngineProfile
+    num_gpus: int
+
+
+@dataclass(eq=False)
+class Setup:
+    """Everything one simulated workflow × family × fleet needs."""
+
+    workflow: WorkflowSpec
+    family: str
+    space: ConfigSpace
+    dataset: AccuracyDataset
+    engines: list[FleetEngine]
+    fleet_path: Path
+    rows: np.ndarray  # dataset rows requests draw from (the test split)
+    labels: np.ndarray  # bool[N, C] oracle accurate sets of every dataset row
+    tolerance: float = 0.0
+    meta: dict = field(default_factory=dict)
+
+    @property
+    def num_gpus(self) -> int:
+        return sum(e.num_gpus for e in self.engines)
+
+
+def default_fleet(family: str, gpus: int) -> Path:
+    path = FLEETS_DIR / f"{family}_{gpus}gpu.toml"
+    if not path.is_file():
+        known = ", ".join(sorted(p.stem for p in FLEETS_DIR.glob("*.toml")))
+        raise AragogError(f"no shipped fleet for family {family!r} on {gpus} GPUs (shipped: {known}); pass --fleet")
+    return path
+
+
+def resolve_workflow(name_or_path: str) -> Path:
+    """A workflow file path, or the name of a shipped workflow."""
+    p = Path(name_or_path)
+    if p.is_file():
+        return p
+    shipped = PROFILES_DIR / "workflows" / f"{name_or_path}.toml"
+    if shipped.is_file():
+        return shipped
+    known = ", ".join(sorted(q.stem for q in (PROFILES_DIR / "workflows").glob("*.toml")))
+    raise AragogError(f"workflow {name_or_path!r}: no such file or shipped workflow (shipped: {known})")
+
+
+def load_setup(
+    workflow: str | Path,
+    family: str,
+    *,
+    gpus: int = 8,
+    fleet: str | Path | None = None,
+    dataset: str | Path | None = None,
+    split: str = "test",
+    workflow_spec: WorkflowSpec | None = None,
+) -> Setup:
+    """Load fleet, workflow space and dataset; check they fit together.
+
+    ``workflow_spec`` replaces the file's spec (e.g. a constrained variant) while the
+    dataset stays the file workflow's: its scores are re-indexed onto the variant's space.
+    """
+    catalog = load_models(DEFAULT_MODELS)
+    wf_path = resolve_workflow(str(workflow))
+    base_wf = load_workflow(wf_path, catalog)
+    pool = family_pool(catalog, family)
+    base_space = build_space(base_wf, pool)
+    ds_path = Path(dataset) if dataset else DATASETS_DIR / base_wf.name / family
+    if not (ds_path / "meta.json").is_file():
+        raise AragogError(
+            f"no accuracy dataset at {ds_path}; generate one with python -m aragog_jax.synth "
+            f"--workflow {wf_path} --family {family} --out {ds_path}"
+        )
+    ds = load_dataset(ds_path, base_space)
+    wf = base_wf
+    space = base_space
+    if workflow_spec is not None:
+        wf = workflow_spec
+        space = build_space(wf, pool)
+        ds = _restrict_dataset(ds, base_space, space)
+    fleet_path = Path(fleet) if fleet else default_fleet(family, gpus)
+    fl = load_fleet(fleet_path)
+    engines: list[FleetEngine] = []
+    for i, e in enumerate(fl.engine):
+        if not e.profile:
+            raise SpecError(f"{fleet_path}: engine[{i}].profile: the simulator needs a profile for every engine")
+        prof = load_profile(resolve(fleet_path, e.profile))
+        engines.append(FleetEngine(e.name, e.model, prof, max(e.tensor_parallel, prof.num_gpus)))
+    served = {e.model for e in engines}
+    missing = [m for m in space.model_names if m not in served]
+    if missing:
+        raise SpecError(f"{fleet_path}: no engine serves {missing}, which workflow {wf.name!r} / family {family!r} needs")
+    rows = ds.split_index(split)
+    tol = float(wf.accuracy_tolerance)
+    labels = accurate_labels(ds.scores, space.c_max, tol)
+    return Setup(
+        workflow=wf, family=family, space=space, dataset=ds, engines=engines, fleet_path=fleet_path,
+        rows=rows, labels=labels, tolerance=tol,
+        meta={"dataset": str(ds_path), "workflow_file": str(wf_path), "variant": workflow_spec is not None},
+    )
+
+
+def _restrict_dataset(ds: AccuracyDataset, base: ConfigSpace, sub: ConfigSpace) -> AccuracyDataset:
+    """Re-index a dataset onto a sub-space (same stages and models, fewer configurations)."""
+    if sub.stage_names != base.stage_names or sub.model_names != base.model_names:
+        raise SpecError(f"{sub.workflow}: a variant must keep the stages and models of {base.workflow}")
+    lookup = {tuple(int(m) for m in row): i for i, row in enumerate(base.configs)}
+    idx = np.array([lookup[tuple(int(m) for m in row)] for row in sub.configs], dtype=np.int64)
+    return AccuracyDataset(
+        ids=ds.ids, texts=ds.texts, splits=ds.splits, tokens=ds.tokens, scores=ds.scores[:, idx], meta=dict(ds.meta)
+    )
+
+
+def per_workflow_config(scores: np.ndarray, c_max: int, tolerance: float = 0.0) -> int:
+    """The cheapest configuration whose mean score matches c_max's within ``tolerance``.
+
+    ``scores`` are the rows the choice is made on (the test split, as the paper's
+    per-workflow baseline). Configurations are in ascending FLOPs order, so "cheapest"
+    is the lowest index.
+    """
+    acc = np.asarray(scores, dtype=np.float64).mean(axis=0)
+    ok = np.flatnonzero(acc >= acc[c_max] - tolerance - 1e-12)
+    return int(ok[0])
+
+
+def constrained_variant(wf: WorkflowSpec) -> WorkflowSpec | None:
+    """The paper's constrained space: the critic uses the refiner's model (self-refine),
+    every voter shares one model (voting). None for workflows without such a tie."""
+    import msgspec
+
+    names = wf.stage_names
+    stages = list(wf.stage)
+    if "critique" in names and "refine" in names:
+        stages = [msgspec.structs.replace(s, same_model_as="refine") if s.name == "critique" else s for s in stages]
+    elif sum(n.startswith("voter_") for n in names) > 1:
+        first = next(n for n in names if n.startswith("voter_"))
+        stages = [
+            msgspec.structs.replace(s, same_model_as=first) if s.name.startswith("voter_") and s.name != first else s
+            for s in stages
+        ]
+    else:
+        return None
+    return msgspec.structs.replace(wf, stage=stages, name=wf.name)
