@@ -15,6 +15,7 @@ import argparse
 import json
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 
@@ -50,7 +51,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.beam < 1:
         raise SchedulerError(f"--beam: must be >= 1, got {args.beam}")
     try:
-        text = sys.stdin.read() if args.round == "-" else open(args.round, encoding="utf-8").read()
+        text = sys.stdin.read() if args.round == "-" else Path(args.round).read_text(encoding="utf-8")
     except OSError as exc:
         raise SchedulerError(f"{args.round}: cannot read ({exc.strerror})") from exc
     try:

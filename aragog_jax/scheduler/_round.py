@@ -23,8 +23,8 @@ from aragog_jax.space import bucket_size
 
 #: Smallest item / configuration / slot buckets (powers of two above them).
 MIN_ITEMS = 16
-MIN_CONFIGS = 8
-MIN_SLOTS = 8
+MIN_CONFIGS = 32
+MIN_SLOTS = 64
 
 
 def model_dtype(num_models: int) -> type[np.signedinteger]:
