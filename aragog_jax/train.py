@@ -1,6 +1,7 @@
 """Train, calibrate and evaluate an accuracy router.
 
     python -m aragog_jax.train --workflow W --dataset DIR --out CKPT [--family F] [options]
+    python -m aragog_jax.train --evaluate CKPT --dataset DIR [--split test]
 
 Reads an accuracy dataset directory (``aragog_jax.data`` format), trains the MLP router
 on its ``train`` split (early stopping on a validation slice of it), calibrates the
@@ -65,6 +66,22 @@ def summary_lines(report: dict) -> list[str]:
     return lines
 
 
+def evaluate(ckpt: str | Path, dataset_dir: str | Path, split: str = "all") -> dict:
+    """Route a labelled dataset through a checkpoint; the routing report of its rows."""
+    import numpy as np
+
+    from aragog_jax.data import load_dataset
+    from aragog_jax.router import Router, routing_report
+
+    router = Router.load(ckpt)
+    ds = load_dataset(dataset_dir, router.space)
+    rows = np.arange(ds.num_inputs) if split == "all" else ds.split_index(split)
+    mask = router.compile((512,)).route_texts([ds.texts[i] for i in rows]).mask
+    labels = ds.labels(router.space.c_max)[rows]
+    report = routing_report(mask, ds.scores[rows], labels, router.space.c_max)
+    return {"router": str(ckpt), "dataset": str(dataset_dir), "split": split, **report}
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     from aragog_jax.router import GUARANTEES, TrainConfig
 
@@ -77,9 +94,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             "checkpoint plus a JSON report and an epsilon-sweep plot."
         ),
     )
-    parser.add_argument("--workflow", required=True, help="workflow TOML file, or the name of a shipped workflow")
+    parser.add_argument("--workflow", help="workflow TOML file, or the name of a shipped workflow (required to train)")
     parser.add_argument("--dataset", required=True, help="accuracy dataset directory (meta.json, inputs.jsonl, scores.npy)")
-    parser.add_argument("--out", required=True, help="checkpoint path (.npz); the report and plot are written beside it")
+    parser.add_argument("--out", help="checkpoint path (.npz); the report and plot are written beside it (required to train)")
+    parser.add_argument(
+        "--evaluate", metavar="CKPT",
+        help="instead of training, evaluate an existing checkpoint on --dataset (every split, or --split) and print "
+        "its report as JSON",
+    )
+    parser.add_argument("--split", choices=("train", "calibration", "test", "all"), default="all", help="--evaluate: rows to use (default %(default)s)")
     parser.add_argument("--family", help="model family (default: the dataset's family)")
     parser.add_argument("--models", help="model catalog TOML (default: the shipped one)")
     g = parser.add_argument_group("featuriser")
@@ -121,6 +144,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     meta_path = dataset_dir / "meta.json"
     if not meta_path.is_file():
         raise DatasetError(f"--dataset {dataset_dir}: not an accuracy dataset (no meta.json)")
+    if args.evaluate:
+        report = evaluate(args.evaluate, dataset_dir, args.split)
+        print(json.dumps(report, indent=2))
+        return 0
+    if not args.workflow or not args.out:
+        raise DatasetError("training needs --workflow and --out (or pass --evaluate CKPT)")
     family = args.family or json.loads(meta_path.read_text()).get("family")
     if not family:
         raise DatasetError(f"--dataset {dataset_dir}: meta.json names no family; pass --family")

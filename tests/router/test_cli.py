@@ -33,6 +33,16 @@ def test_train_cli_writes_checkpoint_report_and_plot(tiny, tmp_path, capsys):
     assert ck.meta.model["hidden"] == [8] and ck.meta.featurizer_config["dim"] == 128
 
 
+def test_train_cli_evaluate_mode(tiny, capsys):
+    _, _, ds_dir, ckpt, res = tiny
+    assert run_cli(train_cli.main, ["--evaluate", str(ckpt), "--dataset", str(ds_dir), "--split", "test"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["num_inputs"] == res.report["test"]["num_inputs"]
+    assert report["flexibility_kept"] == pytest.approx(res.report["test"]["flexibility_kept"], abs=1e-3)
+    assert run_cli(train_cli.main, ["--dataset", str(ds_dir)]) == 2
+    assert "training needs --workflow and --out" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize(
     "args,message",
     [
