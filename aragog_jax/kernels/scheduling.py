@@ -93,8 +93,10 @@ def score_stages(
     """
     model_ids = jnp.arange(num_models, dtype=item_cfg_model.dtype)
     hit = item_viable[:, None, :] & (item_cfg_model[:, None, :] == model_ids[None, :, None])
-    kept = jnp.sum(hit, axis=-1, dtype=jnp.int32)
-    num_viable = jnp.sum(item_viable, axis=-1, dtype=jnp.int32)
+    # Narrow accumulators vectorise better on CPU; counts fit int16 below 2**15 columns.
+    acc = jnp.int16 if item_viable.shape[1] < (1 << 15) else jnp.int32
+    kept = jnp.sum(hit, axis=-1, dtype=acc).astype(jnp.int32)
+    num_viable = jnp.sum(item_viable, axis=-1, dtype=acc).astype(jnp.int32)
     return StageScores(kept=kept, num_viable=num_viable)
 
 

@@ -15,6 +15,7 @@ when that point is above 0 sequences.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -48,8 +49,12 @@ def check_curve(curve: Iterable[Sequence[float]], where: str) -> Curve:
     return points
 
 
+@functools.lru_cache(maxsize=1024)
 def curve_arrays(curve: Curve) -> tuple[np.ndarray, np.ndarray]:
-    """(xs, ys) float64 arrays ready for ``np.interp`` (with (0, 0) prepended if needed)."""
+    """(xs, ys) float64 arrays ready for ``np.interp`` (with (0, 0) prepended if needed).
+
+    Cached: engines keep their curve tuple across rounds. Do not mutate the results.
+    """
     xs = np.array([p[0] for p in curve], dtype=np.float64)
     ys = np.array([p[1] for p in curve], dtype=np.float64)
     if xs[0] > 0:

@@ -5,9 +5,9 @@ serves model e % num_models), requests with 1 to ``max_ready`` ready stages each
 random viable masks over ``num_configs`` random configurations. Curves are concave
 (``peak * (1 - exp(-n / tau))`` sampled up to the saturation batch). ``total_free``
 free slots are spread over the engines at random. With ``blocked_share > 0`` the
-engines of model 0 are full and that share of requests can only use model 0 at their
-ready stage (the adversarial round of the benchmarks; such requests have one ready
-stage).
+engines of model 0 are full (or have ``blocked_slots`` free slots each) and that share
+of requests can only use model 0 at their ready stage (the adversarial rounds of the
+benchmarks; such requests have one ready stage).
 """
 
 from __future__ import annotations
@@ -52,6 +52,7 @@ def random_round(
     total_free: int = 64,
     max_ready: int = 3,
     blocked_share: float = 0.0,
+    blocked_slots: int = 0,
     item_bucket: int | None = None,
     cfg_bucket: int | None = None,
     slot_bucket: int | None = None,
@@ -67,6 +68,8 @@ def random_round(
     if open_engines and total_free > 0:
         share = rng.multinomial(total_free, np.full(len(open_engines), 1.0 / len(open_engines)))
         free[open_engines] = share
+    if blocked_share > 0:
+        free[[e for e in range(num_engines) if e not in open_engines]] = blocked_slots
     engines = [
         EngineLoad(
             name=e.name,

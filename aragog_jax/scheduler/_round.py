@@ -158,12 +158,8 @@ class CompiledRounds:
         return tuple(self._cache)
 
     def __call__(self, arrays: RoundArrays, beam_width: int) -> tuple[StageScores, BeamResult]:
-        """Run one round; returns NumPy scores and result."""
-        exe = self.compile(arrays, beam_width)
-        scores, result = exe(*arrays.kernel_args())
-        scores = StageScores(*(np.asarray(x) for x in scores))
-        result = BeamResult(*(np.asarray(x) for x in result))
-        return scores, result
+        """Run one round; returns the kernels' outputs (device arrays: convert what you use)."""
+        return self.compile(arrays, beam_width)(*arrays.kernel_args())
 
 
 #: Shared by every scheduler in the process: executables depend only on the bucket.

@@ -29,6 +29,7 @@ ties: lower stage index). Invalid calls raise :class:`SchedulerError` saying why
 from __future__ import annotations
 
 import collections
+import functools
 from collections.abc import Hashable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -74,7 +75,7 @@ class Plan:
 
     Attributes:
       assignments: stages dispatched this round, in FIFO item order.
-      skipped: ready stages not dispatched, in FIFO item order.
+      skipped: ready stages not dispatched, in FIFO item order (built on first access).
       utilization: U of DESIGN §5 — Σ_e [f_e(load_e + assigned_e) - f_e(load_e)] over
         Σ_e f_e(last curve point).
       flexibility: mean over the requests with an assignment of the share of their
@@ -83,11 +84,14 @@ class Plan:
     """
 
     assignments: tuple[Assignment, ...]
-    skipped: tuple[Skipped, ...]
     utilization: float
     flexibility: float
     policy: str
     _record: _RoundRecord | None = field(default=None, repr=False)
+
+    @functools.cached_property
+    def skipped(self) -> tuple[Skipped, ...]:
+        return self._record.skipped() if self._record is not None else ()
 
     def decision(self) -> dict[str, Any]:
         """The round-replay CLI's output format for this plan."""
@@ -112,12 +116,25 @@ class Plan:
 
 @dataclass(frozen=True, eq=False)
 class _RoundRecord:
-    """What a plan needs to render its round: references, rendered only on demand."""
+    """What a plan needs to render its round: references, rendered only on demand.
+
+    ``viable`` holds each item's request mask as it was before the round's commits
+    (commits replace a request's mask, never mutate it).
+    """
 
     load: LoadVector
     model_names: tuple[str, ...]
     utility_scale: int
-    requests: tuple[tuple[Hashable, np.ndarray, np.ndarray, tuple[int, ...]], ...]  # id, configs, viable, ready
+    reqs: list[_Request]
+    stages: np.ndarray  # int[n]
+    viable: list[np.ndarray]
+    engine: np.ndarray  # int[n], -1 not placed
+
+    def skipped(self) -> tuple[Skipped, ...]:
+        return tuple(
+            Skipped(self.reqs[i].request_id, int(self.stages[i]), self.reqs[i].info.space.stage_names[self.stages[i]])
+            for i in np.flatnonzero(self.engine < 0).tolist()
+        )
 
     def render(self) -> dict[str, Any]:
         engines = [
@@ -130,43 +147,40 @@ class _RoundRecord:
             }
             for e in self.load.engines
         ]
-        requests = [
-            {
-                "id": request_id,
-                "configs": [[self.model_names[m] for m in row] for row in configs[viable].tolist()],
-                "ready": list(ready),
-            }
-            for request_id, configs, viable, ready in self.requests
-        ]
+        requests: list[dict[str, Any]] = []
+        prev = None
+        for req, s, viable in zip(self.reqs, self.stages.tolist(), self.viable, strict=True):
+            if req is not prev:
+                rows = req.info.configs[viable].tolist()
+                requests.append(
+                    {"id": req.request_id, "configs": [[self.model_names[m] for m in row] for row in rows], "ready": []}
+                )
+                prev = req
+            requests[-1]["ready"].append(s)
         return {"utility_scale": self.utility_scale, "engines": engines, "requests": requests}
 
 
 def round_flexibility(arrays: RoundArrays, engine: np.ndarray) -> float:
     """Mean over requests with an assignment of the viable share they keep this round."""
-    shares = []
-    start = 0
-    n = arrays.num_items
-    while start < n:
-        end = start
-        while end < n and arrays.item_req[end] == arrays.item_req[start]:
-            end += 1
-        placed = [i for i in range(start, end) if engine[i] >= 0]
-        if placed:
-            before = arrays.item_viable[start]
-            after = before.copy()
-            for i in placed:
-                after &= arrays.item_cfg_model[i] == arrays.engine_model[engine[i]]
-            shares.append(np.count_nonzero(after) / max(np.count_nonzero(before), 1))
-        start = end
-    return float(np.mean(shares)) if shares else 1.0
+    placed = np.flatnonzero(engine[: arrays.num_items] >= 0)
+    if placed.size == 0:
+        return 1.0
+    chosen_model = arrays.engine_model[engine[placed]].astype(arrays.item_cfg_model.dtype)
+    kept = arrays.item_viable[placed] & (arrays.item_cfg_model[placed] == chosen_model[:, None])
+    req = arrays.item_req[placed]
+    starts = np.flatnonzero(np.concatenate([[True], req[1:] != req[:-1]]))  # a request's items are consecutive
+    after = np.logical_and.reduceat(kept, starts, axis=0).sum(axis=1)
+    before = arrays.item_viable[placed[starts]].sum(axis=1)
+    return float(np.mean(after / np.maximum(before, 1)))
 
 
-@dataclass
+@dataclass(eq=False)
 class _Space:
     """A registered configuration space, with model ids mapped to the scheduler's."""
 
     space: ConfigSpace
     configs: np.ndarray  # int[C, S] scheduler model ids (-1: model served by no engine)
+    columns: np.ndarray  # int[S, C] the same, one contiguous row per stage
     served: np.ndarray  # bool[C] every stage's model has an engine
     downstream: tuple[tuple[int, ...], ...]
     stage_rank: np.ndarray  # int[S] position in "deepest first, then lower index"
@@ -312,37 +326,26 @@ class Scheduler:
         load = self._check_load(load)
         items = [(req, s) for req in self._queue.values() for s in req.ready]
         if not items:
-            return Plan((), (), 0.0, 1.0, str(self.policy.name))
-        arrays = self._round_arrays(items, load)
-        record = _RoundRecord(
-            load,
-            self.model_names,
-            self.utility_scale,
-            tuple((req.request_id, req.info.configs, req.viable, tuple(req.ready)) for req in dict.fromkeys(r for r, _ in items)),
-        )
+            return Plan((), 0.0, 1.0, str(self.policy.name))
+        reqs = [req for req, _ in items]
+        stages = np.fromiter((s for _, s in items), dtype=np.int32, count=len(items))
+        viable = [req.viable for req in reqs]
+        arrays = self._round_arrays(reqs, stages, viable, load)
         if arrays.free_slots.any():
             engine = np.asarray(self.policy.assign(arrays).engine)[: len(items)]
         else:
             engine = np.full(len(items), -1, dtype=np.int32)
         flexibility = round_flexibility(arrays, engine)
-        assignments, skipped = [], []
-        counts = np.zeros(len(self.engines), dtype=np.int64)
-        for (req, s), e in zip(items, engine.tolist(), strict=True):
-            name = req.info.space.stage_names[s]
-            if e < 0:
-                skipped.append(Skipped(req.request_id, s, name))
-                continue
-            counts[e] += 1
+        assignments = []
+        for i in np.flatnonzero(engine >= 0).tolist():
+            req, s, e = reqs[i], int(stages[i]), int(engine[i])
             self._commit(req, s, e)
-            assignments.append(Assignment(req.request_id, s, name, self.engine_names[e], self.engines[e].model))
-        return Plan(
-            tuple(assignments),
-            tuple(skipped),
-            load.utilization(counts),
-            flexibility,
-            str(self.policy.name),
-            record,
-        )
+            assignments.append(
+                Assignment(req.request_id, s, req.info.space.stage_names[s], self.engine_names[e], self.engines[e].model)
+            )
+        counts = np.bincount(engine[engine >= 0], minlength=len(self.engines))
+        record = _RoundRecord(load, self.model_names, self.utility_scale, reqs, stages, viable, engine)
+        return Plan(tuple(assignments), load.utilization(counts), flexibility, str(self.policy.name), record)
 
     def on_stage_finished(self, request_id: Hashable, stage: int | str) -> bool:
         """A dispatched stage returned. Returns True when the request is now done."""
@@ -466,6 +469,7 @@ class Scheduler:
         info = _Space(
             space=space,
             configs=configs.astype(self._cfg_dtype),
+            columns=np.ascontiguousarray(configs.T.astype(self._cfg_dtype)),
             served=(configs >= 0).all(axis=1),
             downstream=tuple(tuple(d) for d in downstream),
             stage_rank=rank,
@@ -489,32 +493,39 @@ class Scheduler:
         by_name = {e.name: e for e in load.engines}
         return LoadVector(tuple(by_name[n] for n in self.engine_names))
 
-    def _round_arrays(self, items: list[tuple[_Request, int]], load: LoadVector) -> RoundArrays:
-        n = len(items)
+    def _round_arrays(
+        self, reqs: list[_Request], stages: np.ndarray, viable: list[np.ndarray], load: LoadVector
+    ) -> RoundArrays:
+        n = len(reqs)
         r_b = bucket_size(max(n, MIN_ITEMS))
         c_b = self._cfg_bucket
-        viable = np.zeros((r_b, c_b), dtype=bool)
-        cfgm = np.full((r_b, c_b), -1, dtype=self._cfg_dtype)
-        req_slot = np.full(r_b, -1, dtype=np.int32)
-        slot = -1
-        prev = None
-        for i, (req, s) in enumerate(items):
-            if req is not prev:
-                slot += 1
-                prev = req
-            c = req.info.space.num_configs
-            viable[i, :c] = req.viable
-            cfgm[i, :c] = req.info.configs[:, s]
-            req_slot[i] = slot
+        item_viable = np.zeros((r_b, c_b), dtype=bool)
+        item_cfg_model = np.full((r_b, c_b), -1, dtype=self._cfg_dtype)
+        if len(self._spaces) == 1:  # one workflow: block copies (a list of rows assigns fastest)
+            (info,) = self._spaces.values()
+            c = info.space.num_configs
+            item_viable[:n, :c] = viable
+            item_cfg_model[:n, :c] = info.columns[stages]
+        else:
+            infos = [req.info for req in reqs]
+            for info in dict.fromkeys(infos):
+                idx = np.flatnonzero([x is info for x in infos])
+                c = info.space.num_configs
+                item_viable[idx, :c] = [viable[i] for i in idx.tolist()]
+                item_cfg_model[idx, :c] = info.columns[stages[idx]]
+        # Request slot: a request's items are consecutive; a new request starts a slot.
+        ids = np.fromiter((id(req) for req in reqs), dtype=np.int64, count=n)
+        item_req = np.full(r_b, -1, dtype=np.int32)
+        item_req[:n] = np.cumsum(np.concatenate([[0], ids[1:] != ids[:-1]]))
+        item_valid = np.zeros(r_b, dtype=bool)
+        item_valid[:n] = True
         free = load.free_slots()
         k_b = max(self._slot_bucket, bucket_size(max(int(free.max()), MIN_SLOTS)))
-        valid = np.zeros(r_b, dtype=bool)
-        valid[:n] = True
         return RoundArrays(
-            item_viable=viable,
-            item_cfg_model=cfgm,
-            item_req=req_slot,
-            item_valid=valid,
+            item_viable=item_viable,
+            item_cfg_model=item_cfg_model,
+            item_req=item_req,
+            item_valid=item_valid,
             engine_model=self._engine_model,
             free_slots=free,
             gain=load.gain_table(k_b, self.utility_scale),

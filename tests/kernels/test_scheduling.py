@@ -166,7 +166,7 @@ def test_search_stops_once_nothing_can_be_placed():
 def test_blocked_items_are_filtered_before_the_search():
     arrays = _instance(2, 512, 27, 9, total_free=16, blocked_share=0.9)
     scores, result = COMPILED(arrays, 4)
-    allowed = scores.kept[:, arrays.engine_model] > 0
+    allowed = np.asarray(scores.kept)[:, arrays.engine_model] > 0
     placeable = int((arrays.item_valid & (allowed & (arrays.free_slots > 0)).any(axis=1)).sum())
     assert placeable < 100
     assert 0 < int(result.num_steps) <= placeable
