@@ -24,9 +24,9 @@ import numpy as np
 import optax
 
 from aragog_jax.data import AccuracyDataset
-from aragog_jax.errors import DatasetError
+from aragog_jax.errors import CheckpointError, DatasetError
 from aragog_jax.kernels import routing as K
-from aragog_jax.router._calibrate import Calibration, admitted_masks, calibrate, routing_report
+from aragog_jax.router._calibrate import GUARANTEES, Calibration, admitted_masks, calibrate, routing_report
 from aragog_jax.router._checkpoint import CheckpointMeta, RouterCheckpoint, git_sha
 from aragog_jax.router._featurize import Featurizer
 from aragog_jax.router._model import RouterModelConfig, cast_params, init_params
@@ -55,6 +55,21 @@ class TrainConfig:
     guarantee: str = "cheapest"
     policy_fraction: float = 0.4
     sweep: tuple[float, ...] = field(default=DEFAULT_SWEEP)
+
+    def __post_init__(self) -> None:
+        # Validate at construction (STYLE 8): a bad setting fails before minutes of training.
+        if not 0.0 < self.epsilon < 1.0:
+            raise CheckpointError(f"epsilon must be in (0, 1), got {self.epsilon}")
+        if not 0.0 < self.confidence < 1.0:
+            raise CheckpointError(f"confidence must be in (0, 1), got {self.confidence}")
+        if self.guarantee not in GUARANTEES:
+            raise CheckpointError(f"unknown guarantee {self.guarantee!r} (known: {', '.join(GUARANTEES)})")
+        if self.param_dtype not in ("float32", "float16"):
+            raise CheckpointError(f"parameter dtype must be float32 or float16, got {self.param_dtype!r}")
+        if any(not 0.0 < e < 1.0 for e in self.sweep):
+            raise CheckpointError(f"sweep epsilons must be in (0, 1), got {self.sweep}")
+        if self.batch_size < 1 or self.max_epochs < 1 or self.patience < 1 or self.learning_rate <= 0:
+            raise CheckpointError("batch_size, max_epochs, patience and learning_rate must be positive")
 
     def to_dict(self) -> dict:
         d = asdict(self)
