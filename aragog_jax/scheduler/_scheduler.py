@@ -289,6 +289,37 @@ class Scheduler:
         """bool[C] configurations the request can still realise (a copy)."""
         return self._get(request_id).viable.copy()
 
+    def warmup(self, max_items: int = 1024) -> int:
+        """Compile the round for every item bucket up to ``max_items`` (call at start-up).
+
+        Uses the configuration bucket of the spaces registered so far (pass ``spaces``
+        to the constructor). Later rounds in these buckets never trace or compile.
+        Returns the number of buckets ready; 0 for policies without a compiled kernel.
+        """
+        compiled = getattr(self.policy, "compiled", None)
+        if compiled is None:
+            return 0
+        num_engines = len(self.engines)
+        buckets = 0
+        r_b = MIN_ITEMS
+        while True:
+            arrays = RoundArrays(
+                item_viable=np.zeros((r_b, self._cfg_bucket), dtype=bool),
+                item_cfg_model=np.full((r_b, self._cfg_bucket), -1, dtype=self._cfg_dtype),
+                item_req=np.full(r_b, -1, dtype=np.int32),
+                item_valid=np.zeros(r_b, dtype=bool),
+                engine_model=self._engine_model,
+                free_slots=np.zeros(num_engines, dtype=np.int32),
+                gain=np.zeros((num_engines, self._slot_bucket), dtype=np.int32),
+                num_models=len(self.model_names),
+                num_items=0,
+            )
+            compiled.compile(arrays, self.policy.beam_width)
+            buckets += 1
+            if r_b >= max_items:
+                return buckets
+            r_b *= 2
+
     # ---- transitions -----------------------------------------------------------------
 
     def add_request(self, request_id: Hashable, space: ConfigSpace, mask: np.ndarray | None = None) -> None:
@@ -326,7 +357,8 @@ class Scheduler:
         load = self._check_load(load)
         items = [(req, s) for req in self._queue.values() for s in req.ready]
         if not items:
-            return Plan((), 0.0, 1.0, str(self.policy.name))
+            empty = _RoundRecord(load, self.model_names, self.utility_scale, [], np.zeros(0, np.int32), [], np.zeros(0, np.int32))
+            return Plan((), 0.0, 1.0, str(self.policy.name), empty)
         reqs = [req for req, _ in items]
         stages = np.fromiter((s for _, s in items), dtype=np.int32, count=len(items))
         viable = [req.viable for req in reqs]

@@ -219,18 +219,20 @@ def test_second_round_in_a_bucket_does_not_trace():
     sp = space(FANOUT)
     fleet = engines({"e7": ("7B", 100.0, 64), "e14": ("14B", 60.0, 64), "e32": ("32B", 30.0, 64)})
     compiled = CompiledRounds()
-    sched = Scheduler(fleet, BeamPolicy(4, compiled=compiled))
+    sched = Scheduler(fleet, BeamPolicy(4, compiled=compiled), spaces=[sp])
+    assert sched.warmup(max_items=32) == 2  # buckets of 16 and 32 items, ahead of time
+    assert compiled.num_traces == 2
     for r in range(3):
         sched.add_request(r, sp)
     sched.schedule(LoadVector.idle(fleet))
-    assert compiled.num_traces == 1
+    assert compiled.num_traces == 2
     for r in range(3, 12):  # a different number of items, same 16-item bucket
         sched.add_request(r, sp)
     for r in range(3):
         sched.on_stage_finished(r, "plan")
     plan = sched.schedule(LoadVector.observe(fleet, {"e7": {"running": 60}}))
     assert len(plan.assignments) > 3
-    assert compiled.num_traces == 1 and len(compiled.buckets) == 1
+    assert compiled.num_traces == 2 and len(compiled.buckets) == 2
 
 
 def test_per_input_and_per_workflow_fix_one_configuration():
