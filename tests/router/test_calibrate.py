@@ -63,12 +63,13 @@ def test_too_little_data_admits_only_cmax():
     assert mask[:, 4].all() and not mask[:, :4].any()
 
 
-def test_policy_shift_controls_cheapest_and_any():
+def test_policy_level_controls_cheapest_and_any():
     logits, labels = _synthetic(6000, 12, 2, noise=3.0)
     for guarantee in ("cheapest", "any"):
         cal = calibrate(logits, labels, c_max=11, epsilon=0.03, confidence=0.9, guarantee=guarantee)
         assert cal.policy_bound is not None and cal.policy_bound <= 0.03
         assert cal.num_policy_inputs == 2400
+        assert 0 < cal.level <= 0.03 and np.all(cal.config_bound[np.isfinite(cal.thresholds)] <= cal.level)
         assert np.all(cal.thresholds[np.isfinite(cal.thresholds)] >= cal.base_thresholds[np.isfinite(cal.thresholds)])
         # fresh data from the same distribution
         lt, yt = _synthetic(20000, 12, 3, noise=3.0)
