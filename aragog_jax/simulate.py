@@ -56,8 +56,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num-rates", type=int, default=6, help="rates in an automatic sweep (default 6)")
     p.add_argument("--duration", type=float, default=60.0, help="seconds of arrivals per run (default 60)")
     p.add_argument("--num-requests", type=int, default=0, help="fixed number of requests per run instead of --duration")
-    p.add_argument("--round-interval", type=float, default=0.02,
-                   help="least virtual seconds between scheduling rounds, the server loop's period (default 0.02)")
+    p.add_argument("--round-interval", type=float, default=0.05,
+                   help="least virtual seconds between scheduling rounds, the server loop's period (default 0.05)")
     p.add_argument("--beam", type=int, default=4, help="beam width of aragog (default 4)")
     p.add_argument("--arrival", choices=("poisson", "gamma"), default="poisson")
     p.add_argument("--cv", type=float, default=2.0, help="coefficient of variation of gamma arrivals (default 2)")
@@ -66,7 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "round's wall time, results vary slightly between reruns) or a number (bit-reproducible)")
     p.add_argument("--route-cost", default="measured", help="routing seconds per request: 'measured' from the router or a number")
     p.add_argument("--poll-interval", type=float, default=0.0, help="load metrics scrape interval in s (0: exact load)")
-    p.add_argument("--horizon", type=float, default=None, help="stop each run at this virtual time (default 3 x duration)")
+    p.add_argument("--horizon", type=float, default=None, help="stop each run at this virtual time (default 2 x duration)")
     p.add_argument("--workflow-tolerance", type=float, default=0.0, help="per_workflow: accuracy tolerance vs c_max on the test split")
     p.add_argument("--quick", action="store_true", help="3 rates, 20 s of arrivals (under a minute)")
     p.add_argument("--no-plots", action="store_true")

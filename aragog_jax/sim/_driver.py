@@ -93,6 +93,7 @@ class RunResult:
     engine_tokens: dict[str, int] = field(default_factory=dict)
     stage_engine_counts: dict[str, dict[str, int]] = field(default_factory=dict)
     compiled_rounds: int = 0
+    stage_done_at: np.ndarray = field(default_factory=lambda: np.zeros(0))  # float64[stage completions]
 
     @property
     def latency(self) -> np.ndarray:
@@ -183,6 +184,7 @@ def simulate(
     rounds = 0
     round_wall: list[float] = []
     completions = 0
+    stage_times: list[float] = []
     remaining = n
     now = 0.0
 
@@ -225,6 +227,7 @@ def simulate(
                 continue  # stale entry
             for rid, s in eng.on_event(t):
                 completions += 1
+                stage_times.append(t)
                 if sched.on_stage_finished(rid, s):
                     finish[rid] = t
                     config_idx[rid] = cfg_lookup[tuple(int(m) for m in stage_models[rid])]
@@ -316,4 +319,5 @@ def simulate(
         engine_tokens={e.name: e.tokens_out for e in engines},
         stage_engine_counts=stage_engine_counts,
         compiled_rounds=compiled_rounds,
+        stage_done_at=np.asarray(stage_times),
     )

@@ -14,11 +14,15 @@ Policies (``POLICIES``):
   accuracy matches ``c_max`` within ``workflow_tolerance``.
 
 Workload: Poisson (or gamma) arrivals during ``duration_s`` (default 60 s); each run
-continues until every request finished or the horizon (default 3 x duration).
+continues until every request finished or the horizon (default 2 x duration).
 
-Metrics per policy and rate: ``throughput`` is the completion rate in the window
-[duration / 3, duration] (after the fleet has filled, while arrivals still come:
-at overload it is the fleet's sustained capacity, at light load the arrival rate);
+Metrics per policy and rate: ``throughput`` is the stage completion rate in the window
+[duration / 2, duration] divided by the stages per request, in requests/s (while
+arrivals still come: at overload the fleet's sustained capacity, at light load the
+arrival rate; every request has exactly S stages, so in steady state it equals the
+request completion rate, but it does not wait for whole multi-stage requests to drain
+through a saturated engine, which at overload takes longer than the window);
+``throughput_requests`` is the request completion rate in the same window;
 ``throughput_overall`` is completions / (last completion - first arrival).
 ``max_throughput`` is the highest ``throughput`` over the sweep. Latency is arrival to
 last stage over every request; requests unfinished at the horizon count with their
@@ -44,6 +48,10 @@ from aragog_jax.sim._driver import RunConfig, RunResult, simulate
 from aragog_jax.sim._metrics import latency_stats, pct_change
 from aragog_jax.sim._setup import ROUTERS_DIR, Setup, per_workflow_config
 
+#: Throughput window: completions in [WINDOW_START * duration, duration] (the fleet has
+#: filled by then: the first half covers the pipeline fill of multi-stage requests).
+WINDOW_START = 0.5
+
 POLICIES = ("aragog", "aragog-oracle", "greedy", "per_input", "per_workflow")
 _SCHEDULER_POLICY = {
     "aragog": "aragog",
@@ -64,7 +72,7 @@ class SweepConfig:
     num_rates: int = 6
     num_requests: int = 0  # 0: every arrival within duration_s
     duration_s: float = 60.0
-    round_interval_s: float = 0.02
+    round_interval_s: float = 0.05
     beam_width: int = 4
     arrival: str = "poisson"
     cv: float = 2.0
@@ -72,7 +80,7 @@ class SweepConfig:
     round_cost_s: float | None = None  # None: measured per round
     route_cost_s: float | None = None  # None: measured from the router
     poll_interval_s: float = 0.0
-    horizon_s: float | None = None  # None: 3 x duration_s
+    horizon_s: float | None = None  # None: 2 x duration_s
     workflow_tolerance: float = 0.0
     router: str | None = None  # checkpoint path; None: the shipped one if present; "oracle": none
 
@@ -126,15 +134,20 @@ def build_masks(setup: Setup, router: str | None, route_cost_s: float | None) ->
         path = Path(router) if router else ROUTERS_DIR / setup.space.workflow / f"{setup.family}.npz"
         if router and not path.is_file():
             raise AragogError(f"router checkpoint not found: {path}")
-        if not path.is_file() or setup.meta.get("variant"):
+        if not path.is_file():
             path = None
     if path is None:
         return Masks(oracle, oracle, "oracle (no router checkpoint)", 0.0 if route_cost_s is None else route_cost_s)
     from aragog_jax.router import Router
 
-    r = Router.load(path, setup.space).compile()
+    base = setup.base_space if setup.base_space is not None else setup.space
+    r = Router.load(path, base).compile()
     res = r.route_texts(setup.dataset.texts)
     mask = np.asarray(res.mask, dtype=bool)
+    if setup.variant_index is not None:
+        # A constrained variant: admit what the router admits inside the smaller space
+        # (c_max is in both, so no row is empty).
+        mask = mask[:, setup.variant_index]
     if route_cost_s is None:
         text = setup.dataset.texts[int(setup.rows[0])]
         for _ in range(5):
@@ -149,9 +162,13 @@ def summarize_run(setup: Setup, res: RunResult) -> dict:
     done = np.isfinite(res.finish)
     n_done = int(done.sum())
     window_end = float(res.config.duration_s if res.config.num_requests <= 0 else res.arrival.max())
-    window_start = window_end / 3.0
+    window_start = window_end * WINDOW_START
+    span = window_end - window_start
     in_window = done & (res.finish >= window_start) & (res.finish <= window_end)
-    steady = float(in_window.sum()) / (window_end - window_start) if window_end > window_start else float("nan")
+    req_rate = float(in_window.sum()) / span if span > 0 else float("nan")
+    st = res.stage_done_at
+    stage_rate = float(((st >= window_start) & (st <= window_end)).sum()) / span if span > 0 else float("nan")
+    steady = stage_rate / setup.space.num_stages
     overall = n_done / float(res.finish[done].max() - res.arrival.min()) if n_done else 0.0
     # Requests still running at the horizon count with their latency so far (a lower
     # bound), so percentiles are never flattered by leaving the slowest out.
@@ -169,6 +186,7 @@ def summarize_run(setup: Setup, res: RunResult) -> dict:
         "unfinished": res.num_unfinished,
         "throughput": float(steady),
         "throughput_window_s": [window_start, window_end],
+        "throughput_requests": req_rate,
         "throughput_overall": float(overall),
         "latency": latency_stats(lat_all),
         "latency_censored": int((~done).sum()),
@@ -228,7 +246,7 @@ def run_sweep(setup: Setup, sweep: SweepConfig, *, progress: bool = True, keep_r
                 route_cost_s=masks.route_cost_s if use_router else 0.0,
                 round_cost_s=sweep.round_cost_s,
                 poll_interval_s=sweep.poll_interval_s,
-                horizon_s=sweep.horizon_s if sweep.horizon_s is not None else 3.0 * sweep.duration_s,
+                horizon_s=sweep.horizon_s if sweep.horizon_s is not None else 2.0 * sweep.duration_s,
             )
             res = simulate(setup, cfg, mask, per_workflow_config=pwf)
             per_rate.append(summarize_run(setup, res))

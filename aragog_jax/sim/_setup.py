@@ -59,6 +59,8 @@ class Setup:
     labels: np.ndarray  # bool[N, C] oracle accurate sets of every dataset row
     tolerance: float = 0.0
     meta: dict = field(default_factory=dict)
+    base_space: ConfigSpace | None = None  # the file workflow's space (differs for a variant)
+    variant_index: np.ndarray | None = None  # int64[C]: variant config -> base config index
 
     @property
     def num_gpus(self) -> int:
@@ -114,10 +116,13 @@ def load_setup(
     ds = load_dataset(ds_path, base_space)
     wf = base_wf
     space = base_space
+    variant_index = None
     if workflow_spec is not None:
         wf = workflow_spec
         space = build_space(wf, pool)
-        ds = _restrict_dataset(ds, base_space, space)
+        variant_index = _sub_index(base_space, space)
+        ds = AccuracyDataset(ids=ds.ids, texts=ds.texts, splits=ds.splits, tokens=ds.tokens,
+                             scores=ds.scores[:, variant_index], meta=dict(ds.meta))
     fleet_path = Path(fleet) if fleet else default_fleet(family, gpus)
     fl = load_fleet(fleet_path)
     engines: list[FleetEngine] = []
@@ -137,18 +142,18 @@ def load_setup(
         workflow=wf, family=family, space=space, dataset=ds, engines=engines, fleet_path=fleet_path,
         rows=rows, labels=labels, tolerance=tol,
         meta={"dataset": str(ds_path), "workflow_file": str(wf_path), "variant": workflow_spec is not None},
+        base_space=base_space,
+        variant_index=variant_index,
     )
 
 
-def _restrict_dataset(ds: AccuracyDataset, base: ConfigSpace, sub: ConfigSpace) -> AccuracyDataset:
-    """Re-index a dataset onto a sub-space (same stages and models, fewer configurations)."""
+def _sub_index(base: ConfigSpace, sub: ConfigSpace) -> np.ndarray:
+    """int64[C_sub]: index in ``base`` of every configuration of a sub-space (same stages
+    and models, fewer configurations)."""
     if sub.stage_names != base.stage_names or sub.model_names != base.model_names:
         raise SpecError(f"{sub.workflow}: a variant must keep the stages and models of {base.workflow}")
     lookup = {tuple(int(m) for m in row): i for i, row in enumerate(base.configs)}
-    idx = np.array([lookup[tuple(int(m) for m in row)] for row in sub.configs], dtype=np.int64)
-    return AccuracyDataset(
-        ids=ds.ids, texts=ds.texts, splits=ds.splits, tokens=ds.tokens, scores=ds.scores[:, idx], meta=dict(ds.meta)
-    )
+    return np.array([lookup[tuple(int(m) for m in row)] for row in sub.configs], dtype=np.int64)
 
 
 def per_workflow_config(scores: np.ndarray, c_max: int, tolerance: float = 0.0) -> int:
