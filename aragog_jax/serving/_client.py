@@ -141,10 +141,11 @@ class EngineClient:
         if stream:
             body["stream"] = True
             body["stream_options"] = {"include_usage": True}
-        timeout = aiohttp.ClientTimeout(total=timeout_s, sock_connect=self.limits.connect_timeout_s) if timeout_s else None
+        # No timeout argument means the session's (the engine timeout); None would mean "none".
+        kw = {"timeout": aiohttp.ClientTimeout(total=timeout_s, sock_connect=self.limits.connect_timeout_s)} if timeout_s else {}
         url = self.url + "/v1/chat/completions"
         try:
-            async with self.session.post(url, data=ENCODER.encode(body), headers=self._headers, timeout=timeout) as resp:
+            async with self.session.post(url, data=ENCODER.encode(body), headers=self._headers, **kw) as resp:
                 if resp.status >= 400:
                     detail = (await resp.text())[:200].replace("\n", " ")
                     cls = EngineRejected if 400 <= resp.status < 500 and resp.status not in (408, 429) else UpstreamError

@@ -88,7 +88,16 @@ class RunResult:
 class Executor:
     """Lifecycle: ``await open()`` (clients, monitor), then ``submit``; ``await close()``."""
 
-    def __init__(self, fleet: FleetRuntime, engine_urls: dict[str, str], metrics: ServerMetrics, *, keep_rounds: int = 256):
+    def __init__(
+        self,
+        fleet: FleetRuntime,
+        engine_urls: dict[str, str],
+        metrics: ServerMetrics,
+        *,
+        keep_rounds: int = 256,
+        policy: str = "aragog",
+        beam_width: int = 4,
+    ):
         self.fleet = fleet
         self.settings = fleet.settings
         self.metrics = metrics
@@ -105,7 +114,7 @@ class Executor:
             client = EngineClient(e.name, engine_urls[e.name], e.served_model, limits)
             self.engines[e.name] = EngineLoadState(client, e.model, CircuitBreaker())
         self.monitor = LoadMonitor(list(self.engines.values()), poll_s=self.settings.metrics_poll_s, on_change=self.kick)
-        self.sched = SchedulerPort(fleet)
+        self.sched = SchedulerPort(fleet, policy, beam_width)
         self.routers = {name: RouterWorker(wf) for name, wf in fleet.workflows.items()}
         self.runs: dict[str, Run] = {}
         self.num_accepted = 0
@@ -196,7 +205,12 @@ class Executor:
             return
         run.status = "queued"
         now = time.monotonic()
-        for sid in self.sched.add(run.id, run.wf, routed.mask):
+        try:
+            ready = self.sched.add(run.id, run.wf, routed.mask)
+        except NoViableConfigurationError as exc:
+            self._finish(run, "failed", exc)
+            return
+        for sid in ready:
             run.ready_at[sid] = now
         self.kick()
 
@@ -228,13 +242,18 @@ class Executor:
                 run.rounds.append(plan.record)
             self._dispatch(run, a, plan.round_id, now)
         self.metrics.meta_queue.set(self.sched.num_pending)
-        for ld in loads:
-            m = self.metrics
+
+    def export_load(self) -> None:
+        """Copy the monitor's view into the engine gauges (when /metrics is scraped)."""
+        m = self.metrics
+        for ld in self.monitor.snapshot():
             m.engine_running.labels(ld.engine).set(ld.running)
             m.engine_waiting.labels(ld.engine).set(ld.waiting)
             m.engine_in_flight.labels(ld.engine).set(ld.in_flight)
             m.engine_kv.labels(ld.engine).set(ld.kv_usage)
             m.engine_healthy.labels(ld.engine).set(1.0 if ld.healthy else 0.0)
+        m.meta_queue.set(self.sched.num_pending)
+        m.in_flight.set(len(self.runs))
 
     def _dispatch(self, run: Run, a: Assignment, round_id: int, now: float) -> None:
         st = self.engines[a.engine]
@@ -255,7 +274,9 @@ class Executor:
     async def _run_stage(self, run: Run, a: Assignment, st: EngineLoadState, round_id: int, t_disp: float) -> None:
         sid = a.stage_id
         stage = run.wf.spec.stage[sid]
-        timeout = min(self.settings.engine_timeout_s, max(0.05, run.deadline - time.monotonic()))
+        left = run.deadline - time.monotonic()
+        # The session's default timeout is the engine timeout; only a nearer deadline needs its own.
+        timeout = max(0.05, left) if left < self.settings.engine_timeout_s else None
         try:
             try:
                 res = await st.client.chat(self._prompt(run, sid), max_tokens=max(1, stage.output_tokens), seed=next(self._seed) % 2**31, timeout_s=timeout)
@@ -316,7 +337,7 @@ class Executor:
         run.failovers += 1
         self.metrics.failovers.labels(run.wf.name).inc()
         healthy_models = self._healthy_models(now)
-        viable = self.sched.failed(run.id, sid, a.engine, healthy_models)
+        viable = self.sched.failed(run.id, sid, a.engine)
         if len(attempts) >= MAX_ATTEMPTS_PER_STAGE:
             self._finish(run, "failed", UpstreamError(
                 f"stage {run.wf.spec.stage[sid].name!r} failed {len(attempts)} times; last: {exc}"))  # fmt: skip
@@ -356,7 +377,7 @@ class Executor:
             stages=stages,
             configuration={r.stage: r.model for r in stages},
             failovers=run.failovers,
-            rounds=list(run.rounds),
+            rounds=[r.dump() for r in run.rounds],
         )
 
     def _complete(self, run: Run) -> None:

@@ -1,22 +1,33 @@
-"""The executor's one door into the scheduler.
+"""The executor's one door into the scheduler (:class:`aragog_jax.scheduler.Scheduler`).
 
-The executor speaks in run ids, stage ids and engine names; this port keeps per-run
-bookkeeping (which stages are ready, running, done, on which model) and turns a
-monitor snapshot into a scheduling round.
+The executor speaks in run ids, stage ids and engine names. This port turns the load
+monitor's snapshot into the scheduler's :class:`LoadVector` (free slots capped by each
+engine's circuit breaker), keeps the count of ready stages for the meta-queue gauge,
+and answers the one question the scheduler does not: which queued requests have no
+admitted configuration left on the engines that are healthy now.
 """
 
 from __future__ import annotations
 
 import itertools
-from dataclasses import dataclass, field
+import logging
+import time
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
+from aragog_jax.errors import NoViableConfigurationError, SchedulerError
+from aragog_jax.scheduler import KV_FULL, EngineInfo, EngineLoad, LoadVector, Plan, Scheduler
 from aragog_jax.serving._fleet import FleetRuntime, WorkflowRuntime
 from aragog_jax.serving._monitor import EngineLoad as MonitorLoad
 
-PENDING, READY, RUNNING, DONE = 0, 1, 2, 3
+log = logging.getLogger("aragog_jax.serving")
+
+#: Ready-item buckets compiled before the server listens, and right after (in a thread;
+#: /ready says 503 until they are done). Larger rounds compile on first use.
+WARM_ITEM_BUCKETS = (16, 32)
+LATE_ITEM_BUCKETS = (64, 128, 256, 512)
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,127 +41,157 @@ class Assignment:
 class PlanOut:
     assignments: list[Assignment]
     round_id: int
-    record: Any | None = None  # round-replay dump, when the scheduler provides one
+    record: RoundRecord | None = None
 
 
-@dataclass
-class _RunBook:
-    wf: WorkflowRuntime
-    admitted: np.ndarray  # bool[C] what routing admitted (and the fleet can serve)
-    mask: np.ndarray  # bool[C] admitted, still consistent with decisions made
-    state: np.ndarray  # int8[S]
-    model_of: dict[int, int] = field(default_factory=dict)  # stage -> model id (running or done)
-    seq: int = 0
+@dataclass(frozen=True, slots=True)
+class RoundRecord:
+    """A scheduling round kept for replay; rendered only when asked for."""
+
+    round_id: int
+    plan: Plan
+    at: float
+
+    def replay(self) -> dict[str, Any]:
+        """Exactly the round-replay CLI's input (``python -m aragog_jax.schedule``)."""
+        return self.plan.to_replay()
+
+    def dump(self) -> dict[str, Any]:
+        return {"round_id": self.round_id, "policy": self.plan.policy, "round": self.replay(), "decision": self.plan.decision()}
 
 
 class SchedulerPort:
-    def __init__(self, fleet: FleetRuntime):
+    def __init__(self, fleet: FleetRuntime, policy: str = "aragog", beam_width: int = 4):
         self.fleet = fleet
-        self.books: dict[str, _RunBook] = {}
-        self._seq = itertools.count()
+        self.infos = tuple(
+            EngineInfo(
+                name=e.name,
+                model=e.model,
+                saturation_batch=int(e.profile.saturation_batch),
+                curve=tuple((float(p.concurrency), float(p.tokens_per_s)) for p in e.profile.curve),
+            )
+            for e in fleet.engines
+        )
+        spaces = [w.space for w in fleet.workflows.values()]
+        self.sched = Scheduler(self.infos, policy, beam_width=beam_width, spaces=spaces)
         self._round_ids = itertools.count()
-        self.num_pending = 0
-        self.engine_sat = {e.name: int(e.profile.saturation_batch) for e in fleet.engines}
+        self.num_pending = 0  # ready stages not yet dispatched (the meta-queue gauge)
+        self._runs: dict[str, tuple[WorkflowRuntime, set[int]]] = {}  # run -> (workflow, ready stages)
 
-    # -- bookkeeping ----------------------------------------------------------------------
+    # -- start-up -------------------------------------------------------------------------
 
-    def _ready_now(self, b: _RunBook) -> list[int]:
-        up = b.wf.space.upstream
-        out = []
-        for s in range(b.wf.space.num_stages):
-            if b.state[s] == PENDING and all(b.state[u] == DONE for u in up[s]):
-                b.state[s] = READY
-                out.append(s)
-        self.num_pending += len(out)
-        return out
+    def warm_up(self, item_buckets: tuple[int, ...] = WARM_ITEM_BUCKETS) -> float:
+        """Compile the round function for the common buckets on a throwaway scheduler
+        (executables are shared process-wide), so the first requests do not pay for it."""
+        t0 = time.perf_counter()
+        wf = next(iter(self.fleet.workflows.values()))
+        for n in item_buckets:
+            tmp = Scheduler(self.infos, self.sched.policy, spaces=[w.space for w in self.fleet.workflows.values()])
+            sources = sum(1 for u in wf.space.upstream if not u)
+            for i in range(max(1, n // max(1, sources))):
+                tmp.add_request(("warm", i), wf.space, wf.servable)
+            tmp.schedule(LoadVector.idle(self.infos))
+        return time.perf_counter() - t0
+
+    # -- transitions ----------------------------------------------------------------------
+
+    def _ready_ids(self, run_id: str, wf: WorkflowRuntime) -> set[int]:
+        status = self.sched.stage_status(run_id)
+        return {wf.stage_index[n] for n, s in status.items() if s == "ready"}
 
     def add(self, run_id: str, wf: WorkflowRuntime, mask: np.ndarray) -> list[int]:
-        b = _RunBook(wf, np.array(mask, dtype=bool), np.array(mask, dtype=bool), np.zeros(wf.space.num_stages, np.int8), seq=next(self._seq))
-        self.books[run_id] = b
-        return self._ready_now(b)
+        """Queue a routed run; returns its ready stages.
 
-    def _restrict(self, b: _RunBook, sid: int, model_id: int) -> None:
-        b.mask &= b.wf.space.configs[:, sid] == model_id
+        Raises NoViableConfigurationError when nothing admitted can run on this fleet."""
+        self.sched.add_request(run_id, wf.space, np.asarray(mask, dtype=bool))
+        ready = self._ready_ids(run_id, wf)
+        self._runs[run_id] = (wf, ready)
+        self.num_pending += len(ready)
+        return sorted(ready)
 
     def finished(self, run_id: str, sid: int, engine: str) -> list[int]:
-        b = self.books.get(run_id)
-        if b is None:
+        """A stage returned; returns the stages that became ready."""
+        entry = self._runs.get(run_id)
+        if entry is None:
             return []
-        b.state[sid] = DONE
-        return self._ready_now(b)
+        wf, ready = entry
+        if self.sched.on_stage_finished(run_id, sid):
+            self._forget(run_id)
+            return []
+        now_ready = self._ready_ids(run_id, wf)
+        new = now_ready - ready
+        ready |= new
+        self.num_pending += len(new)
+        return sorted(new)
+
+    def failed(self, run_id: str, sid: int, engine: str) -> bool:
+        """Back to the queue without the failed model; False when nothing is left."""
+        entry = self._runs.get(run_id)
+        if entry is None:
+            return False
+        try:
+            self.sched.on_stage_failed(run_id, sid, engine)
+        except NoViableConfigurationError:
+            self._forget(run_id)
+            return False
+        entry[1].add(sid)
+        self.num_pending += 1
+        return True
 
     def release(self, run_id: str, sid: int, engine: str) -> None:
-        """A dispatched stage was abandoned (its run ended); nothing to reschedule."""
-
-    def failed(self, run_id: str, sid: int, engine: str, healthy_models: set[str]) -> bool:
-        """Put the stage back in the queue; False when no admitted configuration is left."""
-        b = self.books.get(run_id)
-        if b is None:
-            return False
-        b.state[sid] = READY
-        self.num_pending += 1
-        b.model_of.pop(sid, None)
-        b.mask = self._base_mask(b)
-        return bool(self._viable(b, healthy_models).any())
-
-    def _base_mask(self, b: _RunBook) -> np.ndarray:
-        """Admitted configurations consistent with the stages running or done."""
-        space = b.wf.space
-        mask = b.admitted.copy()
-        for s, mid in b.model_of.items():
-            mask &= space.configs[:, s] == mid
-        return mask
-
-    def _viable(self, b: _RunBook, healthy_models: set[str]) -> np.ndarray:
-        space = b.wf.space
-        ok_model = np.array([m in healthy_models for m in space.model_names], dtype=bool)
-        undecided = [s for s in range(space.num_stages) if b.state[s] in (PENDING, READY)]
-        v = b.mask.copy()
-        for s in undecided:
-            v &= ok_model[space.configs[:, s]]
-        return v
-
-    def unviable(self, healthy_models: set[str]) -> list[str]:
-        return [rid for rid, b in self.books.items() if not self._viable(b, healthy_models).any()]
+        """A dispatched stage was abandoned because its run ended (already cancelled)."""
 
     def cancel(self, run_id: str) -> None:
-        b = self.books.pop(run_id, None)
-        if b is not None:
-            self.num_pending -= int((b.state == READY).sum())
+        if run_id in self._runs:
+            self._forget(run_id)
+            try:
+                self.sched.cancel(run_id)
+            except SchedulerError:
+                pass
+
+    def _forget(self, run_id: str) -> None:
+        _, ready = self._runs.pop(run_id)
+        self.num_pending -= len(ready)
+
+    def unviable(self, healthy_models: set[str]) -> list[str]:
+        """Queued runs none of whose viable configurations avoid unhealthy models."""
+        out = []
+        for run_id, (wf, _) in self._runs.items():
+            space = wf.space
+            viable = self.sched.viable_mask(run_id)
+            ok_model = np.array([m in healthy_models for m in space.model_names], dtype=bool)
+            for name, st in self.sched.stage_status(run_id).items():
+                if st in ("waiting", "ready"):
+                    viable &= ok_model[space.configs[:, wf.stage_index[name]]]
+            if not viable.any():
+                out.append(run_id)
+        return out
 
     # -- rounds ---------------------------------------------------------------------------
 
-    def schedule(self, loads: list[MonitorLoad]) -> PlanOut:
-        """Interim greedy policy: oldest request first; per ready stage, the engine with the
-        most free slots among models that keep an admitted configuration."""
-        free: dict[str, int] = {}
-        for ld in loads:
-            f = 0
-            if ld.healthy:
-                f = max(0, self.engine_sat[ld.engine] - ld.running - ld.waiting)
+    def load_vector(self, loads: list[MonitorLoad]) -> LoadVector:
+        by_name = {ld.engine: ld for ld in loads}
+        out = []
+        for info in self.infos:
+            ld = by_name[info.name]
+            kv = max(0.0, ld.kv_usage)
+            free = 0
+            if ld.healthy and kv < KV_FULL:
+                free = max(0, info.saturation_batch - ld.running - ld.waiting)
                 if ld.slots_cap is not None:
-                    f = min(f, ld.slots_cap)
-            free[ld.engine] = f
-        engines_of: dict[str, list[str]] = {}
-        for e in self.fleet.engines:
-            engines_of.setdefault(e.model, []).append(e.name)
-        out: list[Assignment] = []
-        for rid, b in sorted(self.books.items(), key=lambda kv: kv[1].seq):
-            space = b.wf.space
-            for sid in np.flatnonzero(b.state == READY).tolist():
-                cand = np.unique(space.configs[b.mask, sid])
-                best = None
-                for mid in cand.tolist():
-                    for en in engines_of.get(space.model_names[mid], []):
-                        if free[en] > 0 and (best is None or free[en] > free[best[1]]):
-                            best = (mid, en)
-                if best is None:
-                    continue
-                mid, en = best
-                free[en] -= 1
-                b.state[sid] = RUNNING
-                b.model_of[sid] = mid
-                self._restrict(b, sid, mid)
-                self.num_pending -= 1
-                out.append(Assignment(rid, sid, en))
-        return PlanOut(out, next(self._round_ids))
+                    free = min(free, ld.slots_cap)
+            out.append(EngineLoad(
+                name=info.name, model=info.model, saturation_batch=info.saturation_batch, curve=info.curve,
+                running=ld.running, waiting=ld.waiting, kv_usage=kv, healthy=ld.healthy, free_slots=free,
+            ))  # fmt: skip
+        return LoadVector(tuple(out))
+
+    def schedule(self, loads: list[MonitorLoad]) -> PlanOut:
+        plan = self.sched.schedule(self.load_vector(loads))
+        rid = next(self._round_ids)
+        out = []
+        for a in plan.assignments:
+            out.append(Assignment(a.request_id, a.stage, a.engine))
+            self._runs[a.request_id][1].discard(a.stage)
+        self.num_pending -= len(out)
+        return PlanOut(out, rid, RoundRecord(rid, plan, time.monotonic()) if (out or plan.skipped) else None)

@@ -33,6 +33,7 @@ from aragog_jax.serving._executor import Executor, Run
 from aragog_jax.serving._fleet import FleetRuntime
 from aragog_jax.serving._loopback import LoopbackServer
 from aragog_jax.serving._metrics import ServerMetrics
+from aragog_jax.serving._sched import LATE_ITEM_BUCKETS, WARM_ITEM_BUCKETS
 from aragog_jax.serving._wire import (
     ENCODER,
     FRONT_CHAT_DECODER,
@@ -113,6 +114,9 @@ def schema_error(exc: msgspec.MsgspecError) -> BadRequest:
 class ServeOptions:
     drain_s: float = 30.0  # graceful shutdown: how long in-flight requests may finish
     keep_rounds: int = 256  # scheduling rounds kept for GET /v1/rounds/{id}
+    policy: str = "aragog"  # scheduling policy (aragog_jax.scheduler.make_policy)
+    beam_width: int = 4
+    warm_up: bool = True  # compile the scheduling round for common sizes at start-up
 
 
 class Server:
@@ -129,6 +133,7 @@ class Server:
         self.url = ""
         self.state = "new"  # new, serving, draining, closed
         self._stopping: asyncio.Task | None = None
+        self._late_warm: asyncio.Future | None = None
         self.app = self._make_app()
 
     # -- lifecycle ------------------------------------------------------------------------
@@ -143,12 +148,34 @@ class Server:
                 self.emulated[e.name] = (eng, srv)
             else:
                 urls[e.name] = e.spec.url
-        self.executor = Executor(self.fleet, urls, self.metrics, keep_rounds=self.options.keep_rounds)
+        self.executor = Executor(
+            self.fleet, urls, self.metrics, keep_rounds=self.options.keep_rounds,
+            policy=self.options.policy, beam_width=self.options.beam_width,
+        )  # fmt: skip
+        loop = asyncio.get_running_loop()
+        if self.options.warm_up:
+            took = await loop.run_in_executor(None, self.executor.sched.warm_up, WARM_ITEM_BUCKETS)
+            log.info("scheduler compiled for rounds of up to %d stages in %.1f s", max(WARM_ITEM_BUCKETS), took)
+            self._late_warm = loop.run_in_executor(None, self.executor.sched.warm_up, LATE_ITEM_BUCKETS)
+            self._late_warm.add_done_callback(self._warm_done)
         await self.executor.open()
         self.site = LoopbackServer(self.app, self.settings.host, self.settings.port, shutdown_timeout=1.0)
         self.url = await self.site.start()
         self.state = "serving"
         return self.url
+
+    def _warm_done(self, fut: asyncio.Future) -> None:
+        if fut.cancelled():
+            return
+        exc = fut.exception()
+        if exc is not None:
+            log.warning("scheduler warm-up failed (rounds compile on first use): %s", exc)
+        else:
+            log.info("scheduler compiled for rounds of up to %d stages in %.1f s more", max(LATE_ITEM_BUCKETS), fut.result())
+
+    @property
+    def compiling(self) -> bool:
+        return self._late_warm is not None and not self._late_warm.done()
 
     async def stop(self, drain_s: float | None = None) -> dict[str, int]:
         """Stop taking requests, let in-flight ones finish for ``drain_s``, then close.
@@ -174,6 +201,8 @@ class Server:
             await ex.close()  # what is left ends with 503
         if self.site is not None:
             await self.site.stop()
+        if self._late_warm is not None and not self._late_warm.done():
+            await asyncio.wait([self._late_warm], timeout=30)  # a compile cannot be interrupted
         for _, srv in self.emulated.values():
             await srv.stop()
         self.state = "closed"
@@ -192,6 +221,7 @@ class Server:
         r.add_get("/v1/models", self.list_models)
         r.add_post("/v1/chat/completions", self.chat)
         r.add_get("/v1/rounds/{round_id}", self.get_round)
+        r.add_get("/v1/rounds/{round_id}/decision", self.get_round)
         return app
 
     @web.middleware
@@ -225,12 +255,14 @@ class Server:
     async def ready(self, request: web.Request) -> web.Response:
         ex = self.executor
         ok, why = ex.ready() if ex is not None else (False, "starting")
+        if ok and self.compiling:
+            ok, why = False, "compiling the scheduling round for large rounds"
         routers = {n: ("compiled" if w.router is not None else "admit-all") for n, w in self.fleet.workflows.items()}
         return web.json_response({"ready": ok, "detail": why, "routers": routers}, status=200 if ok else 503)
 
     async def prom(self, request: web.Request) -> web.Response:
         if self.executor is not None:
-            self.metrics.in_flight.set(self.executor.num_in_flight)
+            self.executor.export_load()
         return web.Response(body=self.metrics.render(), content_type="text/plain", charset="utf-8")
 
     def _workflow(self, name: str):
@@ -255,14 +287,17 @@ class Server:
         return web.json_response({"object": "list", "data": data})
 
     async def get_round(self, request: web.Request) -> web.Response:
+        """A recent scheduling round in the round-replay CLI's input format
+        (``/v1/rounds/{id}/decision``: what the scheduler decided)."""
         try:
             rid = int(request.match_info["round_id"])
         except ValueError as exc:
             raise BadRequest("round id must be an integer", "round_id") from exc
         for rec in reversed(self.executor.recent_rounds):
-            if getattr(rec, "round_id", None) == rid or (isinstance(rec, dict) and rec.get("round_id") == rid):
-                return web.Response(body=ENCODER.encode(rec), content_type="application/json")
-        raise NotFound(f"round {rid} is not among the last {self.options.keep_rounds} rounds")
+            if rec.round_id == rid:
+                doc = rec.plan.decision() if request.path.endswith("/decision") else rec.replay()
+                return web.Response(body=ENCODER.encode(doc), content_type="application/json")
+        raise NotFound(f"round {rid} is not among the last {self.options.keep_rounds} rounds kept")
 
     async def _read(self, request: web.Request, decoder):
         raw = await request.read()

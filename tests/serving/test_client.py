@@ -91,3 +91,9 @@ def test_parse_orca_formats():
     assert parse_orca("JSON not-json", 0.0) is None
     assert parse_orca("PROTO abc", 0.0) is None
     assert parse_orca('JSON {"named_metrics": {}}', 0.0) is None
+
+
+def test_session_default_timeout_applies_without_timeout_argument():
+    fake = FakeEngine("m", mode="hang")
+    with pytest.raises(UpstreamTimeout, match="no reply within 0.3 s"):
+        asyncio.run(_with_fake(fake, lambda c: c.chat("x", max_tokens=2), ClientLimits(request_timeout_s=0.3)))

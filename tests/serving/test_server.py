@@ -13,7 +13,7 @@ from aragog_jax.serving import FakeEngine, LoopbackServer, Server, ServeOptions,
 from ._fleetkit import write_fleet
 
 
-async def _serve(tmp_path, engines: dict[str, tuple[str, FakeEngine]], fn, *, server=None, options=ServeOptions(drain_s=2.0), workflows=None):
+async def _serve(tmp_path, engines: dict[str, tuple[str, FakeEngine]], fn, *, server=None, options=ServeOptions(drain_s=2.0, warm_up=False), workflows=None):
     fakes = []
     urls = []
     for name, (model, fake) in engines.items():
@@ -238,3 +238,31 @@ def test_openai_client_unchanged(tmp_path):
     assert resp.choices[0].message.role == "assistant" and resp.choices[0].message.content.startswith(("small:", "big:"))
     assert resp.usage.completion_tokens == 16
     assert streamed.startswith(("small:", "big:"))
+
+
+def test_receipt_rounds_replay_to_the_same_decision(tmp_path):
+    from aragog_jax.scheduler import make_policy
+    from aragog_jax.scheduler._replay import replay_round
+
+    async def fn(s, http):
+        status, body, _ = await _post(http, "/v1/workflows/fan/runs", {"input": "q", "replay": True})
+        rid = body["receipt"]["stages"][0]["round_id"]
+        async with http.get(f"/v1/rounds/{rid}") as r:
+            served = (r.status, await r.json())
+        async with http.get(f"/v1/rounds/{rid}/decision") as r:
+            decision = await r.json()
+        async with http.get("/v1/rounds/999999") as r:
+            missing = r.status
+        return status, body, served, decision, missing
+
+    status, body, served, decision, missing = asyncio.run(_serve(tmp_path, _two(), fn))
+    assert status == 200
+    rounds = body["receipt"]["rounds"]
+    assert rounds and {st["round_id"] for st in body["receipt"]["stages"]} <= {r["round_id"] for r in rounds}
+    first = rounds[0]
+    assert served == (200, first["round"]) and decision == first["decision"]
+    replayed = replay_round(first["round"], make_policy("aragog", beam_width=4))
+    assert replayed["assignments"] == first["decision"]["assignments"]
+    run_id = body["id"]
+    assert any(a["request"] == run_id for a in first["decision"]["assignments"])
+    assert missing == 404
