@@ -54,7 +54,8 @@ async def _serve(args: argparse.Namespace) -> int:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    first = next(iter(fleet.workflows))
+    routed = [n for n, w in fleet.workflows.items() if w.router is not None]
+    first = "self_refine_humaneval" if "self_refine_humaneval" in fleet.workflows else (routed or list(fleet.workflows))[0]
     log.info("fleet: %s; %d engines (%s)", fleet.source, len(fleet.engines), ", ".join(f"{e.name}={e.model}" for e in fleet.engines))
     log.info("workflows: %s", ", ".join(f"{n} ({'router' if w.router is not None else 'admit-all'})" for n, w in fleet.workflows.items()))
     if fleet.api_keys:

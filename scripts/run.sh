@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Quick start, command 1: set up .venv and run the main job.
-# Until the server lands, the main job is the configuration-space inspector on a
-# shipped workflow. Extra arguments are passed to it.
+# Quick start, command 1: set up .venv and start the server.
+# With no arguments it serves the embedded default (emulated Qwen engines on loopback,
+# every shipped workflow and router) on http://127.0.0.1:8000 and logs an example
+# request. Extra arguments go to `python -m aragog_jax.serve` (e.g. --fleet FLEET.toml,
+# --port 8001; see --help).
 source "$(dirname "${BASH_SOURCE[0]}")/_env.sh"
-if [ "$#" -eq 0 ]; then set -- self_refine_humaneval --family qwen; fi
-exec python -m aragog_jax.inspect "$@"
+exec python -m aragog_jax.serve "$@"

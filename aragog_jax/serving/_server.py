@@ -131,7 +131,7 @@ class Server:
         self.emulated: dict[str, tuple[EmulatedEngine, LoopbackServer]] = {}
         self.site: LoopbackServer | None = None
         self.url = ""
-        self.state = "new"  # new, serving, draining, closed
+        self.state = "starting"  # starting, serving, draining, closed
         self._stopping: asyncio.Task | None = None
         self._late_warm: asyncio.Future | None = None
         self.app = self._make_app()
@@ -152,6 +152,10 @@ class Server:
             self.fleet, urls, self.metrics, keep_rounds=self.options.keep_rounds,
             policy=self.options.policy, beam_width=self.options.beam_width,
         )  # fmt: skip
+        # Bind before the slow part, so a busy port fails at once; until "serving",
+        # requests get 503 and /ready says "starting".
+        self.site = LoopbackServer(self.app, self.settings.host, self.settings.port, shutdown_timeout=1.0)
+        self.url = await self.site.start()
         loop = asyncio.get_running_loop()
         if self.options.warm_up:
             took = await loop.run_in_executor(None, self.executor.sched.warm_up, WARM_ITEM_BUCKETS)
@@ -159,8 +163,6 @@ class Server:
             self._late_warm = loop.run_in_executor(None, self.executor.sched.warm_up, LATE_ITEM_BUCKETS)
             self._late_warm.add_done_callback(self._warm_done)
         await self.executor.open()
-        self.site = LoopbackServer(self.app, self.settings.host, self.settings.port, shutdown_timeout=1.0)
-        self.url = await self.site.start()
         self.state = "serving"
         return self.url
 
@@ -254,7 +256,7 @@ class Server:
 
     async def ready(self, request: web.Request) -> web.Response:
         ex = self.executor
-        ok, why = ex.ready() if ex is not None else (False, "starting")
+        ok, why = ex.ready() if ex is not None and self.state == "serving" else (False, self.state)
         if ok and self.compiling:
             ok, why = False, "compiling the scheduling round for large rounds"
         routers = {n: ("compiled" if w.router is not None else "admit-all") for n, w in self.fleet.workflows.items()}
@@ -308,7 +310,7 @@ class Server:
 
     def _admit(self, workflow: str, text: str, **kw) -> Run:
         if self.state != "serving" or self.executor is None:
-            raise ShuttingDown("server is shutting down; not accepting new requests")
+            raise ShuttingDown(f"server is {self.state}; not accepting new requests")
         return self.executor.admit(workflow, text, **kw)
 
     async def run_workflow(self, request: web.Request) -> web.StreamResponse:

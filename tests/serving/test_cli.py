@@ -1,0 +1,49 @@
+"""python -m aragog_jax.serve: user mistakes are one line and exit status 2."""
+
+from __future__ import annotations
+
+import pytest
+
+from aragog_jax._cli import run_cli
+from aragog_jax.serve import main
+
+
+def test_missing_fleet_is_exit_2(tmp_path, capsys):
+    assert run_cli(main, ["--fleet", str(tmp_path / "nope.toml")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "nope.toml" in err and err.count("\n") == 1
+
+
+def test_bad_time_scale_is_exit_2(capsys):
+    assert run_cli(main, ["--time-scale", "0"]) == 2
+    assert "--time-scale must be > 0" in capsys.readouterr().err
+
+
+def test_fleet_with_unknown_model_is_exit_2(tmp_path, capsys):
+    from ._fleetkit import write_fleet
+
+    path = write_fleet(tmp_path, [("e", "no-such-model", "http://127.0.0.1:9")])
+    assert run_cli(main, ["--fleet", str(path)]) == 2
+    assert "engine[0].model" in capsys.readouterr().err
+
+
+def test_help_lists_routes(capsys):
+    with pytest.raises(SystemExit) as info:
+        main(["--help"])
+    assert info.value.code == 0
+    out = capsys.readouterr().out
+    assert "--fleet" in out and "/v1/workflows/{name}/runs" in out
+
+
+def test_busy_port_is_exit_2(tmp_path, capsys):
+    import socket
+
+    from ._fleetkit import write_fleet
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        port = s.getsockname()[1]
+        path = write_fleet(tmp_path, [("e-small", "small", "http://127.0.0.1:9"), ("e-big", "big", "http://127.0.0.1:9")])
+        assert run_cli(main, ["--fleet", str(path), "--port", str(port)]) == 2
+    assert "cannot listen on 127.0.0.1" in capsys.readouterr().err
