@@ -22,7 +22,7 @@ def score_stages(item_viable, item_cfg_model, num_models: int) -> StageScores:
     kept = np.zeros((item_viable.shape[0], num_models), dtype=np.int32)
     for m in range(num_models):
         kept[:, m] = np.count_nonzero(item_viable & (item_cfg_model == m), axis=1)
-    num_viable = np.count_nonzero(item_viable, axis=1).astype(np.int32)
+    num_viable = kept.sum(axis=1, dtype=np.int32)  # viable configurations with a known model here
     return StageScores(kept=kept, num_viable=num_viable)
 
 

@@ -66,6 +66,8 @@ def test_kernels_equal_twins(num_items, num_configs, num_engines, beam):
         twin_scores, twin = _twin(arrays, beam)
         np.testing.assert_array_equal(scores.kept, twin_scores.kept)
         np.testing.assert_array_equal(scores.num_viable, twin_scores.num_viable)
+        np.testing.assert_array_equal(scores.allowed, twin_scores.allowed)
+        np.testing.assert_allclose(np.asarray(scores.share), twin_scores.share, rtol=1e-6)  # float32 vs float64
         np.testing.assert_array_equal(result.engine, twin.engine)
         assert int(result.utility) == int(twin.utility)
         assert int(result.flex) == int(twin.flex)
