@@ -99,20 +99,36 @@ def request_output_tokens(setup: Setup) -> float:
     return float(setup.dataset.tokens[setup.rows, :, 1].sum(axis=1).mean())
 
 
-def auto_rates(setup: Setup, num: int) -> tuple[float, ...]:
-    """Geometric rates from half of what the largest engine alone sustains to what the
-    whole fleet would sustain if every engine ran saturated (an upper bound).
+def engine_request_rates(setup: Setup) -> list[float]:
+    """Requests/s each engine would sustain alone, running every stage of every request.
 
-    Capacities use each engine's curve at its saturation batch (decode only), divided by
-    the mean output tokens of a request.
+    Per request an engine spends, per stage, ``o * t(sat)/sat`` decoding (its share of a
+    saturated iteration) plus ``p / prefill_rate`` prefilling, with the mean prompt p and
+    output o of the requests' stages (context at mid-generation).
     """
-    from aragog_jax.perf import curve_tokens_per_s
+    tok = setup.dataset.tokens[setup.rows].astype(np.float64)  # [N, S, 2]
+    p = tok[:, :, 0].mean(axis=0)
+    o = tok[:, :, 1].mean(axis=0)
+    out = []
+    for e in setup.engines:
+        prof = e.profile
+        b = prof.saturation_batch
+        ctx = float((p + o / 2).mean())
+        t_iter = prof.decode_base_s + prof.decode_per_seq_s * b + prof.decode_per_ctx_token_s * b * ctx
+        cost = float((o * t_iter / b + p / prof.prefill_tokens_per_s).sum())
+        out.append(1.0 / cost)
+    return out
 
-    toks = request_output_tokens(setup)
-    caps = [curve_tokens_per_s(e.profile, e.profile.saturation_batch) for e in setup.engines]
+
+def auto_rates(setup: Setup, num: int) -> tuple[float, ...]:
+    """Geometric rates from half of what the largest engine alone sustains to 1.25 x what
+    the whole fleet would sustain with every engine saturated (an upper bound for any
+    policy, so the top rate overloads all of them). See :func:`engine_request_rates`.
+    """
+    rates = engine_request_rates(setup)
     biggest = max(range(len(setup.engines)), key=lambda i: setup.engines[i].profile.decode_base_s)
-    lo = 0.5 * caps[biggest] / toks
-    hi = sum(caps) / toks
+    lo = 0.5 * rates[biggest]
+    hi = 1.25 * sum(rates)
     if num <= 1:
         return (round(hi, 3),)
     return tuple(round(float(r), 3) for r in np.geomspace(lo, hi, num))
