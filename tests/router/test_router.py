@@ -144,3 +144,20 @@ def test_load_without_space_uses_checkpoint_workflow_and_family(tiny):
     router = Router.load(ckpt)
     assert router.space.fingerprint() == space.fingerprint()
     assert router.admitted_models(router.route_texts(ds.texts[:1]).mask[0])[-1] == space.config_to_models(space.c_max)
+
+
+def test_factorised_head_trains_saves_and_routes(tiny, tmp_path):
+    from aragog_jax.router import HashedNgramFeaturizer, fit_router, save_checkpoint
+
+    from .conftest import small_config
+
+    space, ds, _, _, _ = tiny
+    res = fit_router(ds, space, HashedNgramFeaturizer(dim=128), small_config(head="factorised", max_epochs=2), progress=False)
+    ck = load_checkpoint(save_checkpoint(res.checkpoint, tmp_path / "f.npz"))
+    assert ck.meta.model["head"] == "factorised"
+    assert ck.params["head"]["stage_model"].shape == (space.num_stages, space.num_models, 16)
+    router = Router(ck, space).compile((8,))
+    res2 = router.route_texts(ds.texts[:5])
+    assert res2.mask.shape == (5, space.num_configs) and res2.mask[:, space.c_max].all()
+    feats = router.featurizer(ds.texts[:5])
+    np.testing.assert_allclose(res2.prob, R.route(ck.params, feats, ck.thresholds, res2.mask[0] & False, space.configs)[1], atol=1e-5)
