@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Sequence
 
@@ -41,6 +42,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.num_inputs < 1:
         raise DatasetError(f"--num-inputs: need at least 1 input, got {args.num_inputs}")
+    if os.path.exists(args.out) and not os.path.isdir(args.out):
+        raise DatasetError(f"--out: {args.out} exists and is not a directory")
     catalog = load_models(args.models)
     wf = load_workflow(resolve_workflow(args.workflow), catalog)
     space = build_space(wf, family_pool(catalog, args.family), max_configs=args.max_configs)

@@ -21,10 +21,11 @@ The model (``profiles/datasets/README.md`` has the long version with the numbers
    ``h[n, s] = d[n] + critical_offset * ([role(s) == r[n]] - 1 / num_roles)``.
 2. **Skills.** Model m has skill
    ``a[m] = -skill_per_doubling * log2(p_max / p[m]) ** skill_exponent`` (0 for the
-   largest model of the pool; concave, so a 20x smaller model is not 20x worse). Model m at stage s solves its part with
-   quality ``k[n, s, m] = a[m] - h[n, s] + luck``, where ``luck`` is a per
-   (input, role, model) normal (the same model on the same input errs the same way in
-   parallel voters) plus a smaller per (input, stage, model) normal.
+   largest model of the pool; concave, so a 20x smaller model is not 20x worse). Model m
+   at stage s does its part with quality ``k[n, s, m] = a[m] - h[n, s] + luck`` where
+   ``luck`` sums three normals: per (input, model) (what this model happens to know),
+   per (input, role, model) (the same model errs the same way in parallel voters) and
+   per (input, stage, model). The router never sees luck; it is the irreducible part.
 3. **Propagation (repair).** In topological order a stage's quality is
    ``q = u + repair_up * max(k - u, 0) - repair_down * max(u - k, 0)`` where ``u`` is the
    quality it receives (source stages: ``q = k``; several upstream stages:
@@ -73,24 +74,25 @@ _CONFIG_CHUNK = 4096
 class SynthParams:
     """Knobs of the generator model (see the module docstring); defaults ship the data."""
 
-    skill_per_doubling: float = 0.8
-    skill_exponent: float = 0.6
+    skill_per_doubling: float = 1.0
+    skill_exponent: float = 0.4
     critical_offset: float = 0.6
-    role_luck_sd: float = 0.22
+    model_luck_sd: float = 0.2
+    role_luck_sd: float = 0.18
     stage_luck_sd: float = 0.08
     repair_up: float = 0.6
     repair_down: float = 0.25
     upstream_max_weight: float = 0.5
     # text
     num_levels: int = 8
-    words_per_level: int = 14
+    words_per_level: int = 6
     words_per_role: int = 12
     num_filler_words: int = 300
-    mean_words: float = 26.0
-    difficulty_word_share: float = 0.3
+    mean_words: float = 36.0
+    difficulty_word_share: float = 0.5
     role_word_share: float = 0.12
     critical_role_word_prob: float = 0.75
-    level_noise_sd: float = 1.1
+    level_noise_sd: float = 0.4
     # tokens
     length_sd: float = 0.25
     stage_token_sd: float = 0.1
@@ -265,9 +267,10 @@ def generate(
     k = np.empty((n, num_stages, space.num_models), dtype=np.float64)
     for m, name in enumerate(space.model_names):
         role_luck = {r: _rng(seed, wf, "luck", name, key).standard_normal(n) for r, key in role_key.items()}
+        model_luck = p.model_luck_sd * _rng(seed, wf, "model-luck", name).standard_normal(n)
         for s in range(num_stages):
             own = _rng(seed, wf, "stage-luck", name, workflow.stage[s].name).standard_normal(n)
-            k[:, s, m] = skill[m] - h[:, s] + p.role_luck_sd * role_luck[roles[s]] + p.stage_luck_sd * own
+            k[:, s, m] = skill[m] - h[:, s] + model_luck + p.role_luck_sd * role_luck[roles[s]] + p.stage_luck_sd * own
 
     # 3-4. quality and calibrated threshold
     order = [int(s) for s in space.topo_order]
