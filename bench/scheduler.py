@@ -38,10 +38,10 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from aragog_jax.kernels import _reference as ref
 from aragog_jax.router._checkpoint import git_sha
 from aragog_jax.scheduler import COMPILED, EngineInfo, LoadVector, RoundArrays, Scheduler
 from aragog_jax.scheduler._random import random_round
+from aragog_jax.scheduler._round import twin_round
 from aragog_jax.space import load_space
 from aragog_jax.spec import PROFILES_DIR, load_profile
 
@@ -81,22 +81,7 @@ def jit_round(arrays: RoundArrays, beam: int):
 
 
 def reference_round(arrays: RoundArrays, beam: int):
-    def run():
-        s = ref.score_stages(arrays.item_viable, arrays.item_cfg_model, arrays.num_models)
-        return ref.beam_assign(
-            s.kept,
-            s.num_viable,
-            arrays.item_viable,
-            arrays.item_cfg_model,
-            arrays.item_req,
-            arrays.item_valid,
-            arrays.engine_model,
-            arrays.free_slots,
-            arrays.gain,
-            beam,
-        )
-
-    return run
+    return lambda: twin_round(arrays, beam)[1]
 
 
 def compare(arrays: RoundArrays, beam: int, jit_time: float, ref_time: float, ref_reps: int = 3) -> dict:
@@ -185,18 +170,7 @@ def optimality(num_instances: int, beam: int = 4) -> dict:
             cfg_bucket=32,
             slot_bucket=64,
         )
-        s = ref.score_stages(arrays.item_viable, arrays.item_cfg_model, arrays.num_models)
-        brute = ref.brute_force_assign(
-            s.kept,
-            s.num_viable,
-            arrays.item_viable,
-            arrays.item_cfg_model,
-            arrays.item_req,
-            arrays.item_valid,
-            arrays.engine_model,
-            arrays.free_slots,
-            arrays.gain,
-        )
+        brute = twin_round(arrays, None)[1]
         if int(brute.utility) <= 0:
             zero += 1
             continue

@@ -33,8 +33,7 @@ import numpy as np
 
 from aragog_jax.errors import SchedulerError, SpecError
 from aragog_jax.kernels import BeamResult
-from aragog_jax.kernels import _reference as reference
-from aragog_jax.scheduler._round import COMPILED, CompiledRounds, RoundArrays
+from aragog_jax.scheduler._round import COMPILED, CompiledRounds, RoundArrays, twin_round
 from aragog_jax.space import ConfigSpace
 
 #: Default beam width (the paper's B).
@@ -153,18 +152,7 @@ class BruteForcePolicy:
             raise SchedulerError(
                 f"brute_force policy handles at most {self.max_items} ready items per round, got {arrays.num_items}"
             )
-        scores = reference.score_stages(arrays.item_viable, arrays.item_cfg_model, arrays.num_models)
-        return reference.brute_force_assign(
-            scores.kept,
-            scores.num_viable,
-            arrays.item_viable,
-            arrays.item_cfg_model,
-            arrays.item_req,
-            arrays.item_valid,
-            arrays.engine_model,
-            arrays.free_slots,
-            arrays.gain,
-        )
+        return twin_round(arrays, None)[1]
 
 
 def make_policy(

@@ -19,6 +19,7 @@ import numpy as np
 
 from aragog_jax.errors import SchedulerError
 from aragog_jax.kernels import BeamResult, StageScores, schedule_round
+from aragog_jax.kernels import _reference as reference
 from aragog_jax.space import bucket_size
 
 #: Smallest item / configuration / slot buckets (powers of two above them).
@@ -164,3 +165,25 @@ class CompiledRounds:
 
 #: Shared by every scheduler in the process: executables depend only on the bucket.
 COMPILED = CompiledRounds()
+
+
+def twin_round(arrays: RoundArrays, beam_width: int | None) -> tuple[StageScores, BeamResult]:
+    """The same round with the kernels' twins (``aragog_jax.kernels._reference``).
+
+    ``beam_width=None`` runs the exhaustive search instead of the beam.
+    """
+    scores = reference.score_stages(arrays.item_viable, arrays.item_cfg_model, arrays.num_models)
+    args = (
+        scores.kept,
+        scores.num_viable,
+        arrays.item_viable,
+        arrays.item_cfg_model,
+        arrays.item_req,
+        arrays.item_valid,
+        arrays.engine_model,
+        arrays.free_slots,
+        arrays.gain,
+    )
+    if beam_width is None:
+        return scores, reference.brute_force_assign(*args)
+    return scores, reference.beam_assign(*args, beam_width)

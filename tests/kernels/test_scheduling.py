@@ -7,8 +7,8 @@ import itertools
 import numpy as np
 import pytest
 
-from aragog_jax.kernels import _reference as ref
 from aragog_jax.scheduler import COMPILED, RoundArrays
+from aragog_jax.scheduler._round import twin_round
 from aragog_jax.scheduler._random import random_round
 
 # (items, configurations, engines, beam): a grid of sizes, each with a few seeds.
@@ -28,34 +28,11 @@ def _instance(seed: int, num_items: int, num_configs: int, num_engines: int, **k
 
 
 def _twin(arrays: RoundArrays, beam_width: int):
-    scores = ref.score_stages(arrays.item_viable, arrays.item_cfg_model, arrays.num_models)
-    return scores, ref.beam_assign(
-        scores.kept,
-        scores.num_viable,
-        arrays.item_viable,
-        arrays.item_cfg_model,
-        arrays.item_req,
-        arrays.item_valid,
-        arrays.engine_model,
-        arrays.free_slots,
-        arrays.gain,
-        beam_width,
-    )
+    return twin_round(arrays, beam_width)
 
 
 def _brute(arrays: RoundArrays):
-    scores = ref.score_stages(arrays.item_viable, arrays.item_cfg_model, arrays.num_models)
-    return ref.brute_force_assign(
-        scores.kept,
-        scores.num_viable,
-        arrays.item_viable,
-        arrays.item_cfg_model,
-        arrays.item_req,
-        arrays.item_valid,
-        arrays.engine_model,
-        arrays.free_slots,
-        arrays.gain,
-    )
+    return twin_round(arrays, None)[1]
 
 
 @pytest.mark.parametrize(("num_items", "num_configs", "num_engines", "beam"), GRID)
