@@ -71,6 +71,31 @@ def _mix(h: np.ndarray) -> np.ndarray:
     return h ^ (h >> np.uint64(31))
 
 
+_POWERS: tuple[np.ndarray, np.ndarray] = (np.ones(0, np.uint64), np.ones(0, np.uint64))
+
+
+def _powers(n: int) -> tuple[np.ndarray, np.ndarray]:
+    """``(P^i, P^-i) mod 2**64`` for ``i < at least n``, cached (featurising is a hot path).
+
+    The cache grows by doubling and is replaced as one tuple, so a concurrent caller
+    sees either the old or the new pair, never a mix; the arrays are read-only.
+    """
+    global _POWERS
+    cached = _POWERS
+    if cached[0].shape[0] >= n:
+        return cached
+    size = 1 << max(16, (n - 1).bit_length())
+    pair = []
+    for base in (_P, _P_INV):
+        a = np.full(size, base, np.uint64)
+        a[0] = 1
+        a = np.cumprod(a, dtype=np.uint64)
+        a.setflags(write=False)
+        pair.append(a)
+    _POWERS = (pair[0], pair[1])
+    return _POWERS
+
+
 def _word_byte(buf: np.ndarray) -> np.ndarray:
     """bool per byte: a-z, 0-9, '_' or any non-ASCII byte (after lower-casing)."""
     return ((buf >= 97) & (buf <= 122)) | ((buf >= 48) & (buf <= 57)) | (buf == 95) | (buf >= 128)
@@ -129,16 +154,9 @@ class HashedNgramFeaturizer:
 
         # Prefix hashes: pre[i] = sum_{j<i} b_j * P^-j, so the polynomial hash of bytes
         # [s, e) is P^(e-1) * (pre[e] - pre[s]) (all mod 2**64; uint64 wraps).
-        p_pow = np.empty(n_bytes + 1, np.uint64)
-        p_pow[0] = 1
-        p_pow[1:] = _P
-        p_pow = np.cumprod(p_pow, dtype=np.uint64)
-        p_inv_pow = np.empty(n_bytes, np.uint64)
-        p_inv_pow[0] = 1
-        p_inv_pow[1:] = _P_INV
-        p_inv_pow = np.cumprod(p_inv_pow, dtype=np.uint64)
+        p_pow, p_inv_pow = _powers(n_bytes + 1)
         pre = np.zeros(n_bytes + 1, np.uint64)
-        np.cumsum(buf.astype(np.uint64) * p_inv_pow, dtype=np.uint64, out=pre[1:])
+        np.cumsum(buf.astype(np.uint64) * p_inv_pow[:n_bytes], dtype=np.uint64, out=pre[1:])
 
         def seg_hash(s: np.ndarray, e: np.ndarray) -> np.ndarray:
             return p_pow[e - 1] * (pre[e] - pre[s])
@@ -181,11 +199,16 @@ class HashedNgramFeaturizer:
         r = np.concatenate(rows)
         bucket = (h & np.uint64(self.dim - 1)).astype(np.int64)
         sign = np.where((h >> np.uint64(63)) == 1, -1.0, 1.0)
-        counts = np.bincount(r * self.dim + bucket, weights=sign, minlength=num * self.dim).reshape(num, self.dim)
-        x = np.sign(counts) * np.log1p(np.abs(counts))
-        norm = np.sqrt((x * x).sum(axis=1, keepdims=True))
-        x = x / np.where(norm > 0, norm, 1.0)
-        return x.astype(np.float32)
+        counts = np.bincount(r * self.dim + bucket, weights=sign, minlength=num * self.dim)
+        # Transform only the non-zero cells: the dense [R, D] array is mostly zeros.
+        nz = np.flatnonzero(counts)
+        v = counts[nz]
+        v = np.sign(v) * np.log1p(np.abs(v))
+        nz_rows = nz // self.dim
+        norm = np.sqrt(np.bincount(nz_rows, weights=v * v, minlength=num))
+        out = np.zeros(num * self.dim, np.float32)
+        out[nz] = v / norm[nz_rows]  # a row with a non-zero cell has a positive norm
+        return out.reshape(num, self.dim)
 
 
 # ---------------------------------------------------------------------------------------
