@@ -36,6 +36,10 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--time-scale", type=float, help="emulated engines run this many times faster than their profiles")
     ap.add_argument("--drain-s", type=float, default=30.0, help="on SIGINT/SIGTERM, let in-flight requests finish this long (default 30)")
     ap.add_argument("--keep-rounds", type=int, default=256, help="scheduling rounds kept for GET /v1/rounds/{id} (default 256)")
+    ap.add_argument(
+        "--loop", default="auto", choices=["auto", "asyncio", "uvloop"],
+        help="event loop: uvloop when installed (auto, the default), or the standard asyncio loop",
+    )  # fmt: skip
     ap.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"], help="default INFO")
     return ap
 
@@ -78,7 +82,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.time_scale is not None and args.time_scale <= 0:
         raise SpecError(f"--time-scale must be > 0, got {args.time_scale}")
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(message)s", stream=sys.stderr)
-    return asyncio.run(_serve(args))
+    return _run(_serve(args), args.loop)
+
+
+def _run(coro, loop: str) -> int:
+    if loop != "asyncio":
+        try:
+            import uvloop
+        except ImportError:
+            if loop == "uvloop":
+                coro.close()
+                raise SpecError("--loop uvloop: uvloop is not installed (pip install uvloop)") from None
+        else:
+            return uvloop.run(coro)
+    return asyncio.run(coro)
 
 
 if __name__ == "__main__":

@@ -84,6 +84,22 @@ def _spawn(cmd: list[str], pattern: str, timeout_s: float = 120.0) -> tuple[subp
     raise RuntimeError(f"{cmd[:4]} did not print '{pattern}' within {timeout_s} s")
 
 
+def _cpu_s(pid: int) -> float:
+    """User + system CPU seconds of a process (Linux /proc), 0.0 where unavailable."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return 0.0
+
+
+def _measured(fn, pid: int):
+    """Run ``fn()`` (returns (tally, wall)) and also return the server's CPU seconds."""
+    c0 = _cpu_s(pid)
+    tally, wall = fn()
+    return tally, wall, _cpu_s(pid) - c0
+
+
 def _stop(proc: subprocess.Popen) -> None:
     if proc.poll() is None:
         proc.terminate()
@@ -127,8 +143,12 @@ def _write_fleet(tmp: Path, engines: list[tuple[str, str, str, str]], *, max_que
     return path
 
 
+LOOP = "auto"  # --loop of the server processes
+
+
 def _start_server(fleet: Path, ready_timeout_s: float = 180.0) -> tuple[subprocess.Popen, str]:
-    proc, lines = _spawn([sys.executable, "-m", "aragog_jax.serve", "--fleet", str(fleet), "--log-level", "WARNING"], r"serving on http://")
+    cmd = [sys.executable, "-m", "aragog_jax.serve", "--fleet", str(fleet), "--log-level", "WARNING", "--loop", LOOP]
+    proc, lines = _spawn(cmd, r"serving on http://")
     url = re.search(r"(http://\S+)", lines[-1]).group(1)
 
     async def wait_ready():
@@ -254,11 +274,12 @@ def _pct(xs: list[float], ms: bool = True) -> dict[str, float]:
     return {f"p{q}": round(float(np.percentile(a, q)), 3) for q in (50, 90, 99)} | {"max": round(float(a.max()), 3)}
 
 
-def summarize(name: str, tally: Tally, wall: float, **extra) -> dict:
+def summarize(name: str, tally: Tally, wall: float, server_cpu_s: float, **extra) -> dict:
     accounted = sum(tally.outcomes.values())
     return {
         "phase": name,
         **extra,
+        "load_average_1m": round(os.getloadavg()[0], 2),  # the machine is shared: context for the figures
         "wall_s": round(wall, 2),
         "sent": tally.sent,
         "outcomes": dict(sorted(tally.outcomes.items())),
@@ -269,6 +290,10 @@ def summarize(name: str, tally: Tally, wall: float, **extra) -> dict:
         "max_in_flight": tally.max_in_flight,
         "completed_per_s": round(tally.outcomes.get("completed", 0) / wall, 1),
         "stage_dispatches_per_s": round(tally.stages / wall, 1),
+        # CPU the server process used per completed stage dispatch: independent of how
+        # busy the shared machine is (wall-clock figures are not).
+        "server_cpu_ms_per_dispatch": round(1000.0 * server_cpu_s / tally.stages, 3) if tally.stages else None,
+        "server_cpu_share": round(server_cpu_s / wall, 2),
         "latency_ms": _pct(tally.latency),
         "overhead_per_dispatch_ms": _pct(tally.overhead),
         "stage_queue_ms": _pct(tally.queue),
@@ -293,6 +318,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--deadline-s", type=float, default=10.0, help="server request deadline (default 10)")
     ap.add_argument("--max-queue", type=int, default=256, help="server meta-queue bound (default 256)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--loop", default="auto", choices=["auto", "asyncio", "uvloop"], help="the server's event loop (default auto)")
     ap.add_argument("--quick", action="store_true", help="2-second phases, one fake rate")
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "serve_load.json")
     ap.add_argument("--engine-delay-s", type=float, default=0.2,
@@ -304,6 +330,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.fake_engines:
         _fake_engines_main(args.fake_engines.split(","), args.fake_delay)
         return 0
+    global LOOP
+    LOOP = args.loop
     if args.quick:
         args.duration_s, args.rates = 2.0, args.rates.split(",")[0]
     rates = [float(r) for r in args.rates.split(",") if r]
@@ -325,12 +353,12 @@ def main(argv: list[str] | None = None) -> int:
                     asyncio.run(poisson(url, 20.0, 1.0, 20, args.seed, hang_after))  # warm-up, not reported
                     if delay == 0.0:
                         for i, rate in enumerate(rates):
-                            tally, wall = asyncio.run(poisson(url, rate, args.duration_s, args.max_requests, args.seed + i, hang_after))
-                            results.append(summarize("fake", tally, wall, rate=rate, engine_delay_s=delay))
+                            tally, wall, cpu = _measured(lambda: asyncio.run(poisson(url, rate, args.duration_s, args.max_requests, args.seed + i, hang_after)), server.pid)  # noqa: B023
+                            results.append(summarize("fake", tally, wall, cpu, rate=rate, engine_delay_s=delay))
                             print(json.dumps(results[-1]), flush=True)
-                    tally, wall = asyncio.run(closed_loop(url, args.concurrency, args.duration_s, args.max_requests, args.seed, hang_after))
+                    tally, wall, cpu = _measured(lambda: asyncio.run(closed_loop(url, args.concurrency, args.duration_s, args.max_requests, args.seed, hang_after)), server.pid)  # noqa: B023
                     name = "closed_instant" if delay == 0.0 else "closed_delayed"
-                    results.append(summarize(name, tally, wall, concurrency=args.concurrency, engine_delay_s=delay))
+                    results.append(summarize(name, tally, wall, cpu, concurrency=args.concurrency, engine_delay_s=delay))
                     print(json.dumps(results[-1]), flush=True)
                 finally:
                     _stop(server)
@@ -346,8 +374,9 @@ def main(argv: list[str] | None = None) -> int:
             asyncio.run(poisson(url, 5.0, 1.0, 5, args.seed, hang_after))
             for factor in (1.0, args.overload):
                 rate = args.emulated_rate * factor
-                tally, wall = asyncio.run(poisson(url, rate, args.duration_s, args.max_requests, args.seed + 7, hang_after))
-                results.append(summarize("emulated", tally, wall, rate=rate, load_factor=factor))
+                tally, wall, cpu = _measured(lambda: asyncio.run(poisson(url, rate, args.duration_s, args.max_requests, args.seed + 7, hang_after)), server.pid)  # noqa: B023
+                # The server process also runs the emulated engines: its CPU includes theirs.
+                results.append(summarize("emulated", tally, wall, cpu, rate=rate, load_factor=factor))
                 print(json.dumps(results[-1]), flush=True)
         finally:
             _stop(server)

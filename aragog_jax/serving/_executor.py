@@ -23,8 +23,6 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
-
 from aragog_jax.errors import (
     AragogError,
     DeadlineExceededError,
@@ -32,8 +30,8 @@ from aragog_jax.errors import (
     OverloadedError,
     UpstreamError,
 )
-from aragog_jax.serving._breaker import BreakerState
-from aragog_jax.serving._client import EngineClient, EngineRejected
+from aragog_jax.serving._breaker import BreakerState, CircuitBreaker
+from aragog_jax.serving._client import ClientLimits, EngineClient, EngineRejected
 from aragog_jax.serving._fleet import FleetRuntime, WorkflowRuntime
 from aragog_jax.serving._metrics import ServerMetrics
 from aragog_jax.serving._monitor import EngineLoadState, LoadMonitor
@@ -101,9 +99,6 @@ class Executor:
         self.fleet = fleet
         self.settings = fleet.settings
         self.metrics = metrics
-        from aragog_jax.serving._breaker import CircuitBreaker
-        from aragog_jax.serving._client import ClientLimits
-
         limits = ClientLimits(
             request_timeout_s=self.settings.engine_timeout_s,
             connect_timeout_s=min(5.0, self.settings.engine_timeout_s),
@@ -412,9 +407,3 @@ class Executor:
         if run.events is not None and status == "completed":
             run.events.put_nowait(None)
 
-    def receipt_so_far(self, run: Run) -> Receipt:
-        return self._receipt(run)
-
-
-def as_mask(mask: np.ndarray) -> np.ndarray:
-    return np.ascontiguousarray(mask, dtype=bool)
