@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
-import pathlib
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -15,20 +12,11 @@ from aragog_jax.router import RouterModelConfig, init_params
 from aragog_jax.space import load_space
 
 
-def _reference():
-    try:
-        from aragog_jax.kernels import _reference as R
-    except ImportError:  # pragma: no cover - the shared twin module is being assembled
-        pytest.skip("kernels/_reference.py not present")
-    return R
-
-
-R = None
-
-
 @pytest.fixture(scope="module")
 def ref():
-    return _reference()
+    from aragog_jax.kernels import _reference
+
+    return _reference
 
 
 def _setup(seed, num_req, num_cfg, head="dense", dim=16, hidden=(8, 8), num_stages=3, num_models=3):
@@ -109,10 +97,15 @@ def test_route_chunk_equals_slice_of_route(ref, head):
     for start in (0, 16, 65):
         m, p = chunk_fn(params["head"], hidden, thr, always, jnp.int32(start), 16, cfg_arg)
         np.testing.assert_allclose(np.asarray(p), np.asarray(full_prob)[:, start : start + 16], atol=1e-6)
-        m_ref, _ = ref.route_chunk(params["head"], np.asarray(hidden), np.asarray(thr), np.asarray(always), start, 16, configs)
-        # compare where the twin is not within rounding of the threshold
         np.testing.assert_array_equal(np.asarray(m), np.asarray(full_mask)[:, start : start + 16])
-        assert m_ref.shape == (6, 16)
+        m_ref, p_ref = ref.route_chunk(
+            params["head"], np.asarray(hidden), np.asarray(thr), np.asarray(always), start, 16,
+            configs if head == "factorised" else None,
+        )
+        np.testing.assert_allclose(np.asarray(p), p_ref, atol=1e-5)
+        logit_ref = np.log(p_ref) - np.log1p(-p_ref)
+        clear = np.abs(logit_ref - np.asarray(thr)[None, start : start + 16]) > 1e-4
+        np.testing.assert_array_equal(np.asarray(m)[clear], m_ref[clear])
 
 
 @pytest.mark.parametrize("workflow", ["self_refine_humaneval", "text_to_sql_bird"])
