@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import gc
 import itertools
 import json
 import platform
@@ -50,14 +51,18 @@ GRID_R, GRID_C, GRID_M, GRID_B = (16, 128, 1024), (27, 243, 4096), (3, 6, 9), (1
 
 
 def time_fn(fn, min_time: float, min_reps: int = 3, max_reps: int = 5000) -> list[float]:
-    """Per-call seconds after one warm-up call."""
+    """Per-call seconds after one warm-up call (garbage collection paused, as timeit does)."""
     fn()
     times: list[float] = []
     end = time.perf_counter() + min_time
-    while (len(times) < min_reps or time.perf_counter() < end) and len(times) < max_reps:
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
+    gc.disable()
+    try:
+        while (len(times) < min_reps or time.perf_counter() < end) and len(times) < max_reps:
+            t = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - t)
+    finally:
+        gc.enable()
     return times
 
 
@@ -104,8 +109,9 @@ def compare(arrays: RoundArrays, beam: int, jit_time: float, ref_time: float, re
     }
 
 
-def schedule_round_bench(quick: bool) -> dict:
-    """The whole Scheduler.schedule on 1,024 ready stages (see module docstring)."""
+def schedule_round_setup():
+    """A scheduler with 1,024 ready stages and a load with 64 free slots; ``fresh()``
+    copies the state before the round."""
     space = load_space("decomposition_strategyqa", "qwen")
     names = {
         "Qwen2.5-7B-Instruct": "qwen2.5-7b-instruct_h100_tp1.toml",
@@ -132,16 +138,26 @@ def schedule_round_bench(quick: bool) -> dict:
     load = LoadVector.observe(
         engines, {e.name: {"running": max(0, e.saturation_batch - int(f))} for e, f in zip(engines, free)}
     )
+
     def fresh():  # the state before the round; policy (executables) and space shared
         return copy.deepcopy(sched, memo={id(sched.policy): sched.policy, id(space): space})
 
+    return sched, load, fresh
+
+
+def schedule_round_bench(quick: bool) -> dict:
+    """The whole Scheduler.schedule on 1,024 ready stages (see module docstring)."""
+    _, load, fresh = schedule_round_setup()
     fresh().schedule(load)  # compile outside the timing
     times = []
     for _ in range(10 if quick else 40):
         state = fresh()
+        gc.collect()
+        gc.disable()
         t = time.perf_counter()
         plan = state.schedule(load)
         times.append(time.perf_counter() - t)
+        gc.enable()
     return {
         "ready_stages": 1024,
         "free_slots": int(load.free_slots().sum()),

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import collections
 import functools
+import itertools
 from collections.abc import Hashable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -355,18 +356,29 @@ class Scheduler:
         running and their models committed before this returns.
         """
         load = self._check_load(load)
-        items = [(req, s) for req in self._queue.values() for s in req.ready]
-        if not items:
-            empty = _RoundRecord(load, self.model_names, self.utility_scale, [], np.zeros(0, np.int32), [], np.zeros(0, np.int32))
+        # Items: ready stages, FIFO across requests, ``ready`` order within one.
+        reqs: list[_Request] = []
+        stage_list: list[int] = []
+        slot_list: list[int] = []
+        num_slots = 0
+        for req in self._queue.values():
+            ready = req.ready
+            if ready:
+                k = len(ready)
+                slot_list.extend(itertools.repeat(num_slots, k))
+                reqs.extend(itertools.repeat(req, k))
+                stage_list.extend(ready)
+                num_slots += 1
+        stages = np.array(stage_list, dtype=np.int32)
+        if not reqs:
+            empty = _RoundRecord(load, self.model_names, self.utility_scale, [], stages, [], stages)
             return Plan((), 0.0, 1.0, str(self.policy.name), empty)
-        reqs = [req for req, _ in items]
-        stages = np.fromiter((s for _, s in items), dtype=np.int32, count=len(items))
         viable = [req.viable for req in reqs]
-        arrays = self._round_arrays(reqs, stages, viable, load)
+        arrays = self._round_arrays(reqs, stages, np.array(slot_list, dtype=np.int32), viable, load)
         if arrays.free_slots.any():
-            engine = np.asarray(self.policy.assign(arrays).engine)[: len(items)]
+            engine = np.asarray(self.policy.assign(arrays).engine)[: len(reqs)]
         else:
-            engine = np.full(len(items), -1, dtype=np.int32)
+            engine = np.full(len(reqs), -1, dtype=np.int32)
         flexibility = round_flexibility(arrays, engine)
         assignments = []
         for i in np.flatnonzero(engine >= 0).tolist():
@@ -526,8 +538,10 @@ class Scheduler:
         return LoadVector(tuple(by_name[n] for n in self.engine_names))
 
     def _round_arrays(
-        self, reqs: list[_Request], stages: np.ndarray, viable: list[np.ndarray], load: LoadVector
+        self, reqs: list[_Request], stages: np.ndarray, slots: np.ndarray, viable: list[np.ndarray], load: LoadVector
     ) -> RoundArrays:
+        """Padded kernel inputs; ``slots`` numbers the requests of the round (items of one
+        request are consecutive and share a slot)."""
         n = len(reqs)
         r_b = bucket_size(max(n, MIN_ITEMS))
         c_b = self._cfg_bucket
@@ -545,10 +559,8 @@ class Scheduler:
                 c = info.space.num_configs
                 item_viable[idx, :c] = [viable[i] for i in idx.tolist()]
                 item_cfg_model[idx, :c] = info.columns[stages[idx]]
-        # Request slot: a request's items are consecutive; a new request starts a slot.
-        ids = np.fromiter((id(req) for req in reqs), dtype=np.int64, count=n)
         item_req = np.full(r_b, -1, dtype=np.int32)
-        item_req[:n] = np.cumsum(np.concatenate([[0], ids[1:] != ids[:-1]]))
+        item_req[:n] = slots
         item_valid = np.zeros(r_b, dtype=bool)
         item_valid[:n] = True
         free = load.free_slots()
