@@ -106,8 +106,12 @@ def test_runs_complete_through_server_on_both_engines(vllm_engines, tmp_path):
                 res = await _runs(http, 12)
                 async with http.get("/metrics") as r:
                     metrics = await r.text()
-                async with http.get("/ready") as r:
-                    ready = r.status
+                for _ in range(240):  # /ready turns 200 once the large round buckets are compiled
+                    async with http.get("/ready") as r:
+                        ready = r.status
+                    if ready == 200:
+                        break
+                    await asyncio.sleep(0.5)
             return res, metrics, ready
         finally:
             await s.stop(drain_s=1)
