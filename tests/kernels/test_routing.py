@@ -45,7 +45,7 @@ def _margin_thresholds(logits64: np.ndarray, rng: np.random.Generator, margin: f
 
 
 @pytest.mark.parametrize("head", ["dense", "factorised"])
-@pytest.mark.parametrize("num_req,num_cfg", [(1, 1), (5, 27), (64, 81), (17, 243)])
+@pytest.mark.parametrize("num_req,num_cfg", [(1, 1), (5, 27), (17, 243)])
 def test_route_matches_twin_exactly(ref, head, num_req, num_cfg):
     params, feats, configs = _setup(num_req * 7 + num_cfg, num_req, num_cfg, head)
     cfg_arg = jnp.asarray(configs) if head == "factorised" else None

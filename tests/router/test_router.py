@@ -152,7 +152,7 @@ def test_factorised_head_trains_saves_and_routes(tiny, tmp_path):
     from .conftest import small_config
 
     space, ds, _, _, _ = tiny
-    res = fit_router(ds, space, HashedNgramFeaturizer(dim=128), small_config(head="factorised", max_epochs=2), progress=False)
+    res = fit_router(ds, space, HashedNgramFeaturizer(dim=128), small_config(head="factorised", max_epochs=1, sweep=()), progress=False)
     ck = load_checkpoint(save_checkpoint(res.checkpoint, tmp_path / "f.npz"))
     assert ck.meta.model["head"] == "factorised"
     assert ck.params["head"]["stage_model"].shape == (space.num_stages, space.num_models, 16)
