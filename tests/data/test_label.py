@@ -1,0 +1,337 @@
+"""Labeller: configuration tree counts, calls on fake engines, resume, failures, sampling, CLI."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import textwrap
+
+import numpy as np
+import pytest
+
+from aragog_jax._cli import run_cli
+from aragog_jax.data import load_dataset
+from aragog_jax.data._label import EngineTarget, Labeller, LabelSettings, load_inputs, load_scorer, make_plan, sample_configs
+from aragog_jax.data.scorers import contains_answer, exact_match, normalize
+from aragog_jax.errors import AragogError, DatasetError
+from aragog_jax.label import main as label_main
+from aragog_jax.serving import FakeEngine, LoopbackServer
+from aragog_jax.space import build_space
+from aragog_jax.spec import WorkflowSpec, family_pool, load_workflow, shipped_workflows
+from aragog_jax.spec._load import check_workflow
+
+CATALOG = """
+[families]
+t = ["small", "big"]
+
+[[model]]
+name = "small"
+family = "t"
+num_params = 1_000_000
+num_layers = 2
+hidden_size = 128
+num_attention_heads = 2
+num_kv_heads = 2
+head_dim = 64
+
+[[model]]
+name = "big"
+family = "t"
+num_params = 9_000_000
+num_layers = 2
+hidden_size = 128
+num_attention_heads = 2
+num_kv_heads = 2
+head_dim = 64
+"""
+
+CHAIN3 = """
+name = "refine3"
+
+[[stage]]
+name = "generate"
+input_tokens = 10
+output_tokens = 8
+prompt = "Answer: {input}"
+
+[[stage]]
+name = "critique"
+upstream = ["generate"]
+input_tokens = 20
+output_tokens = 8
+prompt = "Critique {generate} for {input}"
+
+[[stage]]
+name = "refine"
+upstream = ["generate", "critique"]
+input_tokens = 30
+output_tokens = 8
+prompt = "Refine {generate} with {critique} for {input}"
+"""
+
+FAN = """
+name = "fan"
+
+[[stage]]
+name = "a"
+input_tokens = 10
+output_tokens = 8
+prompt = "A {input}"
+
+[[stage]]
+name = "b"
+input_tokens = 10
+output_tokens = 8
+prompt = "B {input}"
+
+[[stage]]
+name = "join"
+upstream = ["a", "b"]
+input_tokens = 20
+output_tokens = 8
+prompt = "Join {a} and {b}"
+"""
+
+
+@pytest.fixture
+def tiny(tmp_path):
+    from aragog_jax.spec import load_models
+
+    (tmp_path / "models.toml").write_text(CATALOG)
+    cat = load_models(tmp_path / "models.toml")
+    (tmp_path / "refine3.toml").write_text(textwrap.dedent(CHAIN3))
+    (tmp_path / "fan.toml").write_text(textwrap.dedent(FAN))
+    return cat, tmp_path
+
+
+def _space(cat, text):
+    import msgspec
+
+    wf = msgspec.toml.decode(textwrap.dedent(text).encode(), type=WorkflowSpec)
+    check_workflow(wf, cat)
+    return wf, build_space(wf, family_pool(cat, "t"))
+
+
+def test_chain_of_three_stages_over_three_models_needs_39_calls_not_81(catalog):
+    path = next(p for p in shipped_workflows() if "self_refine_squad" in str(p))
+    space = build_space(load_workflow(path, catalog), family_pool(catalog, "qwen"))
+    plan = make_plan(space)
+    print(f"S=3 M=3: calls {plan.num_calls}, distinct prefixes {plan.num_prefixes}, naive {plan.num_naive}")
+    assert (plan.num_calls, plan.num_prefixes, plan.num_naive) == (39, 39, 81)
+
+
+def test_parallel_branches_share_more_than_prefixes(tiny):
+    cat, _ = tiny
+    _, space = _space(cat, FAN)
+    plan = make_plan(space)
+    # a: 2 calls, b: 2 (independent of a's model), join: 8; prefixes 2 + 4 + 8.
+    assert (plan.num_calls, plan.num_prefixes, plan.num_naive) == (12, 14, 24)
+    ups = plan.upstream_calls(space)
+    join = space.stage_names.index("join")
+    for k, (s, _) in enumerate(plan.call_keys):
+        assert len(ups[k]) == (2 if s == join else 0)
+
+
+def test_sample_is_seeded_and_keeps_c_max(tiny):
+    cat, _ = tiny
+    _, space = _space(cat, CHAIN3)
+    a, b = sample_configs(space, 3, seed=5), sample_configs(space, 3, seed=5)
+    assert np.array_equal(a, b) and a.size == 3 and space.c_max in a
+    assert sample_configs(space, None, 0).size == space.num_configs == 8
+    plan = make_plan(space, a)
+    assert plan.num_calls <= plan.num_prefixes <= 3 * 3
+
+
+def test_scorers():
+    row = {"answer": "The Eiffel Tower"}
+    assert normalize("  The  Eiffel, tower! ") == "eiffel tower"
+    assert exact_match(row, "eiffel tower.") == 1.0 and exact_match(row, "the tower") == 0.0
+    assert contains_answer(row, "It is the Eiffel Tower in Paris") == 1.0
+    assert contains_answer({"answers": ["x", "paris"]}, "in Paris.") == 1.0
+    assert contains_answer({"answers": ["aris"]}, "in Paris.") == 0.0  # whole words only
+    with pytest.raises(DatasetError, match="answer"):
+        exact_match({"id": 3}, "x")
+    assert load_scorer("aragog_jax.data.scorers:exact_match") is exact_match
+    for bad in ("nocolon", "no_such_module_xyz:f", "aragog_jax.data.scorers:nope"):
+        with pytest.raises(AragogError, match="scorer"):
+            load_scorer(bad)
+
+
+def _write_rows(path, n, extra=None):
+    with open(path, "w") as f:
+        for i in range(n):
+            f.write(json.dumps({"id": f"q{i}", "input": f"question number {i}", "answer": "x", **(extra or {})}) + "\n")
+    return path
+
+
+def test_load_inputs_splits_are_seeded_and_errors_name_the_line(tmp_path):
+    p = _write_rows(tmp_path / "d.jsonl", 20)
+    a = load_inputs(p, seed=3)
+    b = load_inputs(p, seed=3)
+    assert [r.split for r in a] == [r.split for r in b]
+    assert {s: [r.split for r in a].count(s) for s in ("train", "calibration", "test")} == {"train": 12, "calibration": 4, "test": 4}
+    given = _write_rows(tmp_path / "g.jsonl", 3, {"split": "test"})
+    assert {r.split for r in load_inputs(given)} == {"test"}
+    (tmp_path / "bad.jsonl").write_text('{"input": "a"}\n{"nope": 1}\n')
+    with pytest.raises(DatasetError, match="bad.jsonl:2"):
+        load_inputs(tmp_path / "bad.jsonl")
+    (tmp_path / "dup.jsonl").write_text('{"id": 1, "input": "a"}\n{"id": 1, "input": "b"}\n')
+    with pytest.raises(DatasetError, match="duplicate id"):
+        load_inputs(tmp_path / "dup.jsonl")
+
+
+def _parity_scorer(row: dict, output: str) -> float:
+    """Deterministic 0/1 from the fake engine's hash text."""
+    return float(int(output[-1], 16) % 2)
+
+
+async def _with_fakes(fn, small_mode="ok"):
+    fakes = {"small": FakeEngine("small-served", mode=small_mode), "big": FakeEngine("big-served")}
+    servers = {m: LoopbackServer(f.app) for m, f in fakes.items()}
+    urls = {m: await s.start() for m, s in servers.items()}
+    targets = [EngineTarget(f"e-{m}", m, urls[m], fakes[m].served) for m in fakes]
+    try:
+        return await fn(fakes, targets)
+    finally:
+        for s in servers.values():
+            await s.stop()
+
+
+def test_labeller_calls_each_distinct_key_once_and_resumes(tiny, tmp_path):
+    cat, _ = tiny
+    wf, space = _space(cat, CHAIN3)
+    inputs = load_inputs(_write_rows(tmp_path / "d.jsonl", 10), seed=0)
+    out = tmp_path / "out"
+    msgs: list[str] = []
+
+    async def first(fakes, targets):
+        lab = Labeller(wf, space, targets, inputs, _parity_scorer, out, LabelSettings(concurrency=3, progress_every_s=0.0),
+                       family="t", progress=msgs.append)  # fmt: skip
+        res = await lab.run()
+        return res, sum(f.num_requests for f in fakes.values()), max(f.max_in_flight for f in fakes.values())
+
+    res, num_requests, max_in_flight = asyncio.run(_with_fakes(first))
+    assert res.plan.num_calls == res.plan.num_prefixes == 2 + 4 + 8
+    assert num_requests == res.calls_made == 10 * 14 == res.calls_total  # not 10 * 8 * 3 = 240
+    assert max_in_flight <= 3  # bounded concurrency
+    assert any("calls 140/140" in m for m in msgs)
+    ds = load_dataset(out, space)
+    assert ds.meta["source"] == "labelled" and ds.num_inputs == 10
+    assert set(np.unique(ds.scores)) <= {0.0, 1.0}
+    assert np.load(out / "labelled.npy").all()
+    assert ds.tokens.shape == (10, 3, 2) and (ds.tokens[:, :, 1] == 8).all()
+    # The score is the scorer on the last stage's output, rendered the way serving renders it.
+    fake = FakeEngine("big-served")
+    gen = fake.text_for("Answer: question number 0")
+    crit = fake.text_for(f"Critique {gen} for question number 0")
+    final = fake.text_for(f"Refine {gen} with {crit} for question number 0")
+    assert ds.scores[ds.ids.index("q0"), space.c_max] == _parity_scorer({}, final)
+
+    # Rerun: nothing recomputed, identical dataset.
+    before = (out / "scores.npy").read_bytes()
+
+    async def again(fakes, targets):
+        res = await Labeller(wf, space, targets, inputs, _parity_scorer, out, LabelSettings(), family="t").run()
+        return res, sum(f.num_requests for f in fakes.values())
+
+    res2, num2 = asyncio.run(_with_fakes(again))
+    assert num2 == 0 and res2.calls_made == 0 and res2.calls_cached == 140
+    assert (out / "scores.npy").read_bytes() == before
+
+
+def test_failures_are_recorded_per_input_and_configuration_then_retried(tiny, tmp_path):
+    cat, _ = tiny
+    wf, space = _space(cat, CHAIN3)
+    inputs = load_inputs(_write_rows(tmp_path / "d.jsonl", 4), seed=0)
+    out = tmp_path / "out"
+
+    async def failing(fakes, targets):
+        return await Labeller(wf, space, targets, inputs, _parity_scorer, out, LabelSettings(concurrency=4), family="t").run()
+
+    res = asyncio.run(_with_fakes(failing, small_mode="fail"))
+    # Only c_max (big everywhere) survives; 7 configurations x 4 inputs fail, none is dropped.
+    assert len(res.config_failures) == 7 * 4 and not res.dropped_inputs
+    # Per input, small fails where its upstream succeeded: generate, critique after a big
+    # generate, refine after big-big (3); what hangs below a failure is never sent.
+    assert res.calls_failed == 4 * 3
+    lab = np.load(out / "labelled.npy")
+    assert lab[:, space.c_max].all() and lab.sum() == 4
+    assert len((out / "failures.jsonl").read_text().splitlines()) == res.calls_failed
+    assert len((out / "config_failures.jsonl").read_text().splitlines()) == 28
+
+    async def healed(fakes, targets):
+        res = await Labeller(wf, space, targets, inputs, _parity_scorer, out, LabelSettings(concurrency=4), family="t").run()
+        return res, sum(f.num_requests for f in fakes.values())
+
+    res2, num = asyncio.run(_with_fakes(healed))
+    assert num == res2.calls_made == 4 * 14 - 4 * 3  # everything but the cached big-only chain
+    assert np.load(out / "labelled.npy").all() and not res2.config_failures
+
+
+def test_sampled_labelling_marks_only_the_sample(tiny, tmp_path):
+    cat, _ = tiny
+    wf, space = _space(cat, CHAIN3)
+    inputs = load_inputs(_write_rows(tmp_path / "d.jsonl", 3), seed=0)
+
+    async def go(fakes, targets):
+        return await Labeller(wf, space, targets, inputs, _parity_scorer, tmp_path / "o", LabelSettings(sample=2, seed=1),
+                              family="t").run()  # fmt: skip
+
+    res = asyncio.run(_with_fakes(go))
+    lab = np.load(tmp_path / "o" / "labelled.npy")
+    assert (lab.sum(axis=1) == 2).all() and lab[:, space.c_max].all()
+    assert res.dataset.meta["generator"]["labelled_configs"] == [int(c) for c in res.plan.config_ids]
+
+
+PROFILE = """
+model = "x"
+hardware = "H"
+tensor_parallel = 1
+kind = "derived"
+saturation_batch = 8
+kv_capacity_tokens = 100000
+prefill_tokens_per_s = 1000000.0
+decode_base_s = 0.002
+decode_per_seq_s = 0.0
+decode_per_ctx_token_s = 0.0
+curve = [[1, 500.0], [8, 4000.0]]
+"""
+
+
+def test_cli_on_emulated_fleet_and_resume(tiny, tmp_path, capsys):
+    cat, d = tiny
+    (d / "profile.toml").write_text(PROFILE)
+    (d / "fleet.toml").write_text(textwrap.dedent("""
+        family = "t"
+        models = "models.toml"
+        workflows = ["refine3.toml"]
+
+        [[engine]]
+        name = "s"
+        model = "small"
+        kind = "emulated"
+        profile = "profile.toml"
+
+        [[engine]]
+        name = "b"
+        model = "big"
+        kind = "emulated"
+        profile = "profile.toml"
+
+        [server]
+        time_scale = 20.0
+    """))
+    data = _write_rows(tmp_path / "d.jsonl", 6)
+    argv = ["--workflow", str(d / "refine3.toml"), "--fleet", str(d / "fleet.toml"), "--dataset", str(data),
+            "--scorer", "aragog_jax.data.scorers:contains_answer", "--out", str(tmp_path / "ds"), "--quiet"]  # fmt: skip
+    assert label_main(argv) == 0
+    out = capsys.readouterr().out
+    assert "engine calls: 84 (per input 14); distinct prefixes 84 (per input 14); naive configurations x stages 144" in out
+    rep = json.loads((tmp_path / "ds" / "label_report.json").read_text())
+    assert rep["git_sha"] and rep["this_run"]["calls_made"] == 84
+    assert label_main(argv) == 0
+    assert "0 calls made, 84 cached" in capsys.readouterr().out
+    # A different seed against the same directory is refused, as one line.
+    code = run_cli(label_main, argv + ["--seed", "9"])
+    err = capsys.readouterr().err
+    assert code == 2 and "different job" in err and err.count("\n") == 1
