@@ -9,10 +9,12 @@ Public names:
 * :func:`calibrate`, :func:`clopper_pearson_upper`, :func:`routing_report` -- calibration.
 * :func:`load_checkpoint`, :func:`save_checkpoint`, :data:`CHECKPOINT_FORMAT`.
 * :data:`ROUTERS_DIR`, :func:`shipped_router` -- the shipped checkpoints.
+* :class:`BatchRouter` -- a NumPy batch function for Ray Data ``map_batches`` jobs.
 """
 
 from pathlib import Path
 
+from aragog_jax.router._batch import BatchRouter
 from aragog_jax.router._calibrate import (
     GUARANTEES,
     Calibration,
@@ -38,6 +40,7 @@ def shipped_router(workflow: str, family: str) -> Path:
 
 
 __all__ = [
+    "BatchRouter",
     "CHECKPOINT_FORMAT",
     "DEFAULT_BUCKETS",
     "GUARANTEES",

@@ -161,3 +161,20 @@ def test_factorised_head_trains_saves_and_routes(tiny, tmp_path):
     assert res2.mask.shape == (5, space.num_configs) and res2.mask[:, space.c_max].all()
     feats = router.featurizer(ds.texts[:5])
     np.testing.assert_allclose(res2.prob, R.route(ck.params, feats, ck.thresholds, res2.mask[0] & False, space.configs)[1], atol=1e-5)
+
+
+def test_batch_router_for_map_batches(tiny):
+    from aragog_jax.errors import DatasetError
+    from aragog_jax.router import BatchRouter
+
+    space, ds, _, ckpt, _ = tiny
+    fn = BatchRouter(ckpt, batch_size=16)
+    batch = {"id": np.arange(5), "text": np.asarray(ds.texts[:5], dtype=object)}
+    out = fn(batch)
+    want = Router.load(ckpt).route_texts(ds.texts[:5]).mask
+    np.testing.assert_array_equal(out["num_admitted"], want.sum(axis=1))
+    for row, m in zip(out["admitted"], want, strict=True):
+        np.testing.assert_array_equal(row, np.flatnonzero(m))
+    assert BatchRouter(ckpt, batch_size=8, admitted="mask")(batch)["admitted"].shape == (5, space.num_configs)
+    with pytest.raises(DatasetError, match="'id' and 'text'"):
+        fn({"text": batch["text"]})
