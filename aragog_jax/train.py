@@ -63,6 +63,13 @@ def summary_lines(report: dict) -> list[str]:
             for r in report["epsilon_sweep"]
         ),
     ]
+    if c["num_admissible_configs"] == 0:
+        lines.append(
+            f"warning   no configuration besides c_max passed the bound: at eps={c['epsilon']} a configuration needs "
+            f"at least {c['min_admitted_inputs']} admitted, all-accurate calibration inputs among "
+            f"{c['num_config_inputs']}; use a larger dataset (e.g. python -m aragog_jax.synth --num-inputs 60000) "
+            f"or a larger --epsilon"
+        )
     return lines
 
 

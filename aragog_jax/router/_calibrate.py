@@ -249,7 +249,12 @@ def calibrate(
         guarantee=guarantee,
         num_config_inputs=int(len(part_a)),
         num_policy_inputs=int(len(part_b)),
-        info={"grid": list(grid), "level_scan": scan},
+        info={
+            "grid": list(grid),
+            "level_scan": scan,
+            # fewest admitted calibration inputs (all accurate) that can pass the bound
+            "min_admitted_inputs": int(np.ceil(np.log(delta / len(grid)) / np.log1p(-epsilon))),
+        },
     )
 
 
