@@ -38,7 +38,8 @@ from aragog_jax.space import ConfigSpace, load_space
 DEFAULT_BUCKETS = (1, 8, 64, 512, 4096)
 #: Configurations scored per chunk in budgeted routing.
 DEFAULT_CHUNK = 64
-#: Rows per block inside big buckets (see :func:`route_blocked`).
+#: Rows per block inside big buckets on CPU (see :func:`route_blocked`); accelerators
+#: want the whole bucket at once, so blocking is off there by default.
 DEFAULT_ROW_BLOCK = 512
 
 
@@ -90,7 +91,7 @@ class Router:
         featurizer: Featurizer | None = None,
         *,
         chunk: int = DEFAULT_CHUNK,
-        row_block: int = DEFAULT_ROW_BLOCK,
+        row_block: int | None = None,
     ) -> None:
         checkpoint.check_space(space)
         self.checkpoint = checkpoint
@@ -112,6 +113,8 @@ class Router:
         self._configs = put(space.configs) if self.model_config.head == "factorised" else None
         self._dominates: jax.Array | None = None
         self.chunk = max(1, min(int(chunk), space.num_configs))
+        if row_block is None:
+            row_block = DEFAULT_ROW_BLOCK if jax.default_backend() == "cpu" else 0
         self.row_block = int(row_block)
         self.buckets: tuple[int, ...] = ()
         self._full: dict[int, object] = {}
@@ -131,7 +134,7 @@ class Router:
         *,
         featurizer: Featurizer | None = None,
         chunk: int = DEFAULT_CHUNK,
-        row_block: int = DEFAULT_ROW_BLOCK,
+        row_block: int | None = None,
         **featurizer_overrides,
     ) -> Router:
         """Load a checkpoint; without ``space`` the shipped workflow and family it names are used.
