@@ -67,7 +67,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--route-cost", default="measured", help="routing seconds per request: 'measured' from the router or a number")
     p.add_argument("--poll-interval", type=float, default=0.0, help="load metrics scrape interval in s (0: exact load)")
     p.add_argument("--horizon", type=float, default=None, help="stop each run at this virtual time (default 2 x duration)")
-    p.add_argument("--workflow-tolerance", type=float, default=0.0, help="per_workflow: accuracy tolerance vs c_max on the test split")
+    p.add_argument("--workflow-tolerance", type=float, default=0.02,
+                   help="per_workflow: the cheapest configuration within this accuracy of c_max on the test split "
+                   "(default 0.02, the budget Aragog is held to)")
     p.add_argument("--quick", action="store_true", help="3 rates, 20 s of arrivals (under a minute)")
     p.add_argument("--no-plots", action="store_true")
     p.add_argument("--out", required=True, type=Path, help="output directory for summary.json and plots")

@@ -103,6 +103,8 @@ def main(argv=None) -> int:
         round_interval_s=args.round_interval,
         seed=args.seed,
         horizon_s=(15.0 if args.quick else args.duration) * 2.0,
+        # per-workflow gets the same accuracy budget Aragog is held to: 2 points of c_max.
+        workflow_tolerance=0.02,
     )
 
     def ds(wf: str, fam: str) -> Path:
@@ -143,6 +145,27 @@ def main(argv=None) -> int:
         for wf in ("self_refine_humaneval", "voting_mmlu_pro"):
             if (ds(wf, "mixed") / "meta.json").is_file():
                 run(f"mixed-{wf}", "ablations", load_setup(wf, "mixed", gpus=8, dataset=ds(wf, "mixed")), base)
+
+    # Simulator speed on the headline case, everything compiled and warm: the main
+    # aragog run at the highest rate, repeated.
+    from aragog_jax.sim import RunConfig, build_masks, simulate
+    from aragog_jax.sim._setup import per_workflow_config
+
+    hs = load_setup("self_refine_humaneval", "qwen", gpus=8, dataset=ds("self_refine_humaneval", "qwen"))
+    hm = build_masks(hs, None, None)
+    top = results["main"]["self_refine_humaneval-qwen"]["rates"][-1]
+    pwf = per_workflow_config(hs.dataset.scores[hs.rows], hs.space.c_max)
+    speed = {}
+    for pol in ("aragog", "per_workflow"):
+        cfg = RunConfig(policy=pol, rate=top, duration_s=base.duration_s, round_interval_s=base.round_interval_s,
+                        horizon_s=base.horizon_s, route_cost_s=hm.route_cost_s, seed=base.seed)
+        res = simulate(hs, cfg, hm.router, per_workflow_config=pwf)
+        sched_s = float(sum(res.round_wall_s))
+        speed[pol] = {"rate": top, "stage_completions": res.stage_completions, "wall_s": res.sim_wall_s,
+                      "scheduler_s": sched_s, "rounds": res.rounds,
+                      "per_s": res.stage_completions / res.sim_wall_s,
+                      "per_s_excl_scheduler": res.stage_completions / max(res.sim_wall_s - sched_s, 1e-9)}
+    results["speed"] = speed
 
     wall = time.perf_counter() - t_start
     results["git_sha"] = git_sha()
@@ -237,7 +260,8 @@ def render(results: dict) -> str:
     s = results["settings"]
     L.append(
         f"Settings: Poisson arrivals for {s['duration_s']:g} s per run, {s['num_rates']} rates per sweep "
-        "(geometric, from half of what the largest engine alone sustains to the fleet's decode-only upper bound), "
+        "(geometric, from half of what the largest engine alone sustains to 1.25 x the fleet's upper bound with every "
+        "engine saturated, decode and prefill included, so the top rate overloads every policy), "
         f"horizon {s['horizon_s']:g} s, scheduling rounds at least {s['round_interval_s'] * 1e3:g} ms apart, each round's "
         "measured wall time charged to the virtual clock, routing time of the real jitted router charged per request. "
         "Throughput = stage completions per second in the window [duration/2, duration] divided by the stages per "
@@ -344,11 +368,16 @@ def render(results: dict) -> str:
                      f"{_fmt(ref['comparison']['aragog_vs_per_input']['max_throughput_gain_pct'], True)} | "
                      f"{_fmt(ref['comparison']['aragog_vs_per_workflow']['max_throughput_gain_pct'], True)} | "
                      f"{ref['policies']['aragog']['per_rate'][-1]['latency']['p50']:.1f} |")
+        from aragog_jax.sim._metrics import pct_change
+
         for key, r in results["ablations"].items():
             a = r["policies"]["aragog"]
             c = r["comparison"]
             pi = c.get("aragog_vs_per_input", {}).get("max_throughput_gain_pct", float("nan"))
             pw = c.get("aragog_vs_per_workflow", {}).get("max_throughput_gain_pct", float("nan"))
+            if key.startswith("beam") and ref:  # beam runs reuse the main run's baselines
+                pi = pct_change(a["max_throughput"], ref["policies"]["per_input"]["max_throughput"])
+                pw = pct_change(a["max_throughput"], ref["policies"]["per_workflow"]["max_throughput"])
             L.append(f"| {key} | {a['max_throughput']:.1f} | {_fmt(pi, True)} | {_fmt(pw, True)} | {a['per_rate'][-1]['latency']['p50']:.1f} |")
         L.append("")
     L.append("## Outside the paper's ranges")
@@ -360,48 +389,104 @@ def render(results: dict) -> str:
     L.append("")
     L.append("## Simulator speed")
     L.append("")
-    h = results["main"].get("self_refine_humaneval-qwen")
-    if h and h.get("headline_sim_wall_s"):
-        n = h["headline_stage_completions"]
-        w = h["headline_sim_wall_s"]
-        sw = h["headline_scheduler_wall_s"]
+    for pol, sp in results.get("speed", {}).items():
         L.append(
-            f"Headline case (qwen self_refine_humaneval, aragog at the highest rate): {n} stage completions in {w:.2f} s "
-            f"of wall time = **{n / w:,.0f} stage completions/s**, of which {sw:.2f} s were spent inside the real "
-            f"scheduler's `schedule()`; the simulator's own event processing ran at {n / max(w - sw, 1e-9):,.0f} "
-            "stage completions/s."
+            f"- Headline case (qwen self_refine_humaneval, {pol} at {sp['rate']:g} req/s, compiled and warm): "
+            f"{sp['stage_completions']} stage completions in {sp['wall_s']:.2f} s of wall time = "
+            f"**{sp['per_s']:,.0f} stage completions/s**; {sp['scheduler_s']:.2f} s of it inside the real scheduler's "
+            f"`schedule()` ({sp['rounds']} rounds), the rest (event processing, engines, the scheduler's "
+            f"bookkeeping calls) ran at {sp['per_s_excl_scheduler']:,.0f} stage completions/s."
         )
+    L.append("")
+    L.extend(findings(results))
     L.append("")
     L.append(ANALYSIS)
     return "\n".join(L) + "\n"
 
 
+def findings(results: dict) -> list[str]:
+    """Numbers-driven summary of the main table."""
+    import numpy as np
+
+    L = ["## Findings", ""]
+    for fam in FAMILIES:
+        rows = {k: v for k, v in results["main"].items() if k.endswith("-" + fam)}
+        if not rows:
+            continue
+
+        def rng(key: str, pol: str = "aragog", rows=rows) -> str:
+            from aragog_jax.sim._metrics import pct_change
+
+            vals = [pct_change(v["policies"][pol]["max_throughput"], v["policies"][key]["max_throughput"]) for v in rows.values()]
+            return f"{min(vals):+.1f}..{max(vals):+.1f}%"
+
+        drops = [v["comparison"]["aragog_accuracy_drop_points"] for v in rows.values()]
+        adm_r = np.mean([v["policies"]["aragog"]["admitted"]["mean"] / v["num_configs"] for v in rows.values()])
+        adm_o = np.mean([v["policies"]["aragog-oracle"]["admitted"]["mean"] / v["num_configs"] for v in rows.values()]) if all("aragog-oracle" in v["policies"] for v in rows.values()) else float("nan")
+        L.append(
+            f"- **{fam}**: Aragog with the shipped router: max throughput {rng('per_input')} vs per-input and "
+            f"{rng('per_workflow')} vs per-workflow; accuracy drop vs c_max {min(drops):.2f}..{max(drops):.2f} points. "
+            + (f"With oracle masks: {rng('per_input', 'aragog-oracle')} vs per-input. " if adm_o == adm_o else "")
+            + f"The router admits {100 * adm_r:.0f}% of the configurations on average, the oracle accurate set "
+            f"{100 * adm_o:.0f}%."
+        )
+    same = [k for k, v in results["main"].items() if v["per_workflow_config"] == v["c_max"]]
+    L.append(f"- per-workflow's configuration (the cheapest within 2 points of c_max on the test split) is c_max itself "
+             f"in {len(same)} of {len(results['main'])} cases; `per_workflow_config` in paper.json lists each.")
+    return L
+
+
 ANALYSIS = """## Analysis
 
-What drives the figures in this model:
+What in the model drives the figures above (see Findings for this run's numbers):
 
-* **Where per-input loses.** With oracle-accurate masks, the cheapest accurate
-  configuration of most inputs puts every stage on the smallest model, so per-input
-  routing piles the fleet's load onto the small engines while the 14B/32B (8B/70B)
-  engines idle; its capacity is that of the small engines. Aragog moves stages onto idle
-  larger engines whenever the request's admitted set allows it, so its capacity
-  approaches the whole fleet's. The gain is therefore bounded by the fleet split: in
-  these fleets the small model holds 2 of 8 GPUs (qwen) or 4 of 8 (llama, 3B and 8B
-  replicas), which caps how much per-input can be beaten.
-* **Where per-workflow loses.** One configuration for all inputs must match c_max's
-  accuracy on the whole test split, which in the synthetic data usually forces the
-  largest model on the stages that decide correctness; the 32B/70B engine is the
-  bottleneck and the rest of the fleet idles.
-* **Latency at the highest rate** is dominated by queueing: the highest rate is above
-  every policy's capacity, so latency grows with the backlog, and a policy with a
-  larger capacity accumulates less of it. These changes depend on the run length
-  (`duration`) as much as on the policies, as in any open-loop overload measurement.
-* **Router vs oracle.** The trained router admits fewer configurations than the oracle
-  accurate set (calibrated for at most ε = 2% inaccuracy per admitted configuration),
-  which lowers Aragog's flexibility and therefore its gain relative to oracle masks.
-* **Derived profiles** have no measured prefill/decode interference beyond the additive
-  model, and the saturation batch (90% of the throughput at 256 sequences) is large, so
-  small engines have a lot of headroom; both shape the absolute numbers.
+* **Fleet capacity is mostly small-model capacity.** With the derived profiles a
+  Qwen2.5-7B TP1 engine decodes ~10k tokens/s at its saturation batch, the 14B TP2 and
+  32B TP4 engines ~8.3k and ~8.5k; in the llama fleet the 3B and 8B replicas together
+  decode ~37k tokens/s against ~4.9k for the 70B on 4 GPUs. Per-input (oracle cheapest
+  accurate configuration) already sends most stages to the small engines, so Aragog can
+  only add what the larger engines contribute. That bounds the gain over per-input at
+  roughly the large engines' share of fleet capacity: enough for +24..+46% on qwen, and
+  the same order with oracle masks on llama, but not more.
+* **Router conservatism decides llama.** The shipped routers admit clearly fewer
+  configurations than the oracle accurate set (calibrated so that admitted
+  configurations are rarely inaccurate), and they drop exactly the small-model
+  configurations: Aragog must then run more stages on the 70B engine, which is the
+  llama fleet's bottleneck, and loses its edge over per-input (which is given oracle
+  knowledge of the cheapest accurate configuration, as in the paper). With oracle masks
+  the gain comes back. A less conservative router (larger epsilon, more training data)
+  or a fleet with more large-model capacity would move llama toward the paper's range;
+  we did not change either to get there.
+* **Latency at moderate load can be worse than per-input.** The utility U ranks by
+  forecast throughput gain, not by per-request speed: when a large engine has free
+  slots, stages go there and decode 2-5x slower per sequence than on the small engine
+  per-input would have used. The paper's latency wins over per-input come from
+  per-input's queueing at the small engines; here those engines have so much headroom
+  that per-input queues only near its own capacity.
+* **Per-workflow above the paper's range.** On the synthetic data no cheaper
+  configuration reaches c_max's accuracy within 2 points on the whole test split in most
+  cases, so per-workflow runs the largest model everywhere and is capped by one engine
+  (~1/4 of the qwen fleet's decode capacity, ~1/9 of the llama fleet's). The paper's
+  per-workflow baseline evidently found cheaper configurations on real data.
+* **Latency at the highest rate** is a backlog measurement: every policy is past
+  capacity, latency grows through the whole run, and requests still running at the
+  horizon are counted with their latency so far; the differences shrink toward zero.
+  The table at the highest rate Aragog sustains is the more informative comparison.
+* **Beam width barely matters here.** Rounds run every >= 100 ms of virtual time and
+  place about ten stages each, into the few engines that have free slots; the
+  throughput-gain ranking then leaves little for a wider beam to find, and beam 1, 2, 4
+  and 8 reach the same max throughput. The paper's beam-vs-greedy gap is measured as
+  per-round optimality against brute force (the scheduler benchmark reports it); it does
+  not turn into a throughput difference in this model.
+* **Routing overhead** is ~0.1 ms per request for the shipped (6 x 64) routers against
+  latencies of seconds, i.e. far below the paper's <= 3.5%.
+* **Constrained space and mixed family** behave as expected: tying the critic to the
+  refiner (or all voters to one model) removes configurations and lowers the gain; the
+  mixed family (Llama-3.1-8B + Phi-4 + Qwen2.5-32B) lands near the qwen results.
+* **Derived profiles.** The engines are a formula (profiles/README.md), with prefill
+  added to every iteration that admits a sequence; the large saturation batches
+  (150-190 sequences) make small engines hard to saturate. Measured profiles
+  (`python -m aragog_jax.profile`) would change the absolute numbers.
 """
 
 

@@ -11,7 +11,8 @@ Policies (``POLICIES``):
 * ``per_input``: the cheapest accurate configuration by FLOPs (oracle), fixed at
   arrival, no routing time.
 * ``per_workflow``: one configuration for every request: the cheapest whose test
-  accuracy matches ``c_max`` within ``workflow_tolerance``.
+  accuracy matches ``c_max`` within ``workflow_tolerance`` (default 0.02, the same
+  2-point budget Aragog's accuracy is judged by).
 
 Workload: Poisson (or gamma) arrivals during ``duration_s`` (default 60 s); each run
 continues until every request finished or the horizon (default 2 x duration).
@@ -81,7 +82,7 @@ class SweepConfig:
     route_cost_s: float | None = None  # None: measured from the router
     poll_interval_s: float = 0.0
     horizon_s: float | None = None  # None: 2 x duration_s
-    workflow_tolerance: float = 0.0
+    workflow_tolerance: float = 0.02  # per_workflow: same 2-point budget Aragog is held to
     router: str | None = None  # checkpoint path; None: the shipped one if present; "oracle": none
 
 
