@@ -174,6 +174,7 @@ class Tally:
         self.latency: list[float] = []
         self.overhead: list[float] = []  # per stage dispatch
         self.queue: list[float] = []
+        self.routing: list[float] = []
         self.stages = 0
         self.sent = 0
         self.in_flight = 0
@@ -227,6 +228,7 @@ async def _request(http: aiohttp.ClientSession, url: str, text: str, tally: Tall
         tally.stages += n
         tally.overhead.append((rec["total_s"] - sum(s["run_s"] for s in rec["stages"])) / n)
         tally.queue.extend(s["queue_s"] for s in rec["stages"])
+        tally.routing.append(rec["routing_s"])
     else:
         tally.add({429: "rejected", 503: "unavailable", 504: "expired"}.get(status, f"failed_{status}"))
 
@@ -297,7 +299,18 @@ def summarize(name: str, tally: Tally, wall: float, server_cpu_s: float, **extra
         "latency_ms": _pct(tally.latency),
         "overhead_per_dispatch_ms": _pct(tally.overhead),
         "stage_queue_ms": _pct(tally.queue),
+        "routing_ms": _pct(tally.routing),
     }
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.machine()
 
 
 def _git_sha() -> str:
@@ -320,6 +333,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--loop", default="auto", choices=["auto", "asyncio", "uvloop"], help="the server's event loop (default auto)")
     ap.add_argument("--quick", action="store_true", help="2-second phases, one fake rate")
+    ap.add_argument("--phases", default="fake,closed_instant,closed_delayed,emulated", help="which phases to run (default all)")
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "serve_load.json")
     ap.add_argument("--engine-delay-s", type=float, default=0.2,
                     help="fake-engine reply delay of the 'closed_delayed' phase, sized so that --concurrency clients "
@@ -335,6 +349,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.quick:
         args.duration_s, args.rates = 2.0, args.rates.split(",")[0]
     rates = [float(r) for r in args.rates.split(",") if r]
+    phases = set(args.phases.split(","))
+    unknown = phases - {"fake", "closed_instant", "closed_delayed", "emulated"}
+    if unknown:
+        ap.error(f"unknown phases {sorted(unknown)}")
     hang_after = args.deadline_s + 15.0
     models = _family_models("qwen")
     results = []
@@ -343,7 +361,8 @@ def main(argv: list[str] | None = None) -> int:
         # The fake engines answer without computing but carry the H100 profiles' slot
         # counts, so the scheduler sees the capacity of the real fleet.
         profile_of = _profiles_by_model()
-        for delay in (0.0, args.engine_delay_s):
+        delays = [d for d, ph in ((0.0, ("fake", "closed_instant")), (args.engine_delay_s, ("closed_delayed",))) if set(ph) & phases]
+        for delay in delays:
             fakes, lines = _spawn([sys.executable, __file__, "--_fake-engines", ",".join(models), "--_delay", str(delay)], r"^ready")
             try:
                 engines = [(f"fake-{i}", ln.split()[1], ln.split()[0], profile_of[ln.split()[1]]) for i, ln in enumerate(lines[:-1])]
@@ -351,11 +370,13 @@ def main(argv: list[str] | None = None) -> int:
                 server, url = _start_server(fleet)
                 try:
                     asyncio.run(poisson(url, 20.0, 1.0, 20, args.seed, hang_after))  # warm-up, not reported
-                    if delay == 0.0:
+                    if delay == 0.0 and "fake" in phases:
                         for i, rate in enumerate(rates):
                             tally, wall, cpu = _measured(lambda: asyncio.run(poisson(url, rate, args.duration_s, args.max_requests, args.seed + i, hang_after)), server.pid)  # noqa: B023
                             results.append(summarize("fake", tally, wall, cpu, rate=rate, engine_delay_s=delay))
                             print(json.dumps(results[-1]), flush=True)
+                    if delay == 0.0 and "closed_instant" not in phases:
+                        continue
                     tally, wall, cpu = _measured(lambda: asyncio.run(closed_loop(url, args.concurrency, args.duration_s, args.max_requests, args.seed, hang_after)), server.pid)  # noqa: B023
                     name = "closed_instant" if delay == 0.0 else "closed_delayed"
                     results.append(summarize(name, tally, wall, cpu, concurrency=args.concurrency, engine_delay_s=delay))
@@ -367,23 +388,30 @@ def main(argv: list[str] | None = None) -> int:
         fleet_file = PROFILES / "fleets" / "qwen_4gpu.toml"
         from aragog_jax.spec import load_fleet
 
-        emu = [(e.name, e.model, "", str((fleet_file.parent / e.profile).resolve())) for e in load_fleet(fleet_file).engine]
-        fleet = _write_fleet(tmp, emu, max_queue=args.max_queue, deadline_s=args.deadline_s, time_scale=10.0)
-        server, url = _start_server(fleet)
+        if "emulated" not in phases:
+            fleet_file = None
+
+        emu = [(e.name, e.model, "", str((fleet_file.parent / e.profile).resolve())) for e in load_fleet(fleet_file).engine] if fleet_file else []
+        server = None
+        if emu:
+            fleet = _write_fleet(tmp, emu, max_queue=args.max_queue, deadline_s=args.deadline_s, time_scale=10.0)
+            server, url = _start_server(fleet)
         try:
-            asyncio.run(poisson(url, 5.0, 1.0, 5, args.seed, hang_after))
-            for factor in (1.0, args.overload):
+            if server is not None:
+                asyncio.run(poisson(url, 5.0, 1.0, 5, args.seed, hang_after))
+            for factor in (1.0, args.overload) if server is not None else ():
                 rate = args.emulated_rate * factor
                 tally, wall, cpu = _measured(lambda: asyncio.run(poisson(url, rate, args.duration_s, args.max_requests, args.seed + 7, hang_after)), server.pid)  # noqa: B023
                 # The server process also runs the emulated engines: its CPU includes theirs.
                 results.append(summarize("emulated", tally, wall, cpu, rate=rate, load_factor=factor))
                 print(json.dumps(results[-1]), flush=True)
         finally:
-            _stop(server)
+            if server is not None:
+                _stop(server)
     doc = {
         "benchmark": "serve_load",
         "git_sha": _git_sha(),
-        "device": f"{platform.machine()} {platform.processor() or ''} {os.cpu_count()} CPUs (shared)".strip(),
+        "device": f"{_cpu_model()}, {os.cpu_count()} CPUs shared with other jobs",
         "python": platform.python_version(),
         "workflow": WORKFLOW,
         "settings": {k: v for k, v in vars(args).items() if k not in ("out", "fake_engines")} | {"out": str(args.out)},

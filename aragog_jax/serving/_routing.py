@@ -1,9 +1,12 @@
-"""Routing at serve time: one batching worker per workflow, off the event loop.
+"""Routing at serve time: one batching worker per workflow.
 
-Requests that arrive while a routing call is running are batched into the next call
-(the router pads to its compiled buckets), so routing never blocks the event loop and
-costs one compiled call per batch rather than per request. A workflow without a router
-admits every servable configuration (logged once at start-up).
+Requests that arrive in the same event-loop turn (or while a routing call is running)
+are batched into one call; the router pads to its compiled buckets, so a batch costs
+one compiled call. A router whose featuriser is local arithmetic (hashed n-grams:
+tens of microseconds per batch) runs on the event loop, where a thread hop would cost
+more than the call; one whose featuriser calls an embeddings endpoint runs in a worker
+thread so the loop keeps dispatching. A workflow without a router admits every
+servable configuration (logged once at start-up).
 """
 
 from __future__ import annotations
@@ -30,16 +33,47 @@ class RouterWorker:
         self.wf = wf
         self._pending: list[tuple[str, asyncio.Future]] = []
         self._task: asyncio.Task | None = None
+        self._flush_scheduled = False
+        self.in_thread = wf.router is not None and _needs_thread(wf.router)
 
     async def route(self, text: str) -> Routed:
         wf = self.wf
         if wf.router is None:
             return Routed(wf.servable, int(wf.space.num_configs), 0.0, "admit-all")
-        fut = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        fut = loop.create_future()
         self._pending.append((text, fut))
-        if self._task is None or self._task.done():
-            self._task = asyncio.get_running_loop().create_task(self._drain())
+        if not self.in_thread:
+            if not self._flush_scheduled:
+                self._flush_scheduled = True
+                loop.call_soon(self._flush)
+        elif self._task is None or self._task.done():
+            self._task = loop.create_task(self._drain())
         return await fut
+
+    def _flush(self) -> None:
+        self._flush_scheduled = False
+        batch, self._pending = self._pending, []
+        if batch:
+            self._deliver(batch, self.wf.router.route_texts)
+
+    def _deliver(self, batch, call) -> None:
+        t0 = time.perf_counter()
+        try:
+            res = call([t for t, _ in batch])
+        except Exception as exc:  # noqa: BLE001 - handed to every waiting request
+            for _, fut in batch:
+                if not fut.done():
+                    fut.set_exception(exc)
+            return
+        self._resolve(batch, res, time.perf_counter() - t0)
+
+    def _resolve(self, batch, res, elapsed: float) -> None:
+        mask = np.asarray(res.mask, dtype=bool)
+        for i, (_, fut) in enumerate(batch):
+            if not fut.done():
+                row = mask[i]
+                fut.set_result(Routed(row & self.wf.servable, int(row.sum()), elapsed, "trained"))
 
     async def _drain(self) -> None:
         loop = asyncio.get_running_loop()
@@ -54,9 +88,13 @@ class RouterWorker:
                     if not fut.done():
                         fut.set_exception(exc)
                 continue
-            elapsed = time.perf_counter() - t0
-            mask = np.asarray(res.mask, dtype=bool)
-            for i, (_, fut) in enumerate(batch):
-                if not fut.done():
-                    row = mask[i]
-                    fut.set_result(Routed(row & self.wf.servable, int(row.sum()), elapsed, "trained"))
+            self._resolve(batch, res, time.perf_counter() - t0)
+
+
+def _needs_thread(router) -> bool:
+    """True when routing may block on I/O (an embeddings endpoint)."""
+    try:
+        from aragog_jax.router import EmbeddingsFeaturizer
+    except ImportError:
+        return True
+    return isinstance(getattr(router, "featurizer", None), EmbeddingsFeaturizer)

@@ -266,3 +266,55 @@ def test_receipt_rounds_replay_to_the_same_decision(tmp_path):
     run_id = body["id"]
     assert any(a["request"] == run_id for a in first["decision"]["assignments"])
     assert missing == 404
+
+
+def test_trained_router_masks_configurations(tmp_path):
+    from aragog_jax.router import shipped_router
+    from aragog_jax.spec import PROFILES_DIR
+
+    ckpt = shipped_router("self_refine_humaneval", "qwen")
+    if not ckpt.exists():
+        pytest.skip(f"no shipped router at {ckpt}")
+    models = ["Qwen2.5-7B-Instruct", "Qwen2.5-14B-Instruct", "Qwen2.5-32B-Instruct"]
+
+    async def go():
+        fakes = [FakeEngine(m) for m in models]
+        srvs = [LoopbackServer(f.app) for f in fakes]
+        urls = [await s.start() for s in srvs]
+        lines = ['family = "qwen"', f'models = "{PROFILES_DIR / "models.toml"}"',
+                 f'workflows = ["{PROFILES_DIR / "workflows" / "self_refine_humaneval.toml"}"]',
+                 "[routers]", f'self_refine_humaneval = "{ckpt}"']  # fmt: skip
+        for i, (m, u) in enumerate(zip(models, urls)):
+            lines += ["[[engine]]", f'name = "e{i}"', f'model = "{m}"', f'url = "{u}"']
+        lines += ["[server]", "port = 0"]
+        path = tmp_path / "fleet.toml"
+        path.write_text("\n".join(lines) + "\n")
+        fleet = load_runtime(path, router_buckets=(1, 8))
+        s = Server(fleet, ServeOptions(warm_up=False))
+        url = await s.start()
+        try:
+            async with aiohttp.ClientSession(base_url=url) as http:
+                async def one(text):
+                    async with http.post("/v1/workflows/self_refine_humaneval/runs", json={"input": text}) as r:
+                        return r.status, await r.json()
+
+                res = await asyncio.gather(*(one(f"def f{i}(x): return x + {i}") for i in range(10)))
+                async with http.get("/ready") as r:
+                    ready = await r.json()
+            return res, ready, fleet.workflows["self_refine_humaneval"].router
+        finally:
+            await s.stop(drain_s=0.5)
+            for srv in srvs:
+                await srv.stop()
+
+    res, ready, router = asyncio.run(go())
+    assert ready["routers"] == {"self_refine_humaneval": "compiled"}
+    assert all(st == 200 for st, _ in res)
+    for (_, body), i in zip(res, range(10)):
+        rec = body["receipt"]
+        assert rec["router"] == "trained" and rec["routing_s"] > 0
+        expected = router.route_texts([f"def f{i}(x): return x + {i}"]).mask[0]
+        assert rec["num_admitted"] == int(expected.sum())
+        # The configuration that ran is one the router admitted.
+        idx = router.space.index_of(rec["configuration"])
+        assert expected[idx]
