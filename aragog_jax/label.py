@@ -20,7 +20,8 @@ The dataset file is JSONL: the input text in ``input`` (or ``text``/``question``
 ``--text-field``), optional ``id`` and ``split``, plus whatever the scorer reads (the
 shipped scorers read ``answer`` or ``answers``). Scorers:
 ``aragog_jax.data.scorers:exact_match``, ``aragog_jax.data.scorers:contains_answer``, or
-any importable ``(input_row: dict, output_text: str) -> float`` in [0, 1].
+any ``module:function`` or ``path/to/file.py:function`` taking
+``(input_row: dict, output_text: str)`` and returning a float in [0, 1].
 """
 
 from __future__ import annotations
@@ -56,7 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workflow", type=Path, required=True, help="workflow TOML")
     p.add_argument("--fleet", type=Path, required=True, help="fleet TOML: engines (url, served model), model catalog, family")
     p.add_argument("--dataset", type=Path, required=True, help="JSONL inputs (input/text/question, optional id, split, answer)")
-    p.add_argument("--scorer", required=True, help="module:function, e.g. aragog_jax.data.scorers:exact_match")
+    p.add_argument("--scorer", required=True, help="module:function or file.py:function, e.g. aragog_jax.data.scorers:exact_match")
     p.add_argument("--out", type=Path, required=True, help="output dataset directory (also the resume cache)")
     p.add_argument("--sample", type=int, default=None, help="label a seeded sample of K configurations (c_max always in)")
     p.add_argument("--family", default="", help="model family (default: the fleet's)")

@@ -33,6 +33,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import importlib
+import importlib.util
 import json
 import time
 from collections.abc import Callable
@@ -196,14 +197,25 @@ def load_inputs(path: str | Path, *, text_field: str = "", split_fractions=(0.6,
 
 
 def load_scorer(spec: str) -> Scorer:
-    """``module:function`` -> the function (AragogError naming what is wrong)."""
-    mod_name, sep, fn_name = spec.partition(":")
+    """``module:function`` or ``path/to/file.py:function`` -> the function (AragogError naming what is wrong)."""
+    mod_name, sep, fn_name = spec.rpartition(":")
     if not sep or not mod_name or not fn_name:
         raise AragogError(f"scorer {spec!r}: expected module:function, e.g. aragog_jax.data.scorers:exact_match")
-    try:
-        mod = importlib.import_module(mod_name)
-    except ImportError as exc:
-        raise AragogError(f"scorer {spec!r}: cannot import {mod_name!r}: {exc}") from exc
+    if mod_name.endswith(".py"):  # a file: path/to/my_scorer.py:function
+        path = Path(mod_name)
+        if not path.is_file():
+            raise AragogError(f"scorer {spec!r}: file {path} not found")
+        mspec = importlib.util.spec_from_file_location(f"_aragog_scorer_{path.stem}", path)
+        mod = importlib.util.module_from_spec(mspec)
+        try:
+            mspec.loader.exec_module(mod)
+        except Exception as exc:  # noqa: BLE001 - the user's file: say which
+            raise AragogError(f"scorer {spec!r}: cannot load {path}: {type(exc).__name__}: {exc}") from exc
+    else:
+        try:
+            mod = importlib.import_module(mod_name)
+        except ImportError as exc:
+            raise AragogError(f"scorer {spec!r}: cannot import {mod_name!r}: {exc}") from exc
     fn = getattr(mod, fn_name, None)
     if not callable(fn):
         raise AragogError(f"scorer {spec!r}: {mod_name} has no function {fn_name!r}")
@@ -476,7 +488,9 @@ class Labeller:
             label_rows.append(labelled)
             token_rows.append(toks)
         if not rows_kept:
-            raise AragogError(f"no input could be labelled (c_max failed on all {len(self.inputs)}); see {self.out / 'failures.jsonl'}")
+            first = next((f["error"] for f in failures if f["config"] == space.c_max), "?")
+            raise AragogError(f"no input could be labelled: c_max failed on all {len(self.inputs)} inputs (first error: "
+                              f"{first}); see {self.out / 'failures.jsonl'} and config_failures.jsonl")  # fmt: skip
         meta = {
             "workflow": space.workflow,
             "family": self.family,

@@ -152,9 +152,15 @@ def test_scorers():
     with pytest.raises(DatasetError, match="answer"):
         exact_match({"id": 3}, "x")
     assert load_scorer("aragog_jax.data.scorers:exact_match") is exact_match
-    for bad in ("nocolon", "no_such_module_xyz:f", "aragog_jax.data.scorers:nope"):
+    for bad in ("nocolon", "/no/such/file.py:f", "no_such_module_xyz:f", "aragog_jax.data.scorers:nope"):
         with pytest.raises(AragogError, match="scorer"):
             load_scorer(bad)
+
+
+def test_scorer_from_a_file(tmp_path):
+    (tmp_path / "my_scorer.py").write_text("def score(row, out):\n    return 1.0 if row['answer'] in out else 0.0\n")
+    fn = load_scorer(f"{tmp_path / 'my_scorer.py'}:score")
+    assert fn({"answer": "a"}, "cat") == 1.0
 
 
 def _write_rows(path, n, extra=None):
