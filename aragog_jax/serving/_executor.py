@@ -277,6 +277,7 @@ class Executor:
                 res = await st.client.chat(self._prompt(run, sid), max_tokens=max(1, stage.output_tokens), seed=next(self._seed) % 2**31, timeout_s=timeout)
             finally:
                 st.in_flight -= 1
+                st.num_returned += 1
         except asyncio.CancelledError:
             self.sched.release(run.id, sid, a.engine)
             raise

@@ -10,11 +10,13 @@
    sends it: a fresher ``num_requests_waiting`` and KV usage than the last scrape.
 
 The rule (:meth:`EngineLoadState.snapshot`): with a fresh scrape (younger than
-``stale_after_s``), ``running = max(scraped running, own in-flight)`` bounded by what
-the scrape saw in total, and ``waiting`` from the newest of scrape and ORCA, plus own
-in-flight beyond what the scrape saw (dispatched after it). With a stale or missing
-scrape, the engine's load is the own in-flight count alone. An engine whose breaker is
-open has zero slots.
+``stale_after_s``), the engine holds what the scrape saw (running + waiting) plus this
+server's dispatches since the scrape minus its requests that returned since, and never
+less than the own in-flight count. Between scrapes the count therefore follows this
+server's own traffic exactly, so a finished stage frees a slot at once instead of at
+the next scrape. An ORCA report newer than the scrape raises ``waiting`` to what it
+says and gives the KV usage. With a stale or missing scrape, the engine's load is the
+own in-flight count alone. An engine whose breaker is open has zero slots.
 
 The monitor also probes ``/health`` (the breaker's half-open probe) and calls
 ``on_change`` when an engine's health flips or its scraped load changes, which
@@ -72,16 +74,18 @@ class ScrapedLoad:
     waiting: float | None
     kv_usage: float | None
     at: float
+    dispatched_at: int = 0  # own dispatch / return counters when the scrape was sent
+    returned_at: int = 0
 
     @classmethod
-    def from_gauges(cls, g: dict[str, float], at: float) -> ScrapedLoad:
+    def from_gauges(cls, g: dict[str, float], at: float, dispatched_at: int = 0, returned_at: int = 0) -> ScrapedLoad:
         def first(names: tuple[str, ...]) -> float | None:
             for n in names:
                 if n in g:
                     return g[n]
             return None
 
-        return cls(first(RUNNING_NAMES), first(WAITING_NAMES), first(KV_NAMES), at)
+        return cls(first(RUNNING_NAMES), first(WAITING_NAMES), first(KV_NAMES), at, dispatched_at, returned_at)
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,7 +116,8 @@ class EngineLoadState:
         self.scraped: ScrapedLoad | None = None
         self.orca: OrcaReport | None = None
         self.scrape_errors = 0
-        self.num_dispatched = 0
+        self.num_dispatched = 0  # own requests sent to the engine (monotonic)
+        self.num_returned = 0  # own requests that came back, however they ended (monotonic)
 
     def snapshot(self, now: float, stale_after_s: float) -> EngineLoad:
         cap = self.breaker.slots(now)
@@ -120,19 +125,18 @@ class EngineLoadState:
         sc = self.scraped
         age = now - sc.at if sc is not None else float("inf")
         if sc is not None and age <= stale_after_s and sc.running is not None:
-            seen = sc.running + (sc.waiting or 0.0)
-            waiting = sc.waiting or 0.0
+            since = (self.num_dispatched - sc.dispatched_at) - (self.num_returned - sc.returned_at)
+            total = max(float(self.in_flight), sc.running + (sc.waiting or 0.0) + since)
+            running = min(total, max(sc.running, float(self.in_flight)))
+            waiting = total - running
             kv = sc.kv_usage if sc.kv_usage is not None else -1.0
             source = "metrics"
             if self.orca is not None and self.orca.at > sc.at and now - self.orca.at <= stale_after_s:
                 if self.orca.waiting is not None:
-                    waiting = self.orca.waiting
+                    waiting = max(waiting, self.orca.waiting)
                 if self.orca.kv_usage is not None:
                     kv = self.orca.kv_usage
                 source = "metrics+orca"
-            running = max(sc.running, float(min(self.in_flight, max(seen, 0.0))))
-            # Own requests the scrape could not have seen yet queue behind the others.
-            waiting += max(0.0, self.in_flight - seen)
             return EngineLoad(self.name, self.model, int(running), int(round(waiting)), kv, self.in_flight, healthy, cap, source, age)
         return EngineLoad(self.name, self.model, self.in_flight, 0, -1.0, self.in_flight, healthy, cap, "in_flight", age)
 
@@ -194,6 +198,7 @@ class LoadMonitor:
         now = time.monotonic()
         before = st.breaker.poll(now)
         old = st.scraped
+        d0, r0 = st.num_dispatched, st.num_returned
         try:
             text = await st.client.metrics_text()
         except UpstreamError as exc:
@@ -210,7 +215,7 @@ class LoadMonitor:
                 log.warning("engine %s recovered", st.name)
             return st.breaker.state != before
         now = time.monotonic()
-        st.scraped = ScrapedLoad.from_gauges(parse_gauges(text), now)
+        st.scraped = ScrapedLoad.from_gauges(parse_gauges(text), now, d0, r0)
         if before is not BreakerState.CLOSED:
             # The scrape answered, so the engine is up; confirm with /health.
             try:

@@ -44,22 +44,27 @@ def test_reply_is_deterministic_and_counts_tokens():
 
 
 def test_timing_follows_profile_and_batches_concurrently():
-    # 50 tokens x 10 ms / time_scale 10 = 50 ms of wall time per request at least.
+    # 50 tokens x 100 ms / time_scale 10 = 0.5 s of wall time per request at least.
     async def fn(eng, c):
         t0 = time.monotonic()
         await c.chat("x", max_tokens=50)
         one = time.monotonic() - t0
         tasks = [asyncio.create_task(c.chat(f"p{i}", max_tokens=50)) for i in range(6)]
-        await asyncio.sleep(0.02)
-        g = parse_gauges(await c.metrics_text())
+        seen = []
+        for _ in range(200):  # until the batch has formed (bounded: 2 s of polling)
+            g = parse_gauges(await c.metrics_text())
+            seen.append((g["vllm:num_requests_running"], g["vllm:num_requests_waiting"]))
+            if seen[-1] == (4.0, 2.0):
+                break
+            await asyncio.sleep(0.01)
         await asyncio.gather(*tasks)
         g_after = parse_gauges(await c.metrics_text())
-        return one, g, g_after
+        return one, seen, g_after
 
-    one, g, g_after = asyncio.run(_run(fn))
-    assert one >= 0.05
+    one, seen, g_after = asyncio.run(_run(fn, base=0.1))
+    assert one >= 0.5
     # saturation_batch 4: four run, two wait.
-    assert g["vllm:num_requests_running"] == 4.0 and g["vllm:num_requests_waiting"] == 2.0
+    assert seen[-1] == (4.0, 2.0), seen
     assert g_after["vllm:num_requests_running"] == 0.0 and g_after["vllm:num_requests_waiting"] == 0.0
 
 

@@ -46,9 +46,17 @@ def test_snapshot_fresh_stale_and_orca():
     st.scraped = ScrapedLoad(running=4.0, waiting=1.0, kv_usage=0.3, at=10.0)
     fresh = st.snapshot(10.5, stale_after_s=1.0)
     assert (fresh.running, fresh.waiting, fresh.source, fresh.kv_usage) == (4, 1, "metrics", 0.3)
-    # Own in-flight beyond what the scrape saw queues behind it.
-    st.in_flight = 8
-    assert st.snapshot(10.5, 1.0).waiting == 1 + 3
+    # Own traffic since the scrape is counted at once: 3 sent, 1 back.
+    st.num_dispatched += 3
+    st.num_returned += 1
+    moved = st.snapshot(10.5, 1.0)
+    assert moved.running + moved.waiting == 4 + 1 + 2
+    # A stage that returns frees its slot before the next scrape.
+    st.num_returned += 2
+    assert sum((lambda x: (x.running, x.waiting))(st.snapshot(10.5, 1.0))) == 5
+    # Never less than what this server itself has in flight.
+    st.in_flight = 9
+    assert sum((lambda x: (x.running, x.waiting))(st.snapshot(10.5, 1.0))) == 9
     st.in_flight = 2
     st.orca = OrcaReport(waiting=7.0, kv_usage=0.9, at=10.4)
     o = st.snapshot(10.5, 1.0)
