@@ -175,6 +175,7 @@ class Tally:
         self.overhead: list[float] = []  # per stage dispatch
         self.queue: list[float] = []
         self.routing: list[float] = []
+        self.run: list[float] = []
         self.stages = 0
         self.sent = 0
         self.in_flight = 0
@@ -229,6 +230,7 @@ async def _request(http: aiohttp.ClientSession, url: str, text: str, tally: Tall
         tally.overhead.append((rec["total_s"] - sum(s["run_s"] for s in rec["stages"])) / n)
         tally.queue.extend(s["queue_s"] for s in rec["stages"])
         tally.routing.append(rec["routing_s"])
+        tally.run.extend(s["run_s"] for s in rec["stages"])
     else:
         tally.add({429: "rejected", 503: "unavailable", 504: "expired"}.get(status, f"failed_{status}"))
 
@@ -300,6 +302,7 @@ def summarize(name: str, tally: Tally, wall: float, server_cpu_s: float, **extra
         "overhead_per_dispatch_ms": _pct(tally.overhead),
         "stage_queue_ms": _pct(tally.queue),
         "routing_ms": _pct(tally.routing),
+        "stage_run_ms": _pct(tally.run),  # dispatched -> engine reply (engine time + HTTP)
     }
 
 
