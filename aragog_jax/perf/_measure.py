@@ -15,16 +15,19 @@ The sweep (every phase bounded in time and request count, progress on a callback
    its decode span ``[first token, last token]`` and clipped to the window: all n
    workers are busy throughout it, so the engine holds exactly n sequences).
    TTFT and inter-token latency are medians over the level's streamed requests.
-3. **Fit.** The decode iteration time at batch n is ``n / tput(n)`` minus the prefill
-   share ``n * P / (G * prefill_tokens_per_s)``; a least-squares line
-   ``decode_base_s + decode_per_seq_s * n`` through those points (both >= 0). The
-   sweep holds context per sequence fixed, so the context term cannot be separated
-   from the per-sequence term: ``decode_per_ctx_token_s`` is 0 and the per-sequence
-   term holds the cost of ``P + G / 2`` context tokens (stated in the notes).
+3. **Fit.** The decode iteration time at batch n comes from the level's median latency
+   minus the prefill probe's (see :func:`iteration_points`), which keeps the fixed
+   per-request overhead out of it; a least-squares line ``decode_base_s +
+   decode_per_seq_s * n`` through those points (both >= 0). Levels where the engine's
+   running gauge stayed below n (its batch limit: it queued) are left out. The sweep
+   holds context per sequence fixed, so the context term cannot be separated from the
+   per-sequence term: ``decode_per_ctx_token_s`` is 0 and the per-sequence term holds
+   the cost of ``P + G / 2`` context tokens (stated in the notes).
 4. **Saturation batch**: the smallest swept n whose throughput is within
    ``saturation_margin`` (default 10%, the derived profiles' margin) of the highest
    throughput measured: past it, adding sequences raises throughput by less than the
-   margin while every sequence slows down.
+   margin while every sequence slows down. Capped by the most sequences the engine was
+   seen running, so the simulator never batches more than the engine does.
 
 KV capacity comes from vLLM's ``vllm:cache_config_info`` gauge (``num_gpu_blocks`` x
 ``block_size``) when the engine exports it, else from ``kv_capacity_tokens`` in the
@@ -129,6 +132,14 @@ class LevelResult:
     latency_p50_s: float
     mean_prompt_tokens: float
     mean_completion_tokens: float
+    streamed_share: float = 0.0  # share of requests whose tokens arrived spread out (not in one burst)
+    max_running: float = -1.0  # engine gauge (vLLM/SGLang) seen during the level; -1: not exported
+    max_waiting: float = -1.0
+
+    @property
+    def queued(self) -> bool:
+        """The engine held fewer sequences than the level sent: it was queueing, not batching."""
+        return self.max_running >= 0 and self.max_running < self.concurrency
 
 
 @dataclass
@@ -285,27 +296,38 @@ def _median(xs: list[float]) -> float:
     return float(statistics.median(xs)) if xs else 0.0
 
 
-def fit_decode(levels: list[LevelResult], prompt_tokens: float, output_tokens: float, prefill_rate: float) -> tuple[float, float]:
-    """(decode_base_s, decode_per_seq_s) >= 0 from the sweep (see the module docstring).
+def iteration_points(levels: list[LevelResult], probe_latency_s: float, prefill_rate: float) -> list[tuple[int, float]]:
+    """(n, decode iteration seconds at batch n) from each level's median latency.
 
-    Levels past saturation (throughput no longer rising) are left out: there the engine
-    queues instead of batching, so ``n / tput(n)`` is not an iteration time.
+    A level's request (prompt P, G output tokens) takes ``L(n) = overhead + P / rate + G
+    iterations + the prefills of the n - 1 other requests interleaved with it``, and the
+    prefill probe (same prompt, one token) took ``overhead + P / rate + 1 iteration``:
+    ``t(n) = (L(n) - L_probe - (n - 1) P / rate) / (G - 1)``. Measuring from latency,
+    not from closed-loop throughput, keeps the fixed per-request overhead (HTTP,
+    tokenisation; outside the engine loop) out of the iteration time. Levels where the
+    engine queued (its running gauge stayed below n) or past the first level at peak
+    throughput (when the engine exports no gauge) are left out.
     """
     best = max(lv.tokens_per_s for lv in levels)
     pts = []
     for lv in levels:
-        if lv.tokens_per_s <= 0:
+        if lv.queued or lv.mean_completion_tokens < 2:
             continue
-        t_iter = lv.concurrency / lv.tokens_per_s - lv.concurrency * prompt_tokens / (output_tokens * prefill_rate)
-        pts.append((lv.concurrency, max(t_iter, 1e-6), lv.tokens_per_s))
-        if lv.tokens_per_s >= best * 0.999:
-            break  # the first level at peak ends the batching regime
-    if not pts:
+        t = (lv.latency_p50_s - probe_latency_s - (lv.concurrency - 1) * lv.mean_prompt_tokens / prefill_rate)
+        pts.append((lv.concurrency, max(t / (lv.mean_completion_tokens - 1), 1e-6)))
+        if lv.max_running < 0 and lv.tokens_per_s >= best * 0.999:
+            break  # no gauge: the first level at peak ends the batching regime
+    return pts
+
+
+def fit_decode(points: list[tuple[int, float]]) -> tuple[float, float]:
+    """(decode_base_s, decode_per_seq_s) >= 0: least squares ``t(n) = base + per_seq * n``."""
+    if not points:
         raise AragogError("no concurrency level produced tokens; is the engine generating?")
-    if len(pts) == 1:
-        return pts[0][1], 0.0
-    x = np.array([p[0] for p in pts], dtype=np.float64)
-    y = np.array([p[1] for p in pts], dtype=np.float64)
+    if len(points) == 1:
+        return points[0][1], 0.0
+    x = np.array([p[0] for p in points], dtype=np.float64)
+    y = np.array([p[1] for p in points], dtype=np.float64)
     slope, intercept = np.polyfit(x, y, 1)
     if slope < 0:  # iteration time cannot fall with the batch: constant model
         return float(y.mean()), 0.0
@@ -315,8 +337,12 @@ def fit_decode(levels: list[LevelResult], prompt_tokens: float, output_tokens: f
 
 
 def saturation_batch(levels: list[LevelResult], margin: float) -> int:
+    """Smallest level within ``margin`` of the best throughput, capped by the most sequences
+    the engine was seen running (its batch limit, when it exports the gauge)."""
     peak = max(lv.tokens_per_s for lv in levels)
-    return next(lv.concurrency for lv in levels if lv.tokens_per_s >= (1.0 - margin) * peak)
+    sat = next(lv.concurrency for lv in levels if lv.tokens_per_s >= (1.0 - margin) * peak)
+    seen = max(lv.max_running for lv in levels)
+    return max(1, min(sat, int(seen))) if seen >= 1 else sat
 
 
 def _sig(x: float, digits: int = 6) -> float:
@@ -377,7 +403,33 @@ class Profiler:
                 last_end = r.end
             return last_end
 
-        ends = await asyncio.gather(*(worker() for _ in range(n)))
+        gauges = {"running": -1.0, "waiting": -1.0}
+
+        async def watch() -> None:
+            from aragog_jax.serving._monitor import parse_gauges
+
+            while True:
+                try:
+                    g = parse_gauges(await self.client.metrics_text())
+                except UpstreamError:
+                    return
+                run = g.get("vllm:num_requests_running", g.get("sglang:num_running_reqs"))
+                wait = g.get("vllm:num_requests_waiting", g.get("sglang:num_queue_reqs"))
+                if run is None:
+                    return
+                gauges["running"] = max(gauges["running"], run)
+                gauges["waiting"] = max(gauges["waiting"], wait or 0.0)
+                await asyncio.sleep(0.2)
+
+        watcher = asyncio.get_running_loop().create_task(watch())
+        try:
+            ends = await asyncio.gather(*(worker() for _ in range(n)))
+        finally:
+            watcher.cancel()
+            try:
+                await watcher
+            except asyncio.CancelledError:
+                pass
         # Every worker is busy until its last request ends: the engine holds n sequences
         # until the first worker runs out of work. That is the window.
         t1 = min(ends)
@@ -396,6 +448,9 @@ class Profiler:
             latency_p50_s=_median([r.end - r.start for r in done]),
             mean_prompt_tokens=float(np.mean([r.prompt_tokens for r in done])),
             mean_completion_tokens=float(np.mean([r.completion_tokens for r in done])),
+            streamed_share=len(itls) / len(done),
+            max_running=gauges["running"],
+            max_waiting=gauges["waiting"],
         )
 
     async def run(self) -> tuple[EngineProfile, ProfileReport]:
@@ -434,14 +489,15 @@ class Profiler:
                 self.progress(
                     f"concurrency {n:4d}: {lv.tokens_per_s:9.1f} tokens/s  ttft p50 {1e3 * lv.ttft_p50_s:7.1f} ms  "
                     f"itl p50 {1e3 * lv.itl_p50_s:6.2f} ms  latency p50 {lv.latency_p50_s:6.3f} s  "
-                    f"({lv.num_requests} requests in {lv.window_s:.1f} s)"
+                    f"({lv.num_requests} requests in {lv.window_s:.1f} s"
+                    + (f", engine ran <= {lv.max_running:.0f}, queued <= {lv.max_waiting:.0f})" if lv.max_running >= 0 else ")")
                 )
         finally:
             await self.client.close()
 
         p_tok = levels[0].mean_prompt_tokens or float(s.prompt_tokens)
         g_tok = levels[0].mean_completion_tokens or float(s.output_tokens)
-        base, per_seq = fit_decode(levels, p_tok, g_tok, prefill_rate)
+        base, per_seq = fit_decode(iteration_points(levels, short_lat, prefill_rate))
         t1 = base + per_seq
         overhead = max(0.0, short_lat - t1 - short_p / prefill_rate)
         sat = saturation_batch(levels, s.saturation_margin)
@@ -452,15 +508,19 @@ class Profiler:
             kv = max(1 << 20, 4 * max(s.concurrency) * int(p_tok * s.probe_long_factor + g_tok))
             kv_source = "placeholder (engine does not export vllm:cache_config_info)"
         date = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
-        ttft1 = levels[0].ttft_p50_s if levels[0].concurrency == 1 else short_lat
-        itl1 = levels[0].itl_p50_s or t1
+        # Engines that deliver a stream in one burst at the end (vLLM CPU does) give no TTFT
+        # or ITL on the wire: then TTFT is the one-token probe's latency and ITL the fit's t(1).
+        streamed = levels[0].concurrency == 1 and levels[0].streamed_share >= 0.5
+        ttft1 = levels[0].ttft_p50_s if streamed else short_lat
+        itl1 = levels[0].itl_p50_s if streamed else t1
         notes = (
             f"Measured by python -m aragog_jax.profile against {self.client.url} on {date}: concurrency "
             f"{list(s.concurrency)}, ~{p_tok:.0f} prompt + {g_tok:.0f} output tokens per request, "
             f"saturation margin {s.saturation_margin:g}. decode_per_seq_s includes the context of "
             f"{p_tok + g_tok / 2:.0f} tokens per sequence (decode_per_ctx_token_s not separated). "
             f"Fixed per-request overhead outside the engine loop {1e3 * overhead:.1f} ms (not in the iteration model). "
-            f"KV capacity: {kv_source}."
+            f"KV capacity: {kv_source}. TTFT/ITL: "
+            + ("streamed (median at concurrency 1)." if streamed else "stream arrived in bursts: one-token probe latency / fitted t(1).")
         )
         profile = EngineProfile(
             model=self.model,

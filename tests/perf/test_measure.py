@@ -15,6 +15,7 @@ from aragog_jax.perf._measure import (
     ProfileSettings,
     Timed,
     fit_decode,
+    iteration_points,
     kv_capacity_from_metrics,
     measured_profile_to_toml,
     saturation_batch,
@@ -40,31 +41,40 @@ def test_window_tokens_spreads_tokens_over_decode_span():
     assert window_tokens([burst], 0.0, 2.0) == pytest.approx(20)
 
 
-def test_fit_decode_recovers_a_linear_iteration_time():
-    base, per_seq, P, G, rate = 0.01, 0.002, 100.0, 50.0, 1e5
-    levels = []
-    for n in (1, 2, 4, 8):
-        t = base + per_seq * n + n * P / (G * rate)  # iteration plus the prefill share
-        levels.append(_level(n, n / t))
-    b, s = fit_decode(levels, P, G, rate)
+def _lat_level(n, latency, tput=100.0, running=-1.0):
+    return LevelResult(n, 10, 1.0, tput, 0.01, 0.001, latency, 100.0, 51.0, max_running=running)
+
+
+def test_iteration_time_from_latency_minus_the_probe_recovers_a_line():
+    base, per_seq, rate, probe = 0.01, 0.002, 1e5, 0.05
+    # L(n) = probe + (G - 1) t(n) + (n - 1) P / rate with G = 51, P = 100.
+    levels = [_lat_level(n, probe + 50 * (base + per_seq * n) + (n - 1) * 100 / rate, running=n) for n in (1, 2, 4, 8)]
+    pts = iteration_points(levels, probe, rate)
+    b, s = fit_decode(pts)
     assert b == pytest.approx(base, rel=1e-6) and s == pytest.approx(per_seq, rel=1e-6)
 
 
-def test_fit_decode_stops_at_the_first_level_at_peak_and_never_goes_negative():
-    levels = [_level(1, 100.0), _level(2, 180.0), _level(4, 300.0), _level(8, 300.0), _level(16, 300.0)]
-    b, s = fit_decode(levels, 0.0, 50.0, 1e9)
-    assert b >= 0 and s >= 0
-    # Only 1, 2, 4 were used: the line goes through their iteration times closely.
-    assert b + 4 * s == pytest.approx(4 / 300.0, rel=0.15)
-    falling = [_level(1, 100.0), _level(2, 300.0), _level(4, 900.0)]  # superlinear: slope < 0
-    b, s = fit_decode(falling, 0.0, 50.0, 1e9)
+def test_queued_levels_are_left_out_and_the_fit_never_goes_negative():
+    levels = [_lat_level(1, 0.1, running=1), _lat_level(2, 0.12, running=2), _lat_level(4, 0.9, running=2)]
+    assert levels[2].queued and [n for n, _ in iteration_points(levels, 0.0, 1e9)] == [1, 2]
+    # No gauge: stop at the first level at peak throughput.
+    nog = [_lat_level(1, 0.1, 100.0), _lat_level(2, 0.12, 300.0), _lat_level(4, 0.5, 300.0)]
+    assert [n for n, _ in iteration_points(nog, 0.0, 1e9)] == [1, 2]
+    b, s = fit_decode([(1, 0.01), (2, 0.005), (4, 0.002)])  # falling: constant model
     assert s == 0.0 and b > 0
+    b, s = fit_decode([(1, 0.001), (2, 0.004), (4, 0.010)])  # negative intercept: through the origin
+    assert b == 0.0 and s > 0
+    with pytest.raises(AragogError):
+        fit_decode([])
 
 
 def test_saturation_batch_is_the_first_level_within_the_margin():
     levels = [_level(1, 100.0), _level(2, 190.0), _level(4, 360.0), _level(8, 380.0), _level(16, 390.0)]
     assert saturation_batch(levels, 0.10) == 4
     assert saturation_batch(levels, 0.01) == 16
+    capped = [LevelResult(n, 10, 1.0, t, 0.01, 0.001, 0.1, 100.0, 50.0, max_running=min(n, 4)) for n, t in
+              ((1, 100.0), (2, 190.0), (4, 300.0), (8, 380.0), (16, 390.0))]  # fmt: skip
+    assert saturation_batch(capped, 0.01) == 4  # never more than the engine ran
 
 
 def test_kv_capacity_from_vllm_cache_config_info():
