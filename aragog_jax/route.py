@@ -18,6 +18,13 @@ lines and output bytes are done, so an interrupted job resumes where it stopped 
 same command is run again: rows are neither lost nor duplicated (output written after
 the last progress record is truncated away).
 
+Parquet (with the ``parquet`` extra, i.e. pyarrow): an input path ending in ``.parquet``
+is read as a Parquet file with ``id`` (string or integer) and ``text`` (string) columns
+(``line`` in the error file is then the 1-based row number; null values are malformed
+rows); an output path ending in ``.parquet`` is written as a directory of
+``part-NNNNN.parquet`` files (columns ``id``, ``num_admitted``, ``admitted``), one per
+chunk, and resumes by part.
+
 Malformed lines (bad JSON, missing ``text``, wrong types) go to ``OUT.errors.jsonl`` as
 ``{"line": N, "reason": "..."}``; every valid line is still routed; the job then exits
 with status 1 and a one-line summary. Blank lines are skipped. User mistakes (missing
@@ -28,6 +35,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 import time
 from collections.abc import Iterator, Sequence
@@ -53,6 +61,7 @@ class Progress(msgspec.Struct):
     input: str
     input_lines: int = 0
     output_bytes: int = 0
+    output_parts: int = 0
     errors_bytes: int = 0
     rows: int = 0
     errors: int = 0
@@ -103,6 +112,107 @@ def _parse(batch: list[tuple[int, bytes]]) -> tuple[list, list[str], list[bytes]
     return ids, texts, errors
 
 
+def _jsonl_chunks(path: Path, start: int, chunk: int) -> Iterator[tuple[list, list[str], list[bytes], int, int]]:
+    """``(ids, texts, error_lines, lines_consumed, bytes_consumed)`` per chunk of a JSONL file."""
+    for batch, nbytes in _read_chunks(path, start, chunk):
+        ids, texts, errors = _parse(batch)
+        yield ids, texts, errors, len(batch), nbytes
+
+
+def _parquet_chunks(path: Path, start: int, chunk: int) -> Iterator[tuple[list, list[str], list[bytes], int, int]]:
+    """Same as :func:`_jsonl_chunks` for a Parquet file (``line`` = 1-based row number)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
+        pf = pq.ParquetFile(path)
+    except (OSError, pa.ArrowException) as exc:
+        raise DatasetError(f"--input {path}: not a readable Parquet file: {exc}") from exc
+    schema = pf.schema_arrow
+    for col in ("id", "text"):
+        if schema.get_field_index(col) < 0:
+            raise DatasetError(f"--input {path}: no {col!r} column (columns: {schema.names})")
+    text_t, id_t = schema.field("text").type, schema.field("id").type
+    if not (pa.types.is_string(text_t) or pa.types.is_large_string(text_t)):
+        raise DatasetError(f"--input {path}: column 'text' has type {text_t}, expected string")
+    if not (pa.types.is_string(id_t) or pa.types.is_large_string(id_t) or pa.types.is_integer(id_t)):
+        raise DatasetError(f"--input {path}: column 'id' has type {id_t}, expected string or integer")
+    row = 0
+    for rb in pf.iter_batches(batch_size=chunk, columns=["id", "text"]):
+        lo = row
+        row += rb.num_rows
+        if row <= start:
+            continue
+        skip = max(0, start - lo)
+        cols = rb.slice(skip).to_pydict()
+        ids, texts, errors = [], [], []
+        for k, (i, t) in enumerate(zip(cols["id"], cols["text"], strict=True)):
+            if i is None or t is None:
+                what = "id" if i is None else "text"
+                errors.append(_encode({"line": lo + skip + k + 1, "reason": f"invalid row: {what} is null"}) + b"\n")
+                continue
+            ids.append(i)
+            texts.append(t)
+        yield ids, texts, errors, rb.num_rows - skip, rb.num_rows - skip
+
+
+class _JsonlOut:
+    """Appends encoded rows to OUT.jsonl; progress counts bytes."""
+
+    def __init__(self, path: Path, prog: Progress, router, admitted: str):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "ab") as f:  # drop anything written after the last progress record
+            f.truncate(prog.output_bytes)
+        self.f = open(path, "ab")  # noqa: SIM115
+        self.router, self.admitted = router, admitted
+
+    def write(self, ids: list, mask: np.ndarray, prog: Progress) -> None:
+        data = _encode_rows(ids, mask, self.admitted, self.router)
+        self.f.write(data)
+        self.f.flush()
+        os.fsync(self.f.fileno())
+        prog.output_bytes += len(data)
+
+    def close(self) -> None:
+        self.f.close()
+
+
+class _ParquetOut:
+    """OUT.parquet is a directory of ``part-NNNNN.parquet`` files, one per chunk; progress counts parts."""
+
+    def __init__(self, path: Path, prog: Progress, router, admitted: str):
+        path.mkdir(parents=True, exist_ok=True)
+        for part in path.iterdir():  # parts (or temporary parts) after the last progress record
+            m = re.fullmatch(r"part-(\d{5})\.parquet(\.tmp)?", part.name)
+            if m and (m.group(2) or int(m.group(1)) >= prog.output_parts):
+                part.unlink()
+        self.path, self.router, self.admitted = path, router, admitted
+
+    def write(self, ids: list, mask: np.ndarray, prog: Progress) -> None:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        if not ids:
+            return
+        counts = mask.sum(axis=1).astype(np.int32)
+        _, cols = np.nonzero(mask)
+        admitted = pa.ListArray.from_arrays(
+            pa.array(np.concatenate([[0], np.cumsum(counts)]).astype(np.int32)), pa.array(cols.astype(np.int32))
+        )
+        if self.admitted == "models":
+            table_ = [self.router.space.config_to_models(c) for c in range(self.router.num_configs)]
+            admitted = pa.array([[table_[c] for c in row.values.to_numpy()] for row in admitted])
+        table = pa.table({"id": pa.array(ids), "num_admitted": pa.array(counts), "admitted": admitted})
+        final = self.path / f"part-{prog.output_parts:05d}.parquet"
+        tmp = final.with_name(final.name + ".tmp")
+        pq.write_table(table, tmp)
+        os.replace(tmp, final)
+        prog.output_parts += 1
+
+    def close(self) -> None:
+        pass
+
+
 def _encode_rows(ids: list, mask: np.ndarray, admitted: str, router) -> bytes:
     if not ids:
         return b""
@@ -123,7 +233,7 @@ def _encode_rows(ids: list, mask: np.ndarray, admitted: str, router) -> bytes:
 def _load_progress(path: Path, out: Path, err: Path, router: str, inp: str) -> Progress:
     fresh = Progress(format=PROGRESS_FORMAT, router=router, input=inp)
     if not path.exists():
-        if out.exists() and out.stat().st_size > 0:
+        if out.exists() and (any(out.iterdir()) if out.is_dir() else out.stat().st_size > 0):
             raise DatasetError(
                 f"{out} exists but {path.name} does not, so the job cannot resume safely; "
                 f"remove {out} or choose another --output"
@@ -157,8 +267,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         ),
     )
     parser.add_argument("--router", required=True, help="router checkpoint (.npz), e.g. profiles/routers/<workflow>/<family>.npz")
-    parser.add_argument("--input", required=True, help="input JSONL, one {'id': str|int, 'text': str} object per line")
-    parser.add_argument("--output", required=True, help="output JSONL (OUT.errors.jsonl and OUT.progress.json are written beside it)")
+    parser.add_argument(
+        "--input", required=True,
+        help="input JSONL, one {'id': str|int, 'text': str} object per line; or a .parquet file with id and text columns",
+    )
+    parser.add_argument(
+        "--output", required=True,
+        help="output JSONL, or a .parquet path (written as a directory of part files); OUT.errors.jsonl and "
+        "OUT.progress.json are written beside it",
+    )
     parser.add_argument("--workflow", help="workflow TOML or shipped name (default: the one the checkpoint names)")
     parser.add_argument("--family", help="model family (default: the one the checkpoint names)")
     parser.add_argument(
@@ -181,8 +298,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not inp.is_file():
         raise DatasetError(f"--input {inp}: no such file")
     out = Path(args.output)
-    err = out.with_name(out.name.removesuffix(".jsonl") + ".errors.jsonl")
-    prog_path = out.with_name(out.name.removesuffix(".jsonl") + ".progress.json")
+    parquet_in = inp.suffix == ".parquet"
+    parquet_out = out.suffix == ".parquet"
+    stem = out.name.removesuffix(".parquet" if parquet_out else ".jsonl")
+    err = out.with_name(stem + ".errors.jsonl")
+    prog_path = out.with_name(stem + ".progress.json")
+    if parquet_in or parquet_out:
+        try:
+            import pyarrow  # noqa: F401
+        except ImportError as exc:
+            raise DatasetError("Parquet input/output needs pyarrow: pip install 'aragog_jax[parquet]'") from exc
 
     space = None
     if args.workflow or args.family:
@@ -199,28 +324,34 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     # One bucket: the last, partial chunk is padded up to it (one wasted call beats compiling more).
     router.compile((args.chunk_size,))
-    out.parent.mkdir(parents=True, exist_ok=True)
-    # Drop anything written after the last progress record (a torn or unrecorded chunk).
-    for path, size in ((out, prog.output_bytes), (err, prog.errors_bytes)):
-        with open(path, "ab") as f:
-            f.truncate(size)
-    fout = open(out, "ab")  # noqa: SIM115
+    fout = (_ParquetOut if parquet_out else _JsonlOut)(out, prog, router, args.admitted)
+    err.parent.mkdir(parents=True, exist_ok=True)
+    with open(err, "ab") as f:  # drop error lines written after the last progress record
+        f.truncate(prog.errors_bytes)
     ferr = open(err, "ab")  # noqa: SIM115
     t0 = time.perf_counter()
     rows0, errors0 = prog.rows, prog.errors
+    if parquet_in:
+        import pyarrow.parquet as pq
+
+        chunks = _parquet_chunks(inp, prog.input_lines, args.chunk_size)
+        bar_total, bar_unit, bar_done = pq.ParquetFile(inp).metadata.num_rows, "row", prog.input_lines
+    else:
+        chunks = _jsonl_chunks(inp, prog.input_lines, args.chunk_size)
+        bar_total, bar_unit, bar_done = inp.stat().st_size, "B", 0
     bar = tqdm(
-        total=inp.stat().st_size, unit="B", unit_scale=True, desc="route", disable=args.quiet, file=sys.stderr
+        total=bar_total, initial=bar_done, unit=bar_unit, unit_scale=True, desc="route", disable=args.quiet,
+        file=sys.stderr,
     )
     try:
-        pending = None  # (ids, errors, lines, nbytes, device parts) of the chunk in flight
-        for batch, nbytes in _read_chunks(inp, prog.input_lines, args.chunk_size):
-            ids, texts, errors = _parse(batch)
+        pending = None  # (ids, errors, lines, progress units, device parts) of the chunk in flight
+        for ids, texts, errors, num_lines, units in chunks:
             parts = router.route_features_async(router.featurizer(texts)) if texts else []
             if pending is not None:
-                _commit(pending, router, args.admitted, fout, ferr, prog, prog_path, bar)
-            pending = (ids, errors, len(batch), nbytes, parts)
+                _commit(pending, fout, ferr, prog, prog_path, bar)
+            pending = (ids, errors, num_lines, units, parts)
         if pending is not None:
-            _commit(pending, router, args.admitted, fout, ferr, prog, prog_path, bar)
+            _commit(pending, fout, ferr, prog, prog_path, bar)
         prog.done = True
         _write_progress(prog_path, prog)
     finally:
@@ -239,27 +370,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
-def _commit(pending, router, admitted: str, fout, ferr, prog: Progress, prog_path: Path, bar) -> None:
-    ids, errors, num_lines, nbytes, parts = pending
+def _commit(pending, fout, ferr, prog: Progress, prog_path: Path, bar) -> None:
+    """Write one routed chunk and its error lines, fsync, then record progress."""
+    ids, errors, num_lines, units, parts = pending
     if parts:
         mask = np.concatenate([np.asarray(m)[:n] for n, m, _ in parts])
-        data = _encode_rows(ids, mask, admitted, router)
-    else:
-        data = b""
-    fout.write(data)
-    fout.flush()
+        fout.write(ids, mask, prog)
     if errors:
         ferr.write(b"".join(errors))
         ferr.flush()
-    os.fsync(fout.fileno())
     os.fsync(ferr.fileno())
     prog.input_lines += num_lines
-    prog.output_bytes += len(data)
     prog.errors_bytes += sum(len(e) for e in errors)
     prog.rows += len(ids)
     prog.errors += len(errors)
     _write_progress(prog_path, prog)
-    bar.update(nbytes)
+    bar.update(units)
 
 
 if __name__ == "__main__":

@@ -150,3 +150,50 @@ def test_route_cli_user_errors_exit_2(tiny, tmp_path, capsys):
     existing.write_text('{"id": 1}\n')
     assert run_cli(route_cli.main, ["--router", str(ckpt), "--input", str(inp), "--output", str(existing)]) == 2
     assert "cannot resume safely" in capsys.readouterr().err
+
+
+def test_route_cli_parquet_in_and_out_with_resume(tiny, tmp_path, monkeypatch, capsys):
+    pa = pytest.importorskip("pyarrow")
+    pq = pytest.importorskip("pyarrow.parquet")
+    space, ds, _, ckpt, _ = tiny
+    texts = list(ds.texts[:40])
+    col = [t if i not in (3, 17) else None for i, t in enumerate(texts)]  # two null texts
+    inp = tmp_path / "in.parquet"
+    pq.write_table(pa.table({"id": pa.array([f"q{i}" for i in range(40)]), "text": pa.array(col, pa.string())}), inp, row_group_size=9)
+    out = tmp_path / "out.parquet"
+    argv = ["--router", str(ckpt), "--input", str(inp), "--output", str(out), "--chunk-size", "8", "--quiet"]
+
+    real_commit = route_cli._commit
+    calls = {"n": 0}
+
+    def flaky_commit(*a, **k):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt
+        return real_commit(*a, **k)
+
+    monkeypatch.setattr(route_cli, "_commit", flaky_commit)
+    assert run_cli(route_cli.main, argv) == 130
+    monkeypatch.setattr(route_cli, "_commit", real_commit)
+    (out / "part-00099.parquet.tmp").write_bytes(b"torn")  # a part written after the last progress record
+    assert run_cli(route_cli.main, argv) == 1
+    assert "2 malformed input lines" in capsys.readouterr().err
+    table = pq.read_table(out)  # the directory reads as one dataset
+    keep = [i for i in range(40) if i not in (3, 17)]
+    assert table.column("id").to_pylist() == [f"q{i}" for i in keep]
+    want = Router.load(ckpt, space).route_texts([texts[i] for i in keep]).mask
+    for got, m in zip(table.column("admitted").to_pylist(), want, strict=True):
+        assert got == np.flatnonzero(m).tolist()
+    assert table.column("num_admitted").to_pylist() == want.sum(axis=1).tolist()
+    errors = _rows(tmp_path / "out.errors.jsonl")
+    assert [e["line"] for e in errors] == [4, 18] and "text is null" in errors[0]["reason"]
+
+    # a Parquet input written to JSONL gives the same rows
+    jout = tmp_path / "j.jsonl"
+    assert run_cli(route_cli.main, ["--router", str(ckpt), "--input", str(inp), "--output", str(jout), "--quiet"]) == 1
+    assert [r["admitted"] for r in _rows(jout)] == table.column("admitted").to_pylist()
+
+    bad = tmp_path / "bad.parquet"
+    pq.write_table(pa.table({"id": [1, 2], "text": [1, 2]}), bad)
+    assert run_cli(route_cli.main, ["--router", str(ckpt), "--input", str(bad), "--output", str(tmp_path / "b.jsonl")]) == 2
+    assert "column 'text' has type int64, expected string" in capsys.readouterr().err
