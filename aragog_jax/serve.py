@@ -35,6 +35,9 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--port", type=int, help="port (default from the fleet file: 8000; 0 picks a free one)")
     ap.add_argument("--time-scale", type=float, help="emulated engines run this many times faster than their profiles")
     ap.add_argument("--drain-s", type=float, default=30.0, help="on SIGINT/SIGTERM, let in-flight requests finish this long (default 30)")
+    ap.add_argument("--policy", default="aragog", choices=["aragog", "greedy", "per_input"],
+                    help="scheduling policy (default aragog: beam search over the live load)")  # fmt: skip
+    ap.add_argument("--beam-width", type=int, default=4, help="beam width of the aragog policy (default 4)")
     ap.add_argument("--keep-rounds", type=int, default=256, help="scheduling rounds kept for GET /v1/rounds/{id} (default 256)")
     ap.add_argument(
         "--loop", default="auto", choices=["auto", "asyncio", "uvloop"],
@@ -48,7 +51,8 @@ async def _serve(args: argparse.Namespace) -> int:
     from aragog_jax.serving import Server, ServeOptions, load_runtime
 
     fleet = load_runtime(args.fleet, host=args.host, port=args.port, time_scale=args.time_scale)
-    server = Server(fleet, ServeOptions(drain_s=args.drain_s, keep_rounds=args.keep_rounds))
+    options = ServeOptions(drain_s=args.drain_s, keep_rounds=args.keep_rounds, policy=args.policy, beam_width=args.beam_width)
+    server = Server(fleet, options)
     try:
         url = await server.start()
     except OSError as exc:
@@ -81,6 +85,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.time_scale is not None and args.time_scale <= 0:
         raise SpecError(f"--time-scale must be > 0, got {args.time_scale}")
+    if args.beam_width < 1:
+        raise SpecError(f"--beam-width must be >= 1, got {args.beam_width}")
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(message)s", stream=sys.stderr)
     return _run(_serve(args), args.loop)
 

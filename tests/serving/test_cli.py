@@ -47,3 +47,8 @@ def test_busy_port_is_exit_2(tmp_path, capsys):
         path = write_fleet(tmp_path, [("e-small", "small", "http://127.0.0.1:9"), ("e-big", "big", "http://127.0.0.1:9")])
         assert run_cli(main, ["--fleet", str(path), "--port", str(port)]) == 2
     assert "cannot listen on 127.0.0.1" in capsys.readouterr().err
+
+
+def test_bad_beam_width_is_exit_2(capsys):
+    assert run_cli(main, ["--beam-width", "0"]) == 2
+    assert "--beam-width must be >= 1" in capsys.readouterr().err
