@@ -69,7 +69,8 @@ class Progress(msgspec.Struct):
 
 
 _decode_row = msgspec.json.Decoder(InputRow).decode
-_encode = msgspec.json.Encoder().encode
+_encoder = msgspec.json.Encoder()
+_encode = _encoder.encode
 
 
 def _read_chunks(path: Path, start_line: int, chunk: int) -> Iterator[tuple[list[tuple[int, bytes]], int]]:
@@ -214,20 +215,23 @@ class _ParquetOut:
 
 
 def _encode_rows(ids: list, mask: np.ndarray, admitted: str, router) -> bytes:
+    """Newline-delimited JSON output rows (one ``encode_lines`` call per chunk)."""
     if not ids:
         return b""
     counts = mask.sum(axis=1)
     _, cols = np.nonzero(mask)
-    per_row = np.split(cols, np.cumsum(counts)[:-1])
-    out = []
+    flat = cols.tolist()
+    ends = np.cumsum(counts).tolist()
+    starts = [0, *ends[:-1]]
     if admitted == "models":
         table = [router.space.config_to_models(c) for c in range(router.num_configs)]
-        for i, cs in zip(ids, per_row, strict=True):
-            out.append(_encode({"id": i, "num_admitted": len(cs), "admitted": [table[c] for c in cs.tolist()]}))
+        rows = [
+            {"id": i, "num_admitted": b - a, "admitted": [table[c] for c in flat[a:b]]}
+            for i, a, b in zip(ids, starts, ends, strict=True)
+        ]
     else:
-        for i, cs in zip(ids, per_row, strict=True):
-            out.append(_encode({"id": i, "num_admitted": len(cs), "admitted": cs.tolist()}))
-    return b"\n".join(out) + b"\n"
+        rows = [{"id": i, "num_admitted": b - a, "admitted": flat[a:b]} for i, a, b in zip(ids, starts, ends, strict=True)]
+    return _encoder.encode_lines(rows)
 
 
 def _load_progress(path: Path, out: Path, err: Path, router: str, inp: str) -> Progress:
