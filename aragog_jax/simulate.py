@@ -39,6 +39,27 @@ def _cost(text: str, flag: str) -> float | None:
     return v
 
 
+DEFAULT_COMPILE_CACHE = "~/.cache/aragog_jax/jax"
+
+
+def _enable_compile_cache(where: str) -> None:
+    """Keep the scheduler's compiled round buckets on disk between runs (JAX's persistent
+    compilation cache): a rerun skips recompiling them. ``none`` turns it off."""
+    import os
+
+    import jax
+
+    if where == "none":
+        return
+    cache = Path(os.path.expanduser(where))
+    try:
+        cache.mkdir(parents=True, exist_ok=True)
+    except OSError:
+        return
+    jax.config.update("jax_compilation_cache_dir", str(cache))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.2)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m aragog_jax.simulate",
@@ -70,14 +91,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workflow-tolerance", type=float, default=0.02,
                    help="per_workflow: the cheapest configuration within this accuracy of c_max on the test split "
                    "(default 0.02, the budget Aragog is held to)")
-    p.add_argument("--quick", action="store_true", help="3 rates, 20 s of arrivals (under a minute)")
+    p.add_argument("--quick", action="store_true", help="3 rates, 15 s of arrivals (under a minute)")
     p.add_argument("--no-plots", action="store_true")
+    p.add_argument("--compile-cache", default=DEFAULT_COMPILE_CACHE,
+                   help=f"JAX persistent compilation cache directory, or 'none' (default {DEFAULT_COMPILE_CACHE})")
     p.add_argument("--out", required=True, type=Path, help="output directory for summary.json and plots")
     return p
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    _enable_compile_cache(args.compile_cache)
     from aragog_jax.sim import SweepConfig, load_setup, run_sweep, write_summary
 
     if args.num_requests < 0 or args.num_rates < 1 or args.beam < 1 or args.duration <= 0:
@@ -88,7 +112,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         rates=_rates(args.rates),
         num_rates=3 if args.quick else args.num_rates,
         num_requests=args.num_requests,
-        duration_s=20.0 if args.quick else args.duration,
+        duration_s=15.0 if args.quick else args.duration,
         round_interval_s=args.round_interval,
         beam_width=args.beam,
         arrival=args.arrival,

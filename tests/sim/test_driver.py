@@ -108,7 +108,7 @@ def test_cli_writes_summary_and_plots(dataset_dir, tmp_path, capsys):
 
     out = tmp_path / "out"
     argv = ["--workflow", WF, "--family", "qwen", "--dataset", str(dataset_dir), "--router", "oracle",
-            "--policies", "aragog,per_workflow", "--rates", "2,6", "--duration", "20", "--round-cost", "0.001",
+            "--policies", "aragog,per_workflow", "--rates", "2,6", "--duration", "20", "--round-cost", "0.001", "--compile-cache", "none",
             "--out", str(out)]
     assert run_cli(main, argv) == 0
     summary = json.loads((out / "summary.json").read_text())
@@ -122,3 +122,20 @@ def test_cli_writes_summary_and_plots(dataset_dir, tmp_path, capsys):
         assert (out / png).stat().st_size > 1000
     assert run_cli(main, argv[:-2] + ["--rates", "fast", "--out", str(out)]) == 2
     assert "--rates" in capsys.readouterr().err
+
+
+def test_polled_load_and_bursty_arrivals_still_conserve(setup):
+    exact, _ = _run(setup, "aragog", rate=20.0, num_requests=60)
+    polled, _ = _run(setup, "aragog", rate=20.0, num_requests=60, poll_interval_s=0.5)
+    assert np.isfinite(polled.finish).all() and polled.stage_completions == 60 * setup.space.num_stages
+    # A stale view of the engines delays dispatch (rounds wait for the next scrape).
+    assert polled.latency.mean() > exact.latency.mean()
+    bursty, _ = _run(setup, "aragog", rate=20.0, num_requests=60, arrival="gamma", cv=3.0)
+    assert np.isfinite(bursty.finish).all()
+    gaps = np.diff(bursty.arrival)
+    assert gaps.std() / gaps.mean() > 1.5
+
+
+def test_duration_based_workload(setup):
+    res, _ = _run(setup, "per_input", rate=10.0, num_requests=0, duration_s=5.0)
+    assert 25 <= res.arrival.size <= 80 and res.arrival.max() <= 5.0
