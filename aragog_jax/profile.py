@@ -61,7 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--prompt-tokens", type=int, default=128, help="approximate prompt length (default 128)")
     p.add_argument("--output-tokens", type=int, default=64, help="generated tokens per request (default 64, ignore_eos)")
     p.add_argument("--level-seconds", type=float, default=15.0, help="time bound per concurrency level (default 15)")
-    p.add_argument("--level-requests", type=int, default=200, help="request bound per concurrency level (default 200)")
+    p.add_argument("--level-requests", type=int, default=2000, help="request bound per concurrency level (default 2000)")
     p.add_argument("--probe-repeats", type=int, default=5, help="requests per prefill probe (default 5)")
     p.add_argument("--saturation-margin", type=float, default=0.10,
                    help="saturation = smallest level within this fraction of the best throughput (default 0.10)")  # fmt: skip

@@ -68,7 +68,7 @@ class ProfileSettings:
     prompt_tokens: int = 128  # approximate: synthetic words, the engine's count is reported
     output_tokens: int = 64
     level_s: float = 15.0  # each concurrency level issues requests for at most this long
-    level_requests: int = 200  # ... and at most this many requests
+    level_requests: int = 2000  # ... and at most this many requests
     probe_repeats: int = 5
     probe_long_factor: int = 4  # long probe prompt = this many times prompt_tokens
     saturation_margin: float = 0.10
