@@ -1,8 +1,9 @@
 """The fleet simulator: the real :class:`~aragog_jax.scheduler.Scheduler` on a virtual clock.
 
 One run = one policy at one arrival rate. Requests arrive (Poisson or gamma), wait for
-their admitted mask (routing time is charged for router-based policies), join the
-scheduler's meta-queue, and every stage the scheduler assigns runs on a
+their admitted mask (routing time is charged for router-based policies: the request
+joins the meta-queue that much later, an upper bound on the paper's cost, which overlaps
+routing with the first queueing delay), join the scheduler's meta-queue, and every stage the scheduler assigns runs on a
 :class:`~aragog_jax.sim._engine.SimEngine` with the dataset's token counts for that
 input and stage. A scheduling round runs whenever something changed (an arrival, a
 completion, a poll) and some engine has a free slot; its wall time is measured and
