@@ -41,8 +41,10 @@ DEFAULT_FLEET = PROFILES_DIR / "fleets" / "qwen_4gpu.toml"
 #: Emulated engines in the embedded default run this much faster than their profiles,
 #: so a three-stage demo request returns in about a second.
 DEFAULT_TIME_SCALE = 10.0
-#: For an engine without a profile (e.g. a real vLLM engine nobody profiled): a linear
-#: curve up to this many concurrent sequences, so the scheduler spreads load evenly.
+#: For an engine without a profile (e.g. a real vLLM engine nobody profiled): this many
+#: slots and a concave curve (tokens/s ~ sqrt(sequences)), so each extra sequence on a
+#: busy engine gains less than one on an idle engine and the scheduler spreads load.
+#: A linear curve would make every engine look the same and pile work on the first.
 UNPROFILED_SATURATION = 16
 
 
@@ -98,7 +100,8 @@ def placeholder_profile(model: str) -> EngineProfile:
     return EngineProfile(
         model=model, hardware="unknown", tensor_parallel=1, kind="derived", saturation_batch=n,
         kv_capacity_tokens=1 << 30, prefill_tokens_per_s=1e6, decode_base_s=0.01, decode_per_seq_s=0.0,
-        decode_per_ctx_token_s=0.0, curve=[CurvePoint(1, 1.0), CurvePoint(n, float(n))],
+        decode_per_ctx_token_s=0.0,
+        curve=[CurvePoint(k, 100.0 * k**0.5) for k in (1, 2, 4, 8, n)],
         notes="placeholder: engine has no profile",
     )  # fmt: skip
 
