@@ -19,7 +19,7 @@ The sweep (every phase bounded in time and request count, progress on a callback
    minus the prefill probe's (see :func:`iteration_points`), which keeps the fixed
    per-request overhead out of it; a least-squares line ``decode_base_s +
    decode_per_seq_s * n`` through those points (both >= 0). Levels where the engine's
-   running gauge stayed below n (its batch limit: it queued) are left out. The sweep
+   waiting gauge rose above zero (past its batch limit: it queued) are left out. The sweep
    holds context per sequence fixed, so the context term cannot be separated from the
    per-sequence term: ``decode_per_ctx_token_s`` is 0 and the per-sequence term holds
    the cost of ``P + G / 2`` context tokens (stated in the notes).
@@ -138,8 +138,12 @@ class LevelResult:
 
     @property
     def queued(self) -> bool:
-        """The engine held fewer sequences than the level sent: it was queueing, not batching."""
-        return self.max_running >= 0 and self.max_running < self.concurrency
+        """The engine's waiting gauge went above zero: it queued requests instead of batching them.
+
+        Positive evidence only: a running gauge below n is no proof (vLLM's API server
+        answers ``/metrics`` between bursts, so polls tend to land when little runs).
+        """
+        return self.max_waiting > 0
 
 
 @dataclass
@@ -305,7 +309,7 @@ def iteration_points(levels: list[LevelResult], probe_latency_s: float, prefill_
     ``t(n) = (L(n) - L_probe - (n - 1) P / rate) / (G - 1)``. Measuring from latency,
     not from closed-loop throughput, keeps the fixed per-request overhead (HTTP,
     tokenisation; outside the engine loop) out of the iteration time. Levels where the
-    engine queued (its running gauge stayed below n) or past the first level at peak
+    engine queued (its waiting gauge rose above zero) or past the first level at peak
     throughput (when the engine exports no gauge) are left out.
     """
     best = max(lv.tokens_per_s for lv in levels)
@@ -341,8 +345,12 @@ def saturation_batch(levels: list[LevelResult], margin: float) -> int:
     the engine was seen running (its batch limit, when it exports the gauge)."""
     peak = max(lv.tokens_per_s for lv in levels)
     sat = next(lv.concurrency for lv in levels if lv.tokens_per_s >= (1.0 - margin) * peak)
-    seen = max(lv.max_running for lv in levels)
-    return max(1, min(sat, int(seen))) if seen >= 1 else sat
+    if not any(lv.queued for lv in levels):
+        return sat
+    # The engine queued somewhere: its batch limit is at least every level that did not
+    # queue and at least what it was seen running.
+    limit = max([lv.concurrency for lv in levels if not lv.queued] + [int(max(lv.max_running for lv in levels))])
+    return max(1, min(sat, limit))
 
 
 def _sig(x: float, digits: int = 6) -> float:

@@ -41,8 +41,8 @@ def test_window_tokens_spreads_tokens_over_decode_span():
     assert window_tokens([burst], 0.0, 2.0) == pytest.approx(20)
 
 
-def _lat_level(n, latency, tput=100.0, running=-1.0):
-    return LevelResult(n, 10, 1.0, tput, 0.01, 0.001, latency, 100.0, 51.0, max_running=running)
+def _lat_level(n, latency, tput=100.0, running=-1.0, waiting=-1.0):
+    return LevelResult(n, 10, 1.0, tput, 0.01, 0.001, latency, 100.0, 51.0, max_running=running, max_waiting=waiting)
 
 
 def test_iteration_time_from_latency_minus_the_probe_recovers_a_line():
@@ -55,7 +55,8 @@ def test_iteration_time_from_latency_minus_the_probe_recovers_a_line():
 
 
 def test_queued_levels_are_left_out_and_the_fit_never_goes_negative():
-    levels = [_lat_level(1, 0.1, running=1), _lat_level(2, 0.12, running=2), _lat_level(4, 0.9, running=2)]
+    levels = [_lat_level(1, 0.1, running=1, waiting=0), _lat_level(2, 0.12, running=1, waiting=0),
+              _lat_level(4, 0.9, running=2, waiting=2)]  # fmt: skip
     assert levels[2].queued and [n for n, _ in iteration_points(levels, 0.0, 1e9)] == [1, 2]
     # No gauge: stop at the first level at peak throughput.
     nog = [_lat_level(1, 0.1, 100.0), _lat_level(2, 0.12, 300.0), _lat_level(4, 0.5, 300.0)]
@@ -72,9 +73,9 @@ def test_saturation_batch_is_the_first_level_within_the_margin():
     levels = [_level(1, 100.0), _level(2, 190.0), _level(4, 360.0), _level(8, 380.0), _level(16, 390.0)]
     assert saturation_batch(levels, 0.10) == 4
     assert saturation_batch(levels, 0.01) == 16
-    capped = [LevelResult(n, 10, 1.0, t, 0.01, 0.001, 0.1, 100.0, 50.0, max_running=min(n, 4)) for n, t in
-              ((1, 100.0), (2, 190.0), (4, 300.0), (8, 380.0), (16, 390.0))]  # fmt: skip
-    assert saturation_batch(capped, 0.01) == 4  # never more than the engine ran
+    capped = [LevelResult(n, 10, 1.0, t, 0.01, 0.001, 0.1, 100.0, 50.0, max_running=min(n, 4), max_waiting=max(0, n - 4))
+              for n, t in ((1, 100.0), (2, 190.0), (4, 300.0), (8, 380.0), (16, 390.0))]  # fmt: skip
+    assert saturation_batch(capped, 0.01) == 4  # never more than the engine batches
 
 
 def test_kv_capacity_from_vllm_cache_config_info():
