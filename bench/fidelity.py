@@ -31,6 +31,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from pathlib import Path
@@ -152,6 +153,31 @@ def simulate(profile, reqs, max_batch: int | None, overhead_s: float = 0.0) -> d
     return summarize(arr, done, toks)
 
 
+def add_simulations(row: dict, profile, max_num_seqs: int, overhead_s: float) -> None:
+    """Simulate the row's recorded requests under each variant of the engine model."""
+    import msgspec
+
+    reqs = [tuple(r) for r in row["requests"]]
+    p_mean = float(np.mean([r[2] for r in reqs]))
+    # Variant: the per-request overhead charged inside the engine loop, like prefill (the
+    # API server's CPU time competes with the engine's on a machine short of cores).
+    serial = msgspec.structs.replace(
+        profile, prefill_tokens_per_s=p_mean / (p_mean / profile.prefill_tokens_per_s + overhead_s))
+    row["simulated"] = simulate(profile, reqs, max_num_seqs, overhead_s)
+    row["simulated_engine_only"] = simulate(profile, reqs, max_num_seqs)
+    row["simulated_overhead_in_loop"] = simulate(serial, reqs, max_num_seqs)
+    row["simulated_saturation_batch"] = simulate(profile, reqs, None, overhead_s)
+
+
+def write_json(res: dict, out: Path) -> None:
+    """fidelity.json (summary, readable) and fidelity_requests.json (per request: arrival, end, prompt, output)."""
+    reqs = [row.pop("requests") for row in res["rates"]]
+    (out / "fidelity.json").write_text(json.dumps(res, indent=2) + "\n")
+    (out / "fidelity_requests.json").write_text("[\n" + ",\n".join(json.dumps(r) for r in reqs) + "\n]\n")
+    for row, r in zip(res["rates"], reqs, strict=True):
+        row["requests"] = r
+
+
 def _err(sim: float, real: float) -> float:
     return 100.0 * (sim - real) / real
 
@@ -180,21 +206,23 @@ def render(res: dict) -> str:
         f"requests, with the engine's batch limit (`max_batch` = {res['max_num_seqs']}), plus the profiler's fixed "
         "per-request overhead (HTTP, tokenisation and detokenisation in vLLM's API-server process, outside the "
         "engine loop, so it delays each reply without slowing the batch). `engine only` leaves that overhead out; "
+        "`overhead-in-loop` charges it inside the engine loop instead, like prefill (the other extreme: API-server "
+        "CPU time taken from the engine). "
         "`fidelity.json` also has the run with the simulator's default batch limit (the saturation batch, "
         f"{prof['saturation_batch']}).",
         "",
         "| rate (req/s) | load | requests (failed) | measured tok/s | sim tok/s | err | measured P50 (s) | sim P50 (s) | err | "
-        "measured P95 (s) | sim P95 (s) | err | engine-only sim P50 (s) |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "measured P95 (s) | sim P95 (s) | err | engine-only sim P50 | overhead-in-loop sim: tok/s, P50, P95 |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in res["rates"]:
-        m, s, d = r["measured"], r["simulated"], r["simulated_engine_only"]
+        m, s, d, q = r["measured"], r["simulated"], r["simulated_engine_only"], r["simulated_overhead_in_loop"]
         lines.append(
             f"| {r['rate']:.2f} | {r['load']:.2f} | {r['num_requests']} ({r['num_failed']}) | {m['throughput_tokens_s']:.0f} | "
             f"{s['throughput_tokens_s']:.0f} | {_err(s['throughput_tokens_s'], m['throughput_tokens_s']):+.1f}% | "
             f"{m['p50_s']:.3f} | {s['p50_s']:.3f} | {_err(s['p50_s'], m['p50_s']):+.1f}% | "
             f"{m['p95_s']:.3f} | {s['p95_s']:.3f} | {_err(s['p95_s'], m['p95_s']):+.1f}% | "
-            f"{d['p50_s']:.3f} |"
+            f"{d['p50_s']:.3f} | {q['throughput_tokens_s']:.0f}, {q['p50_s']:.3f}, {q['p95_s']:.3f} |"
         )
     lines += ["", "![fidelity](fidelity.png)", ""]
     return "\n".join(lines) + "\n"
@@ -241,7 +269,24 @@ def main(argv=None) -> int:
     p.add_argument("--profile-level-seconds", type=float, default=8.0, help="profiler time per concurrency level (default 8)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, default=RESULTS, help="output directory (default bench/results)")
+    p.add_argument("--resimulate", action="store_true",
+                   help="no engine: re-run the simulations on the requests recorded in OUT/fidelity.json and "
+                   "OUT/fidelity_profile.toml, rewrite the table and plot")  # fmt: skip
     args = p.parse_args(argv)
+    if args.resimulate:
+        from aragog_jax.spec import load_profile
+
+        res = json.loads((args.out / "fidelity.json").read_text())
+        recorded = json.loads((args.out / "fidelity_requests.json").read_text())
+        prof = load_profile(args.out / "fidelity_profile.toml")
+        for row, reqs in zip(res["rates"], recorded, strict=True):
+            row["requests"] = reqs
+            add_simulations(row, prof, res["max_num_seqs"], res["request_overhead_s"])
+        write_json(res, args.out)
+        plot(res, args.out / "fidelity.png")
+        (args.out / "fidelity.md").write_text(render(res))
+        print(render(res))
+        return 0
     pw = tuple(int(x) for x in args.prompt_words.split(","))
     ot = tuple(int(x) for x in args.output_tokens.split(","))
     loads = [float(x) for x in args.loads.split(",")]
@@ -251,7 +296,7 @@ def main(argv=None) -> int:
     url = args.engine
     if not url:
         print(f"[fidelity] starting vLLM (max-num-seqs {args.max_num_seqs}, core {args.core})", file=sys.stderr)
-        proc, url = start_engine(args.max_num_seqs, args.core, args.out / "fidelity_vllm.log")
+        proc, url = start_engine(args.max_num_seqs, args.core, Path(tempfile.gettempdir()) / "aragog_fidelity_vllm.log")
     try:
         levels = tuple(n for n in (1, 2, 4, 8, 16, 32) if n <= 2 * args.max_num_seqs)
         settings = ProfileSettings(concurrency=levels, prompt_tokens=int(np.mean(pw) * 2), output_tokens=int(np.mean(ot)),
@@ -277,12 +322,11 @@ def main(argv=None) -> int:
             row = {
                 "load": load, "rate": rate, "num_requests": len(reqs), "num_failed": len(got) - len(reqs),
                 "measured": summarize(arr, ends, toks),
-                "simulated": simulate(profile, reqs, args.max_num_seqs, report.request_overhead_s),
-                "simulated_engine_only": simulate(profile, reqs, args.max_num_seqs),
-                "simulated_saturation_batch": simulate(profile, reqs, None, report.request_overhead_s),
                 "mean_prompt_tokens": float(np.mean([p for *_, p, _ in reqs])),
                 "wall_s": time.monotonic() - t,
+                "requests": [[round(a, 6), round(e, 6), p, c] for a, e, p, c in reqs],
             }  # fmt: skip
+            add_simulations(row, profile, args.max_num_seqs, report.request_overhead_s)
             m, s = row["measured"], row["simulated"]
             print(f"[fidelity] rate {rate:6.2f} req/s ({load:.2f}): measured {m['throughput_tokens_s']:7.0f} tok/s "
                   f"P50 {m['p50_s']:.3f} P95 {m['p95_s']:.3f} | sim {s['throughput_tokens_s']:7.0f} tok/s "
@@ -315,7 +359,7 @@ def main(argv=None) -> int:
         "profile_report": report.to_json(),
         "rates": rows,
     }
-    (args.out / "fidelity.json").write_text(json.dumps(res, indent=2) + "\n")
+    write_json(res, args.out)
     plot(res, args.out / "fidelity.png")
     (args.out / "fidelity.md").write_text(render(res))
     print(render(res))
