@@ -56,7 +56,9 @@ def test_monitor_reads_real_gauges_moving(vllm_engines):
     engines, _ = vllm_engines
 
     async def go():
-        clients = [EngineClient(e.name, e.url, e.name, ClientLimits(request_timeout_s=60)) for e in engines]
+        # A generous probe timeout: on a loaded 2-core machine a busy engine's /metrics can
+        # take seconds, and a failed scrape would leave the last (idle) values in place.
+        clients = [EngineClient(e.name, e.url, e.name, ClientLimits(request_timeout_s=60, probe_timeout_s=15)) for e in engines]
         for c in clients:
             await c.open()
         states = [EngineLoadState(c, c.name, CircuitBreaker()) for c in clients]
@@ -78,6 +80,7 @@ def test_monitor_reads_real_gauges_moving(vllm_engines):
             await mon.poll_once()
             after = {st.name: (st.scraped.running, st.scraped.waiting) for st in states}
             orca = [r.orca for r in results if r.orca is not None]
+            print("scrape errors:", {st.name: st.scrape_errors for st in states}, "polls:", mon.num_polls)
             return idle, peak, after, results, orca
         finally:
             for c in clients:
