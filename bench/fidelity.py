@@ -178,6 +178,11 @@ def write_json(res: dict, out: Path) -> None:
         row["requests"] = r
 
 
+def _loadavg(res: dict) -> str:
+    la = res.get("load_average")
+    return f"{min(la):.1f}-{max(la):.1f}" if la else "not recorded"
+
+
 def _err(sim: float, real: float) -> float:
     return 100.0 * (sim - real) / real
 
@@ -224,7 +229,36 @@ def render(res: dict) -> str:
             f"{m['p95_s']:.3f} | {s['p95_s']:.3f} | {_err(s['p95_s'], m['p95_s']):+.1f}% | "
             f"{d['p50_s']:.3f} | {q['throughput_tokens_s']:.0f}, {q['p50_s']:.3f}, {q['p95_s']:.3f} |"
         )
-    lines += ["", "![fidelity](fidelity.png)", ""]
+    ok = [r for r in res["rates"] if abs(_err(r["simulated"]["p50_s"], r["measured"]["p50_s"])) <= 20
+          and abs(_err(r["simulated"]["throughput_tokens_s"], r["measured"]["throughput_tokens_s"])) <= 20]  # fmt: skip
+    below = [r for r in res["rates"] if r["load"] < 1.0]
+    lines += [
+        "",
+        "![fidelity](fidelity.png)",
+        "",
+        "## Reading",
+        "",
+        f"* Target: throughput and P50 within 20% at every rate below saturation. Met at {len(ok)} of "
+        f"{len(below)} rates; the worst P50 error is "
+        f"{max((_err(r['simulated']['p50_s'], r['measured']['p50_s']) for r in below), key=abs):+.1f}%. Throughput "
+        "agrees within a few percent everywhere below saturation, but that is little evidence: an open-loop workload "
+        "below capacity completes what arrives, so any engine model that keeps up matches it.",
+        "* The simulator is optimistic on latency tails: measured P95 is far above simulated. The machine is a shared "
+        f"2-core VM (1-minute load average {_loadavg(res)} while this ran: other jobs, the load generator and vLLM's "
+        "API-server process "
+        "share the cores with the engine loop), so the engine is descheduled for tens to hundreds of milliseconds at "
+        "random; the simulator has no such noise. The same noise makes the P50 errors move by 10-20 points between "
+        "runs of this script.",
+        "* The fixed per-request overhead (HTTP, tokenisation, detokenisation: ~10-20 ms here, against 1-3 ms per "
+        "decode iteration) matters for a model this small. It is outside the engine loop only while a core is free "
+        "for the API server; `overhead-in-loop` shows the other extreme (it serialises with the batch) and is far too "
+        "pessimistic, so the truth lies between, nearer the first.",
+        "* What would close the gap: run the engine on dedicated cores (or a GPU, where the iteration is long against "
+        "the per-request overhead), add a per-request overhead term to the profile format that the simulator charges "
+        "per stage, and measure the context term `decode_per_ctx_token_s` with a second prompt length (the profiler "
+        "folds it into the per-sequence term because its sweep holds context fixed).",
+        "",
+    ]
     return "\n".join(lines) + "\n"
 
 
@@ -308,6 +342,7 @@ def main(argv=None) -> int:
         peak = max(pt.tokens_per_s for pt in profile.curve)
         capacity = peak / float(np.mean(ot))
         rows = []
+        load_average = [os.getloadavg()[0]]
         for i, load in enumerate(loads):
             rate = load * capacity
             arrivals, prompts, outs = make_workload(rate, args.duration, args.seed + 1000 * i, pw, ot)
@@ -332,6 +367,7 @@ def main(argv=None) -> int:
                   f"P50 {m['p50_s']:.3f} P95 {m['p95_s']:.3f} | sim {s['throughput_tokens_s']:7.0f} tok/s "
                   f"P50 {s['p50_s']:.3f} P95 {s['p95_s']:.3f}", file=sys.stderr, flush=True)  # fmt: skip
             rows.append(row)
+            load_average.append(os.getloadavg()[0])
     finally:
         if proc is not None:
             stop_engine(proc)
@@ -347,6 +383,7 @@ def main(argv=None) -> int:
         "output_tokens": ot,
         "capacity_req_s": capacity,
         "request_overhead_s": report.request_overhead_s,
+        "load_average": [round(x, 2) for x in load_average],
         "profile": {
             "saturation_batch": profile.saturation_batch,
             "curve": [[pt.concurrency, pt.tokens_per_s] for pt in profile.curve],
