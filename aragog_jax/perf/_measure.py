@@ -621,10 +621,12 @@ __all__ = [
     "Profiler",
     "Timed",
     "fit_decode",
+    "iteration_points",
     "kv_capacity_from_metrics",
     "measured_profile_to_toml",
     "profile_engine",
     "saturation_batch",
+    "synthetic_prompt",
     "timed_chat",
     "window_tokens",
 ]
