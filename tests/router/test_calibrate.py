@@ -103,7 +103,7 @@ def test_guarantee_holds_on_held_out_data_from_another_generator_seed():
     this deterministic test far from the 1-in-10 failures a 0.9 bound allows.
     """
     eps = 0.05
-    space, ds = make_dataset(num_inputs=12000, seed=0)
+    space, ds = make_dataset(num_inputs=8000, seed=0)
     res = fit_router(
         ds, space, HashedNgramFeaturizer(dim=512), small_config(hidden=(32,), max_epochs=8, epsilon=eps, confidence=0.99, sweep=()),
         progress=False,
@@ -111,7 +111,7 @@ def test_guarantee_holds_on_held_out_data_from_another_generator_seed():
     cal = res.calibration
     admitted_cfgs = np.flatnonzero(np.isfinite(cal.thresholds))
     assert len(admitted_cfgs) > 3, "the router should admit more than c_max"
-    _, held = make_dataset(num_inputs=12000, seed=1)
+    _, held = make_dataset(num_inputs=8000, seed=1)
     assert held.texts[:50] != ds.texts[:50]
     router = Router(res.checkpoint, space).compile((4096,))
     mask = router.route_texts(held.texts).mask
