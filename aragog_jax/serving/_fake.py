@@ -12,10 +12,11 @@ Modes (switchable at run time through ``engine.mode``):
 * ``hang``: never answers (until the client gives up).
 
 ``stream: true`` requests get server-sent events in modes ``ok`` and ``slow``.
-``/metrics`` reports the gauges in ``gauges`` (vLLM names by default, or SGLang names
-with ``flavour="sglang"``) plus its own in-flight count as running when unset; ``/health``
-fails in modes ``fail`` and ``hang``-with-``health_fails``. Every chat request is
-counted in ``num_requests`` and ``num_completed``.
+``/metrics`` reports the gauges in ``gauges`` when set, else its own in-flight count as
+running (vLLM names by default, SGLang names with ``flavour="sglang"``). ``/health``
+answers 503 in modes ``fail`` and ``hang`` and whenever ``health_fails`` is set. Chat
+requests are counted in ``num_requests`` (received) and ``num_completed`` (answered).
+With ``orca=True`` replies carry vLLM's ``endpoint-load-metrics`` header when asked.
 """
 
 from __future__ import annotations
