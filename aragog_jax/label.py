@@ -111,7 +111,7 @@ async def _label(args, progress) -> dict:
     finally:
         for srv in servers:
             await srv.stop()
-    from aragog_jax.profile import git_sha
+    from aragog_jax._provenance import git_sha
 
     report = {"git_sha": git_sha(), "workflow": wf.name, "family": family, "fleet": str(args.fleet),
               "dataset": str(args.dataset), "scorer": args.scorer, "seed": args.seed, **res.report()}  # fmt: skip

@@ -49,7 +49,7 @@ from aragog_jax.perf._measure import (  # noqa: E402
     timed_chat,
 )
 from aragog_jax.errors import UpstreamError  # noqa: E402
-from aragog_jax.profile import git_sha  # noqa: E402
+from aragog_jax._provenance import git_sha  # noqa: E402
 from aragog_jax.serving._client import ClientLimits, EngineClient  # noqa: E402
 from aragog_jax.sim import SimEngine, run_standalone  # noqa: E402
 

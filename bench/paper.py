@@ -86,7 +86,7 @@ def main(argv=None) -> int:
     _enable_compile_cache()
 
     from aragog_jax.sim import SweepConfig, constrained_variant, load_setup, run_sweep, write_summary
-    from aragog_jax.sim._experiment import git_sha
+    from aragog_jax._provenance import git_sha
     from aragog_jax.sim._setup import DATASETS_DIR
     from aragog_jax.spec import load_models, load_workflow
     from aragog_jax.spec._load import WORKFLOWS_DIR

@@ -27,7 +27,7 @@ import numpy as np
 from aragog_jax.kernels import _reference as R
 from aragog_jax.router import RouterModelConfig, init_params
 from aragog_jax.router._router import DEFAULT_ROW_BLOCK, route_blocked
-from aragog_jax.router._checkpoint import git_sha
+from aragog_jax._provenance import git_sha
 
 HIDDEN = (512,) * 6
 FEATURE_DIM = 1024

@@ -38,7 +38,7 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from aragog_jax.router._checkpoint import git_sha
+from aragog_jax._provenance import git_sha
 from aragog_jax.scheduler import COMPILED, EngineInfo, LoadVector, RoundArrays, Scheduler
 from aragog_jax.scheduler._random import random_round
 from aragog_jax.scheduler._round import twin_round

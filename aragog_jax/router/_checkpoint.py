@@ -20,7 +20,6 @@ from __future__ import annotations
 import datetime as _dt
 import io
 import json
-import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -97,19 +96,6 @@ def model_config_from_dict(d: dict) -> RouterModelConfig:
         )
     except (KeyError, TypeError, ValueError) as exc:
         raise CheckpointError(f"checkpoint model description is malformed: {d!r}") from exc
-
-
-def git_sha(cwd: str | Path | None = None) -> str:
-    """The current commit (with ``-dirty`` when the tree has changes), or ``unknown``."""
-    cwd = cwd or Path(__file__).resolve().parent
-    try:
-        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, timeout=5, check=True)
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"], cwd=cwd, capture_output=True, text=True, timeout=5
-        )
-        return sha.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
 
 
 def _json_default(obj):

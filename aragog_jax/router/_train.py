@@ -27,7 +27,8 @@ from aragog_jax.data import AccuracyDataset
 from aragog_jax.errors import CheckpointError, DatasetError
 from aragog_jax.kernels import routing as K
 from aragog_jax.router._calibrate import GUARANTEES, Calibration, admitted_masks, calibrate, routing_report
-from aragog_jax.router._checkpoint import CheckpointMeta, RouterCheckpoint, git_sha
+from aragog_jax._provenance import git_sha
+from aragog_jax.router._checkpoint import CheckpointMeta, RouterCheckpoint
 from aragog_jax.router._featurize import Featurizer
 from aragog_jax.router._model import RouterModelConfig, cast_params, init_params
 from aragog_jax.space import ConfigSpace

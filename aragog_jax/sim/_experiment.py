@@ -37,13 +37,13 @@ from __future__ import annotations
 import json
 import math
 import platform
-import subprocess
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
 
+from aragog_jax._provenance import git_sha
 from aragog_jax.errors import AragogError
 from aragog_jax.sim._driver import RunConfig, RunResult, simulate
 from aragog_jax.sim._metrics import latency_stats, pct_change
@@ -84,15 +84,6 @@ class SweepConfig:
     horizon_s: float | None = None  # None: 2 x duration_s
     workflow_tolerance: float = 0.02  # per_workflow: same 2-point budget Aragog is held to
     router: str | None = None  # checkpoint path; None: the shipped one if present; "oracle": none
-
-
-def git_sha() -> str:
-    try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
-                             cwd=Path(__file__).resolve().parent)
-        return out.stdout.strip() or "unknown"
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
 
 
 def request_output_tokens(setup: Setup) -> float:
