@@ -144,7 +144,7 @@ class EngineLoadState:
 class LoadMonitor:
     """Scrapes every engine's ``/metrics`` and probes ``/health`` on an interval.
 
-    Lifecycle: ``start()`` creates one polling task; ``stop()`` cancels it.
+    Lifecycle: ``start()`` creates one polling task per engine; ``stop()`` cancels them.
     """
 
     def __init__(
@@ -159,32 +159,43 @@ class LoadMonitor:
         self.poll_s = poll_s
         self.stale_after_s = stale_after_s if stale_after_s is not None else max(3 * poll_s, 1.0)
         self.on_change = on_change or (lambda: None)
-        self._task: asyncio.Task | None = None
+        self._tasks: list[asyncio.Task] = []
         self.num_polls = 0
 
     def start(self) -> None:
-        if self._task is None:
-            self._task = asyncio.get_running_loop().create_task(self._run(), name="load-monitor")
+        """One polling task per engine, so a slow engine never delays another's scrape."""
+        if not self._tasks:
+            loop = asyncio.get_running_loop()
+            self._tasks = [loop.create_task(self._run(st), name=f"load-monitor-{st.name}") for st in self.states.values()]
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
+        for t in self._tasks:
+            t.cancel()
+        for t in self._tasks:
             try:
-                await self._task
+                await t
             except asyncio.CancelledError:
                 pass
-            self._task = None
+        self._tasks = []
 
     def snapshot(self, now: float | None = None) -> list[EngineLoad]:
         now = time.monotonic() if now is None else now
         return [s.snapshot(now, self.stale_after_s) for s in self.states.values()]
 
-    async def _run(self) -> None:
+    async def _run(self, st: EngineLoadState) -> None:
         while True:
-            await self.poll_once()
+            try:
+                changed = await self._poll_engine(st)
+            except Exception as exc:  # noqa: BLE001 - a monitor bug must not stop monitoring
+                log.warning("load monitor: engine %s: unexpected error %r", st.name, exc)
+                changed = False
+            self.num_polls += 1
+            if changed:
+                self.on_change()
             await asyncio.sleep(self.poll_s)
 
     async def poll_once(self) -> None:
+        """Scrape every engine once, concurrently (start-up and tests)."""
         results = await asyncio.gather(*(self._poll_engine(s) for s in self.states.values()), return_exceptions=True)
         self.num_polls += 1
         for r in results:

@@ -67,20 +67,22 @@ def test_monitor_reads_real_gauges_moving(vllm_engines):
         try:
             await mon.poll_once()
             idle = {s.engine: (s.running, s.waiting, s.source) for s in mon.snapshot()}
-            # Hide our own in-flight count so only the scraped gauges are judged.
+            # Judged on the raw scraped gauges (st.scraped), not the in-flight-adjusted snapshot.
             work = [asyncio.create_task(c.chat(f"tell me {i}", max_tokens=200, seed=i)) for c in clients for i in range(16)]
+            mon.start()  # one scraping task per engine, every 50 ms
             while not all(t.done() for t in work):
-                await mon.poll_once()
                 for st in states:
                     sc = st.scraped
                     peak[st.name][0] = max(peak[st.name][0], int(sc.running or 0))
                     peak[st.name][1] = max(peak[st.name][1], int(sc.waiting or 0))
-                await asyncio.sleep(0.05)
+                await asyncio.sleep(0.02)
+            await mon.stop()
             results = await asyncio.gather(*work)
             await mon.poll_once()
             after = {st.name: (st.scraped.running, st.scraped.waiting) for st in states}
             orca = [r.orca for r in results if r.orca is not None]
-            print("scrape errors:", {st.name: st.scrape_errors for st in states}, "polls:", mon.num_polls)
+            tokens = {c.name: sum(r.completion_tokens for r in results[i * 16 : (i + 1) * 16]) for i, c in enumerate(clients)}
+            print("scrape errors:", {st.name: st.scrape_errors for st in states}, "polls:", mon.num_polls, "tokens:", tokens)
             return idle, peak, after, results, orca
         finally:
             for c in clients:
