@@ -88,6 +88,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.beam_width < 1:
         raise SpecError(f"--beam-width must be >= 1, got {args.beam_width}")
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(message)s", stream=sys.stderr)
+    # JAX reports at INFO that it found no TPU/GPU backend; on a CPU box that is expected noise.
+    logging.getLogger("jax._src.xla_bridge").setLevel(max(logging.WARNING, logging.getLogger().level))
     return _run(_serve(args), args.loop)
 
 
