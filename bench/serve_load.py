@@ -39,6 +39,8 @@ from pathlib import Path
 import aiohttp
 import numpy as np
 
+from aragog_jax._provenance import git_sha
+
 ROOT = Path(__file__).resolve().parents[1]
 PROFILES = ROOT / "profiles"
 WORKFLOW = "self_refine_humaneval"  # a chain: generate -> critique -> refine
@@ -316,13 +318,6 @@ def _cpu_model() -> str:
     return platform.machine()
 
 
-def _git_sha() -> str:
-    try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-
-
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rates", default="100,200,400", help="Poisson rates (requests/s) against instant fake engines")
@@ -413,7 +408,7 @@ def main(argv: list[str] | None = None) -> int:
                 _stop(server)
     doc = {
         "benchmark": "serve_load",
-        "git_sha": _git_sha(),
+        "git_sha": git_sha(),
         "device": f"{_cpu_model()}, {os.cpu_count()} CPUs shared with other jobs",
         "python": platform.python_version(),
         "workflow": WORKFLOW,
