@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import collections
 import functools
-import itertools
 from collections.abc import Hashable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -48,6 +47,10 @@ WAITING, READY, RUNNING, DONE = 0, 1, 2, 3
 _STATUS = ("waiting", "ready", "running", "done")
 #: Finished requests remembered for ``is_done`` / ``realised_config``.
 MAX_FINISHED = 65_536
+#: Smallest row-table capacity (rows are per in-flight request).
+_MIN_ROWS = 256
+#: Gain tables remembered across rounds (keyed by engine loads and curves).
+_GAIN_CACHE_SIZE = 4096
 
 
 @dataclass(frozen=True)
@@ -119,23 +122,27 @@ class Plan:
 class _RoundRecord:
     """What a plan needs to render its round: references, rendered only on demand.
 
-    ``viable`` holds each item's request mask as it was before the round's commits
-    (commits replace a request's mask, never mutate it).
+    ``row_req`` is the scheduler's row -> request list of the round; the scheduler never
+    changes an entry of it (compaction builds a new list), so ``row_req[rows[i]]`` stays
+    item i's request. ``viable`` holds each item's request mask as it was before the
+    round's commits (a per-round copy, zero-padded to the configuration bucket).
     """
 
     load: LoadVector
     model_names: tuple[str, ...]
     utility_scale: int
-    reqs: list[_Request]
+    row_req: list[_Request]
+    rows: np.ndarray  # int[n] scheduler row of each item's request
     stages: np.ndarray  # int[n]
-    viable: list[np.ndarray]
+    viable: np.ndarray  # bool[>= n, >= C]
     engine: np.ndarray  # int[n], -1 not placed
 
     def skipped(self) -> tuple[Skipped, ...]:
-        return tuple(
-            Skipped(self.reqs[i].request_id, int(self.stages[i]), self.reqs[i].info.space.stage_names[self.stages[i]])
-            for i in np.flatnonzero(self.engine < 0).tolist()
-        )
+        out = []
+        for i in np.flatnonzero(self.engine < 0).tolist():
+            req, s = self.row_req[self.rows[i]], int(self.stages[i])
+            out.append(Skipped(req.request_id, s, req.info.space.stage_names[s]))
+        return tuple(out)
 
     def render(self) -> dict[str, Any]:
         engines = [
@@ -150,8 +157,10 @@ class _RoundRecord:
         ]
         requests: list[dict[str, Any]] = []
         prev = None
-        for req, s, viable in zip(self.reqs, self.stages.tolist(), self.viable, strict=True):
+        for i, (row, s) in enumerate(zip(self.rows.tolist(), self.stages.tolist(), strict=True)):
+            req = self.row_req[row]
             if req is not prev:
+                viable = self.viable[i, : req.info.space.num_configs]
                 rows = req.info.configs[viable].tolist()
                 requests.append(
                     {"id": req.request_id, "configs": [[self.model_names[m] for m in row] for row in rows], "ready": []}
@@ -185,16 +194,21 @@ class _Space:
     served: np.ndarray  # bool[C] every stage's model has an engine
     downstream: tuple[tuple[int, ...], ...]
     stage_rank: np.ndarray  # int[S] position in "deepest first, then lower index"
+    space_id: int  # row of the scheduler's rank -> stage table
+    stage_base: int  # row of stage 0 in the scheduler's configuration-column table
 
 
 class _Request:
-    __slots__ = ("request_id", "info", "admitted", "viable", "status", "engine", "excluded", "ready", "num_done")
+    """One in-flight request. Its viable mask and ready flags live in the scheduler's
+    row tables (row ``row``; -1 once it left the queue)."""
+
+    __slots__ = ("request_id", "info", "admitted", "row", "status", "engine", "excluded", "ready", "num_done")
 
     def __init__(self, request_id: Hashable, info: _Space, admitted: np.ndarray) -> None:
         self.request_id = request_id
         self.info = info
         self.admitted = admitted
-        self.viable = admitted.copy()
+        self.row = -1
         space = info.space
         self.status = [READY if not ups else WAITING for ups in space.upstream]
         self.engine = [-1] * space.num_stages
@@ -248,6 +262,21 @@ class Scheduler:
         self._cfg_bucket = MIN_CONFIGS
         self._slot_bucket = bucket_size(max(max(e.saturation_batch for e in engines), MIN_SLOTS))
         self._cfg_dtype = model_dtype(len(self.model_names))
+        # Per-request row tables, kept up to date by every transition so that a round
+        # gathers its items with a few vectorised NumPy calls instead of a Python pass
+        # over the queue. Rows are handed out in arrival order and never reused before a
+        # compaction (which keeps their order), so row order is FIFO order.
+        self._infos: list[_Space] = []
+        self._max_stages = 1
+        self._num_rows = 0
+        self._row_req: list[_Request] = []  # row -> request (entries never change; see _RoundRecord)
+        self._viable_tab = np.zeros((_MIN_ROWS, self._cfg_bucket), dtype=bool)  # row -> viable mask
+        self._ready_tab = np.zeros((_MIN_ROWS, self._max_stages), dtype=bool)  # row, rank position -> ready
+        self._row_space = np.zeros(_MIN_ROWS, dtype=np.int32)  # row -> _Space.space_id
+        self._rank_stage = np.zeros((0, self._max_stages), dtype=np.int32)  # space id, rank position -> stage
+        self._stage_base = np.zeros(0, dtype=np.int32)  # space id -> row of its stage 0 in _column_tab
+        self._column_tab = np.zeros((0, self._cfg_bucket), dtype=self._cfg_dtype)  # (space, stage) -> model per config
+        self._gain_cache: dict[tuple, tuple[tuple, np.ndarray]] = {}
         for sp in spaces:
             self._register(sp)
 
@@ -261,7 +290,7 @@ class Scheduler:
     @property
     def num_ready(self) -> int:
         """Ready stages over all in-flight requests."""
-        return sum(len(r.ready) for r in self._queue.values())
+        return int(np.count_nonzero(self._ready_tab[: self._num_rows]))
 
     def request_ids(self) -> Iterator[Hashable]:
         """In-flight request ids in FIFO order."""
@@ -288,7 +317,7 @@ class Scheduler:
 
     def viable_mask(self, request_id: Hashable) -> np.ndarray:
         """bool[C] configurations the request can still realise (a copy)."""
-        return self._get(request_id).viable.copy()
+        return self._viable(self._get(request_id)).copy()
 
     def warmup(self, max_items: int = 1024) -> int:
         """Compile the round for every item bucket up to ``max_items`` (call at start-up).
@@ -347,7 +376,9 @@ class Scheduler:
                 f"request {request_id!r}: no admitted configuration of {space.workflow!r} can run on engines "
                 f"serving {list(self.model_names)}"
             )
-        self._queue[request_id] = _Request(request_id, info, admitted)
+        req = _Request(request_id, info, admitted)
+        self._attach(req)
+        self._queue[request_id] = req
 
     def schedule(self, load: LoadVector) -> Plan:
         """Plan one round: assign ready stages to engines with free slots.
@@ -356,40 +387,40 @@ class Scheduler:
         running and their models committed before this returns.
         """
         load = self._check_load(load)
-        # Items: ready stages, FIFO across requests, ``ready`` order within one.
-        reqs: list[_Request] = []
-        stage_list: list[int] = []
-        slot_list: list[int] = []
-        num_slots = 0
-        for req in self._queue.values():
-            ready = req.ready
-            if ready:
-                k = len(ready)
-                slot_list.extend(itertools.repeat(num_slots, k))
-                reqs.extend(itertools.repeat(req, k))
-                stage_list.extend(ready)
-                num_slots += 1
-        stages = np.array(stage_list, dtype=np.int32)
-        if not reqs:
-            empty = _RoundRecord(load, self.model_names, self.utility_scale, [], stages, [], stages)
+        # Items: ready stages, FIFO across requests (row order), ``ready`` order within
+        # one (rank position order): the row-major nonzeros of the ready table.
+        rows, pos = np.nonzero(self._ready_tab[: self._num_rows])
+        n = rows.size
+        space_ids = self._row_space[rows]
+        stages = self._rank_stage[space_ids, pos]
+        if n == 0:
+            none = np.zeros((0, 0), dtype=bool)
+            empty = _RoundRecord(load, self.model_names, self.utility_scale, self._row_req, rows, stages, none, stages)
             return Plan((), 0.0, 1.0, str(self.policy.name), empty)
-        viable = [req.viable for req in reqs]
-        arrays = self._round_arrays(reqs, stages, np.array(slot_list, dtype=np.int32), viable, load)
-        if arrays.free_slots.any():
-            engine = np.asarray(self.policy.assign(arrays).engine)[: len(reqs)]
-        else:
-            engine = np.full(len(reqs), -1, dtype=np.int32)
-        flexibility = round_flexibility(arrays, engine)
+        item_viable = self._gather_viable(rows)
+        free = load.free_slots()
+        if free.any():
+            arrays = self._round_arrays(rows, space_ids, stages, item_viable, free, load)
+            engine = np.asarray(self.policy.assign(arrays).engine)[:n]
+            flexibility = round_flexibility(arrays, engine)
+        else:  # nothing can be placed: no kernel, no commit
+            engine = np.full(n, -1, dtype=np.int32)
+            flexibility = 1.0
         assignments = []
+        row_req = self._row_req
         for i in np.flatnonzero(engine >= 0).tolist():
-            req, s, e = reqs[i], int(stages[i]), int(engine[i])
+            req, s, e = row_req[rows[i]], int(stages[i]), int(engine[i])
             self._commit(req, s, e)
             assignments.append(
                 Assignment(req.request_id, s, req.info.space.stage_names[s], self.engine_names[e], self.engines[e].model)
             )
-        counts = np.bincount(engine[engine >= 0], minlength=len(self.engines))
-        record = _RoundRecord(load, self.model_names, self.utility_scale, reqs, stages, viable, engine)
-        return Plan(tuple(assignments), load.utilization(counts), flexibility, str(self.policy.name), record)
+        if assignments:
+            counts = np.bincount(engine[engine >= 0], minlength=len(self.engines))
+            utilization = load.utilization(counts)
+        else:  # Σ_e [f_e(load_e + 0) - f_e(load_e)] is exactly 0.0
+            utilization = 0.0
+        record = _RoundRecord(load, self.model_names, self.utility_scale, row_req, rows, stages, item_viable, engine)
+        return Plan(tuple(assignments), utilization, flexibility, str(self.policy.name), record)
 
     def on_stage_finished(self, request_id: Hashable, stage: int | str) -> bool:
         """A dispatched stage returned. Returns True when the request is now done."""
@@ -401,15 +432,18 @@ class Scheduler:
         space = req.info.space
         if req.num_done == space.num_stages:
             del self._queue[request_id]
+            self._detach(req)
             self._finished[request_id] = self._committed(req)
             while len(self._finished) > MAX_FINISHED:
                 self._finished.popitem(last=False)
             return True
+        rank = req.info.stage_rank
         for d in req.info.downstream[s]:
             if req.status[d] == WAITING and all(req.status[u] == DONE for u in space.upstream[d]):
                 req.status[d] = READY
                 req.ready.append(d)
-        req.ready.sort(key=req.info.stage_rank.__getitem__)
+                self._ready_tab[req.row, rank[d]] = True
+        req.ready.sort(key=rank.__getitem__)
         return False
 
     def on_stage_failed(self, request_id: Hashable, stage: int | str, engine: str) -> None:
@@ -436,9 +470,12 @@ class Scheduler:
         req.engine[s] = -1
         req.ready.append(s)
         req.ready.sort(key=req.info.stage_rank.__getitem__)
-        req.viable = self._recompute_viable(req)
-        if not req.viable.any():
+        self._ready_tab[req.row, req.info.stage_rank[s]] = True
+        viable = self._recompute_viable(req)
+        self._viable(req)[:] = viable
+        if not viable.any():
             del self._queue[request_id]
+            self._detach(req)
             raise NoViableConfigurationError(
                 f"request {request_id!r}: no admitted configuration left after {self.model_names[model]!r} failed "
                 f"at stage {req.info.space.stage_names[s]!r}"
@@ -446,8 +483,9 @@ class Scheduler:
 
     def cancel(self, request_id: Hashable) -> None:
         """Remove a request from the meta-queue, whatever its state."""
-        self._get(request_id)
+        req = self._get(request_id)
         del self._queue[request_id]
+        self._detach(req)
 
     # ---- internals -------------------------------------------------------------------
 
@@ -481,11 +519,18 @@ class Scheduler:
             names[s]: self.engines[e].model for s, e in enumerate(req.engine) if e >= 0 and req.status[s] in (RUNNING, DONE)
         }
 
+    def _viable(self, req: _Request) -> np.ndarray:
+        """bool[C] view of the request's viable mask in the row table (valid until the
+        next add_request or register, which may reallocate the table)."""
+        return self._viable_tab[req.row, : req.info.space.num_configs]
+
     def _commit(self, req: _Request, s: int, e: int) -> None:
         req.status[s] = RUNNING
         req.engine[s] = e
         req.ready.remove(s)
-        req.viable = req.viable & (req.info.configs[:, s] == self._engine_model[e])
+        self._ready_tab[req.row, req.info.stage_rank[s]] = False
+        viable = self._viable(req)
+        viable &= req.info.columns[s] == self._engine_model[e]
 
     def _recompute_viable(self, req: _Request) -> np.ndarray:
         configs = req.info.configs
@@ -496,6 +541,56 @@ class Scheduler:
         for s, m in req.excluded:
             viable &= configs[:, s] != m
         return viable
+
+    # ---- row tables ------------------------------------------------------------------
+
+    def _attach(self, req: _Request) -> None:
+        """Give a new request the next row (the back of the FIFO order) and fill it."""
+        if self._num_rows == self._viable_tab.shape[0]:
+            self._compact()
+        row = self._num_rows
+        self._num_rows += 1
+        req.row = row
+        self._row_req.append(req)
+        info = req.info
+        self._viable_tab[row] = False
+        self._viable_tab[row, : info.space.num_configs] = req.admitted
+        self._ready_tab[row] = False
+        self._ready_tab[row, info.stage_rank[req.ready]] = True
+        self._row_space[row] = info.space_id
+
+    def _detach(self, req: _Request) -> None:
+        """The request left the queue: its row never yields an item again."""
+        self._ready_tab[req.row] = False
+        req.row = -1
+
+    def _compact(self) -> None:
+        """Move the rows of in-flight requests to the front, in order, into tables sized
+        for twice as many (rows are only handed out at the back)."""
+        live = [r.row for r in self._queue.values()]  # queue order is row order
+        keep = np.array(live, dtype=np.int64)
+        cap = max(_MIN_ROWS, 2 * bucket_size(len(live) + 1))
+        self._viable_tab = self._resized(self._viable_tab, keep, cap)
+        self._ready_tab = self._resized(self._ready_tab, keep, cap)
+        self._row_space = self._resized(self._row_space, keep, cap)
+        self._row_req = list(self._queue.values())  # a new list: records keep the old one
+        for i, req in enumerate(self._row_req):
+            req.row = i
+        self._num_rows = len(live)
+
+    @staticmethod
+    def _resized(table: np.ndarray, keep: np.ndarray, cap: int) -> np.ndarray:
+        out = np.zeros((cap, *table.shape[1:]), dtype=table.dtype)
+        out[: keep.size] = table[keep]
+        return out
+
+    def _gather_viable(self, rows: np.ndarray) -> np.ndarray:
+        """bool[R, C] padded viable masks of the round's items (a fresh array: the plan's
+        record keeps it)."""
+        r_b = bucket_size(max(rows.size, MIN_ITEMS))
+        out = np.zeros((r_b, self._viable_tab.shape[1]), dtype=bool)
+        np.take(self._viable_tab, rows, axis=0, out=out[: rows.size], mode="clip")
+        return out
 
     def _register(self, space: ConfigSpace) -> _Space:
         info = self._spaces.get(id(space))
@@ -517,9 +612,32 @@ class Scheduler:
             served=(configs >= 0).all(axis=1),
             downstream=tuple(tuple(d) for d in downstream),
             stage_rank=rank,
+            space_id=len(self._infos),
+            stage_base=self._column_tab.shape[0],
         )
         self._spaces[id(space)] = info
+        self._infos.append(info)
         self._cfg_bucket = max(self._cfg_bucket, bucket_size(space.num_configs))
+        self._max_stages = max(self._max_stages, space.num_stages)
+        # Widen the row tables to the new bucket / stage count (new cells: False).
+        rows, c_b, s_max = self._viable_tab.shape[0], self._cfg_bucket, self._max_stages
+        if self._viable_tab.shape[1] != c_b:
+            wide = np.zeros((rows, c_b), dtype=bool)
+            wide[:, : self._viable_tab.shape[1]] = self._viable_tab
+            self._viable_tab = wide
+        if self._ready_tab.shape[1] != s_max:
+            wide = np.zeros((rows, s_max), dtype=bool)
+            wide[:, : self._ready_tab.shape[1]] = self._ready_tab
+            self._ready_tab = wide
+        rank_stage = np.zeros((len(self._infos), s_max), dtype=np.int32)
+        rank_stage[: self._rank_stage.shape[0], : self._rank_stage.shape[1]] = self._rank_stage
+        rank_stage[info.space_id, : space.num_stages] = order
+        self._rank_stage = rank_stage
+        self._stage_base = np.append(self._stage_base, np.int32(info.stage_base)).astype(np.int32)
+        columns = np.full((self._column_tab.shape[0] + space.num_stages, c_b), -1, dtype=self._cfg_dtype)
+        columns[: self._column_tab.shape[0], : self._column_tab.shape[1]] = self._column_tab
+        columns[info.stage_base :, : space.num_configs] = info.columns
+        self._column_tab = columns
         return info
 
     def _check_load(self, load: LoadVector) -> LoadVector:
@@ -537,33 +655,43 @@ class Scheduler:
         by_name = {e.name: e for e in load.engines}
         return LoadVector(tuple(by_name[n] for n in self.engine_names))
 
+    def _gain_table(self, load: LoadVector, num_slots: int) -> np.ndarray:
+        """``load.gain_table(num_slots, utility_scale)``, remembered across rounds: in
+        steady state the same loads come back often. Read-only."""
+        curves = tuple(e.curve for e in load.engines)
+        key = (num_slots, tuple(e.load for e in load.engines), tuple(map(id, curves)))
+        hit = self._gain_cache.get(key)
+        if hit is not None and all(a is b for a, b in zip(hit[0], curves, strict=True)):
+            return hit[1]
+        gain = load.gain_table(num_slots, self.utility_scale)
+        gain.setflags(write=False)
+        if len(self._gain_cache) >= _GAIN_CACHE_SIZE:
+            self._gain_cache.clear()
+        self._gain_cache[key] = (curves, gain)  # holding the curves keeps their ids unique
+        return gain
+
     def _round_arrays(
-        self, reqs: list[_Request], stages: np.ndarray, slots: np.ndarray, viable: list[np.ndarray], load: LoadVector
+        self,
+        rows: np.ndarray,
+        space_ids: np.ndarray,
+        stages: np.ndarray,
+        item_viable: np.ndarray,
+        free: np.ndarray,
+        load: LoadVector,
     ) -> RoundArrays:
-        """Padded kernel inputs; ``slots`` numbers the requests of the round (items of one
-        request are consecutive and share a slot)."""
-        n = len(reqs)
-        r_b = bucket_size(max(n, MIN_ITEMS))
-        c_b = self._cfg_bucket
-        item_viable = np.zeros((r_b, c_b), dtype=bool)
+        """Padded kernel inputs from the row tables; items of one request are consecutive
+        and share a request slot."""
+        n = rows.size
+        r_b, c_b = item_viable.shape
         item_cfg_model = np.full((r_b, c_b), -1, dtype=self._cfg_dtype)
-        if len(self._spaces) == 1:  # one workflow: block copies (a list of rows assigns fastest)
-            (info,) = self._spaces.values()
-            c = info.space.num_configs
-            item_viable[:n, :c] = viable
-            item_cfg_model[:n, :c] = info.columns[stages]
-        else:
-            infos = [req.info for req in reqs]
-            for info in dict.fromkeys(infos):
-                idx = np.flatnonzero([x is info for x in infos])
-                c = info.space.num_configs
-                item_viable[idx, :c] = [viable[i] for i in idx.tolist()]
-                item_cfg_model[idx, :c] = info.columns[stages[idx]]
+        np.take(self._column_tab, self._stage_base[space_ids] + stages, axis=0, out=item_cfg_model[:n], mode="clip")
+        first = np.ones(n, dtype=bool)
+        first[1:] = rows[1:] != rows[:-1]
         item_req = np.full(r_b, -1, dtype=np.int32)
-        item_req[:n] = slots
+        np.cumsum(first, dtype=np.int32, out=item_req[:n])
+        item_req[:n] -= 1
         item_valid = np.zeros(r_b, dtype=bool)
         item_valid[:n] = True
-        free = load.free_slots()
         k_b = max(self._slot_bucket, bucket_size(max(int(free.max()), MIN_SLOTS)))
         return RoundArrays(
             item_viable=item_viable,
@@ -572,7 +700,7 @@ class Scheduler:
             item_valid=item_valid,
             engine_model=self._engine_model,
             free_slots=free,
-            gain=load.gain_table(k_b, self.utility_scale),
+            gain=self._gain_table(load, k_b),
             num_models=len(self.model_names),
             num_items=n,
         )
