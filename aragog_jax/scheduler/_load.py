@@ -197,8 +197,7 @@ class LoadVector:
         extra = np.zeros(len(self.engines)) if extra is None else np.asarray(extra, dtype=np.float64)
         out = np.empty(len(self.engines))
         for e, (eng, x) in enumerate(zip(self.engines, extra, strict=True)):
-            xs, ys = curve_arrays(eng.curve)
-            out[e] = np.interp(eng.load + x, xs, ys)
+            out[e] = curve_value(eng.curve, eng.load + x)
         return out
 
     def capacity(self) -> float:
@@ -224,9 +223,19 @@ class LoadVector:
         out = np.zeros((len(self.engines), num_slots), dtype=np.int32)
         if cap <= 0:
             return out
-        k = np.arange(num_slots + 1, dtype=np.float64)
         for e, eng in enumerate(self.engines):
-            xs, ys = curve_arrays(eng.curve)
-            f = np.interp(eng.load + k, xs, ys)
-            out[e] = np.rint(np.diff(f) / cap * utility_scale).astype(np.int32)
+            out[e] = gain_row(eng.curve, eng.load, num_slots, cap, utility_scale)
         return out
+
+
+def curve_value(curve: Curve, x: float) -> float:
+    """f(x) of one throughput curve (tokens/s at x concurrent sequences)."""
+    xs, ys = curve_arrays(curve)
+    return np.interp(x, xs, ys)
+
+
+def gain_row(curve: Curve, load: int, num_slots: int, capacity: float, utility_scale: int) -> np.ndarray:
+    """int32[num_slots]: one engine's row of :meth:`LoadVector.gain_table` (``capacity`` > 0)."""
+    xs, ys = curve_arrays(curve)
+    f = np.interp(load + np.arange(num_slots + 1, dtype=np.float64), xs, ys)
+    return np.rint(np.diff(f) / capacity * utility_scale).astype(np.int32)

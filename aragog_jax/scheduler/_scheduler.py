@@ -37,7 +37,7 @@ from typing import Any
 import numpy as np
 
 from aragog_jax.errors import NoViableConfigurationError, SchedulerError
-from aragog_jax.scheduler._load import UTILITY_SCALE, EngineInfo, LoadVector
+from aragog_jax.scheduler._load import UTILITY_SCALE, EngineInfo, LoadVector, curve_value, gain_row
 from aragog_jax.scheduler._policy import DEFAULT_BEAM_WIDTH, Policy, make_policy
 from aragog_jax.scheduler._round import MIN_CONFIGS, MIN_ITEMS, MIN_SLOTS, RoundArrays, model_dtype
 from aragog_jax.space import ConfigSpace, bucket_size
@@ -49,8 +49,8 @@ _STATUS = ("waiting", "ready", "running", "done")
 MAX_FINISHED = 65_536
 #: Smallest row-table capacity (rows are per in-flight request).
 _MIN_ROWS = 256
-#: Gain tables remembered across rounds (keyed by engine loads and curves).
-_GAIN_CACHE_SIZE = 4096
+#: Per-engine gain rows and curve values remembered across rounds (each cache).
+_CURVE_CACHE_SIZE = 16_384
 
 
 @dataclass(frozen=True)
@@ -276,7 +276,8 @@ class Scheduler:
         self._rank_stage = np.zeros((0, self._max_stages), dtype=np.int32)  # space id, rank position -> stage
         self._stage_base = np.zeros(0, dtype=np.int32)  # space id -> row of its stage 0 in _column_tab
         self._column_tab = np.zeros((0, self._cfg_bucket), dtype=self._cfg_dtype)  # (space, stage) -> model per config
-        self._gain_cache: dict[tuple, tuple[tuple, np.ndarray]] = {}
+        self._gain_cache: dict[tuple, tuple[Any, np.ndarray]] = {}  # (curve id, load, slots, capacity) -> row
+        self._value_cache: dict[tuple, tuple[Any, float]] = {}  # (curve id, load, extra) -> f(load + extra)
         for sp in spaces:
             self._register(sp)
 
@@ -416,7 +417,7 @@ class Scheduler:
             )
         if assignments:
             counts = np.bincount(engine[engine >= 0], minlength=len(self.engines))
-            utilization = load.utilization(counts)
+            utilization = self._utilization(load, counts)
         else:  # Σ_e [f_e(load_e + 0) - f_e(load_e)] is exactly 0.0
             utilization = 0.0
         record = _RoundRecord(load, self.model_names, self.utility_scale, row_req, rows, stages, item_viable, engine)
@@ -656,19 +657,46 @@ class Scheduler:
         return LoadVector(tuple(by_name[n] for n in self.engine_names))
 
     def _gain_table(self, load: LoadVector, num_slots: int) -> np.ndarray:
-        """``load.gain_table(num_slots, utility_scale)``, remembered across rounds: in
-        steady state the same loads come back often. Read-only."""
-        curves = tuple(e.curve for e in load.engines)
-        key = (num_slots, tuple(e.load for e in load.engines), tuple(map(id, curves)))
-        hit = self._gain_cache.get(key)
-        if hit is not None and all(a is b for a, b in zip(hit[0], curves, strict=True)):
-            return hit[1]
-        gain = load.gain_table(num_slots, self.utility_scale)
-        gain.setflags(write=False)
-        if len(self._gain_cache) >= _GAIN_CACHE_SIZE:
-            self._gain_cache.clear()
-        self._gain_cache[key] = (curves, gain)  # holding the curves keeps their ids unique
-        return gain
+        """``load.gain_table(num_slots, utility_scale)`` from rows remembered across
+        rounds: each engine's row depends only on its curve and load, which repeat."""
+        cap = load.capacity()
+        out = np.zeros((len(load.engines), num_slots), dtype=np.int32)
+        if cap <= 0:
+            return out
+        cache = self._gain_cache
+        for e, eng in enumerate(load.engines):
+            curve = eng.curve
+            key = (id(curve), eng.load, num_slots, cap)
+            hit = cache.get(key)
+            if hit is None or hit[0] is not curve:
+                if len(cache) >= _CURVE_CACHE_SIZE:
+                    cache.clear()
+                # Holding the curve keeps its id from being reused while the entry lives.
+                hit = cache[key] = (curve, gain_row(curve, eng.load, num_slots, cap, self.utility_scale))
+            out[e] = hit[1]
+        return out
+
+    def _utilization(self, load: LoadVector, counts: np.ndarray) -> float:
+        """``load.utilization(counts)`` from curve values remembered across rounds."""
+        cap = load.capacity()
+        if cap <= 0:
+            return 0.0
+        cache = self._value_cache
+        extra = np.asarray(counts, dtype=np.float64)
+        after = np.empty(len(load.engines))
+        before = np.empty(len(load.engines))
+        for e, (eng, x) in enumerate(zip(load.engines, extra.tolist(), strict=True)):
+            curve = eng.curve
+            for out, dx in ((after, x), (before, 0.0)):
+                key = (id(curve), eng.load, dx)
+                hit = cache.get(key)
+                if hit is None or hit[0] is not curve:
+                    if len(cache) >= _CURVE_CACHE_SIZE:
+                        cache.clear()
+                    hit = cache[key] = (curve, curve_value(curve, eng.load + np.float64(dx)))
+                out[e] = hit[1]
+        gain = after - before
+        return float(gain.sum() / cap)
 
     def _round_arrays(
         self,
