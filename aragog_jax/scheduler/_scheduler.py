@@ -403,23 +403,29 @@ class Scheduler:
         if free.any():
             arrays = self._round_arrays(rows, space_ids, stages, item_viable, free, load)
             engine = np.asarray(self.policy.assign(arrays).engine)[:n]
-            flexibility = round_flexibility(arrays, engine)
         else:  # nothing can be placed: no kernel, no commit
             engine = np.full(n, -1, dtype=np.int32)
-            flexibility = 1.0
         assignments = []
         row_req = self._row_req
+        first_placed: dict[_Request, int] = {}  # requests with an assignment -> their first placed item
         for i in np.flatnonzero(engine >= 0).tolist():
             req, s, e = row_req[rows[i]], int(stages[i]), int(engine[i])
             self._commit(req, s, e)
+            first_placed.setdefault(req, i)
             assignments.append(
                 Assignment(req.request_id, s, req.info.space.stage_names[s], self.engine_names[e], self.engines[e].model)
             )
         if assignments:
             counts = np.bincount(engine[engine >= 0], minlength=len(self.engines))
             utilization = self._utilization(load, counts)
+            # round_flexibility(arrays, engine) without re-deriving the narrowed masks: a
+            # request's committed mask is its round mask narrowed by every placed item's
+            # model, which is what round_flexibility computes (same counts, same order).
+            before = item_viable[list(first_placed.values())].sum(axis=1)
+            after = self._viable_tab[[req.row for req in first_placed]].sum(axis=1)
+            flexibility = float(np.mean(after / np.maximum(before, 1)))
         else:  # Σ_e [f_e(load_e + 0) - f_e(load_e)] is exactly 0.0
-            utilization = 0.0
+            utilization, flexibility = 0.0, 1.0
         record = _RoundRecord(load, self.model_names, self.utility_scale, row_req, rows, stages, item_viable, engine)
         return Plan(tuple(assignments), utilization, flexibility, str(self.policy.name), record)
 
