@@ -194,6 +194,7 @@ class _Space:
     served: np.ndarray  # bool[C] every stage's model has an engine
     downstream: tuple[tuple[int, ...], ...]
     stage_rank: np.ndarray  # int[S] position in "deepest first, then lower index"
+    num_configs: int
     space_id: int  # row of the scheduler's rank -> stage table
     stage_base: int  # row of stage 0 in the scheduler's configuration-column table
 
@@ -254,6 +255,7 @@ class Scheduler:
         self.model_names = tuple(dict.fromkeys(e.model for e in engines))
         self._model_index = {m: i for i, m in enumerate(self.model_names)}
         self._engine_model = np.array([self._model_index[e.model] for e in engines], dtype=np.int32)
+        self._engine_model_ids = self._engine_model.tolist()  # Python ints for per-commit compares
         self.policy: Policy = make_policy(policy, beam_width=beam_width, per_workflow=per_workflow) if isinstance(policy, str) else policy
         self.utility_scale = int(utility_scale)
         self._spaces: dict[int, _Space] = {}
@@ -535,9 +537,10 @@ class Scheduler:
         req.status[s] = RUNNING
         req.engine[s] = e
         req.ready.remove(s)
-        self._ready_tab[req.row, req.info.stage_rank[s]] = False
-        viable = self._viable(req)
-        viable &= req.info.columns[s] == self._engine_model[e]
+        info = req.info
+        self._ready_tab[req.row, info.stage_rank[s]] = False
+        viable = self._viable_tab[req.row, : info.num_configs]
+        viable &= info.columns[s] == self._engine_model_ids[e]
 
     def _recompute_viable(self, req: _Request) -> np.ndarray:
         configs = req.info.configs
@@ -619,6 +622,7 @@ class Scheduler:
             served=(configs >= 0).all(axis=1),
             downstream=tuple(tuple(d) for d in downstream),
             stage_rank=rank,
+            num_configs=space.num_configs,
             space_id=len(self._infos),
             stage_base=self._column_tab.shape[0],
         )
