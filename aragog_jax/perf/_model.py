@@ -11,6 +11,7 @@ Everything here reads an :class:`~aragog_jax.spec.EngineProfile`:
 * ``prefill_s``: compute-bound prefill of ``tokens`` prompt tokens.
 * ``iteration_s``: one mixed iteration (chunked-prefill style): the decode step of the
   running batch plus the prefill of the tokens admitted in this iteration.
+* ``profile_to_toml``: the one TOML writer for derived and measured profiles.
 """
 
 from __future__ import annotations
@@ -77,3 +78,40 @@ def steady_tokens_per_s(profile: EngineProfile, batch: int, ctx_per_seq: float) 
     if batch <= 0:
         return 0.0
     return batch / decode_iteration_s(profile, batch, batch * ctx_per_seq)
+
+
+def _toml_str(s: str) -> str:
+    return '"' + s.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def profile_to_toml(p: EngineProfile, header: list[str]) -> str:
+    """Render a profile as commented TOML after ``header`` comment lines.
+
+    Deterministic, and loads back with ``load_profile``. ``date`` is written only when
+    set (derived profiles have none).
+    """
+    lines = [
+        *header,
+        f"model = {_toml_str(p.model)}",
+        f"hardware = {_toml_str(p.hardware)}",
+        f"tensor_parallel = {p.tensor_parallel}",
+        f"num_gpus = {p.num_gpus}",
+        f'kind = "{p.kind}"',
+        f"engine_version = {_toml_str(p.engine_version)}",
+        *([f"date = {_toml_str(p.date)}"] if p.date else []),
+        f"saturation_batch = {p.saturation_batch}",
+        f"kv_capacity_tokens = {p.kv_capacity_tokens}",
+        f"prefill_tokens_per_s = {p.prefill_tokens_per_s!r}",
+        "# decode iteration seconds: t(b, ctx) = decode_base_s + decode_per_seq_s*b + decode_per_ctx_token_s*ctx",
+        f"decode_base_s = {p.decode_base_s!r}",
+        f"decode_per_seq_s = {p.decode_per_seq_s!r}",
+        f"decode_per_ctx_token_s = {p.decode_per_ctx_token_s!r}",
+        f"ttft_s = {p.ttft_s!r}",
+        f"itl_s = {p.itl_s!r}",
+        f"notes = {_toml_str(p.notes)}",
+        "# [concurrent sequences, generated tokens/s]",
+        "curve = [",
+        *(f"  [{pt.concurrency}, {pt.tokens_per_s!r}]," for pt in p.curve),
+        "]",
+    ]
+    return "\n".join(lines) + "\n"
