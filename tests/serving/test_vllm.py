@@ -68,20 +68,32 @@ def test_monitor_reads_real_gauges_moving(vllm_engines):
             await mon.poll_once()
             idle = {s.engine: (s.running, s.waiting, s.source) for s in mon.snapshot()}
             # Judged on the raw scraped gauges (st.scraped), not the in-flight-adjusted snapshot.
-            work = [asyncio.create_task(c.chat(f"tell me {i}", max_tokens=200, seed=i)) for c in clients for i in range(16)]
+            # vLLM CPU updates its gauges in bursts, so a 50 ms poll can miss a whole wave on
+            # a loaded machine: send up to three waves, stopping once every engine was caught
+            # running a full batch with a queue behind it.
+            results = []
             mon.start()  # one scraping task per engine, every 50 ms
-            while not all(t.done() for t in work):
-                for st in states:
-                    sc = st.scraped
-                    peak[st.name][0] = max(peak[st.name][0], int(sc.running or 0))
-                    peak[st.name][1] = max(peak[st.name][1], int(sc.waiting or 0))
-                await asyncio.sleep(0.02)
+            for wave in range(3):
+                work = [
+                    asyncio.create_task(c.chat(f"tell me {wave} {i}", max_tokens=200, seed=i))
+                    for c in clients
+                    for i in range(16)
+                ]
+                while not all(t.done() for t in work):
+                    for st in states:
+                        sc = st.scraped
+                        peak[st.name][0] = max(peak[st.name][0], int(sc.running or 0))
+                        peak[st.name][1] = max(peak[st.name][1], int(sc.waiting or 0))
+                    await asyncio.sleep(0.02)
+                results += await asyncio.gather(*work)
+                if all(r == 4 and w >= 1 for r, w in peak.values()):
+                    break
             await mon.stop()
-            results = await asyncio.gather(*work)
             await mon.poll_once()
             after = {st.name: (st.scraped.running, st.scraped.waiting) for st in states}
             orca = [r.orca for r in results if r.orca is not None]
-            tokens = {c.name: sum(r.completion_tokens for r in results[i * 16 : (i + 1) * 16]) for i, c in enumerate(clients)}
+            tokens = {c.name: sum(r.completion_tokens for i, r in enumerate(results) if (i // 16) % len(clients) == k) for k, c in enumerate(clients)}
+            print("waves:", wave + 1, end=" ")
             print("scrape errors:", {st.name: st.scrape_errors for st in states}, "polls:", mon.num_polls, "tokens:", tokens)
             return idle, peak, after, results, orca
         finally:
@@ -97,7 +109,7 @@ def test_monitor_reads_real_gauges_moving(vllm_engines):
         # deep a poll catches it depends on how busy the machine is; that it queues does not.
         assert waiting >= 1, (name, peak)
     assert all(v == (0.0, 0.0) for v in after.values())
-    assert len(results) == 32 and all(r.completion_tokens > 0 for r in results)
+    assert len(results) % 32 == 0 and all(r.completion_tokens > 0 for r in results)
     assert orca, "vLLM sent no endpoint-load-metrics header"
     assert all(0.0 <= o.kv_usage <= 1.0 for o in orca if o.kv_usage is not None)
 
