@@ -20,30 +20,8 @@ from aragog_jax.space import build_space
 from aragog_jax.spec import WorkflowSpec, family_pool, load_workflow, shipped_workflows
 from aragog_jax.spec._load import check_workflow
 
-CATALOG = """
-[families]
-t = ["small", "big"]
+from ..serving._fleetkit import CATALOG  # the shared two-model test catalog
 
-[[model]]
-name = "small"
-family = "t"
-num_params = 1_000_000
-num_layers = 2
-hidden_size = 128
-num_attention_heads = 2
-num_kv_heads = 2
-head_dim = 64
-
-[[model]]
-name = "big"
-family = "t"
-num_params = 9_000_000
-num_layers = 2
-hidden_size = 128
-num_attention_heads = 2
-num_kv_heads = 2
-head_dim = 64
-"""
 
 CHAIN3 = """
 name = "refine3"
