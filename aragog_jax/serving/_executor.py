@@ -4,6 +4,9 @@ The executor is the one entry point from coroutines to the (synchronous) schedul
 A scheduling round runs when something changed: a request arrived, a stage finished
 or failed, or the load monitor saw an engine's load or health change. Rounds are
 coalesced (many triggers in one loop iteration give one round) and never polled.
+A round first routes, in one batch per workflow, the requests admitted since the last
+round (routers that run on the loop; see :mod:`._routing`) and queues them, so a
+request arriving in one loop turn is routed, queued and dispatched in the next.
 
 Faults: an engine error marks the engine (circuit breaker) and the stage goes back to
 the scheduler, which places it on another model that keeps an admitted configuration.
@@ -115,6 +118,7 @@ class Executor:
         self.num_accepted = 0
         self.draining = False
         self._kick_scheduled = False
+        self._unrouted: dict[str, list[Run]] = {}  # workflow -> runs admitted since the last round
         self._seed = itertools.count()
         self.recent_rounds: deque[Any] = deque(maxlen=keep_rounds)
         self.counts = {"completed": 0, "failed": 0, "expired": 0, "cancelled": 0}
@@ -166,9 +170,13 @@ class Executor:
         run.timer = asyncio.get_running_loop().call_later(limit, self._expire, run)
         self.num_accepted += 1
         self.metrics.in_flight.set(len(self.runs))
-        task = asyncio.get_running_loop().create_task(self._start(run))
-        run.tasks.add(task)
-        task.add_done_callback(run.tasks.discard)
+        if self.routers[workflow].in_thread:
+            task = asyncio.get_running_loop().create_task(self._route_in_thread(run))
+            run.tasks.add(task)
+            task.add_done_callback(run.tasks.discard)
+        else:
+            self._unrouted.setdefault(workflow, []).append(run)
+            self.kick()
         return run
 
     async def wait(self, run: Run) -> RunResult:
@@ -184,12 +192,34 @@ class Executor:
         self._finish(run, "expired", DeadlineExceededError(
             f"request {run.id} ran past its deadline of {run.deadline - run.t0:g} s"))  # fmt: skip
 
-    async def _start(self, run: Run) -> None:
+    async def _route_in_thread(self, run: Run) -> None:
         try:
             routed = await self.routers[run.wf.name].route(run.input)
         except Exception as exc:  # noqa: BLE001
             self._finish(run, "failed", AragogError(f"routing failed: {exc}"))
             return
+        self._queue(run, routed, time.monotonic())
+        self.kick()
+
+    def _route_admitted(self) -> None:
+        """Route every run admitted since the last round (one batch per workflow) and queue it."""
+        pending, self._unrouted = self._unrouted, {}
+        for name, runs in pending.items():
+            runs = [r for r in runs if not r.finished]
+            if not runs:
+                continue
+            try:
+                routed = self.routers[name].route_batch([r.input for r in runs])
+            except Exception as exc:  # noqa: BLE001 - handed to every run of the batch
+                for run in runs:
+                    self._finish(run, "failed", AragogError(f"routing failed: {exc}"))
+                continue
+            now = time.monotonic()
+            for run, r in zip(runs, routed, strict=True):
+                self._queue(run, r, now)
+
+    def _queue(self, run: Run, routed: Routed, now: float) -> None:
+        """A routed run joins the scheduler's meta-queue (or fails: nothing admitted can run)."""
         if run.finished:
             return
         run.routed = routed
@@ -199,7 +229,6 @@ class Executor:
             self._finish(run, "failed", NoViableConfigurationError(f"{run.wf.name}: no admitted configuration can run on this fleet"))
             return
         run.status = "queued"
-        now = time.monotonic()
         try:
             ready = self.sched.add(run.id, run.wf, routed.mask)
         except NoViableConfigurationError as exc:
@@ -207,7 +236,6 @@ class Executor:
             return
         for sid in ready:
             run.ready_at[sid] = now
-        self.kick()
 
     # -- rounds -------------------------------------------------------------------------
 
@@ -219,14 +247,16 @@ class Executor:
 
     def _round(self) -> None:
         self._kick_scheduled = False
+        if self._unrouted:
+            self._route_admitted()
         if not self.sched.num_pending:
             self.metrics.meta_queue.set(0)
             return
-        now = time.monotonic()
-        loads = self.monitor.snapshot(now)
         t0 = time.perf_counter()
-        plan = self.sched.schedule(loads)
+        plan = self.sched.schedule(self.monitor.snapshot())
         self.metrics.scheduling_s.observe(time.perf_counter() - t0)
+        # Taken after the round, so its cost counts as the stages' queueing, not engine time.
+        now = time.monotonic()
         if plan.record is not None:
             self.recent_rounds.append(plan.record)
         for a in plan.assignments:

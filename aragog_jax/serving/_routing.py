@@ -1,12 +1,15 @@
-"""Routing at serve time: one batching worker per workflow.
+"""Routing at serve time: one router worker per workflow.
 
-Requests that arrive in the same event-loop turn (or while a routing call is running)
-are batched into one call; the router pads to its compiled buckets, so a batch costs
-one compiled call. A router whose featuriser is local arithmetic (hashed n-grams:
-tens of microseconds per batch) runs on the event loop, where a thread hop would cost
-more than the call; one whose featuriser calls an embeddings endpoint runs in a worker
-thread so the loop keeps dispatching. A workflow without a router admits every
-servable configuration (logged once at start-up).
+A router whose featuriser is local arithmetic (hashed n-grams: tens of microseconds per
+batch) runs on the event loop, where a thread hop would cost more than the call: the
+executor batches every request admitted since the last scheduling round into one
+:meth:`RouterWorker.route_batch` call at the start of that round, so a request is
+routed, queued and (capacity permitting) dispatched in the same loop turn. The router
+pads to its compiled buckets, so a batch costs one compiled call. A router whose
+featuriser calls an embeddings endpoint runs in a worker thread (:meth:`RouterWorker.route`;
+requests arriving while a call runs are batched into the next) so the loop keeps
+dispatching. A workflow without a router admits every servable configuration (logged
+once at start-up).
 """
 
 from __future__ import annotations
@@ -33,47 +36,36 @@ class RouterWorker:
         self.wf = wf
         self._pending: list[tuple[str, asyncio.Future]] = []
         self._task: asyncio.Task | None = None
-        self._flush_scheduled = False
         self.in_thread = wf.router is not None and _needs_thread(wf.router)
 
-    async def route(self, text: str) -> Routed:
+    def route_batch(self, texts: list[str]) -> list[Routed]:
+        """Route ``texts`` now, on the calling thread (for routers with ``in_thread`` False).
+
+        Raises whatever the router raises; the caller fails the whole batch with it."""
         wf = self.wf
         if wf.router is None:
-            return Routed(wf.servable, int(wf.space.num_configs), 0.0, "admit-all")
-        loop = asyncio.get_running_loop()
-        fut = loop.create_future()
+            return [Routed(wf.servable, int(wf.space.num_configs), 0.0, "admit-all")] * len(texts)
+        t0 = time.perf_counter()
+        res = wf.router.route_texts(texts)
+        return self._rows(res, time.perf_counter() - t0, len(texts))
+
+    async def route(self, text: str) -> Routed:
+        """Route one request off the event loop (for routers with ``in_thread`` True)."""
+        fut = asyncio.get_running_loop().create_future()
         self._pending.append((text, fut))
-        if not self.in_thread:
-            if not self._flush_scheduled:
-                self._flush_scheduled = True
-                loop.call_soon(self._flush)
-        elif self._task is None or self._task.done():
-            self._task = loop.create_task(self._drain())
+        if self._task is None or self._task.done():
+            self._task = asyncio.get_running_loop().create_task(self._drain())
         return await fut
 
-    def _flush(self) -> None:
-        self._flush_scheduled = False
-        batch, self._pending = self._pending, []
-        if batch:
-            self._deliver(batch, self.wf.router.route_texts)
-
-    def _deliver(self, batch, call) -> None:
-        t0 = time.perf_counter()
-        try:
-            res = call([t for t, _ in batch])
-        except Exception as exc:  # noqa: BLE001 - handed to every waiting request
-            for _, fut in batch:
-                if not fut.done():
-                    fut.set_exception(exc)
-            return
-        self._resolve(batch, res, time.perf_counter() - t0)
+    def _rows(self, res, elapsed: float, n: int) -> list[Routed]:
+        mask = np.asarray(res.mask, dtype=bool)
+        servable = self.wf.servable
+        return [Routed(mask[i] & servable, int(mask[i].sum()), elapsed, "trained") for i in range(n)]
 
     def _resolve(self, batch, res, elapsed: float) -> None:
-        mask = np.asarray(res.mask, dtype=bool)
-        for i, (_, fut) in enumerate(batch):
+        for (_, fut), routed in zip(batch, self._rows(res, elapsed, len(batch)), strict=True):
             if not fut.done():
-                row = mask[i]
-                fut.set_result(Routed(row & self.wf.servable, int(row.sum()), elapsed, "trained"))
+                fut.set_result(routed)
 
     async def _drain(self) -> None:
         loop = asyncio.get_running_loop()

@@ -318,3 +318,75 @@ def test_trained_router_masks_configurations(tmp_path):
         # The configuration that ran is one the router admitted.
         idx = router.space.index_of(rec["configuration"])
         assert expected[idx]
+
+
+def _qwen_router_fleet(tmp_path, urls: list[str], models: list[str]):
+    from aragog_jax.router import shipped_router
+    from aragog_jax.spec import PROFILES_DIR
+
+    ckpt = shipped_router("self_refine_humaneval", "qwen")
+    if not ckpt.exists():
+        pytest.skip(f"no shipped router at {ckpt}")
+    lines = ['family = "qwen"', f'models = "{PROFILES_DIR / "models.toml"}"',
+             f'workflows = ["{PROFILES_DIR / "workflows" / "self_refine_humaneval.toml"}"]',
+             "[routers]", f'self_refine_humaneval = "{ckpt}"']  # fmt: skip
+    for i, (m, u) in enumerate(zip(models, urls, strict=True)):
+        lines += ["[[engine]]", f'name = "e{i}"', f'model = "{m}"', f'url = "{u}"']
+    lines += ["[server]", "port = 0"]
+    path = tmp_path / "fleet.toml"
+    path.write_text("\n".join(lines) + "\n")
+    return load_runtime(path, router_buckets=(1, 8))
+
+
+@pytest.mark.parametrize("router_fails", [False, True])
+def test_round_routes_the_turns_arrivals_in_one_batch_and_dispatches_them(tmp_path, router_fails):
+    """Runs admitted in one loop turn are routed in one call at the start of the next
+    round, queued, and their first stage dispatched by that same round."""
+    models = ["Qwen2.5-7B-Instruct", "Qwen2.5-14B-Instruct", "Qwen2.5-32B-Instruct"]
+
+    async def go():
+        fakes = [FakeEngine(m, delay_s=0.2) for m in models]
+        srvs = [LoopbackServer(f.app) for f in fakes]
+        urls = [await s.start() for s in srvs]
+        fleet = _qwen_router_fleet(tmp_path, urls, models)
+        router = fleet.workflows["self_refine_humaneval"].router
+        batches: list[list[str]] = []
+        route_texts = router.route_texts
+
+        def recording(texts, budget_s=None):
+            batches.append(list(texts))
+            if router_fails:
+                raise RuntimeError("router exploded")
+            return route_texts(texts, budget_s)
+
+        router.route_texts = recording
+        s = Server(fleet, ServeOptions(warm_up=False))
+        await s.start()
+        try:
+            ex = s.executor
+            runs = [ex.admit("self_refine_humaneval", f"def f{i}(x): return x + {i}") for i in range(6)]
+            assert batches == [] and all(r.status == "routing" for r in runs)
+            await asyncio.sleep(0)  # one loop turn: the round the admissions asked for
+            statuses = [r.status for r in runs]
+            dispatched = sum(st.num_dispatched for st in ex.engines.values())
+            outcomes = []
+            for r in runs:
+                try:
+                    outcomes.append((await ex.wait(r)).receipt.router)
+                except Exception as exc:  # noqa: BLE001
+                    outcomes.append(str(exc))
+            return batches, statuses, dispatched, outcomes
+        finally:
+            await s.stop(drain_s=0.5)
+            for srv in srvs:
+                await srv.stop()
+
+    batches, statuses, dispatched, outcomes = asyncio.run(go())
+    texts = [f"def f{i}(x): return x + {i}" for i in range(6)]
+    assert batches[0] == texts
+    if router_fails:
+        assert batches == [texts] and statuses == ["failed"] * 6 and dispatched == 0
+        assert outcomes == ["routing failed: router exploded"] * 6
+    else:
+        assert statuses == ["queued"] * 6 and dispatched == 6
+        assert outcomes == ["trained"] * 6
