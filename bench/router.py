@@ -29,6 +29,9 @@ from aragog_jax.router import RouterModelConfig, init_params
 from aragog_jax.router._router import DEFAULT_ROW_BLOCK, route_blocked
 from aragog_jax._provenance import git_sha
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from bench._timing import time_fn  # noqa: E402
+
 HIDDEN = (512,) * 6
 FEATURE_DIM = 1024
 BUCKETS = (1, 8, 64, 512, 4096)
@@ -48,18 +51,6 @@ def compiled_route(params, thresholds, always, bucket, dim=FEATURE_DIM, row_bloc
     feats = jax.ShapeDtypeStruct((bucket, dim), jnp.float32)
     fn = functools.partial(route_blocked, row_block=row_block)
     return jax.jit(fn).lower(params, feats, thresholds, always).compile()
-
-
-def time_fn(fn, min_time=0.3, min_reps=3, max_reps=2000) -> list[float]:
-    """Per-call seconds; runs until ``min_time`` seconds and ``min_reps`` calls have passed."""
-    fn()  # warm
-    times = []
-    t_end = time.perf_counter() + min_time
-    while (len(times) < min_reps or time.perf_counter() < t_end) and len(times) < max_reps:
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return times
 
 
 def kernel_table(quick: bool) -> list[dict]:

@@ -39,6 +39,9 @@ import jax
 import numpy as np
 
 from aragog_jax._provenance import git_sha
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from bench._timing import time_fn  # noqa: E402
 from aragog_jax.scheduler import COMPILED, EngineInfo, LoadVector, RoundArrays, Scheduler
 from aragog_jax.scheduler._random import random_round
 from aragog_jax.scheduler._round import twin_round
@@ -47,22 +50,6 @@ from aragog_jax.spec import PROFILES_DIR, load_profile
 
 HEADLINE = {"num_items": 1024, "num_configs": 243, "num_engines": 9, "beam": 4, "total_free": 64}
 GRID_R, GRID_C, GRID_M, GRID_B = (16, 128, 1024), (27, 243, 4096), (3, 6, 9), (1, 4, 8)
-
-
-def time_fn(fn, min_time: float, min_reps: int = 3, max_reps: int = 5000) -> list[float]:
-    """Per-call seconds after one warm-up call (garbage collection paused, as timeit does)."""
-    fn()
-    times: list[float] = []
-    end = time.perf_counter() + min_time
-    gc.disable()
-    try:
-        while (len(times) < min_reps or time.perf_counter() < end) and len(times) < max_reps:
-            t = time.perf_counter()
-            fn()
-            times.append(time.perf_counter() - t)
-    finally:
-        gc.enable()
-    return times
 
 
 def make_round(num_items, num_configs, num_engines, total_free=64, seed=0, **kw) -> RoundArrays:

@@ -85,6 +85,8 @@ class Plan:
       flexibility: mean over the requests with an assignment of the share of their
         viable configurations kept (1.0 when nothing was assigned).
       policy: the policy's name.
+      search_steps: items the policy's search looked at (the beam search's
+        ``num_steps``; 0 when no kernel ran): what a round's cost grows with.
     """
 
     assignments: tuple[Assignment, ...]
@@ -92,6 +94,7 @@ class Plan:
     flexibility: float
     policy: str
     _record: _RoundRecord | None = field(default=None, repr=False)
+    search_steps: int = 0
 
     @functools.cached_property
     def skipped(self) -> tuple[Skipped, ...]:
@@ -404,9 +407,12 @@ class Scheduler:
         free = load.free_slots()
         if free.any():
             arrays = self._round_arrays(rows, space_ids, stages, item_viable, free, load)
-            engine = np.asarray(self.policy.assign(arrays).engine)[:n]
+            result = self.policy.assign(arrays)
+            engine = np.asarray(result.engine)[:n]
+            steps = int(result.num_steps)
         else:  # nothing can be placed: no kernel, no commit
             engine = np.full(n, -1, dtype=np.int32)
+            steps = 0
         assignments = []
         row_req = self._row_req
         first_placed: dict[_Request, int] = {}  # requests with an assignment -> their first placed item
@@ -429,7 +435,7 @@ class Scheduler:
         else:  # Σ_e [f_e(load_e + 0) - f_e(load_e)] is exactly 0.0
             utilization, flexibility = 0.0, 1.0
         record = _RoundRecord(load, self.model_names, self.utility_scale, row_req, rows, stages, item_viable, engine)
-        return Plan(tuple(assignments), utilization, flexibility, str(self.policy.name), record)
+        return Plan(tuple(assignments), utilization, flexibility, str(self.policy.name), record, steps)
 
     def on_stage_finished(self, request_id: Hashable, stage: int | str) -> bool:
         """A dispatched stage returned. Returns True when the request is now done."""

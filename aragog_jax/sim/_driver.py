@@ -88,6 +88,7 @@ class RunResult:
     stage_completions: int = 0
     rounds: int = 0
     round_wall_s: list[float] = field(default_factory=list)
+    round_steps: list[int] = field(default_factory=list)  # search steps of each round in round_wall_s
     sim_wall_s: float = 0.0
     end_time: float = 0.0
     engine_busy_s: dict[str, float] = field(default_factory=dict)
@@ -184,6 +185,7 @@ def simulate(
     dirty = False
     rounds = 0
     round_wall: list[float] = []
+    round_steps: list[int] = []
     completions = 0
     stage_times: list[float] = []
     remaining = n
@@ -287,6 +289,7 @@ def simulate(
                 w = float(np.median(round_wall)) if round_wall else 0.0
             else:
                 round_wall.append(w)
+                round_steps.append(plan.search_steps)
             if on_round is not None:
                 on_round(w)
             if not plan.assignments:
@@ -314,6 +317,7 @@ def simulate(
         stage_completions=completions,
         rounds=rounds,
         round_wall_s=round_wall,
+        round_steps=round_steps,
         sim_wall_s=time.perf_counter() - wall0,
         end_time=now,
         engine_busy_s={e.name: e.busy_s for e in engines},

@@ -55,6 +55,16 @@ def test_every_request_completes_or_is_reported(setup):
     assert finished.sum() + res.num_unfinished == 40  # ... and nothing is lost
 
 
+def test_rounds_report_their_search_steps(setup):
+    _run(setup, "aragog", rate=20.0, num_requests=80)  # compiles every bucket the run needs
+    res, _ = _run(setup, "aragog", rate=20.0, num_requests=80)
+    assert res.compiled_rounds == 0  # so every round has its wall time and steps recorded
+    assert len(res.round_steps) == len(res.round_wall_s) == res.rounds > 0
+    # Every dispatched stage was an item the beam search looked at, in some round.
+    assert sum(res.round_steps) >= res.stage_completions
+    assert all(s >= 0 for s in res.round_steps)
+
+
 def test_determinism_under_a_seed(setup):
     a, _ = _run(setup, "aragog", rate=20.0, num_requests=80)
     b, _ = _run(setup, "aragog", rate=20.0, num_requests=80)
