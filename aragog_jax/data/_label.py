@@ -32,8 +32,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import importlib
-import importlib.util
 import json
 import time
 from collections.abc import Callable
@@ -42,10 +40,11 @@ from pathlib import Path
 
 import numpy as np
 
+from aragog_jax._imports import load_callable
 from aragog_jax.data._dataset import SPLITS, AccuracyDataset, save_dataset
 from aragog_jax.errors import AragogError, DatasetError, SpecError, UpstreamError
 from aragog_jax.serving._client import ClientLimits, EngineClient
-from aragog_jax.serving._executor import _SafeDict  # the executor's prompt rendering: same templates, same result
+from aragog_jax.serving._stagefn import StageFunctionError, StageState, load_stage_functions, render_prompt, run_stage
 from aragog_jax.space import ConfigSpace
 
 Scorer = Callable[[dict, str], float]
@@ -198,28 +197,7 @@ def load_inputs(path: str | Path, *, text_field: str = "", split_fractions=(0.6,
 
 def load_scorer(spec: str) -> Scorer:
     """``module:function`` or ``path/to/file.py:function`` -> the function (AragogError naming what is wrong)."""
-    mod_name, sep, fn_name = spec.rpartition(":")
-    if not sep or not mod_name or not fn_name:
-        raise AragogError(f"scorer {spec!r}: expected module:function, e.g. aragog_jax.data.scorers:exact_match")
-    if mod_name.endswith(".py"):  # a file: path/to/my_scorer.py:function
-        path = Path(mod_name)
-        if not path.is_file():
-            raise AragogError(f"scorer {spec!r}: file {path} not found")
-        mspec = importlib.util.spec_from_file_location(f"_aragog_scorer_{path.stem}", path)
-        mod = importlib.util.module_from_spec(mspec)
-        try:
-            mspec.loader.exec_module(mod)
-        except Exception as exc:  # noqa: BLE001 - the user's file: say which
-            raise AragogError(f"scorer {spec!r}: cannot load {path}: {type(exc).__name__}: {exc}") from exc
-    else:
-        try:
-            mod = importlib.import_module(mod_name)
-        except ImportError as exc:
-            raise AragogError(f"scorer {spec!r}: cannot import {mod_name!r}: {exc}") from exc
-    fn = getattr(mod, fn_name, None)
-    if not callable(fn):
-        raise AragogError(f"scorer {spec!r}: {mod_name} has no function {fn_name!r}")
-    return fn
+    return load_callable(spec, f"scorer {spec!r}", "aragog_jax.data.scorers:exact_match")
 
 
 # -- engines ------------------------------------------------------------------------------
@@ -231,12 +209,6 @@ class EngineTarget:
     model: str  # catalog model name
     url: str
     served_model: str
-
-
-def render_prompt(template: str, text: str, upstream: dict[str, str]) -> str:
-    values = _SafeDict(input=text)
-    values.update(upstream)
-    return template.format_map(values)
 
 
 def _call_seed(seed: int, input_id: str, key: tuple) -> int:
@@ -298,6 +270,7 @@ class Labeller:
         if settings.concurrency < 1:
             raise AragogError(f"concurrency must be >= 1, got {settings.concurrency}")
         self.wf = workflow
+        self.stage_fns = load_stage_functions(workflow)  # imports the user's stage functions now
         self.space = space
         self.inputs = inputs
         self.scorer = scorer
@@ -325,7 +298,7 @@ class Labeller:
             "format": STATE_FORMAT,
             "workflow": self.space.workflow,
             "fingerprint": self.space.fingerprint(),
-            "stages": [[s.name, s.prompt, s.output_tokens] for s in self.wf.stage],
+            "stages": [[s.name, s.prompt, s.output_tokens] + ([s.function] if s.function else []) for s in self.wf.stage],
             "seed": self.settings.seed,
         }
 
@@ -400,14 +373,14 @@ class Labeller:
             stage = self.wf.stage[s]
             model = space.model_names[dict(models)[s]]
             outputs = {space.stage_names[u]: r["text"] for u, r in zip(space.upstream[s], up_recs, strict=True)}
-            prompt = render_prompt(stage.prompt, row.text, outputs)
+            state = StageState(row.text, outputs, render_prompt(stage.prompt, row.text, outputs))
             seed = _call_seed(self.settings.seed, row.id, plan.call_keys[k])
             targets = self.engines[model]
             target = targets[seed % len(targets)]
             async with sem:
                 try:
-                    res = await self.clients[target.name].chat(prompt, max_tokens=max(1, stage.output_tokens), seed=seed)
-                except UpstreamError as exc:
+                    res = await run_stage(stage, self.stage_fns.get(s), model, self.clients[target.name], state, seed=seed)
+                except (UpstreamError, StageFunctionError) as exc:
                     counts["failed"] += 1
                     fail_f.write(json.dumps({"input": row.id, "key": key_s, "engine": target.name, "error": str(exc)}) + "\n")
                     fail_f.flush()

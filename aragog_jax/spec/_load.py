@@ -83,7 +83,19 @@ def load_workflow(path: str | Path, catalog: ModelCatalog | None = None) -> Work
     path = Path(path)
     wf = _decode_toml(path, WorkflowSpec, "workflow")
     check_workflow(wf, catalog if catalog is not None else load_models(), where=str(path))
-    return wf
+    return _anchor_functions(wf, path.parent)
+
+
+def _anchor_functions(wf: WorkflowSpec, base: Path) -> WorkflowSpec:
+    """Stage functions given as a relative ``file.py:function`` are relative to the
+    workflow file; make them absolute so the spec means the same from any directory."""
+    stages = []
+    for s in wf.stage:
+        mod, _, fn = s.function.rpartition(":")
+        if mod.endswith(".py") and not Path(mod).is_absolute():
+            s = msgspec.structs.replace(s, function=f"{(base / mod).resolve()}:{fn}")
+        stages.append(s)
+    return msgspec.structs.replace(wf, stage=stages)
 
 
 def check_workflow(wf: WorkflowSpec, catalog: ModelCatalog, where: str = "workflow") -> None:
@@ -112,6 +124,12 @@ def check_workflow(wf: WorkflowSpec, catalog: ModelCatalog, where: str = "workfl
             if field != "input" and field not in s.upstream:
                 raise SpecError(
                     f"{where}: stage[{i}].prompt: placeholder {{{field}}} is neither 'input' nor an upstream stage of {s.name!r}"
+                )
+        if s.function:
+            mod, sep, fn = s.function.rpartition(":")
+            if not (sep and mod and fn.isidentifier()):
+                raise SpecError(
+                    f"{where}: stage[{i}].function: {s.function!r} is not module:function or path/to/file.py:function"
                 )
         if s.same_model_as:
             if s.same_model_as not in index or s.same_model_as == s.name:

@@ -51,6 +51,11 @@ class StageSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     ``models`` lists candidate model names; empty means "every model of the pool the
     space is built for" (the family chosen on the command line). ``same_model_as`` ties
     this stage to another stage's choice (the paper's constrained-space ablation).
+
+    ``function`` (optional) runs the stage as a Python coroutine instead of one chat call
+    with the rendered ``prompt``: ``module:function`` or ``path/to/file.py:function``
+    (relative to the workflow file) naming ``async def f(stage, model, lm, state) ->
+    str``; see :mod:`aragog_jax.serving._stagefn`.
     """
 
     name: Name
@@ -60,6 +65,7 @@ class StageSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     upstream: list[Name] = []
     models: list[Name] = []
     same_model_as: str = ""
+    function: str = ""
 
 
 class WorkflowSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True):

@@ -319,3 +319,34 @@ def test_cli_on_emulated_fleet_and_resume(tiny, tmp_path, capsys):
     code = run_cli(label_main, argv + ["--seed", "9"])
     err = capsys.readouterr().err
     assert code == 2 and "different job" in err and err.count("\n") == 1
+
+
+def test_stage_functions_are_labelled_the_way_they_are_served(tiny, tmp_path):
+    """A stage with ``function`` runs through the same runner as the server: one labelled
+    call per distinct prefix, however many engine calls the function makes."""
+    cat, _ = tiny
+    (tmp_path / "stages.py").write_text(
+        "async def critique_twice(stage, model, lm, state):\n"
+        "    first = await lm(state.prompt)\n"
+        "    return await lm('again ' + first)\n"
+    )
+    text = CHAIN3.replace(
+        'prompt = "Critique {generate} for {input}"',
+        f'prompt = "Critique {{generate}} for {{input}}"\nfunction = "{tmp_path / "stages.py"}:critique_twice"',
+    )
+    wf, space = _space(cat, text)
+    inputs = load_inputs(_write_rows(tmp_path / "d.jsonl", 10), seed=0)
+
+    async def go(fakes, targets):
+        res = await Labeller(wf, space, targets, inputs, _parity_scorer, tmp_path / "out", LabelSettings(), family="t").run()
+        return res, sum(f.num_requests for f in fakes.values())
+
+    res, num_requests = asyncio.run(_with_fakes(go))
+    assert res.calls_made == 10 * 14  # stage executions: the distinct prefixes
+    assert num_requests == 10 * (2 + 4 * 2 + 8)  # the 4 critique executions per input call the engine twice
+    ds = load_dataset(tmp_path / "out", space)
+    fake = FakeEngine("big-served")
+    gen = fake.text_for("Answer: question number 0")
+    crit = fake.text_for("again " + fake.text_for(f"Critique {gen} for question number 0"))
+    final = fake.text_for(f"Refine {gen} with {crit} for question number 0")
+    assert ds.scores[ds.ids.index("q0"), space.c_max] == _parity_scorer({}, final)
