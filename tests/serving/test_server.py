@@ -390,3 +390,18 @@ def test_round_routes_the_turns_arrivals_in_one_batch_and_dispatches_them(tmp_pa
     else:
         assert statuses == ["queued"] * 6 and dispatched == 6
         assert outcomes == ["trained"] * 6
+
+
+@pytest.mark.parametrize("freeze", [True, False])
+def test_start_freezes_the_collector_and_stop_thaws_it(tmp_path, freeze):
+    import gc
+
+    async def fn(s, http):
+        status, _, _ = await _post(http, "/v1/workflows/chain/runs", {"input": "x"})
+        return status, gc.get_freeze_count()
+
+    assert gc.get_freeze_count() == 0
+    status, frozen = asyncio.run(_serve(tmp_path, _two(), fn, options=ServeOptions(drain_s=2.0, warm_up=False, freeze_gc=freeze)))
+    assert status == 200
+    assert (frozen > 10_000) if freeze else (frozen == 0)
+    assert gc.get_freeze_count() == 0
