@@ -392,16 +392,20 @@ def test_round_routes_the_turns_arrivals_in_one_batch_and_dispatches_them(tmp_pa
         assert outcomes == ["trained"] * 6
 
 
-@pytest.mark.parametrize("freeze", [True, False])
-def test_start_freezes_the_collector_and_stop_thaws_it(tmp_path, freeze):
+@pytest.mark.parametrize("tune", [True, False])
+def test_start_tunes_the_collector_and_stop_restores_it(tmp_path, tune):
     import gc
 
     async def fn(s, http):
         status, _, _ = await _post(http, "/v1/workflows/chain/runs", {"input": "x"})
-        return status, gc.get_freeze_count()
+        return status, gc.get_freeze_count(), gc.get_threshold()
 
+    before = gc.get_threshold()
     assert gc.get_freeze_count() == 0
-    status, frozen = asyncio.run(_serve(tmp_path, _two(), fn, options=ServeOptions(drain_s=2.0, warm_up=False, freeze_gc=freeze)))
+    status, frozen, threshold = asyncio.run(_serve(tmp_path, _two(), fn, options=ServeOptions(drain_s=2.0, warm_up=False, tune_gc=tune)))
     assert status == 200
-    assert (frozen > 10_000) if freeze else (frozen == 0)
-    assert gc.get_freeze_count() == 0
+    if tune:
+        assert frozen > 10_000 and threshold[0] >= 10_000 and threshold[1:] == before[1:]
+    else:
+        assert frozen == 0 and threshold == before
+    assert gc.get_freeze_count() == 0 and gc.get_threshold() == before
