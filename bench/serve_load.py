@@ -18,7 +18,9 @@ Per phase the JSON has completed / rejected (429) / unavailable (503) / failed (
 plus a margin) counts, latency percentiles of completed runs, and the overhead per stage
 dispatch: for the benchmark's chain workflow (every stage waits for the previous one),
 ``(total_s - sum of stage run_s) / num_stages`` from each receipt: time the server spent
-routing, scheduling, queueing and bookkeeping, not waiting for an engine.
+routing, scheduling, queueing and bookkeeping, not waiting for an engine. Closed-loop
+phases also report it without the first ``--concurrency`` requests, which all arrive in
+one burst on new connections (``overhead_per_dispatch_ms_after_first_wave``).
 """
 
 from __future__ import annotations
@@ -175,6 +177,10 @@ class Tally:
         self.outcomes: dict[str, int] = {}
         self.latency: list[float] = []
         self.overhead: list[float] = []  # per stage dispatch
+        # The same, only for requests sent after the first ``herd`` (closed loop: the
+        # concurrency, whose first requests all arrive at once on new connections).
+        self.herd = 0
+        self.overhead_after_herd: list[float] = []
         self.queue: list[float] = []
         self.routing: list[float] = []
         self.run: list[float] = []
@@ -203,15 +209,16 @@ class Tally:
 
 
 async def _one(http: aiohttp.ClientSession, url: str, text: str, tally: Tally, hang_after_s: float) -> None:
+    index = tally.sent
     tally.sent += 1
     tally._tick(+1)
     try:
-        await _request(http, url, text, tally, hang_after_s)
+        await _request(http, url, text, tally, hang_after_s, index)
     finally:
         tally._tick(-1)
 
 
-async def _request(http: aiohttp.ClientSession, url: str, text: str, tally: Tally, hang_after_s: float) -> None:
+async def _request(http: aiohttp.ClientSession, url: str, text: str, tally: Tally, hang_after_s: float, index: int) -> None:
     t0 = time.perf_counter()
     try:
         async with http.post(f"{url}/v1/workflows/{WORKFLOW}/runs", json={"input": text}, timeout=aiohttp.ClientTimeout(total=hang_after_s)) as r:
@@ -230,6 +237,8 @@ async def _request(http: aiohttp.ClientSession, url: str, text: str, tally: Tall
         n = len(rec["stages"])
         tally.stages += n
         tally.overhead.append((rec["total_s"] - sum(s["run_s"] for s in rec["stages"])) / n)
+        if index >= tally.herd:
+            tally.overhead_after_herd.append(tally.overhead[-1])
         tally.queue.extend(s["queue_s"] for s in rec["stages"])
         tally.routing.append(rec["routing_s"])
         tally.run.extend(s["run_s"] for s in rec["stages"])
@@ -259,6 +268,7 @@ async def poisson(url: str, rate: float, duration_s: float, max_requests: int, s
 async def closed_loop(url: str, concurrency: int, duration_s: float, max_requests: int, seed: int, hang_after_s: float) -> tuple[Tally, float]:
     rng = random.Random(seed)
     tally = Tally()
+    tally.herd = concurrency
     conn = aiohttp.TCPConnector(limit=0)
     async with aiohttp.ClientSession(connector=conn) as http:
         t0 = time.perf_counter()
@@ -302,6 +312,9 @@ def summarize(name: str, tally: Tally, wall: float, server_cpu_s: float, **extra
         "server_cpu_share": round(server_cpu_s / wall, 2),
         "latency_ms": _pct(tally.latency),
         "overhead_per_dispatch_ms": _pct(tally.overhead),
+        # Closed loop: without the first `concurrency` requests (one burst on new
+        # connections at the start); Poisson phases: the same as above.
+        "overhead_per_dispatch_ms_after_first_wave": _pct(tally.overhead_after_herd),
         "stage_queue_ms": _pct(tally.queue),
         "routing_ms": _pct(tally.routing),
         "stage_run_ms": _pct(tally.run),  # dispatched -> engine reply (engine time + HTTP)
