@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import threading
 
 import aiohttp
 import pytest
@@ -409,3 +410,39 @@ def test_start_tunes_the_collector_and_stop_restores_it(tmp_path, tune):
     else:
         assert frozen == 0 and threshold == before
     assert gc.get_freeze_count() == 0 and gc.get_threshold() == before
+
+
+def test_router_in_a_worker_thread_routes_and_serves(tmp_path):
+    """A router that may block (embeddings endpoint) is called off the loop, batched."""
+    models = ["Qwen2.5-7B-Instruct", "Qwen2.5-14B-Instruct", "Qwen2.5-32B-Instruct"]
+
+    async def go():
+        fakes = [FakeEngine(m) for m in models]
+        srvs = [LoopbackServer(f.app) for f in fakes]
+        urls = [await s.start() for s in srvs]
+        fleet = _qwen_router_fleet(tmp_path, urls, models)
+        router = fleet.workflows["self_refine_humaneval"].router
+        threads: list[bool] = []
+        route_texts = router.route_texts
+
+        def recording(texts, budget_s=None):
+            threads.append(threading.current_thread() is threading.main_thread())
+            return route_texts(texts, budget_s)
+
+        router.route_texts = recording
+        s = Server(fleet, ServeOptions(warm_up=False))
+        url = await s.start()
+        s.executor.routers["self_refine_humaneval"].in_thread = True
+        try:
+            async with aiohttp.ClientSession(base_url=url) as http:
+                res = await asyncio.gather(*(_post(http, "/v1/workflows/self_refine_humaneval/runs", {"input": f"f{i}"}) for i in range(5)))
+        finally:
+            await s.stop(drain_s=0.5)
+            for srv in srvs:
+                await srv.stop()
+        return res, threads
+
+    res, threads = asyncio.run(go())
+    assert [st for st, _, _ in res] == [200] * 5
+    assert all(body["receipt"]["router"] == "trained" for _, body, _ in res)
+    assert threads and not any(threads)  # never on the loop's (main) thread
