@@ -1,4 +1,4 @@
-"""Small factories for scheduler tests: toy model pools, workflows, engines."""
+"""Small factories for scheduler tests: toy model pools, workflows, engines, the twin policy."""
 
 from __future__ import annotations
 
@@ -6,7 +6,9 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from aragog_jax.scheduler import EngineInfo
+from aragog_jax.kernels import BeamResult
+from aragog_jax.scheduler import DEFAULT_BEAM_WIDTH, EngineInfo, LoadVector, PolicyName, RoundArrays, Scheduler
+from aragog_jax.scheduler._round import twin_round
 from aragog_jax.space import ConfigSpace, build_space
 from aragog_jax.spec import ModelSpec, StageSpec, WorkflowSpec
 
@@ -58,3 +60,40 @@ def mask_where(sp: ConfigSpace, **stage_models: Sequence[str]) -> np.ndarray:
         ids = [sp.model_names.index(m) for m in models]
         mask &= np.isin(sp.configs[:, s], ids)
     return mask
+
+
+class TwinPolicy:
+    """The ``aragog`` policy with the NumPy / pure-Python twins of the kernels instead of
+    the jitted round (``beam_width=1``: ``greedy``)."""
+
+    def __init__(self, beam_width: int = DEFAULT_BEAM_WIDTH) -> None:
+        self.name = PolicyName.ARAGOG if beam_width > 1 else PolicyName.GREEDY
+        self.beam_width = beam_width
+
+    def admit(self, space: ConfigSpace, mask: np.ndarray) -> np.ndarray:
+        return mask
+
+    def assign(self, arrays: RoundArrays) -> BeamResult:
+        return twin_round(arrays, self.beam_width)[1]
+
+
+def full_load(fleet: Sequence[EngineInfo]) -> LoadVector:
+    """Every engine saturated: a round places nothing, and ``plan.skipped`` lists every
+    ready stage in the scheduler's item order."""
+    return LoadVector.observe(fleet, {e.name: {"running": e.saturation_batch} for e in fleet})
+
+
+def ready_items(sched: Scheduler, fleet: Sequence[EngineInfo]) -> list[tuple]:
+    """(request id, stage) of every ready stage in round order, without committing any."""
+    return [(s.request_id, s.stage) for s in sched.schedule(full_load(fleet)).skipped]
+
+
+def expected_order(sched: Scheduler, spaces_by_id: dict) -> list[tuple]:
+    """The documented item order from public queries only: FIFO across requests, deepest
+    stage first within one (ties: lower stage index)."""
+    out = []
+    for rid in sched.request_ids():
+        sp = spaces_by_id[rid]
+        ready = [s for s, st in enumerate(sched.stage_status(rid).values()) if st == "ready"]
+        out += [(rid, s) for s in sorted(ready, key=lambda s: (-int(sp.stage_depth[s]), s))]
+    return out
