@@ -38,6 +38,22 @@ class RouterWorker:
         self._task: asyncio.Task | None = None
         self.in_thread = wf.router is not None and _needs_thread(wf.router)
 
+    def warm_up(self, max_batch: int) -> int:
+        """Run every compiled bucket a batch of up to ``max_batch`` requests can use once,
+        so the first large batch (a burst of arrivals) does not pay for the bucket's first
+        execution (~5 ms for 512 rows). Blocking: call it off the loop. Returns the number
+        of buckets run."""
+        router = self.wf.router
+        if router is None:
+            return 0
+        n = 0
+        for b in router.buckets:
+            router.route_texts(["warm-up"] * b)
+            n += 1
+            if b >= max_batch:
+                break
+        return n
+
     def route_batch(self, texts: list[str]) -> list[Routed]:
         """Route ``texts`` now, on the calling thread (for routers with ``in_thread`` False).
 

@@ -171,6 +171,8 @@ class Server:
         loop = asyncio.get_running_loop()
         if self.options.warm_up:
             took = await loop.run_in_executor(None, self.executor.sched.warm_up, WARM_ITEM_BUCKETS)
+            for worker in self.executor.routers.values():
+                await loop.run_in_executor(None, worker.warm_up, self.settings.max_queue)
             log.info("scheduler compiled for rounds of up to %d stages in %.1f s", max(WARM_ITEM_BUCKETS), took)
             self._late_warm = loop.run_in_executor(None, self.executor.sched.warm_up, LATE_ITEM_BUCKETS)
             self._late_warm.add_done_callback(self._warm_done)
