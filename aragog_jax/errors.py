@@ -44,6 +44,10 @@ class UpstreamTimeout(UpstreamError):
     """An engine did not answer within its timeout."""
 
 
+class StageFunctionError(AragogError):
+    """A workflow's own stage function (``[[stage]] function``) raised or returned a non-str."""
+
+
 class NoViableConfigurationError(AragogError):
     """No admitted configuration is left for a request (every option failed)."""
 

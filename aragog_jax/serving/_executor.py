@@ -31,6 +31,7 @@ from aragog_jax.errors import (
     DeadlineExceededError,
     NoViableConfigurationError,
     OverloadedError,
+    StageFunctionError,
     UpstreamError,
 )
 from aragog_jax.serving._breaker import BreakerState, CircuitBreaker
@@ -40,17 +41,13 @@ from aragog_jax.serving._metrics import ServerMetrics
 from aragog_jax.serving._monitor import EngineLoadState, LoadMonitor
 from aragog_jax.serving._routing import Routed, RouterWorker
 from aragog_jax.serving._sched import Assignment, SchedulerPort
+from aragog_jax.serving._stagefn import StageState, render_prompt, run_stage
 from aragog_jax.serving._wire import Attempt, Receipt, StageReceipt
 
 log = logging.getLogger("aragog_jax.serving")
 
 #: A stage is given up after this many failed attempts (on top of the viability check).
 MAX_ATTEMPTS_PER_STAGE = 4
-
-
-class _SafeDict(dict):
-    def __missing__(self, key: str) -> str:
-        return "{" + key + "}"
 
 
 @dataclass
@@ -289,12 +286,10 @@ class Executor:
         run.tasks.add(task)
         task.add_done_callback(run.tasks.discard)
 
-    def _prompt(self, run: Run, sid: int) -> str:
+    def _stage_state(self, run: Run, sid: int) -> StageState:
         stage = run.wf.spec.stage[sid]
-        values = _SafeDict(input=run.input)
-        for up in stage.upstream:
-            values[up] = run.outputs.get(run.wf.stage_index[up], "")
-        return stage.prompt.format_map(values)
+        outputs = {up: run.outputs.get(run.wf.stage_index[up], "") for up in stage.upstream}
+        return StageState(run.input, outputs, render_prompt(stage.prompt, run.input, outputs))
 
     async def _run_stage(self, run: Run, a: Assignment, st: EngineLoadState, round_id: int, t_disp: float) -> None:
         sid = a.stage_id
@@ -304,13 +299,24 @@ class Executor:
         timeout = max(0.05, left) if left < self.settings.engine_timeout_s else None
         try:
             try:
-                res = await st.client.chat(self._prompt(run, sid), max_tokens=max(1, stage.output_tokens), seed=next(self._seed) % 2**31, timeout_s=timeout)
+                res = await run_stage(
+                    stage, run.wf.stage_fns.get(sid), st.model, st.client, self._stage_state(run, sid),
+                    seed=next(self._seed) % 2**31, timeout_s=timeout,
+                )  # fmt: skip
             finally:
                 st.in_flight -= 1
                 st.num_returned += 1
         except asyncio.CancelledError:
             self.sched.release(run.id, sid, a.engine)
             raise
+        except StageFunctionError as exc:
+            # The workflow's own code failed, not the engine: no failover, the run fails (500).
+            log.error("workflow %s run %s: %s", run.wf.name, run.id, exc, exc_info=exc.__cause__)
+            self.metrics.dispatches.labels(a.engine, st.model, "function_error").inc()
+            self.sched.release(run.id, sid, a.engine)
+            self._finish(run, "failed", exc)
+            self.kick()
+            return
         except EngineRejected as exc:
             self.metrics.dispatches.labels(a.engine, st.model, "rejected").inc()
             self.sched.release(run.id, sid, a.engine)
@@ -323,8 +329,8 @@ class Executor:
         now = time.monotonic()
         if st.breaker.on_success(now):
             log.warning("engine %s recovered", st.name)
-        if res.orca is not None:
-            st.orca = res.orca
+        if res.last is not None and res.last.orca is not None:
+            st.orca = res.last.orca
         self.metrics.dispatches.labels(a.engine, st.model, "ok").inc()
         if run.finished:
             self.sched.release(run.id, sid, a.engine)
@@ -335,7 +341,7 @@ class Executor:
         rec = StageReceipt(
             stage=stage.name, model=st.model, engine=st.name, queue_s=queue_s, run_s=now - t_disp,
             prompt_tokens=res.prompt_tokens, completion_tokens=res.completion_tokens, round_id=round_id,
-            failed_attempts=run.attempts.get(sid, []),
+            failed_attempts=run.attempts.get(sid, []), engine_calls=res.calls,
         )  # fmt: skip
         run.outputs[sid] = res.text
         run.receipts[sid] = rec

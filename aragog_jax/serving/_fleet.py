@@ -33,6 +33,7 @@ from aragog_jax.spec import (
     load_workflow,
     resolve,
 )
+from aragog_jax.serving._stagefn import StageFunction, load_stage_functions
 
 log = logging.getLogger("aragog_jax.serving")
 
@@ -79,6 +80,7 @@ class WorkflowRuntime:
     router: object | None = None  # aragog_jax.router.Router, compiled
     router_path: str = ""
     stage_index: dict[str, int] = field(default_factory=dict)
+    stage_fns: dict[int, StageFunction] = field(default_factory=dict)  # stages that run a Python coroutine
 
     @property
     def name(self) -> str:
@@ -172,7 +174,9 @@ def load_runtime(
         if not servable[space.c_max]:
             log.warning("workflow %s: c_max needs a model without an engine; only %d of %d configurations are servable",
                         wf.name, int(servable.sum()), space.num_configs)  # fmt: skip
-        workflows[wf.name] = WorkflowRuntime(wf, space, servable, stage_index={s: i for i, s in enumerate(space.stage_names)})
+        workflows[wf.name] = WorkflowRuntime(
+            wf, space, servable, stage_index={s: i for i, s in enumerate(space.stage_names)}, stage_fns=load_stage_functions(wf)
+        )
 
     routers = dict(fleet.routers)
     if embedded:

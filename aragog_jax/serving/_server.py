@@ -2,8 +2,8 @@
 
 Errors map to HTTP statuses in one place (:func:`status_of`): schema errors 400 (naming
 the field), bad or missing key 401, unknown workflow 404, body too large 413, meta-queue
-full 429 (with ``Retry-After``), engine failure 502, no viable configuration or
-shutting down 503, deadline 504.
+full 429 (with ``Retry-After``), a workflow's stage function raised 500, engine failure
+502, no viable configuration or shutting down 503, deadline 504.
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ from aragog_jax.errors import (
     NoViableConfigurationError,
     OverloadedError,
     SpecError,
+    StageFunctionError,
     UpstreamError,
     UpstreamTimeout,
 )
@@ -83,6 +84,7 @@ _STATUS: list[tuple[type[BaseException], int, str]] = [
     (UpstreamError, 502, "upstream_error"),
     (NoViableConfigurationError, 503, "no_viable_configuration"),
     (DeadlineExceededError, 504, "deadline_exceeded"),
+    (StageFunctionError, 500, "stage_function_error"),
     (AragogError, 503, "unavailable"),
 ]
 

@@ -30,22 +30,18 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 
 from aragog_jax._imports import load_callable
-from aragog_jax.errors import AragogError, SpecError, UpstreamError
+from aragog_jax.errors import AragogError, SpecError, StageFunctionError, UpstreamError
 from aragog_jax.serving._client import ChatResult, EngineClient
 from aragog_jax.spec import StageSpec, WorkflowSpec
 
 StageFunction = Callable[[StageSpec, str, "LM", "StageState"], Awaitable[str]]
 
 
-class StageFunctionError(AragogError):
-    """A stage function raised (not an engine error) or returned something other than str."""
-
-
 class _SafeDict(dict):
-    """Template values; a placeholder without a value renders as empty text."""
+    """Template values; a placeholder without a value is left as it is."""
 
     def __missing__(self, key: str) -> str:
-        return ""
+        return "{" + key + "}"
 
 
 def render_prompt(template: str, text: str, upstream: Mapping[str, str]) -> str:

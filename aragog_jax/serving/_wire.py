@@ -112,6 +112,7 @@ class StageReceipt(msgspec.Struct, frozen=True):
     completion_tokens: int = 0
     round_id: int = -1  # the scheduling round that placed the stage
     failed_attempts: list[Attempt] = []
+    engine_calls: int = 1  # chat calls the stage made (a stage function may make several)
 
 
 class Receipt(msgspec.Struct, frozen=True):

@@ -11,7 +11,7 @@ import pytest
 
 from aragog_jax.serving import FakeEngine, LoopbackServer, Server, ServeOptions, load_runtime
 
-from ._fleetkit import write_fleet
+from ._fleetkit import CHAIN, FAN, write_fleet
 
 
 async def _serve(tmp_path, engines: dict[str, tuple[str, FakeEngine]], fn, *, server=None, options=ServeOptions(drain_s=2.0, warm_up=False), workflows=None):
@@ -446,3 +446,58 @@ def test_router_in_a_worker_thread_routes_and_serves(tmp_path):
     assert [st for st, _, _ in res] == [200] * 5
     assert all(body["receipt"]["router"] == "trained" for _, body, _ in res)
     assert threads and not any(threads)  # never on the loop's (main) thread
+
+
+_STAGES_PY = """
+async def draft_twice(stage, model, lm, state):
+    first = await lm(state.prompt)
+    return await lm("again " + first)
+
+async def broken(stage, model, lm, state):
+    raise KeyError("missing tool")
+"""
+
+
+def _fn_chain(function: str) -> str:
+    return CHAIN.replace('prompt = "Draft: {input}"', f'prompt = "Draft: {{input}}"\nfunction = "{function}"')
+
+
+def test_stage_function_runs_on_the_chosen_engine_and_feeds_the_next_stage(tmp_path):
+    (tmp_path / "stages.py").write_text(_STAGES_PY)
+    engines = _two()
+
+    async def fn(s, http):
+        return await _post(http, "/v1/workflows/chain/runs", {"input": "sum a list"})
+
+    status, body, _ = asyncio.run(_serve(tmp_path, engines, fn, workflows={"chain": _fn_chain("stages.py:draft_twice")}))
+    assert status == 200, body
+    draft, polish = body["receipt"]["stages"]
+    fake = engines[draft["engine"]][1]
+    draft_text = fake.text_for("again " + fake.text_for("Draft: sum a list"))
+    assert fake.prompts.count("Draft: sum a list") == 1  # both calls went to the engine the scheduler chose
+    assert body["output"] == engines[polish["engine"]][1].text_for(f"Polish {draft_text} for sum a list")
+    assert draft["engine_calls"] == 2 and polish["engine_calls"] == 1
+    assert draft["completion_tokens"] > polish["completion_tokens"]  # two calls' tokens add up
+
+
+def test_failing_stage_function_is_500_naming_stage_and_function(tmp_path):
+    (tmp_path / "stages.py").write_text(_STAGES_PY)
+
+    async def fn(s, http):
+        status, body, _ = await _post(http, "/v1/workflows/chain/runs", {"input": "x"})
+        ok, _, _ = await _post(http, "/v1/workflows/fan/runs", {"input": "y"})  # the server keeps serving
+        return status, body, ok
+
+    status, body, ok = asyncio.run(_serve(tmp_path, _two(), fn, workflows={"chain": _fn_chain("stages.py:broken"), "fan": FAN}))
+    assert status == 500 and body["error"]["type"] == "stage_function_error"
+    assert "stage 'draft': function broken raised KeyError: 'missing tool'" in body["error"]["message"]
+    assert ok == 200
+
+
+def test_fleet_with_a_missing_stage_function_fails_at_load(tmp_path):
+    from aragog_jax.errors import SpecError
+
+    path = write_fleet(tmp_path, [("e", "small", "http://127.0.0.1:9")], workflows={"chain": _fn_chain("stages.py:nope")})
+    (tmp_path / "stages.py").write_text(_STAGES_PY)
+    with pytest.raises(SpecError, match=r"workflow 'chain': stage\[0\] \(draft\)\.function .* has no function 'nope'"):
+        load_runtime(path)

@@ -7,10 +7,10 @@ import textwrap
 
 import pytest
 
-from aragog_jax.errors import SpecError, UpstreamError
+from aragog_jax.errors import SpecError, StageFunctionError, UpstreamError
 from aragog_jax.serving import FakeEngine, LoopbackServer
 from aragog_jax.serving._client import EngineClient
-from aragog_jax.serving._stagefn import StageFunctionError, StageState, load_stage_functions, render_prompt, run_stage
+from aragog_jax.serving._stagefn import StageState, load_stage_functions, render_prompt, run_stage
 from aragog_jax.spec import load_models, load_workflow
 
 from ._fleetkit import CATALOG
