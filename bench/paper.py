@@ -466,15 +466,19 @@ def render_speed(speed: dict) -> list[str]:
                 f"search looked at (least-squares fit over this run's rounds; {sp['mean_search_steps']:.1f} items per "
                 f"round on average)."
             )
-    if empty_us is not None:
+    ar = speed.get("aragog")
+    if empty_us is not None and isinstance(ar, dict) and "round_per_step_us" in ar:
+        kernel_s = ar["rounds"] * (empty_us + ar["round_per_step_us"] * ar["mean_search_steps"]) * 1e-6
         L.append(
             f"- One call of the compiled round kernel with nothing to do (16 items, no free slot) costs "
             f"{empty_us:.0f} µs on this CPU: XLA:CPU's fixed cost of a program with a data-dependent loop, paid "
-            f"once per round whatever its size. Rounds are at least 100 ms of virtual time apart and the headline "
-            f"case needs one per ~{next((sp['stage_completions'] / sp['rounds'] for sp in speed.values() if isinstance(sp, dict)), 0):.1f} "
-            f"stage completions, so the real kernel alone bounds this design's simulator well below 50,000 stage "
-            f"completions/s on this machine; charging a cheaper stand-in instead would stop measuring the real "
-            f"decision logic, which is the point of the simulator."
+            f"once per round whatever its size. The aragog run above needs {ar['rounds']} rounds (rounds are at "
+            f"least 100 ms of virtual time apart; one per {ar['stage_completions'] / ar['rounds']:.1f} stage "
+            f"completions) of {ar['mean_search_steps']:.0f} beam steps on average, so the kernel calls alone take "
+            f"{kernel_s:.2f} s: even with free host code and event processing this run could not go faster than "
+            f"{ar['stage_completions'] / kernel_s:,.0f} stage completions/s on this machine. Charging a cheaper "
+            f"stand-in instead of the real kernel would stop measuring the real decision logic, which is the point "
+            f"of the simulator."
         )
     return L
 
