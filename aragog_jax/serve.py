@@ -14,7 +14,7 @@ import signal
 import sys
 from collections.abc import Sequence
 
-from aragog_jax._cli import run_cli
+from aragog_jax._cli import run_cli, tune_xla
 from aragog_jax.errors import SpecError
 
 log = logging.getLogger("aragog_jax.serving")
@@ -107,4 +107,5 @@ def _run(coro, loop: str) -> int:
 
 
 if __name__ == "__main__":
+    tune_xla()
     sys.exit(run_cli(main))

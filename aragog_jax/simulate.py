@@ -11,7 +11,7 @@ import argparse
 from collections.abc import Sequence
 from pathlib import Path
 
-from aragog_jax._cli import run_cli
+from aragog_jax._cli import run_cli, tune_xla
 from aragog_jax.errors import AragogError
 
 
@@ -145,4 +145,5 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    tune_xla()
     raise SystemExit(run_cli(main))

@@ -86,6 +86,9 @@ def main(argv=None) -> int:
         print(f"wrote {args.out / 'paper.md'}")
         return 0
     _enable_compile_cache()
+    from aragog_jax._cli import tune_xla
+
+    tune_xla()  # the simulator's rounds: see aragog_jax/_cli.py
     if args.speed:
         from aragog_jax.sim import SweepConfig, auto_rates, load_setup
         from aragog_jax.sim._setup import DATASETS_DIR

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import textwrap
@@ -133,3 +134,29 @@ def test_cli_prints_one_line_error_and_exits_2(tmp_path):
     lines = proc.stderr.strip().splitlines()
     assert 1 <= len(lines) <= 2 and lines[0].startswith("error: ")
     assert "Traceback" not in proc.stderr
+
+
+def test_tune_xla_adds_only_the_flags_the_user_did_not_set():
+    from aragog_jax._cli import XLA_CPU_FLAGS, tune_xla
+
+    env: dict[str, str] = {}
+    assert tune_xla(env).split() == list(XLA_CPU_FLAGS)
+    assert tune_xla(env).split() == list(XLA_CPU_FLAGS)  # idempotent
+    mine = {"XLA_FLAGS": "--xla_force_host_platform_device_count=2 --xla_cpu_enable_concurrency_optimized_scheduler=true"}
+    assert tune_xla(mine) == mine["XLA_FLAGS"] == (
+        "--xla_force_host_platform_device_count=2 --xla_cpu_enable_concurrency_optimized_scheduler=true"
+    )  # the user's own setting wins
+
+
+def test_serve_and_simulate_clis_run_with_the_tuned_flags():
+    """The scheduling-bound CLIs set the flags before JAX starts; the others do not."""
+    code = (
+        "import os, runpy, sys, aragog_jax._cli as c\n"
+        "c.run_cli = lambda main: print(os.environ.get('XLA_FLAGS', '')) or 0\n"
+        "runpy.run_module('aragog_jax.' + sys.argv[1], run_name='__main__')\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    for cli, tuned in (("serve", True), ("simulate", True), ("route", False)):
+        proc = subprocess.run([sys.executable, "-c", code, cli], capture_output=True, text=True, check=False, env=env)
+        assert proc.returncode == 0, proc.stderr
+        assert ("xla_cpu_enable_concurrency_optimized_scheduler=false" in proc.stdout) == tuned, (cli, proc.stdout)
