@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib.util
 import json
 import os
 import platform
@@ -424,6 +425,8 @@ def main(argv: list[str] | None = None) -> int:
         "git_sha": git_sha(),
         "device": f"{_cpu_model()}, {os.cpu_count()} CPUs shared with other jobs",
         "python": platform.python_version(),
+        # --loop auto means uvloop when it is installed (a default dependency off Windows).
+        "server_loop": LOOP if LOOP != "auto" else ("uvloop" if importlib.util.find_spec("uvloop") else "asyncio"),
         "workflow": WORKFLOW,
         "settings": {k: v for k, v in vars(args).items() if k not in ("out", "fake_engines")} | {"out": str(args.out)},
         "targets": {"overhead_p50_ms": 2.0, "overhead_p99_ms": 10.0, "dispatches_per_s": 1000, "concurrency": args.concurrency},
