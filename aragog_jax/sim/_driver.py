@@ -2,10 +2,14 @@
 
 One run = one policy at one arrival rate. Requests arrive (Poisson or gamma), wait for
 their admitted mask (routing time is charged for router-based policies: the request
-joins the meta-queue that much later, an upper bound on the paper's cost, which overlaps
-routing with the first queueing delay), join the scheduler's meta-queue, and every stage the scheduler assigns runs on a
-:class:`~aragog_jax.sim._engine.SimEngine` with the dataset's token counts for that
-input and stage. A scheduling round runs whenever something changed (an arrival, a
+joins the meta-queue that much later), join the scheduler's meta-queue, and every stage
+the scheduler assigns runs on a :class:`~aragog_jax.sim._engine.SimEngine` with the
+dataset's token counts for that input and stage. Routing thus overlaps the first
+stage's queueing as in the paper (and as the server does: it routes at the start of the
+first round after arrival): the first stage leaves at ``max(arrival + routing, the
+first round with a free slot after that)``, so routing adds latency only when a round
+falls inside the routing window; it can also move the request behind others that
+arrived during that window. A scheduling round runs whenever something changed (an arrival, a
 completion, a poll) and some engine has a free slot; its wall time is measured and
 charged to the virtual clock (or a fixed cost, for bit-reproducible runs): the plan is
 dispatched when the round would have finished, and no other round runs meanwhile.
