@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import weakref
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Protocol, runtime_checkable
@@ -241,20 +242,52 @@ class EmbeddingsFeaturizer:
     normalize: bool = True
     name: str = field(default="openai-embeddings", init=False)
 
+    def __post_init__(self) -> None:
+        # One HTTP session (and its connection pool) per event loop that calls aembed;
+        # not a field, so config(), equality and hashing ignore it.
+        object.__setattr__(self, "_sessions", weakref.WeakKeyDictionary())
+
     def config(self) -> dict:
         d = asdict(self)
         d.pop("name")
         return d
 
     def __call__(self, texts: Sequence[str]) -> np.ndarray:
-        """Synchronous batch embedding (training and offline jobs).
+        """Synchronous batch embedding (training and offline jobs): one event loop and
+        one session for the call.
 
         Must not be called from a running event loop; async code uses :meth:`aembed`.
         """
-        return asyncio.run(self.aembed(texts))
+
+        async def once() -> np.ndarray:
+            try:
+                return await self.aembed(texts)
+            finally:
+                await self.aclose()
+
+        return asyncio.run(once())
+
+    def _session(self):
+        """The running loop's session, opened on first use and kept until :meth:`aclose`."""
+        import aiohttp
+
+        loop = asyncio.get_running_loop()
+        session = self._sessions.get(loop)
+        if session is None or session.closed:
+            connector = aiohttp.TCPConnector(limit=max(1, self.max_concurrency))
+            session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=self.timeout_s), connector=connector)
+            self._sessions[loop] = session
+        return session
+
+    async def aclose(self) -> None:
+        """Close the running loop's session (a server calls this when it stops)."""
+        session = self._sessions.pop(asyncio.get_running_loop(), None)
+        if session is not None:
+            await session.close()
 
     async def aembed(self, texts: Sequence[str]) -> np.ndarray:
-        """float32[len(texts), dim], batched with at most ``max_concurrency`` requests in flight.
+        """float32[len(texts), dim], batched with at most ``max_concurrency`` requests in flight,
+        over the running loop's long-lived session (see :meth:`aclose`).
 
         Raises:
           UpstreamError: the endpoint is down, answers non-200, or returns malformed data
@@ -274,7 +307,6 @@ class EmbeddingsFeaturizer:
             if key:
                 headers["Authorization"] = f"Bearer {key}"
         sem = asyncio.Semaphore(max(1, self.max_concurrency))
-        timeout = aiohttp.ClientTimeout(total=self.timeout_s)
 
         async def one(session: aiohttp.ClientSession, lo: int) -> None:
             batch = texts[lo : lo + self.batch_size]
@@ -310,9 +342,8 @@ class EmbeddingsFeaturizer:
                 vecs = vecs / np.where(norm > 0, norm, 1.0)
             out[lo : lo + len(batch)] = vecs
 
-        connector = aiohttp.TCPConnector(limit=max(1, self.max_concurrency))
-        async with aiohttp.ClientSession(timeout=timeout, connector=connector) as session:
-            await asyncio.gather(*(one(session, lo) for lo in range(0, len(texts), self.batch_size)))
+        session = self._session()
+        await asyncio.gather(*(one(session, lo) for lo in range(0, len(texts), self.batch_size)))
         return out
 
 

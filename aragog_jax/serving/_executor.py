@@ -134,6 +134,8 @@ class Executor:
             self._finish(run, "cancelled", AragogError("server shutting down"))
         for st in self.engines.values():
             await st.client.close()
+        for worker in self.routers.values():
+            await worker.aclose()
 
     @property
     def num_in_flight(self) -> int:

@@ -6,10 +6,12 @@ executor batches every request admitted since the last scheduling round into one
 :meth:`RouterWorker.route_batch` call at the start of that round, so a request is
 routed, queued and (capacity permitting) dispatched in the same loop turn. The router
 pads to its compiled buckets, so a batch costs one compiled call. A router whose
-featuriser calls an embeddings endpoint runs in a worker thread (:meth:`RouterWorker.route`;
+featuriser calls an embeddings endpoint routes off the round (:meth:`RouterWorker.route`;
 requests arriving while a call runs are batched into the next) so the loop keeps
-dispatching. A workflow without a router admits every servable configuration (logged
-once at start-up).
+dispatching: the embeddings are awaited on the loop over the featuriser's long-lived
+session (closed by :meth:`RouterWorker.aclose`), then the compiled router runs on them.
+Any other featuriser that may block runs, with the router, in a worker thread. A
+workflow without a router admits every servable configuration (logged once at start-up).
 """
 
 from __future__ import annotations
@@ -37,6 +39,8 @@ class RouterWorker:
         self._pending: list[tuple[str, asyncio.Future]] = []
         self._task: asyncio.Task | None = None
         self.in_thread = wf.router is not None and _needs_thread(wf.router)
+        featurizer = getattr(wf.router, "featurizer", None)
+        self._aembed = getattr(featurizer, "aembed", None)  # async features: awaited on the loop
 
     def warm_up(self, max_batch: int) -> int:
         """Run every compiled bucket a batch of up to ``max_batch`` requests can use once,
@@ -90,13 +94,24 @@ class RouterWorker:
             texts = [t for t, _ in batch]
             t0 = time.perf_counter()
             try:
-                res = await loop.run_in_executor(None, self.wf.router.route_texts, texts)
+                if self._aembed is not None:
+                    res = self.wf.router.route_features(await self._aembed(texts))
+                else:
+                    res = await loop.run_in_executor(None, self.wf.router.route_texts, texts)
             except Exception as exc:  # noqa: BLE001 - handed to every waiting request
                 for _, fut in batch:
                     if not fut.done():
                         fut.set_exception(exc)
                 continue
             self._resolve(batch, res, time.perf_counter() - t0)
+
+
+    async def aclose(self) -> None:
+        """Close what the router's featuriser keeps open (an embeddings session)."""
+        featurizer = getattr(self.wf.router, "featurizer", None)
+        aclose = getattr(featurizer, "aclose", None)
+        if aclose is not None:
+            await aclose()
 
 
 def _needs_thread(router) -> bool:

@@ -122,6 +122,7 @@ class FakeEmbeddings:
         self.mode = "ok"
         self.batches: list[int] = []
         self.auth: list[str | None] = []
+        self.peers: list[int] = []  # client port of every request (one per TCP connection)
         self.port = _free_port()
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._run, daemon=True)
@@ -135,6 +136,7 @@ class FakeEmbeddings:
         body = await request.json()
         self.batches.append(len(body["input"]))
         self.auth.append(request.headers.get("Authorization"))
+        self.peers.append(request.transport.get_extra_info("peername")[1])
         if self.mode == "slow":
             await asyncio.sleep(2.0)
         if self.mode == "error":
@@ -218,3 +220,61 @@ def test_embeddings_endpoint_down_is_a_clear_error():
     f = EmbeddingsFeaturizer(base_url=f"http://127.0.0.1:{port}/v1", model="m", dim=8, timeout_s=2)
     with pytest.raises(UpstreamError, match="unreachable"):
         f(["a"])
+
+
+def test_embeddings_session_lives_across_batches_on_one_loop(fake):
+    """aembed keeps one session (one connection here) per event loop until aclose; a
+    synchronous call opens and closes its own."""
+    fake.mode = "ok"
+    f = EmbeddingsFeaturizer(base_url=f"http://127.0.0.1:{fake.port}/v1", model="m", dim=8, max_concurrency=1)
+
+    async def three_batches():
+        fake.peers.clear()
+        for i in range(3):
+            await f.aembed([f"batch {i}"])
+        session = f._session()
+        await f.aclose()
+        return set(fake.peers), session
+
+    peers, session = asyncio.run(three_batches())
+    assert len(peers) == 1 and session.closed
+    fake.peers.clear()
+    f(["a"])
+    f(["b"])
+    assert len(set(fake.peers)) == 2 and not f._sessions  # each call closed its own
+
+
+def test_serving_awaits_embeddings_on_the_loop_then_routes_the_features(fake):
+    """The server's router worker awaits an embeddings featuriser on the event loop (no
+    thread, no new loop per batch) and closes its session when the server stops."""
+    from types import SimpleNamespace
+
+    from aragog_jax.router._router import RouteResult
+    from aragog_jax.serving._routing import RouterWorker
+
+    fake.mode = "ok"
+    feat = EmbeddingsFeaturizer(base_url=f"http://127.0.0.1:{fake.port}/v1", model="m", dim=8)
+    seen: list[tuple[int, bool]] = []
+
+    def route_features(x):
+        seen.append((x.shape[0], threading.current_thread() is threading.main_thread()))
+        mask = np.zeros((x.shape[0], 3), dtype=bool)
+        mask[:, 2] = True
+        return RouteResult(mask, np.zeros(mask.shape, np.float32), 1.0, 0.0)
+
+    router = SimpleNamespace(featurizer=feat, route_features=route_features)
+    wf = SimpleNamespace(router=router, servable=np.ones(3, dtype=bool), space=SimpleNamespace(num_configs=3))
+    worker = RouterWorker(wf)
+    assert worker.in_thread
+
+    async def go():
+        fake.peers.clear()
+        routed = await asyncio.gather(*(worker.route(f"q{i}") for i in range(4)))
+        session = feat._session()
+        await worker.aclose()
+        return routed, session
+
+    routed, session = asyncio.run(go())
+    assert [r.num_admitted for r in routed] == [1] * 4 and all(r.router == "trained" for r in routed)
+    assert sum(n for n, _ in seen) == 4 and all(on_main for _, on_main in seen)  # on the loop's thread
+    assert len(set(fake.peers)) == 1 and session.closed
