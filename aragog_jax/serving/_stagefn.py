@@ -25,6 +25,7 @@ exception becomes a :class:`StageFunctionError` naming the stage and the functio
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
@@ -78,13 +79,16 @@ class LM:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     last: ChatResult | None = field(default=None, repr=False)
+    _issued: int = field(default=0, repr=False)  # calls started (the next call's seed offset)
 
     async def __call__(self, prompt: str, *, max_tokens: int | None = None) -> str:
         if not isinstance(prompt, str):
             raise StageFunctionError(f"lm(prompt): prompt must be str, got {type(prompt).__name__}")
-        # Seeded per call so that a stage's calls are reproducible and distinct.
+        # Seeded per call so that a stage's calls are reproducible and distinct; the index
+        # is taken before the await, so concurrent calls (asyncio.gather) differ too.
+        index, self._issued = self._issued, self._issued + 1
         res = await self._client.chat(
-            prompt, max_tokens=max(1, max_tokens or self._max_tokens), seed=(self._seed + self.calls) % 2**31, timeout_s=self._timeout_s
+            prompt, max_tokens=max(1, max_tokens or self._max_tokens), seed=(self._seed + index) % 2**31, timeout_s=self._timeout_s
         )
         self.calls += 1
         self.prompt_tokens += res.prompt_tokens
@@ -155,6 +159,13 @@ async def run_stage(
             text = await fn(stage, model, lm, state)
         except (UpstreamError, StageFunctionError):
             raise
+        except asyncio.CancelledError as exc:
+            task = asyncio.current_task()
+            if task is None or task.cancelling():
+                raise  # this stage was cancelled (its run ended)
+            # The function's own (an inner task it awaited was cancelled): not the stage's
+            # cancellation, which would leave the run waiting for its deadline.
+            raise StageFunctionError(f"stage {stage.name!r}: function {name} raised CancelledError") from exc
         except Exception as exc:  # noqa: BLE001 - the user's code: name it, keep the cause
             raise StageFunctionError(f"stage {stage.name!r}: function {name} raised {type(exc).__name__}: {exc}") from exc
         if not isinstance(text, str):

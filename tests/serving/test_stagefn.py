@@ -153,3 +153,66 @@ def test_engine_errors_inside_a_function_propagate_for_failover(tmp_path):
     with pytest.raises(UpstreamError) as err:
         asyncio.run(_with_engine(go, mode="fail"))
     assert not isinstance(err.value, StageFunctionError)
+
+
+class _SeedClient:
+    """An engine stand-in that records each call's seed and answers after a yield."""
+
+    def __init__(self):
+        self.seeds: list[int] = []
+
+    async def chat(self, prompt, *, max_tokens, seed=0, timeout_s=None):
+        from aragog_jax.serving._client import ChatResult
+
+        self.seeds.append(seed)
+        await asyncio.sleep(0)
+        return ChatResult(f"{prompt}@{seed}", 1, 1, "stop", None)
+
+
+def test_concurrent_lm_calls_get_distinct_reproducible_seeds():
+    async def fan_out(stage, model, lm, state):
+        a, b, c = await asyncio.gather(lm("a"), lm("b"), lm("c"))
+        return a + b + c
+
+    async def go():
+        client = _SeedClient()
+        out = await run_stage(_stage(), fan_out, "small", client, StageState("x", {}, "p"), seed=10)
+        return client.seeds, out
+
+    seeds, out = asyncio.run(go())
+    assert seeds == [10, 11, 12] and out.calls == 3
+    assert asyncio.run(go()) == (seeds, out)
+
+
+def test_a_function_raising_cancelled_error_itself_is_a_function_error():
+    """Only a cancellation of the stage's own task is a cancellation: a CancelledError the
+    function raises on its own (an inner task it awaited was cancelled) fails the stage
+    instead of leaving the run waiting for its deadline."""
+
+    async def inner_cancelled(stage, model, lm, state):
+        t = asyncio.get_running_loop().create_task(asyncio.sleep(10))
+        await asyncio.sleep(0)
+        t.cancel()
+        return await t
+
+    with pytest.raises(StageFunctionError, match="raised CancelledError"):
+        asyncio.run(run_stage(_stage(), inner_cancelled, "small", _SeedClient(), StageState("x", {}, "p"), seed=1))
+
+    async def cancelled_from_outside():
+        async def slow(stage, model, lm, state):
+            await asyncio.sleep(10)
+            return "late"
+
+        task = asyncio.get_running_loop().create_task(run_stage(_stage(), slow, "small", _SeedClient(), StageState("x", {}, "p"), seed=1))
+        await asyncio.sleep(0)
+        task.cancel()
+        await task
+
+    with pytest.raises(asyncio.CancelledError):
+        asyncio.run(cancelled_from_outside())
+
+
+def _stage():
+    from aragog_jax.spec import StageSpec
+
+    return StageSpec(name="s", input_tokens=1, output_tokens=4, prompt="p")
