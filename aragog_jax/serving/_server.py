@@ -52,6 +52,29 @@ log = logging.getLogger("aragog_jax.serving")
 #: Young-generation collection threshold while serving (see ServeOptions.tune_gc).
 GC_THRESHOLD_0 = 10_000
 
+# The collector is process-wide: servers in one process (tests, embedding) share the
+# tuning, and the settings from before the first start come back when the last stops.
+_gc_tuned_by = 0
+_gc_saved_threshold: tuple[int, ...] = ()
+
+
+def _tune_gc() -> None:
+    global _gc_tuned_by, _gc_saved_threshold
+    gc.collect()
+    gc.freeze()
+    if _gc_tuned_by == 0:
+        _gc_saved_threshold = gc.get_threshold()
+        gc.set_threshold(max(GC_THRESHOLD_0, _gc_saved_threshold[0]), *_gc_saved_threshold[1:])
+    _gc_tuned_by += 1
+
+
+def _untune_gc() -> None:
+    global _gc_tuned_by
+    _gc_tuned_by -= 1
+    if _gc_tuned_by == 0:
+        gc.unfreeze()
+        gc.set_threshold(*_gc_saved_threshold)
+
 WORKFLOW_MODEL_PREFIX = "workflow:"
 RETRY_AFTER_S = 1
 
@@ -125,8 +148,9 @@ class ServeOptions:
     warm_up: bool = True  # compile the scheduling round for common sizes at start-up
     # After start-up, collect once, move every live object (modules, compiled router and
     # scheduler, fleet) to the collector's permanent generation (gc.freeze) and raise the
-    # young-generation threshold to GC_THRESHOLD_0; stop() undoes both. Without it a full
-    # collection walks those ~200k objects (100+ ms pauses under load), and at the default
+    # young-generation threshold to GC_THRESHOLD_0; stop() undoes both (the last stop, when
+    # several servers share the process). Without it a full collection walks those ~200k
+    # objects (100+ ms pauses under load), and at the default
     # threshold (700) the allocation bursts of one busy loop turn trigger ~40 young
     # collections a second that keep scanning live runs: about 4% of the loop's time.
     tune_gc: bool = True
@@ -147,7 +171,7 @@ class Server:
         self.state = "starting"  # starting, serving, draining, closed
         self._stopping: asyncio.Task | None = None
         self._late_warm: asyncio.Future | None = None
-        self._gc_threshold: tuple[int, ...] | None = None  # the collector's, while tuned
+        self._gc_tuned = False  # this server holds the collector tuned (_tune_gc)
         self.app = self._make_app()
 
     # -- lifecycle ------------------------------------------------------------------------
@@ -180,10 +204,8 @@ class Server:
             self._late_warm.add_done_callback(self._warm_done)
         await self.executor.open()
         if self.options.tune_gc:
-            gc.collect()
-            gc.freeze()
-            self._gc_threshold = gc.get_threshold()
-            gc.set_threshold(max(GC_THRESHOLD_0, self._gc_threshold[0]), *self._gc_threshold[1:])
+            _tune_gc()
+            self._gc_tuned = True
         self.state = "serving"
         return self.url
 
@@ -209,6 +231,14 @@ class Server:
         return await asyncio.shield(self._stopping)
 
     async def _stop(self, drain_s: float | None) -> dict[str, int]:
+        try:
+            return await self._close(drain_s)
+        finally:  # even when closing failed or was cancelled
+            if self._gc_tuned:
+                self._gc_tuned = False
+                _untune_gc()
+
+    async def _close(self, drain_s: float | None) -> dict[str, int]:
         self.state = "draining"
         ex = self.executor
         left = 0
@@ -228,10 +258,6 @@ class Server:
             await asyncio.wait([self._late_warm], timeout=30)  # a compile cannot be interrupted
         for _, srv in self.emulated.values():
             await srv.stop()
-        if self._gc_threshold is not None:
-            gc.unfreeze()
-            gc.set_threshold(*self._gc_threshold)
-            self._gc_threshold = None
         self.state = "closed"
         return {"cancelled_at_shutdown": left}
 

@@ -412,6 +412,83 @@ def test_start_tunes_the_collector_and_stop_restores_it(tmp_path, tune):
     assert gc.get_freeze_count() == 0 and gc.get_threshold() == before
 
 
+def test_collector_tuning_is_shared_by_servers_in_one_process(tmp_path):
+    """Two servers stopped in start order: the first stop keeps the second's tuning, the
+    last restores the process's own collector settings."""
+    import gc
+
+    async def go():
+        fakes = []
+        servers = []
+        for i in range(2):
+            urls = []
+            for name, (model, fake) in _two().items():
+                srv = LoopbackServer(fake.app)
+                fakes.append(srv)
+                urls.append((name, model, await srv.start()))
+            (tmp_path / str(i)).mkdir()
+            path = write_fleet(tmp_path / str(i), urls, server={"port": 0, "metrics_poll_s": 0.05})
+            servers.append(Server(load_runtime(path), ServeOptions(drain_s=0.5, warm_up=False)))
+            await servers[-1].start()
+        try:
+            await servers[0].stop()
+            between = gc.get_threshold(), gc.get_freeze_count()
+            await servers[1].stop()
+        finally:
+            for f in fakes:
+                await f.stop()
+        return between
+
+    before = gc.get_threshold()
+    (threshold, frozen) = asyncio.run(go())
+    assert threshold[0] >= 10_000 and frozen > 0  # the second server still serves, tuned
+    assert gc.get_threshold() == before and gc.get_freeze_count() == 0
+
+
+def test_stop_restores_the_collector_even_when_closing_fails(tmp_path, monkeypatch):
+    import gc
+
+    async def go():
+        fakes, urls = [], []
+        for name, (model, fake) in _two().items():
+            fakes.append(LoopbackServer(fake.app))
+            urls.append((name, model, await fakes[-1].start()))
+        s = Server(load_runtime(write_fleet(tmp_path, urls, server={"port": 0})), ServeOptions(drain_s=0.5, warm_up=False))
+        await s.start()
+        close = s.executor.close
+
+        async def broken():
+            await close()
+            raise RuntimeError("engine client close failed")
+
+        monkeypatch.setattr(s.executor, "close", broken)
+        try:
+            with pytest.raises(RuntimeError):
+                await s.stop()
+        finally:
+            await s.site.stop()  # what the failed stop left open
+            for f in fakes:
+                await f.stop()
+
+    before = gc.get_threshold()
+    asyncio.run(go())
+    assert gc.get_threshold() == before and gc.get_freeze_count() == 0
+
+
+def test_runs_admitted_in_one_turn_queue_in_admission_order_across_workflows(tmp_path):
+    """The scheduler's meta-queue is FIFO: a round that routes several workflows' arrivals
+    queues them in the order they were admitted, not grouped by workflow."""
+
+    async def fn(s, http):
+        ex = s.executor
+        runs = [ex.admit(w, "x") for w in ("chain", "fan", "chain", "fan")]
+        await asyncio.sleep(0)  # the round that routes and queues them
+        return [r.id for r in runs], list(ex.sched.sched.request_ids())
+
+    admitted, queued = asyncio.run(_serve(tmp_path, _two(delay_s=0.2), fn))
+    assert queued == admitted
+
+
 def test_router_in_a_worker_thread_routes_and_serves(tmp_path):
     """A router that may block (embeddings endpoint) is called off the loop, batched."""
     models = ["Qwen2.5-7B-Instruct", "Qwen2.5-14B-Instruct", "Qwen2.5-32B-Instruct"]
