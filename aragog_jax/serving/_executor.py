@@ -115,7 +115,7 @@ class Executor:
         self.num_accepted = 0
         self.draining = False
         self._kick_scheduled = False
-        self._unrouted: dict[str, list[Run]] = {}  # workflow -> runs admitted since the last round
+        self._unrouted: list[Run] = []  # runs admitted since the last round, in admission order
         self._seed = itertools.count()
         self.recent_rounds: deque[Any] = deque(maxlen=keep_rounds)
         self.counts = {"completed": 0, "failed": 0, "expired": 0, "cancelled": 0}
@@ -174,7 +174,7 @@ class Executor:
             run.tasks.add(task)
             task.add_done_callback(run.tasks.discard)
         else:
-            self._unrouted.setdefault(workflow, []).append(run)
+            self._unrouted.append(run)
             self.kick()
         return run
 
@@ -201,21 +201,26 @@ class Executor:
         self.kick()
 
     def _route_admitted(self) -> None:
-        """Route every run admitted since the last round (one batch per workflow) and queue it."""
-        pending, self._unrouted = self._unrouted, {}
-        for name, runs in pending.items():
-            runs = [r for r in runs if not r.finished]
-            if not runs:
-                continue
+        """Route every run admitted since the last round (one batch per workflow) and queue
+        them in admission order (the scheduler's meta-queue is FIFO)."""
+        pending, self._unrouted = self._unrouted, []
+        by_wf: dict[str, list[Run]] = {}
+        for run in pending:
+            if not run.finished:
+                by_wf.setdefault(run.wf.name, []).append(run)
+        routed: dict[str, Routed] = {}  # run id -> its routing
+        for name, runs in by_wf.items():
             try:
-                routed = self.routers[name].route_batch([r.input for r in runs])
+                rows = self.routers[name].route_batch([r.input for r in runs])
             except Exception as exc:  # noqa: BLE001 - handed to every run of the batch
                 for run in runs:
                     self._finish(run, "failed", AragogError(f"routing failed: {exc}"))
                 continue
-            now = time.monotonic()
-            for run, r in zip(runs, routed, strict=True):
-                self._queue(run, r, now)
+            routed.update((run.id, r) for run, r in zip(runs, rows, strict=True))
+        now = time.monotonic()
+        for run in pending:
+            if run.id in routed:
+                self._queue(run, routed[run.id], now)
 
     def _queue(self, run: Run, routed: Routed, now: float) -> None:
         """A routed run joins the scheduler's meta-queue (or fails: nothing admitted can run)."""
