@@ -211,6 +211,18 @@ class EngineTarget:
     served_model: str
 
 
+def _function_pin(ref: str, fn: Callable) -> str:
+    """What the call cache pins for a stage function: its name (a file by its base name, so
+    a moved checkout keeps its cache) and a digest of the source file it is defined in
+    (so editing the function, or a helper next to it, starts a new cache)."""
+    mod, _, name = ref.rpartition(":")
+    try:
+        source = Path(fn.__code__.co_filename).read_bytes()
+    except (AttributeError, OSError):  # not a plain Python function: its name only
+        source = b""
+    return f"{Path(mod).name if mod.endswith('.py') else mod}:{name}#{hashlib.sha256(source).hexdigest()[:16]}"
+
+
 def _call_seed(seed: int, input_id: str, key: tuple) -> int:
     h = hashlib.blake2b(f"{seed}\x00{input_id}\x00{key!r}".encode(), digest_size=4).digest()
     return int.from_bytes(h, "little") % 2**31
@@ -298,7 +310,8 @@ class Labeller:
             "format": STATE_FORMAT,
             "workflow": self.space.workflow,
             "fingerprint": self.space.fingerprint(),
-            "stages": [[s.name, s.prompt, s.output_tokens] + ([s.function] if s.function else []) for s in self.wf.stage],
+            "stages": [[s.name, s.prompt, s.output_tokens] + ([_function_pin(s.function, self.stage_fns[i])] if s.function else [])
+                       for i, s in enumerate(self.wf.stage)],
             "seed": self.settings.seed,
         }
 

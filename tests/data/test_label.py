@@ -350,3 +350,29 @@ def test_stage_functions_are_labelled_the_way_they_are_served(tiny, tmp_path):
     crit = fake.text_for("again " + fake.text_for(f"Critique {gen} for question number 0"))
     final = fake.text_for(f"Refine {gen} with {crit} for question number 0")
     assert ds.scores[ds.ids.index("q0"), space.c_max] == _parity_scorer({}, final)
+
+
+def test_stage_function_cache_pin_follows_the_code_not_the_path(tiny, tmp_path):
+    """A moved checkout keeps its call cache; an edited stage function starts a new one."""
+    cat, _ = tiny
+    inputs = load_inputs(_write_rows(tmp_path / "d.jsonl", 2), seed=0)
+    out = tmp_path / "out"
+    fn_src = "async def crit(stage, model, lm, state):\n    return await lm(state.prompt)\n"
+
+    def labeller(where):
+        where.mkdir(exist_ok=True)
+        (where / "stages.py").write_text(fn_src)
+        text = CHAIN3.replace('prompt = "Critique {generate} for {input}"',
+                              f'prompt = "Critique {{generate}} for {{input}}"\nfunction = "{where / "stages.py"}:crit"')  # fmt: skip
+        wf, space = _space(cat, text)
+        return lambda targets: Labeller(wf, space, targets, inputs, _parity_scorer, out, LabelSettings(), family="t")
+
+    async def run(make):
+        return await _with_fakes(lambda fakes, targets: make(targets).run())
+
+    first = asyncio.run(run(labeller(tmp_path / "a")))
+    moved = asyncio.run(run(labeller(tmp_path / "b")))  # same code, another directory
+    assert first.calls_made == 2 * 14 and moved.calls_made == 0 and moved.calls_cached == 2 * 14
+    fn_src = fn_src.replace("state.prompt", "state.prompt + '!'")
+    with pytest.raises(AragogError, match="differs in stages"):
+        asyncio.run(run(labeller(tmp_path / "c")))
