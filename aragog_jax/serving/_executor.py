@@ -129,13 +129,25 @@ class Executor:
         self.monitor.start()
 
     async def close(self) -> None:
-        await self.monitor.stop()
+        """End what is left (503) and close the monitor, engine clients and router sessions;
+        every one is tried, the first failure is raised after."""
+        failures: list[BaseException] = []
+
+        async def attempt(aw) -> None:
+            try:
+                await aw
+            except Exception as exc:  # noqa: BLE001 - raised once everything was tried
+                failures.append(exc)
+
+        await attempt(self.monitor.stop())
         for run in list(self.runs.values()):
             self._finish(run, "cancelled", AragogError("server shutting down"))
         for st in self.engines.values():
-            await st.client.close()
+            await attempt(st.client.close())
         for worker in self.routers.values():
-            await worker.aclose()
+            await attempt(worker.aclose())
+        if failures:
+            raise failures[0]
 
     @property
     def num_in_flight(self) -> int:

@@ -239,26 +239,39 @@ class Server:
                 _untune_gc()
 
     async def _close(self, drain_s: float | None) -> dict[str, int]:
+        """Drain, then close every part; a part that fails to close does not keep the
+        others open (the first failure is raised once all were tried)."""
         self.state = "draining"
         ex = self.executor
         left = 0
+        failures: list[BaseException] = []
+
+        async def step(what: str, aw) -> None:
+            try:
+                await aw
+            except Exception as exc:  # noqa: BLE001 - logged, raised after the other steps
+                log.error("shutdown: closing %s failed: %s", what, exc, exc_info=exc)
+                failures.append(exc)
+
         if ex is not None:
             ex.draining = True
         if self.site is not None:
-            await self.site.stop_listening()
+            await step("the listener", self.site.stop_listening())
         if ex is not None:
             deadline = time.monotonic() + (self.options.drain_s if drain_s is None else drain_s)
             while ex.num_in_flight and time.monotonic() < deadline:
                 await asyncio.sleep(0.05)
             left = ex.num_in_flight
-            await ex.close()  # what is left ends with 503
+            await step("the executor", ex.close())  # what is left ends with 503
         if self.site is not None:
-            await self.site.stop()
+            await step("the site", self.site.stop())
         if self._late_warm is not None and not self._late_warm.done():
             await asyncio.wait([self._late_warm], timeout=30)  # a compile cannot be interrupted
-        for _, srv in self.emulated.values():
-            await srv.stop()
+        for name, (_, srv) in self.emulated.items():
+            await step(f"emulated engine {name}", srv.stop())
         self.state = "closed"
+        if failures:
+            raise failures[0]
         return {"cancelled_at_shutdown": left}
 
     # -- app ------------------------------------------------------------------------------

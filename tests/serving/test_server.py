@@ -578,3 +578,38 @@ def test_fleet_with_a_missing_stage_function_fails_at_load(tmp_path):
     (tmp_path / "stages.py").write_text(_STAGES_PY)
     with pytest.raises(SpecError, match=r"workflow 'chain': stage\[0\] \(draft\)\.function .* has no function 'nope'"):
         load_runtime(path)
+
+
+def test_a_part_that_fails_to_close_does_not_keep_the_others_open(tmp_path):
+    """stop(): an engine client whose close raises is reported (raised, logged), and the
+    other clients and the listener are still closed."""
+    engines = _two()
+
+    async def go():
+        fakes = [LoopbackServer(f.app) for _, f in engines.values()]
+        urls = [(name, model, await srv.start()) for (name, (model, _)), srv in zip(engines.items(), fakes)]
+        path = write_fleet(tmp_path, urls, server={"port": 0, "metrics_poll_s": 0.05})
+        s = Server(load_runtime(path), ServeOptions(drain_s=0.5, warm_up=False))
+        url = await s.start()
+        clients = [st.client for st in s.executor.engines.values()]
+
+        async def broken_close():
+            raise RuntimeError("socket already gone")
+
+        real_close, clients[0].close = clients[0].close, broken_close
+        with pytest.raises(RuntimeError, match="socket already gone"):
+            await s.stop(drain_s=0.1)
+        other_closed = clients[1]._session is None
+        await real_close()
+        try:
+            async with aiohttp.ClientSession() as http:
+                await http.get(url + "/health")
+            listening = True
+        except aiohttp.ClientError:
+            listening = False
+        for srv in fakes:
+            await srv.stop()
+        return s.state, other_closed, listening
+
+    state, other_closed, listening = asyncio.run(go())
+    assert state == "closed" and other_closed and not listening
