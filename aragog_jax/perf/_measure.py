@@ -50,7 +50,7 @@ import numpy as np
 
 from aragog_jax.errors import AragogError, UpstreamError, UpstreamTimeout
 from aragog_jax.perf._model import profile_to_toml
-from aragog_jax.serving._client import ClientLimits, EngineClient, EngineRejected
+from aragog_jax.serving._client import ClientLimits, EngineClient
 from aragog_jax.spec import CurvePoint, EngineProfile
 
 #: Words for synthetic prompts; a seeded choice of them, about one token per word.
@@ -193,27 +193,15 @@ async def timed_chat(client: EngineClient, prompt: str, max_tokens: int, seed: i
     Uses the engine client's session (its timeouts and connection limits); transport
     errors become :class:`UpstreamError` here, like in the client itself.
     """
-    body = {
-        "model": client.served_model,
-        "messages": [{"role": "user", "content": prompt}],
-        "max_tokens": max_tokens,
-        "temperature": 0.0,
-        "seed": seed,
-        "ignore_eos": True,  # vLLM: exact output length; other engines ignore the field
-        "stream": stream,
-    }
-    if stream:
-        body["stream_options"] = {"include_usage": True}
+    # ignore_eos: vLLM generates exactly max_tokens; other engines ignore the field.
+    body = client.chat_body(prompt, max_tokens=max_tokens, seed=seed, stream=stream, ignore_eos=True)
     start = time.monotonic()
     first = 0.0
     chunks: list[float] = []
     usage: dict = {}
     try:
         async with client.session.post(client.url + "/v1/chat/completions", json=body) as resp:
-            if resp.status >= 400:
-                detail = (await resp.text())[:200].replace("\n", " ")
-                cls = EngineRejected if 400 <= resp.status < 500 and resp.status not in (408, 429) else UpstreamError
-                raise cls(f"engine {client.name}: HTTP {resp.status}: {detail}")
+            await client.check_status(resp)
             if not stream:
                 data = await resp.json()
                 usage = data.get("usage") or {}

@@ -131,25 +131,13 @@ class EngineClient:
         timeout_s: float | None = None,
     ) -> ChatResult:
         """One chat completion; raises UpstreamError / UpstreamTimeout / EngineRejected."""
-        body = {
-            "model": self.served_model,
-            "messages": [{"role": "user", "content": prompt}],
-            "max_tokens": max_tokens,
-            "temperature": 0.0,
-            "seed": seed,
-        }
-        if stream:
-            body["stream"] = True
-            body["stream_options"] = {"include_usage": True}
+        body = self.chat_body(prompt, max_tokens=max_tokens, seed=seed, stream=stream)
         # No timeout argument means the session's (the engine timeout); None would mean "none".
         kw = {"timeout": aiohttp.ClientTimeout(total=timeout_s, sock_connect=self.limits.connect_timeout_s)} if timeout_s else {}
         url = self.url + "/v1/chat/completions"
         try:
             async with self.session.post(url, data=ENCODER.encode(body), headers=self._headers, **kw) as resp:
-                if resp.status >= 400:
-                    detail = (await resp.text())[:200].replace("\n", " ")
-                    cls = EngineRejected if 400 <= resp.status < 500 and resp.status not in (408, 429) else UpstreamError
-                    raise cls(f"engine {self.name}: HTTP {resp.status}: {detail}")
+                await self.check_status(resp)
                 orca_raw = resp.headers.get(ORCA_RESPONSE_HEADER)
                 orca = parse_orca(orca_raw, time.monotonic()) if orca_raw else None
                 if stream:
@@ -178,6 +166,30 @@ class EngineClient:
             finish_reason=choice.finish_reason,
             orca=orca,
         )
+
+    def chat_body(self, prompt: str, *, max_tokens: int, seed: int, stream: bool = False, **extra) -> dict:
+        """The ``/v1/chat/completions`` request body: one user message, greedy, seeded;
+        ``extra`` adds engine-specific fields."""
+        body = {
+            "model": self.served_model,
+            "messages": [{"role": "user", "content": prompt}],
+            "max_tokens": max_tokens,
+            "temperature": 0.0,
+            "seed": seed,
+            **extra,
+        }
+        if stream:
+            body["stream"] = True
+            body["stream_options"] = {"include_usage": True}
+        return body
+
+    async def check_status(self, resp: aiohttp.ClientResponse) -> None:
+        """Raise for an error reply: 4xx other than 408/429 is the request's fault
+        (:class:`EngineRejected`), anything else >= 400 the engine's (UpstreamError)."""
+        if resp.status >= 400:
+            detail = (await resp.text())[:200].replace("\n", " ")
+            cls = EngineRejected if 400 <= resp.status < 500 and resp.status not in (408, 429) else UpstreamError
+            raise cls(f"engine {self.name}: HTTP {resp.status}: {detail}")
 
     async def _read_stream(self, resp: aiohttp.ClientResponse, orca: OrcaReport | None) -> ChatResult:
         parts: list[str] = []
