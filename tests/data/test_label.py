@@ -20,7 +20,7 @@ from aragog_jax.space import build_space
 from aragog_jax.spec import WorkflowSpec, family_pool, load_workflow, shipped_workflows
 from aragog_jax.spec._load import check_workflow
 
-from ..serving._fleetkit import CATALOG  # the shared two-model test catalog
+from ..serving._fleetkit import CATALOG, FAN  # the shared two-model test catalog and fan-in workflow
 
 
 CHAIN3 = """
@@ -45,29 +45,6 @@ upstream = ["generate", "critique"]
 input_tokens = 30
 output_tokens = 8
 prompt = "Refine {generate} with {critique} for {input}"
-"""
-
-FAN = """
-name = "fan"
-
-[[stage]]
-name = "a"
-input_tokens = 10
-output_tokens = 8
-prompt = "A {input}"
-
-[[stage]]
-name = "b"
-input_tokens = 10
-output_tokens = 8
-prompt = "B {input}"
-
-[[stage]]
-name = "join"
-upstream = ["a", "b"]
-input_tokens = 20
-output_tokens = 8
-prompt = "Join {a} and {b}"
 """
 
 
