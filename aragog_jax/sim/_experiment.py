@@ -349,6 +349,14 @@ def plot_summary(summary: dict, out: Path) -> list[Path]:
     pols = summary["policies"]
     paths = []
 
+    def save(fig, ax, name: str) -> None:
+        ax.set_title(title, fontsize=9)
+        ax.legend(fontsize=7)
+        fig.tight_layout()
+        paths.append(out / name)
+        fig.savefig(paths[-1], dpi=110)
+        plt.close(fig)
+
     fig, ax = plt.subplots(figsize=(6, 4))
     for p, d in pols.items():
         x = [r["throughput"] for r in d["per_rate"]]
@@ -357,12 +365,7 @@ def plot_summary(summary: dict, out: Path) -> list[Path]:
     ax.set_xlabel("throughput (requests/s)")
     ax.set_ylabel("latency (s): P50 solid, P95 dashed")
     ax.set_yscale("log")
-    ax.set_title(title, fontsize=9)
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    paths.append(out / "throughput_latency.png")
-    fig.savefig(paths[-1], dpi=110)
-    plt.close(fig)
+    save(fig, ax, "throughput_latency.png")
 
     runs = summary.get("_runs")
     if runs:
@@ -372,12 +375,7 @@ def plot_summary(summary: dict, out: Path) -> list[Path]:
             ax.plot(lat, np.arange(1, lat.size + 1) / lat.size, label=p)
         ax.set_xlabel(f"latency (s) at {summary['rates'][-1]:g} requests/s")
         ax.set_ylabel("CDF")
-        ax.set_title(title, fontsize=9)
-        ax.legend(fontsize=7)
-        fig.tight_layout()
-        paths.append(out / "latency_cdf.png")
-        fig.savefig(paths[-1], dpi=110)
-        plt.close(fig)
+        save(fig, ax, "latency_cdf.png")
 
     fig, ax = plt.subplots(figsize=(6, 3.5))
     names = list(pols)
@@ -387,12 +385,7 @@ def plot_summary(summary: dict, out: Path) -> list[Path]:
     ax.axhline(cm - 0.02, color="r", ls=":", label="c_max - 2 points")
     ax.set_ylabel("accuracy")
     ax.set_ylim(max(0.0, cm - 0.15), min(1.0, cm + 0.08))
-    ax.set_title(title, fontsize=9)
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    paths.append(out / "accuracy.png")
-    fig.savefig(paths[-1], dpi=110)
-    plt.close(fig)
+    save(fig, ax, "accuracy.png")
 
     hist = {p: d["admitted"] for p, d in pols.items() if d.get("admitted")}
     if hist:
@@ -406,12 +399,7 @@ def plot_summary(summary: dict, out: Path) -> list[Path]:
             ax.hist(h["counts"], bins=min(50, h["num_configs"]), alpha=0.5, label=f"{p} (mean {h['mean']:.1f})")
         ax.set_xlabel(f"admitted configurations per input (of {next(iter(hist.values()))['num_configs']})")
         ax.set_ylabel("inputs")
-        ax.set_title(title, fontsize=9)
-        ax.legend(fontsize=7)
-        fig.tight_layout()
-        paths.append(out / "admitted.png")
-        fig.savefig(paths[-1], dpi=110)
-        plt.close(fig)
+        save(fig, ax, "admitted.png")
     return paths
 
 
