@@ -189,7 +189,7 @@ def simulator_speed(ds_dir: Path, rate: float, sweep) -> dict:
     import jax
     import numpy as np
 
-    from aragog_jax.scheduler import COMPILED, RoundArrays
+    from aragog_jax.scheduler import COMPILED, pad_round
     from aragog_jax.sim import RunConfig, build_masks, load_setup, simulate
     from aragog_jax.sim._setup import per_workflow_config
 
@@ -214,11 +214,10 @@ def simulator_speed(ds_dir: Path, rate: float, sweep) -> dict:
                     "round_per_step_us": float(per_step * 1e6)}
     # One kernel call with nothing to do, in the smallest item bucket of this fleet.
     num_engines, num_models = len(hs.engines), len({e.model for e in hs.engines})
-    empty = RoundArrays(
-        item_viable=np.zeros((16, 32), dtype=bool), item_cfg_model=np.full((16, 32), -1, dtype=np.int8),
-        item_req=np.full(16, -1, dtype=np.int32), item_valid=np.zeros(16, dtype=bool),
-        engine_model=np.arange(num_engines, dtype=np.int32) % num_models, free_slots=np.zeros(num_engines, dtype=np.int32),
-        gain=np.zeros((num_engines, 64), dtype=np.int32), num_models=num_models, num_items=0,
+    empty = pad_round(  # padded to the smallest buckets: 16 items, 32 configurations, 64 slots
+        np.zeros((0, 32), dtype=bool), np.zeros((0, 32), dtype=np.int8), np.zeros(0, dtype=np.int32),
+        np.arange(num_engines, dtype=np.int32) % num_models, np.zeros(num_engines, dtype=np.int32),
+        np.zeros((num_engines, 64), dtype=np.int32), num_models,
     )
     jax.block_until_ready(COMPILED(empty, 4))
     reps = []

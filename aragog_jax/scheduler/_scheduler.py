@@ -39,7 +39,7 @@ import numpy as np
 from aragog_jax.errors import NoViableConfigurationError, SchedulerError
 from aragog_jax.scheduler._load import UTILITY_SCALE, EngineInfo, LoadVector, curve_value, gain_row
 from aragog_jax.scheduler._policy import DEFAULT_BEAM_WIDTH, Policy, make_policy
-from aragog_jax.scheduler._round import MIN_CONFIGS, MIN_ITEMS, MIN_SLOTS, RoundArrays, model_dtype
+from aragog_jax.scheduler._round import MIN_CONFIGS, MIN_ITEMS, MIN_SLOTS, RoundArrays, model_dtype, pad_round
 from aragog_jax.space import ConfigSpace, bucket_size
 
 # Stage status.
@@ -339,16 +339,16 @@ class Scheduler:
         buckets = 0
         r_b = MIN_ITEMS
         while True:
-            arrays = RoundArrays(
-                item_viable=np.zeros((r_b, self._cfg_bucket), dtype=bool),
-                item_cfg_model=np.full((r_b, self._cfg_bucket), -1, dtype=self._cfg_dtype),
-                item_req=np.full(r_b, -1, dtype=np.int32),
-                item_valid=np.zeros(r_b, dtype=bool),
-                engine_model=self._engine_model,
-                free_slots=np.zeros(num_engines, dtype=np.int32),
-                gain=np.zeros((num_engines, self._slot_bucket), dtype=np.int32),
-                num_models=len(self.model_names),
-                num_items=0,
+            arrays = pad_round(
+                np.zeros((0, self._cfg_bucket), dtype=bool),
+                np.zeros((0, self._cfg_bucket), dtype=self._cfg_dtype),
+                np.zeros(0, dtype=np.int32),
+                self._engine_model,
+                np.zeros(num_engines, dtype=np.int32),
+                np.zeros((num_engines, self._slot_bucket), dtype=np.int32),
+                len(self.model_names),
+                item_bucket=r_b,
+                cfg_bucket=self._cfg_bucket,
             )
             compiled.compile(arrays, self.policy.beam_width)
             buckets += 1
