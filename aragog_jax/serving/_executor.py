@@ -50,6 +50,16 @@ log = logging.getLogger("aragog_jax.serving")
 MAX_ATTEMPTS_PER_STAGE = 4
 
 
+async def close_part(what: str, aw, failures: list[BaseException]) -> None:
+    """Await one closing step; a failure is logged and kept in ``failures`` (raised by the
+    caller once every part was tried), so one part cannot keep the others open."""
+    try:
+        await aw
+    except Exception as exc:  # noqa: BLE001 - logged, raised after the other parts
+        log.error("shutdown: closing %s failed: %s", what, exc, exc_info=exc)
+        failures.append(exc)
+
+
 @dataclass
 class Run:
     id: str
@@ -132,20 +142,13 @@ class Executor:
         """End what is left (503) and close the monitor, engine clients and router sessions;
         every one is tried, the first failure is raised after."""
         failures: list[BaseException] = []
-
-        async def attempt(aw) -> None:
-            try:
-                await aw
-            except Exception as exc:  # noqa: BLE001 - raised once everything was tried
-                failures.append(exc)
-
-        await attempt(self.monitor.stop())
+        await close_part("the load monitor", self.monitor.stop(), failures)
         for run in list(self.runs.values()):
             self._finish(run, "cancelled", AragogError("server shutting down"))
         for st in self.engines.values():
-            await attempt(st.client.close())
-        for worker in self.routers.values():
-            await attempt(worker.aclose())
+            await close_part(f"the client of engine {st.name}", st.client.close(), failures)
+        for name, worker in self.routers.items():
+            await close_part(f"the router of {name}", worker.aclose(), failures)
         if failures:
             raise failures[0]
 

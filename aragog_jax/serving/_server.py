@@ -31,7 +31,7 @@ from aragog_jax.errors import (
     UpstreamTimeout,
 )
 from aragog_jax.serving._emulated import EmulatedEngine
-from aragog_jax.serving._executor import Executor, Run
+from aragog_jax.serving._executor import Executor, Run, close_part
 from aragog_jax.serving._fleet import FleetRuntime
 from aragog_jax.serving._loopback import LoopbackServer
 from aragog_jax.serving._metrics import ServerMetrics
@@ -247,11 +247,7 @@ class Server:
         failures: list[BaseException] = []
 
         async def step(what: str, aw) -> None:
-            try:
-                await aw
-            except Exception as exc:  # noqa: BLE001 - logged, raised after the other steps
-                log.error("shutdown: closing %s failed: %s", what, exc, exc_info=exc)
-                failures.append(exc)
+            await close_part(what, aw, failures)
 
         if ex is not None:
             ex.draining = True
