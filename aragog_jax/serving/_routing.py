@@ -38,9 +38,10 @@ class RouterWorker:
         self.wf = wf
         self._pending: list[tuple[str, asyncio.Future]] = []
         self._task: asyncio.Task | None = None
-        self.in_thread = wf.router is not None and _needs_thread(wf.router)
-        featurizer = getattr(wf.router, "featurizer", None)
-        self._aembed = getattr(featurizer, "aembed", None)  # async features: awaited on the loop
+        # A featuriser with async I/O (an embeddings endpoint) is awaited on the loop, off
+        # the round; anything marked in_thread without one runs in a worker thread.
+        self._aembed = getattr(getattr(wf.router, "featurizer", None), "aembed", None)
+        self.in_thread = self._aembed is not None
 
     def warm_up(self, max_batch: int) -> int:
         """Run every compiled bucket a batch of up to ``max_batch`` requests can use once,
@@ -105,19 +106,9 @@ class RouterWorker:
                 continue
             self._resolve(batch, res, time.perf_counter() - t0)
 
-
     async def aclose(self) -> None:
         """Close what the router's featuriser keeps open (an embeddings session)."""
         featurizer = getattr(self.wf.router, "featurizer", None)
         aclose = getattr(featurizer, "aclose", None)
         if aclose is not None:
             await aclose()
-
-
-def _needs_thread(router) -> bool:
-    """True when routing may block on I/O (an embeddings endpoint)."""
-    try:
-        from aragog_jax.router import EmbeddingsFeaturizer
-    except ImportError:
-        return True
-    return isinstance(getattr(router, "featurizer", None), EmbeddingsFeaturizer)
