@@ -7,14 +7,27 @@ Runs every configuration of the workflow (or a seeded sample of ``K`` that alway
 includes ``c_max``) over every input on the fleet's engines and writes the accuracy
 dataset the router trains on (``meta.json``, ``inputs.jsonl``, ``scores.npy``) plus
 ``labelled.npy``, ``label_report.json``, ``calls.jsonl`` (the call cache),
-``failures.jsonl`` and ``config_failures.jsonl`` into ``DIR``.
+``failures.jsonl``, ``config_failures.jsonl``, ``input_errors.jsonl`` and
+``label_state.json`` (what the directory was labelled with) into ``DIR``.
 
 Stage outputs are shared across configurations through the configuration tree: engine
 calls = distinct (stage, ancestor models) keys, which for a chain is the number of
 distinct model prefixes in topological order; the naive count (configurations x stages)
 is reported next to it. Rerunning with the same ``--out`` resumes: finished calls are
-never recomputed, failed ones are retried. Engines of the fleet with a ``url`` are
-called directly; emulated engines (no url) are started on loopback for the run.
+never recomputed, failed ones are retried. Each cached call is keyed by everything that
+determines its output (input text, upstream outputs, stage prompt and function, model,
+engine URL and sampling fields); a rerun whose dataset, workflow, fleet, scorer, seed or
+sample differ from what ``--out`` was labelled with is refused with one line naming the
+difference, unless ``--update`` (redo only the affected calls) or ``--restart``. One run
+at a time per ``--out`` (a lock; a second run exits 2 naming the holder). Engines of
+the fleet with a ``url`` are called directly; emulated engines (no url) are started on
+loopback for the run.
+
+Dataset lines that cannot be used (bad JSON, a missing or non-string text, a bad or
+duplicate id) are printed with their line numbers, listed in ``input_errors.jsonl``,
+and every other line is labelled; the run then exits with status 1. A scorer that cannot
+be called as ``scorer(row, text)`` or returns something other than a number in [0, 1] is
+refused on the first input, before any engine call (exit 2).
 
 The dataset file is JSONL: the input text in ``input`` (or ``text``/``question``, or
 ``--text-field``), optional ``id`` and ``split``, plus whatever the scorer reads (the
@@ -35,6 +48,8 @@ from pathlib import Path
 
 from aragog_jax._cli import run_cli
 from aragog_jax.errors import AragogError
+
+MAX_BAD_LINES_SHOWN = 20
 
 
 def _fractions(text: str) -> tuple[float, float, float]:
@@ -69,6 +84,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="train,calibration,test fractions for rows without a split (default 0.6,0.2,0.2)")  # fmt: skip
     p.add_argument("--timeout", type=float, default=120.0, help="per-call timeout in seconds (default 120)")
     p.add_argument("--time-scale", type=float, default=None, help="speed-up of emulated engines (default: the fleet's)")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--update", action="store_true",
+                   help="--out was labelled with another dataset, workflow, fleet, scorer, seed or sample: reuse the "
+                   "cached calls that still match and redo the rest (default: refuse, naming the difference)")  # fmt: skip
+    g.add_argument("--restart", action="store_true", help="clear --out (outputs and call cache) and label from scratch")
     p.add_argument("--quiet", action="store_true", help="no progress on stderr")
     return p
 
@@ -88,12 +108,17 @@ async def _label(args, progress) -> dict:
     space = build_space(wf, family_pool(catalog, family))
     scorer = load_scorer(args.scorer)
     inputs = load_inputs(args.dataset, text_field=args.text_field, split_fractions=args.splits, seed=args.seed, limit=args.limit)
+    for bad in inputs.bad[:MAX_BAD_LINES_SHOWN]:
+        print(f"{args.dataset}:{bad['line']}: {bad['reason']}", file=sys.stderr)
+    if len(inputs.bad) > MAX_BAD_LINES_SHOWN:
+        print(f"... and {len(inputs.bad) - MAX_BAD_LINES_SHOWN} more bad lines (all in {args.out / 'input_errors.jsonl'})",
+              file=sys.stderr)  # fmt: skip
     time_scale = args.time_scale or fleet.server.time_scale
     servers: list = []
     targets: list[EngineTarget] = []
     try:
         for e in fleet.engine:
-            url = e.url
+            url, identity = e.url, ""
             if not url:
                 if not e.profile:
                     raise AragogError(f"{args.fleet}: engine {e.name}: an emulated engine needs a profile")
@@ -102,24 +127,19 @@ async def _label(args, progress) -> dict:
                 srv = LoopbackServer(eng.app)
                 url = await srv.start()
                 servers.append(srv)
-            targets.append(EngineTarget(e.name, e.model, url, e.served_model_name or e.model))
+                identity = "emulated"  # replies depend on model, prompt and seed, not on the loopback port
+            targets.append(EngineTarget(e.name, e.model, url, e.served_model_name or e.model, identity))
+        on_change = "update" if args.update else "restart" if args.restart else "refuse"
         labeller = Labeller(wf, space, targets, inputs, scorer, args.out,
                             LabelSettings(concurrency=args.concurrency, seed=args.seed, sample=args.sample,
-                                          request_timeout_s=args.timeout),
-                            family=family, progress=progress, scorer_name=args.scorer)  # fmt: skip
+                                          request_timeout_s=args.timeout, on_change=on_change),
+                            family=family, progress=progress, scorer_name=args.scorer,
+                            provenance={"fleet": str(args.fleet), "dataset": str(args.dataset)})  # fmt: skip
         res = await labeller.run()
     finally:
         for srv in servers:
             await srv.stop()
-    from aragog_jax._provenance import git_sha
-
-    report = {"git_sha": git_sha(), "workflow": wf.name, "family": family, "fleet": str(args.fleet),
-              "dataset": str(args.dataset), "scorer": args.scorer, "seed": args.seed, **res.report()}  # fmt: skip
-    ds = res.dataset
-    report["c_max_accuracy"] = float(ds.scores[:, space.c_max].mean())
-    report["splits"] = {s: ds.splits.count(s) for s in ("train", "calibration", "test")}
-    (args.out / "label_report.json").write_text(json.dumps(report, indent=2) + "\n")
-    return report
+    return json.loads((args.out / "label_report.json").read_text())
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -139,6 +159,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"this run: {run['calls_made']} calls made, {run['calls_cached']} cached, {run['calls_failed']} failed; "
           f"{rep['config_failures']} (input, configuration) failures; c_max accuracy {100 * rep['c_max_accuracy']:.1f}%; "
           f"splits {rep['splits']}; {rep['seconds']:.1f} s")  # fmt: skip
+    if rep["input_errors"]:
+        print(f"error: {rep['input_errors']} bad dataset lines (see {args.out / 'input_errors.jsonl'}); "
+              f"{rep['num_inputs']} valid inputs were labelled", file=sys.stderr)  # fmt: skip
+        return 1
     return 0
 
 

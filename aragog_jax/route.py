@@ -45,6 +45,7 @@ import msgspec
 import numpy as np
 
 from aragog_jax._cli import run_cli
+from aragog_jax._files import atomic_write, atomic_writer
 from aragog_jax.errors import DatasetError
 
 PROGRESS_FORMAT = "aragog-route-progress/1"
@@ -204,10 +205,8 @@ class _ParquetOut:
             table_ = [self.router.space.config_to_models(c) for c in range(self.router.num_configs)]
             admitted = pa.array([[table_[c] for c in row.values.to_numpy()] for row in admitted])
         table = pa.table({"id": pa.array(ids), "num_admitted": pa.array(counts), "admitted": admitted})
-        final = self.path / f"part-{prog.output_parts:05d}.parquet"
-        tmp = final.with_name(final.name + ".tmp")
-        pq.write_table(table, tmp)
-        os.replace(tmp, final)
+        with atomic_writer(self.path / f"part-{prog.output_parts:05d}.parquet") as f:  # via part-NNNNN.parquet.tmp
+            pq.write_table(table, f)
         prog.output_parts += 1
 
     def close(self) -> None:
@@ -256,9 +255,7 @@ def _load_progress(path: Path, out: Path, err: Path, router: str, inp: str) -> P
 
 
 def _write_progress(path: Path, prog: Progress) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(msgspec.json.encode(prog))
-    os.replace(tmp, path)
+    atomic_write(path, msgspec.json.encode(prog))
 
 
 def main(argv: Sequence[str] | None = None) -> int:

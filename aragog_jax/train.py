@@ -77,7 +77,7 @@ def evaluate(ckpt: str | Path, dataset_dir: str | Path, split: str = "all") -> d
     """Route a labelled dataset through a checkpoint; the routing report of its rows."""
     import numpy as np
 
-    from aragog_jax.data import load_dataset
+    from aragog_jax.data import load_dataset, read_meta
     from aragog_jax.router import Router, routing_report
 
     router = Router.load(ckpt)
@@ -141,23 +141,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
 
-    from aragog_jax.data import load_dataset
+    from aragog_jax.data import load_dataset, read_meta
     from aragog_jax.router import EmbeddingsFeaturizer, HashedNgramFeaturizer, fit_router, plot_sweep, save_checkpoint
     from aragog_jax.router._checkpoint import _clean
     from aragog_jax.space import load_space
     from aragog_jax.spec import DEFAULT_MODELS
 
     dataset_dir = Path(args.dataset)
-    meta_path = dataset_dir / "meta.json"
-    if not meta_path.is_file():
-        raise DatasetError(f"--dataset {dataset_dir}: not an accuracy dataset (no meta.json)")
+    meta = read_meta(dataset_dir)  # one line for a missing, incomplete or unreadable dataset
     if args.evaluate:
         report = evaluate(args.evaluate, dataset_dir, args.split)
         print(json.dumps(report, indent=2))
         return 0
     if not args.workflow or not args.out:
         raise DatasetError("training needs --workflow and --out (or pass --evaluate CKPT)")
-    family = args.family or json.loads(meta_path.read_text()).get("family")
+    family = args.family or meta.get("family")
     if not family:
         raise DatasetError(f"--dataset {dataset_dir}: meta.json names no family; pass --family")
     space = load_space(args.workflow, family, models=args.models or DEFAULT_MODELS)

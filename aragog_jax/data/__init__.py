@@ -6,6 +6,7 @@ from aragog_jax.data._dataset import (
     AccuracyDataset,
     accurate_labels,
     load_dataset,
+    read_meta,
     save_dataset,
 )
 from aragog_jax.data._synth import (
@@ -25,6 +26,7 @@ __all__ = [
     "accurate_labels",
     "generate",
     "load_dataset",
+    "read_meta",
     "save_dataset",
     "stage_roles",
     "viability_stats",

@@ -12,6 +12,11 @@ On disk a dataset is a directory::
     scores.npy     float16[N, C]: score in [0, 1] of configuration c (the space's
                    documented order, ascending FLOPs) on input n. Binary metrics use 0/1.
 
+Every file is written atomically (:mod:`aragog_jax._files`) and ``meta.json`` last, after
+removing the old one first: a directory whose writer was killed has either its old
+complete content or no ``meta.json``, which :func:`load_dataset` reports as an
+incomplete dataset in one line.
+
 The label rule (accurate = as good as c_max) lives in :func:`accurate_labels` only.
 """
 
@@ -23,6 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
+from aragog_jax._files import atomic_write, atomic_writer, remove_durably
 from aragog_jax.errors import DatasetError
 from aragog_jax.space import ConfigSpace
 
@@ -85,10 +91,15 @@ class AccuracyDataset:
             )
 
 
-def save_dataset(ds: AccuracyDataset, out: str | Path) -> Path:
-    """Write ``ds`` as a dataset directory; byte-identical for identical content."""
+def save_dataset(ds: AccuracyDataset, out: str | Path, extra: dict[str, np.ndarray] | None = None) -> Path:
+    """Write ``ds`` as a dataset directory; byte-identical for identical content.
+
+    ``extra`` arrays (e.g. the labeller's ``labelled``) are saved as ``NAME.npy`` with the
+    dataset, before ``meta.json`` marks it complete.
+    """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    remove_durably(out / "meta.json")  # from here until the new one lands, the directory is incomplete
     meta = dict(ds.meta)
     meta.update(
         format=FORMAT,
@@ -96,47 +107,78 @@ def save_dataset(ds: AccuracyDataset, out: str | Path) -> Path:
         num_configs=int(ds.scores.shape[1]),
         splits={s: int(sum(1 for x in ds.splits if x == s)) for s in SPLITS},
     )
-    (out / "meta.json").write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
-    with open(out / "inputs.jsonl", "w") as f:
-        for i in range(ds.num_inputs):
-            row = {"id": ds.ids[i], "text": ds.texts[i], "split": ds.splits[i], "tokens": ds.tokens[i].tolist()}
-            f.write(json.dumps(row, ensure_ascii=False) + "\n")
-    np.save(out / "scores.npy", ds.scores.astype(np.float16))
+    lines = []
+    for i in range(ds.num_inputs):
+        row = {"id": ds.ids[i], "text": ds.texts[i], "split": ds.splits[i], "tokens": ds.tokens[i].tolist()}
+        lines.append(json.dumps(row, ensure_ascii=False) + "\n")
+    atomic_write(out / "inputs.jsonl", "".join(lines))
+    for name, arr in {"scores": ds.scores.astype(np.float16), **(extra or {})}.items():
+        with atomic_writer(out / f"{name}.npy") as f:
+            np.save(f, arr)
+    atomic_write(out / "meta.json", json.dumps(meta, indent=2, sort_keys=True) + "\n")
     return out
 
 
-def load_dataset(path: str | Path, space: ConfigSpace | None = None) -> AccuracyDataset:
-    """Read a dataset directory; with ``space`` also check it belongs to that space."""
+def read_meta(path: str | Path) -> dict:
+    """A dataset directory's ``meta.json``, checked (DatasetError naming the directory and the problem)."""
     path = Path(path)
     meta_path = path / "meta.json"
     if not meta_path.is_file():
+        if not path.is_dir():
+            raise DatasetError(f"{path}: no such dataset directory")
+        if (path / "inputs.jsonl").exists() or (path / "scores.npy").exists():
+            raise DatasetError(f"{path}: incomplete accuracy dataset (no meta.json: the run writing it was "
+                               "interrupted); rerun it to finish")  # fmt: skip
         raise DatasetError(f"{path}: not an accuracy dataset (no meta.json)")
     try:
         meta = json.loads(meta_path.read_text())
-    except json.JSONDecodeError as exc:
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise DatasetError(f"{meta_path}: not valid JSON: {exc}") from exc
-    if meta.get("format") != FORMAT:
-        raise DatasetError(f"{meta_path}: format {meta.get('format')!r}, expected {FORMAT!r}")
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        got = meta.get("format") if isinstance(meta, dict) else type(meta).__name__
+        raise DatasetError(f"{meta_path}: format {got!r}, expected {FORMAT!r}")
+    return meta
+
+
+def load_dataset(path: str | Path, space: ConfigSpace | None = None) -> AccuracyDataset:
+    """Read a dataset directory; with ``space`` also check it belongs to that space.
+
+    Raises:
+      DatasetError: one line naming the file and the problem (not a dataset, incomplete,
+        unreadable, inconsistent, or made for another space).
+    """
+    path = Path(path)
+    meta = read_meta(path)
     ids, texts, splits, tokens = [], [], [], []
-    with open(path / "inputs.jsonl") as f:
+    inputs_path, scores_path = path / "inputs.jsonl", path / "scores.npy"
+    for p in (inputs_path, scores_path):
+        if not p.is_file():
+            raise DatasetError(f"{path}: incomplete accuracy dataset: {p.name} is missing")
+    with open(inputs_path) as f:
         for lineno, line in enumerate(f, 1):
             try:
                 row = json.loads(line)
                 ids.append(str(row["id"]))
                 texts.append(str(row["text"]))
                 if row["split"] not in SPLITS:
-                    raise DatasetError(f"{path / 'inputs.jsonl'}:{lineno}: split: unknown split {row['split']!r}")
+                    raise DatasetError(f"{inputs_path}:{lineno}: split: unknown split {row['split']!r}")
                 splits.append(row["split"])
                 tokens.append(row["tokens"])
             except (json.JSONDecodeError, KeyError, TypeError) as exc:
-                raise DatasetError(f"{path / 'inputs.jsonl'}:{lineno}: bad row: {exc!r}") from exc
-    scores = np.load(path / "scores.npy").astype(np.float32)
+                raise DatasetError(f"{inputs_path}:{lineno}: bad row: {exc!r}") from exc
+    try:
+        scores = np.load(scores_path, allow_pickle=False).astype(np.float32)
+    except (ValueError, EOFError, OSError) as exc:
+        raise DatasetError(f"{scores_path}: not a readable .npy array ({type(exc).__name__}: {exc})") from exc
     if scores.ndim != 2 or scores.shape[0] != len(ids):
-        raise DatasetError(f"{path / 'scores.npy'}: shape {scores.shape}, expected ({len(ids)}, num_configs)")
+        raise DatasetError(f"{scores_path}: shape {scores.shape}, expected ({len(ids)}, num_configs)")
+    if scores.shape[1] != meta.get("num_configs", scores.shape[1]) or len(ids) != meta.get("num_inputs", len(ids)):
+        raise DatasetError(f"{path}: meta.json says {meta.get('num_inputs')} inputs x {meta.get('num_configs')} "
+                           f"configurations, the files hold {len(ids)} x {scores.shape[1]}")  # fmt: skip
     try:
         tok = np.asarray(tokens, dtype=np.int32)
     except ValueError as exc:
-        raise DatasetError(f"{path / 'inputs.jsonl'}: tokens: every row needs one [input, output] pair per stage") from exc
+        raise DatasetError(f"{inputs_path}: tokens: every row needs one [input, output] pair per stage") from exc
     ds = AccuracyDataset(ids=ids, texts=texts, splits=splits, tokens=tok, scores=scores, meta=meta)
     if space is not None:
         ds.check_space(space, where=str(path))

@@ -18,7 +18,6 @@ training history and the evaluation report, and the git SHA that produced it.
 from __future__ import annotations
 
 import datetime as _dt
-import io
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +25,7 @@ from pathlib import Path
 import msgspec
 import numpy as np
 
+from aragog_jax._files import atomic_writer
 from aragog_jax.errors import CheckpointError
 from aragog_jax.router._model import RouterModelConfig, flatten_params, unflatten_params
 from aragog_jax.space import ConfigSpace
@@ -132,11 +132,8 @@ def save_checkpoint(ckpt: RouterCheckpoint, path: str | Path) -> Path:
     arrays = {k: v.astype(dtype) for k, v in flatten_params(ckpt.params).items()}
     arrays["thresholds"] = np.asarray(ckpt.thresholds, np.float32)
     arrays["__meta__"] = np.frombuffer(meta_to_json(ckpt.meta), dtype=np.uint8)
-    buf = io.BytesIO()
-    np.savez(buf, **arrays)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(buf.getvalue())
-    tmp.replace(path)
+    with atomic_writer(path) as f:
+        np.savez(f, **arrays)
     return path
 
 

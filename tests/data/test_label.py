@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import textwrap
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -127,18 +129,32 @@ def _write_rows(path, n, extra=None):
 
 def test_load_inputs_splits_are_seeded_and_errors_name_the_line(tmp_path):
     p = _write_rows(tmp_path / "d.jsonl", 20)
-    a = load_inputs(p, seed=3)
-    b = load_inputs(p, seed=3)
+    a = load_inputs(p, seed=3).rows
+    b = load_inputs(p, seed=3).rows
     assert [r.split for r in a] == [r.split for r in b]
     assert {s: [r.split for r in a].count(s) for s in ("train", "calibration", "test")} == {"train": 12, "calibration": 4, "test": 4}
     given = _write_rows(tmp_path / "g.jsonl", 3, {"split": "test"})
-    assert {r.split for r in load_inputs(given)} == {"test"}
-    (tmp_path / "bad.jsonl").write_text('{"input": "a"}\n{"nope": 1}\n')
-    with pytest.raises(DatasetError, match="bad.jsonl:2"):
-        load_inputs(tmp_path / "bad.jsonl")
-    (tmp_path / "dup.jsonl").write_text('{"id": 1, "input": "a"}\n{"id": 1, "input": "b"}\n')
-    with pytest.raises(DatasetError, match="duplicate id"):
-        load_inputs(tmp_path / "dup.jsonl")
+    assert {r.split for r in load_inputs(given).rows} == {"test"}
+
+
+def test_load_inputs_keeps_every_good_row_and_lists_the_bad_lines(tmp_path):
+    """One malformed line refused the whole file; null and list texts were stringified."""
+    lines = ['{"input": "a"}', '{"nope": 1}', "not json", "[1, 2]", '{"input": null}', '{"input": ["a", "b"]}',
+             '{"input": 3}', '{"id": 7, "input": "b"}', '{"id": "7", "input": "c"}', '{"id": null, "input": "d"}', "",
+             '{"text": "e"}']  # fmt: skip
+    (tmp_path / "bad.jsonl").write_text("\n".join(lines) + "\n")
+    got = load_inputs(tmp_path / "bad.jsonl")
+    assert [(r.id, r.text, r.line) for r in got.rows] == [("1", "a", 1), ("7", "b", 8), ("12", "e", 12)]
+    assert [b["line"] for b in got.bad] == [2, 3, 4, 5, 6, 7, 9, 10]
+    reasons = {b["line"]: b["reason"] for b in got.bad}
+    assert "no 'input' / 'text' / 'question' field" in reasons[2] and reasons[3].startswith("bad JSON")
+    assert reasons[4] == "expected a JSON object, got list"
+    assert reasons[5] == "input: expected a string, got null" and reasons[6] == "input: expected a string, got list"
+    assert reasons[7] == "input: expected a string, got int"
+    assert reasons[9] == "id: duplicate id '7' (first on line 8)" and reasons[10] == "id: expected a string or an integer, got null"
+    with pytest.raises(DatasetError, match=r"no usable inputs: 2 bad lines \(line 1: input: expected a string, got null\)"):
+        (tmp_path / "none.jsonl").write_text('{"input": null}\n{"x": 1}\n')
+        load_inputs(tmp_path / "none.jsonl")
 
 
 def _parity_scorer(row: dict, output: str) -> float:
@@ -158,6 +174,10 @@ async def _with_fakes(fn, small_mode="ok"):
             await s.stop()
 
 
+def _requests(fakes) -> int:
+    return sum(f.num_requests for f in fakes.values())
+
+
 def test_labeller_calls_each_distinct_key_once_and_resumes(tiny, tmp_path):
     cat, _ = tiny
     wf, space = _space(cat, CHAIN3)
@@ -165,13 +185,16 @@ def test_labeller_calls_each_distinct_key_once_and_resumes(tiny, tmp_path):
     out = tmp_path / "out"
     msgs: list[str] = []
 
-    async def first(fakes, targets):
+    async def go(fakes, targets):
         lab = Labeller(wf, space, targets, inputs, _parity_scorer, out, LabelSettings(concurrency=3, progress_every_s=0.0),
                        family="t", progress=msgs.append)  # fmt: skip
         res = await lab.run()
-        return res, sum(f.num_requests for f in fakes.values()), max(f.max_in_flight for f in fakes.values())
+        first = (res, _requests(fakes), max(f.max_in_flight for f in fakes.values()), (out / "scores.npy").read_bytes())
+        # Rerun on the same engines: nothing recomputed, identical dataset.
+        res2 = await Labeller(wf, space, targets, inputs, _parity_scorer, out, LabelSettings(), family="t").run()
+        return first, (res2, _requests(fakes) - first[1])
 
-    res, num_requests, max_in_flight = asyncio.run(_with_fakes(first))
+    (res, num_requests, max_in_flight, before), (res2, num2) = asyncio.run(_with_fakes(go))
     assert res.plan.num_calls == res.plan.num_prefixes == 2 + 4 + 8
     assert num_requests == res.calls_made == 10 * 14 == res.calls_total  # not 10 * 8 * 3 = 240
     assert max_in_flight <= 3  # bounded concurrency
@@ -187,46 +210,55 @@ def test_labeller_calls_each_distinct_key_once_and_resumes(tiny, tmp_path):
     crit = fake.text_for(f"Critique {gen} for question number 0")
     final = fake.text_for(f"Refine {gen} with {crit} for question number 0")
     assert ds.scores[ds.ids.index("q0"), space.c_max] == _parity_scorer({}, final)
-
-    # Rerun: nothing recomputed, identical dataset.
-    before = (out / "scores.npy").read_bytes()
-
-    async def again(fakes, targets):
-        res = await Labeller(wf, space, targets, inputs, _parity_scorer, out, LabelSettings(), family="t").run()
-        return res, sum(f.num_requests for f in fakes.values())
-
-    res2, num2 = asyncio.run(_with_fakes(again))
     assert num2 == 0 and res2.calls_made == 0 and res2.calls_cached == 140
     assert (out / "scores.npy").read_bytes() == before
 
 
 def test_failures_are_recorded_per_input_and_configuration_then_retried(tiny, tmp_path):
+    """failures.jsonl is the latest run's: empty once a rerun filled every failure (it kept
+    the first run's 12 rows before)."""
     cat, _ = tiny
     wf, space = _space(cat, CHAIN3)
     inputs = load_inputs(_write_rows(tmp_path / "d.jsonl", 4), seed=0)
     out = tmp_path / "out"
 
-    async def failing(fakes, targets):
-        return await Labeller(wf, space, targets, inputs, _parity_scorer, out, LabelSettings(concurrency=4), family="t").run()
+    async def go(fakes, targets):
+        def run():
+            return Labeller(wf, space, targets, inputs, _parity_scorer, out, LabelSettings(concurrency=4), family="t").run()
 
-    res = asyncio.run(_with_fakes(failing, small_mode="fail"))
+        res = await run()
+        failures = (out / "failures.jsonl").read_text().splitlines()
+        fakes["small"].mode = "ok"  # the engine heals
+        n0 = _requests(fakes)
+        res2 = await run()
+        return res, failures, res2, _requests(fakes) - n0
+
+    res, failures, res2, num = asyncio.run(_with_fakes(go, small_mode="fail"))
     # Only c_max (big everywhere) survives; 7 configurations x 4 inputs fail, none is dropped.
     assert len(res.config_failures) == 7 * 4 and not res.dropped_inputs
     # Per input, small fails where its upstream succeeded: generate, critique after a big
     # generate, refine after big-big (3); what hangs below a failure is never sent.
-    assert res.calls_failed == 4 * 3
-    lab = np.load(out / "labelled.npy")
-    assert lab[:, space.c_max].all() and lab.sum() == 4
-    assert len((out / "failures.jsonl").read_text().splitlines()) == res.calls_failed
-    assert len((out / "config_failures.jsonl").read_text().splitlines()) == 28
-
-    async def healed(fakes, targets):
-        res = await Labeller(wf, space, targets, inputs, _parity_scorer, out, LabelSettings(concurrency=4), family="t").run()
-        return res, sum(f.num_requests for f in fakes.values())
-
-    res2, num = asyncio.run(_with_fakes(healed))
+    assert res.calls_failed == 4 * 3 == len(failures)
     assert num == res2.calls_made == 4 * 14 - 4 * 3  # everything but the cached big-only chain
     assert np.load(out / "labelled.npy").all() and not res2.config_failures
+    assert (out / "failures.jsonl").read_text() == "" and (out / "config_failures.jsonl").read_text() == ""
+
+
+def test_when_c_max_fails_everywhere_the_error_names_files_that_exist(tiny, tmp_path):
+    cat, _ = tiny
+    wf, space = _space(cat, CHAIN3)
+    inputs = load_inputs(_write_rows(tmp_path / "d.jsonl", 2), seed=0)
+    out = tmp_path / "out"
+
+    async def go(fakes, targets):
+        fakes["big"].mode = "fail"
+        return await Labeller(wf, space, targets, inputs, _parity_scorer, out, LabelSettings(), family="t").run()
+
+    with pytest.raises(AragogError, match="no input could be labelled") as err:
+        asyncio.run(_with_fakes(go))
+    named = re.findall(r"see (\S+) and (\S+)$", str(err.value))[0]
+    assert [Path(p).name for p in named] == ["failures.jsonl", "config_failures.jsonl"]
+    assert all(Path(p).is_file() and Path(p).read_text() for p in named)
 
 
 def test_sampled_labelling_marks_only_the_sample(tiny, tmp_path):
@@ -292,10 +324,21 @@ def test_cli_on_emulated_fleet_and_resume(tiny, tmp_path, capsys):
     assert rep["git_sha"] and rep["this_run"]["calls_made"] == 84
     assert label_main(argv) == 0
     assert "0 calls made, 84 cached" in capsys.readouterr().out
-    # A different seed against the same directory is refused, as one line.
+    # A different seed against the same directory is refused, as one line naming it ...
     code = run_cli(label_main, argv + ["--seed", "9"])
     err = capsys.readouterr().err
-    assert code == 2 and "different job" in err and err.count("\n") == 1
+    assert code == 2 and "seed 0 -> 9" in err and "--update" in err and err.count("\n") == 1
+    # ... and so is an edited dataset (it was not: 0 calls, old outputs kept).
+    rows = data.read_text().splitlines()
+    data.write_text("\n".join([rows[0].replace("number 0", "number zero"), *rows[1:]]) + "\n")
+    code = run_cli(label_main, argv)
+    err = capsys.readouterr().err
+    assert code == 2 and "dataset (6 rows, sha256" in err and err.count("\n") == 1
+    assert label_main(argv + ["--update"]) == 0  # only the edited row's calls
+    assert "14 calls made, 70 cached" in capsys.readouterr().out
+    assert label_main(argv + ["--restart"]) == 0  # everything
+    assert "84 calls made, 0 cached" in capsys.readouterr().out
+    assert json.loads((tmp_path / "ds" / "label_state.json").read_text())["options"]["seed"] == 0
 
 
 def test_stage_functions_are_labelled_the_way_they_are_served(tiny, tmp_path):
@@ -344,12 +387,15 @@ def test_stage_function_cache_pin_follows_the_code_not_the_path(tiny, tmp_path):
         wf, space = _space(cat, text)
         return lambda targets: Labeller(wf, space, targets, inputs, _parity_scorer, out, LabelSettings(), family="t")
 
-    async def run(make):
-        return await _with_fakes(lambda fakes, targets: make(targets).run())
+    async def go(fakes, targets):
+        first = await labeller(tmp_path / "a")(targets).run()
+        moved = await labeller(tmp_path / "b")(targets).run()  # same code, another directory
+        nonlocal fn_src
+        fn_src = fn_src.replace("state.prompt", "state.prompt + '!'")
+        with pytest.raises(AragogError, match=r"stage 'critique' \(function\); rerun with --update") as err:
+            await labeller(tmp_path / "c")(targets).run()
+        return first, moved, str(err.value)
 
-    first = asyncio.run(run(labeller(tmp_path / "a")))
-    moved = asyncio.run(run(labeller(tmp_path / "b")))  # same code, another directory
+    first, moved, err = asyncio.run(_with_fakes(go))
     assert first.calls_made == 2 * 14 and moved.calls_made == 0 and moved.calls_cached == 2 * 14
-    fn_src = fn_src.replace("state.prompt", "state.prompt + '!'")
-    with pytest.raises(AragogError, match="differs in stages"):
-        asyncio.run(run(labeller(tmp_path / "c")))
+    assert "\n" not in err
