@@ -125,7 +125,7 @@ def read_meta(path: str | Path) -> dict:
     meta_path = path / "meta.json"
     if not meta_path.is_file():
         if not path.is_dir():
-            raise DatasetError(f"{path}: no such dataset directory")
+            raise DatasetError(f"{path}: not an accuracy dataset (no meta.json: no such directory)")
         if (path / "inputs.jsonl").exists() or (path / "scores.npy").exists():
             raise DatasetError(f"{path}: incomplete accuracy dataset (no meta.json: the run writing it was "
                                "interrupted); rerun it to finish")  # fmt: skip

@@ -123,3 +123,54 @@ def test_wrong_space(saved):
     path, _ = saved
     with pytest.raises(DatasetError, match="made for workflow 'self_refine_squad'"):
         load_dataset(path, load_space("self_refine_squad", "llama"))
+
+
+@pytest.mark.parametrize(
+    ("damage", "says"),
+    [
+        ("empty scores.npy", "scores.npy: not a readable .npy array"),
+        ("truncated scores.npy", "scores.npy: not a readable .npy array"),
+        ("no scores.npy", "incomplete accuracy dataset: scores.npy is missing"),
+        ("no inputs.jsonl", "incomplete accuracy dataset: inputs.jsonl is missing"),
+        ("no meta.json", "incomplete accuracy dataset (no meta.json"),
+    ],
+)
+def test_train_on_an_incomplete_or_corrupt_dataset_says_so_in_one_line(saved, damage, says, capsys):
+    """A killed writer left these; train died with EOFError / ValueError / FileNotFoundError tracebacks."""
+    from aragog_jax._cli import run_cli
+    from aragog_jax.train import main as train_main
+
+    path, _ = saved
+    scores = path / "scores.npy"
+    if damage == "empty scores.npy":
+        scores.write_bytes(b"")
+    elif damage == "truncated scores.npy":
+        scores.write_bytes(scores.read_bytes()[:200])
+    else:
+        (path / damage.removeprefix("no ")).unlink()
+    code = run_cli(train_main, ["--workflow", "self_refine_squad", "--family", "qwen", "--dataset", str(path),
+                                "--out", str(path / "r.npz"), "--quiet"])  # fmt: skip
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and says in err, err
+
+
+def test_save_dataset_replaces_a_dataset_atomically_and_meta_last(saved, monkeypatch):
+    """A writer that fails mid-way leaves no meta.json (incomplete, said in one line), never
+    a new meta.json over old arrays."""
+    path, space = saved
+    ds = load_dataset(path, space)
+    import aragog_jax.data._dataset as mod
+
+    real = mod.atomic_write
+
+    def failing(p, data):
+        if p.name == "meta.json":
+            raise OSError("disk full")
+        real(p, data)
+
+    monkeypatch.setattr(mod, "atomic_write", failing)
+    with pytest.raises(OSError, match="disk full"):
+        save_dataset(ds, path)
+    assert not (path / "meta.json").exists() and not list(path.glob("*.tmp"))
+    with pytest.raises(DatasetError, match="incomplete accuracy dataset"):
+        load_dataset(path)

@@ -5,7 +5,11 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+import signal
+import subprocess
+import sys
 import textwrap
+import time
 from pathlib import Path
 
 import numpy as np
@@ -291,8 +295,8 @@ curve = [[1, 500.0], [8, 4000.0]]
 """
 
 
-def test_cli_on_emulated_fleet_and_resume(tiny, tmp_path, capsys):
-    cat, d = tiny
+def _emulated_cli(d, tmp_path, num_rows: int = 6, out: str = "ds") -> tuple[list[str], Path]:
+    """A label command line over a two-engine emulated fleet (refine3, ``num_rows`` inputs)."""
     (d / "profile.toml").write_text(PROFILE)
     (d / "fleet.toml").write_text(textwrap.dedent("""
         family = "t"
@@ -314,9 +318,15 @@ def test_cli_on_emulated_fleet_and_resume(tiny, tmp_path, capsys):
         [server]
         time_scale = 20.0
     """))
-    data = _write_rows(tmp_path / "d.jsonl", 6)
+    data = _write_rows(tmp_path / "d.jsonl", num_rows)
     argv = ["--workflow", str(d / "refine3.toml"), "--fleet", str(d / "fleet.toml"), "--dataset", str(data),
-            "--scorer", "aragog_jax.data.scorers:contains_answer", "--out", str(tmp_path / "ds"), "--quiet"]  # fmt: skip
+            "--scorer", "aragog_jax.data.scorers:contains_answer", "--out", str(tmp_path / out), "--quiet"]  # fmt: skip
+    return argv, data
+
+
+def test_cli_on_emulated_fleet_and_resume(tiny, tmp_path, capsys):
+    _, d = tiny
+    argv, data = _emulated_cli(d, tmp_path)
     assert label_main(argv) == 0
     out = capsys.readouterr().out
     assert "engine calls: 84 (per input 14); distinct prefixes 84 (per input 14); naive configurations x stages 144" in out
@@ -399,3 +409,268 @@ def test_stage_function_cache_pin_follows_the_code_not_the_path(tiny, tmp_path):
     first, moved, err = asyncio.run(_with_fakes(go))
     assert first.calls_made == 2 * 14 and moved.calls_made == 0 and moved.calls_cached == 2 * 14
     assert "\n" not in err
+
+
+# -- a cache that never reuses a wrong answer -------------------------------------------------
+
+
+async def _serve(fakes: dict[str, FakeEngine]) -> tuple[dict[str, str], list[LoopbackServer]]:
+    servers = [LoopbackServer(f.app) for f in fakes.values()]
+    urls = [await s.start() for s in servers]
+    return dict(zip(fakes, urls, strict=True)), servers
+
+
+def _dataset_files(out) -> dict[str, bytes]:
+    return {n: (out / n).read_bytes() for n in ("meta.json", "inputs.jsonl", "scores.npy", "labelled.npy")}
+
+
+def test_a_rerun_redoes_exactly_the_calls_an_edited_input_a_moved_engine_or_an_edited_stage_function_affect(tiny, tmp_path):
+    """One --out, four runs: each change redoes exactly the calls whose output it can
+    change, counted at the fake engines, and the result equals a fresh labelling (the old
+    cache, keyed by input id and call key, made 0 calls for the first two changes and
+    refused the third)."""
+    cat, _ = tiny
+    stages = tmp_path / "stages.py"
+    stages.write_text("async def crit(stage, model, lm, state):\n    return await lm(state.prompt)\n")
+    wf_text = CHAIN3.replace('prompt = "Critique {generate} for {input}"',
+                             f'prompt = "Critique {{generate}} for {{input}}"\nfunction = "{stages}:crit"')  # fmt: skip
+    data = _write_rows(tmp_path / "d.jsonl", 10)
+    fakes = {"small-a": FakeEngine("small-served"), "small-b": FakeEngine("small-served"), "big": FakeEngine("big-served")}
+    out = tmp_path / "out"
+
+    async def go():
+        urls, servers = await _serve(fakes)
+        try:
+            async def run(small: str, where=out) -> tuple:
+                wf, space = _space(cat, wf_text)  # re-imports stages.py
+                targets = [EngineTarget("e-small", "small", urls[small], "small-served"),
+                           EngineTarget("e-big", "big", urls["big"], "big-served")]  # fmt: skip
+                before = [f.num_requests for f in fakes.values()]
+                res = await Labeller(wf, space, targets, load_inputs(data), _parity_scorer, where,
+                                     LabelSettings(on_change="update"), family="t").run()  # fmt: skip
+                return res.calls_made, res.calls_cached, tuple(f.num_requests - b for f, b in zip(fakes.values(), before, strict=True))
+
+            steps = [await run("small-a")]
+            rows = data.read_text().splitlines()  # 1. edit one input's text
+            data.write_text("\n".join([*rows[:3], rows[3].replace("number 3", "number three"), *rows[4:]]) + "\n")
+            steps.append(await run("small-a"))
+            steps.append(await run("small-b"))  # 2. the small model's engine moves
+            stages.write_text(stages.read_text().replace("state.prompt", "state.prompt + '!'"))  # 3. edit the function
+            steps.append(await run("small-b"))
+            steps.append(await run("small-b"))  # nothing changed
+            await run("small-b", tmp_path / "fresh")
+            return steps
+        finally:
+            for s in servers:
+                await s.stop()
+
+    steps = asyncio.run(go())
+    # Per input 14 calls: generate 1 small + 1 big, critique 2 + 2, refine 4 + 4.
+    assert steps[0] == (140, 0, (70, 0, 70))
+    assert steps[1] == (14, 126, (7, 0, 7))  # the edited input's calls only
+    # The small engine's calls only; big calls after them get the same text, so they are kept.
+    assert steps[2] == (70, 70, (0, 70, 0))
+    # critique (4 per input) and refine (8, its input changed) are redone; generate (2) is kept.
+    assert steps[3] == (120, 20, (0, 60, 60))
+    assert steps[4] == (0, 140, (0, 0, 0))
+    assert _dataset_files(out) == _dataset_files(tmp_path / "fresh")
+
+
+def _answer_scorer(row: dict, output: str) -> float:
+    return float(output == row["answer"])
+
+
+def test_removing_the_first_line_keeps_every_answer_with_its_own_input(tiny, tmp_path):
+    """Ids default to line numbers: removing line 1 shifted every id, and the old cache
+    (keyed by id) gave each input its neighbour's outputs (c_max accuracy 100% -> 0% with
+    0 calls). Keyed by content, the rerun makes no call and labels like a fresh directory."""
+    cat, _ = tiny
+    wf, space = _space(cat, CHAIN3)
+    big = FakeEngine("big-served")
+    with open(tmp_path / "d.jsonl", "w") as f:
+        for i in range(8):
+            q = f"question number {i}"
+            gen = big.text_for(f"Answer: {q}")
+            final = big.text_for(f"Refine {gen} with {big.text_for(f'Critique {gen} for {q}')} for {q}")
+            f.write(json.dumps({"input": q, "answer": final}) + "\n")  # c_max is right on every input
+
+    async def go(fakes, targets):
+        def run(where, on_change="refuse"):
+            return Labeller(wf, space, targets, load_inputs(tmp_path / "d.jsonl"), _answer_scorer, where,
+                            LabelSettings(on_change=on_change), family="t").run()  # fmt: skip
+
+        first = await run(tmp_path / "out")
+        lines = (tmp_path / "d.jsonl").read_text().splitlines(keepends=True)
+        (tmp_path / "d.jsonl").write_text("".join(lines[1:]))
+        with pytest.raises(AragogError, match=r"dataset \(8 rows, sha256 \w+ -> 7 rows"):
+            await run(tmp_path / "out")
+        return first, await run(tmp_path / "out", "update"), await run(tmp_path / "fresh")
+
+    first, second, fresh = asyncio.run(_with_fakes(go))
+    assert first.dataset.scores[:, space.c_max].mean() == 1.0
+    assert second.calls_made == 0 and second.calls_cached == 7 * 14
+    assert second.dataset.ids == [str(i) for i in range(1, 8)]  # line numbers of the new file
+    assert second.dataset.scores[:, space.c_max].mean() == 1.0
+    assert _dataset_files(tmp_path / "out") == _dataset_files(tmp_path / "fresh")
+
+
+# -- kills, locks, torn logs --------------------------------------------------------------------
+
+# Runs the label CLI and SIGKILLs itself just before its first write into a file whose
+# name contains argv[1] (the file is open, maybe truncated, nothing written): the instant
+# a kill does the most damage, hit deterministically instead of by timing.
+KILL_AT_FIRST_WRITE = """
+import os, signal, sys, threading
+import aragog_jax.data._label, aragog_jax.serving, aragog_jax.space, aragog_jax.spec  # not profiled
+from aragog_jax.label import main
+target = sys.argv[1]
+
+def hook(frame, event, arg):
+    if event == "c_call" and getattr(arg, "__name__", "") == "write":
+        name = getattr(getattr(arg, "__self__", None), "name", "")
+        if isinstance(name, str) and target in os.path.basename(name):
+            os.kill(os.getpid(), signal.SIGKILL)
+
+sys.setprofile(hook)
+threading.setprofile(hook)
+sys.exit(main(sys.argv[2:]))
+"""
+
+
+def _label_killed_at_first_write_to(name: str, argv: list[str]) -> None:
+    proc = subprocess.run([sys.executable, "-c", KILL_AT_FIRST_WRITE, name, *argv], capture_output=True, text=True,
+                          timeout=180)  # fmt: skip
+    assert proc.returncode == -signal.SIGKILL, f"not killed at {name}: rc {proc.returncode}\n{proc.stderr[-3000:]}"
+
+
+def test_a_kill_at_start_up_leaves_a_resumable_directory(tiny, tmp_path):
+    """Killed while writing label_state.json: it was left empty and every rerun died with a
+    JSONDecodeError traceback."""
+    _, d = tiny
+    argv, _ = _emulated_cli(d, tmp_path, num_rows=2)
+    _label_killed_at_first_write_to("label_state.json", argv)
+    assert run_cli(label_main, argv) == 0
+    assert json.loads((tmp_path / "ds" / "label_report.json").read_text())["this_run"]["calls_made"] == 2 * 14
+
+
+def test_a_kill_while_writing_the_scores_leaves_train_a_one_line_error_and_the_rerun_finishes(tiny, tmp_path, capsys):
+    """Killed while writing scores.npy: it was left empty next to a complete-looking
+    meta.json, and train died with an EOFError traceback."""
+    cat, d = tiny
+    argv, _ = _emulated_cli(d, tmp_path, num_rows=2)
+    _label_killed_at_first_write_to("scores.npy", argv)
+    from aragog_jax.train import main as train_main
+
+    out = tmp_path / "ds"
+    code = run_cli(train_main, ["--workflow", str(d / "refine3.toml"), "--models", str(d / "models.toml"), "--family", "t",
+                                "--dataset", str(out), "--out", str(tmp_path / "r.npz"), "--quiet"])  # fmt: skip
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and "incomplete accuracy dataset" in err, err
+    assert run_cli(label_main, argv) == 0
+    assert json.loads((out / "label_report.json").read_text())["this_run"]["calls_made"] == 0  # all calls were cached
+    _, space = _space(cat, CHAIN3)
+    assert load_dataset(out, space).num_inputs == 2
+
+
+def test_a_second_run_on_one_out_is_refused_and_a_killed_holder_does_not_block(tiny, tmp_path, capsys):
+    """Two runs on one --out made every call twice and duplicated the cache rows."""
+    _, d = tiny
+    argv, _ = _emulated_cli(d, tmp_path)
+    out = tmp_path / "ds"
+    # The holder's emulated engines run 1000x slower than the profile: ~16 s per call.
+    holder = subprocess.Popen([sys.executable, "-m", "aragog_jax.label", *argv, "--time-scale", "0.001"],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)  # fmt: skip
+    try:
+        deadline = time.monotonic() + 120
+        while not (out / "label_state.json").exists():
+            assert holder.poll() is None, holder.stderr.read().decode()[-2000:]
+            assert time.monotonic() < deadline, "the holder did not start labelling within 120 s"
+            time.sleep(0.1)
+        code = run_cli(label_main, argv)
+        err = capsys.readouterr().err
+        assert code == 2 and err.count("\n") == 1, err
+        assert f"another label run is using it (pid {holder.pid} on " in err and "label.lock" in err
+    finally:
+        holder.kill()
+        holder.wait(timeout=30)
+        holder.stderr.close()
+    assert json.loads((out / "label.lock").read_text())["pid"] == holder.pid  # stale, and not in the way:
+    assert run_cli(label_main, argv) == 0
+    rep = json.loads((out / "label_report.json").read_text())["this_run"]
+    assert rep["calls_made"] + rep["calls_cached"] == 6 * 14
+    assert (out / "label.lock").read_text() == ""  # released
+
+
+def test_a_torn_last_line_of_the_call_log_costs_one_call_once(tiny, tmp_path):
+    """A record torn by a kill swallowed the next run's first record, so its call was redone
+    on every rerun."""
+    cat, _ = tiny
+    wf, space = _space(cat, CHAIN3)
+    inputs = load_inputs(_write_rows(tmp_path / "d.jsonl", 3), seed=0)
+    log = tmp_path / "out" / "calls.jsonl"
+
+    async def go(fakes, targets):
+        made = []
+        for i in range(3):
+            res = await Labeller(wf, space, targets, inputs, _parity_scorer, tmp_path / "out", LabelSettings(concurrency=1),
+                                 family="t").run()  # fmt: skip
+            made.append(res.calls_made)
+            if i == 0:
+                log.write_bytes(log.read_bytes()[:-20])  # the last record, torn mid-write
+        return made
+
+    assert asyncio.run(_with_fakes(go)) == [3 * 14, 1, 0]
+    lines = log.read_text().splitlines()
+    assert len(lines) == 3 * 14 and all(json.loads(x)["digest"] for x in lines)
+
+
+def _one_arg_scorer(row):
+    return 1.0
+
+
+def _str_scorer(row, output):
+    return "1"
+
+
+def _nan_scorer(row, output):
+    return float("nan")
+
+
+@pytest.mark.parametrize(
+    ("scorer", "says"),
+    [
+        (_one_arg_scorer, "cannot be called as scorer(input_row, output_text): too many positional arguments"),
+        (_str_scorer, "scorer returned str '1', expected a number in [0, 1]"),
+        (_nan_scorer, "scorer returned nan, not in [0, 1]"),
+    ],
+)
+def test_a_scorer_that_cannot_score_is_refused_before_any_engine_call(tiny, tmp_path, scorer, says):
+    """Found only after every engine call (or never: "1" was taken as 1.0)."""
+    cat, _ = tiny
+    wf, space = _space(cat, CHAIN3)
+    inputs = load_inputs(_write_rows(tmp_path / "d.jsonl", 3), seed=0)
+
+    async def go(fakes, targets):
+        try:
+            await Labeller(wf, space, targets, inputs, scorer, tmp_path / "out", LabelSettings(), family="t").run()
+        finally:
+            assert _requests(fakes) == 0
+
+    with pytest.raises(AragogError, match=re.escape(says)):
+        asyncio.run(_with_fakes(go))
+
+
+def test_cli_labels_every_good_row_lists_the_bad_ones_and_exits_1(tiny, tmp_path, capsys):
+    _, d = tiny
+    argv, data = _emulated_cli(d, tmp_path, num_rows=4)
+    rows = data.read_text().splitlines()
+    data.write_text("\n".join([rows[0], '{"id": "n", "input": null}', rows[1], "{oops", rows[2], '{"input": ["a"]}', rows[3]]) + "\n")
+    assert run_cli(label_main, argv) == 1
+    err = capsys.readouterr().err.splitlines()
+    assert err[:3] == [f"{data}:2: input: expected a string, got null", f"{data}:4: bad JSON: Expecting property name "
+                       "enclosed in double quotes: line 1 column 2 (char 1)", f"{data}:6: input: expected a string, got list"]
+    assert err[3].startswith("error: 3 bad dataset lines (see ") and err[3].endswith("4 valid inputs were labelled")
+    out = tmp_path / "ds"
+    assert [json.loads(x)["line"] for x in (out / "input_errors.jsonl").read_text().splitlines()] == [2, 4, 6]
+    assert json.loads((out / "label_report.json").read_text())["this_run"]["calls_made"] == 4 * 14
+    assert [json.loads(x)["id"] for x in (out / "inputs.jsonl").read_text().splitlines()] == ["q0", "q1", "q2", "q3"]
