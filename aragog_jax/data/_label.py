@@ -402,7 +402,7 @@ def describe_changes(old: dict, new: dict) -> list[str]:
         out.append(f"scorer {_short(old.get('scorer'))} -> {_short(new.get('scorer'))}")
     oo, no = old.get("options", {}), new.get("options", {})
     out.extend(f"{k} {oo.get(k)!r} -> {no.get(k)!r}" for k in sorted(set(oo) | set(no)) if oo.get(k) != no.get(k))
-    return out
+    return out or (["label_state.json"] if old != new else [])
 
 
 # -- the labeller -------------------------------------------------------------------------
@@ -536,7 +536,7 @@ class Labeller:
             "format": STATE_FORMAT,
             "workflow": {"name": self.space.workflow, "fingerprint": self.space.fingerprint(), "stages": self.stage_pins},
             "dataset": {"rows": len(self.inputs), "sha256": self.input_file.digest()},
-            "fleet": {e.name: {"model": e.model, "engine": e.engine_id, "served_model": e.served_model} for e in engines},
+            "fleet": {e.name: {"model": e.model, "url": e.engine_id, "served_model": e.served_model} for e in engines},
             "scorer": _function_pin(self.scorer_name, self.scorer),
             "options": {"seed": self.settings.seed, "sample": self.settings.sample},
         }

@@ -441,20 +441,22 @@ def test_a_rerun_redoes_exactly_the_calls_an_edited_input_a_moved_engine_or_an_e
     async def go():
         urls, servers = await _serve(fakes)
         try:
-            async def run(small: str, where=out) -> tuple:
+            async def run(small: str, where=out, on_change: str = "update") -> tuple:
                 wf, space = _space(cat, wf_text)  # re-imports stages.py
                 targets = [EngineTarget("e-small", "small", urls[small], "small-served"),
                            EngineTarget("e-big", "big", urls["big"], "big-served")]  # fmt: skip
                 before = [f.num_requests for f in fakes.values()]
                 res = await Labeller(wf, space, targets, load_inputs(data), _parity_scorer, where,
-                                     LabelSettings(on_change="update"), family="t").run()  # fmt: skip
+                                     LabelSettings(on_change=on_change), family="t").run()  # fmt: skip
                 return res.calls_made, res.calls_cached, tuple(f.num_requests - b for f, b in zip(fakes.values(), before, strict=True))
 
             steps = [await run("small-a")]
             rows = data.read_text().splitlines()  # 1. edit one input's text
             data.write_text("\n".join([*rows[:3], rows[3].replace("number 3", "number three"), *rows[4:]]) + "\n")
             steps.append(await run("small-a"))
-            steps.append(await run("small-b"))  # 2. the small model's engine moves
+            with pytest.raises(AragogError, match=re.escape(f"engine 'e-small' url {urls['small-a']} -> {urls['small-b']};")):
+                await run("small-b", on_change="refuse")  # 2. the small model's engine moves: refused by default
+            steps.append(await run("small-b"))
             stages.write_text(stages.read_text().replace("state.prompt", "state.prompt + '!'"))  # 3. edit the function
             steps.append(await run("small-b"))
             steps.append(await run("small-b"))  # nothing changed
