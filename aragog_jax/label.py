@@ -41,7 +41,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -139,7 +138,7 @@ async def _label(args, progress) -> dict:
     finally:
         for srv in servers:
             await srv.stop()
-    return json.loads((args.out / "label_report.json").read_text())
+    return {"workflow": wf.name, **res.report()}  # label_report.json holds this plus provenance
 
 
 def main(argv: Sequence[str] | None = None) -> int:

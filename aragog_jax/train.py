@@ -25,6 +25,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from aragog_jax._cli import run_cli
+from aragog_jax._files import atomic_write
 from aragog_jax.errors import DatasetError
 
 
@@ -176,7 +177,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     out = save_checkpoint(result.checkpoint, args.out)
     stem = out.with_suffix("")
     report_path = stem.with_name(stem.name + ".report.json")
-    report_path.write_text(json.dumps(_clean(result.report), indent=2, sort_keys=True, allow_nan=False) + "\n")
+    atomic_write(report_path, json.dumps(_clean(result.report), indent=2, sort_keys=True, allow_nan=False) + "\n")
     plot_path = stem.with_name(stem.name + ".sweep.png")
     plot_sweep(result.report, str(plot_path))
     for line in summary_lines(result.report):

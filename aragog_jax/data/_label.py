@@ -410,8 +410,9 @@ def describe_changes(old: dict, new: dict) -> list[str]:
 
 @dataclass
 class LabelSettings:
-    """Args:
-    on_change: what a rerun does when the directory was labelled with something else
+    """How a labelling run goes.
+
+    ``on_change``: what a rerun does when the directory was labelled with something else
       (another dataset, workflow, fleet, scorer, seed or sample): ``refuse`` (default; one
       line naming the difference), ``update`` (reuse the cached calls that still match,
       redo the rest) or ``restart`` (clear the directory, then label from scratch).
