@@ -8,28 +8,42 @@ Policies (``POLICIES``):
 * ``aragog-oracle``: beam search over the oracle masks (the accurate set from the
   dataset), no routing time.
 * ``greedy``: beam width 1 over the same masks as ``aragog``, routing time charged.
-* ``per_input``: the cheapest accurate configuration by FLOPs (oracle), fixed at
-  arrival, no routing time.
-* ``per_workflow``: one configuration for every request: the cheapest whose test
-  accuracy matches ``c_max`` within ``workflow_tolerance`` (default 0.02, the same
-  2-point budget Aragog's accuracy is judged by).
+* ``per_input``: the cheapest accurate configuration by FLOPs (oracle accuracy: the
+  paper's best case for per-input routing), fixed at arrival, no routing time.
+* ``per_input-router``: the cheapest configuration the same trained router admits,
+  fixed at arrival, routing time charged: what a deployment would compare against.
+* ``per_workflow``: one configuration for every request: the cheapest whose accuracy
+  matches ``c_max`` within ``workflow_tolerance`` (default 0.02, the same 2-point budget
+  Aragog's accuracy is judged by), picked on the calibration split (topped up from the
+  training split below 500 inputs; :func:`~aragog_jax.sim._setup.selection_rows`),
+  never on the test split the requests come from.
 
 Workload: Poisson (or gamma) arrivals during ``duration_s`` (default 60 s); each run
 continues until every request finished or the horizon (default 2 x duration).
 
+Rates: ``rates`` as given, ``num_rates`` automatic ones (:func:`auto_rates`), or with
+``dense`` a coarse pass of ``num_rates`` followed by ``per_knee`` rates inside every
+policy's knee bracket (:func:`refine_rates`, :func:`run_dense`), at least ``min_rates``
+in all, every policy at every rate.
+
 Metrics per policy and rate: ``throughput`` is the stage completion rate in the window
-[duration / 2, duration] divided by the stages per request, in requests/s (while
-arrivals still come: at overload the fleet's sustained capacity, at light load the
-arrival rate; every request has exactly S stages, so in steady state it equals the
-request completion rate, but it does not wait for whole multi-stage requests to drain
-through a saturated engine, which at overload takes longer than the window);
-``throughput_requests`` is the request completion rate in the same window;
-``throughput_overall`` is completions / (last completion - first arrival).
-``max_throughput`` is the highest ``throughput`` over the sweep. Latency is arrival to
-last stage over every request; requests unfinished at the horizon count with their
-latency so far (``latency_censored`` says how many), so percentiles are lower bounds
-then. ``accuracy`` is the mean score of the realised configurations, ``c_max_accuracy``
-the mean score ``c_max`` gets on the same inputs.
+[warm-up, duration] (warm-up ``warmup_s``, default duration / 2) divided by the stages
+per request, in requests/s (while arrivals still come: at overload the fleet's
+sustained capacity, at light load the arrival rate; every request has exactly S stages,
+so in steady state it equals the request completion rate, but it does not wait for
+whole multi-stage requests to drain through a saturated engine, which at overload takes
+longer than the window); ``throughput_requests`` is the request completion rate in the
+same window; ``throughput_overall`` is completions / (last completion - first arrival).
+``offered`` is the arrival rate realised in the same window. ``max_throughput`` is the
+highest ``throughput`` over the sweep; a policy *sustains* a rate when its throughput is
+at least 90% of ``offered`` (``SUSTAINED_SHARE``), and
+``sustained_rate`` is the highest rate it sustains. Latency is arrival to last stage
+over every request; requests unfinished at the horizon count with their latency so far
+(``latency_censored`` says how many), so percentiles are lower bounds then.
+``comparison.latency_at`` holds every policy's mean / P25 / P50 / P95 at the highest
+rate every policy sustains and at the highest rate aragog sustains. ``accuracy`` is
+the mean score of the realised configurations, ``c_max_accuracy`` the mean score
+``c_max`` gets on the same inputs.
 """
 
 from __future__ import annotations
@@ -47,21 +61,26 @@ from aragog_jax._provenance import git_sha
 from aragog_jax.errors import AragogError
 from aragog_jax.sim._driver import RunConfig, RunResult, simulate
 from aragog_jax.sim._metrics import latency_stats, pct_change
-from aragog_jax.sim._setup import ROUTERS_DIR, Setup, per_workflow_config
+from aragog_jax.sim._setup import ROUTERS_DIR, Setup, per_workflow_config, selection_rows
 
 #: Throughput window: completions in [WINDOW_START * duration, duration] (the fleet has
 #: filled by then: the first half covers the pipeline fill of multi-stage requests).
 WINDOW_START = 0.5
 
-POLICIES = ("aragog", "aragog-oracle", "greedy", "per_input", "per_workflow")
+POLICIES = ("aragog", "aragog-oracle", "greedy", "per_input", "per_input-router", "per_workflow")
 _SCHEDULER_POLICY = {
     "aragog": "aragog",
     "aragog-oracle": "aragog",
     "greedy": "greedy",
     "per_input": "per_input",
+    "per_input-router": "per_input",
     "per_workflow": "per_workflow",
 }
-_USES_ROUTER = {"aragog", "greedy"}
+_USES_ROUTER = {"aragog", "greedy", "per_input-router"}
+#: Policies that run one fixed configuration per request (no admitted-set histogram).
+_FIXED = {"per_input", "per_input-router", "per_workflow"}
+#: A policy sustains a rate when its throughput is at least this share of the rate.
+SUSTAINED_SHARE = 0.9
 
 
 @dataclass(frozen=True)
@@ -84,6 +103,10 @@ class SweepConfig:
     horizon_s: float | None = None  # None: 2 x duration_s
     workflow_tolerance: float = 0.02  # per_workflow: same 2-point budget Aragog is held to
     router: str | None = None  # checkpoint path; None: the shipped one if present; "oracle": none
+    warmup_s: float | None = None  # throughput window starts here; None: duration_s * WINDOW_START
+    dense: bool = False  # rates: a coarse pass of num_rates, then rates around every policy's knee
+    per_knee: int = 2  # dense: rates added inside each policy's knee bracket
+    min_rates: int = 8  # dense: at least this many rates in all
 
 
 def request_output_tokens(setup: Setup) -> float:
@@ -165,18 +188,22 @@ def build_masks(setup: Setup, router: str | None, route_cost_s: float | None) ->
     return Masks(mask, oracle, f"router:{path}", route_cost_s)
 
 
-def summarize_run(setup: Setup, res: RunResult) -> dict:
+def summarize_run(setup: Setup, res: RunResult, warmup_s: float | None = None) -> dict:
+    """One run's statistics; the throughput window is [``warmup_s``, end of arrivals]
+    (default: its second half)."""
     ds = setup.dataset
     done = np.isfinite(res.finish)
     n_done = int(done.sum())
     window_end = float(res.config.duration_s if res.config.num_requests <= 0 else res.arrival.max())
-    window_start = window_end * WINDOW_START
+    window_start = window_end * WINDOW_START if warmup_s is None else min(float(warmup_s), window_end)
     span = window_end - window_start
     in_window = done & (res.finish >= window_start) & (res.finish <= window_end)
     req_rate = float(in_window.sum()) / span if span > 0 else float("nan")
     st = res.stage_done_at
     stage_rate = float(((st >= window_start) & (st <= window_end)).sum()) / span if span > 0 else float("nan")
     steady = stage_rate / setup.space.num_stages
+    in_arrivals = (res.arrival >= window_start) & (res.arrival <= window_end)
+    offered = float(in_arrivals.sum()) / span if span > 0 else float("nan")
     overall = n_done / float(res.finish[done].max() - res.arrival.min()) if n_done else 0.0
     # Requests still running at the horizon count with their latency so far (a lower
     # bound), so percentiles are never flattered by leaving the slowest out.
@@ -194,6 +221,7 @@ def summarize_run(setup: Setup, res: RunResult) -> dict:
         "unfinished": res.num_unfinished,
         "throughput": float(steady),
         "throughput_window_s": [window_start, window_end],
+        "offered": offered,
         "throughput_requests": req_rate,
         "throughput_overall": float(overall),
         "latency": latency_stats(lat_all),
@@ -218,16 +246,30 @@ def summarize_run(setup: Setup, res: RunResult) -> dict:
     }
 
 
-def run_sweep(setup: Setup, sweep: SweepConfig, *, progress: bool = True, keep_runs: bool = False) -> dict:
-    """Every policy at every rate; returns the summary dict (see ``write_summary``)."""
+def run_sweep(
+    setup: Setup,
+    sweep: SweepConfig,
+    *,
+    progress: bool = True,
+    keep_runs: bool = False,
+    masks: Masks | None = None,
+) -> dict:
+    """Every policy at every rate; returns the summary dict (see ``write_summary``).
+
+    With ``sweep.dense`` the rates are placed by :func:`run_dense` (a coarse pass, then
+    rates around every policy's knee). ``masks`` reuses masks built by :func:`build_masks`.
+    """
+    if sweep.dense:
+        return run_dense([(setup, sweep.policies)], sweep, progress=progress, keep_runs=keep_runs,
+                         masks=[masks] if masks is not None else None)[0]
     for p in sweep.policies:
         if p not in POLICIES:
             raise AragogError(f"unknown policy {p!r} (known: {', '.join(POLICIES)})")
     t0 = time.perf_counter()
-    masks = build_masks(setup, sweep.router, sweep.route_cost_s)
+    masks = masks if masks is not None else build_masks(setup, sweep.router, sweep.route_cost_s)
     rates = sweep.rates or auto_rates(setup, sweep.num_rates)
-    test_scores = setup.dataset.scores[setup.rows]
-    pwf = per_workflow_config(test_scores, setup.space.c_max, sweep.workflow_tolerance)
+    sel_rows, sel_note = selection_rows(setup.dataset)
+    pwf = per_workflow_config(setup.dataset.scores[sel_rows], setup.space.c_max, sweep.workflow_tolerance)
     total = len(sweep.policies) * len(rates)
     bar = None
     if progress:
@@ -257,24 +299,18 @@ def run_sweep(setup: Setup, sweep: SweepConfig, *, progress: bool = True, keep_r
                 horizon_s=sweep.horizon_s if sweep.horizon_s is not None else 2.0 * sweep.duration_s,
             )
             res = simulate(setup, cfg, mask, per_workflow_config=pwf)
-            per_rate.append(summarize_run(setup, res))
+            per_rate.append(summarize_run(setup, res, sweep.warmup_s))
             if keep_runs:
                 runs.setdefault(p, []).append(res)
             if bar is not None:
                 bar.update(1)
                 bar.set_postfix(policy=p, rate=f"{rate:g}")
-        thr = [r["throughput"] for r in per_rate]
-        done = sum(r["completed"] for r in per_rate)
         policies[p] = {
-            "max_throughput": float(np.nanmax(thr)) if any(np.isfinite(thr)) else float("nan"),
             "per_rate": per_rate,
-            "accuracy": float(np.average([r["accuracy"] for r in per_rate], weights=[r["completed"] for r in per_rate])) if done else float("nan"),
-            "c_max_accuracy": float(np.average([r["c_max_accuracy"] for r in per_rate], weights=[r["completed"] for r in per_rate])) if done else float("nan"),
-            "routing_overhead_share": {"lowest_rate": per_rate[0]["routing_overhead_share"], "highest_rate": per_rate[-1]["routing_overhead_share"]},
-            "scheduler_ms_per_round": float(np.average([r["scheduler_ms_per_round"] for r in per_rate], weights=[max(r["rounds"], 1) for r in per_rate])),
             "masks": ("oracle" if not use_router else masks.source) if p != "per_workflow" else f"config {pwf}",
-            "admitted": _admitted_hist(mask[setup.rows]) if p not in ("per_input", "per_workflow") else None,
+            "admitted": _admitted_hist(mask[setup.rows]) if p not in _FIXED else None,
         }
+        policies[p].update(_aggregate(per_rate))
     if bar is not None:
         bar.close()
     summary = {
@@ -284,12 +320,14 @@ def run_sweep(setup: Setup, sweep: SweepConfig, *, progress: bool = True, keep_r
         "fleet": str(setup.fleet_path),
         "num_gpus": setup.num_gpus,
         "engines": [{"name": e.name, "model": e.model, "gpus": e.num_gpus, "profile_kind": e.profile.kind} for e in setup.engines],
+        "fleet_request_rate_bound": float(sum(engine_request_rates(setup))),
         "num_configs": setup.space.num_configs,
         "c_max": setup.space.config_to_models(setup.space.c_max),
         "per_workflow_config": setup.space.config_to_models(pwf),
+        "per_workflow_selected_on": sel_note,
         "mask_source": masks.source,
         "route_cost_s": masks.route_cost_s,
-        "rates": list(rates),
+        "rates": [float(r) for r in rates],
         "sweep": {k: (v if not isinstance(v, float) or math.isfinite(v) else None) for k, v in asdict(sweep).items()},
         "round_cost": "measured" if sweep.round_cost_s is None else sweep.round_cost_s,
         "device": platform.machine() + " " + platform.processor(),
@@ -302,10 +340,169 @@ def run_sweep(setup: Setup, sweep: SweepConfig, *, progress: bool = True, keep_r
     return summary
 
 
+def _aggregate(per_rate: list[dict]) -> dict:
+    """A policy's figures over its sweep (recomputed when sweeps are merged)."""
+    thr = [r["throughput"] for r in per_rate]
+    done = [r["completed"] for r in per_rate]
+    any_done = sum(done) > 0
+    return {
+        "max_throughput": float(np.nanmax(thr)) if any(np.isfinite(thr)) else float("nan"),
+        "sustained_rate": (per_rate[i]["rate"] if (i := highest_sustained_index(per_rate)) is not None else float("nan")),
+        "accuracy": float(np.average([r["accuracy"] for r in per_rate], weights=done)) if any_done else float("nan"),
+        "c_max_accuracy": float(np.average([r["c_max_accuracy"] for r in per_rate], weights=done)) if any_done else float("nan"),
+        "routing_overhead_share": {"lowest_rate": per_rate[0]["routing_overhead_share"],
+                                   "highest_rate": per_rate[-1]["routing_overhead_share"]},
+        "scheduler_ms_per_round": float(np.average([r["scheduler_ms_per_round"] for r in per_rate],
+                                                   weights=[max(r["rounds"], 1) for r in per_rate])),
+    }
+
+
+def sustains(run: dict) -> bool:
+    """Whether a run kept up: throughput >= SUSTAINED_SHARE x the arrivals in the same
+    window (``offered``: the realised Poisson count, not the nominal rate, so sampling
+    noise in a short window does not decide it; the nominal rate when absent)."""
+    return bool(run["throughput"] >= SUSTAINED_SHARE * run.get("offered", run["rate"]))
+
+
+def highest_sustained_index(per_rate: list[dict]) -> int | None:
+    """Index of the highest rate the policy sustains (None: it sustains none)."""
+    ok = [i for i, r in enumerate(per_rate) if sustains(r)]
+    return ok[-1] if ok else None
+
+
+def refine_rates(rates: tuple[float, ...], curves: list[list[dict]], *, per_knee: int = 2, min_rates: int = 8,
+                 min_gap: float = 0.03) -> tuple[float, ...]:
+    """Rates to add to a coarse sweep so that every policy's knee is sampled densely.
+
+    For each curve (one policy's per-rate results on ``rates``, ascending) the knee
+    bracket is (highest sustained rate, next rate); a policy that sustains no rate gets
+    the bracket one geometric step below the lowest rate, one that sustains every rate
+    none. ``per_knee`` rates are placed geometrically inside every bracket; a new rate
+    within ``min_gap`` (relative) of a rate already there is dropped. While the sweep
+    has fewer than ``min_rates`` rates, the widest gap (by ratio) gets its geometric
+    midpoint. Returns the new rates only, ascending, rounded to 3 decimals: a
+    deterministic function of the coarse results.
+    """
+    grid = sorted(float(r) for r in rates)
+    if len(grid) < 2:
+        raise AragogError("refine_rates needs a coarse sweep of at least 2 rates")
+    new: list[float] = []
+
+    def add(r: float) -> None:
+        r = round(float(r), 3)
+        if r > 0 and all(abs(r - q) > min_gap * q for q in grid + new):
+            new.append(r)
+
+    brackets = set()
+    for per_rate in curves:
+        if [round(r["rate"], 6) for r in per_rate] != [round(r, 6) for r in grid]:
+            raise AragogError("refine_rates: every curve must cover the coarse rates, in order")
+        i = highest_sustained_index(per_rate)
+        if i is None:
+            brackets.add((grid[0] * grid[0] / grid[1], grid[0]))
+        elif i < len(grid) - 1:
+            brackets.add((grid[i], grid[i + 1]))
+    for lo, hi in sorted(brackets):
+        for k in range(1, per_knee + 1):
+            add(lo * (hi / lo) ** (k / (per_knee + 1)))
+    while len(grid) + len(new) < min_rates:
+        allr = sorted(grid + new)
+        j = max(range(len(allr) - 1), key=lambda i: allr[i + 1] / allr[i])
+        before = len(new)
+        add(math.sqrt(allr[j] * allr[j + 1]))
+        if len(new) == before:
+            break  # the widest gap is already below min_gap: nothing left to split
+    return tuple(sorted(new))
+
+
+def merge_sweeps(a: dict, b: dict) -> dict:
+    """One summary from two sweeps of the same setup and policies at different rates."""
+    if set(a["policies"]) != set(b["policies"]):
+        raise AragogError("merge_sweeps: the sweeps must run the same policies")
+    rates = sorted(set(a["rates"]) | set(b["rates"]))
+    out = {**a, "rates": rates, "wall_s": a["wall_s"] + b["wall_s"]}
+    policies = {}
+    for p, da in a["policies"].items():
+        per_rate = sorted(da["per_rate"] + b["policies"][p]["per_rate"], key=lambda r: r["rate"])
+        policies[p] = {**da, "per_rate": per_rate, **_aggregate(per_rate)}
+    out["policies"] = policies
+    out["comparison"] = compare(policies)
+    if "_runs" in a and "_runs" in b:
+        out["_runs"] = {p: sorted(a["_runs"][p] + b["_runs"][p], key=lambda r: r.config.rate) for p in a["_runs"]}
+    return out
+
+
+def run_dense(
+    arms: list[tuple[Setup, tuple[str, ...]]],
+    sweep: SweepConfig,
+    *,
+    progress: bool = True,
+    keep_runs: bool = False,
+    masks: list[Masks] | None = None,
+) -> list[dict]:
+    """Sweeps that share one rate grid, dense around every policy's knee.
+
+    ``arms`` are (setup, policies) pairs: e.g. Aragog on one fleet and the baselines on
+    another. A coarse pass runs every arm at ``sweep.rates`` (or ``sweep.num_rates``
+    automatic rates of the first arm's setup); :func:`refine_rates` then places rates
+    around every policy's knee and every arm runs those too, so all policies share
+    every rate (latency can be compared rate by rate). Returns one merged summary per arm
+    with ``rate_grid`` saying which rates were coarse and which were added.
+    """
+    coarse = tuple(sweep.rates or auto_rates(arms[0][0], sweep.num_rates))
+    base = replace(sweep, rates=coarse, dense=False)
+    masks = masks or [build_masks(s, sweep.router, sweep.route_cost_s) for s, _ in arms]
+    first = [run_sweep(s, replace(base, policies=pols), progress=progress, keep_runs=keep_runs, masks=m)
+             for (s, pols), m in zip(arms, masks, strict=True)]
+    curves = [d["per_rate"] for summ in first for d in summ["policies"].values()]
+    extra = refine_rates(coarse, curves, per_knee=sweep.per_knee, min_rates=sweep.min_rates)
+    out = []
+    for (s, pols), m, summ in zip(arms, masks, first, strict=True):
+        if extra:
+            summ = merge_sweeps(summ, run_sweep(s, replace(base, rates=extra, policies=pols), progress=progress,
+                                                keep_runs=keep_runs, masks=m))
+        summ["rate_grid"] = {"coarse": list(coarse), "added": list(extra), "per_knee": sweep.per_knee,
+                             "min_rates": sweep.min_rates, "sustained_share": SUSTAINED_SHARE}
+        out.append(summ)
+    return out
+
+
 def _admitted_hist(mask: np.ndarray) -> dict:
     counts = mask.sum(axis=1)
     return {"mean": float(counts.mean()), "median": float(np.median(counts)), "counts": counts.astype(int).tolist(),
             "num_configs": int(mask.shape[1])}
+
+
+LATENCY_KEYS = ("mean", "p25", "p50", "p95")
+
+
+def latency_at_rates(policies: dict) -> dict:
+    """Every policy's latency (mean, P25, P50, P95) at two rates of a shared grid: the
+    highest rate every policy sustains (``common``) and the highest rate aragog
+    sustains (``aragog``), with aragog's change vs each baseline in percent. Empty when
+    the policies do not share one rate grid or no such rate exists (``None`` entries)."""
+    grids = {tuple(round(r["rate"], 6) for r in d["per_rate"]) for d in policies.values()}
+    if len(grids) != 1 or not policies:
+        return {}
+    n = len(next(iter(grids)))
+    every = [i for i in range(n) if all(sustains(d["per_rate"][i]) for d in policies.values())]
+    at = {"common": every[-1] if every else None}
+    if "aragog" in policies:
+        at["aragog"] = highest_sustained_index(policies["aragog"]["per_rate"])
+    out: dict = {}
+    for name, i in at.items():
+        if i is None:
+            out[name] = None
+            continue
+        lat = {p: {k: d["per_rate"][i]["latency"][k] for k in LATENCY_KEYS} for p, d in policies.items()}
+        entry = {"rate": next(iter(policies.values()))["per_rate"][i]["rate"], "index": i, "latency": lat,
+                 "sustained": {p: sustains(d["per_rate"][i]) for p, d in policies.items()}}
+        if "aragog" in lat:
+            entry["aragog_change_pct"] = {
+                b: {k: pct_change(lat["aragog"][k], lat[b][k]) for k in LATENCY_KEYS} for b in lat if b != "aragog"
+            }
+        out[name] = entry
+    return out
 
 
 def compare(policies: dict) -> dict:
@@ -314,7 +511,7 @@ def compare(policies: dict) -> dict:
     if "aragog" not in policies:
         return out
     a = policies["aragog"]
-    for base in ("per_input", "per_workflow", "greedy", "aragog-oracle"):
+    for base in ("per_input", "per_input-router", "per_workflow", "greedy", "aragog-oracle"):
         if base not in policies:
             continue
         b = policies[base]
@@ -324,6 +521,7 @@ def compare(policies: dict) -> dict:
             "p95_latency_change_pct": pct_change(a["per_rate"][-1]["latency"]["p95"], b["per_rate"][-1]["latency"]["p95"]),
         }
     out["aragog_accuracy_drop_points"] = 100.0 * (a["c_max_accuracy"] - a["accuracy"])
+    out["latency_at"] = latency_at_rates(policies)
     return out
 
 

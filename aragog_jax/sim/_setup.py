@@ -159,30 +159,61 @@ def _sub_index(base: ConfigSpace, sub: ConfigSpace) -> np.ndarray:
 def per_workflow_config(scores: np.ndarray, c_max: int, tolerance: float = 0.0) -> int:
     """The cheapest configuration whose mean score matches c_max's within ``tolerance``.
 
-    ``scores`` are the rows the choice is made on (the test split, as the paper's
-    per-workflow baseline). Configurations are in ascending FLOPs order, so "cheapest"
-    is the lowest index.
+    ``scores`` are the rows the choice is made on (:func:`selection_rows`: never the
+    test split the simulation draws requests from). Configurations are in ascending
+    FLOPs order, so "cheapest" is the lowest index.
     """
     acc = np.asarray(scores, dtype=np.float64).mean(axis=0)
     ok = np.flatnonzero(acc >= acc[c_max] - tolerance - 1e-12)
     return int(ok[0])
 
 
+#: per_workflow picks its configuration on at least this many inputs where the dataset
+#: has them (the calibration split, topped up from the training split).
+MIN_SELECTION_INPUTS = 500
+
+
+def selection_rows(ds: AccuracyDataset, min_inputs: int = MIN_SELECTION_INPUTS) -> tuple[np.ndarray, str]:
+    """The rows per_workflow picks its configuration on, and a note saying which.
+
+    The calibration split when it has ``min_inputs`` rows; otherwise the calibration
+    split plus the training split (every row that is not test), so the choice never sees
+    the test split the requests are drawn from. A dataset without either split raises.
+    """
+    cal = ds.split_index("calibration")
+    if cal.size >= min_inputs:
+        return cal, f"calibration split ({cal.size} inputs)"
+    train = ds.split_index("train")
+    rows = np.concatenate([cal, train])
+    if rows.size == 0:
+        raise AragogError("per_workflow needs a calibration or train split to pick its configuration on")
+    return rows, f"calibration + train splits ({cal.size} + {train.size} inputs; calibration alone has < {min_inputs})"
+
+
 def constrained_variant(wf: WorkflowSpec) -> WorkflowSpec | None:
-    """The paper's constrained space: the critic uses the refiner's model (self-refine),
-    every voter shares one model (voting). None for workflows without such a tie."""
+    """The paper's constrained space, for every shipped workflow shape (None when a
+    workflow has none of them):
+
+    * parallel siblings share one model: every ``voter_*`` ties to the first voter,
+      every ``solver_*`` to the first solver (voting, decomposition);
+    * a reviewer uses the model it reviews: ``critique`` ties to ``refine``
+      (self-refine), and a ``refine`` stage with a single upstream stage ties to it
+      (text-to-SQL's refine reuses the SQL writer's model).
+    """
     import msgspec
 
     names = wf.stage_names
-    stages = list(wf.stage)
-    if "critique" in names and "refine" in names:
-        stages = [msgspec.structs.replace(s, same_model_as="refine") if s.name == "critique" else s for s in stages]
-    elif sum(n.startswith("voter_") for n in names) > 1:
-        first = next(n for n in names if n.startswith("voter_"))
-        stages = [
-            msgspec.structs.replace(s, same_model_as=first) if s.name.startswith("voter_") and s.name != first else s
-            for s in stages
-        ]
-    else:
+    by_name = {s.name: s for s in wf.stage}
+    ties: dict[str, str] = {}
+    for prefix in ("voter_", "solver_"):
+        group = [n for n in names if n.startswith(prefix)]
+        for n in group[1:]:
+            ties[n] = group[0]
+    if "critique" in by_name and "refine" in by_name:
+        ties["critique"] = "refine"
+    elif "refine" in by_name and len(by_name["refine"].upstream) == 1:
+        ties["refine"] = by_name["refine"].upstream[0]
+    if not ties:
         return None
+    stages = [msgspec.structs.replace(s, same_model_as=ties[s.name]) if s.name in ties else s for s in wf.stage]
     return msgspec.structs.replace(wf, stage=stages, name=wf.name)
