@@ -2,7 +2,8 @@
 
 Runs the real scheduler against continuous-batching engines built from engine profiles,
 on a virtual clock, over the test split of an accuracy dataset; sweeps arrival rates for
-every policy and writes ``OUT/summary.json`` plus plots. See ``aragog_jax.sim``.
+every policy (``--dense``: a coarse pass, then rates around every policy's knee) and
+writes ``OUT/summary.json`` plus plots. See ``aragog_jax.sim``.
 """
 
 from __future__ import annotations
@@ -64,7 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m aragog_jax.simulate",
         description="Simulate a GPU fleet serving one workflow and compare scheduling policies "
-        "(aragog, aragog-oracle, greedy, per_input, per_workflow) over a sweep of arrival rates.",
+        "(aragog, aragog-oracle, greedy, per_input, per_input-router, per_workflow) over a sweep of arrival rates.",
     )
     p.add_argument("--workflow", required=True, help="shipped workflow name (e.g. self_refine_humaneval) or a workflow TOML")
     p.add_argument("--family", required=True, help="model family: qwen, llama or mixed")
@@ -74,7 +75,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--router", help="router checkpoint (default: the shipped one if present); 'oracle' forces oracle masks")
     p.add_argument("--policies", default="aragog,per_input,per_workflow", help="comma-separated (default aragog,per_input,per_workflow)")
     p.add_argument("--rates", default="auto", help="'auto' or comma-separated requests/s")
-    p.add_argument("--num-rates", type=int, default=6, help="rates in an automatic sweep (default 6)")
+    p.add_argument("--num-rates", type=int, default=6, help="rates in an automatic sweep, or its coarse pass with --dense (default 6)")
+    p.add_argument("--dense", action="store_true",
+                   help="after the coarse pass add --per-knee rates inside every policy's knee bracket (last rate it "
+                   "sustains at >= 90%% of the arrivals, next rate), at least --min-rates in all")
+    p.add_argument("--per-knee", type=int, default=2, help="--dense: rates added per knee bracket (default 2)")
+    p.add_argument("--min-rates", type=int, default=8, help="--dense: rates in all at least (default 8)")
+    p.add_argument("--warmup", type=float, default=None,
+                   help="throughput is measured from here to the end of arrivals (default: half of --duration)")
     p.add_argument("--duration", type=float, default=60.0, help="seconds of arrivals per run (default 60)")
     p.add_argument("--num-requests", type=int, default=0, help="fixed number of requests per run instead of --duration")
     p.add_argument("--round-interval", type=float, default=0.05,
@@ -89,9 +97,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--poll-interval", type=float, default=0.0, help="load metrics scrape interval in s (0: exact load)")
     p.add_argument("--horizon", type=float, default=None, help="stop each run at this virtual time (default 2 x duration)")
     p.add_argument("--workflow-tolerance", type=float, default=0.02,
-                   help="per_workflow: the cheapest configuration within this accuracy of c_max on the test split "
-                   "(default 0.02, the budget Aragog is held to)")
-    p.add_argument("--quick", action="store_true", help="3 rates, 15 s of arrivals (under a minute)")
+                   help="per_workflow: the cheapest configuration within this accuracy of c_max on the calibration "
+                   "split (plus train below 500 inputs; never test) (default 0.02, the budget Aragog is held to)")
+    p.add_argument("--quick", action="store_true",
+                   help="smoke run, not a comparison: 3 rates, 20 s of arrivals measured after a 10 s warm-up")
     p.add_argument("--no-plots", action="store_true")
     p.add_argument("--compile-cache", default=DEFAULT_COMPILE_CACHE,
                    help=f"JAX persistent compilation cache directory, or 'none' (default {DEFAULT_COMPILE_CACHE})")
@@ -106,13 +115,21 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     if args.num_requests < 0 or args.num_rates < 1 or args.beam < 1 or args.duration <= 0:
         raise AragogError("--num-rates and --beam must be >= 1, --duration > 0, --num-requests >= 0")
+    if args.dense and (args.num_rates < 2 or args.per_knee < 0 or args.min_rates < 2):
+        raise AragogError("--dense needs --num-rates >= 2, --per-knee >= 0 and --min-rates >= 2")
+    if args.quick:
+        print("smoke run (--quick): short runs and 3 rates check that it works; the numbers are not a comparison")
     policies = tuple(x.strip() for x in args.policies.split(",") if x.strip())
     sweep = SweepConfig(
         policies=policies,
         rates=_rates(args.rates),
         num_rates=3 if args.quick else args.num_rates,
         num_requests=args.num_requests,
-        duration_s=15.0 if args.quick else args.duration,
+        duration_s=20.0 if args.quick else args.duration,
+        warmup_s=10.0 if args.quick else args.warmup,
+        dense=args.dense,
+        per_knee=args.per_knee,
+        min_rates=args.min_rates,
         round_interval_s=args.round_interval,
         beam_width=args.beam,
         arrival=args.arrival,
@@ -137,9 +154,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"{d['scheduler_ms_per_round']:.3f} ms/round"
         )
     for k, v in summary["comparison"].items():
-        if isinstance(v, dict):
+        if isinstance(v, dict) and k.startswith("aragog_vs_"):
             print(f"  {k}: throughput {v['max_throughput_gain_pct']:+.1f}%, P50 {v['median_latency_change_pct']:+.1f}%, "
                   f"P95 {v['p95_latency_change_pct']:+.1f}%")
+    for name, lat in summary["comparison"].get("latency_at", {}).items():
+        if lat:
+            where = "every policy sustains" if name == "common" else "aragog sustains"
+            print(f"  highest rate {where}: {lat['rate']:g} req/s; P50 " + ", ".join(
+                f"{p} {v['p50']:.2f}s" for p, v in lat["latency"].items()))
     print(f"wrote {path} ({summary['wall_s']:.1f}s)")
     return 0
 

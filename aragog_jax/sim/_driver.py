@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from aragog_jax.errors import AragogError
-from aragog_jax.scheduler import COMPILED, EngineInfo, EngineLoad, LoadVector, Scheduler
+from aragog_jax.scheduler import COMPILED, EngineInfo, EngineLoad, LoadVector, Policy, Scheduler
 from aragog_jax.sim._engine import SimEngine
 from aragog_jax.sim._setup import Setup
 from aragog_jax.sim._workload import arrival_times, sample_inputs
@@ -117,6 +117,7 @@ def simulate(
     *,
     per_workflow_config: int | None = None,
     on_round: Callable[[float], None] | None = None,
+    policy: Policy | None = None,
 ) -> RunResult:
     """Run one policy at one rate.
 
@@ -126,6 +127,8 @@ def simulate(
       masks: bool[N_dataset, C] admitted configurations per dataset row (router or
         oracle masks; per_input picks the cheapest admitted one, per_workflow ignores it).
       per_workflow_config: configuration index of the per_workflow policy.
+      policy: a policy object to schedule with instead of ``cfg.policy``'s (e.g. one
+        that records the rounds it is asked to assign).
     """
     space = setup.space
     ds = setup.dataset
@@ -133,7 +136,8 @@ def simulate(
     engines = [SimEngine(e.name, e.model, e.profile) for e in setup.engines]
     infos = [EngineInfo.from_profile(e.name, e.profile) for e in setup.engines]
     per_wf = {space.workflow: int(per_workflow_config)} if per_workflow_config is not None else None
-    sched = Scheduler(infos, cfg.policy, beam_width=cfg.beam_width, per_workflow=per_wf, spaces=[space])
+    sched = Scheduler(infos, policy if policy is not None else cfg.policy, beam_width=cfg.beam_width,
+                      per_workflow=per_wf, spaces=[space])
     model_index = {m: i for i, m in enumerate(space.model_names)}
     engine_model_id = [model_index[e.model] for e in setup.engines]
     engine_index = {e.name: i for i, e in enumerate(setup.engines)}
