@@ -8,32 +8,11 @@ import numpy as np
 import pytest
 
 from aragog_jax._cli import run_cli
-from aragog_jax.data import save_dataset
-from aragog_jax.data._synth import generate
 from aragog_jax.sim import RunConfig, constrained_variant, load_setup, per_workflow_config, simulate
-from aragog_jax.space import build_space
-from aragog_jax.spec import family_pool, load_workflow
+from aragog_jax.spec import load_workflow
 from aragog_jax.spec._load import WORKFLOWS_DIR
 
 WF = "self_refine_humaneval"
-
-
-@pytest.fixture(scope="module")
-def dataset_dir(tmp_path_factory):
-    from aragog_jax.spec import load_models
-
-    catalog = load_models()
-    wf = load_workflow(WORKFLOWS_DIR / f"{WF}.toml", catalog)
-    space = build_space(wf, family_pool(catalog, "qwen"))
-    ds = generate(space, wf, num_inputs=120, seed=3, family="qwen")
-    out = tmp_path_factory.mktemp("ds") / WF / "qwen"
-    save_dataset(ds, out)
-    return out
-
-
-@pytest.fixture(scope="module")
-def setup(dataset_dir):
-    return load_setup(WF, "qwen", dataset=dataset_dir)
 
 
 def _run(setup, policy, masks=None, **kw):

@@ -6,8 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from aragog_jax.data import AccuracyDataset, save_dataset
-from aragog_jax.data._synth import generate
+from aragog_jax.data import AccuracyDataset
 from aragog_jax.errors import AragogError
 from aragog_jax.sim import SweepConfig, constrained_variant, load_setup, run_sweep
 from aragog_jax.sim._experiment import (
@@ -79,22 +78,6 @@ def test_latency_at_the_highest_rate_every_policy_sustains_and_at_aragogs():
     # Policies on different grids cannot be compared rate by rate.
     pols["per_workflow"]["per_rate"] = _curve((1.0, 2.0, 4.0, 9.0), [1.0, 1.5, 1.5, 1.5])
     assert latency_at_rates(pols) == {}
-
-
-@pytest.fixture(scope="module")
-def dataset_dir(tmp_path_factory):
-    catalog = load_models()
-    wf = load_workflow(WORKFLOWS_DIR / f"{WF}.toml", catalog)
-    space = build_space(wf, family_pool(catalog, "qwen"))
-    ds = generate(space, wf, num_inputs=120, seed=5, family="qwen")
-    out = tmp_path_factory.mktemp("ds") / WF / "qwen"
-    save_dataset(ds, out)
-    return out
-
-
-@pytest.fixture(scope="module")
-def setup(dataset_dir):
-    return load_setup(WF, "qwen", dataset=dataset_dir)
 
 
 def _sweep(**kw):
