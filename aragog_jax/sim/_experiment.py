@@ -135,15 +135,20 @@ def engine_request_rates(setup: Setup) -> list[float]:
     return out
 
 
+#: The top automatic rate, times the fleet's upper bound (every engine saturated).
+TOP_RATE_FACTOR = 1.1
+
+
 def auto_rates(setup: Setup, num: int) -> tuple[float, ...]:
-    """Geometric rates from half of what the largest engine alone sustains to 1.25 x what
-    the whole fleet would sustain with every engine saturated (an upper bound for any
-    policy, so the top rate overloads all of them). See :func:`engine_request_rates`.
+    """Geometric rates from half of what the largest engine alone sustains to
+    ``TOP_RATE_FACTOR`` x what the whole fleet would sustain with every engine saturated
+    (an upper bound for any policy, so the top rate overloads all of them). See
+    :func:`engine_request_rates`.
     """
     rates = engine_request_rates(setup)
     biggest = max(range(len(setup.engines)), key=lambda i: setup.engines[i].profile.decode_base_s)
     lo = 0.5 * rates[biggest]
-    hi = 1.25 * sum(rates)
+    hi = TOP_RATE_FACTOR * sum(rates)
     if num <= 1:
         return (round(hi, 3),)
     return tuple(round(float(r), 3) for r in np.geomspace(lo, hi, num))
