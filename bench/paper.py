@@ -248,6 +248,9 @@ def task_optimality(st: Settings, wf: str, fam: str, rate: float) -> dict:
         arr = np.asarray(v) if v else np.asarray([float("nan")])
         out[f"beam{b}"] = {"mean": float(np.mean(arr)), "min": float(np.min(arr)),
                            "optimal_share": float(np.mean(arr >= 1.0 - 1e-12))}
+    path = Path(st.plots) / f"opt-{wf}-{fam}" / "optimality.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(out, indent=1) + "\n")
     return out
 
 
@@ -294,7 +297,14 @@ def main(argv=None) -> int:
                     "are used)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--no-ablations", action="store_true")
+    ap.add_argument("--ablations-only", action="store_true",
+                    help="run only the ablations (beam widths take the main grid from an earlier run's summaries on disk)")
+    ap.add_argument("--collect", action="store_true",
+                    help="build paper.json/paper.md from the summaries a run (or several) left under OUT/paper/ "
+                    "without running anything; tasks that did not finish are listed")
     ap.add_argument("--render", type=Path, help="only re-render paper.md from an existing paper.json")
+    ap.add_argument("--since", type=float, default=0.0, help="--collect: ignore summaries older than this Unix time")
+    ap.add_argument("--wall", type=float, default=float("nan"), help="--collect: the runs' wall time to report (s)")
     ap.add_argument("--speed", action="store_true",
                     help="only measure the simulator speed on the headline case (printed as JSON; paper.md untouched)")
     ap.add_argument("--with-speed", action="store_true", help="also measure the simulator speed into paper.md")
@@ -332,7 +342,11 @@ def main(argv=None) -> int:
 
     t_start = time.perf_counter()
     workflows = ("self_refine_humaneval",) if args.quick else WORKFLOWS
+    if args.collect:
+        return collect_from_disk(args, st, workflows)
     phase1 = [("main", f"{wf}-{fam}", {"st": st, "wf": wf, "fam": fam}) for fam in FAMILIES for wf in workflows]
+    if args.ablations_only:
+        phase1 = []
     if not args.no_ablations:
         abl = []
         for wf in (BEAM_WORKFLOWS[1:] if args.quick else BEAM_WORKFLOWS):
@@ -376,6 +390,10 @@ def main(argv=None) -> int:
     if not args.no_ablations:
         for wf in BEAM_WORKFLOWS:
             key = f"{wf}-qwen"
+            if key not in results["main"] and args.ablations_only:
+                disk = plots / key / "equal_fleet" / "summary.json"
+                if disk.is_file():
+                    results["main"][key] = {"equal": json.loads(disk.read_text())}
             if key not in results["main"]:
                 continue
             # Max throughput is reached at or above aragog's knee: the beam widths run
@@ -387,6 +405,16 @@ def main(argv=None) -> int:
                 phase2.append(("ablation", f"beam{b}-{key}", {"st": st, "key": f"beam{b}-{key}", "wf": wf, "fam": "qwen",
                                                               "policies": ("aragog",), "rates": rates, "beam": b}))
             phase2.append(("optimality", f"opt-{key}", {"st": st, "wf": wf, "fam": "qwen", "rate": rates[-1]}))
+    if args.ablations_only:
+        from aragog_jax.sim import auto_rates, load_setup
+
+        for wf in BEAM_WORKFLOWS:
+            if not any(k == f"opt-{wf}-qwen" for _, k, _ in phase2):
+                top = auto_rates(load_setup(wf, "qwen", gpus=8, dataset=_ds(st, wf, "qwen")), st.coarse_rates)[-1]
+                phase2.append(("optimality", f"opt-{wf}-qwen", {"st": st, "wf": wf, "fam": "qwen", "rate": top}))
+        run_all(phase2)
+        print(f"ablations done in {time.perf_counter() - t_start:.0f}s; build paper.md with --collect")
+        return 0
     if args.with_speed:
         phase2.append(("speed", "speed", {"st": st, "rate": results["main"][head]["equal"]["rates"][-1]}))
     run_all(phase2)
@@ -408,6 +436,51 @@ def main(argv=None) -> int:
     print(f"wrote {args.out / 'paper.md'} in {wall:.0f}s")
     if args.quick:
         print(f"*** {SMOKE} ***")
+    return 0
+
+
+def collect_from_disk(args, st: Settings, workflows: tuple[str, ...]) -> int:
+    """paper.json / paper.md from the summaries under OUT/paper/ (see --collect)."""
+    from aragog_jax._provenance import git_sha
+
+    plots = Path(st.plots)
+    results: dict = {"main": {}, "ablations": {}, "beam": {}, "optimality": {}, "missing": []}
+    for fam in FAMILIES:
+        for wf in workflows:
+            key = f"{wf}-{fam}"
+            eq, ro = plots / key / "equal_fleet" / "summary.json", plots / key / "routed_7gpu" / "summary.json"
+            if eq.is_file() and ro.is_file() and eq.stat().st_mtime >= args.since and ro.stat().st_mtime >= args.since:
+                res = {"equal": json.loads(eq.read_text()), "routed": json.loads(ro.read_text())}
+                res["paper"] = paper_accounting(res["equal"], res["routed"])
+                results["main"][key] = res
+            else:
+                results["missing"].append(key)
+    keys = [f"4gpu-{wf}-qwen" for wf in BEAM_WORKFLOWS] + [f"constrained-{wf}-qwen" for wf in WORKFLOWS]
+    keys += [f"mixed-{wf}" for wf in WORKFLOWS] + [f"beam{b}-{wf}-qwen" for wf in BEAM_WORKFLOWS for b in (1, 2, 8)]
+    for key in keys:
+        f = plots / key / "summary.json"
+        if f.is_file() and f.stat().st_mtime >= args.since:
+            results["beam" if key.startswith("beam") else "ablations"][key] = json.loads(f.read_text())
+        else:
+            results["missing"].append(key)
+    for wf in BEAM_WORKFLOWS:
+        f = plots / f"opt-{wf}-qwen" / "optimality.json"
+        if f.is_file() and f.stat().st_mtime >= args.since:
+            results["optimality"][f"{wf}-qwen"] = json.loads(f.read_text())
+        else:
+            results["missing"].append(f"opt-{wf}-qwen")
+    results["git_sha"] = git_sha()
+    results["wall_s"] = args.wall
+    results["machine"] = f"{platform.machine()} {os.cpu_count()} CPUs, {platform.python_version()}, {args.jobs} worker processes"
+    results["settings"] = asdict(st)
+    results["quick"] = args.quick
+    results["world"] = world_provenance(results)
+    (args.out / "paper.json").write_text(json.dumps(results, indent=1, default=str) + "\n")
+    _plot_gains(results, plots)
+    if results["optimality"]:
+        _plot_optimality(results["optimality"], plots / "round_optimality.png")
+    (args.out / "paper.md").write_text(render(results))
+    print(f"wrote {args.out / 'paper.md'}; missing: {', '.join(results['missing']) or 'none'}")
     return 0
 
 
@@ -698,6 +771,9 @@ def render(results: dict) -> str:
     L = ["# Aragog paper reproduction in the simulator", ""]
     if results.get("quick"):
         L += [f"**{SMOKE}.** Short runs, few rates and one workflow; use the full run for any comparison.", ""]
+    if results.get("missing"):
+        L += [f"**Incomplete run:** these tasks did not finish within the time budget and are absent below: "
+              f"{', '.join(results['missing'])}.", ""]
     world = results.get("world", {})
     kinds = sorted(set(world.get("profile_kinds", {}).values()))
     L.append(
