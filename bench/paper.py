@@ -297,6 +297,7 @@ def main(argv=None) -> int:
                     "are used)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--no-ablations", action="store_true")
+    ap.add_argument("--only", help="comma-separated main cases to run (e.g. voting_mmlu_pro-llama); default all")
     ap.add_argument("--ablations-only", action="store_true",
                     help="run only the ablations (beam widths take the main grid from an earlier run's summaries on disk)")
     ap.add_argument("--collect", action="store_true",
@@ -345,6 +346,8 @@ def main(argv=None) -> int:
     if args.collect:
         return collect_from_disk(args, st, workflows)
     phase1 = [("main", f"{wf}-{fam}", {"st": st, "wf": wf, "fam": fam}) for fam in FAMILIES for wf in workflows]
+    if args.only:
+        phase1 = [t for t in phase1 if t[1] in set(args.only.split(","))]
     if args.ablations_only:
         phase1 = []
     if not args.no_ablations:
