@@ -123,7 +123,7 @@ class EngineClient:
 
     async def chat(
         self,
-        prompt: str,
+        prompt: str | list[dict[str, str]],
         *,
         max_tokens: int,
         seed: int = 0,
@@ -167,12 +167,12 @@ class EngineClient:
             orca=orca,
         )
 
-    def chat_body(self, prompt: str, *, max_tokens: int, seed: int, stream: bool = False, **extra) -> dict:
-        """The ``/v1/chat/completions`` request body: one user message, greedy, seeded;
-        ``extra`` adds engine-specific fields."""
+    def chat_body(self, prompt: str | list[dict[str, str]], *, max_tokens: int, seed: int, stream: bool = False, **extra) -> dict:
+        """The ``/v1/chat/completions`` request body: one user message (or the given chat
+        messages), greedy, seeded; ``extra`` adds engine-specific fields."""
         body = {
             "model": self.served_model,
-            "messages": [{"role": "user", "content": prompt}],
+            "messages": [{"role": "user", "content": prompt}] if isinstance(prompt, str) else prompt,
             "max_tokens": max_tokens,
             "temperature": 0.0,
             "seed": seed,

@@ -81,9 +81,13 @@ class LM:
     last: ChatResult | None = field(default=None, repr=False)
     _issued: int = field(default=0, repr=False)  # calls started (the next call's seed offset)
 
-    async def __call__(self, prompt: str, *, max_tokens: int | None = None) -> str:
-        if not isinstance(prompt, str):
-            raise StageFunctionError(f"lm(prompt): prompt must be str, got {type(prompt).__name__}")
+    async def __call__(self, prompt: str | list[dict[str, str]], *, max_tokens: int | None = None) -> str:
+        """``prompt``: the text of one user message, or the chat messages themselves
+        (``[{"role": "system", "content": ...}, {"role": "user", ...}]``, e.g. DSPy's)."""
+        if not isinstance(prompt, str) and not _is_messages(prompt):
+            raise StageFunctionError(
+                f"lm(prompt): prompt must be str or a list of {{'role', 'content'}} messages, got {type(prompt).__name__}"
+            )
         # Seeded per call so that a stage's calls are reproducible and distinct; the index
         # is taken before the await, so concurrent calls (asyncio.gather) differ too.
         index, self._issued = self._issued, self._issued + 1
@@ -95,6 +99,14 @@ class LM:
         self.completion_tokens += res.completion_tokens
         self.last = res
         return res.text
+
+
+def _is_messages(prompt: object) -> bool:
+    return (
+        isinstance(prompt, list)
+        and bool(prompt)
+        and all(isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str) for m in prompt)
+    )
 
 
 async def _template_stage(stage: StageSpec, model: str, lm: LM, state: StageState) -> str:
