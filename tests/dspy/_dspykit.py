@@ -138,3 +138,49 @@ class TwiceWithCoT(dspy.Module):
     def forward(self, question):
         first = self.rewrite(question=question, context="none")
         return self.rewrite(question=question, context=first.answer)
+
+
+class FakesInThread:
+    """DSPy fake engines served on loopback from a background event loop, for CLIs that
+    run their own loop (``python -m aragog_jax.label``)::
+
+        with FakesInThread({"e-small": "small", "e-big": "big"}) as fakes:
+            fakes.urls  # [(engine name, model, url)]
+    """
+
+    def __init__(self, engines: dict[str, str]):
+        import asyncio
+        import threading
+
+        self.engines = engines
+        self.fakes = {name: DSPyFakeEngine(model) for name, model in engines.items()}
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.servers: list = []
+        self.urls: list[tuple[str, str, str]] = []
+
+    def __enter__(self) -> FakesInThread:
+        import asyncio
+
+        from aragog_jax.serving import LoopbackServer
+
+        self.thread.start()
+        for name, fake in self.fakes.items():
+            srv = LoopbackServer(fake.app)
+            url = asyncio.run_coroutine_threadsafe(srv.start(), self.loop).result(10)
+            self.servers.append(srv)
+            self.urls.append((name, self.engines[name], url))
+        return self
+
+    def __exit__(self, *exc) -> None:
+        import asyncio
+
+        for srv in self.servers:
+            asyncio.run_coroutine_threadsafe(srv.stop(), self.loop).result(10)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(10)
+        self.loop.close()
+
+
+def not_a_program():
+    return "a string, not a dspy.Module"
