@@ -12,7 +12,8 @@ shape instead::
 * ``stage``: the :class:`~aragog_jax.spec.StageSpec`;
 * ``model``: the catalog name of the model the scheduler chose for this stage;
 * ``lm``: an :class:`LM` bound to the chosen engine: ``await lm(prompt, max_tokens=...)``
-  returns the completion text. Every call goes to that engine, so the scheduler's load
+  returns the completion text (``prompt``: a string, sent as one user message, or a list
+  of ``{"role", "content"}`` chat messages, e.g. a DSPy predictor's). Every call goes to that engine, so the scheduler's load
   accounting and the receipt stay right; token counts add up over the calls;
 * ``state``: a :class:`StageState` with the request ``input``, the upstream ``outputs``
   by stage name, and the rendered ``prompt``.

@@ -147,3 +147,34 @@ def test_failing_engine_fails_over_inside_a_dspy_stage(tmp_path):
     failed = [a for st in rec["stages"] for a in st["failed_attempts"]]
     assert failed and all(a["engine"] == "e-small" for a in failed) and rec["failovers"] == len(failed)
     assert fakes["e-small"].num_requests == len(failed)
+
+
+def test_lm_takes_chat_messages_and_sends_them_unchanged():
+    """The runner's ``lm`` accepts DSPy's messages (system + user) as well as one prompt string."""
+    from aragog_jax.errors import StageFunctionError
+    from aragog_jax.serving._client import ChatResult
+    from aragog_jax.serving._stagefn import LM
+
+    class Client:
+        def __init__(self):
+            self.prompts = []
+
+        async def chat(self, prompt, *, max_tokens, seed=0, timeout_s=None):
+            self.prompts.append(prompt)
+            return ChatResult("ok", 3, 1, "stop", None)
+
+    messages = [{"role": "system", "content": "S"}, {"role": "user", "content": "U"}]
+    client = Client()
+    lm = LM("small", client, 8, 0, None)
+    assert asyncio.run(lm(messages)) == "ok" and client.prompts == [messages]
+    body = EngineClient("e", "http://127.0.0.1:1", "served").chat_body(messages, max_tokens=4, seed=1)
+    assert body["messages"] == messages
+    assert EngineClient("e", "http://127.0.0.1:1", "served").chat_body("hi", max_tokens=4, seed=1)["messages"] == [
+        {"role": "user", "content": "hi"}]  # fmt: skip
+    for bad in ([], [{"role": "user"}], [{"content": "x"}], 3):
+        try:
+            asyncio.run(lm(bad))
+        except StageFunctionError as exc:
+            assert "list of {'role', 'content'} messages" in str(exc)
+        else:
+            raise AssertionError(f"{bad!r} accepted")
