@@ -27,7 +27,7 @@ import pydantic
 from dspy.lm15 import Message, Response, TextPart, Usage
 
 from aragog_jax._imports import load_callable
-from aragog_jax.dspy._trace import TracedCall, TracedProgram, parse_input, program_fingerprint
+from aragog_jax.dspy._trace import TracedCall, TracedProgram, json_object, parse_input, program_fingerprint
 from aragog_jax.errors import AragogError, ProgramTraceError, SpecError, StageFunctionError, UpstreamError
 
 #: The format tag of the trace a generated stages module holds.
@@ -78,11 +78,9 @@ def decode_outputs(call: TracedCall, text: str, signature: type[dspy.Signature])
     if len(fields) == 1 and signature.output_fields[fields[0]].annotation is str:
         return {fields[0]: text}
     try:
-        obj = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise StageFunctionError(f"stage {call.stage!r}: its output is not the JSON object of {fields}: {text[:80]!r}") from exc
-    if not isinstance(obj, dict) or set(obj) != set(fields):
-        raise StageFunctionError(f"stage {call.stage!r}: its output holds {sorted(obj) if isinstance(obj, dict) else obj!r}, expected {fields}")
+        obj = json_object(text, fields)
+    except ValueError as exc:
+        raise StageFunctionError(f"stage {call.stage!r}: its output: {exc}") from exc
     out = {}
     for f in fields:
         try:

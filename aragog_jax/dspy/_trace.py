@@ -202,6 +202,17 @@ def program_arguments(program: dspy.Module) -> list[str]:
     return names
 
 
+def json_object(text: str, keys: list[str]) -> dict[str, Any]:
+    """``text`` as a JSON object with exactly ``keys``; ValueError saying what it is instead."""
+    try:
+        obj = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"expected a JSON object with keys {keys}, got {text[:60]!r}") from exc
+    if not isinstance(obj, dict) or set(obj) != set(keys):
+        raise ValueError(f"expected a JSON object with keys {keys}, got {sorted(obj) if isinstance(obj, dict) else type(obj).__name__}")
+    return obj
+
+
 def parse_input(text: str, arguments: list[str], where: str = "input") -> dict[str, Any]:
     """A request's input text -> the program's keyword arguments.
 
@@ -211,13 +222,9 @@ def parse_input(text: str, arguments: list[str], where: str = "input") -> dict[s
     if len(arguments) == 1:
         return {arguments[0]: text}
     try:
-        obj = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise ProgramTraceError(f"{where}: the program takes {', '.join(arguments)}: expected a JSON object, got {text[:60]!r}") from exc
-    if not isinstance(obj, dict) or set(obj) != set(arguments):
-        got = sorted(obj) if isinstance(obj, dict) else type(obj).__name__
-        raise ProgramTraceError(f"{where}: expected a JSON object with keys {arguments}, got {got}")
-    return obj
+        return json_object(text, arguments)
+    except ValueError as exc:
+        raise ProgramTraceError(f"{where}: the program takes {', '.join(arguments)}: {exc}") from exc
 
 
 def program_fingerprint(program: dspy.Module) -> str:

@@ -15,7 +15,7 @@ from aragog_jax.serving._client import EngineClient
 from aragog_jax.serving._stagefn import StageState, load_stage_functions, run_stage
 from aragog_jax.spec import load_models, load_workflow
 
-from ..serving._fleetkit import CATALOG, write_fleet
+from ..serving._fleetkit import CATALOG, with_fake_client, write_fleet
 from ._dspykit import EXAMPLES, DSPyFakeEngine, export_example
 
 
@@ -26,15 +26,7 @@ def _workflow(tmp_path):
 
 
 async def _with_engine(fn, **fake_kw):
-    fake = DSPyFakeEngine("small", **fake_kw)
-    srv = LoopbackServer(fake.app)
-    client = EngineClient("e", await srv.start(), "small")
-    await client.open()
-    try:
-        return await fn(fake, client)
-    finally:
-        await client.close()
-        await srv.stop()
+    return await with_fake_client(DSPyFakeEngine("small", **fake_kw), fn)
 
 
 def test_a_stage_sends_dspys_own_messages_and_parses_the_reply(tmp_path):

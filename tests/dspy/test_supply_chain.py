@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import re
 import site
-import sys
 import tomllib
 from importlib import metadata
 from pathlib import Path
