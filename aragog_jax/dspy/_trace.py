@@ -25,6 +25,7 @@ at the ``output_tokens`` estimate, ``default_output_tokens``).
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import hashlib
 import inspect
@@ -304,7 +305,7 @@ class _TraceEngine:
     def complete(self, request):
         index = len(dspy.settings.trace)  # the call this LM call belongs to (recorded when it ends)
         if self.real is not None:
-            resp = self.real(request)
+            resp = self.real(dataclasses.replace(request, model=self.real.model))
             self.usage.append((index, resp.usage.input_tokens or 0, resp.usage.output_tokens or 0))
             return resp
         pred = dspy.settings.caller_modules[-1]

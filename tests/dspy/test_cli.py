@@ -99,3 +99,18 @@ def test_label_runs_the_programs_predictors_on_every_configuration_and_resumes(t
     # Accurate exactly when DSPy parsed an answer from the big model's refine call.
     refine_big = np.array([space.model_names[m] == "big" for m in space.configs[:, 2]])
     assert ds.num_inputs == 4 and (ds.scores == refine_big[None, :]).all()
+
+
+def test_export_traced_on_a_real_engine_takes_token_counts_from_its_usage(tmp_path, capsys):
+    with FakesInThread({"e-small": "small"}) as fakes:
+        url = fakes.urls[0][2]
+        code = _export(tmp_path, EXAMPLE_REF, EXAMPLES, "--lm", "openai/small", "--api-base", f"{url}/v1")
+        prompts = list(fakes.fakes["e-small"].prompts)
+    assert code == 0, capsys.readouterr().err
+    wf = load_workflow(tmp_path / "w.toml")
+    assert [s.upstream for s in wf.stage] == [[], ["generate"], ["generate", "critique"]]
+    assert len(prompts) == 6  # 3 predictor calls x 2 examples, nothing else
+    # The fake engine reports len(prompt) // 4 prompt tokens: the counts are its usage, averaged.
+    gen = [len(p) // 4 for p in prompts[0::3]]
+    assert wf.stage[0].input_tokens == round(sum(gen) / 2) and all(s.output_tokens > 0 for s in wf.stage)
+    assert "Token counts: the LM's reported usage" in (tmp_path / "w.toml").read_text()
