@@ -214,7 +214,10 @@ class ProgramStages:
         predictor = self.predictors[stage]
         engine = _StageEngine(lm, self.max_tokens)
         try:
-            prediction = await predictor.acall(lm=self.stage_lm(model, engine), **kwargs)
+            # No trace or history: DSPy's default global trace list and the LM histories
+            # would keep every call of a long-running server (up to 10,000 each).
+            with dspy.context(trace=None, disable_history=True):
+                prediction = await predictor.acall(lm=self.stage_lm(model, engine), **kwargs)
         except Exception:
             if engine.failed is not None:  # DSPy wrapped the engine error: re-raise it, so the stage fails over
                 raise engine.failed from None

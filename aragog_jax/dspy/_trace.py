@@ -237,7 +237,8 @@ def program_fingerprint(program: dspy.Module) -> str:
         h.update(name.encode() + b"\0" + sig.instructions.encode() + b"\0")
         for fname, f in {**sig.input_fields, **sig.output_fields}.items():
             h.update(f"{fname}:{f.annotation!r}:{f.json_schema_extra!r}\0".encode())
-        h.update(json.dumps(pred.dump_state().get("demos", []), sort_keys=True, default=str).encode())
+        demos = [d.toDict() if hasattr(d, "toDict") else d for d in pred.demos]
+        h.update(json.dumps(demos, sort_keys=True, default=str).encode())
     return h.hexdigest()[:16]
 
 
@@ -341,7 +342,7 @@ class _Run:
 def _run_once(program: dspy.Module, kwargs: dict, lm: dspy.BaseLM, engine: _TraceEngine, names_of: dict[int, str]) -> _Run:
     engine.usage = []
     trace: list = []
-    with dspy.context(lm=lm, trace=trace):
+    with dspy.context(lm=lm, trace=trace, disable_history=True):
         program(**kwargs)
     names, ins, outs = [], [], []
     for pred, inputs, prediction in trace:
@@ -473,17 +474,26 @@ def trace_program(
     engine = _TraceEngine(lm)
     trace_lm = dspy.LM("aragog-trace/program", engine=engine, cache=False, num_retries=0)
     runs = []
-    for e, text in enumerate(examples):
-        engine.example = e
-        kwargs = parse_input(text, arguments, where=f"example {e + 1}")
-        try:
-            runs.append(_run_once(program, kwargs, trace_lm, engine, names_of))
-        except ProgramTraceError:
-            raise
-        except Exception as exc:  # noqa: BLE001 - the user's program: name the example, keep the cause
-            raise ProgramTraceError(f"the program raised on example {e + 1}: {type(exc).__name__}: {exc}") from exc
-        if not runs[-1].names:
-            raise ProgramTraceError(f"the program called no predictor on example {e + 1}")
+    # A predictor's own LM (predictor.lm) would win over the context's: set it aside, so
+    # the trace never reaches an engine the caller did not pass.
+    own_lms = {name: p.lm for name, p in program.named_predictors()}
+    try:
+        for _, p in program.named_predictors():
+            p.lm = None
+        for e, text in enumerate(examples):
+            engine.example = e
+            kwargs = parse_input(text, arguments, where=f"example {e + 1}")
+            try:
+                runs.append(_run_once(program, kwargs, trace_lm, engine, names_of))
+            except ProgramTraceError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - the user's program: name the example, keep the cause
+                raise ProgramTraceError(f"the program raised on example {e + 1}: {type(exc).__name__}: {exc}") from exc
+            if not runs[-1].names:
+                raise ProgramTraceError(f"the program called no predictor on example {e + 1}")
+    finally:
+        for name, p in program.named_predictors():
+            p.lm = own_lms[name]
     _check_same_structure(runs, examples)
 
     stages = stage_names(runs[0].names)

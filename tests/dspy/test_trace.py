@@ -81,3 +81,49 @@ def test_bad_examples(examples, message):
     else:
         with pytest.raises(ProgramTraceError, match=message):
             trace_program(Branchy(), examples)
+
+
+def test_a_predictors_own_lm_is_set_aside_while_tracing_and_restored():
+    import dspy
+
+    class Refuses:
+        def complete(self, request):
+            raise AssertionError("the trace called the predictor's own LM")
+
+        def stream(self, request):
+            raise AssertionError
+
+        def close(self):
+            pass
+
+    program = Formatted()
+    own = dspy.LM("openai/elsewhere", engine=Refuses(), cache=False)
+    program.review.lm = own
+    assert len(trace_program(program, [SHORT, LONG]).calls) == 3
+    assert program.review.lm is own and program.draft.lm is None
+
+
+def test_serving_keeps_no_dspy_trace_or_history(tmp_path):
+    """DSPy's default global trace list would grow with every served call."""
+    import asyncio
+
+    import dspy
+
+    from aragog_jax.dspy import ProgramStages
+    from aragog_jax.serving._client import ChatResult
+    from aragog_jax.serving._stagefn import LM, StageState
+
+    from ._dspykit import DSPyFakeEngine
+
+    program = load_program(EXAMPLE_REF)
+    stages = ProgramStages(program, trace_program(program, EXAMPLES), max_tokens=32)
+    fake = DSPyFakeEngine("small")
+
+    class Client:
+        async def chat(self, prompt, *, max_tokens, seed=0, timeout_s=None):
+            return ChatResult(fake.text_for("\n".join(m["content"] for m in prompt)), 5, 5, "stop", None)
+
+    before = len(dspy.settings.trace)
+    out = asyncio.run(stages.run("generate", "small", LM("small", Client(), 32, 0, None), StageState("q", {}, "")))
+    assert out.startswith("small-") and out.endswith("-draft")
+    assert len(dspy.settings.trace) == before and not program.generate.history
