@@ -67,6 +67,11 @@ class ConfigSpace:
     def num_models(self) -> int:
         return len(self.model_names)
 
+    @property
+    def output_stage(self) -> int:
+        """The stage whose text is the workflow's output: the last sink in file order."""
+        return max(s for s in range(self.num_stages) if int(self.stage_depth[s]) == 0)
+
     def fingerprint(self) -> str:
         """Stable hash of stage names, model names and the configuration order.
 
