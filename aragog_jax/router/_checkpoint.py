@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
+import zipfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -137,33 +139,62 @@ def save_checkpoint(ckpt: RouterCheckpoint, path: str | Path) -> Path:
     return path
 
 
+_NPZ_MAGIC = (b"PK\x03\x04", b"PK\x05\x06")  # a zip archive's first bytes (an empty one: the second)
+
+
 def load_checkpoint(path: str | Path) -> RouterCheckpoint:
     """Read a checkpoint written by :func:`save_checkpoint`.
 
     Raises:
-      CheckpointError: missing or unreadable file, unknown format version, bad shapes.
+      CheckpointError: one line naming ``path`` and the problem: missing, not a ``.npz``,
+        truncated or corrupt, unknown format version, malformed metadata, a missing or
+        misshapen array, NaN or infinite parameters, NaN thresholds (``+inf`` means never
+        admitted; ``-inf`` is allowed only for ``c_max``, the last configuration).
     """
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: no such router checkpoint")
     try:
-        with np.load(path, allow_pickle=False) as z:
-            arrays = {k: z[k] for k in z.files}
-    except (OSError, ValueError, EOFError) as exc:
-        raise CheckpointError(f"{path}: not a router checkpoint (.npz): {exc}") from exc
+        return _read(path)
+    except CheckpointError as exc:
+        msg = str(exc)
+        raise CheckpointError(msg if msg.startswith(f"{path}: ") else f"{path}: {msg}") from exc
+
+
+def _read(path: Path) -> RouterCheckpoint:
+    # Opened here, not by np.load, which leaks the handle when the archive is corrupt.
+    with open(path, "rb") as f:
+        head = f.read(4)
+        if head not in _NPZ_MAGIC:
+            raise CheckpointError(f"not a router checkpoint: not a .npz (zip) archive (it starts with {head!r})")
+        f.seek(0)
+        try:
+            with np.load(f, allow_pickle=False) as z:
+                arrays = {k: z[k] for k in z.files}
+        except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as exc:
+            raise CheckpointError(f"truncated or corrupt .npz archive: {type(exc).__name__}: {exc}") from exc
     if "__meta__" not in arrays:
-        raise CheckpointError(f"{path}: not a router checkpoint (no __meta__ entry)")
+        raise CheckpointError("not a router checkpoint (no __meta__ entry)")
     try:
         meta = msgspec.json.decode(arrays.pop("__meta__").tobytes(), type=CheckpointMeta)
     except msgspec.ValidationError as exc:
-        raise CheckpointError(f"{path}: malformed checkpoint metadata: {exc}") from exc
+        raise CheckpointError(f"malformed checkpoint metadata: {exc}") from exc
     except msgspec.DecodeError as exc:
-        raise CheckpointError(f"{path}: checkpoint metadata is not JSON: {exc}") from exc
+        raise CheckpointError(f"checkpoint metadata is not JSON: {exc}") from exc
     if meta.format != FORMAT:
-        raise CheckpointError(f"{path}: checkpoint format {meta.format!r}, this version reads {FORMAT!r}")
+        raise CheckpointError(f"checkpoint format {meta.format!r}, this version reads {FORMAT!r}")
     cfg = model_config_from_dict(meta.model)
     thresholds = arrays.pop("thresholds", None)
-    if thresholds is None or thresholds.shape != (meta.num_configs,):
-        raise CheckpointError(f"{path}: thresholds missing or not of shape ({meta.num_configs},)")
+    if thresholds is None:
+        raise CheckpointError("checkpoint array thresholds is missing")
+    if thresholds.shape != (meta.num_configs,):
+        raise CheckpointError(f"checkpoint array thresholds has shape {thresholds.shape}, expected ({meta.num_configs},)")
+    thresholds = np.asarray(thresholds, np.float32)
+    bad = np.flatnonzero(np.isnan(thresholds) | (np.isneginf(thresholds) & (np.arange(thresholds.size) != thresholds.size - 1)))
+    if bad.size:
+        raise CheckpointError(
+            f"checkpoint thresholds hold {bad.size} invalid values (NaN, or -inf before c_max) "
+            f"at configurations {bad[:5].tolist()}{' ...' if bad.size > 5 else ''}"
+        )
     params = unflatten_params(arrays, cfg)
-    return RouterCheckpoint(meta=meta, params=params, thresholds=np.asarray(thresholds, np.float32))
+    return RouterCheckpoint(meta=meta, params=params, thresholds=thresholds)
