@@ -30,7 +30,8 @@ import numpy as np
 from aragog_jax._files import atomic_writer
 from aragog_jax.errors import CheckpointError
 from aragog_jax.router._model import RouterModelConfig, flatten_params, unflatten_params
-from aragog_jax.space import ConfigSpace
+from aragog_jax.space import ConfigSpace, build_space, load_space
+from aragog_jax.spec import ModelSpec, WorkflowSpec, family_pool, load_models
 
 FORMAT = "aragog-router/1"
 
@@ -54,6 +55,11 @@ class CheckpointMeta(msgspec.Struct, kw_only=True):
     report: dict = {}
     git_sha: str = "unknown"
     created: str = ""
+    # The workflow and model pool the space was built from, so the checkpoint is
+    # self-contained (absent in checkpoints written before: their workflow and family
+    # are looked up among the shipped ones).
+    workflow_spec: dict | None = None
+    model_pool: list[dict] | None = None
 
 
 @dataclass(eq=False)
@@ -67,6 +73,35 @@ class RouterCheckpoint:
     @property
     def model_config(self) -> RouterModelConfig:
         return model_config_from_dict(self.meta.model)
+
+    def space(self, workflow: str | Path | None = None, family: str | None = None) -> ConfigSpace:
+        """The configuration space the checkpoint was trained for.
+
+        Without arguments it is rebuilt from the workflow and model pool stored in the
+        checkpoint (older checkpoints: the shipped workflow and family it names).
+        ``workflow`` (a TOML path or a shipped name) and ``family`` override the stored
+        ones; the caller checks the result with :meth:`check_space`.
+
+        Raises:
+          CheckpointError: the stored specs are malformed, or nothing names a family.
+          SpecError: the workflow or family given cannot be loaded.
+        """
+        m = self.meta
+        stored = None
+        if m.workflow_spec is not None and workflow is None:
+            try:
+                stored = msgspec.convert(m.workflow_spec, WorkflowSpec)
+                pool = [msgspec.convert(x, ModelSpec) for x in m.model_pool or []]
+            except msgspec.ValidationError as exc:
+                raise CheckpointError(f"malformed workflow or model pool stored in the checkpoint: {exc}") from exc
+            if family is None:
+                return build_space(stored, pool)
+        family = family or m.family
+        if not family:
+            raise CheckpointError("the checkpoint names no family; pass one")
+        if stored is not None:
+            return build_space(stored, family_pool(load_models(), family))
+        return load_space(workflow or m.workflow, family)
 
     def check_space(self, space: ConfigSpace, where: str = "router checkpoint") -> None:
         """Raise :class:`CheckpointError` unless the checkpoint was trained for ``space``."""
