@@ -9,6 +9,7 @@ full 429 (with ``Retry-After``), a workflow's stage function raised 500, engine 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import hmac
 import logging
@@ -392,8 +393,9 @@ class Server:
         resp = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
         await resp.prepare(request)
         try:
-            async for frame in frames:
-                await resp.write(frame)
+            async with contextlib.aclosing(frames):
+                async for frame in frames:
+                    await resp.write(frame)
         except (asyncio.CancelledError, ConnectionResetError):
             self.executor._finish(run, "cancelled", AragogError("client disconnected"))
             raise
@@ -401,24 +403,7 @@ class Server:
         return resp
 
     async def _stream_run(self, request: web.Request, run: Run) -> web.StreamResponse:
-        return await self._sse(request, run, self._run_frames(run))
-
-    @staticmethod
-    async def _run_frames(run: Run) -> AsyncIterator[bytes]:
-        """``stage`` per finished stage, ``delta`` per piece of the output stage's text as
-        its engine produces it, then ``done`` (output and receipt) or ``error``."""
-        while (item := await run.events.get()) is not None:
-            if isinstance(item, OutputDelta):
-                yield b"event: delta\ndata: " + ENCODER.encode(DeltaEvent(run.id, item.stage, item.text)) + b"\n\n"
-            else:
-                yield b"event: stage\ndata: " + ENCODER.encode(StageEvent(run.id, item.stage, item.text, item.receipt)) + b"\n\n"
-        exc = run.done.exception()
-        if exc is None:
-            res = run.done.result()
-            yield b"event: done\ndata: " + ENCODER.encode(DoneEvent(run.id, res.output, res.receipt)) + b"\n\n"
-        else:
-            status, _ = status_of(exc)
-            yield b"event: error\ndata: " + ENCODER.encode(ErrorEvent(run.id, status, str(exc))) + b"\n\n"
+        return await self._sse(request, run, _run_frames(run))
 
     # -- OpenAI-compatible ------------------------------------------------------------------
 
@@ -443,6 +428,23 @@ class Server:
             }  # fmt: skip
             return web.Response(body=ENCODER.encode(payload), content_type="application/json")
         return await self._sse(request, run, _chat_frames(run, cid, created, body.model))
+
+
+async def _run_frames(run: Run) -> AsyncIterator[bytes]:
+    """Workflow-run events: ``stage`` per finished stage, ``delta`` per piece of the output
+    stage's text as its engine produces it, then ``done`` (output and receipt) or ``error``."""
+    while (item := await run.events.get()) is not None:
+        if isinstance(item, OutputDelta):
+            yield b"event: delta\ndata: " + ENCODER.encode(DeltaEvent(run.id, item.stage, item.text)) + b"\n\n"
+        else:
+            yield b"event: stage\ndata: " + ENCODER.encode(StageEvent(run.id, item.stage, item.text, item.receipt)) + b"\n\n"
+    exc = run.done.exception()
+    if exc is None:
+        res = run.done.result()
+        yield b"event: done\ndata: " + ENCODER.encode(DoneEvent(run.id, res.output, res.receipt)) + b"\n\n"
+    else:
+        status, _ = status_of(exc)
+        yield b"event: error\ndata: " + ENCODER.encode(ErrorEvent(run.id, status, str(exc))) + b"\n\n"
 
 
 async def _chat_frames(run: Run, cid: str, created: int, model: str) -> AsyncIterator[bytes]:

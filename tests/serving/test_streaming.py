@@ -159,3 +159,24 @@ def test_openai_client_sees_the_chunks_the_receipt_and_a_mid_stream_error(tmp_pa
     receipt = chunks[-1].model_extra["aragog"]["receipt"]
     assert chunks[-1].choices[0].finish_reason == "stop" and [st["stage"] for st in receipt["stages"]][-1] == "join"
     assert got and not any(ch.choices and ch.choices[0].finish_reason for ch in got)
+
+
+def test_client_gone_mid_stream_cancels_the_run(tmp_path):
+    """The streaming path hands a disconnect on (it swallows no cancellation): the run ends
+    cancelled and leaves the meta-queue while its engine is still sending."""
+    engines = _two(stream_pieces=8, stream_gap_s=0.1)
+
+    async def fn(s, http):
+        async with http.post("/v1/chat/completions", json=_chat("chain")) as r:
+            async for line in r.content:
+                if b'"content":"' in line and b'"content":""' not in line:
+                    break  # the first piece of text: hang up
+            r.connection.transport.abort()
+        for _ in range(100):
+            if s.executor.counts["cancelled"]:
+                break
+            await asyncio.sleep(0.05)
+        return dict(s.executor.counts), s.executor.num_in_flight
+
+    counts, left = asyncio.run(_serve(tmp_path, engines, fn))
+    assert counts["cancelled"] == 1 and counts["completed"] == 0 and left == 0
