@@ -157,6 +157,7 @@ def load_runtime(
             prof, profiled = placeholder_profile(e.model), False
         engines.append(EngineRuntime(e, prof, profiled))
     served_models = {e.model for e in engines}
+    workflows: dict[str, WorkflowRuntime] = {}
 
     def add_workflow(wf: WorkflowSpec, where: str) -> None:
         if wf.name in workflows:
@@ -176,7 +177,6 @@ def load_runtime(
             wf, space, servable, stage_index={s: i for i, s in enumerate(space.stage_names)}, stage_fns=load_stage_functions(wf)
         )
 
-    workflows: dict[str, WorkflowRuntime] = {}
     for w in fleet.workflows:
         add_workflow(load_workflow(resolve(path, w), catalog), "workflows")
 
