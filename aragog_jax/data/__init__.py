@@ -9,6 +9,7 @@ from aragog_jax.data._dataset import (
     read_meta,
     save_dataset,
 )
+from aragog_jax.data._scores import DEFAULT_PUBLISHED_SCORES, PublishedScores, Ratio, load_published_scores
 from aragog_jax.data._synth import (
     DEFAULT_TARGET_ACCURACY,
     SynthParams,
@@ -18,13 +19,17 @@ from aragog_jax.data._synth import (
 )
 
 __all__ = [
+    "DEFAULT_PUBLISHED_SCORES",
     "DEFAULT_TARGET_ACCURACY",
     "FORMAT",
     "SPLITS",
     "AccuracyDataset",
+    "PublishedScores",
+    "Ratio",
     "SynthParams",
     "accurate_labels",
     "generate",
+    "load_published_scores",
     "load_dataset",
     "read_meta",
     "save_dataset",

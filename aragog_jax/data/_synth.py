@@ -51,6 +51,7 @@ model family, and one model's luck on an input is the same in every pool it is p
 
 from __future__ import annotations
 
+import functools
 import re
 import zlib
 from dataclasses import asdict, dataclass
@@ -58,12 +59,13 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from aragog_jax.data._dataset import SPLITS, AccuracyDataset, accurate_labels
+from aragog_jax.data._scores import PublishedScores, Ratio, load_published_scores
 from aragog_jax.errors import DatasetError
 from aragog_jax.space import ConfigSpace
 from aragog_jax.spec import WorkflowSpec
 
 GENERATOR_NAME = "aragog_jax.synth"
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2
 #: Accuracy of c_max used when the workflow has no ``target_accuracy`` for the family.
 DEFAULT_TARGET_ACCURACY = 0.75
 #: Configurations processed at once when computing scores (bounds memory at N x chunk).
@@ -100,6 +102,11 @@ class SynthParams:
     output_difficulty_slope: float = 0.1
     # splits
     split_fractions: tuple[float, float, float] = (0.6, 0.2, 0.2)
+
+
+@functools.cache
+def _shipped_scores() -> PublishedScores:
+    return load_published_scores()
 
 
 def _key(x: str) -> int:
@@ -213,6 +220,44 @@ def _quality(
     return np.mean(np.stack([q[s] for s in sinks]), axis=0)
 
 
+
+def _threshold(q: np.ndarray, num_right: int) -> float:
+    """A threshold with exactly ``num_right`` values of ``q`` above it (midpoint of neighbours)."""
+    srt = np.sort(q)[::-1]
+    if num_right <= 0:
+        return float(srt[0]) + 1.0
+    if num_right >= srt.shape[0]:
+        return float(srt[-1]) - 1.0
+    return float(0.5 * (srt[num_right - 1] + srt[num_right]))
+
+
+def _uniform_configs(space: ConfigSpace) -> list[int | None]:
+    """Per model, the index of the configuration that runs it on every stage (None if absent)."""
+    out: list[int | None] = []
+    for m in range(space.num_models):
+        hit = np.flatnonzero((space.configs == m).all(axis=1))
+        out.append(int(hit[0]) if hit.size else None)
+    return out
+
+
+def _published_calibration(
+    space: ConfigSpace, workflow: WorkflowSpec, target: float, published: PublishedScores | None
+) -> list[Ratio] | None:
+    """Each pool model's score ratio to c_max's model when the data can be calibrated.
+
+    Calibration needs: a published-scores table, c_max running one model everywhere, a
+    uniform configuration for every model of the pool, and a ratio for every model
+    (``PublishedScores.ratios``). Otherwise None: the size curve sets the skills.
+    """
+    if published is None or not workflow.dataset:
+        return None
+    cmax_models = set(space.configs[space.c_max].tolist())
+    if len(cmax_models) != 1 or any(u is None for u in _uniform_configs(space)):
+        return None
+    anchor = space.model_names[cmax_models.pop()]
+    return published.ratios(workflow.dataset, list(space.model_names), [float(x) for x in space.model_params], anchor)
+
+
 def generate(
     space: ConfigSpace,
     workflow: WorkflowSpec,
@@ -222,6 +267,7 @@ def generate(
     family: str | None = None,
     target: float | None = None,
     params: SynthParams | None = None,
+    published: PublishedScores | None | str = "shipped",
 ) -> AccuracyDataset:
     """A synthetic accuracy dataset for ``workflow`` over ``space``'s model pool.
 
@@ -233,12 +279,17 @@ def generate(
       family: family name, used to look up ``workflow.target_accuracy`` and stored in meta.
       target: c_max accuracy to calibrate to; overrides the workflow's figure.
       params: generator knobs; default :class:`SynthParams()`.
+      published: the published single-model scores that set each model's skill
+        (``"shipped"``: ``profiles/datasets/published_scores.toml``; None: the size curve
+        for every pool).
 
     Returns:
       An :class:`AccuracyDataset` with binary float32 scores[N, C] where ``c_max`` is right
       on exactly ``round(target * N)`` inputs.
     """
     p = params or SynthParams()
+    if isinstance(published, str):
+        published = _shipped_scores()
     if space.workflow != workflow.name or list(space.stage_names) != workflow.stage_names:
         raise DatasetError(f"space is for workflow {space.workflow!r}, not {workflow.name!r}")
     n = int(num_inputs)
@@ -262,28 +313,50 @@ def generate(
     h = difficulty[:, None] + p.critical_offset * (is_crit - 1.0 / num_roles)
 
     # 2. skills: one luck stream per (model, role) and per (model, stage), keyed by names.
-    params_ = space.model_params
-    skill = -p.skill_per_doubling * np.log2(params_.max() / params_) ** p.skill_exponent
-    k = np.empty((n, num_stages, space.num_models), dtype=np.float64)
+    # k0 is every model's quality at skill 0; the skill of model m is added below.
+    k0 = np.empty((n, num_stages, space.num_models), dtype=np.float64)
     for m, name in enumerate(space.model_names):
         role_luck = {r: _rng(seed, wf, "luck", name, key).standard_normal(n) for r, key in role_key.items()}
         model_luck = p.model_luck_sd * _rng(seed, wf, "model-luck", name).standard_normal(n)
         for s in range(num_stages):
             own = _rng(seed, wf, "stage-luck", name, workflow.stage[s].name).standard_normal(n)
-            k[:, s, m] = skill[m] - h[:, s] + model_luck + p.role_luck_sd * role_luck[roles[s]] + p.stage_luck_sd * own
+            k0[:, s, m] = -h[:, s] + model_luck + p.role_luck_sd * role_luck[roles[s]] + p.stage_luck_sd * own
 
-    # 3-4. quality and calibrated threshold
+    # 3-4. quality and calibrated threshold (c_max at skill 0), then the skills
     order = [int(s) for s in space.topo_order]
     sinks = [s for s in range(num_stages) if int(space.stage_depth[s]) == 0]
-    q_max = _quality(space, k, sinks, order, p, space.configs[space.c_max : space.c_max + 1])[:, 0]
+    cmax_cfg = space.configs[space.c_max : space.c_max + 1]
     num_right = int(np.floor(tgt * n + 0.5))
-    srt = np.sort(q_max)[::-1]
-    if num_right <= 0:
-        tau = float(srt[0]) + 1.0
-    elif num_right >= n:
-        tau = float(srt[-1]) - 1.0
+    calib = _published_calibration(space, workflow, tgt, published)
+    if calib is None:
+        params_ = space.model_params
+        skill = -p.skill_per_doubling * np.log2(params_.max() / params_) ** p.skill_exponent
+        tau = _threshold(_quality(space, k0 + skill[None, None, :], sinks, order, p, cmax_cfg)[:, 0], num_right)
+        calib_meta: dict = {"skill_source": "size_curve"}
     else:
-        tau = float(0.5 * (srt[num_right - 1] + srt[num_right]))
+        ratios = [r.ratio for r in calib]
+        # c_max's model is the anchor with skill 0, so tau comes from k0.
+        tau = _threshold(_quality(space, k0, sinks, order, p, cmax_cfg)[:, 0], num_right)
+        uniform = _uniform_configs(space)
+        skill = np.zeros(space.num_models)
+        targets = {}
+        for m, name in enumerate(space.model_names):
+            t = min(1.0, tgt * ratios[m])
+            targets[name] = t
+            if uniform[m] == space.c_max:
+                continue  # the anchor: skill 0 defines tau
+            # Q of a uniform configuration shifts one for one with its model's skill
+            # (every stage's k and u move together), so the skill is solved exactly.
+            q0 = _quality(space, k0, sinks, order, p, space.configs[uniform[m] : uniform[m] + 1])[:, 0]
+            skill[m] = tau - _threshold(q0, int(np.floor(t * n + 0.5)))
+        calib_meta = {
+            "skill_source": "published",
+            "published_scores": {
+                r.model: {"benchmark": r.benchmark, "score": round(r.score, 3), "ratio": round(r.ratio, 6), "how": r.how} for r in calib
+            },
+            "uniform_target": {name: round(float(t), 6) for name, t in targets.items()},
+        }
+    k = k0 + skill[None, None, :]
     scores = np.empty((n, space.num_configs), dtype=np.float32)
     for lo in range(0, space.num_configs, _CONFIG_CHUNK):
         cfg = space.configs[lo : lo + _CONFIG_CHUNK]
@@ -325,6 +398,8 @@ def generate(
             "threshold": tau,
             "c_max_accuracy": num_right / n,
             "stage_roles": roles,
+            **calib_meta,
+            "skill": {name: round(float(a), 6) for name, a in zip(space.model_names, skill, strict=True)},
         },
     }
     return AccuracyDataset(

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from aragog_jax.data import (
+    load_published_scores,
     DEFAULT_TARGET_ACCURACY,
     AccuracyDataset,
     generate,
@@ -40,10 +41,53 @@ PAPER_PAIRS = [(wf, fam) for wf in PAPER for fam in ("qwen", "llama")]
 
 # Documented in profiles/datasets/README.md ("Viable sets"): every shipped dataset and
 # every fresh seed of the generator on a shipped workflow lies inside these ranges.
-VIABLE_FRAC_MEAN = (0.33, 0.87)
-CHEAPEST_NOT_CMAX_MIN = 0.9
-VIABLE_FRAC_SPREAD_MIN = 0.5  # q90 - q10 of the per-input viable fraction
-ORACLE_FLOPS_RATIO_MAX = 0.45
+# (Generator v2: model skills come from published scores, so small models are close to
+# large ones and most configurations are accurate on most inputs.)
+VIABLE_FRAC_MEAN = (0.8, 0.99)
+CHEAPEST_NOT_CMAX_MIN = 0.95
+ORACLE_FLOPS_RATIO_MAX = 0.3
+
+# Published single-model scores (percent) as cited in profiles/datasets/README.md, typed
+# in again here so that the generator's use of published_scores.toml is checked against
+# the sources, not against itself. MMLU is the proxy benchmark (Qwen: MMLU-redux).
+CITED = {
+    "HumanEval": {"Qwen2.5-7B-Instruct": 84.8, "Qwen2.5-14B-Instruct": 83.5, "Qwen2.5-32B-Instruct": 88.4,
+                  "Llama-3.1-8B-Instruct": 72.6, "Llama-3.1-70B-Instruct": 80.5, "Phi-4": 82.6},
+    "MMLU-Pro": {"Qwen2.5-7B-Instruct": 56.3, "Qwen2.5-14B-Instruct": 63.7, "Qwen2.5-32B-Instruct": 69.0,
+                 "Llama-3.1-8B-Instruct": 48.3, "Llama-3.1-70B-Instruct": 66.4, "Phi-4": 70.4},
+    "SQuAD v2": {"Llama-3.2-3B-Instruct": 67.7, "Llama-3.1-8B-Instruct": 77.0, "Llama-3.1-70B-Instruct": 81.8},
+    "MMLU": {"Qwen2.5-7B-Instruct": 75.4, "Qwen2.5-14B-Instruct": 80.0, "Qwen2.5-32B-Instruct": 83.9,
+             "Llama-3.2-3B-Instruct": 63.4, "Llama-3.1-8B-Instruct": 69.4, "Llama-3.1-70B-Instruct": 83.6, "Phi-4": 84.8},
+}
+# Where a pool model has no score on the benchmark it is imputed from the pool model with
+# a score that is nearest in size, scaled by their MMLU ratio (README, "Published scores").
+IMPUTED_FROM = {"Llama-3.2-3B-Instruct": "Llama-3.1-8B-Instruct", "Qwen2.5-32B-Instruct": "Llama-3.1-8B-Instruct",
+                "Phi-4": "Llama-3.1-8B-Instruct"}
+UNIFORM_TOLERANCE = 0.03  # the issue's "within 3 points"
+
+
+def _cited_score(bench: str, model: str, pool: list[str]) -> float:
+    table = CITED.get(bench, {})
+    if not any(m in table for m in pool):
+        return CITED["MMLU"][model]  # nobody in the pool has a score: the proxy for everyone
+    if model in table:
+        return table[model]
+    ref = IMPUTED_FROM[model]
+    return table[ref] * CITED["MMLU"][model] / CITED["MMLU"][ref]
+
+
+def expected_uniform(wf: str, fam: str) -> dict[str, float]:
+    """The paper's c_max accuracy times each model's cited score ratio to c_max's model."""
+    workflow, space = _wf_space(wf, fam)
+    pool = list(space.model_names)
+    anchor = space.model_names[int(space.configs[space.c_max][0])]
+    a = _cited_score(workflow.dataset, anchor, pool)
+    target = workflow.target_accuracy[fam]
+    return {m: target * _cited_score(workflow.dataset, m, pool) / a for m in pool}
+
+
+def _uniform_accuracy(ds, space) -> dict[str, float]:
+    return {m: float(ds.scores[:, space.index_of({st: m for st in space.stage_names})].mean()) for m in space.model_names}
 
 
 def _wf_space(wf: str, fam: str):
@@ -59,7 +103,6 @@ def _assert_documented_ranges(st: dict, where: str) -> None:
     lo, hi = VIABLE_FRAC_MEAN
     assert lo <= st["viable_frac_mean"] <= hi, (where, st)
     assert st["cheapest_not_cmax"] >= CHEAPEST_NOT_CMAX_MIN, (where, st)
-    assert st["viable_frac_q90"] - st["viable_frac_q10"] >= VIABLE_FRAC_SPREAD_MIN, (where, st)
     assert st["oracle_flops_ratio"] <= ORACLE_FLOPS_RATIO_MAX, (where, st)
 
 
@@ -76,6 +119,53 @@ def test_shipped_calibration(shipped, wf, fam):
     assert ds.meta["generator"]["target_accuracy"] == target
     acc = float(ds.scores[:, space.c_max].mean())
     assert abs(acc - target) <= 0.02, f"{wf}/{fam}: c_max accuracy {acc:.3f}, target {target}"
+
+
+@pytest.mark.parametrize("wf, fam", SHIPPED)
+def test_shipped_uniform_configurations_match_cited_scores(shipped, wf, fam):
+    """Every uniform configuration lands within 3 points of its cited score, transferred.
+
+    The reading (profiles/datasets/README.md, "Published scores"): the paper's harness
+    gives c_max its own accuracy, so a model's published single-call score is carried into
+    the workflow by its ratio to c_max's model: target * score(m) / score(c_max model).
+    """
+    space = load_space(wf, fam)
+    got = _uniform_accuracy(shipped[(wf, fam)], space)
+    for model, want in expected_uniform(wf, fam).items():
+        assert abs(got[model] - want) <= UNIFORM_TOLERANCE, f"{wf}/{fam} {model}: uniform {got[model]:.3f}, cited {want:.3f}"
+
+
+@pytest.mark.parametrize("wf, fam", PAPER_PAIRS)
+def test_fresh_seed_uniform_configurations_match_cited_scores(wf, fam):
+    workflow, space = _wf_space(wf, fam)
+    got = _uniform_accuracy(generate(space, workflow, 1000, seed=7, family=fam), space)
+    for model, want in expected_uniform(wf, fam).items():
+        assert abs(got[model] - want) <= UNIFORM_TOLERANCE, (wf, fam, model, got[model], want)
+
+
+def test_published_scores_table_matches_the_citations():
+    table = load_published_scores()
+    for bench, scores in CITED.items():
+        for model, value in scores.items():
+            assert table.score(model, bench) == value, (model, bench)
+    assert table.proxy_benchmark == "MMLU"
+    assert all(table.sources[k] in table.source_text for k in table.scores)
+
+
+@pytest.mark.parametrize("wf, fam", SHIPPED)
+def test_shipped_accuracy_plateaus_below_c_max(shipped, wf, fam):
+    """A configuration cheaper than c_max ties it on aggregate (within the per-workflow
+    baseline's 2 points), so per-workflow does not have to pick c_max; and a cheaper model
+    whose cited score beats c_max's model (Phi-4 in the mixed pool) ties it on its own."""
+    space = load_space(wf, fam)
+    acc = shipped[(wf, fam)].scores.mean(axis=0)
+    ties = np.flatnonzero(acc >= acc[space.c_max] - 0.02)
+    assert ties.min() < space.c_max and space.config_flops[ties.min()] < space.config_flops[space.c_max]
+    uniform = _uniform_accuracy(shipped[(wf, fam)], space)
+    anchor = space.model_names[int(space.configs[space.c_max][0])]
+    for model, want in expected_uniform(wf, fam).items():
+        if model != anchor and want >= uniform[anchor]:
+            assert uniform[model] >= acc[space.c_max] - 1.0 / acc.shape[0], (wf, fam, model)
 
 
 def test_shipped_stats_match_stats_json_and_documented_ranges(shipped):
@@ -135,17 +225,18 @@ def test_determinism_and_seed_sensitivity():
 
 
 @pytest.mark.parametrize("wf, fam", PAPER_PAIRS)
-def test_monotone_in_model_size(shipped, wf, fam):
-    """Mean accuracy over configurations is non-decreasing in the model of every stage."""
+def test_ordered_like_the_cited_scores(shipped, wf, fam):
+    """Per stage, mean accuracy over configurations follows the models' cited score order.
+
+    Not model size: Qwen2.5-7B-Instruct outscores 14B on HumanEval (84.8 vs 83.5).
+    """
     ds = shipped[(wf, fam)]
     space = load_space(wf, fam)
+    cited = expected_uniform(wf, fam)
+    order = sorted(range(space.num_models), key=lambda m: cited[space.model_names[m]])
     for s in range(space.num_stages):
-        acc = [ds.scores[:, space.configs[:, s] == m].mean() for m in range(space.num_models)]
-        assert np.all(np.diff(acc) >= -0.005), (wf, fam, space.stage_names[s], acc)
-    # the uniform configurations (one model everywhere) are strictly ordered
-    uniform = [space.index_of({st: space.model_names[m] for st in space.stage_names}) for m in range(space.num_models)]
-    acc = ds.scores[:, uniform].mean(axis=0)
-    assert np.all(np.diff(acc) > 0), (wf, fam, acc)
+        acc = [ds.scores[:, space.configs[:, s] == m].mean() for m in order]
+        assert np.all(np.diff(acc) >= -0.01), (wf, fam, space.stage_names[s], acc)
 
 
 @pytest.mark.parametrize("wf, fam", PAPER_PAIRS)
@@ -159,9 +250,9 @@ def test_late_stage_repairs_weak_draft(shipped, wf, fam):
     cheapest = space.index_of({s: small for s in space.stage_names})
     s = ds.scores
     errors = (s[:, cheapest] == 0) & (s[:, space.c_max] == 1)
-    assert errors.sum() >= 10
+    assert errors.sum() >= 5
     fixed = float(s[errors, repaired].mean())
-    assert fixed >= 0.25, f"{wf}/{fam}: the big final stage fixes only {fixed:.2f} of the all-small errors"
+    assert fixed >= 0.35, f"{wf}/{fam}: the big final stage fixes only {fixed:.2f} of the all-small errors"
 
 
 @pytest.mark.parametrize("wf, fam", PAPER_PAIRS)
@@ -169,8 +260,10 @@ def test_small_models_fail_where_c_max_fails(shipped, wf, fam):
     ds = shipped[(wf, fam)]
     space = load_space(wf, fam)
     fail = ds.scores[:, space.c_max] == 0
-    assert ds.scores[fail, 0].mean() <= 0.05
-    assert ds.scores[fail].mean() <= 0.1
+    # Mostly: with published scores a 7B model is right on up to ~12 % of the inputs
+    # Qwen2.5-32B fails (HumanEval), as small models are on real benchmarks.
+    assert ds.scores[fail, 0].mean() <= 0.15
+    assert ds.scores[fail].mean() <= 0.2
 
 
 def test_easy_and_hard_inputs_in_between(shipped):
@@ -178,9 +271,9 @@ def test_easy_and_hard_inputs_in_between(shipped):
         space = load_space(wf, fam)
         right = ds.scores[:, space.c_max] == 1
         frac = ds.labels(space.c_max).mean(axis=1)[right]
-        assert (frac >= 0.95).mean() >= 0.05, (wf, fam)  # easy: (nearly) every configuration right
-        assert (frac <= 0.25).mean() >= 0.05, (wf, fam)  # hard: only large models right
-        assert ((frac > 0.25) & (frac < 0.95)).mean() >= 0.2, (wf, fam)
+        assert (frac >= 0.95).mean() >= 0.5, (wf, fam)  # easy: (nearly) every configuration right
+        assert (frac <= 0.25).sum() >= 1, (wf, fam)  # hard: only a few configurations right
+        assert ((frac > 0.25) & (frac < 0.95)).mean() >= 0.05, (wf, fam)
 
 
 def _bag_of_words(texts: list[str]) -> np.ndarray:
