@@ -33,9 +33,12 @@ from __future__ import annotations
 
 import argparse
 import math
+import tomllib
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import MISSING, asdict, dataclass, fields, replace
 from pathlib import Path
+
+import numpy as np
 
 from aragog_jax._cli import run_cli
 from aragog_jax.errors import SpecError
@@ -54,6 +57,7 @@ class Hardware:
     peak_flops: float = 989e12  # dense BF16 tensor-core FLOP/s (1979 with sparsity)
     memory_bytes: float = 80e9  # 80 GB HBM3
     nvlink_bytes_per_s: float = 450e9  # NVLink 4: 900 GB/s bidirectional, 450 per direction
+    peak_flops_fp8: float = 1979e12  # dense FP8 tensor-core FLOP/s (for FP8 measurements)
 
 
 @dataclass(frozen=True)
@@ -61,6 +65,7 @@ class Assumptions:
     """Efficiencies and serving-engine settings; see profiles/README.md for the sources."""
 
     bytes_per_param: int = 2  # BF16 weights
+    kv_bytes_per_value: int = 2  # BF16 KV cache
     bandwidth_efficiency: float = 0.80  # achieved / peak HBM bandwidth in decode GEMVs
     mfu_prefill: float = 0.50  # model FLOPs utilisation of prefill GEMMs
     mfu_decode: float = 0.50  # utilisation of the per-token decode FLOPs at large batch
@@ -113,7 +118,7 @@ def decode_model(model: ModelSpec, tp: int, hw: Hardware = Hardware(), a: Assump
     base = a.iteration_overhead_s + (weight_bytes / tp) / bw + comm_base
     per_seq = a.per_seq_overhead_s + 2 * model.num_params / (hw.peak_flops * a.mfu_decode * tp) + comm_per_seq
     kv_shards = min(tp, model.num_kv_heads)
-    per_ctx = (model.kv_bytes_per_token / kv_shards) / bw
+    per_ctx = (_kv_bytes_per_token(model, a) / kv_shards) / bw
     return DecodeModel(base, per_seq, per_ctx)
 
 
@@ -122,7 +127,12 @@ def kv_capacity_tokens(model: ModelSpec, tp: int, hw: Hardware = Hardware(), a: 
     free = hw.memory_bytes * tp * a.gpu_memory_utilization - model.num_params * a.bytes_per_param
     if free <= 0:
         raise SpecError(f"{model.name}: weights do not fit on {tp} x {hw.name} (tensor_parallel too small)")
-    return int(free // model.kv_bytes_per_token)
+    return int(free // _kv_bytes_per_token(model, a))
+
+
+def _kv_bytes_per_token(model: ModelSpec, a: Assumptions) -> int:
+    """KV bytes per token at the assumed KV precision (the model card's figure is 16-bit)."""
+    return model.kv_bytes_per_token * a.kv_bytes_per_value // 2
 
 
 def prefill_tokens_per_s(model: ModelSpec, tp: int, hw: Hardware = Hardware(), a: Assumptions = Assumptions()) -> float:
@@ -134,8 +144,14 @@ def _sig(x: float, digits: int = 6) -> float:
     return float(f"{x:.{digits}g}")
 
 
-def derive_profile(model: ModelSpec, tp: int, hw: Hardware = Hardware(), a: Assumptions = Assumptions()) -> EngineProfile:
-    """Derive one engine profile (``kind = "derived"``) for ``model`` on ``tp`` GPUs."""
+def derive_profile(
+    model: ModelSpec, tp: int, hw: Hardware = Hardware(), a: Assumptions = Assumptions(), *, kind: str = "derived", notes: str = ""
+) -> EngineProfile:
+    """One engine profile for ``model`` on ``tp`` GPUs from the formula and assumptions ``a``.
+
+    ``kind`` is ``"derived"`` (nothing measured of this engine) or ``"fitted"`` (``a``
+    holds efficiencies fitted to published points that include this model at this TP).
+    """
     if tp < 1:
         raise SpecError(f"tensor_parallel must be >= 1, got {tp}")
     dm = decode_model(model, tp, hw, a)
@@ -155,7 +171,7 @@ def derive_profile(model: ModelSpec, tp: int, hw: Hardware = Hardware(), a: Assu
     points = sorted({2**k for k in range(int(math.log2(max_batch)) + 1)} | {sat, max_batch})
     curve = [CurvePoint(n, _sig(tput(n))) for n in points]
     ttft = dm.iteration_s(1, a.typical_prompt_tokens) + a.typical_prompt_tokens / prefill
-    notes = (
+    notes = notes or (
         f"Derived by aragog_jax.perf.derive from the model card (profiles/models.toml) and {hw.name} "
         f"datasheet limits; curve at {ctx} context tokens per sequence; max batch {max_batch}. "
         "See profiles/README.md."
@@ -164,7 +180,7 @@ def derive_profile(model: ModelSpec, tp: int, hw: Hardware = Hardware(), a: Assu
         model=model.name,
         hardware=hw.name,
         tensor_parallel=tp,
-        kind="derived",
+        kind=kind,
         saturation_batch=sat,
         kv_capacity_tokens=kv_cap,
         prefill_tokens_per_s=prefill,
@@ -175,37 +191,264 @@ def derive_profile(model: ModelSpec, tp: int, hw: Hardware = Hardware(), a: Assu
         num_gpus=tp,
         ttft_s=_sig(ttft),
         itl_s=_sig(dm.iteration_s(1, ctx)),
-        engine_version="derived",
+        engine_version=kind,
         notes=notes,
     )
+
+
+
+# ----------------------------------------------------------------------------- fit to published points
+
+PUBLISHED_POINTS = ENGINES_DIR / "published.toml"
+#: The efficiencies the fit adjusts (Assumptions fields); everything else stays as documented.
+FIT_FIELDS: tuple[str, ...] = (
+    "bandwidth_efficiency",
+    "mfu_decode",
+    "mfu_prefill",
+    "iteration_overhead_s",
+    "per_seq_overhead_s",
+)
+#: Weight of the pull of each log-parameter toward its documented value (Assumptions()).
+#: Small: it only decides directions the points do not constrain.
+FIT_PRIOR_WEIGHT = 0.05
+_PRECISION_BYTES = {"fp8": 1, "bf16": 2}
+
+
+@dataclass(frozen=True)
+class PublishedPoint:
+    """One published throughput figure (``profiles/engines/published.toml``)."""
+
+    model: str
+    tensor_parallel: int
+    precision: str
+    input_tokens: int
+    output_tokens: int
+    max_batch: int
+    kv_memory_fraction: float
+    metric: str
+    value: float
+    source: str
+    measured_model: str = ""
+
+
+def load_published_points(path: str | Path = PUBLISHED_POINTS) -> tuple[list[PublishedPoint], dict[str, str]]:
+    """(points, source key -> description); errors name the file, the point and the field."""
+    path = Path(path)
+    try:
+        raw = tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        raise SpecError(f"{path}: published points file not found") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise SpecError(f"{path}: not valid TOML ({exc})") from exc
+    sources = {str(k): str(v) for k, v in raw.get("sources", {}).items()}
+    names = {f.name for f in fields(PublishedPoint)}
+    required = {f.name for f in fields(PublishedPoint) if f.default is MISSING}
+    points = []
+    for i, row in enumerate(raw.get("point", [])):
+        where = f"{path}: point[{i}]"
+        if not required <= set(row) <= names:
+            raise SpecError(f"{where}: needs {sorted(required)} (optional: measured_model), got {sorted(row)}")
+        pt = PublishedPoint(**row)
+        if pt.precision not in _PRECISION_BYTES:
+            raise SpecError(f"{where}: precision must be one of {sorted(_PRECISION_BYTES)}, got {pt.precision!r}")
+        if pt.metric != "output_tokens_per_s":
+            raise SpecError(f"{where}: metric must be 'output_tokens_per_s', got {pt.metric!r}")
+        if pt.source not in sources:
+            raise SpecError(f"{where}: source {pt.source!r} is not in [sources]")
+        if min(pt.tensor_parallel, pt.input_tokens, pt.output_tokens, pt.max_batch) < 1 or pt.value <= 0:
+            raise SpecError(f"{where}: tensor_parallel, token counts, max_batch and value must be positive")
+        if not 0.0 < pt.kv_memory_fraction <= 1.0:
+            raise SpecError(f"{where}: kv_memory_fraction must be in (0, 1], got {pt.kv_memory_fraction}")
+        points.append(pt)
+    return points, sources
+
+
+def _point_setting(pt: PublishedPoint, hw: Hardware, a: Assumptions) -> tuple[Hardware, Assumptions]:
+    """The hardware and engine settings of the point's run: its precision, batch cap and memory share."""
+    b = _PRECISION_BYTES[pt.precision]
+    hw_pt = replace(hw, peak_flops=hw.peak_flops_fp8) if pt.precision == "fp8" else hw
+    a_pt = replace(a, bytes_per_param=b, kv_bytes_per_value=b, max_num_seqs=pt.max_batch, gpu_memory_utilization=pt.kv_memory_fraction)
+    return hw_pt, a_pt
+
+
+def predict_point(pt: PublishedPoint, model: ModelSpec, hw: Hardware = Hardware(), a: Assumptions = Assumptions()) -> float:
+    """The formula's generated tokens/s for a published max-load point.
+
+    Concurrency C is as high as the KV cache (each request reserves input + output
+    tokens) and the engine's batch cap allow. In steady state C sequences generate
+    O tokens each in O decode iterations at mean context I + O/2, and the replacements'
+    C * I prompt tokens are prefilled alongside (the simulator's iteration model):
+    ``C * O / (O * t(C, C * (I + O/2)) + C * I / prefill_tokens_per_s)``.
+    """
+    hw_pt, a_pt = _point_setting(pt, hw, a)
+    i, o = pt.input_tokens, pt.output_tokens
+    c = max(1, min(pt.max_batch, kv_capacity_tokens(model, pt.tensor_parallel, hw_pt, a_pt) // (i + o)))
+    dm = decode_model(model, pt.tensor_parallel, hw_pt, a_pt)
+    t = o * dm.iteration_s(c, c * (i + o / 2)) + c * i / prefill_tokens_per_s(model, pt.tensor_parallel, hw_pt, a_pt)
+    return c * o / t
+
+
+@dataclass(frozen=True)
+class FitResult:
+    assumptions: Assumptions  # the documented assumptions with FIT_FIELDS replaced by fitted values
+    points: tuple[PublishedPoint, ...]
+    predicted: tuple[float, ...]  # tokens/s per point under the fitted assumptions
+    rms_log_error: float
+
+    def ratio(self, i: int) -> float:
+        return self.predicted[i] / self.points[i].value
+
+
+def fit_assumptions(
+    points: Sequence[PublishedPoint], catalog_models: Sequence[ModelSpec], hw: Hardware = Hardware(), a0: Assumptions = Assumptions()
+) -> FitResult:
+    """Fit the efficiencies in ``FIT_FIELDS`` to published points (regularised log least squares).
+
+    Minimises ``sum_i log(pred_i / value_i)^2 + FIT_PRIOR_WEIGHT * sum_j log(theta_j / theta0_j)^2``
+    over theta = FIT_FIELDS (theta0: the documented values in ``a0``) with damped
+    Gauss-Newton (Levenberg-Marquardt) steps on log theta; efficiencies are capped at 1.
+    Deterministic; the result is rounded to 3 significant digits so files are stable.
+    """
+    by_name = {m.name: m for m in catalog_models}
+    for pt in points:
+        if pt.model not in by_name:
+            raise SpecError(f"published point for unknown model {pt.model!r}")
+    if not points:
+        raise SpecError("no published points to fit")
+    theta0 = np.log([float(getattr(a0, f)) for f in FIT_FIELDS])
+    caps = np.array([0.0 if "efficiency" in f or f.startswith("mfu") else np.inf for f in FIT_FIELDS])
+    values = np.log([pt.value for pt in points])
+
+    def assumptions(theta: np.ndarray) -> Assumptions:
+        return replace(a0, **{f: float(np.exp(v)) for f, v in zip(FIT_FIELDS, theta, strict=True)})
+
+    def residuals(theta: np.ndarray) -> np.ndarray:
+        a = assumptions(theta)
+        pred = np.log([predict_point(pt, by_name[pt.model], hw, a) for pt in points])
+        return np.concatenate([pred - values, math.sqrt(FIT_PRIOR_WEIGHT) * (theta - theta0)])
+
+    theta, lam = theta0.copy(), 1e-2
+    r = residuals(theta)
+    for _ in range(200):
+        jac = np.stack([(residuals(theta + 1e-6 * np.eye(len(theta))[j]) - r) / 1e-6 for j in range(len(theta))], axis=1)
+        g, h = jac.T @ r, jac.T @ jac
+        step = np.linalg.solve(h + lam * np.diag(np.diag(h) + 1e-12), -g)
+        cand = np.minimum(theta + step, caps)
+        rc = residuals(cand)
+        if rc @ rc < r @ r:
+            theta, r, lam = cand, rc, max(lam / 3, 1e-9)
+            if np.abs(step).max() < 1e-9:
+                break
+        else:
+            lam *= 4
+            if lam > 1e9:
+                break
+    fitted = replace(a0, **{f: _sig(float(np.exp(v)), 3) for f, v in zip(FIT_FIELDS, theta, strict=True)})
+    pred = tuple(predict_point(pt, by_name[pt.model], hw, fitted) for pt in points)
+    err = np.log(np.asarray(pred) / np.exp(values))
+    return FitResult(fitted, tuple(points), pred, float(np.sqrt(np.mean(err**2))))
+
+
+def shipped_fit(models_path: str | Path = DEFAULT_MODELS, points_path: str | Path = PUBLISHED_POINTS) -> FitResult:
+    """The fit every shipped profile uses: the shipped published points, the shipped catalog."""
+    points, _ = load_published_points(points_path)
+    return fit_assumptions(points, load_models(models_path).model)
 
 
 def profile_filename(model_name: str, tp: int, hw: Hardware = Hardware()) -> str:
     return f"{model_name.lower()}_{hw.name.split('-')[0].lower()}_tp{tp}.toml"
 
 
-def profile_to_toml(p: EngineProfile, a: Assumptions = Assumptions(), hw: Hardware = Hardware()) -> str:
-    """Render a derived profile as commented TOML (deterministic; loads back with ``load_profile``)."""
+def profile_to_toml(
+    p: EngineProfile, a: Assumptions = Assumptions(), hw: Hardware = Hardware(), fit_lines: Sequence[str] = ()
+) -> str:
+    """Render a derived or fitted profile as commented TOML (deterministic; loads back with ``load_profile``)."""
+    if p.kind == "fitted":
+        head = [
+            "# FITTED engine profile: the formula below with efficiencies fitted to published H100",
+            "# measurements that include this model at this tensor-parallel degree. Generated by",
+        ]
+    else:
+        head = ["# DERIVED engine profile, not measured. Generated by"]
     header = [
-        "# DERIVED engine profile, not measured. Generated by",
+        *head,
         "#   python -m aragog_jax.perf.derive --out profiles/engines",
-        "# from the model card and hardware limits; formula and constants: profiles/README.md.",
+        "# from the model card and hardware limits; formula, fit and constants: profiles/README.md.",
+        *fit_lines,
         "# Hardware: " + ", ".join(f"{k}={v}" for k, v in asdict(hw).items()),
         "# Assumptions: " + ", ".join(f"{k}={v}" for k, v in asdict(a).items()),
     ]
     return render_profile_toml(p, header)
 
 
-def shipped_profiles(models_path: str | Path = DEFAULT_MODELS) -> dict[str, str]:
-    """File name -> TOML text of every shipped profile."""
+def fitted_profile(model: ModelSpec, tp: int, fit: FitResult, sources: dict[str, str], hw: Hardware = Hardware()) -> str:
+    """TOML of ``model`` on ``tp`` GPUs with the fitted efficiencies: ``fitted`` when the fit
+    has points of this model at this TP (listed in the header), else ``derived``."""
+    own = [i for i, pt in enumerate(fit.points) if pt.model == model.name and pt.tensor_parallel == tp]
+    used = sorted({pt.source for pt in fit.points})
+    lines = [
+        f"# Efficiencies ({', '.join(FIT_FIELDS)}) fitted to {len(fit.points)} published points "
+        f"(profiles/engines/published.toml; RMS log error {fit.rms_log_error:.3f}); sources:",
+        *(f"#   {k}: {sources[k]}" for k in used),
+    ]
+    for i in own:
+        pt = fit.points[i]
+        twin = f" (measured on {pt.measured_model})" if pt.measured_model else ""
+        lines.append(
+            f"# Point{twin}: {pt.precision} in/out {pt.input_tokens}/{pt.output_tokens}, published {pt.value:g} tok/s, "
+            f"formula {fit.predicted[i]:.0f} ({fit.ratio(i):.3f}x)"
+        )
+    kind = "fitted" if own else "derived"
+    ctx = fit.assumptions.typical_context_tokens
+    if own:
+        notes = (
+            f"Fitted by aragog_jax.perf.derive: formula with efficiencies fitted to published {hw.name} points, "
+            f"{len(own)} of them of this model at TP{tp}; curve at {ctx} context tokens per sequence. See profiles/README.md."
+        )
+    else:
+        notes = (
+            f"Derived by aragog_jax.perf.derive from the model card and {hw.name} limits with efficiencies fitted to "
+            f"published points of other engines (none of this model at TP{tp}); curve at {ctx} context tokens per "
+            "sequence. See profiles/README.md."
+        )
+    prof = derive_profile(model, tp, hw, fit.assumptions, kind=kind, notes=notes)
+    return profile_to_toml(prof, fit.assumptions, hw, lines)
+
+
+def shipped_profiles(models_path: str | Path = DEFAULT_MODELS, points_path: str | Path = PUBLISHED_POINTS) -> dict[str, str]:
+    """File name -> TOML text of every shipped profile (formula with the shipped fit)."""
     catalog = load_models(models_path)
     by_name = {m.name: m for m in catalog.model}
+    points, sources = load_published_points(points_path)
+    fit = fit_assumptions(points, catalog.model)
     out: dict[str, str] = {}
     for name, tp in SHIPPED:
         if name not in by_name:
             raise SpecError(f"{models_path}: model {name!r} missing from the catalog")
-        out[profile_filename(name, tp)] = profile_to_toml(derive_profile(by_name[name], tp))
+        out[profile_filename(name, tp)] = fitted_profile(by_name[name], tp, fit, sources)
     return out
+
+
+def fit_report(fit: FitResult) -> str:
+    """Markdown: the fitted efficiencies and every published point against the formula."""
+    a0 = Assumptions()
+    rows = [
+        "| efficiency | documented | fitted |",
+        "|---|---|---|",
+        *(f"| `{f}` | {getattr(a0, f)} | {getattr(fit.assumptions, f)} |" for f in FIT_FIELDS),
+        "",
+        f"RMS log error {fit.rms_log_error:.3f} over {len(fit.points)} points.",
+        "",
+        "| model (measured) | TP | precision | in / out | published tok/s | formula tok/s | formula / published |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for i, pt in enumerate(fit.points):
+        name = pt.model + (f" ({pt.measured_model})" if pt.measured_model else "")
+        rows.append(
+            f"| {name} | {pt.tensor_parallel} | {pt.precision} | {pt.input_tokens} / {pt.output_tokens} | {pt.value:,.0f} "
+            f"| {fit.predicted[i]:,.0f} | {fit.ratio(i):.3f} |"
+        )
+    return "\n".join(rows)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -218,17 +461,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--models", type=Path, default=DEFAULT_MODELS, help="model catalog TOML (default: the shipped one)")
     parser.add_argument("--model", help="derive only this model (name from the catalog)")
     parser.add_argument("--tp", type=int, default=1, help="tensor parallel degree for --model (default 1)")
+    parser.add_argument("--points", type=Path, default=PUBLISHED_POINTS, help="published measurements to fit (default: profiles/engines/published.toml)")
     parser.add_argument("--check", action="store_true", help="compare with the files in --out instead of writing; exit 1 on a difference")
+    parser.add_argument("--report", action="store_true", help="print the fit (efficiencies, every point against the formula) as markdown and exit")
     args = parser.parse_args(argv)
+    if args.report:
+        points, _ = load_published_points(args.points)
+        print(fit_report(fit_assumptions(points, load_models(args.models).model)))
+        return 0
 
     if args.model:
         catalog = load_models(args.models)
         by_name = {m.name: m for m in catalog.model}
         if args.model not in by_name:
             raise SpecError(f"unknown model {args.model!r} (known: {', '.join(sorted(by_name))})")
-        files = {profile_filename(args.model, args.tp): profile_to_toml(derive_profile(by_name[args.model], args.tp))}
+        points, sources = load_published_points(args.points)
+        fit = fit_assumptions(points, catalog.model)
+        files = {profile_filename(args.model, args.tp): fitted_profile(by_name[args.model], args.tp, fit, sources)}
     else:
-        files = shipped_profiles(args.models)
+        files = shipped_profiles(args.models, args.points)
 
     if args.check:
         stale = [n for n, text in files.items() if not (args.out / n).is_file() or (args.out / n).read_text() != text]

@@ -101,13 +101,14 @@ class EngineProfile(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     flat past the last point). ``decode_*`` give the iteration time model
     ``t(b, ctx) = decode_base_s + decode_per_seq_s * b + decode_per_ctx_token_s * ctx``
     where ``ctx`` is the total context tokens of the running batch. ``kind`` is
-    ``"derived"`` (formula, see profiles/README.md) or ``"measured"`` (profiler).
+    ``"derived"`` (formula, see profiles/README.md), ``"fitted"`` (formula fitted to
+    published measurements of this engine) or ``"measured"`` (profiler).
     """
 
     model: Name
     hardware: Name
     tensor_parallel: PosInt
-    kind: Literal["derived", "measured"]
+    kind: Literal["derived", "fitted", "measured"]
     saturation_batch: PosInt
     kv_capacity_tokens: PosInt
     prefill_tokens_per_s: PosFloat

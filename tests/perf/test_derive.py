@@ -8,7 +8,17 @@ import pytest
 
 from aragog_jax.errors import SpecError
 from aragog_jax.perf import curve_tokens_per_s, decode_iteration_s, iteration_s, prefill_s, steady_tokens_per_s
-from aragog_jax.perf.derive import Assumptions, Hardware, derive_profile, main
+from aragog_jax.perf.derive import (
+    FIT_FIELDS,
+    Assumptions,
+    Hardware,
+    PublishedPoint,
+    derive_profile,
+    load_published_points,
+    main,
+    predict_point,
+    shipped_fit,
+)
 from aragog_jax.spec import CurvePoint, EngineProfile
 
 
@@ -111,3 +121,77 @@ def test_cli_unknown_model_is_user_error(capsys, tmp_path):
 
     assert run_cli(main, ["--model", "GPT-9", "--out", str(tmp_path)]) == 2
     assert "unknown model" in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------- fit to published points
+
+#: Tolerance of the fitted formula on every published point it was fitted to
+#: (profiles/README.md, "Fit to published measurements").
+POINT_TOLERANCE = 0.15
+
+
+def test_fitted_formula_reproduces_every_published_point():
+    fit = shipped_fit()
+    points, _ = load_published_points()
+    assert len(fit.points) == len(points) >= 18
+    for i, pt in enumerate(fit.points):
+        assert abs(fit.ratio(i) - 1.0) <= POINT_TOLERANCE, (pt, fit.predicted[i])
+    assert fit.rms_log_error <= 0.08
+
+
+def test_fit_beats_the_documented_round_efficiencies(catalog):
+    """The fit moves the efficiencies where the measurements say (not a no-op)."""
+    points, _ = load_published_points()
+    by_name = {m.name: m for m in catalog.model}
+    before = [math.log(predict_point(pt, by_name[pt.model]) / pt.value) for pt in points]
+    fit = shipped_fit()
+    assert math.sqrt(sum(e * e for e in before) / len(before)) > 2 * fit.rms_log_error
+    assert fit.assumptions != Assumptions()
+    untouched = {f for f in Assumptions.__dataclass_fields__ if f not in FIT_FIELDS}
+    assert all(getattr(fit.assumptions, f) == getattr(Assumptions(), f) for f in untouched)
+    assert all(0 < getattr(fit.assumptions, f) <= 1.0 for f in FIT_FIELDS if "efficiency" in f or f.startswith("mfu"))
+
+
+def test_predict_point_by_hand(catalog):
+    """An FP8 max-load point: 1-byte weights and KV, FP8 peak FLOPs, KV-limited concurrency."""
+    m = _model(catalog, "Llama-3.1-8B-Instruct")
+    pt = PublishedPoint(m.name, 1, "fp8", 1000, 1000, 2048, 0.9, "output_tokens_per_s", 15220.0, "x")
+    a = Assumptions()
+    kv = (80e9 * 0.9 - 8_030_261_248) // (131_072 // 2)
+    c = int(kv // 2000)
+    bw = 3.35e12 * 0.8
+    t_iter = 1e-3 + 8_030_261_248 / bw + c * (10e-6 + 2 * 8_030_261_248 / (1979e12 * 0.5)) + c * 1500 * (131_072 / 2) / bw
+    prefill = 1979e12 * 0.5 / (2 * 8_030_261_248)
+    want = c * 1000 / (1000 * t_iter + c * 1000 / prefill)
+    assert predict_point(pt, m, Hardware(), a) == pytest.approx(want, rel=1e-6)
+
+
+def test_published_points_errors_name_the_field(tmp_path):
+    base = (
+        '[sources]\nx = "somewhere"\n[[point]]\nmodel = "Llama-3.1-8B-Instruct"\ntensor_parallel = 1\nprecision = "fp8"\n'
+        'input_tokens = 1\noutput_tokens = 1\nmax_batch = 8\nkv_memory_fraction = 0.9\nmetric = "output_tokens_per_s"\n'
+        'value = 10.0\nsource = "x"\n'
+    )
+    path = tmp_path / "p.toml"
+    path.write_text(base)
+    assert len(load_published_points(path)[0]) == 1
+    for old, new, needle in [
+        ('precision = "fp8"', 'precision = "int4"', "precision"),
+        ('metric = "output_tokens_per_s"', 'metric = "ttft"', "metric"),
+        ('source = "x"', 'source = "y"', "source 'y'"),
+        ("value = 10.0", "value = -1.0", "must be positive"),
+        ("max_batch = 8\n", "", "needs"),
+    ]:
+        path.write_text(base.replace(old, new))
+        with pytest.raises(SpecError, match=needle):
+            load_published_points(path)
+
+
+def test_cli_check_and_report(capsys):
+    from aragog_jax._cli import run_cli
+
+    assert run_cli(main, ["--check"]) == 0
+    assert "9/9 profiles up to date" in capsys.readouterr().out
+    assert run_cli(main, ["--report"]) == 0
+    out = capsys.readouterr().out
+    assert "| `mfu_decode` |" in out and "Llama-3.3-70B-Instruct" in out

@@ -1,8 +1,8 @@
-"""Shipped engine profiles and fleets: regenerated from the formula, and loadable."""
+"""Shipped engine profiles and fleets: regenerated from the formula and the fit, and loadable."""
 
 from __future__ import annotations
 
-from aragog_jax.perf.derive import ENGINES_DIR, SHIPPED, shipped_profiles
+from aragog_jax.perf.derive import ENGINES_DIR, SHIPPED, load_published_points, shipped_profiles
 from aragog_jax.spec import PROFILES_DIR, family_pool, load_fleet, load_profile, resolve, shipped_workflows
 
 
@@ -15,13 +15,20 @@ def test_shipped_profiles_match_the_formula():
         assert (ENGINES_DIR / name).read_text() == text, f"{name} is stale: run python -m aragog_jax.perf.derive"
 
 
-def test_shipped_profiles_load_and_are_labelled_derived():
-    for path in sorted(ENGINES_DIR.glob("*.toml")):
+def test_shipped_profiles_load_and_are_labelled_fitted_or_derived():
+    """``fitted`` exactly where published points of that model at that TP exist."""
+    points, _ = load_published_points()
+    measured = {(pt.model, pt.tensor_parallel) for pt in points}
+    kinds = {}
+    for path in sorted(ENGINES_DIR.glob("*_h100_tp*.toml")):
         p = load_profile(path)
-        assert p.kind == "derived"
-        assert "DERIVED" in path.read_text().splitlines()[0]
+        kinds[(p.model, p.tensor_parallel)] = p.kind
+        assert p.kind == ("fitted" if (p.model, p.tensor_parallel) in measured else "derived")
+        assert p.kind.upper() in path.read_text().splitlines()[0]
         assert 1 <= p.saturation_batch <= p.curve[-1].concurrency
         assert p.kv_capacity_tokens >= p.curve[-1].concurrency * 1024
+    assert len(kinds) == len(SHIPPED)
+    assert {k for k, v in kinds.items() if v == "fitted"} == {("Llama-3.1-8B-Instruct", 1)}
 
 
 FLEETS = {"qwen_8gpu": 8, "llama_8gpu": 8, "mixed_8gpu": 8, "qwen_4gpu": 4}
