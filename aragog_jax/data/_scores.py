@@ -15,12 +15,14 @@ of model m is then calibrated to ``target * ratio(m)`` (``profiles/datasets/READ
 from __future__ import annotations
 
 import math
-import tomllib
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Annotated
 
-from aragog_jax.errors import DatasetError
-from aragog_jax.spec import PROFILES_DIR
+import msgspec
+
+from aragog_jax.errors import DatasetError, SpecError
+from aragog_jax.spec import PROFILES_DIR, decode_toml
 
 DEFAULT_PUBLISHED_SCORES = PROFILES_DIR / "datasets" / "published_scores.toml"
 
@@ -84,35 +86,30 @@ class PublishedScores:
         return [Ratio(m, bench, est[m][0], est[m][0] / a, est[m][1]) for m in models]
 
 
+class _ScoreRow(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    model: str
+    benchmark: str
+    value: Annotated[float, msgspec.Meta(gt=0.0, le=100.0)]  # percent
+    source: str
+
+
+class _ScoresFile(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    proxy_benchmark: Annotated[str, msgspec.Meta(min_length=1)]
+    sources: dict[str, str]
+    score: list[_ScoreRow]
+
+
 def load_published_scores(path: str | Path = DEFAULT_PUBLISHED_SCORES) -> PublishedScores:
     """Load and validate a published-scores table; errors name the file and the field."""
-    path = Path(path)
-    try:
-        raw = tomllib.loads(path.read_text())
-    except FileNotFoundError:
-        raise DatasetError(f"{path}: published scores file not found") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise DatasetError(f"{path}: not valid TOML ({exc})") from exc
-    proxy = raw.get("proxy_benchmark")
-    if not isinstance(proxy, str) or not proxy:
-        raise DatasetError(f"{path}: proxy_benchmark must be a non-empty string")
-    source_text = raw.get("sources", {})
-    if not isinstance(source_text, dict):
-        raise DatasetError(f"{path}: [sources] must be a table of key = description")
+    raw = decode_toml(path, _ScoresFile, "published scores")
     scores: dict[tuple[str, str], float] = {}
     sources: dict[tuple[str, str], str] = {}
-    for i, row in enumerate(raw.get("score", [])):
-        where = f"{path}: score[{i}]"
-        if set(row) != {"model", "benchmark", "value", "source"}:
-            raise DatasetError(f"{where}: needs exactly model, benchmark, value, source (got {sorted(row)})")
-        key = (str(row["model"]), str(row["benchmark"]))
-        value = row["value"]
-        if not isinstance(value, int | float) or not 0.0 < float(value) <= 100.0:
-            raise DatasetError(f"{where}: value must be a percentage in (0, 100], got {value!r}")
-        if row["source"] not in source_text:
-            raise DatasetError(f"{where}: source {row['source']!r} is not in [sources]")
+    for i, row in enumerate(raw.score):
+        key = (row.model, row.benchmark)
+        if row.source not in raw.sources:
+            raise SpecError(f"{path}: score[{i}].source: {row.source!r} is not in [sources]")
         if key in scores:
-            raise DatasetError(f"{where}: duplicate score for {key[0]} on {key[1]}")
-        scores[key] = float(value)
-        sources[key] = str(row["source"])
-    return PublishedScores(scores, sources, {str(k): str(v) for k, v in source_text.items()}, proxy)
+            raise SpecError(f"{path}: score[{i}]: duplicate score for {row.model} on {row.benchmark}")
+        scores[key] = row.value
+        sources[key] = row.source
+    return PublishedScores(scores, sources, dict(raw.sources), raw.proxy_benchmark)

@@ -1,9 +1,13 @@
-"""Derive H100 engine profiles from model cards and hardware limits (no GPU needed).
+"""Derive H100 engine profiles from model cards and hardware limits, fitted to published points.
 
-The shipped profiles under ``profiles/engines/`` are *derived*, not measured. This
-module is the formula; ``profiles/README.md`` explains every constant. Regenerate with::
+The shipped profiles under ``profiles/engines/`` come from the formula below with five
+efficiencies fitted to published H100 serving measurements
+(``profiles/engines/published.toml``; ``fit_assumptions``). A profile is ``fitted`` when
+the points include its model at its TP degree and ``derived`` otherwise (the formula
+with efficiencies fitted on other engines). No GPU is needed. ``profiles/README.md``
+explains every constant, the fit and its assumptions. Regenerate with::
 
-    python -m aragog_jax.perf.derive --out profiles/engines
+    python -m aragog_jax.perf.derive --out profiles/engines     # --check, --report
 
 Formula, for a model with P parameters (16-bit weights, W = 2P bytes), L layers,
 hidden size H, KV bytes per token K (``ModelSpec.kv_bytes_per_token``), served with
@@ -27,23 +31,28 @@ tensor parallelism T on GPUs with HBM bandwidth B, dense peak F and memory G:
 * **Saturation batch**: the smallest n whose throughput is within
   ``saturation_margin`` (10%) of the throughput at ``max_batch``: past it, adding
   sequences raises throughput by less than the margin while every sequence slows down.
+* **Fit**: a published max-load point (input I, output O, concurrency C as high as the
+  KV cache and the engine's batch cap allow) is predicted as
+  ``C * O / (O * t(C, C * (I + O/2)) + C * I / prefill)``; the efficiencies minimise
+  the squared log errors plus a weak pull toward their documented values.
 """
 
 from __future__ import annotations
 
 import argparse
 import math
-import tomllib
 from collections.abc import Sequence
-from dataclasses import MISSING, asdict, dataclass, fields, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
+from typing import Annotated, Literal
 
+import msgspec
 import numpy as np
 
 from aragog_jax._cli import run_cli
 from aragog_jax.errors import SpecError
 from aragog_jax.perf._model import profile_to_toml as render_profile_toml
-from aragog_jax.spec import DEFAULT_MODELS, PROFILES_DIR, CurvePoint, EngineProfile, ModelSpec, load_models
+from aragog_jax.spec import DEFAULT_MODELS, PROFILES_DIR, CurvePoint, EngineProfile, ModelSpec, decode_toml, load_models
 
 ENGINES_DIR = PROFILES_DIR / "engines"
 
@@ -211,56 +220,37 @@ FIT_FIELDS: tuple[str, ...] = (
 #: Weight of the pull of each log-parameter toward its documented value (Assumptions()).
 #: Small: it only decides directions the points do not constrain.
 FIT_PRIOR_WEIGHT = 0.05
-_PRECISION_BYTES = {"fp8": 1, "bf16": 2}
+_PRECISION_BYTES = {"fp8": 1, "bf16": 2}  # per weight and per KV value
 
 
-@dataclass(frozen=True)
-class PublishedPoint:
+class PublishedPoint(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """One published throughput figure (``profiles/engines/published.toml``)."""
 
     model: str
-    tensor_parallel: int
-    precision: str
-    input_tokens: int
-    output_tokens: int
-    max_batch: int
-    kv_memory_fraction: float
-    metric: str
-    value: float
+    tensor_parallel: Annotated[int, msgspec.Meta(ge=1)]
+    precision: Literal["fp8", "bf16"]  # weights and KV cache
+    input_tokens: Annotated[int, msgspec.Meta(ge=1)]
+    output_tokens: Annotated[int, msgspec.Meta(ge=1)]
+    max_batch: Annotated[int, msgspec.Meta(ge=1)]
+    kv_memory_fraction: Annotated[float, msgspec.Meta(gt=0.0, le=1.0)]
+    metric: Literal["output_tokens_per_s"]
+    value: Annotated[float, msgspec.Meta(gt=0.0)]
     source: str
-    measured_model: str = ""
+    measured_model: str = ""  # when the source measured an architecture twin
+
+
+class PublishedPoints(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    sources: dict[str, str]
+    point: list[PublishedPoint]
 
 
 def load_published_points(path: str | Path = PUBLISHED_POINTS) -> tuple[list[PublishedPoint], dict[str, str]]:
     """(points, source key -> description); errors name the file, the point and the field."""
-    path = Path(path)
-    try:
-        raw = tomllib.loads(path.read_text())
-    except FileNotFoundError:
-        raise SpecError(f"{path}: published points file not found") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise SpecError(f"{path}: not valid TOML ({exc})") from exc
-    sources = {str(k): str(v) for k, v in raw.get("sources", {}).items()}
-    names = {f.name for f in fields(PublishedPoint)}
-    required = {f.name for f in fields(PublishedPoint) if f.default is MISSING}
-    points = []
-    for i, row in enumerate(raw.get("point", [])):
-        where = f"{path}: point[{i}]"
-        if not required <= set(row) <= names:
-            raise SpecError(f"{where}: needs {sorted(required)} (optional: measured_model), got {sorted(row)}")
-        pt = PublishedPoint(**row)
-        if pt.precision not in _PRECISION_BYTES:
-            raise SpecError(f"{where}: precision must be one of {sorted(_PRECISION_BYTES)}, got {pt.precision!r}")
-        if pt.metric != "output_tokens_per_s":
-            raise SpecError(f"{where}: metric must be 'output_tokens_per_s', got {pt.metric!r}")
-        if pt.source not in sources:
-            raise SpecError(f"{where}: source {pt.source!r} is not in [sources]")
-        if min(pt.tensor_parallel, pt.input_tokens, pt.output_tokens, pt.max_batch) < 1 or pt.value <= 0:
-            raise SpecError(f"{where}: tensor_parallel, token counts, max_batch and value must be positive")
-        if not 0.0 < pt.kv_memory_fraction <= 1.0:
-            raise SpecError(f"{where}: kv_memory_fraction must be in (0, 1], got {pt.kv_memory_fraction}")
-        points.append(pt)
-    return points, sources
+    raw = decode_toml(path, PublishedPoints, "published points")
+    for i, pt in enumerate(raw.point):
+        if pt.source not in raw.sources:
+            raise SpecError(f"{path}: point[{i}].source: {pt.source!r} is not in [sources]")
+    return list(raw.point), dict(raw.sources)
 
 
 def _point_setting(pt: PublishedPoint, hw: Hardware, a: Assumptions) -> tuple[Hardware, Assumptions]:
@@ -455,15 +445,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m aragog_jax.perf.derive",
         description="Derive H100 engine profiles (decode iteration time, prefill rate, KV capacity, "
-        "throughput curve, saturation batch) from model cards. Without --model, writes every shipped profile.",
+        "throughput curve, saturation batch) from model cards, with efficiencies fitted to published "
+        "measurements. Without --model, writes every shipped profile.",
     )
     parser.add_argument("--out", type=Path, default=ENGINES_DIR, help="output directory (default: profiles/engines)")
     parser.add_argument("--models", type=Path, default=DEFAULT_MODELS, help="model catalog TOML (default: the shipped one)")
     parser.add_argument("--model", help="derive only this model (name from the catalog)")
     parser.add_argument("--tp", type=int, default=1, help="tensor parallel degree for --model (default 1)")
-    parser.add_argument("--points", type=Path, default=PUBLISHED_POINTS, help="published measurements to fit (default: profiles/engines/published.toml)")
+    parser.add_argument(
+        "--points", type=Path, default=PUBLISHED_POINTS, help="published measurements to fit (default: profiles/engines/published.toml)"
+    )
     parser.add_argument("--check", action="store_true", help="compare with the files in --out instead of writing; exit 1 on a difference")
-    parser.add_argument("--report", action="store_true", help="print the fit (efficiencies, every point against the formula) as markdown and exit")
+    parser.add_argument(
+        "--report", action="store_true", help="print the fit (efficiencies, every point against the formula) as markdown and exit"
+    )
     args = parser.parse_args(argv)
     if args.report:
         points, _ = load_published_points(args.points)

@@ -25,7 +25,13 @@ WORKFLOWS_DIR = PROFILES_DIR / "workflows"
 T = TypeVar("T")
 
 
-def _decode_toml(path: Path, kind: type[T], what: str) -> T:
+def decode_toml(path: str | Path, kind: type[T], what: str) -> T:
+    """Decode and validate a TOML file into ``kind`` (a msgspec Struct).
+
+    Raises ``SpecError`` with one line naming the file and, for invalid values, the
+    field (``stage[1].input_tokens: Expected `int` >= 0``); ``what`` names the file's
+    kind when it is missing.
+    """
     path = Path(path)
     if not path.is_file():
         raise SpecError(f"{path}: {what} file not found")
@@ -50,7 +56,7 @@ def _field_first(msg: str) -> str:
 def load_models(path: str | Path = DEFAULT_MODELS) -> ModelCatalog:
     """Load a model catalog and check names are unique and families name known models."""
     path = Path(path)
-    catalog = _decode_toml(path, ModelCatalog, "model catalog")
+    catalog = decode_toml(path, ModelCatalog, "model catalog")
     seen: set[str] = set()
     for i, m in enumerate(catalog.model):
         if m.name in seen:
@@ -81,7 +87,7 @@ def load_workflow(path: str | Path, catalog: ModelCatalog | None = None) -> Work
     stages. Token counts are checked non-negative by the struct itself.
     """
     path = Path(path)
-    wf = _decode_toml(path, WorkflowSpec, "workflow")
+    wf = decode_toml(path, WorkflowSpec, "workflow")
     check_workflow(wf, catalog if catalog is not None else load_models(), where=str(path))
     return _anchor_functions(wf, path.parent)
 
@@ -179,7 +185,7 @@ def _find_cycle(wf: WorkflowSpec) -> list[str]:
 def load_profile(path: str | Path) -> EngineProfile:
     """Load an engine profile and check its curve is usable."""
     path = Path(path)
-    prof = _decode_toml(path, EngineProfile, "engine profile")
+    prof = decode_toml(path, EngineProfile, "engine profile")
     if not prof.curve:
         raise SpecError(f"{path}: curve: needs at least one [concurrency, tokens_per_s] point")
     xs = [p.concurrency for p in prof.curve]
@@ -191,7 +197,7 @@ def load_profile(path: str | Path) -> EngineProfile:
 def load_fleet(path: str | Path) -> FleetSpec:
     """Load a fleet file; relative paths inside it resolve against its directory."""
     path = Path(path)
-    fleet = _decode_toml(path, FleetSpec, "fleet")
+    fleet = decode_toml(path, FleetSpec, "fleet")
     base = path.parent
     if not fleet.engine:
         raise SpecError(f"{path}: engine: a fleet needs at least one engine")

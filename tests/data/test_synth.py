@@ -21,7 +21,7 @@ from aragog_jax.data import (
     stage_roles,
     viability_stats,
 )
-from aragog_jax.errors import DatasetError
+from aragog_jax.errors import DatasetError, SpecError
 from aragog_jax.space import build_space, load_space
 from aragog_jax.space._load import resolve_workflow
 from aragog_jax.spec import PROFILES_DIR, family_pool, load_models, load_workflow
@@ -461,3 +461,23 @@ def test_cli_user_errors_are_one_line(tmp_path, args, needle):
     assert r.returncode == 2
     assert needle in r.stderr and "Traceback" not in r.stderr
     assert len(r.stderr.strip().splitlines()) <= 2
+
+
+def test_published_scores_errors_name_the_field(tmp_path):
+    base = 'proxy_benchmark = "MMLU"\n[sources]\nx = "a card"\n[[score]]\nmodel = "M"\nbenchmark = "MMLU"\nvalue = 50.0\nsource = "x"\n'
+    path = tmp_path / "s.toml"
+    path.write_text(base)
+    assert load_published_scores(path).score("M", "MMLU") == 50.0
+    for old, new, needle in [
+        ("value = 50.0", "value = 150.0", r"score\[0\]\.value"),
+        ('source = "x"', 'source = "y"', r"score\[0\]\.source: 'y' is not in \[sources\]"),
+        ('proxy_benchmark = "MMLU"\n', "", "proxy_benchmark"),
+    ]:
+        path.write_text(base.replace(old, new))
+        with pytest.raises(SpecError, match=needle):
+            load_published_scores(path)
+    path.write_text(base + base[base.index("[[score]]") :])
+    with pytest.raises(SpecError, match="duplicate score for M on MMLU"):
+        load_published_scores(path)
+    with pytest.raises(SpecError, match="file not found"):
+        load_published_scores(tmp_path / "missing.toml")

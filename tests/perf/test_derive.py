@@ -176,11 +176,11 @@ def test_published_points_errors_name_the_field(tmp_path):
     path.write_text(base)
     assert len(load_published_points(path)[0]) == 1
     for old, new, needle in [
-        ('precision = "fp8"', 'precision = "int4"', "precision"),
-        ('metric = "output_tokens_per_s"', 'metric = "ttft"', "metric"),
-        ('source = "x"', 'source = "y"', "source 'y'"),
-        ("value = 10.0", "value = -1.0", "must be positive"),
-        ("max_batch = 8\n", "", "needs"),
+        ('precision = "fp8"', 'precision = "int4"', r"point\[0\]\.precision"),
+        ('metric = "output_tokens_per_s"', 'metric = "ttft"', r"point\[0\]\.metric"),
+        ('source = "x"', 'source = "y"', r"point\[0\]\.source: 'y' is not in \[sources\]"),
+        ("value = 10.0", "value = -1.0", r"point\[0\]\.value"),
+        ("max_batch = 8\n", "", "max_batch"),
     ]:
         path.write_text(base.replace(old, new))
         with pytest.raises(SpecError, match=needle):
