@@ -5,11 +5,12 @@ scheduler and simulator train and run on data from this generator. It reproduces
 the Aragog paper reports about real workflows, and no more:
 
 * ``c_max`` (largest model everywhere) is right on a calibrated fraction of inputs (the
-  workflow's ``target_accuracy[family]``),
+  workflow's ``target_accuracy[family]``), and each uniform configuration (one model
+  everywhere) on that fraction times the model's published score ratio to c_max's model,
 * many configurations are as accurate as ``c_max`` on an input, with easy inputs
   (nearly every configuration right) and hard ones (only large models right) in between,
 * later stages repair earlier errors (a large refine/aggregate model fixes a weak draft),
-* accuracy is near-monotone in model size,
+* accuracy follows the models' published scores (not always their size),
 * the input text carries learnable but noisy signal about difficulty and about which
   stage is critical.
 
@@ -19,13 +20,18 @@ The model (``profiles/datasets/README.md`` has the long version with the numbers
    *role* ``r[n]`` (stages with the same upstream stages and the same prompt up to
    digits, e.g. the four voters, form one role). Stage s of input n has difficulty
    ``h[n, s] = d[n] + critical_offset * ([role(s) == r[n]] - 1 / num_roles)``.
-2. **Skills.** Model m has skill
-   ``a[m] = -skill_per_doubling * log2(p_max / p[m]) ** skill_exponent`` (0 for the
-   largest model of the pool; concave, so a 20x smaller model is not 20x worse). Model m
-   at stage s does its part with quality ``k[n, s, m] = a[m] - h[n, s] + luck`` where
-   ``luck`` sums three normals: per (input, model) (what this model happens to know),
-   per (input, role, model) (the same model errs the same way in parallel voters) and
-   per (input, stage, model). The router never sees luck; it is the irreducible part.
+2. **Skills.** Model m at stage s does its part with quality
+   ``k[n, s, m] = a[m] - h[n, s] + luck`` where ``luck`` sums three normals: per (input,
+   model) (what this model happens to know), per (input, role, model) (the same model
+   errs the same way in parallel voters) and per (input, stage, model). The router never
+   sees luck; it is the irreducible part. The skill ``a[m]`` is solved so that the
+   uniform configuration of m (m on every stage) is right on
+   ``round(target * ratio(m) * N)`` inputs, ``ratio(m)`` being m's published score on
+   the workflow's benchmark over c_max's model's (``profiles/datasets/published_scores.toml``,
+   ``_scores.py``); c_max's model has ``a = 0``. A uniform configuration's quality moves
+   one for one with its model's skill, so this is a closed form. Without published
+   scores for the pool (custom workflows and models) the skill is version 1's size
+   curve ``a[m] = -skill_per_doubling * log2(p_max / p[m]) ** skill_exponent``.
 3. **Propagation (repair).** In topological order a stage's quality is
    ``q = u + repair_up * max(k - u, 0) - repair_down * max(u - k, 0)`` where ``u`` is the
    quality it receives (source stages: ``q = k``; several upstream stages:
@@ -55,6 +61,7 @@ import functools
 import re
 import zlib
 from dataclasses import asdict, dataclass
+from typing import Literal
 
 import numpy as np
 
@@ -220,7 +227,6 @@ def _quality(
     return np.mean(np.stack([q[s] for s in sinks]), axis=0)
 
 
-
 def _threshold(q: np.ndarray, num_right: int) -> float:
     """A threshold with exactly ``num_right`` values of ``q`` above it (midpoint of neighbours)."""
     srt = np.sort(q)[::-1]
@@ -240,9 +246,7 @@ def _uniform_configs(space: ConfigSpace) -> list[int | None]:
     return out
 
 
-def _published_calibration(
-    space: ConfigSpace, workflow: WorkflowSpec, target: float, published: PublishedScores | None
-) -> list[Ratio] | None:
+def _published_calibration(space: ConfigSpace, workflow: WorkflowSpec, published: PublishedScores | None) -> list[Ratio] | None:
     """Each pool model's score ratio to c_max's model when the data can be calibrated.
 
     Calibration needs: a published-scores table, c_max running one model everywhere, a
@@ -267,7 +271,7 @@ def generate(
     family: str | None = None,
     target: float | None = None,
     params: SynthParams | None = None,
-    published: PublishedScores | None | str = "shipped",
+    published: PublishedScores | Literal["shipped"] | None = "shipped",
 ) -> AccuracyDataset:
     """A synthetic accuracy dataset for ``workflow`` over ``space``'s model pool.
 
@@ -288,7 +292,7 @@ def generate(
       on exactly ``round(target * N)`` inputs.
     """
     p = params or SynthParams()
-    if isinstance(published, str):
+    if published == "shipped":
         published = _shipped_scores()
     if space.workflow != workflow.name or list(space.stage_names) != workflow.stage_names:
         raise DatasetError(f"space is for workflow {space.workflow!r}, not {workflow.name!r}")
@@ -327,7 +331,7 @@ def generate(
     sinks = [s for s in range(num_stages) if int(space.stage_depth[s]) == 0]
     cmax_cfg = space.configs[space.c_max : space.c_max + 1]
     num_right = int(np.floor(tgt * n + 0.5))
-    calib = _published_calibration(space, workflow, tgt, published)
+    calib = _published_calibration(space, workflow, published)
     if calib is None:
         params_ = space.model_params
         skill = -p.skill_per_doubling * np.log2(params_.max() / params_) ** p.skill_exponent

@@ -117,6 +117,7 @@ def test_shipped_calibration(shipped, wf, fam):
     assert ds.num_inputs == num
     target = targets.get(fam, targets["qwen"])  # mixed uses the Qwen figures (README)
     assert ds.meta["generator"]["target_accuracy"] == target
+    assert ds.meta["generator"]["skill_source"] == "published"
     acc = float(ds.scores[:, space.c_max].mean())
     assert abs(acc - target) <= 0.02, f"{wf}/{fam}: c_max accuracy {acc:.3f}, target {target}"
 
@@ -380,6 +381,8 @@ def test_custom_two_stage_restricted_candidates(tmp_path):
     assert ds.scores.shape == (200, 6)
     assert ds.scores[:, space.c_max].mean() == pytest.approx(0.6, abs=0.005)
     assert ds.meta["workflow"] == "draft_polish" and ds.meta["fingerprint"] == space.fingerprint()
+    # no benchmark named (dataset = ""): no published scores, version 1's size curve
+    assert ds.meta["generator"]["skill_source"] == "size_curve"
     # an explicit target wins over the workflow's figure
     ds3 = generate(space, wf, 200, seed=0, family="qwen", target=0.3)
     assert ds3.scores[:, space.c_max].mean() == pytest.approx(0.3, abs=0.005)
