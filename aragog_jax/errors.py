@@ -24,6 +24,12 @@ class SpaceTooLargeError(SpecError):
     """A configuration space is larger than the dense-enumeration limit."""
 
 
+class ProgramTraceError(SpecError):
+    """A DSPy program cannot be served as a fixed workflow (``aragog_jax.dspy``): its
+    structure depends on the input, or a predictor input cannot be replayed. The message
+    names the predictor."""
+
+
 class DatasetError(AragogError, ValueError):
     """An accuracy dataset or an input row is malformed or does not match its workflow."""
 

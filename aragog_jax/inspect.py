@@ -17,8 +17,29 @@ from aragog_jax.space import DEFAULT_MAX_CONFIGS, ConfigSpace, load_space
 from aragog_jax.spec import DEFAULT_MODELS
 
 
+#: What the text output's ``level`` and ``depth`` columns mean (printed under the table).
+LEGEND = (
+    "level: stages before this one on the longest path from the input (0: reads only the input); "
+    "depth: stages after this one on the longest path to a sink (0: a sink, such as the output stage; "
+    "the scheduler serves the deepest ready stage first)"
+)
+
+
+def stage_levels(space: ConfigSpace) -> list[int]:
+    """Topological level per stage: 0 without upstream stages, else 1 + the deepest upstream level."""
+    level = [0] * space.num_stages
+    for s in space.topo_order:
+        level[s] = max((level[u] + 1 for u in space.upstream[s]), default=0)
+    return level
+
+
 def describe(space: ConfigSpace) -> dict:
-    """The space as a JSON-ready dict (what ``--json`` prints)."""
+    """The space as a JSON-ready dict (what ``--json`` prints).
+
+    Per stage, ``level`` counts stages on the longest path from the input to it and
+    ``depth`` those on the longest path from it to a sink (0: a sink, e.g. the output).
+    """
+    levels = stage_levels(space)
     return {
         "workflow": space.workflow,
         "num_stages": space.num_stages,
@@ -28,6 +49,7 @@ def describe(space: ConfigSpace) -> dict:
         "stages": [
             {
                 "name": name,
+                "level": levels[s],
                 "depth": int(space.stage_depth[s]),
                 "upstream": [space.stage_names[u] for u in space.upstream[s]],
                 "candidates": [space.model_names[m] for m in space.candidates[s]],
@@ -53,10 +75,15 @@ def _print_text(d: dict) -> None:
     print(f"FLOPs      {d['flops_min']:.3e} .. {d['flops_max']:.3e} per request")
     print()
     width = max(len(s["name"]) for s in d["stages"])
-    print(f"  {'stage':<{width}}  depth  tokens in/out  upstream -> candidates")
+    print(f"  {'stage':<{width}}  level  depth  tokens in/out  upstream -> candidates")
     for s in d["stages"]:
         ups = ",".join(s["upstream"]) or "-"
-        print(f"  {s['name']:<{width}}  {s['depth']:>5}  {s['input_tokens']:>6}/{s['output_tokens']:<6}  {ups} -> {', '.join(s['candidates'])}")
+        print(
+            f"  {s['name']:<{width}}  {s['level']:>5}  {s['depth']:>5}  {s['input_tokens']:>6}/{s['output_tokens']:<6}  "
+            f"{ups} -> {', '.join(s['candidates'])}"
+        )
+    for part in LEGEND.split("; "):
+        print(f"  {part}")
     print()
     print(f"cheapest   {d['cheapest']}")
     print(f"c_max      {d['c_max']} (index {d['c_max_index']})")
@@ -65,7 +92,8 @@ def _print_text(d: dict) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m aragog_jax.inspect",
-        description="Print a workflow's stages, depths, candidate models and configuration space.",
+        description="Print a workflow's stages (their level and depth), candidate models and configuration space.",
+        epilog=LEGEND + ". --json adds both per stage.",
     )
     parser.add_argument("workflow", help="workflow TOML file, or the name of a shipped workflow")
     parser.add_argument("--family", required=True, help="model family (pool) from the model catalog, e.g. qwen, llama, mixed")

@@ -277,8 +277,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="output JSONL, or a .parquet path (written as a directory of part files); OUT.errors.jsonl and "
         "OUT.progress.json are written beside it",
     )
-    parser.add_argument("--workflow", help="workflow TOML or shipped name (default: the one the checkpoint names)")
-    parser.add_argument("--family", help="model family (default: the one the checkpoint names)")
+    parser.add_argument(
+        "--workflow",
+        help="workflow TOML or shipped name (default: the one stored in the checkpoint; older checkpoints: the shipped "
+        "one it names); must match the checkpoint's configuration space",
+    )
+    parser.add_argument("--family", help="model family (default: the checkpoint's); must match its configuration space")
     parser.add_argument(
         "--admitted", choices=("indices", "models"), default="indices",
         help="write admitted configurations as indices into the configuration order (default) or as stage->model maps",
@@ -291,7 +295,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     from tqdm.auto import tqdm
 
     from aragog_jax.router import Router
-    from aragog_jax.space import load_space
 
     if args.chunk_size < 1:
         raise DatasetError(f"--chunk-size must be positive, got {args.chunk_size}")
@@ -314,8 +317,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.workflow or args.family:
         from aragog_jax.router import load_checkpoint
 
-        meta = load_checkpoint(args.router).meta
-        space = load_space(args.workflow or meta.workflow, args.family or meta.family)
+        space = load_checkpoint(args.router).space(args.workflow, args.family)
     overrides = {"base_url": args.embeddings_url} if args.embeddings_url else {}
     router = Router.load(args.router, space, **overrides)
     prog = _load_progress(prog_path, out, err, str(Path(args.router).resolve()), str(inp.resolve()))

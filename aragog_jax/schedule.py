@@ -2,7 +2,9 @@
 
 Reads one scheduling round as JSON (``-`` for standard input) and prints the decision
 as JSON. The format is documented in :mod:`aragog_jax.scheduler._replay` and the
-README. ``--example [--seed N]`` prints a random round to start from. Malformed input
+README. ``--example [--seed N] [--example-items N]`` prints a random round to start from
+(``brute_force`` replays rounds of at most ``BRUTE_FORCE_MAX_ITEMS`` = 10 ready items;
+the other policies have no limit). Malformed input
 is a one-line ``error: <field>: ...`` and exit status 2.
 
 The configurations in a round are the ones the request's policy admitted, so
@@ -21,7 +23,7 @@ import numpy as np
 
 from aragog_jax._cli import run_cli
 from aragog_jax.errors import SchedulerError
-from aragog_jax.scheduler import DEFAULT_BEAM_WIDTH, BeamPolicy, PolicyName, make_policy
+from aragog_jax.scheduler import BRUTE_FORCE_MAX_ITEMS, DEFAULT_BEAM_WIDTH, BeamPolicy, PolicyName, make_policy
 from aragog_jax.scheduler._random import random_replay
 from aragog_jax.scheduler._replay import replay_round
 
@@ -36,6 +38,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--beam", type=int, default=DEFAULT_BEAM_WIDTH, help="beam width B of the aragog policy")
     p.add_argument("--example", action="store_true", help="print a random round instead")
     p.add_argument("--seed", type=int, default=0, help="seed of --example")
+    p.add_argument(
+        "--example-items", type=int, metavar="N",
+        help=f"--example: exactly N ready items (default: 6 requests with 1-3 each); brute_force replays at most "
+        f"{BRUTE_FORCE_MAX_ITEMS}",
+    )  # fmt: skip
     p.add_argument("--indent", type=int, default=None, help="indent the JSON output")
     return p
 
@@ -43,7 +50,9 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.example:
-        doc = random_replay(np.random.default_rng(args.seed))
+        if args.example_items is not None and args.example_items < 1:
+            raise SchedulerError(f"--example-items: must be >= 1, got {args.example_items}")
+        doc = random_replay(np.random.default_rng(args.seed), num_items=args.example_items)
         print(json.dumps(doc, indent=args.indent))
         return 0
     if args.round is None:

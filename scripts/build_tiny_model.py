@@ -5,7 +5,7 @@ Run inside the vLLM venv (it has torch, transformers and tokenizers):
     HF_HUB_OFFLINE=1 .venv-vllm/bin/python scripts/build_tiny_model.py OUT_DIR
 
 The model is what the real-vLLM integration tests serve (see
-``/work/shared/notes/vllm-cpu.md``): Llama architecture, hidden 128, 2 heads of
+``tests/serving/README.md``): Llama architecture, hidden 128, 2 heads of
 head_dim 64 (vLLM's CPU attention rejects head sizes below 32), intermediate 256, 2
 layers, tied embeddings, ~0.85 M parameters. The weights are random with a fixed seed,
 so the text is gibberish, but token counts, timing and ``/metrics`` behave like a real

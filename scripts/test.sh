@@ -3,7 +3,7 @@
 # Extra arguments go to pytest (e.g. -k space, -x).
 #
 # It also prepares the real vLLM CPU engine for the `vllm`-marked integration tests
-# (scripts/prepare_vllm.sh: cached in .venv-vllm/, ~2 min the first time). When that
+# (scripts/prepare_vllm.sh: cached in .venv-vllm/, 2-7 min the first time). When that
 # fails the vLLM tests skip with the reason; under CI=true the whole run fails instead.
 # Set ARAGOG_SKIP_VLLM=1 to skip preparing it (the vLLM tests then skip, outside CI).
 source "$(dirname "${BASH_SOURCE[0]}")/_env.sh"

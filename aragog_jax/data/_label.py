@@ -147,8 +147,7 @@ def make_plan(space: ConfigSpace, config_ids: np.ndarray | None = None) -> Label
             prefixes.add(tuple(int(row[t]) for t in topo[: pos + 1]))
             key = (s, tuple((a, int(row[a])) for a in anc[s]))
             calls[r, s] = keys.setdefault(key, len(keys))
-    sinks = [i for i in range(space.num_stages) if int(space.stage_depth[i]) == 0]
-    return LabelPlan(ids, list(keys), calls, len(prefixes), sinks[-1], anc)
+    return LabelPlan(ids, list(keys), calls, len(prefixes), space.output_stage, anc)
 
 
 def sample_configs(space: ConfigSpace, k: int | None, seed: int) -> np.ndarray:

@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
+import zipfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,7 +30,8 @@ import numpy as np
 from aragog_jax._files import atomic_writer
 from aragog_jax.errors import CheckpointError
 from aragog_jax.router._model import RouterModelConfig, flatten_params, unflatten_params
-from aragog_jax.space import ConfigSpace
+from aragog_jax.space import ConfigSpace, build_space, load_space
+from aragog_jax.spec import ModelSpec, WorkflowSpec, family_pool, load_models
 
 FORMAT = "aragog-router/1"
 
@@ -52,6 +55,11 @@ class CheckpointMeta(msgspec.Struct, kw_only=True):
     report: dict = {}
     git_sha: str = "unknown"
     created: str = ""
+    # The workflow and model pool the space was built from, so the checkpoint is
+    # self-contained (absent in checkpoints written before: their workflow and family
+    # are looked up among the shipped ones).
+    workflow_spec: dict | None = None
+    model_pool: list[dict] | None = None
 
 
 @dataclass(eq=False)
@@ -65,6 +73,35 @@ class RouterCheckpoint:
     @property
     def model_config(self) -> RouterModelConfig:
         return model_config_from_dict(self.meta.model)
+
+    def space(self, workflow: str | Path | None = None, family: str | None = None) -> ConfigSpace:
+        """The configuration space the checkpoint was trained for.
+
+        Without arguments it is rebuilt from the workflow and model pool stored in the
+        checkpoint (older checkpoints: the shipped workflow and family it names).
+        ``workflow`` (a TOML path or a shipped name) and ``family`` override the stored
+        ones; the caller checks the result with :meth:`check_space`.
+
+        Raises:
+          CheckpointError: the stored specs are malformed, or nothing names a family.
+          SpecError: the workflow or family given cannot be loaded.
+        """
+        m = self.meta
+        stored = None
+        if m.workflow_spec is not None and workflow is None:
+            try:
+                stored = msgspec.convert(m.workflow_spec, WorkflowSpec)
+                pool = [msgspec.convert(x, ModelSpec) for x in m.model_pool or []]
+            except msgspec.ValidationError as exc:
+                raise CheckpointError(f"malformed workflow or model pool stored in the checkpoint: {exc}") from exc
+            if family is None:
+                return build_space(stored, pool)
+        family = family or m.family
+        if not family:
+            raise CheckpointError("the checkpoint names no family; pass one")
+        if stored is not None:
+            return build_space(stored, family_pool(load_models(), family))
+        return load_space(workflow or m.workflow, family)
 
     def check_space(self, space: ConfigSpace, where: str = "router checkpoint") -> None:
         """Raise :class:`CheckpointError` unless the checkpoint was trained for ``space``."""
@@ -137,33 +174,62 @@ def save_checkpoint(ckpt: RouterCheckpoint, path: str | Path) -> Path:
     return path
 
 
+_NPZ_MAGIC = (b"PK\x03\x04", b"PK\x05\x06")  # a zip archive's first bytes (an empty one: the second)
+
+
 def load_checkpoint(path: str | Path) -> RouterCheckpoint:
     """Read a checkpoint written by :func:`save_checkpoint`.
 
     Raises:
-      CheckpointError: missing or unreadable file, unknown format version, bad shapes.
+      CheckpointError: one line naming ``path`` and the problem: missing, not a ``.npz``,
+        truncated or corrupt, unknown format version, malformed metadata, a missing or
+        misshapen array, NaN or infinite parameters, NaN thresholds (``+inf`` means never
+        admitted; ``-inf`` is allowed only for ``c_max``, the last configuration).
     """
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: no such router checkpoint")
     try:
-        with np.load(path, allow_pickle=False) as z:
-            arrays = {k: z[k] for k in z.files}
-    except (OSError, ValueError, EOFError) as exc:
-        raise CheckpointError(f"{path}: not a router checkpoint (.npz): {exc}") from exc
+        return _read(path)
+    except CheckpointError as exc:
+        msg = str(exc)
+        raise CheckpointError(msg if msg.startswith(f"{path}: ") else f"{path}: {msg}") from exc
+
+
+def _read(path: Path) -> RouterCheckpoint:
+    # Opened here, not by np.load, which leaks the handle when the archive is corrupt.
+    with open(path, "rb") as f:
+        head = f.read(4)
+        if head not in _NPZ_MAGIC:
+            raise CheckpointError(f"not a router checkpoint: not a .npz (zip) archive (it starts with {head!r})")
+        f.seek(0)
+        try:
+            with np.load(f, allow_pickle=False) as z:
+                arrays = {k: z[k] for k in z.files}
+        except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as exc:
+            raise CheckpointError(f"truncated or corrupt .npz archive: {type(exc).__name__}: {exc}") from exc
     if "__meta__" not in arrays:
-        raise CheckpointError(f"{path}: not a router checkpoint (no __meta__ entry)")
+        raise CheckpointError("not a router checkpoint (no __meta__ entry)")
     try:
         meta = msgspec.json.decode(arrays.pop("__meta__").tobytes(), type=CheckpointMeta)
     except msgspec.ValidationError as exc:
-        raise CheckpointError(f"{path}: malformed checkpoint metadata: {exc}") from exc
+        raise CheckpointError(f"malformed checkpoint metadata: {exc}") from exc
     except msgspec.DecodeError as exc:
-        raise CheckpointError(f"{path}: checkpoint metadata is not JSON: {exc}") from exc
+        raise CheckpointError(f"checkpoint metadata is not JSON: {exc}") from exc
     if meta.format != FORMAT:
-        raise CheckpointError(f"{path}: checkpoint format {meta.format!r}, this version reads {FORMAT!r}")
+        raise CheckpointError(f"checkpoint format {meta.format!r}, this version reads {FORMAT!r}")
     cfg = model_config_from_dict(meta.model)
     thresholds = arrays.pop("thresholds", None)
-    if thresholds is None or thresholds.shape != (meta.num_configs,):
-        raise CheckpointError(f"{path}: thresholds missing or not of shape ({meta.num_configs},)")
+    if thresholds is None:
+        raise CheckpointError("checkpoint array thresholds is missing")
+    if thresholds.shape != (meta.num_configs,):
+        raise CheckpointError(f"checkpoint array thresholds has shape {thresholds.shape}, expected ({meta.num_configs},)")
+    thresholds = np.asarray(thresholds, np.float32)
+    bad = np.flatnonzero(np.isnan(thresholds) | (np.isneginf(thresholds) & (np.arange(thresholds.size) != thresholds.size - 1)))
+    if bad.size:
+        raise CheckpointError(
+            f"checkpoint thresholds hold {bad.size} invalid values (NaN, or -inf before c_max) "
+            f"at configurations {bad[:5].tolist()}{' ...' if bad.size > 5 else ''}"
+        )
     params = unflatten_params(arrays, cfg)
-    return RouterCheckpoint(meta=meta, params=params, thresholds=np.asarray(thresholds, np.float32))
+    return RouterCheckpoint(meta=meta, params=params, thresholds=thresholds)

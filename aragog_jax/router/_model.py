@@ -98,26 +98,41 @@ def flatten_params(params: dict) -> dict[str, np.ndarray]:
 
 
 def unflatten_params(flat: dict[str, np.ndarray], cfg: RouterModelConfig) -> dict:
-    """Inverse of :func:`flatten_params`, as float32 NumPy arrays, shape-checked against ``cfg``."""
-    try:
-        hidden = [
-            {"w": np.asarray(flat[f"hidden/{i}/w"], np.float32), "b": np.asarray(flat[f"hidden/{i}/b"], np.float32)}
-            for i in range(len(cfg.hidden))
-        ]
-        head = {k.split("/", 1)[1]: np.asarray(v, np.float32) for k, v in flat.items() if k.startswith("head/")}
-    except KeyError as exc:
-        raise CheckpointError(f"checkpoint parameters are missing {exc}") from exc
+    """Inverse of :func:`flatten_params`, as float32 NumPy arrays, checked against ``cfg``.
+
+    Raises:
+      CheckpointError: an array is missing, unexpected, of the wrong shape, or holds NaN
+        or infinite values; the message names the array and its actual shape.
+    """
     dims = (cfg.feature_dim, *cfg.hidden)
-    for i, layer in enumerate(hidden):
-        if layer["w"].shape != (dims[i], dims[i + 1]) or layer["b"].shape != (dims[i + 1],):
-            raise CheckpointError(f"checkpoint layer {i} has shape {layer['w'].shape}, expected {(dims[i], dims[i + 1])}")
-    expected = (
-        {"w": (cfg.width, cfg.num_configs), "b": (cfg.num_configs,)}
-        if cfg.head == "dense"
-        else {"stage_model": (cfg.num_stages, cfg.num_models, cfg.width), "b": (cfg.num_configs,)}
-    )
-    if {k: v.shape for k, v in head.items()} != expected:
-        raise CheckpointError(f"checkpoint head has shapes {({k: v.shape for k, v in head.items()})}, expected {expected}")
+    expected = {}
+    for i in range(len(cfg.hidden)):
+        expected[f"hidden/{i}/w"] = (dims[i], dims[i + 1])
+        expected[f"hidden/{i}/b"] = (dims[i + 1],)
+    if cfg.head == "dense":
+        expected["head/w"] = (cfg.width, cfg.num_configs)
+    else:
+        expected["head/stage_model"] = (cfg.num_stages, cfg.num_models, cfg.width)
+    expected["head/b"] = (cfg.num_configs,)
+    missing = [k for k in expected if k not in flat]
+    if missing:
+        raise CheckpointError(f"checkpoint parameters are missing {', '.join(missing)}")
+    extra = sorted(set(flat) - set(expected))
+    if extra:
+        raise CheckpointError(f"checkpoint has unexpected arrays {', '.join(extra)} for a {cfg.head} head with {len(cfg.hidden)} hidden layers")
+    arrays = {}
+    for k, shape in expected.items():
+        a = flat[k]
+        if a.shape != shape:
+            raise CheckpointError(f"checkpoint array {k} has shape {a.shape}, expected {shape}")
+        if not np.issubdtype(a.dtype, np.floating):
+            raise CheckpointError(f"checkpoint array {k} has dtype {a.dtype}, expected a float type")
+        a = np.asarray(a, np.float32)
+        if not np.isfinite(a).all():
+            raise CheckpointError(f"checkpoint array {k} holds {int((~np.isfinite(a)).sum())} NaN or infinite values")
+        arrays[k] = a
+    hidden = [{"w": arrays[f"hidden/{i}/w"], "b": arrays[f"hidden/{i}/b"]} for i in range(len(cfg.hidden))]
+    head = {k.split("/", 1)[1]: v for k, v in arrays.items() if k.startswith("head/")}
     return {"hidden": hidden, "head": head}
 
 

@@ -33,7 +33,7 @@ from aragog_jax.errors import CheckpointError
 from aragog_jax.kernels import routing as K
 from aragog_jax.router._checkpoint import RouterCheckpoint, load_checkpoint
 from aragog_jax.router._featurize import Featurizer, make_featurizer
-from aragog_jax.space import ConfigSpace, load_space
+from aragog_jax.space import ConfigSpace
 
 DEFAULT_BUCKETS = (1, 8, 64, 512, 4096)
 #: Configurations scored per chunk in budgeted routing.
@@ -137,7 +137,7 @@ class Router:
         row_block: int | None = None,
         **featurizer_overrides,
     ) -> Router:
-        """Load a checkpoint; without ``space`` the shipped workflow and family it names are used.
+        """Load a checkpoint; without ``space``, the space stored in it (:meth:`RouterCheckpoint.space`).
 
         ``featurizer_overrides`` (e.g. ``base_url=...``) replace recorded featuriser fields.
 
@@ -146,9 +146,10 @@ class Router:
         """
         ckpt = load_checkpoint(path)
         if space is None:
-            if not ckpt.meta.family:
-                raise CheckpointError(f"{path}: the checkpoint names no family; pass the space")
-            space = load_space(ckpt.meta.workflow, ckpt.meta.family)
+            try:
+                space = ckpt.space()
+            except CheckpointError as exc:
+                raise CheckpointError(f"{path}: {exc}") from exc
         if featurizer is None and featurizer_overrides:
             featurizer = make_featurizer(ckpt.meta.featurizer, ckpt.meta.featurizer_config, **featurizer_overrides)
         try:

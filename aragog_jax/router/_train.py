@@ -20,6 +20,7 @@ from dataclasses import asdict, dataclass, field
 
 import jax
 import jax.numpy as jnp
+import msgspec
 import numpy as np
 import optax
 
@@ -291,6 +292,8 @@ def fit_router(
         training=cfg.to_dict() | {"history": history},
         report=report,
         git_sha=report["git_sha"],
+        workflow_spec=msgspec.to_builtins(space.spec) if space.spec is not None else None,
+        model_pool=[msgspec.to_builtins(m) for m in space.pool] if space.spec is not None else None,
     )
     ckpt = RouterCheckpoint(meta=meta, params=params, thresholds=cal.thresholds)
     return FitResult(checkpoint=ckpt, calibration=cal, report=report)

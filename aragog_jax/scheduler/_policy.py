@@ -150,7 +150,9 @@ class BruteForcePolicy:
     def assign(self, arrays: RoundArrays) -> BeamResult:
         if arrays.num_items > self.max_items:
             raise SchedulerError(
-                f"brute_force policy handles at most {self.max_items} ready items per round, got {arrays.num_items}"
+                f"brute_force policy handles at most {self.max_items} ready items per round (its search is "
+                f"exhaustive), got {arrays.num_items}: replay this round with the aragog policy (beam search), "
+                f"or use a round with at most {self.max_items} ready items"
             )
         return twin_round(arrays, None)[1]
 

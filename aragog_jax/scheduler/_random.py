@@ -123,8 +123,13 @@ def random_replay(
     num_models: int = 3,
     num_stages: int = 3,
     total_free: int = 8,
+    num_items: int | None = None,
 ) -> dict:
-    """A random round-replay document (the CLI's input format), small enough to read."""
+    """A random round-replay document (the CLI's input format), small enough to read.
+
+    With ``num_items`` the round has exactly that many ready items (stages), spread over
+    as many requests as it takes (1 to 3 ready stages each), instead of ``num_requests``
+    requests."""
     engines = random_engines(rng, num_engines, num_models)
     free = rng.multinomial(total_free, np.full(num_engines, 1.0 / num_engines))
     models = [f"m{m}" for m in range(min(num_models, num_engines))]
@@ -139,10 +144,16 @@ def random_replay(
         for e, f in zip(engines, free, strict=True)
     ]
     requests = []
-    for r in range(num_requests):
+    left = num_items
+    r = 0
+    while (r < num_requests) if left is None else (left > 0):
         num_cfg = int(rng.integers(1, 6))
         configs = [[str(rng.choice(models)) for _ in range(num_stages)] for _ in range(num_cfg)]
         k = int(rng.integers(1, min(3, num_stages) + 1))
+        if left is not None:
+            k = min(k, left)
+            left -= k
+        r += 1
         ready = [int(s) for s in rng.choice(num_stages, size=k, replace=False)]
-        requests.append({"id": f"r{r}", "configs": configs, "ready": ready})
+        requests.append({"id": f"r{r - 1}", "configs": configs, "ready": ready})
     return {"engines": doc_engines, "requests": requests}

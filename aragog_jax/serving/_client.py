@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import aiohttp
@@ -81,6 +82,11 @@ def parse_orca(value: str, now: float) -> OrcaReport | None:
     return OrcaReport(waiting=waiting, kv_usage=kv, at=now)
 
 
+def _error_text(error: object) -> str:
+    message = error.get("message") if isinstance(error, dict) else None
+    return str(message if message is not None else error)[:200].replace("\n", " ")
+
+
 class EngineClient:
     """An OpenAI-compatible engine at ``url`` serving ``served_model``.
 
@@ -123,14 +129,19 @@ class EngineClient:
 
     async def chat(
         self,
-        prompt: str,
+        prompt: str | list[dict[str, str]],
         *,
         max_tokens: int,
         seed: int = 0,
         stream: bool = False,
         timeout_s: float | None = None,
+        on_delta: Callable[[str], None] | None = None,
     ) -> ChatResult:
-        """One chat completion; raises UpstreamError / UpstreamTimeout / EngineRejected."""
+        """One chat completion; raises UpstreamError / UpstreamTimeout / EngineRejected.
+
+        ``on_delta`` (streams the call) is called with each piece of text as the engine
+        sends it, before the call returns; the returned text is the pieces joined."""
+        stream = stream or on_delta is not None
         body = self.chat_body(prompt, max_tokens=max_tokens, seed=seed, stream=stream)
         # No timeout argument means the session's (the engine timeout); None would mean "none".
         kw = {"timeout": aiohttp.ClientTimeout(total=timeout_s, sock_connect=self.limits.connect_timeout_s)} if timeout_s else {}
@@ -141,7 +152,7 @@ class EngineClient:
                 orca_raw = resp.headers.get(ORCA_RESPONSE_HEADER)
                 orca = parse_orca(orca_raw, time.monotonic()) if orca_raw else None
                 if stream:
-                    return await self._read_stream(resp, orca)
+                    return await self._read_stream(resp, orca, on_delta)
                 raw = await resp.read()
         except UpstreamError:
             raise
@@ -167,12 +178,12 @@ class EngineClient:
             orca=orca,
         )
 
-    def chat_body(self, prompt: str, *, max_tokens: int, seed: int, stream: bool = False, **extra) -> dict:
-        """The ``/v1/chat/completions`` request body: one user message, greedy, seeded;
-        ``extra`` adds engine-specific fields."""
+    def chat_body(self, prompt: str | list[dict[str, str]], *, max_tokens: int, seed: int, stream: bool = False, **extra) -> dict:
+        """The ``/v1/chat/completions`` request body: one user message (or the given chat
+        messages), greedy, seeded; ``extra`` adds engine-specific fields."""
         body = {
             "model": self.served_model,
-            "messages": [{"role": "user", "content": prompt}],
+            "messages": [{"role": "user", "content": prompt}] if isinstance(prompt, str) else prompt,
             "max_tokens": max_tokens,
             "temperature": 0.0,
             "seed": seed,
@@ -191,7 +202,9 @@ class EngineClient:
             cls = EngineRejected if 400 <= resp.status < 500 and resp.status not in (408, 429) else UpstreamError
             raise cls(f"engine {self.name}: HTTP {resp.status}: {detail}")
 
-    async def _read_stream(self, resp: aiohttp.ClientResponse, orca: OrcaReport | None) -> ChatResult:
+    async def _read_stream(
+        self, resp: aiohttp.ClientResponse, orca: OrcaReport | None, on_delta: Callable[[str], None] | None = None
+    ) -> ChatResult:
         parts: list[str] = []
         finish: str | None = None
         usage = None
@@ -208,9 +221,13 @@ class EngineClient:
                 chunk = CHUNK_DECODER.decode(data)
             except (msgspec.DecodeError, msgspec.ValidationError) as exc:
                 raise UpstreamError(f"engine {self.name}: malformed stream chunk: {exc}") from exc
+            if chunk.error is not None:  # vLLM reports a failure mid-stream as an error chunk
+                raise UpstreamError(f"engine {self.name}: error mid-stream: {_error_text(chunk.error)}")
             for c in chunk.choices:
                 if c.delta.content:
                     parts.append(c.delta.content)
+                    if on_delta is not None:
+                        on_delta(c.delta.content)
                 if c.finish_reason:
                     finish = c.finish_reason
             if chunk.usage is not None:

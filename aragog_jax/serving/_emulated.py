@@ -8,9 +8,10 @@ request five times faster than the profile says while keeping batching behaviour
 engine's next boundary; an arrival wakes it early. Nothing busy-waits.
 
 Endpoints: ``POST /v1/chat/completions`` (also ``stream: true``), ``GET /v1/models``,
-``/health``, ``/metrics`` with vLLM's gauge names. Replies are deterministic: the text
-is a function of the model name, prompt and seed, and ``completion_tokens`` is exactly
-``max_tokens`` (like vLLM with ``ignore_eos``).
+``/health``, ``/metrics`` with vLLM's gauge names. Replies are placeholders, not answers:
+``[emulated <model>: placeholder text]`` and seeded lorem-ipsum words, a function of the
+model name, prompt and seed; ``completion_tokens`` is exactly ``max_tokens`` (like vLLM
+with ``ignore_eos``).
 """
 
 from __future__ import annotations
@@ -28,10 +29,10 @@ from aragog_jax.errors import SpecError
 from aragog_jax.sim._engine import SimEngine  # the simulator's engine model, driven in real time
 from aragog_jax.spec import EngineProfile
 
+# Placeholder text, so nobody mistakes an emulated reply for a model's answer.
 _WORDS = (
-    "the model considers each step of the task and checks it against the input before "
-    "writing a short answer with reasons so that later stages can refine verify or "
-    "aggregate what it found while keeping the reply concise and grounded in facts"
+    "lorem ipsum dolor sit amet consectetur adipiscing elit sed do eiusmod tempor "
+    "incididunt ut labore et dolore magna aliqua ut enim ad minim veniam quis nostrud"
 ).split()
 MAX_TEXT_WORDS = 48
 
@@ -42,10 +43,12 @@ def prompt_tokens_of(text: str) -> int:
 
 
 def deterministic_text(model: str, prompt: str, seed: int, num_tokens: int) -> str:
+    """``[emulated <model>: placeholder text] lorem ipsum ...``: seeded filler words (at most
+    :data:`MAX_TEXT_WORDS`), a function of the model, prompt and seed."""
     digest = hashlib.blake2b(f"{model}\x00{seed}\x00{prompt}".encode(), digest_size=8).digest()
     rng = random.Random(int.from_bytes(digest, "little"))
     n = max(1, min(num_tokens, MAX_TEXT_WORDS))
-    return f"[{model}] " + " ".join(rng.choice(_WORDS) for _ in range(n))
+    return f"[emulated {model}: placeholder text] " + " ".join(rng.choice(_WORDS) for _ in range(n))
 
 
 class _ChatBody(msgspec.Struct):

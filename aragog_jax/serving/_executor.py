@@ -13,6 +13,14 @@ the scheduler, which places it on another model that keeps an admitted configura
 When none is left the request fails with :class:`NoViableConfigurationError` (503); an
 engine that rejects the request itself (4xx) fails it with :class:`UpstreamError` (502).
 Every accepted request ends in exactly one of: completed, failed, expired, cancelled.
+
+Streaming: a run admitted with ``stream=True`` gets an ``events`` queue of
+:class:`StageFinished` (each stage, as it ends) and :class:`OutputDelta` (the output
+stage's text, as its engine produces it; upstream stages are not streamed), closed by
+``None`` when the run ends. An output stage that is a stage function is not streamed
+token by token: its result comes as one delta when it returns. Failover keeps its rule
+until the first delta is out; after that the client holds part of a reply that another
+engine would not continue, so an engine failure ends the run (502) instead.
 """
 
 from __future__ import annotations
@@ -60,6 +68,23 @@ async def close_part(what: str, aw, failures: list[BaseException]) -> None:
         failures.append(exc)
 
 
+@dataclass(frozen=True, slots=True)
+class StageFinished:
+    """A stream event: ``stage`` ended with ``text``."""
+
+    stage: str
+    text: str
+    receipt: StageReceipt
+
+
+@dataclass(frozen=True, slots=True)
+class OutputDelta:
+    """A stream event: the next piece of the output stage's text."""
+
+    stage: str
+    text: str
+
+
 @dataclass
 class Run:
     id: str
@@ -76,7 +101,8 @@ class Run:
     tasks: set[asyncio.Task] = field(default_factory=set)
     rounds: list[Any] = field(default_factory=list)
     done: asyncio.Future | None = None
-    events: asyncio.Queue | None = None  # stage receipts for streaming
+    events: asyncio.Queue | None = None  # StageFinished / OutputDelta, then None (streamed runs)
+    streamed_chars: int = 0  # output text already handed to the client (no failover after)
     timer: asyncio.TimerHandle | None = None
     status: str = "routing"  # routing, queued, completed, failed, expired, cancelled
     failovers: int = 0
@@ -319,11 +345,13 @@ class Executor:
         left = run.deadline - time.monotonic()
         # The session's default timeout is the engine timeout; only a nearer deadline needs its own.
         timeout = max(0.05, left) if left < self.settings.engine_timeout_s else None
+        streams = run.events is not None and sid == run.wf.space.output_stage
         try:
             try:
                 res = await run_stage(
                     stage, run.wf.stage_fns.get(sid), st.model, st.client, self._stage_state(run, sid),
                     seed=next(self._seed) % 2**31, timeout_s=timeout,
+                    on_delta=(lambda text: self._delta(run, stage.name, text)) if streams else None,
                 )  # fmt: skip
             finally:
                 st.in_flight -= 1
@@ -370,11 +398,19 @@ class Executor:
         newly_ready = self.sched.finished(run.id, sid, a.engine)
         for r in newly_ready:
             run.ready_at[r] = now
+        if streams and not run.streamed_chars and res.text:
+            self._delta(run, stage.name, res.text)  # a stage function's result: one piece
         if run.events is not None:
-            run.events.put_nowait((stage.name, res.text, rec))
+            run.events.put_nowait(StageFinished(stage.name, res.text, rec))
         if len(run.outputs) == run.wf.space.num_stages:
             self._complete(run)
         self.kick()
+
+    def _delta(self, run: Run, stage: str, text: str) -> None:
+        if run.finished or run.events is None:
+            return
+        run.streamed_chars += len(text)
+        run.events.put_nowait(OutputDelta(stage, text))
 
     def _on_engine_fault(self, run: Run, a: Assignment, st: EngineLoadState, exc: UpstreamError) -> None:
         now = time.monotonic()
@@ -384,6 +420,11 @@ class Executor:
         self.metrics.dispatches.labels(a.engine, st.model, "error").inc()
         attempts = run.attempts.setdefault(sid, [])
         attempts.append(Attempt(model=st.model, engine=st.name, error=str(exc)))
+        if run.streamed_chars and not run.finished:
+            # Part of the reply is with the client already; another engine would not continue it.
+            self._finish(run, "failed", UpstreamError(
+                f"stage {run.wf.spec.stage[sid].name!r} failed on {st.name} after {run.streamed_chars} characters "
+                f"of the reply were streamed (a streamed reply cannot fail over): {exc}"))  # fmt: skip
         if run.finished:
             self.sched.release(run.id, sid, a.engine)
             self.kick()
@@ -436,8 +477,7 @@ class Executor:
 
     def _complete(self, run: Run) -> None:
         wf = run.wf
-        sinks = [i for i in range(wf.space.num_stages) if int(wf.space.stage_depth[i]) == 0]
-        output = run.outputs[sinks[-1]]
+        output = run.outputs[wf.space.output_stage]
         self._end(run, "completed")
         run.done.set_result(RunResult(run.id, output, self._receipt(run)))
 

@@ -9,9 +9,12 @@ Modes (switchable at run time through ``engine.mode``):
   connection mid-body.
 * ``malformed``: 200 with a body that is not a chat completion.
 * ``stream_truncated``: a stream that stops before ``[DONE]``.
+* ``stream_error``: a stream that sends an error chunk after its first piece, then
+  ``[DONE]`` (what vLLM does when generation fails mid-stream).
 * ``hang``: never answers (until the client gives up).
 
-``stream: true`` requests get server-sent events in modes ``ok`` and ``slow``.
+``stream: true`` requests get server-sent events in modes ``ok`` and ``slow``: the text
+in ``stream_pieces`` chunks, ``stream_gap_s`` apart (counted in ``num_streamed``).
 ``/metrics`` reports the gauges in ``gauges`` when set, else its own in-flight count as
 running (vLLM names by default, SGLang names with ``flavour="sglang"``). ``/health``
 answers 503 in modes ``fail`` and ``hang`` and whenever ``health_fails`` is set. Chat
@@ -29,7 +32,7 @@ from aiohttp import web
 
 _ENC = msgspec.json.Encoder()
 
-MODES = ("ok", "slow", "fail", "truncated", "malformed", "stream_truncated", "hang")
+MODES = ("ok", "slow", "fail", "truncated", "malformed", "stream_truncated", "stream_error", "hang")
 
 
 class FakeEngine:
@@ -43,6 +46,8 @@ class FakeEngine:
         fail_status: int = 503,
         flavour: str = "vllm",
         orca: bool = False,
+        stream_pieces: int = 2,
+        stream_gap_s: float = 0.0,
     ):
         if mode not in MODES:
             raise ValueError(f"unknown fake-engine mode {mode!r} (modes: {', '.join(MODES)})")
@@ -53,6 +58,9 @@ class FakeEngine:
         self.fail_status = fail_status
         self.flavour = flavour
         self.orca = orca
+        self.stream_pieces = max(1, stream_pieces)
+        self.stream_gap_s = stream_gap_s
+        self.num_streamed = 0
         self.gauges: dict[str, float] | None = None  # override what /metrics reports
         self.health_fails = False
         self.num_requests = 0
@@ -109,11 +117,21 @@ class FakeEngine:
                 {"named_metrics": {"kv_cache_usage_perc": 0.25, "num_requests_waiting": float(self.in_flight - 1)}}
             ).decode()
         if body.get("stream"):
+            self.num_streamed += 1
             resp = web.StreamResponse(headers={"Content-Type": "text/event-stream", **headers})
             await resp.prepare(request)
-            for piece in (text[: len(text) // 2], text[len(text) // 2 :]):
+            n = self.stream_pieces
+            for i in range(n):
+                if i and self.stream_gap_s:
+                    await asyncio.sleep(self.stream_gap_s)
+                piece = text[i * len(text) // n : (i + 1) * len(text) // n]
                 chunk = {"choices": [{"index": 0, "delta": {"content": piece}, "finish_reason": None}]}
                 await resp.write(b"data: " + _ENC.encode(chunk) + b"\n\n")
+                if mode == "stream_error":
+                    err = {"error": {"message": "injected failure mid-stream", "type": "InternalServerError", "code": 500}}
+                    await resp.write(b"data: " + _ENC.encode(err) + b"\n\ndata: [DONE]\n\n")
+                    await resp.write_eof()
+                    return resp
             if mode == "stream_truncated":
                 request.transport.close()
                 return resp

@@ -157,12 +157,11 @@ def load_runtime(
             prof, profiled = placeholder_profile(e.model), False
         engines.append(EngineRuntime(e, prof, profiled))
     served_models = {e.model for e in engines}
-
     workflows: dict[str, WorkflowRuntime] = {}
-    for w in fleet.workflows:
-        wf = load_workflow(resolve(path, w), catalog)
+
+    def add_workflow(wf: WorkflowSpec, where: str) -> None:
         if wf.name in workflows:
-            raise SpecError(f"{path}: workflows: two files define workflow {wf.name!r}")
+            raise SpecError(f"{path}: {where}: two sources define workflow {wf.name!r}")
         space = build_space(wf, pool)
         has_engine = np.array([m in served_models for m in space.model_names], dtype=bool)
         servable = has_engine[space.configs].all(axis=1)
@@ -178,13 +177,23 @@ def load_runtime(
             wf, space, servable, stage_index={s: i for i, s in enumerate(space.stage_names)}, stage_fns=load_stage_functions(wf)
         )
 
+    for w in fleet.workflows:
+        add_workflow(load_workflow(resolve(path, w), catalog), "workflows")
+
     routers = dict(fleet.routers)
     if embedded:
         routers.update(_shipped_routers(list(workflows), family))
     for name, rpath in routers.items():
-        if name not in workflows:
-            raise SpecError(f"{path}: routers.{name}: no such workflow in this fleet")
         full = rpath if embedded and Path(rpath).is_absolute() else resolve(path, rpath)
+        if name not in workflows:
+            # Not listed: the workflow stored in the checkpoint (self-contained checkpoints).
+            wf = _stored_workflow(Path(full))
+            if wf is None or wf.name != name:
+                raise SpecError(
+                    f"{path}: routers.{name}: no such workflow in this fleet"
+                    + ("" if wf is None else f" (the checkpoint {full} is for workflow {wf.name!r})")
+                )
+            add_workflow(wf, f"routers.{name}")
         workflows[name].router = _load_router(Path(full), workflows[name].space, compile_routers, router_buckets)
         workflows[name].router_path = str(full)
     for wfr in workflows.values():
@@ -212,6 +221,17 @@ def _shipped_routers(workflows: list[str], family: str) -> dict[str, str]:
         if p.exists():
             out[w] = str(p.resolve())
     return out
+
+
+def _stored_workflow(path: Path) -> WorkflowSpec | None:
+    """The workflow a router checkpoint stores (None: it stores none)."""
+    from aragog_jax.router import load_checkpoint
+
+    spec = load_checkpoint(path).meta.workflow_spec
+    try:
+        return None if spec is None else msgspec.convert(spec, WorkflowSpec)
+    except msgspec.ValidationError as exc:
+        raise SpecError(f"router {path}: malformed workflow stored in the checkpoint: {exc}") from exc
 
 
 def _load_router(path: Path, space: ConfigSpace, compile_now: bool, buckets: tuple[int, ...] | None):

@@ -9,12 +9,14 @@ full 429 (with ``Retry-After``), a workflow's stage function raised 500, engine 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import hmac
 import logging
 import re
 import time
 import uuid
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 import msgspec
@@ -31,7 +33,7 @@ from aragog_jax.errors import (
     UpstreamTimeout,
 )
 from aragog_jax.serving._emulated import EmulatedEngine
-from aragog_jax.serving._executor import Executor, Run, close_part
+from aragog_jax.serving._executor import Executor, OutputDelta, Run, close_part
 from aragog_jax.serving._fleet import FleetRuntime
 from aragog_jax.serving._loopback import LoopbackServer
 from aragog_jax.serving._metrics import ServerMetrics
@@ -40,6 +42,7 @@ from aragog_jax.serving._wire import (
     ENCODER,
     FRONT_CHAT_DECODER,
     RUN_REQUEST_DECODER,
+    DeltaEvent,
     DoneEvent,
     ErrorEvent,
     RunResponse,
@@ -385,28 +388,22 @@ class Server:
             content_type="application/json",
         )
 
-    async def _stream_run(self, request: web.Request, run: Run) -> web.StreamResponse:
+    async def _sse(self, request: web.Request, run: Run, frames: AsyncIterator[bytes]) -> web.StreamResponse:
+        """Send ``frames`` as server-sent events; a client that goes away cancels the run."""
         resp = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
         await resp.prepare(request)
         try:
-            while True:
-                item = await run.events.get()
-                if item is None:
-                    break
-                stage, text, rec = item
-                await resp.write(b"event: stage\ndata: " + ENCODER.encode(StageEvent(run.id, stage, text, rec)) + b"\n\n")
-            if run.done.exception() is None:
-                res = run.done.result()
-                await resp.write(b"event: done\ndata: " + ENCODER.encode(DoneEvent(run.id, res.output, res.receipt)) + b"\n\n")
-            else:
-                exc = run.done.exception()
-                status, _ = status_of(exc)
-                await resp.write(b"event: error\ndata: " + ENCODER.encode(ErrorEvent(run.id, status, str(exc))) + b"\n\n")
+            async with contextlib.aclosing(frames):
+                async for frame in frames:
+                    await resp.write(frame)
         except (asyncio.CancelledError, ConnectionResetError):
             self.executor._finish(run, "cancelled", AragogError("client disconnected"))
             raise
         await resp.write_eof()
         return resp
+
+    async def _stream_run(self, request: web.Request, run: Run) -> web.StreamResponse:
+        return await self._sse(request, run, _run_frames(run))
 
     # -- OpenAI-compatible ------------------------------------------------------------------
 
@@ -418,7 +415,7 @@ class Server:
         users = [m for m in body.messages if m.role == "user"]
         if not users or not users[-1].text().strip():
             raise BadRequest("messages: needs a non-empty user message (the workflow input)", "messages")
-        run = self._admit(wf.name, users[-1].text(), stream=False)
+        run = self._admit(wf.name, users[-1].text(), stream=body.stream)
         created = int(time.time())
         cid = f"chatcmpl-{uuid.uuid4().hex[:24]}"
         if not body.stream:
@@ -430,27 +427,50 @@ class Server:
                 "usage": usage, "aragog": {"id": res.id, "receipt": res.receipt},
             }  # fmt: skip
             return web.Response(body=ENCODER.encode(payload), content_type="application/json")
-        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
-        await resp.prepare(request)
+        return await self._sse(request, run, _chat_frames(run, cid, created, body.model))
 
-        def chunk(delta: dict, finish: str | None = None, **extra) -> bytes:
-            c = {"id": cid, "object": "chat.completion.chunk", "created": created, "model": body.model,
-                 "choices": [{"index": 0, "delta": delta, "finish_reason": finish}], **extra}  # fmt: skip
-            return b"data: " + ENCODER.encode(c) + b"\n\n"
 
-        await resp.write(chunk({"role": "assistant", "content": ""}))
-        try:
-            res = await self.executor.wait(run)
-        except AragogError as exc:
-            status, kind = status_of(exc)
-            await resp.write(b"data: " + ENCODER.encode({"error": {"message": str(exc), "type": kind, "code": status}}) + b"\n\n")
-            await resp.write_eof()
-            return resp
-        await resp.write(chunk({"content": res.output}))
-        await resp.write(chunk({}, "stop", usage=_usage(res.receipt)))
-        await resp.write(b"data: [DONE]\n\n")
-        await resp.write_eof()
-        return resp
+async def _run_frames(run: Run) -> AsyncIterator[bytes]:
+    """Workflow-run events: ``stage`` per finished stage, ``delta`` per piece of the output
+    stage's text as its engine produces it, then ``done`` (output and receipt) or ``error``."""
+    while (item := await run.events.get()) is not None:
+        if isinstance(item, OutputDelta):
+            yield b"event: delta\ndata: " + ENCODER.encode(DeltaEvent(run.id, item.stage, item.text)) + b"\n\n"
+        else:
+            yield b"event: stage\ndata: " + ENCODER.encode(StageEvent(run.id, item.stage, item.text, item.receipt)) + b"\n\n"
+    exc = run.done.exception()
+    if exc is None:
+        res = run.done.result()
+        yield b"event: done\ndata: " + ENCODER.encode(DoneEvent(run.id, res.output, res.receipt)) + b"\n\n"
+    else:
+        status, _ = status_of(exc)
+        yield b"event: error\ndata: " + ENCODER.encode(ErrorEvent(run.id, status, str(exc))) + b"\n\n"
+
+
+async def _chat_frames(run: Run, cid: str, created: int, model: str) -> AsyncIterator[bytes]:
+    """OpenAI ``chat.completion.chunk`` frames: the role, one chunk per piece of the output
+    stage's text as its engine produces it, a last chunk with ``finish_reason``, ``usage``
+    and the receipt (``aragog``, as in the non-streamed reply), then ``[DONE]``. A run
+    that fails ends with one ``{"error": ...}`` frame and no ``[DONE]``."""
+
+    def chunk(delta: dict, finish: str | None = None, **extra) -> bytes:
+        c = {"id": cid, "object": "chat.completion.chunk", "created": created, "model": model,
+             "choices": [{"index": 0, "delta": delta, "finish_reason": finish}], **extra}  # fmt: skip
+        return b"data: " + ENCODER.encode(c) + b"\n\n"
+
+    yield chunk({"role": "assistant", "content": ""})
+    while (item := await run.events.get()) is not None:
+        if isinstance(item, OutputDelta):
+            yield chunk({"content": item.text})
+    exc = run.done.exception()
+    if exc is not None:
+        status, kind = status_of(exc)
+        err = {"message": str(exc), "type": kind, "code": status, "field": None}
+        yield b"data: " + ENCODER.encode({"error": err, "aragog": {"id": run.id}}) + b"\n\n"
+        return
+    res = run.done.result()
+    yield chunk({}, "stop", usage=_usage(res.receipt), aragog={"id": res.id, "receipt": res.receipt})
+    yield b"data: [DONE]\n\n"
 
 
 def _usage(receipt) -> dict:

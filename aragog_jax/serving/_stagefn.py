@@ -12,7 +12,8 @@ shape instead::
 * ``stage``: the :class:`~aragog_jax.spec.StageSpec`;
 * ``model``: the catalog name of the model the scheduler chose for this stage;
 * ``lm``: an :class:`LM` bound to the chosen engine: ``await lm(prompt, max_tokens=...)``
-  returns the completion text. Every call goes to that engine, so the scheduler's load
+  returns the completion text (``prompt``: a string, sent as one user message, or a list
+  of ``{"role", "content"}`` chat messages, e.g. a DSPy predictor's). Every call goes to that engine, so the scheduler's load
   accounting and the receipt stay right; token counts add up over the calls;
 * ``state``: a :class:`StageState` with the request ``input``, the upstream ``outputs``
   by stage name, and the rendered ``prompt``.
@@ -80,21 +81,36 @@ class LM:
     completion_tokens: int = 0
     last: ChatResult | None = field(default=None, repr=False)
     _issued: int = field(default=0, repr=False)  # calls started (the next call's seed offset)
+    _on_delta: Callable[[str], None] | None = field(default=None, repr=False)  # streams the calls
 
-    async def __call__(self, prompt: str, *, max_tokens: int | None = None) -> str:
-        if not isinstance(prompt, str):
-            raise StageFunctionError(f"lm(prompt): prompt must be str, got {type(prompt).__name__}")
+    async def __call__(self, prompt: str | list[dict[str, str]], *, max_tokens: int | None = None) -> str:
+        """``prompt``: the text of one user message, or the chat messages themselves
+        (``[{"role": "system", "content": ...}, {"role": "user", ...}]``, e.g. DSPy's)."""
+        if not isinstance(prompt, str) and not _is_messages(prompt):
+            raise StageFunctionError(
+                f"lm(prompt): prompt must be str or a list of {{'role', 'content'}} messages, got {type(prompt).__name__}"
+            )
         # Seeded per call so that a stage's calls are reproducible and distinct; the index
         # is taken before the await, so concurrent calls (asyncio.gather) differ too.
         index, self._issued = self._issued, self._issued + 1
+        streamed = {"on_delta": self._on_delta} if self._on_delta is not None else {}
         res = await self._client.chat(
-            prompt, max_tokens=max(1, max_tokens or self._max_tokens), seed=(self._seed + index) % 2**31, timeout_s=self._timeout_s
-        )
+            prompt, max_tokens=max(1, max_tokens or self._max_tokens), seed=(self._seed + index) % 2**31,
+            timeout_s=self._timeout_s, **streamed,
+        )  # fmt: skip
         self.calls += 1
         self.prompt_tokens += res.prompt_tokens
         self.completion_tokens += res.completion_tokens
         self.last = res
         return res.text
+
+
+def _is_messages(prompt: object) -> bool:
+    return (
+        isinstance(prompt, list)
+        and bool(prompt)
+        and all(isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str) for m in prompt)
+    )
 
 
 async def _template_stage(stage: StageSpec, model: str, lm: LM, state: StageState) -> str:
@@ -143,14 +159,19 @@ async def run_stage(
     *,
     seed: int,
     timeout_s: float | None = None,
+    on_delta: Callable[[str], None] | None = None,
 ) -> StageOutput:
     """Run one stage on ``client``: ``fn`` if given, else one chat call of ``state.prompt``.
+
+    ``on_delta`` streams a template stage's call: it gets each piece of text as the engine
+    sends it. A stage function's calls are not streamed (its result is whatever it
+    returns, known only when it returns), so ``on_delta`` is not used for it.
 
     Raises:
       UpstreamError: an engine call failed (also from inside ``fn``).
       StageFunctionError: ``fn`` raised anything else or returned a non-str.
     """
-    lm = LM(model, client, max(1, stage.output_tokens), seed, timeout_s)
+    lm = LM(model, client, max(1, stage.output_tokens), seed, timeout_s, _on_delta=on_delta if fn is None else None)
     if fn is None:
         text = await _template_stage(stage, model, lm, state)
     else:

@@ -71,6 +71,7 @@ class _ChunkChoice(msgspec.Struct, frozen=True):
 class ChatCompletionChunk(msgspec.Struct, frozen=True):
     choices: list[_ChunkChoice] = []
     usage: Usage | None = None
+    error: Any = None  # an error chunk (``{"error": {"message": ...}}``) ends a stream
 
 
 class FrontChatRequest(msgspec.Struct, frozen=True):
@@ -140,6 +141,14 @@ class StageEvent(msgspec.Struct, frozen=True, tag="stage", tag_field="event"):
     stage: str
     output: str
     receipt: StageReceipt
+
+
+class DeltaEvent(msgspec.Struct, frozen=True, tag="delta", tag_field="event"):
+    """The next piece of the output stage's text, as its engine produced it."""
+
+    id: str
+    stage: str
+    text: str
 
 
 class DoneEvent(msgspec.Struct, frozen=True, tag="done", tag_field="event"):

@@ -54,6 +54,9 @@ class ConfigSpace:
     topo_order: np.ndarray
     upstream: tuple[tuple[int, ...], ...]
     stage_tokens: np.ndarray = field(repr=False)  # int32[S, 2] expected (input, output) tokens
+    # What the space was built from (router checkpoints store both, so they rebuild it).
+    spec: WorkflowSpec | None = field(default=None, repr=False)
+    pool: tuple[ModelSpec, ...] = field(default=(), repr=False)
 
     @property
     def num_configs(self) -> int:
@@ -66,6 +69,11 @@ class ConfigSpace:
     @property
     def num_models(self) -> int:
         return len(self.model_names)
+
+    @property
+    def output_stage(self) -> int:
+        """The stage whose text is the workflow's output: the last sink in file order."""
+        return max(s for s in range(self.num_stages) if int(self.stage_depth[s]) == 0)
 
     def fingerprint(self) -> str:
         """Stable hash of stage names, model names and the configuration order.
@@ -196,6 +204,8 @@ def build_space(
         topo_order=topo_order(upstream),
         upstream=upstream,
         stage_tokens=tokens.astype(np.int32),
+        spec=workflow,
+        pool=tuple(pool),
     )
 
 

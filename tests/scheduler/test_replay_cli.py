@@ -104,6 +104,24 @@ def test_cli_example_then_replay_via_stdin():
     assert out == replay_round(doc, make_policy("greedy"))
 
 
+def test_example_of_a_given_size_replays_with_brute_force(capsys):
+    """The default example can exceed brute_force's 10 items; --example-items sizes it, and
+    the refusal says what to do."""
+    assert main(["--example", "--seed", "0"]) == 0
+    big = capsys.readouterr().out
+    assert sum(len(r["ready"]) for r in json.loads(big)["requests"]) > 10
+    with pytest.raises(SchedulerError, match=r"at most 10 ready items .* got \d+: replay this round with the aragog policy"):
+        replay_round(json.loads(big), make_policy("brute_force"))
+    for n in (1, 7, 10):
+        assert main(["--example", "--seed", "3", "--example-items", str(n)]) == 0
+        doc = json.loads(capsys.readouterr().out)
+        assert sum(len(r["ready"]) for r in doc["requests"]) == n
+        brute = replay_round(doc, make_policy("brute_force"))
+        assert brute["utilization"] >= replay_round(doc, make_policy("aragog"))["utilization"] - 1e-9
+    with pytest.raises(SchedulerError, match="--example-items: must be >= 1"):
+        main(["--example", "--example-items", "0"])
+
+
 def _broken(path: str, value):
     doc = copy.deepcopy(FIG9)
     target = doc

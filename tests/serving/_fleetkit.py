@@ -5,6 +5,9 @@ from __future__ import annotations
 import textwrap
 from pathlib import Path
 
+from aragog_jax.serving import LoopbackServer
+from aragog_jax.serving._client import EngineClient
+
 CATALOG = """
 [families]
 t = ["small", "big"]
@@ -103,3 +106,15 @@ def write_fleet(
     path = tmp / "fleet.toml"
     path.write_text("\n".join(lines) + "\n")
     return path
+
+
+async def with_fake_client(fake, fn):
+    """``await fn(fake, client)`` with ``fake`` served on loopback and an open client to it."""
+    srv = LoopbackServer(fake.app)
+    client = EngineClient("e", await srv.start(), fake.served)
+    await client.open()
+    try:
+        return await fn(fake, client)
+    finally:
+        await client.close()
+        await srv.stop()

@@ -38,6 +38,16 @@ def test_stream_reply_is_joined():
     assert res.completion_tokens == 3
 
 
+def test_on_delta_gets_each_piece_as_it_arrives():
+    """Each piece reaches on_delta while the engine is still sending (before its last
+    piece), and the pieces join to the returned text."""
+    fake = FakeEngine("m", stream_pieces=3, stream_gap_s=0.05)
+    seen: list[tuple[str, int]] = []
+    res = asyncio.run(_with_fake(fake, lambda c: c.chat("hi there", max_tokens=3, on_delta=lambda t: seen.append((t, fake.num_completed)))))
+    assert len(seen) == 3 and "".join(t for t, _ in seen) == res.text == fake.text_for("hi there")
+    assert [done for _, done in seen[:-1]] == [0, 0] and fake.num_completed == 1 and fake.num_streamed == 1
+
+
 @pytest.mark.parametrize(
     ("mode", "exc", "needle"),
     [
@@ -45,16 +55,17 @@ def test_stream_reply_is_joined():
         ("malformed", UpstreamError, "malformed"),
         ("truncated", UpstreamError, "engine e0"),
         ("stream_truncated", UpstreamError, "engine e0"),
+        ("stream_error", UpstreamError, "engine e0: error mid-stream: injected failure mid-stream"),
         ("hang", UpstreamTimeout, "no reply within"),
     ],
 )
 def test_faults_map_to_upstream_errors(mode, exc, needle):
     fake = FakeEngine("m", mode=mode)
-    stream = mode == "stream_truncated"
+    stream = mode.startswith("stream_")
     with pytest.raises(exc, match=needle) as info:
         asyncio.run(_with_fake(fake, lambda c: c.chat("x", max_tokens=2, stream=stream, timeout_s=0.3)))
     assert not isinstance(info.value, EngineRejected)
-    assert info.value.__cause__ is not None or mode in ("fail", "stream_truncated")
+    assert info.value.__cause__ is not None or mode in ("fail", "stream_truncated", "stream_error")
 
 
 def test_4xx_is_rejected_not_engine_fault():

@@ -41,6 +41,10 @@ def test_reply_is_deterministic_and_counts_tokens():
     assert a.text == b.text == s.text == deterministic_text("M", "same prompt", 3, 20)
     assert a.completion_tokens == 20 and s.completion_tokens == 20
     assert deterministic_text("M", "other", 3, 20) != a.text
+    # Obviously a placeholder, naming its model: nobody mistakes it for an answer.
+    head, _, words = a.text.partition("] ")
+    assert head == "[emulated M: placeholder text" and len(words.split()) == 20
+    assert set(words.split()) <= set("lorem ipsum dolor sit amet consectetur adipiscing elit sed do eiusmod tempor incididunt ut labore et dolore magna aliqua enim ad minim veniam quis nostrud".split())
 
 
 def test_timing_follows_profile_and_batches_concurrently():

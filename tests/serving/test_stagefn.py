@@ -8,12 +8,11 @@ import textwrap
 import pytest
 
 from aragog_jax.errors import SpecError, StageFunctionError, UpstreamError
-from aragog_jax.serving import FakeEngine, LoopbackServer
-from aragog_jax.serving._client import EngineClient
+from aragog_jax.serving import FakeEngine
 from aragog_jax.serving._stagefn import StageState, load_stage_functions, render_prompt, run_stage
 from aragog_jax.spec import load_models, load_workflow
 
-from ._fleetkit import CATALOG
+from ._fleetkit import CATALOG, with_fake_client
 
 STAGES_PY = '''
 async def draft_twice(stage, model, lm, state):
@@ -90,15 +89,7 @@ def test_malformed_function_reference_is_rejected_when_the_spec_loads(tmp_path):
 
 
 async def _with_engine(fn, **fake_kw):
-    fake = FakeEngine("small", **fake_kw)
-    srv = LoopbackServer(fake.app)
-    client = EngineClient("e", await srv.start(), "small")
-    await client.open()
-    try:
-        return await fn(fake, client)
-    finally:
-        await client.close()
-        await srv.stop()
+    return await with_fake_client(FakeEngine("small", **fake_kw), fn)
 
 
 def test_function_calls_the_chosen_engine_and_tokens_add_up(tmp_path):

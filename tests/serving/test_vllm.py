@@ -148,6 +148,42 @@ def test_runs_complete_through_server_on_both_engines(vllm_engines, tmp_path):
             assert stage["completion_tokens"] > 0 and stage["run_s"] > 0
 
 
+def test_openai_client_streams_the_output_stage_token_by_token(vllm_engines, tmp_path):
+    """The official client sees the output stage's tokens in many chunks as the real
+    engine generates them, and the receipt in the last chunk."""
+    openai = pytest.importorskip("openai")
+    engines, _ = vllm_engines
+
+    async def go():
+        s = Server(_fleet(tmp_path, engines), ServeOptions(drain_s=5, warm_up=False))
+        url = await s.start()
+        try:
+            client = openai.AsyncOpenAI(base_url=url + "/v1", api_key="unused", max_retries=0)
+            arrivals = []
+            t0 = time.monotonic()
+            stream = await client.chat.completions.create(
+                model="workflow:chain", messages=[{"role": "user", "content": "write a long story"}], stream=True
+            )
+            async for ch in stream:
+                arrivals.append((time.monotonic() - t0, ch))
+            await client.close()
+            return arrivals
+        finally:
+            await s.stop(drain_s=1)
+
+    arrivals = asyncio.run(asyncio.wait_for(go(), 240))
+    texts = [(t, ch.choices[0].delta.content) for t, ch in arrivals if ch.choices and ch.choices[0].delta.content]
+    last = arrivals[-1][1]
+    receipt = last.model_extra["aragog"]["receipt"]
+    polish = receipt["stages"][-1]
+    print(f"{len(texts)} content chunks over {texts[-1][0] - texts[0][0]:.3f} s; polish: {polish['completion_tokens']} tokens on {polish['engine']}")
+    assert last.choices[0].finish_reason == "stop" and polish["stage"] == "polish"
+    # Several chunks, not the whole answer at once (the random-weight model's tokens often
+    # decode to no text on their own, so there are fewer text chunks than tokens).
+    assert polish["completion_tokens"] > 1 and len(texts) >= 3
+    assert texts[-1][0] > texts[0][0]
+
+
 def test_engine_killed_mid_run_fails_over_and_accounts_for_every_request(vllm_engines, tmp_path):
     engines, procs = vllm_engines
     victim = engines[0]

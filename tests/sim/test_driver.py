@@ -107,6 +107,14 @@ def test_cli_writes_summary_and_plots(dataset_dir, tmp_path, capsys):
         assert d["max_throughput"] > 0 and len(d["per_rate"]) == 2
         assert {"mean", "p25", "p50", "p95"} <= set(d["per_rate"][0]["latency"])
         assert 0 <= d["accuracy"] <= 1 and 0 <= d["c_max_accuracy"] <= 1
+    # One c_max per case, over the same inputs for every policy (requests come from the seed and rate).
+    assert [r["c_max_accuracy_all"] for r in summary["policies"]["aragog"]["per_rate"]] == [
+        r["c_max_accuracy_all"] for r in summary["policies"]["per_workflow"]["per_rate"]
+    ]
+    assert 0 < summary["c_max_accuracy"] <= 1
+    text = capsys.readouterr().out
+    assert text.count("c_max accuracy") == 1 and f"c_max accuracy {summary['c_max_accuracy']:.3f} (every request of the sweep)" in text
+    assert text.count("pts vs c_max on its completed requests") == 2
     for png in ("throughput_latency.png", "latency_cdf.png", "accuracy.png", "admitted.png"):
         assert (out / png).stat().st_size > 1000
     assert run_cli(main, argv[:-2] + ["--rates", "fast", "--out", str(out)]) == 2

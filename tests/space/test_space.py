@@ -134,3 +134,17 @@ def test_inspector_json_for_every_shipped_workflow():
         d = json.loads(out)
         assert d["num_configs"] == 3 ** d["num_stages"]
         assert set(d["c_max"].values()) == {"Llama-3.1-70B-Instruct"}
+
+
+def test_inspector_prints_level_and_depth_and_says_what_they_mean(capsys):
+    from aragog_jax.inspect import main
+
+    assert main(["decomposition_strategyqa", "--family", "qwen"]) == 0
+    out = capsys.readouterr().out
+    rows = {line.split()[0]: line.split()[1:3] for line in out.splitlines() if line.startswith("  ") and line.split()[0] in ("decompose", "solver_1", "aggregate")}
+    assert rows == {"decompose": ["0", "2"], "solver_1": ["1", "1"], "aggregate": ["2", "0"]}
+    assert "level: stages before this one on the longest path from the input" in out
+    assert "depth: stages after this one on the longest path to a sink (0: a sink, such as the output stage" in out
+    assert main(["decomposition_strategyqa", "--family", "qwen", "--json"]) == 0
+    stages = json.loads(capsys.readouterr().out)["stages"]
+    assert [(s["level"], s["depth"]) for s in stages] == [(0, 2), (1, 1), (1, 1), (1, 1), (2, 0)]
