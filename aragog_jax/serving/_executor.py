@@ -194,13 +194,22 @@ class Executor:
         return run
 
     async def wait(self, run: Run) -> RunResult:
-        """Wait for a run to end; raises the AragogError it ended with (504 past its deadline)."""
+        """Wait for a run to end; raises the AragogError it ended with (504 past its deadline).
+        Cancelling the waiter (the client disconnected) cancels the run."""
         try:
             return await asyncio.shield(run.done)
         except asyncio.CancelledError:
-            # The client went away: stop spending engine time on it.
-            self._finish(run, "cancelled", AragogError("client disconnected"))
+            self.cancel(run, "client disconnected")
             raise
+
+    def cancel(self, run: Run, why: str) -> None:
+        """End a run nobody waits for any more: its meta-queue slot is free at once, its
+        in-flight engine calls are aborted (their tasks cancelled, which closes their
+        connections; each asks for a round once its engine slot is free). One log line."""
+        if run.finished:
+            return
+        log.info("run %s (%s) cancelled: %s", run.id, run.wf.name, why)
+        self._finish(run, "cancelled", AragogError(f"run cancelled: {why}"))
 
     def _expire(self, run: Run) -> None:
         self._finish(run, "expired", DeadlineExceededError(
@@ -329,7 +338,9 @@ class Executor:
                 st.in_flight -= 1
                 st.num_returned += 1
         except asyncio.CancelledError:
+            self.metrics.dispatches.labels(a.engine, st.model, "cancelled").inc()
             self.sched.release(run.id, sid, a.engine)
+            self.kick()  # the engine slot is free again
             raise
         except StageFunctionError as exc:
             # The workflow's own code failed, not the engine: no failover, the run fails (500).
