@@ -103,6 +103,9 @@ class _GuardedProtocol(web.RequestHandler):
         self._guard_loop = loop
         self._head_timer: asyncio.TimerHandle | None = None
         self._awaiting_head = True  # between requests: the next bytes start a request head
+        # loop.time() when the current head started (its first byte, or the connection
+        # opening); None while a request is being handled or the connection is idle.
+        self._head_since: float | None = None
         self._head_bytes = 0  # bytes received towards the current head
         self._refused = False
 
@@ -118,7 +121,8 @@ class _GuardedProtocol(web.RequestHandler):
             return
         g.num_open += 1
         super().connection_made(transport)
-        self._arm_head_timer()
+        self._head_since = self._guard_loop.time()
+        self._arm_head_timer(self._head_since + g.limits.header_timeout_s)
 
     def connection_lost(self, exc: BaseException | None) -> None:
         if self._head_timer is not None:
@@ -139,16 +143,26 @@ class _GuardedProtocol(web.RequestHandler):
             return
         if self._awaiting_head:
             self._head_bytes += len(data)
-            if self._head_timer is None:
-                self._arm_head_timer()
+            if self._head_since is None:
+                self._head_since = self._guard_loop.time()
+                if self._head_timer is None:
+                    self._arm_head_timer(self._head_since + self._guard.limits.header_timeout_s)
         super().data_received(data)
 
-    def _arm_head_timer(self) -> None:
-        self._head_timer = self._guard_loop.call_later(self._guard.limits.header_timeout_s, self._head_timed_out)
+    # The head timer is lazy (like aiohttp's keep-alive timer): a complete head does not
+    # cancel it; when it fires it checks the head in progress, if any, and re-arms for
+    # that head's own deadline. Busy keep-alive connections thus cost no timer per request.
+
+    def _arm_head_timer(self, when: float) -> None:
+        self._head_timer = self._guard_loop.call_at(when, self._head_timed_out)
 
     def _head_timed_out(self) -> None:
         self._head_timer = None
-        if not self._awaiting_head or self.transport is None:
+        if self._head_since is None or self.transport is None:
+            return  # no head in progress: the next one arms the timer again
+        deadline = self._head_since + self._guard.limits.header_timeout_s
+        if self._guard_loop.time() < deadline:
+            self._arm_head_timer(deadline)
             return
         if self._head_bytes:
             self.transport.write(self._guard.head_timeout)
@@ -159,10 +173,8 @@ class _GuardedProtocol(web.RequestHandler):
     def head_received(self) -> None:
         """A request head is complete: its handler runs next (the server's request factory)."""
         self._awaiting_head = False
+        self._head_since = None
         self._head_bytes = 0
-        if self._head_timer is not None:
-            self._head_timer.cancel()
-            self._head_timer = None
 
     def request_done(self) -> None:
         """The handler returned: the next bytes on this connection start a new head."""

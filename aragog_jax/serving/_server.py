@@ -85,6 +85,8 @@ def _untune_gc() -> None:
         gc.set_threshold(*_gc_saved_threshold)
 
 WORKFLOW_MODEL_PREFIX = "workflow:"
+# request -> the Run admitted for it (a typed key where aiohttp has them: 3.12+ warns on str keys)
+RUN_KEY = web.RequestKey("aragog_run", Run) if hasattr(web, "RequestKey") else "aragog_run"
 RETRY_AFTER_S = 1
 
 
@@ -378,6 +380,14 @@ class Server:
             if exc.status < 400:
                 raise
             return self._http_error(request, exc)
+        except BaseException as exc:
+            # The client went away (aiohttp cancels the handler, or a write found the
+            # connection closed), or a bug: whatever the handler awaited, its run ends.
+            run = request.get(RUN_KEY)
+            if run is not None:
+                gone = isinstance(exc, (asyncio.CancelledError, ConnectionResetError))
+                self.executor.cancel(run, "client disconnected" if gone else f"request handler failed: {type(exc).__name__}")
+            raise
 
     def _authorize(self, auth: str) -> None:
         key = auth[7:].strip() if auth[:7].lower() == "bearer " else ""
@@ -462,15 +472,17 @@ class Server:
         except msgspec.MsgspecError as exc:
             raise schema_error(exc) from exc
 
-    def _admit(self, workflow: str, text: str, **kw) -> Run:
+    def _admit(self, request: web.Request, workflow: str, text: str, **kw) -> Run:
+        """Admit a run for ``request``; the guard cancels it if the client goes away."""
         if self.state != "serving" or self.executor is None:
             raise ShuttingDown(f"server is {self.state}; not accepting new requests")
-        return self.executor.admit(workflow, text, **kw)
+        run = request[RUN_KEY] = self.executor.admit(workflow, text, **kw)
+        return run
 
     async def run_workflow(self, request: web.Request) -> web.StreamResponse:
         wf = self._workflow(request.match_info["name"])
         body = await self._read(request, RUN_REQUEST_DECODER)
-        run = self._admit(wf.name, _workflow_input(body.input, "input"), deadline_s=body.deadline_s, replay=body.replay, stream=body.stream)
+        run = self._admit(request, wf.name, _workflow_input(body.input, "input"), deadline_s=body.deadline_s, replay=body.replay, stream=body.stream)
         if body.stream:
             return await self._stream_run(request, run)
         res = await self.executor.wait(run)
@@ -496,10 +508,7 @@ class Server:
                 exc = run.done.exception()
                 status, _ = status_of(exc)
                 await resp.write(b"event: error\ndata: " + ENCODER.encode(ErrorEvent(run.id, status, str(exc))) + b"\n\n")
-        except asyncio.CancelledError:  # the client disconnected (handler cancellation)
-            self.executor.cancel(run, "client disconnected")
-            raise
-        except ConnectionResetError:  # a write found the connection gone first
+        except ConnectionResetError:  # a write found the connection gone: end quietly
             self.executor.cancel(run, "client disconnected")
             return resp
         await resp.write_eof()
@@ -515,7 +524,7 @@ class Server:
         users = [m for m in body.messages if m.role == "user"]
         if not users:
             raise BadRequest("messages: needs a user message (the workflow input)", "messages")
-        run = self._admit(wf.name, _workflow_input(users[-1].text(), "messages"), stream=False)
+        run = self._admit(request, wf.name, _workflow_input(users[-1].text(), "messages"), stream=False)
         created = int(time.time())
         cid = f"chatcmpl-{uuid.uuid4().hex[:24]}"
         if not body.stream:

@@ -90,6 +90,12 @@ def _is_error_shape(doc: dict, status: int) -> bool:
     return set(err) == {"message", "type", "code", "field"} and err["code"] == status and isinstance(err["message"], str)
 
 
+def _busy_pair():
+    """Engines that take 30 s per call but stay healthy (mode "hang" also fails /health,
+    so the monitor would fail the runs before the client could hang up)."""
+    return fake_pair("slow", "slow", slow_s=30.0)
+
+
 # -- 1. disconnects -------------------------------------------------------------------------
 
 
@@ -108,7 +114,7 @@ def test_disconnect_mid_request_cancels_the_run_and_frees_its_slot(tmp_path, cap
     and counts), their engine calls aborted at the engine, gauges back to 0, one log line
     each, no ERROR."""
     caplog.set_level(logging.INFO, logger="aragog_jax.serving")
-    engines = fake_pair("hang", "hang")
+    engines = _busy_pair()
     path, body = _DISCONNECTS[kind]
     raw = _request("POST", path, json.dumps(body).encode())
 
@@ -139,7 +145,7 @@ def test_disconnect_mid_request_cancels_the_run_and_frees_its_slot(tmp_path, cap
         await _until(lambda: sum(f.in_flight for _, f in engines.values()) == 0)
         return dict(ex.counts), [st.in_flight for st in ex.engines.values()], await _metrics(http)
 
-    counts, engine_in_flight, metrics = asyncio.run(serve_fakes(tmp_path, engines, fn, server={"max_queue": 2}))
+    counts, engine_in_flight, metrics = asyncio.run(serve_fakes(tmp_path, engines, fn, server={"max_queue": 2, "engine_timeout_s": 60.0}))
     assert counts == {"completed": 0, "failed": 0, "expired": 0, "cancelled": 3}
     assert 'aragog_requests_total{status="cancelled",workflow="chain"} 3.0' in metrics
     assert "aragog_requests_in_flight 0.0" in metrics
@@ -182,6 +188,26 @@ def test_disconnect_mid_stream_cancels_without_an_error_traceback(tmp_path, capl
     assert sum(f.num_cancelled for _, f in engines.values()) == 1
     assert len([r for r in caplog.records if "cancelled: client disconnected" in r.getMessage()]) == 1
     assert not _errors_logged(caplog)
+
+
+def test_a_handler_failing_after_admission_cancels_its_run(tmp_path, caplog):
+    """A bug between admission and the answer (500) does not leave the run holding its
+    slot and its engines until the deadline."""
+    caplog.set_level(logging.INFO)
+
+    async def fn(s, http):
+        async def broken_wait(run):
+            raise RuntimeError("bug after admission")
+
+        s.executor.wait = broken_wait
+        status, doc, _ = await post_json(http, RUN, {"input": "x"})
+        await _until(lambda: s.executor.num_in_flight == 0, 2.0)
+        return status, doc, dict(s.executor.counts)
+
+    status, doc, counts = asyncio.run(serve_fakes(tmp_path, _busy_pair(), fn))
+    assert status == 500 and doc["error"]["type"] == "internal_error"
+    assert counts["cancelled"] == 1
+    assert any("request handler failed: RuntimeError" in r.getMessage() for r in caplog.records)
 
 
 # -- 2, 3, 4. keys ----------------------------------------------------------------------------
@@ -431,7 +457,7 @@ def test_refused_requests_are_counted_by_status_and_reason(tmp_path):
         async with http.get("/metrics", headers=key) as r:
             return await r.text()
 
-    metrics = asyncio.run(serve_fakes(tmp_path, fake_pair("hang", "hang"), fn, server={"api_keys": ["k"], "max_queue": 1, "max_body_bytes": 2048}))
+    metrics = asyncio.run(serve_fakes(tmp_path, _busy_pair(), fn, server={"api_keys": ["k"], "max_queue": 1, "max_body_bytes": 2048}))
     for status, reason in [(400, "invalid_request_error"), (401, "authentication_error"), (404, "not_found_error"),
                            (413, "payload_too_large"), (429, "overloaded_error")]:  # fmt: skip
         assert f'aragog_requests_rejected_total{{reason="{reason}",status="{status}"}} 1.0' in metrics
@@ -479,7 +505,7 @@ def test_second_signal_during_drain_stops_at_once(tmp_path):
         status = (await running)[0]
         return summary, took, status
 
-    summary, took, status = asyncio.run(serve_fakes(tmp_path, fake_pair("hang", "hang"), fn, options=ServeOptions(drain_s=30.0, warm_up=False)))
+    summary, took, status = asyncio.run(serve_fakes(tmp_path, _busy_pair(), fn, options=ServeOptions(drain_s=30.0, warm_up=False)))
     assert summary == {"cancelled_at_shutdown": 1} and took < 3.0 and status == 503
 
 
