@@ -166,7 +166,8 @@ def error_response(exc: BaseException) -> web.Response:
     return resp
 
 
-def _is_loopback(host: str) -> bool:
+def is_loopback(host: str) -> bool:
+    """Whether binding ``host`` keeps the server on this machine."""
     if host == "localhost":
         return True
     try:
@@ -251,7 +252,7 @@ class Server:
         # requests get 503 and /ready says "starting".
         self.site = LoopbackServer(self.app, self.settings.host, self.settings.port, shutdown_timeout=1.0, make_runner=self._runner)
         self.url = await self.site.start()
-        if not self._keys and not _is_loopback(self.settings.host):
+        if not self._keys and not is_loopback(self.settings.host):
             log.warning(
                 "NO AUTH: listening on %r, which is not a loopback address, without API keys: anyone who can reach "
                 "it can run workflows on your engines. Set [server] api_keys or api_keys_env in the fleet file.",

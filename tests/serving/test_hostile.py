@@ -468,14 +468,14 @@ def test_refused_requests_are_counted_by_status_and_reason(tmp_path):
 
 
 def test_is_loopback():
-    assert all(server_module._is_loopback(h) for h in ("127.0.0.1", "127.0.0.2", "::1", "localhost"))
-    assert not any(server_module._is_loopback(h) for h in ("0.0.0.0", "::", "", "10.1.2.3", "example.com"))
+    assert all(server_module.is_loopback(h) for h in ("127.0.0.1", "127.0.0.2", "::1", "localhost"))
+    assert not any(server_module.is_loopback(h) for h in ("0.0.0.0", "::", "", "10.1.2.3", "example.com"))
 
 
 @pytest.mark.parametrize("keys", [[], ["k"]])
 def test_non_loopback_bind_without_keys_warns_loudly(tmp_path, caplog, monkeypatch, keys):
     # The test binds loopback only; the address check itself is tested above.
-    monkeypatch.setattr(server_module, "_is_loopback", lambda host: False)
+    monkeypatch.setattr(server_module, "is_loopback", lambda host: False)
     caplog.set_level(logging.WARNING)
 
     async def fn(s, http):
