@@ -141,7 +141,7 @@ class _GuardedProtocol(web.RequestHandler):
                 self.transport.close()
                 self._guard.on_refused(503, "too_many_connections")
             return
-        if self._awaiting_head:
+        if self._awaiting_head and data:  # (aiohttp feeds b"" when it resumes reading)
             self._head_bytes += len(data)
             if self._head_since is None:
                 self._head_since = self._guard_loop.time()
@@ -185,9 +185,10 @@ class _GuardedProtocol(web.RequestHandler):
     def handle_error(
         self, request: web.BaseRequest, status: int = 500, exc: BaseException | None = None, message: str | None = None
     ) -> web.StreamResponse:
-        if isinstance(exc, ConnectionError):
+        if isinstance(exc, ConnectionError):  # the client is gone: nothing to answer
             log.info("client went away during %s (%s)", request.method, type(exc).__name__)
-        elif status >= 500:
+            raise ConnectionError("client went away") from exc
+        if status >= 500:
             log.error("unhandled error answering %s %s", request.method, request.path[:200], exc_info=exc)
         else:
             # Never the exception's text: aiohttp puts the offending bytes (keys) there.
@@ -195,7 +196,8 @@ class _GuardedProtocol(web.RequestHandler):
         if request.writer.output_size > 0:
             raise ConnectionError("the response had started; cannot send an error response")
         status, kind, text = describe_http_error(status, exc, self._guard.limits)
-        self._guard.on_refused(status, kind)
+        if status < 500:
+            self._guard.on_refused(status, kind)
         resp = web.Response(status=status, body=error_body(text, kind, status), content_type="application/json")
         resp.force_close()
         return resp

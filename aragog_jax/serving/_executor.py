@@ -74,6 +74,9 @@ class Run:
     ready_at: dict[int, float] = field(default_factory=dict)
     attempts: dict[int, list[Attempt]] = field(default_factory=dict)
     tasks: set[asyncio.Task] = field(default_factory=set)
+    # Stage tasks dispatched but not yet started. A task cancelled before its first step
+    # never runs its body, so its engine slot is given back by _finish instead.
+    unstarted: dict[asyncio.Task, Assignment] = field(default_factory=dict)
     rounds: list[Any] = field(default_factory=list)
     done: asyncio.Future | None = None
     events: asyncio.Queue | None = None  # stage receipts for streaming
@@ -315,6 +318,7 @@ class Executor:
         st.breaker.on_dispatch(now)
         task = asyncio.get_running_loop().create_task(self._run_stage(run, a, st, round_id, now))
         run.tasks.add(task)
+        run.unstarted[task] = a
         task.add_done_callback(run.tasks.discard)
 
     def _stage_state(self, run: Run, sid: int) -> StageState:
@@ -323,6 +327,7 @@ class Executor:
         return StageState(run.input, outputs, render_prompt(stage.prompt, run.input, outputs))
 
     async def _run_stage(self, run: Run, a: Assignment, st: EngineLoadState, round_id: int, t_disp: float) -> None:
+        del run.unstarted[asyncio.current_task()]  # from here on this task gives its slot back itself
         sid = a.stage_id
         stage = run.wf.spec.stage[sid]
         left = run.deadline - time.monotonic()
@@ -338,9 +343,7 @@ class Executor:
                 st.in_flight -= 1
                 st.num_returned += 1
         except asyncio.CancelledError:
-            self.metrics.dispatches.labels(a.engine, st.model, "cancelled").inc()
-            self.sched.release(run.id, sid, a.engine)
-            self.kick()  # the engine slot is free again
+            self._abandoned(run, a, st)
             raise
         except StageFunctionError as exc:
             # The workflow's own code failed, not the engine: no failover, the run fails (500).
@@ -385,6 +388,13 @@ class Executor:
             run.events.put_nowait((stage.name, res.text, rec))
         if len(run.outputs) == run.wf.space.num_stages:
             self._complete(run)
+        self.kick()
+
+    def _abandoned(self, run: Run, a: Assignment, st: EngineLoadState) -> None:
+        """A dispatched stage was cancelled (its run ended): counted, and a round may use
+        the engine slot it gave back."""
+        self.metrics.dispatches.labels(a.engine, st.model, "cancelled").inc()
+        self.sched.release(run.id, a.stage_id, a.engine)
         self.kick()
 
     def _on_engine_fault(self, run: Run, a: Assignment, st: EngineLoadState, exc: UpstreamError) -> None:
@@ -460,6 +470,12 @@ class Executor:
         for t in list(run.tasks):
             if t is not asyncio.current_task():
                 t.cancel()
+        for a in run.unstarted.values():  # cancelled before their first step: never run their cleanup
+            st = self.engines[a.engine]
+            st.in_flight -= 1
+            st.num_returned += 1
+            self._abandoned(run, a, st)
+        run.unstarted.clear()
         if not run.done.done():
             run.done.set_exception(exc)
             run.done.exception()  # mark retrieved: a handler may be gone already

@@ -190,6 +190,28 @@ def test_disconnect_mid_stream_cancels_without_an_error_traceback(tmp_path, capl
     assert not _errors_logged(caplog)
 
 
+def test_a_run_cancelled_before_its_stage_tasks_start_gives_their_engine_slots_back(tmp_path):
+    """A disconnect handled in the loop turn after the round that dispatched the run's
+    stages (their tasks created, not yet started: a cancelled task then never runs its own
+    cleanup) must still return the engine slots, or mass disconnects wedge the server."""
+
+    async def fn(s, http):
+        ex = s.executor
+        run = ex.admit("fan", "x")
+        await asyncio.sleep(0)  # the round that routes the run and dispatches its two ready stages
+        dispatched = sum(st.num_dispatched for st in ex.engines.values())
+        ex.cancel(run, "client disconnected")
+        await asyncio.sleep(0.05)
+        status, _, _ = await post_json(http, RUN, {"input": "next"})  # the engines serve again
+        return dispatched, [st.in_flight for st in ex.engines.values()], await _metrics(http), status
+
+    dispatched, in_flight, metrics, status = asyncio.run(serve_fakes(tmp_path, fake_pair(delay_s=0.05), fn))
+    assert dispatched == 2
+    assert in_flight == [0, 0]
+    assert _dispatches(metrics, "cancelled") == 2
+    assert status == 200
+
+
 def test_a_handler_failing_after_admission_cancels_its_run(tmp_path, caplog):
     """A bug between admission and the answer (500) does not leave the run holding its
     slot and its engines until the deadline."""
