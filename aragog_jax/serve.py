@@ -58,10 +58,6 @@ async def _serve(args: argparse.Namespace) -> int:
     except OSError as exc:
         await server.stop(drain_s=0)
         raise SpecError(f"cannot listen on {fleet.settings.host}:{fleet.settings.port}: {exc.strerror or exc}") from exc
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
     routed = [n for n, w in fleet.workflows.items() if w.router is not None]
     first = "self_refine_humaneval" if "self_refine_humaneval" in fleet.workflows else (routed or list(fleet.workflows))[0]
     log.info("fleet: %s; %d engines (%s)", fleet.source, len(fleet.engines), ", ".join(f"{e.name}={e.model}" for e in fleet.engines))
@@ -74,11 +70,34 @@ async def _serve(args: argparse.Namespace) -> int:
         url, first,
     )  # fmt: skip
     print(f"aragog_jax serving on {url}", flush=True)
-    await stop.wait()
-    log.info("shutting down: draining in-flight requests (up to %.0f s)", args.drain_s)
-    summary = await server.stop()
-    log.info("stopped (%s)", summary)
+    await serve_until_signalled(server, args.drain_s)
     return 0
+
+
+async def serve_until_signalled(server, drain_s: float, signals=(signal.SIGINT, signal.SIGTERM)) -> dict[str, int]:
+    """Serve until the first of ``signals``, then drain for up to ``drain_s``; a second
+    signal during the drain stops at once (in-flight requests end with 503)."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+
+    def on_signal() -> None:
+        if not stop.is_set():
+            stop.set()
+        else:
+            log.warning("second signal: stopping now; in-flight requests end with 503")
+            server.cut_drain()
+
+    for sig in signals:
+        loop.add_signal_handler(sig, on_signal)
+    try:
+        await stop.wait()
+        log.info("shutting down: draining in-flight requests (up to %.0f s; signal again to stop at once)", drain_s)
+        summary = await server.stop()
+    finally:
+        for sig in signals:
+            loop.remove_signal_handler(sig)
+    log.info("stopped (%s)", summary)
+    return summary
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -12,6 +12,11 @@ Phases (each against a fresh server process started with ``python -m aragog_jax.
   overhead per stage dispatch at that concurrency.
 * ``emulated``: the emulated engines of the embedded default fleet (profiles, time
   scale 10), Poisson arrivals at ``--emulated-rate`` and at ``--overload`` times it.
+* ``disconnect``: fake engines answering after ``--disconnect-delay-s``; ``--max-queue``
+  clients fill the meta-queue and hang up mid-request. Reports how long the server took
+  to count them all cancelled (``freed_ms``) and how many scheduling rounds ran
+  meanwhile (``rounds_while_freeing``, at most 1 passes), then sends as many new
+  requests, which must all be admitted (no 429) and complete.
 
 Per phase the JSON has completed / rejected (429) / unavailable (503) / failed (other
 5xx) / expired (504) / lost (connection errors) / hung (no answer within the deadline
@@ -284,6 +289,72 @@ async def closed_loop(url: str, concurrency: int, duration_s: float, max_request
     return tally, wall
 
 
+def _metric(text: str, name: str, **labels: str) -> float:
+    """Sum of a Prometheus sample's values over the label sets that carry ``labels``."""
+    want = [f'{k}="{v}"' for k, v in labels.items()]
+    total = 0.0
+    for m in re.finditer(rf"^{re.escape(name)}(\{{[^}}]*\}})? (\S+)$", text, re.M):
+        if all(w in (m.group(1) or "") for w in want):
+            total += float(m.group(2))
+    return total
+
+
+async def disconnect_wave(url: str, num: int, hang_after_s: float) -> dict:
+    """``num`` clients send a run and hang up once all are in flight; then ``num`` more."""
+    host, port = url.removeprefix("http://").rsplit(":", 1)
+    body = json.dumps({"input": INPUTS[0]}).encode()
+    raw = (
+        f"POST /v1/workflows/{WORKFLOW}/runs HTTP/1.1\r\nHost: bench\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(body)}\r\n\r\n"
+    ).encode() + body
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as http:
+
+        async def metrics() -> str:
+            async with http.get(url + "/metrics") as r:
+                return await r.text()
+
+        async def until(cond, what: str) -> tuple[str, bool]:
+            t0 = time.perf_counter()
+            while not cond(text := await metrics()):
+                if time.perf_counter() - t0 > hang_after_s:
+                    print(f"disconnect phase: {what} not seen within {hang_after_s} s", file=sys.stderr)
+                    return text, False
+                await asyncio.sleep(0.002)
+            return text, True
+
+        conns = [await asyncio.open_connection(host, int(port)) for _ in range(num)]
+        for _, w in conns:
+            w.write(raw)
+        before, _ = await until(lambda t: _metric(t, "aragog_requests_in_flight") >= num, f"{num} runs in flight")
+        cancelled0 = _metric(before, "aragog_requests_total", status="cancelled")
+        t_close = time.perf_counter()
+        for _, w in conns:
+            w.close()
+        after, freed = await until(lambda t: _metric(t, "aragog_requests_total", status="cancelled") - cancelled0 >= num, "the cancellations")
+        freed_ms = 1000.0 * (time.perf_counter() - t_close) if freed else None
+        rounds = _metric(after, "aragog_scheduling_seconds_count") - _metric(before, "aragog_scheduling_seconds_count")
+        dispatches = _metric(after, "aragog_stage_dispatches_total", outcome="cancelled") - _metric(
+            before, "aragog_stage_dispatches_total", outcome="cancelled"
+        )
+        tally = Tally()
+        await asyncio.gather(*(_one(http, url, INPUTS[1], tally, hang_after_s) for _ in range(num)))
+    completed = tally.outcomes.get("completed", 0)
+    return {
+        "phase": "disconnect",
+        "disconnected": num,
+        "load_average_1m": round(os.getloadavg()[0], 2),
+        "freed_ms": round(freed_ms, 2) if freed_ms is not None else None,  # None: never counted cancelled
+        "rounds_while_freeing": int(rounds),
+        "cancelled_dispatches": int(dispatches),
+        "sent": num,
+        "outcomes": dict(sorted(tally.outcomes.items())),
+        "accounted": sum(tally.outcomes.values()) == num,
+        "lost": tally.outcomes.get("lost", 0),
+        "hung": tally.outcomes.get("hung", 0),
+        "freed_within_one_round": freed and rounds <= 1 and completed == num,
+    }
+
+
 def _pct(xs: list[float], ms: bool = True) -> dict[str, float]:
     if not xs:
         return {}
@@ -345,7 +416,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--loop", default="auto", choices=["auto", "asyncio", "uvloop"], help="the server's event loop (default auto)")
     ap.add_argument("--quick", action="store_true", help="2-second phases, one fake rate")
-    ap.add_argument("--phases", default="fake,closed_instant,closed_delayed,emulated", help="which phases to run (default all)")
+    ap.add_argument("--phases", default="fake,closed_instant,closed_delayed,emulated,disconnect", help="which phases to run (default all)")
+    ap.add_argument("--disconnect-delay-s", type=float, default=1.0,
+                    help="fake-engine reply delay of the 'disconnect' phase: long enough that the first wave is still "
+                         "running when it hangs up (default 1.0)")  # fmt: skip
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "serve_load.json")
     ap.add_argument("--engine-delay-s", type=float, default=0.2,
                     help="fake-engine reply delay of the 'closed_delayed' phase, sized so that --concurrency clients "
@@ -362,7 +436,7 @@ def main(argv: list[str] | None = None) -> int:
         args.duration_s, args.rates = 2.0, args.rates.split(",")[0]
     rates = [float(r) for r in args.rates.split(",") if r]
     phases = set(args.phases.split(","))
-    unknown = phases - {"fake", "closed_instant", "closed_delayed", "emulated"}
+    unknown = phases - {"fake", "closed_instant", "closed_delayed", "emulated", "disconnect"}
     if unknown:
         ap.error(f"unknown phases {sorted(unknown)}")
     hang_after = args.deadline_s + 15.0
@@ -392,6 +466,20 @@ def main(argv: list[str] | None = None) -> int:
                     tally, wall, cpu = _measured(lambda: asyncio.run(closed_loop(url, args.concurrency, args.duration_s, args.max_requests, args.seed, hang_after)), server.pid)  # noqa: B023
                     name = "closed_instant" if delay == 0.0 else "closed_delayed"
                     results.append(summarize(name, tally, wall, cpu, concurrency=args.concurrency, engine_delay_s=delay))
+                    print(json.dumps(results[-1]), flush=True)
+                finally:
+                    _stop(server)
+            finally:
+                _stop(fakes)
+        if "disconnect" in phases:
+            fakes, lines = _spawn([sys.executable, __file__, "--_fake-engines", ",".join(models), "--_delay", str(args.disconnect_delay_s)], r"^ready")
+            try:
+                engines = [(f"fake-{i}", ln.split()[1], ln.split()[0], profile_of[ln.split()[1]]) for i, ln in enumerate(lines[:-1])]
+                fleet = _write_fleet(tmp, engines, max_queue=args.max_queue, deadline_s=args.deadline_s, time_scale=1.0)
+                server, url = _start_server(fleet)
+                try:
+                    asyncio.run(poisson(url, 20.0, 1.0, 20, args.seed, hang_after))  # warm-up, not reported
+                    results.append(asyncio.run(disconnect_wave(url, args.max_queue, hang_after)) | {"engine_delay_s": args.disconnect_delay_s})
                     print(json.dumps(results[-1]), flush=True)
                 finally:
                     _stop(server)
@@ -432,6 +520,7 @@ def main(argv: list[str] | None = None) -> int:
         "targets": {"overhead_p50_ms": 2.0, "overhead_p99_ms": 10.0, "dispatches_per_s": 1000, "concurrency": args.concurrency},
         "phases": results,
         "all_accounted": all(r["accounted"] and r["lost"] == 0 and r["hung"] == 0 for r in results),
+        "disconnects_freed_within_one_round": all(r["freed_within_one_round"] for r in results if r["phase"] == "disconnect"),
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(doc, indent=1) + "\n")

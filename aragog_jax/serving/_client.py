@@ -2,9 +2,15 @@
 
 Every failure an engine can produce leaves this module as an
 :class:`~aragog_jax.errors.UpstreamError` (``UpstreamTimeout`` for timeouts) raised
-``from`` the transport exception, with a message naming the engine. A 4xx reply is an
-:class:`EngineRejected`: the request, not the engine, is at fault, so it does not trip
-the circuit breaker.
+``from`` the transport exception, with a message naming the engine.
+
+Whose fault is a 4xx? Only the statuses in :data:`REQUEST_FAULT_STATUSES` (400 bad
+request, e.g. a prompt over the context length; 413 too large; 422 unprocessable) say
+the request itself is wrong: they raise :class:`EngineRejected`, which fails the run
+(502) without blaming the engine, since another engine would refuse it too. Every other
+4xx (401/403 the engine wants another key, 404 wrong URL or served model name, 405,
+408 timeout, 429 overloaded, ...) says the engine is misconfigured or busy: it is an
+engine fault like a 5xx, counts against its circuit breaker and the stage fails over.
 """
 
 from __future__ import annotations
@@ -24,9 +30,13 @@ from aragog_jax.serving._wire import CHUNK_DECODER, COMPLETION_DECODER, ENCODER
 ORCA_REQUEST_HEADER = "endpoint-load-metrics-format"
 ORCA_RESPONSE_HEADER = "endpoint-load-metrics"
 
+#: Engine replies that blame the request, not the engine (see the module docstring).
+REQUEST_FAULT_STATUSES = frozenset({400, 413, 422})
+
 
 class EngineRejected(UpstreamError):
-    """The engine answered 4xx: the request is at fault (e.g. prompt too long)."""
+    """The engine answered a status in REQUEST_FAULT_STATUSES: the request is at fault
+    (e.g. prompt too long)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -195,11 +205,11 @@ class EngineClient:
         return body
 
     async def check_status(self, resp: aiohttp.ClientResponse) -> None:
-        """Raise for an error reply: 4xx other than 408/429 is the request's fault
-        (:class:`EngineRejected`), anything else >= 400 the engine's (UpstreamError)."""
+        """Raise for an error reply: a status in REQUEST_FAULT_STATUSES is the request's
+        fault (:class:`EngineRejected`), anything else >= 400 the engine's (UpstreamError)."""
         if resp.status >= 400:
-            detail = (await resp.text())[:200].replace("\n", " ")
-            cls = EngineRejected if 400 <= resp.status < 500 and resp.status not in (408, 429) else UpstreamError
+            detail = (await resp.text(errors="replace"))[:200].replace("\n", " ")
+            cls = EngineRejected if resp.status in REQUEST_FAULT_STATUSES else UpstreamError
             raise cls(f"engine {self.name}: HTTP {resp.status}: {detail}")
 
     async def _read_stream(

@@ -99,6 +99,9 @@ class Run:
     ready_at: dict[int, float] = field(default_factory=dict)
     attempts: dict[int, list[Attempt]] = field(default_factory=dict)
     tasks: set[asyncio.Task] = field(default_factory=set)
+    # Stage tasks dispatched but not yet started. A task cancelled before its first step
+    # never runs its body, so its engine slot is given back by _finish instead.
+    unstarted: dict[asyncio.Task, Assignment] = field(default_factory=dict)
     rounds: list[Any] = field(default_factory=list)
     done: asyncio.Future | None = None
     events: asyncio.Queue | None = None  # StageFinished / OutputDelta, then None (streamed runs)
@@ -220,13 +223,22 @@ class Executor:
         return run
 
     async def wait(self, run: Run) -> RunResult:
-        """Wait for a run to end; raises the AragogError it ended with (504 past its deadline)."""
+        """Wait for a run to end; raises the AragogError it ended with (504 past its deadline).
+        Cancelling the waiter (the client disconnected) cancels the run."""
         try:
             return await asyncio.shield(run.done)
         except asyncio.CancelledError:
-            # The client went away: stop spending engine time on it.
-            self._finish(run, "cancelled", AragogError("client disconnected"))
+            self.cancel(run, "client disconnected")
             raise
+
+    def cancel(self, run: Run, why: str) -> None:
+        """End a run nobody waits for any more: its meta-queue slot is free at once, its
+        in-flight engine calls are aborted (their tasks cancelled, which closes their
+        connections; each asks for a round once its engine slot is free). One log line."""
+        if run.finished:
+            return
+        log.info("run %s (%s) cancelled: %s", run.id, run.wf.name, why)
+        self._finish(run, "cancelled", AragogError(f"run cancelled: {why}"))
 
     def _expire(self, run: Run) -> None:
         self._finish(run, "expired", DeadlineExceededError(
@@ -332,6 +344,7 @@ class Executor:
         st.breaker.on_dispatch(now)
         task = asyncio.get_running_loop().create_task(self._run_stage(run, a, st, round_id, now))
         run.tasks.add(task)
+        run.unstarted[task] = a
         task.add_done_callback(run.tasks.discard)
 
     def _stage_state(self, run: Run, sid: int) -> StageState:
@@ -340,6 +353,7 @@ class Executor:
         return StageState(run.input, outputs, render_prompt(stage.prompt, run.input, outputs))
 
     async def _run_stage(self, run: Run, a: Assignment, st: EngineLoadState, round_id: int, t_disp: float) -> None:
+        del run.unstarted[asyncio.current_task()]  # from here on this task gives its slot back itself
         sid = a.stage_id
         stage = run.wf.spec.stage[sid]
         left = run.deadline - time.monotonic()
@@ -357,7 +371,7 @@ class Executor:
                 st.in_flight -= 1
                 st.num_returned += 1
         except asyncio.CancelledError:
-            self.sched.release(run.id, sid, a.engine)
+            self._abandoned(run, a, st)
             raise
         except StageFunctionError as exc:
             # The workflow's own code failed, not the engine: no failover, the run fails (500).
@@ -411,6 +425,13 @@ class Executor:
             return
         run.streamed_chars += len(text)
         run.events.put_nowait(OutputDelta(stage, text))
+
+    def _abandoned(self, run: Run, a: Assignment, st: EngineLoadState) -> None:
+        """A dispatched stage was cancelled (its run ended): counted, and a round may use
+        the engine slot it gave back."""
+        self.metrics.dispatches.labels(a.engine, st.model, "cancelled").inc()
+        self.sched.release(run.id, a.stage_id, a.engine)
+        self.kick()
 
     def _on_engine_fault(self, run: Run, a: Assignment, st: EngineLoadState, exc: UpstreamError) -> None:
         now = time.monotonic()
@@ -489,6 +510,12 @@ class Executor:
         for t in list(run.tasks):
             if t is not asyncio.current_task():
                 t.cancel()
+        for a in run.unstarted.values():  # cancelled before their first step: never run their cleanup
+            st = self.engines[a.engine]
+            st.in_flight -= 1
+            st.num_returned += 1
+            self._abandoned(run, a, st)
+        run.unstarted.clear()
         if not run.done.done():
             run.done.set_exception(exc)
             run.done.exception()  # mark retrieved: a handler may be gone already

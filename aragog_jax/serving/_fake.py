@@ -18,7 +18,8 @@ in ``stream_pieces`` chunks, ``stream_gap_s`` apart (counted in ``num_streamed``
 ``/metrics`` reports the gauges in ``gauges`` when set, else its own in-flight count as
 running (vLLM names by default, SGLang names with ``flavour="sglang"``). ``/health``
 answers 503 in modes ``fail`` and ``hang`` and whenever ``health_fails`` is set. Chat
-requests are counted in ``num_requests`` (received) and ``num_completed`` (answered).
+requests are counted in ``num_requests`` (received), ``num_completed`` (answered) and
+``num_cancelled`` (the caller hung up first; served with ``handler_cancellation``).
 With ``orca=True`` replies carry vLLM's ``endpoint-load-metrics`` header when asked.
 """
 
@@ -65,6 +66,7 @@ class FakeEngine:
         self.health_fails = False
         self.num_requests = 0
         self.num_completed = 0
+        self.num_cancelled = 0
         self.in_flight = 0
         self.max_in_flight = 0
         self.prompts: list[str] = []
@@ -83,6 +85,9 @@ class FakeEngine:
         self.max_in_flight = max(self.max_in_flight, self.in_flight)
         try:
             return await self._answer(request)
+        except asyncio.CancelledError:
+            self.num_cancelled += 1
+            raise
         finally:
             self.in_flight -= 1
 

@@ -108,12 +108,24 @@ def placeholder_profile(model: str) -> EngineProfile:
     )  # fmt: skip
 
 
-def _api_keys(settings: ServerSettings) -> frozenset[str]:
+def _api_keys(settings: ServerSettings, source: Path) -> frozenset[str]:
+    """The configured keys. Auth never fails open: a key source that is configured but
+    yields no key (an unset or empty ``api_keys_env`` variable and no ``api_keys``) is a
+    SpecError, not a server without auth."""
     keys = {k for k in settings.api_keys if k}
     if settings.api_keys_env:
         # Environment variables only name secrets (STYLE item 13); read at load, not import.
         raw = os.environ.get(settings.api_keys_env, "")
-        keys |= {k.strip() for k in raw.split(",") if k.strip()}
+        from_env = {k.strip() for k in raw.split(",") if k.strip()}
+        if not from_env and not keys:
+            state = "is not set" if settings.api_keys_env not in os.environ else "holds no key"
+            raise SpecError(
+                f"{source}: server.api_keys_env: environment variable {settings.api_keys_env} {state} and "
+                f"server.api_keys is empty; refusing to serve without the keys it asks for"
+            )
+        if not from_env:
+            log.warning("server.api_keys_env: environment variable %s holds no key; using server.api_keys only", settings.api_keys_env)
+        keys |= from_env
     return frozenset(keys)
 
 
@@ -206,7 +218,7 @@ def load_runtime(
         workflows=workflows,
         family=family,
         source="embedded default (" + str(path) + ")" if embedded else str(path),
-        api_keys=_api_keys(settings),
+        api_keys=_api_keys(settings, path),
     )
 
 

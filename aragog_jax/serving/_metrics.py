@@ -12,6 +12,12 @@ class ServerMetrics:
     def __init__(self) -> None:
         r = self.registry = CollectorRegistry()
         self.requests = Counter("aragog_requests", "Workflow runs by workflow and final status", ["workflow", "status"], registry=r)
+        self.rejected = Counter(
+            "aragog_requests_rejected",
+            "Requests answered with an error before a run was admitted, by HTTP status and error type",
+            ["status", "reason"],
+            registry=r,
+        )
         self.dispatches = Counter(
             "aragog_stage_dispatches", "Stage dispatches by engine and outcome", ["engine", "model", "outcome"], registry=r
         )

@@ -1,9 +1,15 @@
 """The front door: aiohttp routes, admission, security, and the server's lifecycle.
 
 Errors map to HTTP statuses in one place (:func:`status_of`): schema errors 400 (naming
-the field), bad or missing key 401, unknown workflow 404, body too large 413, meta-queue
-full 429 (with ``Retry-After``), a workflow's stage function raised 500, engine failure
-502, no viable configuration or shutting down 503, deadline 504.
+the field), bad or missing key 401, unknown workflow or route 404, wrong method 405,
+body not received in time 408, body too large 413, meta-queue full 429 (with
+``Retry-After``), a workflow's stage function raised 500, engine failure 502, no viable
+configuration or shutting down 503, deadline 504. Every error, aiohttp's own included
+(see :mod:`._conn`), is the JSON shape of :func:`~._wire.error_body`; requests refused
+before a run was admitted are counted in ``aragog_requests_rejected_total``.
+
+A client that disconnects cancels its handler (``handler_cancellation``), and with it
+the run: :meth:`Executor.cancel`.
 """
 
 from __future__ import annotations
@@ -12,6 +18,7 @@ import asyncio
 import contextlib
 import gc
 import hmac
+import ipaddress
 import logging
 import re
 import time
@@ -32,6 +39,7 @@ from aragog_jax.errors import (
     UpstreamError,
     UpstreamTimeout,
 )
+from aragog_jax.serving._conn import ConnLimits, GuardedRunner
 from aragog_jax.serving._emulated import EmulatedEngine
 from aragog_jax.serving._executor import Executor, OutputDelta, Run, close_part
 from aragog_jax.serving._fleet import FleetRuntime
@@ -48,6 +56,7 @@ from aragog_jax.serving._wire import (
     RunResponse,
     StageEvent,
     WorkflowInfo,
+    error_body,
 )
 
 log = logging.getLogger("aragog_jax.serving")
@@ -79,6 +88,8 @@ def _untune_gc() -> None:
         gc.set_threshold(*_gc_saved_threshold)
 
 WORKFLOW_MODEL_PREFIX = "workflow:"
+# request -> the Run admitted for it (a typed key where aiohttp has them: 3.12+ warns on str keys)
+RUN_KEY = web.RequestKey("aragog_run", Run) if hasattr(web, "RequestKey") else "aragog_run"
 RETRY_AFTER_S = 1
 
 
@@ -100,12 +111,23 @@ class ShuttingDown(AragogError):
     """The server is draining: 503."""
 
 
+class RequestTimeout(AragogError):
+    """The request body did not arrive within ``body_timeout_s``: 408."""
+
+
+class PayloadTooLarge(AragogError):
+    """The request body is over ``max_body_bytes``: 413."""
+
+
 _STATUS: list[tuple[type[BaseException], int, str]] = [
     (BadRequest, 400, "invalid_request_error"),
     (SpecError, 400, "invalid_request_error"),
     (Unauthorized, 401, "authentication_error"),
     (NotFound, 404, "not_found_error"),
+    (RequestTimeout, 408, "request_timeout"),
+    (PayloadTooLarge, 413, "payload_too_large"),
     (OverloadedError, 429, "overloaded_error"),
+    (ShuttingDown, 503, "unavailable"),
     (UpstreamTimeout, 504, "upstream_timeout"),
     (UpstreamError, 502, "upstream_error"),
     (NoViableConfigurationError, 503, "no_viable_configuration"),
@@ -113,6 +135,19 @@ _STATUS: list[tuple[type[BaseException], int, str]] = [
     (StageFunctionError, 500, "stage_function_error"),
     (AragogError, 503, "unavailable"),
 ]
+
+
+#: Errors that refuse a request before a run is admitted (aragog_requests_rejected_total);
+#: the others end an admitted run (aragog_requests_total{status}).
+_REJECTIONS = (BadRequest, SpecError, Unauthorized, NotFound, RequestTimeout, PayloadTooLarge, OverloadedError, ShuttingDown)
+
+#: Names and ids from a request are clipped to this many characters in error messages.
+ECHO_CHARS = 80
+
+
+def clip(text: str, limit: int = ECHO_CHARS) -> str:
+    """``text`` for an error message: at most ``limit`` characters, marked when cut."""
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
 
 
 def status_of(exc: BaseException) -> tuple[int, str]:
@@ -124,9 +159,24 @@ def status_of(exc: BaseException) -> tuple[int, str]:
 
 def error_response(exc: BaseException) -> web.Response:
     status, kind = status_of(exc)
-    body = {"error": {"message": str(exc), "type": kind, "code": status, "field": getattr(exc, "field", None)}}
     headers = {"Retry-After": str(RETRY_AFTER_S)} if status == 429 else None
-    return web.Response(status=status, body=ENCODER.encode(body), content_type="application/json", headers=headers)
+    resp = web.Response(
+        status=status, body=error_body(str(exc), kind, status, getattr(exc, "field", None)),
+        content_type="application/json", headers=headers,
+    )  # fmt: skip
+    if status == 408:
+        resp.force_close()  # the rest of the body may still be coming
+    return resp
+
+
+def is_loopback(host: str) -> bool:
+    """Whether binding ``host`` keeps the server on this machine."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:  # a host name other than localhost, or "" (every interface)
+        return False
 
 
 _FIELD_RE = re.compile(r"at `\$\.?([^`]*)`")
@@ -173,8 +223,16 @@ class Server:
         self.url = ""
         self.state = "starting"  # starting, serving, draining, closed
         self._stopping: asyncio.Task | None = None
+        self._drain_cut = False  # cut_drain(): stop waiting for in-flight requests
         self._late_warm: asyncio.Future | None = None
         self._gc_tuned = False  # this server holds the collector tuned (_tune_gc)
+        # Compared as bytes: a header that is not UTF-8 (aiohttp hands it over with
+        # surrogate escapes) is just a wrong key, never an encoding error.
+        self._keys = tuple(k.encode() for k in fleet.api_keys)
+        st = self.settings
+        self.limits = ConnLimits(
+            header_timeout_s=st.header_timeout_s, keepalive_timeout_s=st.keepalive_timeout_s, max_connections=st.max_connections,
+        )  # fmt: skip
         self.app = self._make_app()
 
     # -- lifecycle ------------------------------------------------------------------------
@@ -195,8 +253,14 @@ class Server:
         )  # fmt: skip
         # Bind before the slow part, so a busy port fails at once; until "serving",
         # requests get 503 and /ready says "starting".
-        self.site = LoopbackServer(self.app, self.settings.host, self.settings.port, shutdown_timeout=1.0)
+        self.site = LoopbackServer(self.app, self.settings.host, self.settings.port, shutdown_timeout=1.0, make_runner=self._runner)
         self.url = await self.site.start()
+        if not self._keys and not is_loopback(self.settings.host):
+            log.warning(
+                "NO AUTH: listening on %r, which is not a loopback address, without API keys: anyone who can reach "
+                "it can run workflows on your engines. Set [server] api_keys or api_keys_env in the fleet file.",
+                self.settings.host,
+            )
         loop = asyncio.get_running_loop()
         if self.options.warm_up:
             took = await loop.run_in_executor(None, self.executor.sched.warm_up, WARM_ITEM_BUCKETS)
@@ -221,6 +285,12 @@ class Server:
         else:
             log.info("scheduler compiled for rounds of up to %d stages in %.1f s more", max(LATE_ITEM_BUCKETS), fut.result())
 
+    def _runner(self, app: web.Application, shutdown_timeout: float) -> GuardedRunner:
+        return GuardedRunner(app, self.limits, self._rejected, shutdown_timeout=shutdown_timeout)
+
+    def _rejected(self, status: int, kind: str) -> None:
+        self.metrics.rejected.labels(str(status), kind).inc()
+
     @property
     def compiling(self) -> bool:
         return self._late_warm is not None and not self._late_warm.done()
@@ -228,7 +298,8 @@ class Server:
     async def stop(self, drain_s: float | None = None) -> dict[str, int]:
         """Stop taking requests, let in-flight ones finish for ``drain_s``, then close.
 
-        Safe to call more than once (later calls wait for the first)."""
+        Safe to call more than once (later calls wait for the first); :meth:`cut_drain`
+        ends the wait for in-flight requests early."""
         if self._stopping is None:
             self._stopping = asyncio.get_running_loop().create_task(self._stop(drain_s))
         return await asyncio.shield(self._stopping)
@@ -258,7 +329,7 @@ class Server:
             await step("the listener", self.site.stop_listening())
         if ex is not None:
             deadline = time.monotonic() + (self.options.drain_s if drain_s is None else drain_s)
-            while ex.num_in_flight and time.monotonic() < deadline:
+            while ex.num_in_flight and time.monotonic() < deadline and not self._drain_cut:
                 await asyncio.sleep(0.05)
             left = ex.num_in_flight
             await step("the executor", ex.close())  # what is left ends with 503
@@ -272,6 +343,11 @@ class Server:
         if failures:
             raise failures[0]
         return {"cancelled_at_shutdown": left}
+
+    def cut_drain(self) -> None:
+        """Stop waiting for in-flight requests (a second SIGINT/SIGTERM): a stop in
+        progress, or the next one, ends them with 503 at once."""
+        self._drain_cut = True
 
     # -- app ------------------------------------------------------------------------------
 
@@ -292,27 +368,48 @@ class Server:
     @web.middleware
     async def _guard(self, request: web.Request, handler):
         try:
-            if self.fleet.api_keys and request.path != "/health":
-                auth = request.headers.get("Authorization", "")
-                key = auth[7:].strip() if auth[:7].lower() == "bearer " else ""
-                if not key or not any(hmac.compare_digest(key.encode(), k.encode()) for k in self.fleet.api_keys):
-                    # Never log or echo the key.
-                    raise Unauthorized("missing or invalid API key (send Authorization: Bearer <key>)")
+            if self._keys and request.path != "/health":
+                self._authorize(request.headers.get("Authorization", ""))
             if request.content_length is not None and request.content_length > self.settings.max_body_bytes:
-                return web.Response(
-                    status=413, content_type="application/json",
-                    body=ENCODER.encode({"error": {"message": f"request body over {self.settings.max_body_bytes} bytes",
-                                                   "type": "payload_too_large", "code": 413, "field": None}}),
-                )  # fmt: skip
+                raise PayloadTooLarge(f"request body over {self.settings.max_body_bytes} bytes")
             return await handler(request)
         except AragogError as exc:
+            if isinstance(exc, _REJECTIONS):
+                self._rejected(*status_of(exc))
             return error_response(exc)
-        except web.HTTPRequestEntityTooLarge:
-            return web.Response(
-                status=413, content_type="application/json",
-                body=ENCODER.encode({"error": {"message": f"request body over {self.settings.max_body_bytes} bytes",
-                                               "type": "payload_too_large", "code": 413, "field": None}}),
-            )  # fmt: skip
+        except web.HTTPRequestEntityTooLarge:  # a chunked body over client_max_size
+            self._rejected(413, "payload_too_large")
+            return error_response(PayloadTooLarge(f"request body over {self.settings.max_body_bytes} bytes"))
+        except web.HTTPException as exc:  # aiohttp's router: unknown route (404), wrong method (405)
+            if exc.status < 400:
+                raise
+            return self._http_error(request, exc)
+        except BaseException as exc:
+            # The client went away (aiohttp cancels the handler, or a write found the
+            # connection closed), or a bug: whatever the handler awaited, its run ends.
+            run = request.get(RUN_KEY)
+            if run is not None:
+                gone = isinstance(exc, (asyncio.CancelledError, ConnectionResetError))
+                self.executor.cancel(run, "client disconnected" if gone else f"request handler failed: {type(exc).__name__}")
+            raise
+
+    def _authorize(self, auth: str) -> None:
+        key = auth[7:].strip() if auth[:7].lower() == "bearer " else ""
+        raw = key.encode("utf-8", "surrogateescape")  # the header's bytes, whatever they are
+        if not raw or not any(hmac.compare_digest(raw, k) for k in self._keys):
+            raise Unauthorized("missing or invalid API key (send Authorization: Bearer <key>)")  # never the key
+
+    def _http_error(self, request: web.Request, exc: web.HTTPException) -> web.Response:
+        if exc.status == 404:
+            message, kind = f"no route {request.method} {clip(request.path)}", "not_found_error"
+        elif exc.status == 405:
+            allowed = ", ".join(sorted(getattr(exc, "allowed_methods", ()) or ()))
+            message, kind = f"method {clip(request.method, 16)} not allowed on {clip(request.path)} (allowed: {allowed})", "method_not_allowed"
+        else:
+            message, kind = exc.reason, "invalid_request_error"
+        self._rejected(exc.status, kind)
+        headers = {k: v for k, v in exc.headers.items() if k == "Allow"}
+        return web.Response(status=exc.status, body=error_body(message, kind, exc.status), content_type="application/json", headers=headers)
 
     async def health(self, request: web.Request) -> web.Response:
         return web.json_response({"status": "ok"})
@@ -333,7 +430,7 @@ class Server:
     def _workflow(self, name: str):
         wf = self.fleet.workflows.get(name)
         if wf is None:
-            raise NotFound(f"unknown workflow {name!r} (known: {', '.join(sorted(self.fleet.workflows))})")
+            raise NotFound(f"unknown workflow {clip(name)!r} (known: {', '.join(sorted(self.fleet.workflows))})")
         return wf
 
     async def list_workflows(self, request: web.Request) -> web.Response:
@@ -354,10 +451,11 @@ class Server:
     async def get_round(self, request: web.Request) -> web.Response:
         """A recent scheduling round in the round-replay CLI's input format
         (``/v1/rounds/{id}/decision``: what the scheduler decided)."""
-        try:
-            rid = int(request.match_info["round_id"])
-        except ValueError as exc:
-            raise BadRequest("round id must be an integer", "round_id") from exc
+        raw = request.match_info["round_id"]
+        # Plain ASCII decimal only: int() would also take "1_0", " 1 " and other scripts' digits.
+        if not (raw.isascii() and raw.isdigit() and len(raw) <= 18):
+            raise BadRequest(f"round id must be a non-negative decimal integer, got {clip(raw, 24)!r}", "round_id")
+        rid = int(raw)
         for rec in reversed(self.executor.recent_rounds):
             if rec.round_id == rid:
                 doc = rec.plan.decision() if request.path.endswith("/decision") else rec.replay()
@@ -365,21 +463,30 @@ class Server:
         raise NotFound(f"round {rid} is not among the last {self.options.keep_rounds} rounds kept")
 
     async def _read(self, request: web.Request, decoder):
-        raw = await request.read()
+        if request.content.is_eof():  # the usual case: the whole body came with the head
+            raw = await request.read()
+        else:
+            try:
+                async with asyncio.timeout(self.settings.body_timeout_s):
+                    raw = await request.read()
+            except TimeoutError as exc:
+                raise RequestTimeout(f"request body not received within {self.settings.body_timeout_s:g} s") from exc
         try:
             return decoder.decode(raw)
         except msgspec.MsgspecError as exc:
             raise schema_error(exc) from exc
 
-    def _admit(self, workflow: str, text: str, **kw) -> Run:
+    def _admit(self, request: web.Request, workflow: str, text: str, **kw) -> Run:
+        """Admit a run for ``request``; the guard cancels it if the client goes away."""
         if self.state != "serving" or self.executor is None:
             raise ShuttingDown(f"server is {self.state}; not accepting new requests")
-        return self.executor.admit(workflow, text, **kw)
+        run = request[RUN_KEY] = self.executor.admit(workflow, text, **kw)
+        return run
 
     async def run_workflow(self, request: web.Request) -> web.StreamResponse:
         wf = self._workflow(request.match_info["name"])
         body = await self._read(request, RUN_REQUEST_DECODER)
-        run = self._admit(wf.name, body.input, deadline_s=body.deadline_s, replay=body.replay, stream=body.stream)
+        run = self._admit(request, wf.name, _workflow_input(body.input, "input"), deadline_s=body.deadline_s, replay=body.replay, stream=body.stream)
         if body.stream:
             return await self._stream_run(request, run)
         res = await self.executor.wait(run)
@@ -396,9 +503,9 @@ class Server:
             async with contextlib.aclosing(frames):
                 async for frame in frames:
                     await resp.write(frame)
-        except (asyncio.CancelledError, ConnectionResetError):
-            self.executor._finish(run, "cancelled", AragogError("client disconnected"))
-            raise
+        except ConnectionResetError:  # a write found the connection gone: end quietly
+            self.executor.cancel(run, "client disconnected")
+            return resp
         await resp.write_eof()
         return resp
 
@@ -410,12 +517,12 @@ class Server:
     async def chat(self, request: web.Request) -> web.StreamResponse:
         body = await self._read(request, FRONT_CHAT_DECODER)
         if not body.model.startswith(WORKFLOW_MODEL_PREFIX):
-            raise NotFound(f"model {body.model!r}: use 'workflow:<name>' (see GET /v1/models)")
+            raise NotFound(f"model {clip(body.model)!r}: use 'workflow:<name>' (see GET /v1/models)")
         wf = self._workflow(body.model[len(WORKFLOW_MODEL_PREFIX):])
         users = [m for m in body.messages if m.role == "user"]
-        if not users or not users[-1].text().strip():
-            raise BadRequest("messages: needs a non-empty user message (the workflow input)", "messages")
-        run = self._admit(wf.name, users[-1].text(), stream=body.stream)
+        if not users:
+            raise BadRequest("messages: needs a user message (the workflow input)", "messages")
+        run = self._admit(request, wf.name, _workflow_input(users[-1].text(), "messages"), stream=body.stream)
         created = int(time.time())
         cid = f"chatcmpl-{uuid.uuid4().hex[:24]}"
         if not body.stream:
@@ -471,6 +578,13 @@ async def _chat_frames(run: Run, cid: str, created: int, model: str) -> AsyncIte
     res = run.done.result()
     yield chunk({}, "stop", usage=_usage(res.receipt), aragog={"id": res.id, "receipt": res.receipt})
     yield b"data: [DONE]\n\n"
+
+
+def _workflow_input(text: str, field: str) -> str:
+    """The one rule for a workflow's input, for runs and chat alike: some non-whitespace text."""
+    if not text.strip():
+        raise BadRequest(f"{field}: the workflow input must contain non-whitespace text", field)
+    return text
 
 
 def _usage(receipt) -> dict:

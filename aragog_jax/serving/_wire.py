@@ -188,3 +188,8 @@ COMPLETION_DECODER = msgspec.json.Decoder(ChatCompletion)
 CHUNK_DECODER = msgspec.json.Decoder(ChatCompletionChunk)
 RUN_REQUEST_DECODER = msgspec.json.Decoder(RunRequest)
 FRONT_CHAT_DECODER = msgspec.json.Decoder(FrontChatRequest)
+
+
+def error_body(message: str, kind: str, code: int, field: str | None = None) -> bytes:
+    """The one JSON error shape of the front door: ``{"error": {"message", "type", "code", "field"}}``."""
+    return ENCODER.encode(ErrorBody(ErrorDetail(message=message, type=kind, code=code, field=field)))

@@ -148,6 +148,14 @@ class ServerSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     api_keys: list[str] = []
     api_keys_env: str = ""  # name of an environment variable holding comma-separated keys
     time_scale: PosFloat = 1.0  # emulated engines: divide profile times by this
+    # Front-door connections (aragog_jax.serving._conn): a request's line and headers must
+    # arrive within header_timeout_s, its body within body_timeout_s; an idle keep-alive
+    # connection closes after keepalive_timeout_s; more than max_connections open
+    # connections are answered 503.
+    header_timeout_s: PosFloat = 10.0
+    body_timeout_s: PosFloat = 30.0
+    keepalive_timeout_s: PosFloat = 30.0
+    max_connections: PosInt = 4096
 
 
 class FleetSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True):

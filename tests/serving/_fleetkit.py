@@ -1,11 +1,14 @@
-"""Factories for small serving setups: a two-model catalog, a workflow, a fleet file."""
+"""Factories for small serving setups: a two-model catalog, a workflow, a fleet file, and
+a server in front of loopback fake engines."""
 
 from __future__ import annotations
 
 import textwrap
 from pathlib import Path
 
-from aragog_jax.serving import LoopbackServer
+import aiohttp
+
+from aragog_jax.serving import FakeEngine, LoopbackServer, Server, ServeOptions, load_runtime
 from aragog_jax.serving._client import EngineClient
 
 CATALOG = """
@@ -118,3 +121,46 @@ async def with_fake_client(fake, fn):
     finally:
         await client.close()
         await srv.stop()
+
+
+async def serve_fakes(
+    tmp_path: Path,
+    engines: dict[str, tuple[str, FakeEngine]],
+    fn,
+    *,
+    server: dict | None = None,
+    options: ServeOptions = ServeOptions(drain_s=2.0, warm_up=False),
+    workflows: dict[str, str] | None = None,
+):
+    """Run ``await fn(server, http)`` against a Server in front of ``engines`` (name ->
+    (model, fake)), each on its own loopback port (handlers cancelled when the server
+    hangs up, as vLLM aborts); ``server`` overrides [server] settings."""
+    fakes = []
+    urls = []
+    for name, (model, fake) in engines.items():
+        srv = LoopbackServer(fake.app, handler_cancellation=True)
+        fakes.append(srv)
+        urls.append((name, model, await srv.start()))
+    settings = {"port": 0, "metrics_poll_s": 0.05, "engine_timeout_s": 2.0, **(server or {})}
+    path = write_fleet(tmp_path, urls, server=settings, workflows=workflows)
+    fleet = load_runtime(path)
+    s = Server(fleet, options)
+    url = await s.start()
+    try:
+        async with aiohttp.ClientSession(base_url=url) as http:
+            return await fn(s, http)
+    finally:
+        await s.stop(drain_s=0.5)
+        for f in fakes:
+            await f.stop()
+
+
+def fake_pair(mode_small: str = "ok", mode_big: str = "ok", **kw) -> dict[str, tuple[str, FakeEngine]]:
+    """Engines e-small and e-big (models small and big) for :func:`serve_fakes`."""
+    return {"e-small": ("small", FakeEngine("small", mode=mode_small, **kw)), "e-big": ("big", FakeEngine("big", mode=mode_big, **kw))}
+
+
+async def post_json(http: aiohttp.ClientSession, path: str, body, **kw):
+    """(status, JSON body, headers) of a POST."""
+    async with http.post(path, json=body, **kw) as r:
+        return r.status, await r.json(content_type=None), r.headers

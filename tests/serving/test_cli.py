@@ -52,3 +52,14 @@ def test_busy_port_is_exit_2(tmp_path, capsys):
 def test_bad_beam_width_is_exit_2(capsys):
     assert run_cli(main, ["--beam-width", "0"]) == 2
     assert "--beam-width must be >= 1" in capsys.readouterr().err
+
+
+def test_api_keys_env_naming_an_unset_variable_is_exit_2(tmp_path, capsys, monkeypatch):
+    """Auth never fails open: the configured key source is empty, so the server does not start."""
+    from ._fleetkit import write_fleet
+
+    monkeypatch.delenv("ARAGOG_NO_SUCH_KEYS", raising=False)
+    path = write_fleet(tmp_path, [("e", "small", "http://127.0.0.1:9")], server={"api_keys_env": "ARAGOG_NO_SUCH_KEYS"})
+    assert run_cli(main, ["--fleet", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "server.api_keys_env: environment variable ARAGOG_NO_SUCH_KEYS is not set" in err

@@ -68,10 +68,21 @@ def test_faults_map_to_upstream_errors(mode, exc, needle):
     assert info.value.__cause__ is not None or mode in ("fail", "stream_truncated", "stream_error")
 
 
-def test_4xx_is_rejected_not_engine_fault():
-    fake = FakeEngine("m", mode="fail", fail_status=400)
-    with pytest.raises(EngineRejected, match="HTTP 400"):
+@pytest.mark.parametrize("status", [400, 413, 422])
+def test_4xx_that_blame_the_request_are_rejected_not_engine_fault(status):
+    fake = FakeEngine("m", mode="fail", fail_status=status)
+    with pytest.raises(EngineRejected, match=f"HTTP {status}"):
         asyncio.run(_with_fake(fake, lambda c: c.chat("x", max_tokens=2)))
+
+
+@pytest.mark.parametrize("status", [401, 403, 404, 405, 408, 409, 429])
+def test_other_4xx_are_engine_faults(status):
+    """A misconfigured engine (wrong key, URL or served model name) or a busy one: not the
+    request's fault, so the breaker counts it and the stage fails over."""
+    fake = FakeEngine("m", mode="fail", fail_status=status)
+    with pytest.raises(UpstreamError, match=f"HTTP {status}") as info:
+        asyncio.run(_with_fake(fake, lambda c: c.chat("x", max_tokens=2)))
+    assert not isinstance(info.value, EngineRejected)
 
 
 def test_connection_refused_is_upstream_error():

@@ -12,36 +12,9 @@ import pytest
 from aragog_jax.serving import FakeEngine, LoopbackServer, Server, ServeOptions, load_runtime
 
 from ._fleetkit import CHAIN, FAN, write_fleet
-
-
-async def _serve(tmp_path, engines: dict[str, tuple[str, FakeEngine]], fn, *, server=None, options=ServeOptions(drain_s=2.0, warm_up=False), workflows=None):
-    fakes = []
-    urls = []
-    for name, (model, fake) in engines.items():
-        srv = LoopbackServer(fake.app)
-        fakes.append(srv)
-        urls.append((name, model, await srv.start()))
-    settings = {"port": 0, "metrics_poll_s": 0.05, "engine_timeout_s": 2.0, **(server or {})}
-    path = write_fleet(tmp_path, urls, server=settings, workflows=workflows)
-    fleet = load_runtime(path)
-    s = Server(fleet, options)
-    url = await s.start()
-    try:
-        async with aiohttp.ClientSession(base_url=url) as http:
-            return await fn(s, http)
-    finally:
-        await s.stop(drain_s=0.5)
-        for f in fakes:
-            await f.stop()
-
-
-def _two(mode_small="ok", mode_big="ok", **kw):
-    return {"e-small": ("small", FakeEngine("small", mode=mode_small, **kw)), "e-big": ("big", FakeEngine("big", mode=mode_big, **kw))}
-
-
-async def _post(http, path, body, **kw):
-    async with http.post(path, json=body, **kw) as r:
-        return r.status, await r.json(content_type=None), r.headers
+from ._fleetkit import fake_pair as _two
+from ._fleetkit import post_json as _post
+from ._fleetkit import serve_fakes as _serve
 
 
 def test_run_completes_with_receipt(tmp_path):
