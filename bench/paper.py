@@ -422,11 +422,21 @@ def main(argv=None) -> int:
         phase2.append(("speed", "speed", {"st": st, "rate": results["main"][head]["equal"]["rates"][-1]}))
     run_all(phase2)
 
+    wall = time.perf_counter() - t_start
+    write_report(args, st, results, plots, wall)
+    print(f"wrote {args.out / 'paper.md'} in {wall:.0f}s")
+    if args.quick:
+        print(f"*** {SMOKE} ***")
+    return 0
+
+
+def write_report(args, st: Settings, results: dict, plots: Path, wall_s: float) -> None:
+    """Stamp ``results`` (git SHA, wall time, machine, settings, world) and write paper.json,
+    the plots and paper.md: one tail for a run and for --collect."""
     from aragog_jax._provenance import git_sha
 
-    wall = time.perf_counter() - t_start
     results["git_sha"] = git_sha()
-    results["wall_s"] = wall
+    results["wall_s"] = wall_s
     results["machine"] = f"{platform.machine()} {os.cpu_count()} CPUs, {platform.python_version()}, {args.jobs} worker processes"
     results["settings"] = asdict(st)
     results["quick"] = args.quick
@@ -436,16 +446,10 @@ def main(argv=None) -> int:
     if results["optimality"]:
         _plot_optimality(results["optimality"], plots / "round_optimality.png")
     (args.out / "paper.md").write_text(render(results))
-    print(f"wrote {args.out / 'paper.md'} in {wall:.0f}s")
-    if args.quick:
-        print(f"*** {SMOKE} ***")
-    return 0
 
 
 def collect_from_disk(args, st: Settings, workflows: tuple[str, ...]) -> int:
     """paper.json / paper.md from the summaries under OUT/paper/ (see --collect)."""
-    from aragog_jax._provenance import git_sha
-
     plots = Path(st.plots)
     results: dict = {"main": {}, "ablations": {}, "beam": {}, "optimality": {}, "missing": []}
     for fam in FAMILIES:
@@ -472,17 +476,7 @@ def collect_from_disk(args, st: Settings, workflows: tuple[str, ...]) -> int:
             results["optimality"][f"{wf}-qwen"] = json.loads(f.read_text())
         else:
             results["missing"].append(f"opt-{wf}-qwen")
-    results["git_sha"] = git_sha()
-    results["wall_s"] = args.wall
-    results["machine"] = f"{platform.machine()} {os.cpu_count()} CPUs, {platform.python_version()}, {args.jobs} worker processes"
-    results["settings"] = asdict(st)
-    results["quick"] = args.quick
-    results["world"] = world_provenance(results)
-    (args.out / "paper.json").write_text(json.dumps(results, indent=1, default=str) + "\n")
-    _plot_gains(results, plots)
-    if results["optimality"]:
-        _plot_optimality(results["optimality"], plots / "round_optimality.png")
-    (args.out / "paper.md").write_text(render(results))
+    write_report(args, st, results, plots, args.wall)
     print(f"wrote {args.out / 'paper.md'}; missing: {', '.join(results['missing']) or 'none'}")
     return 0
 
