@@ -36,7 +36,9 @@ def tune_xla(environ=os.environ) -> str:
     return flags
 
 
-def run_cli(main: Callable[[Sequence[str] | None], int | None], argv: Sequence[str] | None = None) -> int:
+def run_cli(
+    main: Callable[[Sequence[str] | None], int | None], argv: Sequence[str] | None = None
+) -> int:
     """Run ``main(argv)``; an :class:`AragogError` prints ``error: ...`` and returns 2.
 
     Anything else is a bug and keeps its traceback.

@@ -25,7 +25,9 @@ def load_callable(ref: str, what: str, example: str) -> Callable:
     """
     mod_name, sep, fn_name = ref.rpartition(":")
     if not sep or not mod_name or not fn_name:
-        raise AragogError(f"{what}: expected module:function or path/to/file.py:function, e.g. {example}")
+        raise AragogError(
+            f"{what}: expected module:function or path/to/file.py:function, e.g. {example}"
+        )
     if mod_name.endswith(".py"):
         path = Path(mod_name)
         if not path.is_file():
@@ -42,7 +44,9 @@ def load_callable(ref: str, what: str, example: str) -> Callable:
         except ImportError as exc:
             raise AragogError(f"{what}: cannot import {mod_name!r}: {exc}") from exc
         except Exception as exc:  # noqa: BLE001 - the user's module raised while importing
-            raise AragogError(f"{what}: importing {mod_name!r} raised {type(exc).__name__}: {exc}") from exc
+            raise AragogError(
+                f"{what}: importing {mod_name!r} raised {type(exc).__name__}: {exc}"
+            ) from exc
     fn = getattr(mod, fn_name, None)
     if not callable(fn):
         raise AragogError(f"{what}: {mod_name} has no function {fn_name!r}")

@@ -16,7 +16,6 @@ from aragog_jax._cli import run_cli
 from aragog_jax.space import DEFAULT_MAX_CONFIGS, ConfigSpace, load_space
 from aragog_jax.spec import DEFAULT_MODELS
 
-
 #: What the text output's ``level`` and ``depth`` columns mean (printed under the table).
 LEGEND = (
     "level: stages before this one on the longest path from the input (0: reads only the input); "
@@ -79,7 +78,8 @@ def _print_text(d: dict) -> None:
     for s in d["stages"]:
         ups = ",".join(s["upstream"]) or "-"
         print(
-            f"  {s['name']:<{width}}  {s['level']:>5}  {s['depth']:>5}  {s['input_tokens']:>6}/{s['output_tokens']:<6}  "
+            "  "
+            f"{s['name']:<{width}}  {s['level']:>5}  {s['depth']:>5}  {s['input_tokens']:>6}/{s['output_tokens']:<6}  "
             f"{ups} -> {', '.join(s['candidates'])}"
         )
     for part in LEGEND.split("; "):
@@ -96,9 +96,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         epilog=LEGEND + ". --json adds both per stage.",
     )
     parser.add_argument("workflow", help="workflow TOML file, or the name of a shipped workflow")
-    parser.add_argument("--family", required=True, help="model family (pool) from the model catalog, e.g. qwen, llama, mixed")
-    parser.add_argument("--models", default=str(DEFAULT_MODELS), help="model catalog TOML (default: shipped profiles/models.toml)")
-    parser.add_argument("--max-configs", type=int, default=DEFAULT_MAX_CONFIGS, help="dense enumeration limit (default %(default)s)")
+    parser.add_argument(
+        "--family",
+        required=True,
+        help="model family (pool) from the model catalog, e.g. qwen, llama, mixed",
+    )
+    parser.add_argument(
+        "--models",
+        default=str(DEFAULT_MODELS),
+        help="model catalog TOML (default: shipped profiles/models.toml)",
+    )
+    parser.add_argument(
+        "--max-configs",
+        type=int,
+        default=DEFAULT_MAX_CONFIGS,
+        help="dense enumeration limit (default %(default)s)",
+    )
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of text")
     args = parser.parse_args(argv)
     space = load_space(args.workflow, args.family, models=args.models, max_configs=args.max_configs)

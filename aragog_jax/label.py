@@ -55,9 +55,13 @@ def _fractions(text: str) -> tuple[float, float, float]:
     try:
         vals = tuple(float(x) for x in text.split(","))
     except ValueError as exc:
-        raise argparse.ArgumentTypeError(f"expected three comma-separated numbers, got {text!r}") from exc
+        raise argparse.ArgumentTypeError(
+            f"expected three comma-separated numbers, got {text!r}"
+        ) from exc
     if len(vals) != 3:
-        raise argparse.ArgumentTypeError(f"expected three fractions (train,calibration,test), got {text!r}")
+        raise argparse.ArgumentTypeError(
+            f"expected three fractions (train,calibration,test), got {text!r}"
+        )
     return vals  # type: ignore[return-value]
 
 
@@ -69,34 +73,95 @@ def build_parser() -> argparse.ArgumentParser:
         "the configuration tree).",
     )
     p.add_argument("--workflow", type=Path, required=True, help="workflow TOML")
-    p.add_argument("--fleet", type=Path, required=True, help="fleet TOML: engines (url, served model), model catalog, family")
-    p.add_argument("--dataset", type=Path, required=True, help="JSONL inputs (input/text/question, optional id, split, answer)")
-    p.add_argument("--scorer", required=True, help="module:function or file.py:function, e.g. aragog_jax.data.scorers:exact_match")
-    p.add_argument("--out", type=Path, required=True, help="output dataset directory (also the resume cache)")
-    p.add_argument("--sample", type=int, default=None, help="label a seeded sample of K configurations (c_max always in)")
+    p.add_argument(
+        "--fleet",
+        type=Path,
+        required=True,
+        help="fleet TOML: engines (url, served model), model catalog, family",
+    )
+    p.add_argument(
+        "--dataset",
+        type=Path,
+        required=True,
+        help="JSONL inputs (input/text/question, optional id, split, answer)",
+    )
+    p.add_argument(
+        "--scorer",
+        required=True,
+        help="module:function or file.py:function, e.g. aragog_jax.data.scorers:exact_match",
+    )
+    p.add_argument(
+        "--out", type=Path, required=True, help="output dataset directory (also the resume cache)"
+    )
+    p.add_argument(
+        "--sample",
+        type=int,
+        default=None,
+        help="label a seeded sample of K configurations (c_max always in)",
+    )
     p.add_argument("--family", default="", help="model family (default: the fleet's)")
-    p.add_argument("--concurrency", type=int, default=8, help="engine calls in flight at most (default 8)")
-    p.add_argument("--seed", type=int, default=0, help="seed of calls, splits and the sample (default 0)")
+    p.add_argument(
+        "--concurrency", type=int, default=8, help="engine calls in flight at most (default 8)"
+    )
+    p.add_argument(
+        "--seed", type=int, default=0, help="seed of calls, splits and the sample (default 0)"
+    )
     p.add_argument("--limit", type=int, default=None, help="label only the first N inputs")
-    p.add_argument("--text-field", default="", help="field holding the input text (default: input, text or question)")
-    p.add_argument("--splits", type=_fractions, default=(0.6, 0.2, 0.2),
-                   help="train,calibration,test fractions for rows without a split (default 0.6,0.2,0.2)")  # fmt: skip
-    p.add_argument("--timeout", type=float, default=120.0, help="per-call timeout in seconds (default 120)")
-    p.add_argument("--time-scale", type=float, default=None, help="speed-up of emulated engines (default: the fleet's)")
+    p.add_argument(
+        "--text-field",
+        default="",
+        help="field holding the input text (default: input, text or question)",
+    )
+    p.add_argument(
+        "--splits",
+        type=_fractions,
+        default=(0.6, 0.2, 0.2),
+        help="train,calibration,test fractions for rows without a split (default 0.6,0.2,0.2)",
+    )
+    p.add_argument(
+        "--timeout", type=float, default=120.0, help="per-call timeout in seconds (default 120)"
+    )
+    p.add_argument(
+        "--time-scale",
+        type=float,
+        default=None,
+        help="speed-up of emulated engines (default: the fleet's)",
+    )
     g = p.add_mutually_exclusive_group()
-    g.add_argument("--update", action="store_true",
-                   help="--out was labelled with another dataset, workflow, fleet, scorer, seed or sample: reuse the "
-                   "cached calls that still match and redo the rest (default: refuse, naming the difference)")  # fmt: skip
-    g.add_argument("--restart", action="store_true", help="clear --out (outputs and call cache) and label from scratch")
+    g.add_argument(
+        "--update",
+        action="store_true",
+        help="--out was labelled with another dataset, workflow, fleet, scorer, seed or sample: reuse the "
+        "cached calls that still match and redo the rest (default: refuse, naming the difference)",
+    )
+    g.add_argument(
+        "--restart",
+        action="store_true",
+        help="clear --out (outputs and call cache) and label from scratch",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress on stderr")
     return p
 
 
 async def _label(args, progress) -> dict:
-    from aragog_jax.data._label import EngineTarget, Labeller, LabelSettings, load_inputs, load_scorer
+    from aragog_jax.data._label import (
+        EngineTarget,
+        Labeller,
+        LabelSettings,
+        load_inputs,
+        load_scorer,
+    )
     from aragog_jax.serving import EmulatedEngine, LoopbackServer
     from aragog_jax.space import build_space
-    from aragog_jax.spec import DEFAULT_MODELS, family_pool, load_fleet, load_models, load_profile, load_workflow, resolve
+    from aragog_jax.spec import (
+        DEFAULT_MODELS,
+        family_pool,
+        load_fleet,
+        load_models,
+        load_profile,
+        load_workflow,
+        resolve,
+    )
 
     fleet = load_fleet(args.fleet)
     catalog = load_models(resolve(args.fleet, fleet.models) if fleet.models else DEFAULT_MODELS)
@@ -106,12 +171,21 @@ async def _label(args, progress) -> dict:
     wf = load_workflow(args.workflow, catalog)
     space = build_space(wf, family_pool(catalog, family))
     scorer = load_scorer(args.scorer)
-    inputs = load_inputs(args.dataset, text_field=args.text_field, split_fractions=args.splits, seed=args.seed, limit=args.limit)
+    inputs = load_inputs(
+        args.dataset,
+        text_field=args.text_field,
+        split_fractions=args.splits,
+        seed=args.seed,
+        limit=args.limit,
+    )
     for bad in inputs.bad[:MAX_BAD_LINES_SHOWN]:
         print(f"{args.dataset}:{bad['line']}: {bad['reason']}", file=sys.stderr)
     if len(inputs.bad) > MAX_BAD_LINES_SHOWN:
-        print(f"... and {len(inputs.bad) - MAX_BAD_LINES_SHOWN} more bad lines (all in {args.out / 'input_errors.jsonl'})",
-              file=sys.stderr)  # fmt: skip
+        print(
+            f"... and {len(inputs.bad) - MAX_BAD_LINES_SHOWN} more bad lines (all in "
+            f"{args.out / 'input_errors.jsonl'})",
+            file=sys.stderr,
+        )
     time_scale = args.time_scale or fleet.server.time_scale
     servers: list = []
     targets: list[EngineTarget] = []
@@ -120,20 +194,45 @@ async def _label(args, progress) -> dict:
             url, identity = e.url, ""
             if not url:
                 if not e.profile:
-                    raise AragogError(f"{args.fleet}: engine {e.name}: an emulated engine needs a profile")
-                eng = EmulatedEngine(e.name, e.model, load_profile(resolve(args.fleet, e.profile)), time_scale=time_scale,
-                                     served_model_name=e.served_model_name)  # fmt: skip
+                    raise AragogError(
+                        f"{args.fleet}: engine {e.name}: an emulated engine needs a profile"
+                    )
+                eng = EmulatedEngine(
+                    e.name,
+                    e.model,
+                    load_profile(resolve(args.fleet, e.profile)),
+                    time_scale=time_scale,
+                    served_model_name=e.served_model_name,
+                )
                 srv = LoopbackServer(eng.app)
                 url = await srv.start()
                 servers.append(srv)
-                identity = "emulated"  # replies depend on model, prompt and seed, not on the loopback port
-            targets.append(EngineTarget(e.name, e.model, url, e.served_model_name or e.model, identity))
+                identity = (
+                    "emulated"  # replies depend on model, prompt and seed, not on the loopback port
+                )
+            targets.append(
+                EngineTarget(e.name, e.model, url, e.served_model_name or e.model, identity)
+            )
         on_change = "update" if args.update else "restart" if args.restart else "refuse"
-        labeller = Labeller(wf, space, targets, inputs, scorer, args.out,
-                            LabelSettings(concurrency=args.concurrency, seed=args.seed, sample=args.sample,
-                                          request_timeout_s=args.timeout, on_change=on_change),
-                            family=family, progress=progress, scorer_name=args.scorer,
-                            provenance={"fleet": str(args.fleet), "dataset": str(args.dataset)})  # fmt: skip
+        labeller = Labeller(
+            wf,
+            space,
+            targets,
+            inputs,
+            scorer,
+            args.out,
+            LabelSettings(
+                concurrency=args.concurrency,
+                seed=args.seed,
+                sample=args.sample,
+                request_timeout_s=args.timeout,
+                on_change=on_change,
+            ),
+            family=family,
+            progress=progress,
+            scorer_name=args.scorer,
+            provenance={"fleet": str(args.fleet), "dataset": str(args.dataset)},
+        )
         res = await labeller.run()
     finally:
         for srv in servers:
@@ -150,17 +249,26 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     rep = asyncio.run(_label(args, progress))
     per, tot, run = rep["per_input"], rep["total"], rep["this_run"]
-    print(f"labelled {rep['num_inputs'] - len(rep['dropped_inputs'])}/{rep['num_inputs']} inputs x "
-          f"{rep['num_labelled_configs']} configurations of {rep['workflow']} into {args.out}")
-    print(f"engine calls: {tot['calls']} (per input {per['calls']}); distinct prefixes {tot['distinct_prefixes']} "
-          f"(per input {per['distinct_prefixes']}); naive configurations x stages {tot['naive_calls']} "
-          f"(per input {per['naive_calls']})")
-    print(f"this run: {run['calls_made']} calls made, {run['calls_cached']} cached, {run['calls_failed']} failed; "
-          f"{rep['config_failures']} (input, configuration) failures; c_max accuracy {100 * rep['c_max_accuracy']:.1f}%; "
-          f"splits {rep['splits']}; {rep['seconds']:.1f} s")  # fmt: skip
+    print(
+        f"labelled {rep['num_inputs'] - len(rep['dropped_inputs'])}/{rep['num_inputs']} inputs x "
+        f"{rep['num_labelled_configs']} configurations of {rep['workflow']} into {args.out}"
+    )
+    print(
+        f"engine calls: {tot['calls']} (per input {per['calls']}); distinct prefixes {tot['distinct_prefixes']} "
+        f"(per input {per['distinct_prefixes']}); naive configurations x stages {tot['naive_calls']} "
+        f"(per input {per['naive_calls']})"
+    )
+    print(
+        f"this run: {run['calls_made']} calls made, {run['calls_cached']} cached, {run['calls_failed']} failed; "
+        f"{rep['config_failures']} (input, configuration) failures; c_max accuracy {100 * rep['c_max_accuracy']:.1f}%; "
+        f"splits {rep['splits']}; {rep['seconds']:.1f} s"
+    )
     if rep["input_errors"]:
-        print(f"error: {rep['input_errors']} bad dataset lines (see {args.out / 'input_errors.jsonl'}); "
-              f"{rep['num_inputs']} valid inputs were labelled", file=sys.stderr)  # fmt: skip
+        print(
+            f"error: {rep['input_errors']} bad dataset lines (see {args.out / 'input_errors.jsonl'}); "
+            f"{rep['num_inputs']} valid inputs were labelled",
+            file=sys.stderr,
+        )
         return 1
     return 0
 

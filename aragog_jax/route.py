@@ -74,7 +74,9 @@ _encoder = msgspec.json.Encoder()
 _encode = _encoder.encode
 
 
-def _read_chunks(path: Path, start_line: int, chunk: int) -> Iterator[tuple[list[tuple[int, bytes]], int]]:
+def _read_chunks(
+    path: Path, start_line: int, chunk: int
+) -> Iterator[tuple[list[tuple[int, bytes]], int]]:
     """Yield ``([(line_number, raw_line), ...], bytes_read)``, skipping ``start_line`` lines."""
     with open(path, "rb") as f:
         lineno = 0
@@ -114,14 +116,18 @@ def _parse(batch: list[tuple[int, bytes]]) -> tuple[list, list[str], list[bytes]
     return ids, texts, errors
 
 
-def _jsonl_chunks(path: Path, start: int, chunk: int) -> Iterator[tuple[list, list[str], list[bytes], int, int]]:
+def _jsonl_chunks(
+    path: Path, start: int, chunk: int
+) -> Iterator[tuple[list, list[str], list[bytes], int, int]]:
     """``(ids, texts, error_lines, lines_consumed, bytes_consumed)`` per chunk of a JSONL file."""
     for batch, nbytes in _read_chunks(path, start, chunk):
         ids, texts, errors = _parse(batch)
         yield ids, texts, errors, len(batch), nbytes
 
 
-def _parquet_chunks(path: Path, start: int, chunk: int) -> Iterator[tuple[list, list[str], list[bytes], int, int]]:
+def _parquet_chunks(
+    path: Path, start: int, chunk: int
+) -> Iterator[tuple[list, list[str], list[bytes], int, int]]:
     """Same as :func:`_jsonl_chunks` for a Parquet file (``line`` = 1-based row number)."""
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -137,8 +143,12 @@ def _parquet_chunks(path: Path, start: int, chunk: int) -> Iterator[tuple[list, 
     text_t, id_t = schema.field("text").type, schema.field("id").type
     if not (pa.types.is_string(text_t) or pa.types.is_large_string(text_t)):
         raise DatasetError(f"--input {path}: column 'text' has type {text_t}, expected string")
-    if not (pa.types.is_string(id_t) or pa.types.is_large_string(id_t) or pa.types.is_integer(id_t)):
-        raise DatasetError(f"--input {path}: column 'id' has type {id_t}, expected string or integer")
+    if not (
+        pa.types.is_string(id_t) or pa.types.is_large_string(id_t) or pa.types.is_integer(id_t)
+    ):
+        raise DatasetError(
+            f"--input {path}: column 'id' has type {id_t}, expected string or integer"
+        )
     row = 0
     for rb in pf.iter_batches(batch_size=chunk, columns=["id", "text"]):
         lo = row
@@ -151,7 +161,10 @@ def _parquet_chunks(path: Path, start: int, chunk: int) -> Iterator[tuple[list, 
         for k, (i, t) in enumerate(zip(cols["id"], cols["text"], strict=True)):
             if i is None or t is None:
                 what = "id" if i is None else "text"
-                errors.append(_encode({"line": lo + skip + k + 1, "reason": f"invalid row: {what} is null"}) + b"\n")
+                errors.append(
+                    _encode({"line": lo + skip + k + 1, "reason": f"invalid row: {what} is null"})
+                    + b"\n"
+                )
                 continue
             ids.append(i)
             texts.append(t)
@@ -199,13 +212,18 @@ class _ParquetOut:
         counts = mask.sum(axis=1).astype(np.int32)
         _, cols = np.nonzero(mask)
         admitted = pa.ListArray.from_arrays(
-            pa.array(np.concatenate([[0], np.cumsum(counts)]).astype(np.int32)), pa.array(cols.astype(np.int32))
+            pa.array(np.concatenate([[0], np.cumsum(counts)]).astype(np.int32)),
+            pa.array(cols.astype(np.int32)),
         )
         if self.admitted == "models":
             table_ = [self.router.space.config_to_models(c) for c in range(self.router.num_configs)]
             admitted = pa.array([[table_[c] for c in row.values.to_numpy()] for row in admitted])
-        table = pa.table({"id": pa.array(ids), "num_admitted": pa.array(counts), "admitted": admitted})
-        with atomic_writer(self.path / f"part-{prog.output_parts:05d}.parquet") as f:  # via part-NNNNN.parquet.tmp
+        table = pa.table(
+            {"id": pa.array(ids), "num_admitted": pa.array(counts), "admitted": admitted}
+        )
+        with atomic_writer(
+            self.path / f"part-{prog.output_parts:05d}.parquet"
+        ) as f:  # via part-NNNNN.parquet.tmp
             pq.write_table(table, f)
         prog.output_parts += 1
 
@@ -229,7 +247,10 @@ def _encode_rows(ids: list, mask: np.ndarray, admitted: str, router) -> bytes:
             for i, a, b in zip(ids, starts, ends, strict=True)
         ]
     else:
-        rows = [{"id": i, "num_admitted": b - a, "admitted": flat[a:b]} for i, a, b in zip(ids, starts, ends, strict=True)]
+        rows = [
+            {"id": i, "num_admitted": b - a, "admitted": flat[a:b]}
+            for i, a, b in zip(ids, starts, ends, strict=True)
+        ]
     return _encoder.encode_lines(rows)
 
 
@@ -245,7 +266,9 @@ def _load_progress(path: Path, out: Path, err: Path, router: str, inp: str) -> P
     try:
         prog = msgspec.json.decode(path.read_bytes(), type=Progress)
     except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-        raise DatasetError(f"{path}: unreadable progress file ({exc}); remove it and {out} to start over") from exc
+        raise DatasetError(
+            f"{path}: unreadable progress file ({exc}); remove it and {out} to start over"
+        ) from exc
     if prog.format != PROGRESS_FORMAT or prog.router != router or prog.input != inp:
         raise DatasetError(
             f"{path}: belongs to a job with router {prog.router!r} and input {prog.input!r}; "
@@ -267,13 +290,20 @@ def main(argv: Sequence[str] | None = None) -> int:
             "an interruption. Malformed lines go to OUT.errors.jsonl (exit status 1)."
         ),
     )
-    parser.add_argument("--router", required=True, help="router checkpoint (.npz), e.g. profiles/routers/<workflow>/<family>.npz")
     parser.add_argument(
-        "--input", required=True,
-        help="input JSONL, one {'id': str|int, 'text': str} object per line; or a .parquet file with id and text columns",
+        "--router",
+        required=True,
+        help="router checkpoint (.npz), e.g. profiles/routers/<workflow>/<family>.npz",
     )
     parser.add_argument(
-        "--output", required=True,
+        "--input",
+        required=True,
+        help="input JSONL, one {'id': str|int, 'text': str} object per line; "
+        "or a .parquet file with id and text columns",
+    )
+    parser.add_argument(
+        "--output",
+        required=True,
         help="output JSONL, or a .parquet path (written as a directory of part files); OUT.errors.jsonl and "
         "OUT.progress.json are written beside it",
     )
@@ -282,13 +312,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="workflow TOML or shipped name (default: the one stored in the checkpoint; older checkpoints: the shipped "
         "one it names); must match the checkpoint's configuration space",
     )
-    parser.add_argument("--family", help="model family (default: the checkpoint's); must match its configuration space")
     parser.add_argument(
-        "--admitted", choices=("indices", "models"), default="indices",
+        "--family",
+        help="model family (default: the checkpoint's); must match its configuration space",
+    )
+    parser.add_argument(
+        "--admitted",
+        choices=("indices", "models"),
+        default="indices",
         help="write admitted configurations as indices into the configuration order (default) or as stage->model maps",
     )
-    parser.add_argument("--chunk-size", type=int, default=4096, help="rows per device call (default %(default)s)")
-    parser.add_argument("--embeddings-url", help="override the embeddings endpoint of an openai-embeddings router")
+    parser.add_argument(
+        "--chunk-size", type=int, default=4096, help="rows per device call (default %(default)s)"
+    )
+    parser.add_argument(
+        "--embeddings-url", help="override the embeddings endpoint of an openai-embeddings router"
+    )
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
 
@@ -311,7 +350,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         try:
             import pyarrow  # noqa: F401
         except ImportError as exc:
-            raise DatasetError("Parquet input/output needs pyarrow: pip install 'aragog_jax[parquet]'") from exc
+            raise DatasetError(
+                "Parquet input/output needs pyarrow: pip install 'aragog_jax[parquet]'"
+            ) from exc
 
     space = None
     if args.workflow or args.family:
@@ -322,7 +363,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     router = Router.load(args.router, space, **overrides)
     prog = _load_progress(prog_path, out, err, str(Path(args.router).resolve()), str(inp.resolve()))
     if prog.done:
-        print(f"already complete: {prog.rows:,} rows routed, {prog.errors:,} malformed lines in {err}", file=sys.stderr)
+        print(
+            f"already complete: {prog.rows:,} rows routed, {prog.errors:,} malformed lines in {err}",
+            file=sys.stderr,
+        )
         return 1 if prog.errors else 0
 
     # One bucket: the last, partial chunk is padded up to it (one wasted call beats compiling more).
@@ -333,17 +377,26 @@ def main(argv: Sequence[str] | None = None) -> int:
         f.truncate(prog.errors_bytes)
     ferr = open(err, "ab")  # noqa: SIM115
     t0 = time.perf_counter()
-    rows0, errors0 = prog.rows, prog.errors
+    rows0 = prog.rows
     if parquet_in:
         import pyarrow.parquet as pq
 
         chunks = _parquet_chunks(inp, prog.input_lines, args.chunk_size)
-        bar_total, bar_unit, bar_done = pq.ParquetFile(inp).metadata.num_rows, "row", prog.input_lines
+        bar_total, bar_unit, bar_done = (
+            pq.ParquetFile(inp).metadata.num_rows,
+            "row",
+            prog.input_lines,
+        )
     else:
         chunks = _jsonl_chunks(inp, prog.input_lines, args.chunk_size)
         bar_total, bar_unit, bar_done = inp.stat().st_size, "B", 0
     bar = tqdm(
-        total=bar_total, initial=bar_done, unit=bar_unit, unit_scale=True, desc="route", disable=args.quiet,
+        total=bar_total,
+        initial=bar_done,
+        unit=bar_unit,
+        unit_scale=True,
+        desc="route",
+        disable=args.quiet,
         file=sys.stderr,
     )
     try:
@@ -362,8 +415,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         fout.close()
         ferr.close()
     dt = time.perf_counter() - t0
-    rows, errs = prog.rows - rows0, prog.errors - errors0
-    print(f"routed {rows:,} rows in {dt:.2f} s ({rows / max(dt, 1e-9):,.0f} rows/s) to {out}", file=sys.stderr)
+    rows = prog.rows - rows0
+    print(
+        f"routed {rows:,} rows in {dt:.2f} s ({rows / max(dt, 1e-9):,.0f} rows/s) to {out}",
+        file=sys.stderr,
+    )
     if prog.errors:
         print(
             f"error: {prog.errors:,} malformed input lines (see {err}); {prog.rows:,} valid rows were routed",
@@ -393,4 +449,3 @@ def _commit(pending, fout, ferr, prog: Progress, prog_path: Path, bar) -> None:
 
 if __name__ == "__main__":
     sys.exit(run_cli(main))
-

@@ -23,7 +23,13 @@ import numpy as np
 
 from aragog_jax._cli import run_cli
 from aragog_jax.errors import SchedulerError
-from aragog_jax.scheduler import BRUTE_FORCE_MAX_ITEMS, DEFAULT_BEAM_WIDTH, BeamPolicy, PolicyName, make_policy
+from aragog_jax.scheduler import (
+    BRUTE_FORCE_MAX_ITEMS,
+    DEFAULT_BEAM_WIDTH,
+    BeamPolicy,
+    PolicyName,
+    make_policy,
+)
 from aragog_jax.scheduler._random import random_replay
 from aragog_jax.scheduler._replay import replay_round
 
@@ -35,14 +41,18 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("round", nargs="?", help="round JSON file, or - for standard input")
     p.add_argument("--policy", default="aragog", choices=[n.value for n in PolicyName])
-    p.add_argument("--beam", type=int, default=DEFAULT_BEAM_WIDTH, help="beam width B of the aragog policy")
+    p.add_argument(
+        "--beam", type=int, default=DEFAULT_BEAM_WIDTH, help="beam width B of the aragog policy"
+    )
     p.add_argument("--example", action="store_true", help="print a random round instead")
     p.add_argument("--seed", type=int, default=0, help="seed of --example")
     p.add_argument(
-        "--example-items", type=int, metavar="N",
+        "--example-items",
+        type=int,
+        metavar="N",
         help=f"--example: exactly N ready items (default: 6 requests with 1-3 each); brute_force replays at most "
         f"{BRUTE_FORCE_MAX_ITEMS}",
-    )  # fmt: skip
+    )
     p.add_argument("--indent", type=int, default=None, help="indent the JSON output")
     return p
 
@@ -60,13 +70,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.beam < 1:
         raise SchedulerError(f"--beam: must be >= 1, got {args.beam}")
     try:
-        text = sys.stdin.read() if args.round == "-" else Path(args.round).read_text(encoding="utf-8")
+        text = (
+            sys.stdin.read() if args.round == "-" else Path(args.round).read_text(encoding="utf-8")
+        )
     except OSError as exc:
         raise SchedulerError(f"{args.round}: cannot read ({exc.strerror})") from exc
     try:
         doc = json.loads(text)
     except json.JSONDecodeError as exc:
-        raise SchedulerError(f"{args.round}: not JSON (line {exc.lineno} column {exc.colno}: {exc.msg})") from exc
+        raise SchedulerError(
+            f"{args.round}: not JSON (line {exc.lineno} column {exc.colno}: {exc.msg})"
+        ) from exc
     if args.policy in (PolicyName.PER_INPUT, PolicyName.PER_WORKFLOW):
         policy = BeamPolicy(1, name=PolicyName(args.policy))
     else:

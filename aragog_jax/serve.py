@@ -30,51 +30,112 @@ def build_parser() -> argparse.ArgumentParser:
             "(model 'workflow:<name>'), GET /v1/models, /health, /ready, /metrics, GET /v1/rounds/{id}"
         ),
     )
-    ap.add_argument("--fleet", metavar="FLEET.toml", help="fleet file (engines, workflows, routers, [server]); default: embedded demo")
-    ap.add_argument("--host", help="bind address (default from the fleet file: 127.0.0.1, loopback only)")
-    ap.add_argument("--port", type=int, help="port (default from the fleet file: 8000; 0 picks a free one)")
-    ap.add_argument("--time-scale", type=float, help="emulated engines run this many times faster than their profiles")
-    ap.add_argument("--drain-s", type=float, default=30.0, help="on SIGINT/SIGTERM, let in-flight requests finish this long (default 30)")
-    ap.add_argument("--policy", default="aragog", choices=["aragog", "greedy", "per_input"],
-                    help="scheduling policy (default aragog: beam search over the live load)")  # fmt: skip
-    ap.add_argument("--beam-width", type=int, default=4, help="beam width of the aragog policy (default 4)")
-    ap.add_argument("--keep-rounds", type=int, default=256, help="scheduling rounds kept for GET /v1/rounds/{id} (default 256)")
     ap.add_argument(
-        "--loop", default="auto", choices=["auto", "asyncio", "uvloop"],
+        "--fleet",
+        metavar="FLEET.toml",
+        help="fleet file (engines, workflows, routers, [server]); default: embedded demo",
+    )
+    ap.add_argument(
+        "--host", help="bind address (default from the fleet file: 127.0.0.1, loopback only)"
+    )
+    ap.add_argument(
+        "--port", type=int, help="port (default from the fleet file: 8000; 0 picks a free one)"
+    )
+    ap.add_argument(
+        "--time-scale",
+        type=float,
+        help="emulated engines run this many times faster than their profiles",
+    )
+    ap.add_argument(
+        "--drain-s",
+        type=float,
+        default=30.0,
+        help="on SIGINT/SIGTERM, let in-flight requests finish this long (default 30)",
+    )
+    ap.add_argument(
+        "--policy",
+        default="aragog",
+        choices=["aragog", "greedy", "per_input"],
+        help="scheduling policy (default aragog: beam search over the live load)",
+    )
+    ap.add_argument(
+        "--beam-width", type=int, default=4, help="beam width of the aragog policy (default 4)"
+    )
+    ap.add_argument(
+        "--keep-rounds",
+        type=int,
+        default=256,
+        help="scheduling rounds kept for GET /v1/rounds/{id} (default 256)",
+    )
+    ap.add_argument(
+        "--loop",
+        default="auto",
+        choices=["auto", "asyncio", "uvloop"],
         help="event loop: uvloop when installed (auto, the default), or the standard asyncio loop",
-    )  # fmt: skip
-    ap.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"], help="default INFO")
+    )
+    ap.add_argument(
+        "--log-level",
+        default="INFO",
+        choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+        help="default INFO",
+    )
     return ap
 
 
 async def _serve(args: argparse.Namespace) -> int:
-    from aragog_jax.serving import Server, ServeOptions, load_runtime
+    from aragog_jax.serving import ServeOptions, Server, load_runtime
 
     fleet = load_runtime(args.fleet, host=args.host, port=args.port, time_scale=args.time_scale)
-    options = ServeOptions(drain_s=args.drain_s, keep_rounds=args.keep_rounds, policy=args.policy, beam_width=args.beam_width)
+    options = ServeOptions(
+        drain_s=args.drain_s,
+        keep_rounds=args.keep_rounds,
+        policy=args.policy,
+        beam_width=args.beam_width,
+    )
     server = Server(fleet, options)
     try:
         url = await server.start()
     except OSError as exc:
         await server.stop(drain_s=0)
-        raise SpecError(f"cannot listen on {fleet.settings.host}:{fleet.settings.port}: {exc.strerror or exc}") from exc
+        raise SpecError(
+            f"cannot listen on {fleet.settings.host}:{fleet.settings.port}: {exc.strerror or exc}"
+        ) from exc
     routed = [n for n, w in fleet.workflows.items() if w.router is not None]
-    first = "self_refine_humaneval" if "self_refine_humaneval" in fleet.workflows else (routed or list(fleet.workflows))[0]
-    log.info("fleet: %s; %d engines (%s)", fleet.source, len(fleet.engines), ", ".join(f"{e.name}={e.model}" for e in fleet.engines))
-    log.info("workflows: %s", ", ".join(f"{n} ({'router' if w.router is not None else 'admit-all'})" for n, w in fleet.workflows.items()))
+    first = (
+        "self_refine_humaneval"
+        if "self_refine_humaneval" in fleet.workflows
+        else (routed or list(fleet.workflows))[0]
+    )
+    log.info(
+        "fleet: %s; %d engines (%s)",
+        fleet.source,
+        len(fleet.engines),
+        ", ".join(f"{e.name}={e.model}" for e in fleet.engines),
+    )
+    log.info(
+        "workflows: %s",
+        ", ".join(
+            f"{n} ({'router' if w.router is not None else 'admit-all'})"
+            for n, w in fleet.workflows.items()
+        ),
+    )
     if fleet.api_keys:
         log.info("API keys required (%d configured)", len(fleet.api_keys))
     log.info("listening on %s", url)
     log.info(
-        "try: curl -s %s/v1/workflows/%s/runs -H 'Content-Type: application/json' -d '{\"input\": \"Write a function that reverses a string.\"}'",
-        url, first,
-    )  # fmt: skip
+        "try: curl -s %s/v1/workflows/%s/runs -H 'Content-Type: application/json' "
+        '-d \'{"input": "Write a function that reverses a string."}\'',
+        url,
+        first,
+    )
     print(f"aragog_jax serving on {url}", flush=True)
     await serve_until_signalled(server, args.drain_s)
     return 0
 
 
-async def serve_until_signalled(server, drain_s: float, signals=(signal.SIGINT, signal.SIGTERM)) -> dict[str, int]:
+async def serve_until_signalled(
+    server, drain_s: float, signals=(signal.SIGINT, signal.SIGTERM)
+) -> dict[str, int]:
     """Serve until the first of ``signals``, then drain for up to ``drain_s``; a second
     signal during the drain stops at once (in-flight requests end with 503)."""
     stop = asyncio.Event()
@@ -91,7 +152,10 @@ async def serve_until_signalled(server, drain_s: float, signals=(signal.SIGINT, 
         loop.add_signal_handler(sig, on_signal)
     try:
         await stop.wait()
-        log.info("shutting down: draining in-flight requests (up to %.0f s; signal again to stop at once)", drain_s)
+        log.info(
+            "shutting down: draining in-flight requests (up to %.0f s; signal again to stop at once)",
+            drain_s,
+        )
         summary = await server.stop()
     finally:
         for sig in signals:
@@ -106,9 +170,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise SpecError(f"--time-scale must be > 0, got {args.time_scale}")
     if args.beam_width < 1:
         raise SpecError(f"--beam-width must be >= 1, got {args.beam_width}")
-    logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(message)s", stream=sys.stderr)
+    logging.basicConfig(
+        level=args.log_level, format="%(asctime)s %(levelname)s %(message)s", stream=sys.stderr
+    )
     # JAX reports at INFO that it found no TPU/GPU backend; on a CPU box that is expected noise.
-    logging.getLogger("jax._src.xla_bridge").setLevel(max(logging.WARNING, logging.getLogger().level))
+    logging.getLogger("jax._src.xla_bridge").setLevel(
+        max(logging.WARNING, logging.getLogger().level)
+    )
     return _run(_serve(args), args.loop)
 
 
@@ -119,7 +187,9 @@ def _run(coro, loop: str) -> int:
         except ImportError:
             if loop == "uvloop":
                 coro.close()
-                raise SpecError("--loop uvloop: uvloop is not installed (pip install uvloop)") from None
+                raise SpecError(
+                    "--loop uvloop: uvloop is not installed (pip install uvloop)"
+                ) from None
         else:
             return uvloop.run(coro)
     return asyncio.run(coro)

@@ -22,7 +22,9 @@ def _rates(text: str) -> tuple[float, ...] | None:
     try:
         rates = tuple(float(x) for x in text.split(",") if x.strip())
     except ValueError as exc:
-        raise AragogError(f"--rates: expected 'auto' or comma-separated numbers, got {text!r}") from exc
+        raise AragogError(
+            f"--rates: expected 'auto' or comma-separated numbers, got {text!r}"
+        ) from exc
     if not rates or any(r <= 0 for r in rates):
         raise AragogError(f"--rates: rates must be > 0, got {text!r}")
     return tuple(sorted(rates))
@@ -67,44 +69,124 @@ def build_parser() -> argparse.ArgumentParser:
         description="Simulate a GPU fleet serving one workflow and compare scheduling policies "
         "(aragog, aragog-oracle, greedy, per_input, per_input-router, per_workflow) over a sweep of arrival rates.",
     )
-    p.add_argument("--workflow", required=True, help="shipped workflow name (e.g. self_refine_humaneval) or a workflow TOML")
+    p.add_argument(
+        "--workflow",
+        required=True,
+        help="shipped workflow name (e.g. self_refine_humaneval) or a workflow TOML",
+    )
     p.add_argument("--family", required=True, help="model family: qwen, llama or mixed")
-    p.add_argument("--gpus", type=int, default=8, choices=(4, 8), help="shipped fleet size (default 8)")
-    p.add_argument("--fleet", help="fleet TOML instead of the shipped profiles/fleets/<family>_<gpus>gpu.toml")
-    p.add_argument("--dataset", help="accuracy dataset directory (default profiles/datasets/<workflow>/<family>)")
-    p.add_argument("--router", help="router checkpoint (default: the shipped one if present); 'oracle' forces oracle masks")
-    p.add_argument("--policies", default="aragog,per_input,per_workflow", help="comma-separated (default aragog,per_input,per_workflow)")
+    p.add_argument(
+        "--gpus", type=int, default=8, choices=(4, 8), help="shipped fleet size (default 8)"
+    )
+    p.add_argument(
+        "--fleet", help="fleet TOML instead of the shipped profiles/fleets/<family>_<gpus>gpu.toml"
+    )
+    p.add_argument(
+        "--dataset",
+        help="accuracy dataset directory (default profiles/datasets/<workflow>/<family>)",
+    )
+    p.add_argument(
+        "--router",
+        help="router checkpoint (default: the shipped one if present); 'oracle' forces oracle masks",
+    )
+    p.add_argument(
+        "--policies",
+        default="aragog,per_input,per_workflow",
+        help="comma-separated (default aragog,per_input,per_workflow)",
+    )
     p.add_argument("--rates", default="auto", help="'auto' or comma-separated requests/s")
-    p.add_argument("--num-rates", type=int, default=6, help="rates in an automatic sweep, or its coarse pass with --dense (default 6)")
-    p.add_argument("--dense", action="store_true",
-                   help="after the coarse pass add --per-knee rates inside every policy's knee bracket (last rate it "
-                   "sustains at >= 90%% of the arrivals, next rate), at least --min-rates in all")
-    p.add_argument("--per-knee", type=int, default=2, help="--dense: rates added per knee bracket (default 2)")
-    p.add_argument("--min-rates", type=int, default=8, help="--dense: rates in all at least (default 8)")
-    p.add_argument("--warmup", type=float, default=None,
-                   help="throughput is measured from here to the end of arrivals (default: half of --duration)")
-    p.add_argument("--duration", type=float, default=60.0, help="seconds of arrivals per run (default 60)")
-    p.add_argument("--num-requests", type=int, default=0, help="fixed number of requests per run instead of --duration")
-    p.add_argument("--round-interval", type=float, default=0.05,
-                   help="least virtual seconds between scheduling rounds, the server loop's period (default 0.05)")
+    p.add_argument(
+        "--num-rates",
+        type=int,
+        default=6,
+        help="rates in an automatic sweep, or its coarse pass with --dense (default 6)",
+    )
+    p.add_argument(
+        "--dense",
+        action="store_true",
+        help="after the coarse pass add --per-knee rates inside every policy's knee bracket (last rate it "
+        "sustains at >= 90%% of the arrivals, next rate), at least --min-rates in all",
+    )
+    p.add_argument(
+        "--per-knee", type=int, default=2, help="--dense: rates added per knee bracket (default 2)"
+    )
+    p.add_argument(
+        "--min-rates", type=int, default=8, help="--dense: rates in all at least (default 8)"
+    )
+    p.add_argument(
+        "--warmup",
+        type=float,
+        default=None,
+        help="throughput is measured from here to the end of arrivals (default: half of --duration)",
+    )
+    p.add_argument(
+        "--duration", type=float, default=60.0, help="seconds of arrivals per run (default 60)"
+    )
+    p.add_argument(
+        "--num-requests",
+        type=int,
+        default=0,
+        help="fixed number of requests per run instead of --duration",
+    )
+    p.add_argument(
+        "--round-interval",
+        type=float,
+        default=0.05,
+        help="least virtual seconds between scheduling rounds, the server loop's period (default 0.05)",
+    )
     p.add_argument("--beam", type=int, default=4, help="beam width of aragog (default 4)")
     p.add_argument("--arrival", choices=("poisson", "gamma"), default="poisson")
-    p.add_argument("--cv", type=float, default=2.0, help="coefficient of variation of gamma arrivals (default 2)")
+    p.add_argument(
+        "--cv",
+        type=float,
+        default=2.0,
+        help="coefficient of variation of gamma arrivals (default 2)",
+    )
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--round-cost", default="measured", help="virtual seconds per scheduling round: 'measured' (default; each "
-                   "round's wall time, results vary slightly between reruns) or a number (bit-reproducible)")
-    p.add_argument("--route-cost", default="measured", help="routing seconds per request: 'measured' from the router or a number")
-    p.add_argument("--poll-interval", type=float, default=0.0, help="load metrics scrape interval in s (0: exact load)")
-    p.add_argument("--horizon", type=float, default=None, help="stop each run at this virtual time (default 2 x duration)")
-    p.add_argument("--workflow-tolerance", type=float, default=0.02,
-                   help="per_workflow: the cheapest configuration within this accuracy of c_max on the calibration "
-                   "split (plus train below 500 inputs; never test) (default 0.02, the budget Aragog is held to)")
-    p.add_argument("--quick", action="store_true",
-                   help="smoke run, not a comparison: 3 rates, 20 s of arrivals measured after a 10 s warm-up")
+    p.add_argument(
+        "--round-cost",
+        default="measured",
+        help="virtual seconds per scheduling round: 'measured' (default; each "
+        "round's wall time, results vary slightly between reruns) or a number (bit-reproducible)",
+    )
+    p.add_argument(
+        "--route-cost",
+        default="measured",
+        help="routing seconds per request: 'measured' from the router or a number",
+    )
+    p.add_argument(
+        "--poll-interval",
+        type=float,
+        default=0.0,
+        help="load metrics scrape interval in s (0: exact load)",
+    )
+    p.add_argument(
+        "--horizon",
+        type=float,
+        default=None,
+        help="stop each run at this virtual time (default 2 x duration)",
+    )
+    p.add_argument(
+        "--workflow-tolerance",
+        type=float,
+        default=0.02,
+        help="per_workflow: the cheapest configuration within this accuracy of c_max on the calibration "
+        "split (plus train below 500 inputs; never test) (default 0.02, the budget Aragog is held to)",
+    )
+    p.add_argument(
+        "--quick",
+        action="store_true",
+        help="smoke run, not a comparison: 3 rates, 20 s of arrivals measured after a 10 s warm-up",
+    )
     p.add_argument("--no-plots", action="store_true")
-    p.add_argument("--compile-cache", default=DEFAULT_COMPILE_CACHE,
-                   help=f"JAX persistent compilation cache directory, or 'none' (default {DEFAULT_COMPILE_CACHE})")
-    p.add_argument("--out", required=True, type=Path, help="output directory for summary.json and plots")
+    p.add_argument(
+        "--compile-cache",
+        default=DEFAULT_COMPILE_CACHE,
+        help=f"JAX persistent compilation cache directory, or 'none' (default {DEFAULT_COMPILE_CACHE})",
+    )
+    p.add_argument(
+        "--out", required=True, type=Path, help="output directory for summary.json and plots"
+    )
     return p
 
 
@@ -114,11 +196,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     from aragog_jax.sim import SweepConfig, load_setup, run_sweep, write_summary
 
     if args.num_requests < 0 or args.num_rates < 1 or args.beam < 1 or args.duration <= 0:
-        raise AragogError("--num-rates and --beam must be >= 1, --duration > 0, --num-requests >= 0")
+        raise AragogError(
+            "--num-rates and --beam must be >= 1, --duration > 0, --num-requests >= 0"
+        )
     if args.dense and (args.num_rates < 2 or args.per_knee < 0 or args.min_rates < 2):
         raise AragogError("--dense needs --num-rates >= 2, --per-knee >= 0 and --min-rates >= 2")
     if args.quick:
-        print("smoke run (--quick): short runs and 3 rates check that it works; the numbers are not a comparison")
+        print(
+            "smoke run (--quick): short runs and 3 rates check that it works; the numbers are not a comparison"
+        )
     policies = tuple(x.strip() for x in args.policies.split(",") if x.strip())
     sweep = SweepConfig(
         policies=policies,
@@ -142,7 +228,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         workflow_tolerance=args.workflow_tolerance,
         router=args.router,
     )
-    setup = load_setup(args.workflow, args.family, gpus=args.gpus, fleet=args.fleet, dataset=args.dataset)
+    setup = load_setup(
+        args.workflow, args.family, gpus=args.gpus, fleet=args.fleet, dataset=args.dataset
+    )
     summary = run_sweep(setup, sweep, progress=True, keep_runs=not args.no_plots)
     path = write_summary(summary, args.out, plots=not args.no_plots)
     print(
@@ -152,20 +240,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     for p, d in summary["policies"].items():
         top = d["per_rate"][-1]
         print(
-            f"  {p:14s} max {d['max_throughput']:7.2f} req/s | at {top['rate']:g} req/s P50 {top['latency']['p50']:7.2f}s "
+            f"  {p:14s} max {d['max_throughput']:7.2f} req/s | at {top['rate']:g} req/s P50 "
+            f"{top['latency']['p50']:7.2f}s "
             f"P95 {top['latency']['p95']:7.2f}s | accuracy {d['accuracy']:.3f} "
             f"({100 * (d['accuracy'] - d['c_max_accuracy']):+.1f} pts vs c_max on its completed requests) | "
             f"{d['scheduler_ms_per_round']:.3f} ms/round"
         )
     for k, v in summary["comparison"].items():
         if isinstance(v, dict) and k.startswith("aragog_vs_"):
-            print(f"  {k}: throughput {v['max_throughput_gain_pct']:+.1f}%, P50 {v['median_latency_change_pct']:+.1f}%, "
-                  f"P95 {v['p95_latency_change_pct']:+.1f}%")
+            print(
+                f"  {k}: throughput {v['max_throughput_gain_pct']:+.1f}%, P50 {v['median_latency_change_pct']:+.1f}%, "
+                f"P95 {v['p95_latency_change_pct']:+.1f}%"
+            )
     for name, lat in summary["comparison"].get("latency_at", {}).items():
         if lat:
             where = "every policy sustains" if name == "common" else "aragog sustains"
-            print(f"  highest rate {where}: {lat['rate']:g} req/s; P50 " + ", ".join(
-                f"{p} {v['p50']:.2f}s" for p, v in lat["latency"].items()))
+            print(
+                f"  highest rate {where}: {lat['rate']:g} req/s; P50 "
+                + ", ".join(f"{p} {v['p50']:.2f}s" for p, v in lat["latency"].items())
+            )
     print(f"wrote {path} ({summary['wall_s']:.1f}s)")
     return 0
 

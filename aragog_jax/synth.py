@@ -27,17 +27,36 @@ def main(argv: Sequence[str] | None = None) -> int:
         prog="python -m aragog_jax.synth",
         description="Write a seeded synthetic accuracy dataset (meta.json, inputs.jsonl, scores.npy) for a workflow.",
     )
-    parser.add_argument("--workflow", required=True, help="workflow TOML file, or the name of a shipped workflow")
-    parser.add_argument("--family", required=True, help="model family (pool) from the model catalog, e.g. qwen, llama, mixed")
+    parser.add_argument(
+        "--workflow", required=True, help="workflow TOML file, or the name of a shipped workflow"
+    )
+    parser.add_argument(
+        "--family",
+        required=True,
+        help="model family (pool) from the model catalog, e.g. qwen, llama, mixed",
+    )
     parser.add_argument("--num-inputs", type=int, required=True, help="number of inputs N")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default %(default)s)")
-    parser.add_argument("--out", required=True, help="output directory (created; files in it are overwritten)")
     parser.add_argument(
-        "--target", type=float, default=None,
+        "--out", required=True, help="output directory (created; files in it are overwritten)"
+    )
+    parser.add_argument(
+        "--target",
+        type=float,
+        default=None,
         help="accuracy of c_max to calibrate to (default: the workflow's target_accuracy for the family, else 0.75)",
     )
-    parser.add_argument("--models", default=str(DEFAULT_MODELS), help="model catalog TOML (default: shipped profiles/models.toml)")
-    parser.add_argument("--max-configs", type=int, default=DEFAULT_MAX_CONFIGS, help="dense enumeration limit (default %(default)s)")
+    parser.add_argument(
+        "--models",
+        default=str(DEFAULT_MODELS),
+        help="model catalog TOML (default: shipped profiles/models.toml)",
+    )
+    parser.add_argument(
+        "--max-configs",
+        type=int,
+        default=DEFAULT_MAX_CONFIGS,
+        help="dense enumeration limit (default %(default)s)",
+    )
     parser.add_argument("--quiet", action="store_true", help="print nothing on success")
     args = parser.parse_args(argv)
     if args.num_inputs < 1:
@@ -51,7 +70,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     out = save_dataset(ds, args.out)
     if not args.quiet:
         st = viability_stats(ds.scores, space.c_max, space.config_flops)
-        print(json.dumps({"out": str(out), "num_inputs": ds.num_inputs, "num_configs": space.num_configs, **st}, indent=2))
+        print(
+            json.dumps(
+                {
+                    "out": str(out),
+                    "num_inputs": ds.num_inputs,
+                    "num_configs": space.num_configs,
+                    **st,
+                },
+                indent=2,
+            )
+        )
     return 0
 
 

@@ -7,7 +7,9 @@ import time
 from collections.abc import Callable
 
 
-def time_fn(fn: Callable[[], object], min_time: float = 0.3, min_reps: int = 3, max_reps: int = 5000) -> list[float]:
+def time_fn(
+    fn: Callable[[], object], min_time: float = 0.3, min_reps: int = 3, max_reps: int = 5000
+) -> list[float]:
     """Per-call seconds of ``fn()`` after one warm-up call, until ``min_time`` seconds and
     ``min_reps`` calls have passed (at most ``max_reps``); garbage collection is paused
     while timing, as ``timeit`` does."""

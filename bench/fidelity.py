@@ -41,15 +41,15 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from aragog_jax._provenance import git_sha  # noqa: E402
+from aragog_jax.errors import UpstreamError  # noqa: E402
 from aragog_jax.perf._measure import (  # noqa: E402
-    ProfileSettings,
     Profiler,
+    ProfileSettings,
     measured_profile_to_toml,
     synthetic_prompt,
     timed_chat,
 )
-from aragog_jax.errors import UpstreamError  # noqa: E402
-from aragog_jax._provenance import git_sha  # noqa: E402
 from aragog_jax.serving._client import ClientLimits, EngineClient  # noqa: E402
 from aragog_jax.sim import SimEngine, run_standalone  # noqa: E402
 
@@ -68,13 +68,37 @@ def start_engine(max_num_seqs: int, core: int, log: Path) -> tuple[subprocess.Po
     if not VLLM_PY.is_file() or not (TINY / "config.json").is_file():
         sys.exit("error: the vLLM CPU engine is not prepared; run: bash scripts/prepare_vllm.sh")
     port = _free_port()
-    env = dict(os.environ, VLLM_TARGET_DEVICE="cpu", HF_HUB_OFFLINE="1", VLLM_NO_USAGE_STATS="1",
-               VLLM_CPU_OMP_THREADS_BIND=str(core))  # fmt: skip
-    cmd = [str(VLLM_PY), "-m", "vllm.entrypoints.openai.api_server", "--model", str(TINY),
-           "--served-model-name", "tiny", "--host", "127.0.0.1", "--port", str(port), "--max-model-len", "1024",
-           "--enforce-eager", "--kv-cache-memory-bytes", str(64 << 20), "--max-num-seqs", str(max_num_seqs)]  # fmt: skip
+    env = dict(
+        os.environ,
+        VLLM_TARGET_DEVICE="cpu",
+        HF_HUB_OFFLINE="1",
+        VLLM_NO_USAGE_STATS="1",
+        VLLM_CPU_OMP_THREADS_BIND=str(core),
+    )
+    cmd = [
+        str(VLLM_PY),
+        "-m",
+        "vllm.entrypoints.openai.api_server",
+        "--model",
+        str(TINY),
+        "--served-model-name",
+        "tiny",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--max-model-len",
+        "1024",
+        "--enforce-eager",
+        "--kv-cache-memory-bytes",
+        str(64 << 20),
+        "--max-num-seqs",
+        str(max_num_seqs),
+    ]
     with open(log, "wb") as fh:
-        proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+        proc = subprocess.Popen(
+            cmd, stdout=fh, stderr=subprocess.STDOUT, env=env, start_new_session=True
+        )
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 180
     while time.monotonic() < deadline:
@@ -101,7 +125,13 @@ def stop_engine(proc: subprocess.Popen) -> None:
             proc.wait(timeout=5)
 
 
-def make_workload(rate: float, duration_s: float, seed: int, prompt_words: tuple[int, int], output_tokens: tuple[int, int]):
+def make_workload(
+    rate: float,
+    duration_s: float,
+    seed: int,
+    prompt_words: tuple[int, int],
+    output_tokens: tuple[int, int],
+):
     rng = np.random.default_rng(seed)
     num = max(1, int(rate * duration_s))
     arrivals = np.cumsum(rng.exponential(1.0 / rate, size=num))
@@ -111,9 +141,16 @@ def make_workload(rate: float, duration_s: float, seed: int, prompt_words: tuple
     return arrivals, prompts, outs
 
 
-async def drive(url: str, model: str, arrivals, prompts, outs, seed: int) -> list[tuple[float, float, int, int]]:
+async def drive(
+    url: str, model: str, arrivals, prompts, outs, seed: int
+) -> list[tuple[float, float, int, int]]:
     """Send each request at its arrival time; (arrival, end, prompt_tokens, completion_tokens), relative times."""
-    client = EngineClient("fidelity", url, model, ClientLimits(request_timeout_s=300, orca=False, max_connections=1024))
+    client = EngineClient(
+        "fidelity",
+        url,
+        model,
+        ClientLimits(request_timeout_s=300, orca=False, max_connections=1024),
+    )
     await client.open()
     try:
         t0 = time.monotonic() + 0.2
@@ -122,7 +159,9 @@ async def drive(url: str, model: str, arrivals, prompts, outs, seed: int) -> lis
             await asyncio.sleep(max(0.0, t0 + arrivals[i] - time.monotonic()))
             try:
                 r = await timed_chat(client, prompts[i], int(outs[i]), seed + i, stream=False)
-            except UpstreamError as exc:  # counted, not fatal: an overloaded engine drops connections
+            except (
+                UpstreamError
+            ) as exc:  # counted, not fatal: an overloaded engine drops connections
                 print(f"[fidelity] request {i} failed: {exc}", file=sys.stderr)
                 return None
             return float(arrivals[i]), r.end - t0, r.prompt_tokens, r.completion_tokens
@@ -162,7 +201,8 @@ def add_simulations(row: dict, profile, max_num_seqs: int, overhead_s: float) ->
     # Variant: the per-request overhead charged inside the engine loop, like prefill (the
     # API server's CPU time competes with the engine's on a machine short of cores).
     serial = msgspec.structs.replace(
-        profile, prefill_tokens_per_s=p_mean / (p_mean / profile.prefill_tokens_per_s + overhead_s))
+        profile, prefill_tokens_per_s=p_mean / (p_mean / profile.prefill_tokens_per_s + overhead_s)
+    )
     row["simulated"] = simulate(profile, reqs, max_num_seqs, overhead_s)
     row["simulated_engine_only"] = simulate(profile, reqs, max_num_seqs)
     row["simulated_overhead_in_loop"] = simulate(serial, reqs, max_num_seqs)
@@ -173,7 +213,9 @@ def write_json(res: dict, out: Path) -> None:
     """fidelity.json (summary, readable) and fidelity_requests.json (per request: arrival, end, prompt, output)."""
     reqs = [row.pop("requests") for row in res["rates"]]
     (out / "fidelity.json").write_text(json.dumps(res, indent=2) + "\n")
-    (out / "fidelity_requests.json").write_text("[\n" + ",\n".join(json.dumps(r) for r in reqs) + "\n]\n")
+    (out / "fidelity_requests.json").write_text(
+        "[\n" + ",\n".join(json.dumps(r) for r in reqs) + "\n]\n"
+    )
     for row, r in zip(res["rates"], reqs, strict=True):
         row["requests"] = r
 
@@ -204,7 +246,8 @@ def render(res: dict) -> str:
         f"Workload per rate: seeded Poisson arrivals for {res['duration_s']:g} s, prompts of "
         f"{res['prompt_words'][0]}-{res['prompt_words'][1]} words, {res['output_tokens'][0]}-{res['output_tokens'][1]} "
         f"output tokens (exact, `ignore_eos`). Rates are fractions of the profile's request capacity "
-        f"{res['capacity_req_s']:.1f} req/s (peak tokens/s / mean output tokens). Throughput is generated tokens/s from "
+        f"{res['capacity_req_s']:.1f} req/s (peak tokens/s / mean output tokens). Throughput is "
+        "generated tokens/s from "
         "the first arrival to the last completion; latency is per request from arrival to completion.",
         "",
         "Simulated = `SimEngine` (the fleet simulator's engine model) from the measured profile, fed the same "
@@ -216,21 +259,33 @@ def render(res: dict) -> str:
         "`fidelity.json` also has the run with the simulator's default batch limit (the saturation batch, "
         f"{prof['saturation_batch']}).",
         "",
-        "| rate (req/s) | load | requests (failed) | measured tok/s | sim tok/s | err | measured P50 (s) | sim P50 (s) | err | "
+        "| rate (req/s) | load | requests (failed) | measured tok/s | sim tok/s | err | measured "
+        "P50 (s) | sim P50 (s) | err | "
         "measured P95 (s) | sim P95 (s) | err | engine-only sim P50 | overhead-in-loop sim: tok/s, P50, P95 |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in res["rates"]:
-        m, s, d, q = r["measured"], r["simulated"], r["simulated_engine_only"], r["simulated_overhead_in_loop"]
+        m, s, d, q = (
+            r["measured"],
+            r["simulated"],
+            r["simulated_engine_only"],
+            r["simulated_overhead_in_loop"],
+        )
         lines.append(
-            f"| {r['rate']:.2f} | {r['load']:.2f} | {r['num_requests']} ({r['num_failed']}) | {m['throughput_tokens_s']:.0f} | "
+            f"| {r['rate']:.2f} | {r['load']:.2f} | {r['num_requests']} ({r['num_failed']}) | "
+            f"{m['throughput_tokens_s']:.0f} | "
             f"{s['throughput_tokens_s']:.0f} | {_err(s['throughput_tokens_s'], m['throughput_tokens_s']):+.1f}% | "
             f"{m['p50_s']:.3f} | {s['p50_s']:.3f} | {_err(s['p50_s'], m['p50_s']):+.1f}% | "
             f"{m['p95_s']:.3f} | {s['p95_s']:.3f} | {_err(s['p95_s'], m['p95_s']):+.1f}% | "
             f"{d['p50_s']:.3f} | {q['throughput_tokens_s']:.0f}, {q['p50_s']:.3f}, {q['p95_s']:.3f} |"
         )
-    ok = [r for r in res["rates"] if abs(_err(r["simulated"]["p50_s"], r["measured"]["p50_s"])) <= 20
-          and abs(_err(r["simulated"]["throughput_tokens_s"], r["measured"]["throughput_tokens_s"])) <= 20]  # fmt: skip
+    ok = [
+        r
+        for r in res["rates"]
+        if abs(_err(r["simulated"]["p50_s"], r["measured"]["p50_s"])) <= 20
+        and abs(_err(r["simulated"]["throughput_tokens_s"], r["measured"]["throughput_tokens_s"]))
+        <= 20
+    ]
     below = [r for r in res["rates"] if r["load"] < 1.0]
     lines += [
         "",
@@ -270,11 +325,16 @@ def plot(res: dict, path: Path) -> None:
 
     rates = [r["rate"] for r in res["rates"]]
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
-    for key, style, label in (("measured", "o-", "measured"), ("simulated", "s--", "simulated"),
-                              ("simulated_engine_only", "^:", "simulated, engine loop only")):  # fmt: skip
+    for key, style, label in (
+        ("measured", "o-", "measured"),
+        ("simulated", "s--", "simulated"),
+        ("simulated_engine_only", "^:", "simulated, engine loop only"),
+    ):
         ax1.plot(rates, [r[key]["throughput_tokens_s"] for r in res["rates"]], style, label=label)
         ax2.plot(rates, [r[key]["p50_s"] for r in res["rates"]], style, label=f"{label} P50")
-        ax2.plot(rates, [r[key]["p95_s"] for r in res["rates"]], style, alpha=0.5, label=f"{label} P95")
+        ax2.plot(
+            rates, [r[key]["p95_s"] for r in res["rates"]], style, alpha=0.5, label=f"{label} P95"
+        )
     ax1.set_xlabel("arrival rate (requests/s)")
     ax1.set_ylabel("generated tokens/s")
     ax1.set_title("throughput")
@@ -291,21 +351,45 @@ def plot(res: dict, path: Path) -> None:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--engine", default="", help="URL of a running engine (default: start one)")
     p.add_argument("--model", default="tiny", help="served model name of --engine (default tiny)")
-    p.add_argument("--max-num-seqs", type=int, default=16, help="the engine's batch limit (default 16)")
-    p.add_argument("--core", type=int, default=1, help="CPU core the started engine is pinned to (default 1)")
-    p.add_argument("--loads", default="0.2,0.4,0.6,0.8,0.95", help="rates as fractions of capacity (default 0.2,0.4,0.6,0.8,0.95)")
-    p.add_argument("--duration", type=float, default=20.0, help="seconds of arrivals per rate (default 20)")
-    p.add_argument("--prompt-words", default="40,120", help="prompt length range in words (default 40,120)")
+    p.add_argument(
+        "--max-num-seqs", type=int, default=16, help="the engine's batch limit (default 16)"
+    )
+    p.add_argument(
+        "--core", type=int, default=1, help="CPU core the started engine is pinned to (default 1)"
+    )
+    p.add_argument(
+        "--loads",
+        default="0.2,0.4,0.6,0.8,0.95",
+        help="rates as fractions of capacity (default 0.2,0.4,0.6,0.8,0.95)",
+    )
+    p.add_argument(
+        "--duration", type=float, default=20.0, help="seconds of arrivals per rate (default 20)"
+    )
+    p.add_argument(
+        "--prompt-words", default="40,120", help="prompt length range in words (default 40,120)"
+    )
     p.add_argument("--output-tokens", default="32,96", help="output length range (default 32,96)")
-    p.add_argument("--profile-level-seconds", type=float, default=8.0, help="profiler time per concurrency level (default 8)")
+    p.add_argument(
+        "--profile-level-seconds",
+        type=float,
+        default=8.0,
+        help="profiler time per concurrency level (default 8)",
+    )
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", type=Path, default=RESULTS, help="output directory (default bench/results)")
-    p.add_argument("--resimulate", action="store_true",
-                   help="no engine: re-run the simulations on the requests recorded in OUT/fidelity.json and "
-                   "OUT/fidelity_profile.toml, rewrite the table and plot")  # fmt: skip
+    p.add_argument(
+        "--out", type=Path, default=RESULTS, help="output directory (default bench/results)"
+    )
+    p.add_argument(
+        "--resimulate",
+        action="store_true",
+        help="no engine: re-run the simulations on the requests recorded in OUT/fidelity.json and "
+        "OUT/fidelity_profile.toml, rewrite the table and plot",
+    )
     args = p.parse_args(argv)
     if args.resimulate:
         from aragog_jax.spec import load_profile
@@ -329,23 +413,44 @@ def main(argv=None) -> int:
     proc = None
     url = args.engine
     if not url:
-        print(f"[fidelity] starting vLLM (max-num-seqs {args.max_num_seqs}, core {args.core})", file=sys.stderr)
-        proc, url = start_engine(args.max_num_seqs, args.core, Path(tempfile.gettempdir()) / "aragog_fidelity_vllm.log")
+        print(
+            f"[fidelity] starting vLLM (max-num-seqs {args.max_num_seqs}, core {args.core})",
+            file=sys.stderr,
+        )
+        proc, url = start_engine(
+            args.max_num_seqs, args.core, Path(tempfile.gettempdir()) / "aragog_fidelity_vllm.log"
+        )
     try:
         levels = tuple(n for n in (1, 2, 4, 8, 16, 32) if n <= 2 * args.max_num_seqs)
-        settings = ProfileSettings(concurrency=levels, prompt_tokens=int(np.mean(pw) * 2), output_tokens=int(np.mean(ot)),
-                                   level_s=args.profile_level_seconds, level_requests=100_000, hardware="cpu",
-                                   seed=args.seed)  # fmt: skip
-        profile, report = asyncio.run(Profiler(url, args.model, settings=settings,
-                                               progress=lambda m: print(f"[profile] {m}", file=sys.stderr, flush=True)).run())  # fmt: skip
-        (args.out / "fidelity_profile.toml").write_text(measured_profile_to_toml(profile, "python bench/fidelity.py"))
+        settings = ProfileSettings(
+            concurrency=levels,
+            prompt_tokens=int(np.mean(pw) * 2),
+            output_tokens=int(np.mean(ot)),
+            level_s=args.profile_level_seconds,
+            level_requests=100_000,
+            hardware="cpu",
+            seed=args.seed,
+        )
+        profile, report = asyncio.run(
+            Profiler(
+                url,
+                args.model,
+                settings=settings,
+                progress=lambda m: print(f"[profile] {m}", file=sys.stderr, flush=True),
+            ).run()
+        )
+        (args.out / "fidelity_profile.toml").write_text(
+            measured_profile_to_toml(profile, "python bench/fidelity.py")
+        )
         peak = max(pt.tokens_per_s for pt in profile.curve)
         capacity = peak / float(np.mean(ot))
         rows = []
         load_average = [os.getloadavg()[0]]
         for i, load in enumerate(loads):
             rate = load * capacity
-            arrivals, prompts, outs = make_workload(rate, args.duration, args.seed + 1000 * i, pw, ot)
+            arrivals, prompts, outs = make_workload(
+                rate, args.duration, args.seed + 1000 * i, pw, ot
+            )
             t = time.monotonic()
             got = asyncio.run(drive(url, args.model, arrivals, prompts, outs, args.seed))
             reqs = [r for r in got if r is not None]
@@ -355,17 +460,24 @@ def main(argv=None) -> int:
             ends = np.asarray([e for _, e, *_ in reqs])
             toks = np.asarray([c for *_, c in reqs], dtype=np.float64)
             row = {
-                "load": load, "rate": rate, "num_requests": len(reqs), "num_failed": len(got) - len(reqs),
+                "load": load,
+                "rate": rate,
+                "num_requests": len(reqs),
+                "num_failed": len(got) - len(reqs),
                 "measured": summarize(arr, ends, toks),
                 "mean_prompt_tokens": float(np.mean([p for *_, p, _ in reqs])),
                 "wall_s": time.monotonic() - t,
                 "requests": [[round(a, 6), round(e, 6), p, c] for a, e, p, c in reqs],
-            }  # fmt: skip
+            }
             add_simulations(row, profile, args.max_num_seqs, report.request_overhead_s)
             m, s = row["measured"], row["simulated"]
-            print(f"[fidelity] rate {rate:6.2f} req/s ({load:.2f}): measured {m['throughput_tokens_s']:7.0f} tok/s "
-                  f"P50 {m['p50_s']:.3f} P95 {m['p95_s']:.3f} | sim {s['throughput_tokens_s']:7.0f} tok/s "
-                  f"P50 {s['p50_s']:.3f} P95 {s['p95_s']:.3f}", file=sys.stderr, flush=True)  # fmt: skip
+            print(
+                f"[fidelity] rate {rate:6.2f} req/s ({load:.2f}): measured {m['throughput_tokens_s']:7.0f} tok/s "
+                f"P50 {m['p50_s']:.3f} P95 {m['p95_s']:.3f} | sim {s['throughput_tokens_s']:7.0f} tok/s "
+                f"P50 {s['p50_s']:.3f} P95 {s['p95_s']:.3f}",
+                file=sys.stderr,
+                flush=True,
+            )
             rows.append(row)
             load_average.append(os.getloadavg()[0])
     finally:
@@ -375,7 +487,8 @@ def main(argv=None) -> int:
         "git_sha": git_sha(),
         "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "machine": f"{platform.machine()}, {os.cpu_count()} CPUs",
-        "command": "python bench/fidelity.py" + (" " + " ".join(argv) if argv else " ".join([""] + sys.argv[1:])).rstrip(),
+        "command": "python bench/fidelity.py"
+        + (" " + " ".join(argv) if argv else " ".join([""] + sys.argv[1:])).rstrip(),
         "engine_version": profile.engine_version.removeprefix("vllm "),
         "max_num_seqs": args.max_num_seqs,
         "duration_s": args.duration,

@@ -57,7 +57,13 @@ PAPER = {
     "p95_vs_per_workflow": (-89.0, -63.2),
     "accuracy_drop_points": (0.0, 2.0),
 }
-WORKFLOWS = ("self_refine_humaneval", "self_refine_squad", "text_to_sql_bird", "voting_mmlu_pro", "decomposition_strategyqa")
+WORKFLOWS = (
+    "self_refine_humaneval",
+    "self_refine_squad",
+    "text_to_sql_bird",
+    "voting_mmlu_pro",
+    "decomposition_strategyqa",
+)
 FAMILIES = ("qwen", "llama")
 #: Equal fleet: every policy on the 8-GPU fleet.
 EQUAL_POLICIES = ("aragog", "aragog-oracle", "per_input", "per_input-router", "per_workflow")
@@ -93,10 +99,20 @@ class Settings:
         from aragog_jax.sim import SweepConfig
 
         return SweepConfig(
-            policies=policies, num_rates=self.coarse_rates, duration_s=self.duration_s, warmup_s=self.warmup_s,
-            round_interval_s=self.round_interval_s, round_cost_s=self.round_cost_s, route_cost_s=self.route_cost_s,
-            seed=self.seed, horizon_s=self.horizon_factor * self.duration_s, workflow_tolerance=0.02, dense=True,
-            per_knee=self.per_knee, min_rates=self.min_rates, **kw,
+            policies=policies,
+            num_rates=self.coarse_rates,
+            duration_s=self.duration_s,
+            warmup_s=self.warmup_s,
+            round_interval_s=self.round_interval_s,
+            round_cost_s=self.round_cost_s,
+            route_cost_s=self.route_cost_s,
+            seed=self.seed,
+            horizon_s=self.horizon_factor * self.duration_s,
+            workflow_tolerance=0.02,
+            dense=True,
+            per_knee=self.per_knee,
+            min_rates=self.min_rates,
+            **kw,
         )
 
 
@@ -135,8 +151,12 @@ def task_main(st: Settings, wf: str, fam: str) -> dict:
     key = f"{wf}-{fam}"
     s8 = load_setup(wf, fam, gpus=8, dataset=_ds(st, wf, fam))
     s7 = load_setup(wf, fam, fleet=FLEETS_DIR / f"{fam}_7gpu.toml", dataset=_ds(st, wf, fam))
-    eq, routed = run_dense([(s8, EQUAL_POLICIES), (s7, ROUTED_POLICIES)], st.sweep(EQUAL_POLICIES), progress=False,
-                           keep_runs=True)
+    eq, routed = run_dense(
+        [(s8, EQUAL_POLICIES), (s7, ROUTED_POLICIES)],
+        st.sweep(EQUAL_POLICIES),
+        progress=False,
+        keep_runs=True,
+    )
     out = Path(st.plots) / key
     write_summary(eq, out / "equal_fleet")
     write_summary(routed, out / "routed_7gpu", plots=False)
@@ -150,27 +170,51 @@ def paper_accounting(equal: dict, routed: dict) -> dict:
     """The paper's rule from the two arms: router-running policies on 7 GPUs, the others on 8."""
     from aragog_jax.sim._experiment import compare
 
-    pols = {"aragog": routed["policies"]["aragog"], "per_input": equal["policies"]["per_input"],
-            "per_input-router": routed["policies"]["per_input-router"],
-            "per_workflow": equal["policies"]["per_workflow"]}
-    return {"policies": pols, "comparison": compare(pols), "rates": equal["rates"],
-            "fleets": {"routed": routed["fleet"], "baselines": equal["fleet"]},
-            "gpus": {"routed": routed["num_gpus"], "baselines": equal["num_gpus"]},
-            "fleet_request_rate_bound": {"routed": routed["fleet_request_rate_bound"],
-                                         "baselines": equal["fleet_request_rate_bound"]}}
+    pols = {
+        "aragog": routed["policies"]["aragog"],
+        "per_input": equal["policies"]["per_input"],
+        "per_input-router": routed["policies"]["per_input-router"],
+        "per_workflow": equal["policies"]["per_workflow"],
+    }
+    return {
+        "policies": pols,
+        "comparison": compare(pols),
+        "rates": equal["rates"],
+        "fleets": {"routed": routed["fleet"], "baselines": equal["fleet"]},
+        "gpus": {"routed": routed["num_gpus"], "baselines": equal["num_gpus"]},
+        "fleet_request_rate_bound": {
+            "routed": routed["fleet_request_rate_bound"],
+            "baselines": equal["fleet_request_rate_bound"],
+        },
+    }
 
 
-def task_ablation(st: Settings, key: str, wf: str, fam: str, gpus: int = 8, constrained: bool = False,
-                  policies: tuple[str, ...] = ABLATION_POLICIES, rates: tuple[float, ...] | None = None,
-                  beam: int = 4) -> dict:
+def task_ablation(
+    st: Settings,
+    key: str,
+    wf: str,
+    fam: str,
+    gpus: int = 8,
+    constrained: bool = False,
+    policies: tuple[str, ...] = ABLATION_POLICIES,
+    rates: tuple[float, ...] | None = None,
+    beam: int = 4,
+) -> dict:
     from aragog_jax.sim import constrained_variant, load_setup, run_sweep, write_summary
     from aragog_jax.spec import load_models, load_workflow
     from aragog_jax.spec._load import WORKFLOWS_DIR
 
-    var = constrained_variant(load_workflow(WORKFLOWS_DIR / f"{wf}.toml", load_models())) if constrained else None
+    var = (
+        constrained_variant(load_workflow(WORKFLOWS_DIR / f"{wf}.toml", load_models()))
+        if constrained
+        else None
+    )
     setup = load_setup(wf, fam, gpus=gpus, dataset=_ds(st, wf, fam), workflow_spec=var)
-    sweep = replace(st.sweep(policies, beam_width=beam), num_rates=st.ablation_coarse_rates,
-                    min_rates=st.ablation_min_rates)
+    sweep = replace(
+        st.sweep(policies, beam_width=beam),
+        num_rates=st.ablation_coarse_rates,
+        min_rates=st.ablation_min_rates,
+    )
     if rates is not None:
         sweep = replace(sweep, rates=tuple(rates), dense=False)
     summ = run_sweep(setup, sweep, progress=False)
@@ -208,10 +252,16 @@ def task_optimality(st: Settings, wf: str, fam: str, rate: float) -> dict:
     rows, _ = selection_rows(setup.dataset)
     pwf = per_workflow_config(setup.dataset.scores[rows], setup.space.c_max, 0.02)
     rec = Recorder()
-    cfg = RunConfig(policy="aragog", rate=rate, duration_s=st.duration_s, round_interval_s=st.round_interval_s,
-                    horizon_s=st.horizon_factor * st.duration_s, route_cost_s=masks.route_cost_s,
-                    round_cost_s=st.round_cost_s,
-                    seed=st.seed)
+    cfg = RunConfig(
+        policy="aragog",
+        rate=rate,
+        duration_s=st.duration_s,
+        round_interval_s=st.round_interval_s,
+        horizon_s=st.horizon_factor * st.duration_s,
+        route_cost_s=masks.route_cost_s,
+        round_cost_s=st.round_cost_s,
+        seed=st.seed,
+    )
     simulate(setup, cfg, masks.router, per_workflow_config=pwf, policy=rec)
     captured = rec.rounds
     step = max(1, len(captured) // st.opt_rounds)
@@ -226,9 +276,16 @@ def task_optimality(st: Settings, wf: str, fam: str, rate: float) -> dict:
             k -= 1  # keep whole requests
         if k == 0:
             continue
-        t = pad_round(np.asarray(a.item_viable)[:k], np.asarray(a.item_cfg_model)[:k], req[:k],
-                      np.asarray(a.engine_model), np.asarray(a.free_slots), np.asarray(a.gain), a.num_models,
-                      cfg_bucket=np.asarray(a.item_viable).shape[1])
+        t = pad_round(
+            np.asarray(a.item_viable)[:k],
+            np.asarray(a.item_cfg_model)[:k],
+            req[:k],
+            np.asarray(a.engine_model),
+            np.asarray(a.free_slots),
+            np.asarray(a.gain),
+            a.num_models,
+            cfg_bucket=np.asarray(a.item_viable).shape[1],
+        )
         brute = twin_round(t, None)[1]
         items_full.append(n)
         items_kept.append(k)
@@ -238,16 +295,28 @@ def task_optimality(st: Settings, wf: str, fam: str, rate: float) -> dict:
             continue
         for b in ratios:
             ratios[b].append(int(COMPILED(t, b)[1].utility) / int(brute.utility))
-    out = {"workflow": wf, "family": fam, "rate": rate, "rounds_captured": len(captured), "every": step,
-           "rounds_solved": len(items_kept), "zero_optimum": zero, "max_items": st.opt_max_items,
-           "items_full_mean": float(np.mean(items_full)) if items_full else 0.0,
-           "items_kept_mean": float(np.mean(items_kept)) if items_kept else 0.0,
-           "brute_leaves_mean": float(np.mean(leaves)) if leaves else 0.0,
-           "brute_force_s": time.perf_counter() - t0, "ratios": {str(b): v for b, v in ratios.items()}}
+    out = {
+        "workflow": wf,
+        "family": fam,
+        "rate": rate,
+        "rounds_captured": len(captured),
+        "every": step,
+        "rounds_solved": len(items_kept),
+        "zero_optimum": zero,
+        "max_items": st.opt_max_items,
+        "items_full_mean": float(np.mean(items_full)) if items_full else 0.0,
+        "items_kept_mean": float(np.mean(items_kept)) if items_kept else 0.0,
+        "brute_leaves_mean": float(np.mean(leaves)) if leaves else 0.0,
+        "brute_force_s": time.perf_counter() - t0,
+        "ratios": {str(b): v for b, v in ratios.items()},
+    }
     for b, v in ratios.items():
         arr = np.asarray(v) if v else np.asarray([float("nan")])
-        out[f"beam{b}"] = {"mean": float(np.mean(arr)), "min": float(np.min(arr)),
-                           "optimal_share": float(np.mean(arr >= 1.0 - 1e-12))}
+        out[f"beam{b}"] = {
+            "mean": float(np.mean(arr)),
+            "min": float(np.min(arr)),
+            "optimal_share": float(np.mean(arr >= 1.0 - 1e-12)),
+        }
     path = Path(st.plots) / f"opt-{wf}-{fam}" / "optimality.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(out, indent=1) + "\n")
@@ -261,7 +330,12 @@ def task_speed(st: Settings, rate: float) -> dict:
 def _run_task(spec: tuple) -> tuple:
     name, key, kwargs = spec
     t0 = time.perf_counter()
-    fn = {"main": task_main, "ablation": task_ablation, "optimality": task_optimality, "speed": task_speed}[name]
+    fn = {
+        "main": task_main,
+        "ablation": task_ablation,
+        "optimality": task_optimality,
+        "speed": task_speed,
+    }[name]
     return name, key, fn(**kwargs), time.perf_counter() - t0
 
 
@@ -269,46 +343,120 @@ def _run_task(spec: tuple) -> tuple:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter,
-                                 epilog=__doc__.split("\n\n", 1)[1])
-    ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results", help="directory for paper.md (default bench/results)")
-    ap.add_argument("--datasets", type=Path, default=None, help="datasets root (default profiles/datasets)")
-    ap.add_argument("--quick", action="store_true",
-                    help="SMOKE RUN, not a comparison: one workflow on both families, one ablation of each kind, "
-                    "20 s of arrivals measured after a 10 s warm-up, 4 rates; checks that every step runs")
-    ap.add_argument("--duration", type=float, default=30.0,
-                    help="seconds of arrivals per run (default 30, to fit the time budget on the shared machine: "
-                    "throughput measured in [15, 30] s was within 5%% of [30, 60] s at six points, see paper.md)")
-    ap.add_argument("--horizon-factor", type=float, default=1.5,
-                    help="runs stop at this x duration (default 1.5; later requests count as censored)")
-    ap.add_argument("--warmup", type=float, default=None,
-                    help="throughput is measured from here to the end of arrivals (default: duration / 2)")
-    ap.add_argument("--coarse-rates", type=int, default=5, help="rates of the coarse pass (default 5)")
-    ap.add_argument("--per-knee", type=int, default=1, help="rates added inside each policy's knee bracket (default 1)")
+    ap = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=__doc__.split("\n\n", 1)[1],
+    )
+    ap.add_argument(
+        "--out",
+        type=Path,
+        default=ROOT / "bench" / "results",
+        help="directory for paper.md (default bench/results)",
+    )
+    ap.add_argument(
+        "--datasets", type=Path, default=None, help="datasets root (default profiles/datasets)"
+    )
+    ap.add_argument(
+        "--quick",
+        action="store_true",
+        help="SMOKE RUN, not a comparison: one workflow on both families, one ablation of each kind, "
+        "20 s of arrivals measured after a 10 s warm-up, 4 rates; checks that every step runs",
+    )
+    ap.add_argument(
+        "--duration",
+        type=float,
+        default=30.0,
+        help="seconds of arrivals per run (default 30, to fit the time budget on the shared machine: "
+        "throughput measured in [15, 30] s was within 5%% of [30, 60] s at six points, see paper.md)",
+    )
+    ap.add_argument(
+        "--horizon-factor",
+        type=float,
+        default=1.5,
+        help="runs stop at this x duration (default 1.5; later requests count as censored)",
+    )
+    ap.add_argument(
+        "--warmup",
+        type=float,
+        default=None,
+        help="throughput is measured from here to the end of arrivals (default: duration / 2)",
+    )
+    ap.add_argument(
+        "--coarse-rates", type=int, default=5, help="rates of the coarse pass (default 5)"
+    )
+    ap.add_argument(
+        "--per-knee",
+        type=int,
+        default=1,
+        help="rates added inside each policy's knee bracket (default 1)",
+    )
     ap.add_argument("--min-rates", type=int, default=8, help="rates per sweep at least (default 8)")
-    ap.add_argument("--round-interval", type=float, default=0.1, help="least virtual seconds between rounds (default 0.1)")
-    ap.add_argument("--round-cost", type=float, default=0.001,
-                    help="virtual seconds charged per scheduling round (default 0.001: above every round's measured "
-                    "mean on this CPU, and fixed so results do not depend on the machine's load)")
-    ap.add_argument("--route-cost", type=float, default=0.001,
-                    help="virtual seconds of routing charged per request to router-based policies (default 0.001)")
-    ap.add_argument("--jobs", type=int, default=3,
-                    help="worker processes (default 3: one more than this machine's 2 cores, so a worker's idle moments "
-                    "are used)")
+    ap.add_argument(
+        "--round-interval",
+        type=float,
+        default=0.1,
+        help="least virtual seconds between rounds (default 0.1)",
+    )
+    ap.add_argument(
+        "--round-cost",
+        type=float,
+        default=0.001,
+        help="virtual seconds charged per scheduling round (default 0.001: above every round's measured "
+        "mean on this CPU, and fixed so results do not depend on the machine's load)",
+    )
+    ap.add_argument(
+        "--route-cost",
+        type=float,
+        default=0.001,
+        help="virtual seconds of routing charged per request to router-based policies (default 0.001)",
+    )
+    ap.add_argument(
+        "--jobs",
+        type=int,
+        default=3,
+        help="worker processes (default 3: one more than this machine's 2 cores, so a worker's idle moments "
+        "are used)",
+    )
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--no-ablations", action="store_true")
-    ap.add_argument("--only", help="comma-separated main cases to run (e.g. voting_mmlu_pro-llama); default all")
-    ap.add_argument("--ablations-only", action="store_true",
-                    help="run only the ablations (beam widths take the main grid from an earlier run's summaries on disk)")
-    ap.add_argument("--collect", action="store_true",
-                    help="build paper.json/paper.md from the summaries a run (or several) left under OUT/paper/ "
-                    "without running anything; tasks that did not finish are listed")
-    ap.add_argument("--render", type=Path, help="only re-render paper.md from an existing paper.json")
-    ap.add_argument("--since", type=float, default=0.0, help="--collect: ignore summaries older than this Unix time")
-    ap.add_argument("--wall", type=float, default=float("nan"), help="--collect: the runs' wall time to report (s)")
-    ap.add_argument("--speed", action="store_true",
-                    help="only measure the simulator speed on the headline case (printed as JSON; paper.md untouched)")
-    ap.add_argument("--with-speed", action="store_true", help="also measure the simulator speed into paper.md")
+    ap.add_argument(
+        "--only", help="comma-separated main cases to run (e.g. voting_mmlu_pro-llama); default all"
+    )
+    ap.add_argument(
+        "--ablations-only",
+        action="store_true",
+        help="run only the ablations (beam widths take the main grid from an earlier run's summaries on disk)",
+    )
+    ap.add_argument(
+        "--collect",
+        action="store_true",
+        help="build paper.json/paper.md from the summaries a run (or several) left under OUT/paper/ "
+        "without running anything; tasks that did not finish are listed",
+    )
+    ap.add_argument(
+        "--render", type=Path, help="only re-render paper.md from an existing paper.json"
+    )
+    ap.add_argument(
+        "--since",
+        type=float,
+        default=0.0,
+        help="--collect: ignore summaries older than this Unix time",
+    )
+    ap.add_argument(
+        "--wall",
+        type=float,
+        default=float("nan"),
+        help="--collect: the runs' wall time to report (s)",
+    )
+    ap.add_argument(
+        "--speed",
+        action="store_true",
+        help="only measure the simulator speed on the headline case (printed as JSON; paper.md untouched)",
+    )
+    ap.add_argument(
+        "--with-speed", action="store_true", help="also measure the simulator speed into paper.md"
+    )
     args = ap.parse_args(argv)
     if args.render:
         results = json.loads(args.render.read_text())
@@ -316,28 +464,60 @@ def main(argv=None) -> int:
         print(f"wrote {args.out / 'paper.md'}")
         return 0
     if args.jobs < 1 or args.min_rates < 2 or args.coarse_rates < 2 or args.duration <= 0:
-        print("error: --jobs >= 1, --coarse-rates and --min-rates >= 2, --duration > 0", file=sys.stderr)
+        print(
+            "error: --jobs >= 1, --coarse-rates and --min-rates >= 2, --duration > 0",
+            file=sys.stderr,
+        )
         return 2
     plots = args.out / "paper"
     plots.mkdir(parents=True, exist_ok=True)
     if args.quick:
         print(f"*** {SMOKE} ***", flush=True)
-        st = Settings(duration_s=20.0, warmup_s=10.0, coarse_rates=3, per_knee=1, min_rates=4, ablation_coarse_rates=3,
-                      ablation_min_rates=3,
-                      round_interval_s=args.round_interval, round_cost_s=args.round_cost, route_cost_s=args.route_cost,
-                      seed=args.seed, datasets=str(args.datasets or ""), plots=str(plots), opt_rounds=8, opt_max_items=6)
+        st = Settings(
+            duration_s=20.0,
+            warmup_s=10.0,
+            coarse_rates=3,
+            per_knee=1,
+            min_rates=4,
+            ablation_coarse_rates=3,
+            ablation_min_rates=3,
+            round_interval_s=args.round_interval,
+            round_cost_s=args.round_cost,
+            route_cost_s=args.route_cost,
+            seed=args.seed,
+            datasets=str(args.datasets or ""),
+            plots=str(plots),
+            opt_rounds=8,
+            opt_max_items=6,
+        )
     else:
-        st = Settings(duration_s=args.duration, warmup_s=args.warmup if args.warmup is not None else args.duration / 2,
-                      horizon_factor=args.horizon_factor,
-                      coarse_rates=args.coarse_rates, per_knee=args.per_knee, min_rates=args.min_rates,
-                      round_interval_s=args.round_interval, round_cost_s=args.round_cost, route_cost_s=args.route_cost,
-                      seed=args.seed, datasets=str(args.datasets or ""), plots=str(plots))
+        st = Settings(
+            duration_s=args.duration,
+            warmup_s=args.warmup if args.warmup is not None else args.duration / 2,
+            horizon_factor=args.horizon_factor,
+            coarse_rates=args.coarse_rates,
+            per_knee=args.per_knee,
+            min_rates=args.min_rates,
+            round_interval_s=args.round_interval,
+            round_cost_s=args.round_cost,
+            route_cost_s=args.route_cost,
+            seed=args.seed,
+            datasets=str(args.datasets or ""),
+            plots=str(plots),
+        )
     if args.speed:
         _jax_setup()
         from aragog_jax.sim import auto_rates, load_setup
 
-        top = auto_rates(load_setup("self_refine_humaneval", "qwen", gpus=8, dataset=_ds(st, "self_refine_humaneval", "qwen")),
-                         st.coarse_rates)[-1]
+        top = auto_rates(
+            load_setup(
+                "self_refine_humaneval",
+                "qwen",
+                gpus=8,
+                dataset=_ds(st, "self_refine_humaneval", "qwen"),
+            ),
+            st.coarse_rates,
+        )[-1]
         print(json.dumps(task_speed(st, top), indent=1))
         return 0
 
@@ -345,18 +525,22 @@ def main(argv=None) -> int:
     workflows = ("self_refine_humaneval",) if args.quick else WORKFLOWS
     if args.collect:
         return collect_from_disk(args, st, workflows)
-    phase1 = [("main", f"{wf}-{fam}", {"st": st, "wf": wf, "fam": fam}) for fam in FAMILIES for wf in workflows]
+    phase1 = [
+        ("main", f"{wf}-{fam}", {"st": st, "wf": wf, "fam": fam})
+        for fam in FAMILIES
+        for wf in workflows
+    ]
     if args.only:
         phase1 = [t for t in phase1 if t[1] in set(args.only.split(","))]
     if args.ablations_only:
         phase1 = []
     if not args.no_ablations:
         abl = []
-        for wf in (BEAM_WORKFLOWS[1:] if args.quick else BEAM_WORKFLOWS):
+        for wf in BEAM_WORKFLOWS[1:] if args.quick else BEAM_WORKFLOWS:
             abl.append((f"4gpu-{wf}-qwen", {"wf": wf, "fam": "qwen", "gpus": 4}))
-        for wf in (("text_to_sql_bird",) if args.quick else WORKFLOWS):
+        for wf in ("text_to_sql_bird",) if args.quick else WORKFLOWS:
             abl.append((f"constrained-{wf}-qwen", {"wf": wf, "fam": "qwen", "constrained": True}))
-        for wf in (("self_refine_humaneval",) if args.quick else WORKFLOWS):
+        for wf in ("self_refine_humaneval",) if args.quick else WORKFLOWS:
             if (_ds(st, wf, "mixed") / "meta.json").is_file():
                 abl.append((f"mixed-{wf}", {"wf": wf, "fam": "mixed"}))
         phase1 += [("ablation", k, {"st": st, "key": k, **kw}) for k, kw in abl]
@@ -381,8 +565,11 @@ def main(argv=None) -> int:
             for spec in specs:
                 collect(_run_task(spec))
             return
-        with ProcessPoolExecutor(max_workers=args.jobs, mp_context=multiprocessing.get_context("spawn"),
-                                 initializer=_jax_setup) as pool:
+        with ProcessPoolExecutor(
+            max_workers=args.jobs,
+            mp_context=multiprocessing.get_context("spawn"),
+            initializer=_jax_setup,
+        ) as pool:
             futures = [pool.submit(_run_task, spec) for spec in specs]  # longest (main cases) first
             for fut in as_completed(futures):
                 collect(fut.result())  # the first failure stops the run
@@ -404,22 +591,49 @@ def main(argv=None) -> int:
             eq = results["main"][key]["equal"]
             knee = eq["policies"]["aragog"]["sustained_rate"]
             rates = tuple(r for r in eq["rates"] if not math.isfinite(knee) or r >= knee)
-            for b in ((1,) if args.quick else (1, 2, 8)):
-                phase2.append(("ablation", f"beam{b}-{key}", {"st": st, "key": f"beam{b}-{key}", "wf": wf, "fam": "qwen",
-                                                              "policies": ("aragog",), "rates": rates, "beam": b}))
-            phase2.append(("optimality", f"opt-{key}", {"st": st, "wf": wf, "fam": "qwen", "rate": rates[-1]}))
+            for b in (1,) if args.quick else (1, 2, 8):
+                phase2.append(
+                    (
+                        "ablation",
+                        f"beam{b}-{key}",
+                        {
+                            "st": st,
+                            "key": f"beam{b}-{key}",
+                            "wf": wf,
+                            "fam": "qwen",
+                            "policies": ("aragog",),
+                            "rates": rates,
+                            "beam": b,
+                        },
+                    )
+                )
+            phase2.append(
+                ("optimality", f"opt-{key}", {"st": st, "wf": wf, "fam": "qwen", "rate": rates[-1]})
+            )
     if args.ablations_only:
         from aragog_jax.sim import auto_rates, load_setup
 
         for wf in BEAM_WORKFLOWS:
             if not any(k == f"opt-{wf}-qwen" for _, k, _ in phase2):
-                top = auto_rates(load_setup(wf, "qwen", gpus=8, dataset=_ds(st, wf, "qwen")), st.coarse_rates)[-1]
-                phase2.append(("optimality", f"opt-{wf}-qwen", {"st": st, "wf": wf, "fam": "qwen", "rate": top}))
+                top = auto_rates(
+                    load_setup(wf, "qwen", gpus=8, dataset=_ds(st, wf, "qwen")), st.coarse_rates
+                )[-1]
+                phase2.append(
+                    (
+                        "optimality",
+                        f"opt-{wf}-qwen",
+                        {"st": st, "wf": wf, "fam": "qwen", "rate": top},
+                    )
+                )
         run_all(phase2)
-        print(f"ablations done in {time.perf_counter() - t_start:.0f}s; build paper.md with --collect")
+        print(
+            f"ablations done in {time.perf_counter() - t_start:.0f}s; build paper.md with --collect"
+        )
         return 0
     if args.with_speed:
-        phase2.append(("speed", "speed", {"st": st, "rate": results["main"][head]["equal"]["rates"][-1]}))
+        phase2.append(
+            ("speed", "speed", {"st": st, "rate": results["main"][head]["equal"]["rates"][-1]})
+        )
     run_all(phase2)
 
     wall = time.perf_counter() - t_start
@@ -437,7 +651,9 @@ def write_report(args, st: Settings, results: dict, plots: Path, wall_s: float) 
 
     results["git_sha"] = git_sha()
     results["wall_s"] = wall_s
-    results["machine"] = f"{platform.machine()} {os.cpu_count()} CPUs, {platform.python_version()}, {args.jobs} worker processes"
+    results["machine"] = (
+        f"{platform.machine()} {os.cpu_count()} CPUs, {platform.python_version()}, {args.jobs} worker processes"
+    )
     results["settings"] = asdict(st)
     results["quick"] = args.quick
     results["world"] = world_provenance(results)
@@ -455,19 +671,33 @@ def collect_from_disk(args, st: Settings, workflows: tuple[str, ...]) -> int:
     for fam in FAMILIES:
         for wf in workflows:
             key = f"{wf}-{fam}"
-            eq, ro = plots / key / "equal_fleet" / "summary.json", plots / key / "routed_7gpu" / "summary.json"
-            if eq.is_file() and ro.is_file() and eq.stat().st_mtime >= args.since and ro.stat().st_mtime >= args.since:
+            eq, ro = (
+                plots / key / "equal_fleet" / "summary.json",
+                plots / key / "routed_7gpu" / "summary.json",
+            )
+            if (
+                eq.is_file()
+                and ro.is_file()
+                and eq.stat().st_mtime >= args.since
+                and ro.stat().st_mtime >= args.since
+            ):
                 res = {"equal": json.loads(eq.read_text()), "routed": json.loads(ro.read_text())}
                 res["paper"] = paper_accounting(res["equal"], res["routed"])
                 results["main"][key] = res
             else:
                 results["missing"].append(key)
-    keys = [f"4gpu-{wf}-qwen" for wf in BEAM_WORKFLOWS] + [f"constrained-{wf}-qwen" for wf in WORKFLOWS]
-    keys += [f"mixed-{wf}" for wf in WORKFLOWS] + [f"beam{b}-{wf}-qwen" for wf in BEAM_WORKFLOWS for b in (1, 2, 8)]
+    keys = [f"4gpu-{wf}-qwen" for wf in BEAM_WORKFLOWS] + [
+        f"constrained-{wf}-qwen" for wf in WORKFLOWS
+    ]
+    keys += [f"mixed-{wf}" for wf in WORKFLOWS] + [
+        f"beam{b}-{wf}-qwen" for wf in BEAM_WORKFLOWS for b in (1, 2, 8)
+    ]
     for key in keys:
         f = plots / key / "summary.json"
         if f.is_file() and f.stat().st_mtime >= args.since:
-            results["beam" if key.startswith("beam") else "ablations"][key] = json.loads(f.read_text())
+            results["beam" if key.startswith("beam") else "ablations"][key] = json.loads(
+                f.read_text()
+            )
         else:
             results["missing"].append(key)
     for wf in BEAM_WORKFLOWS:
@@ -495,7 +725,9 @@ def world_provenance(results: dict) -> dict:
         m = DATASETS_DIR / wf / "qwen" / "meta.json"
         if m.is_file():
             meta = json.loads(m.read_text())
-            metas[wf] = {k: meta[k] for k in ("generator", "version", "calibration", "source") if k in meta}
+            metas[wf] = {
+                k: meta[k] for k in ("generator", "version", "calibration", "source") if k in meta
+            }
     return {"profile_kinds": kinds, "datasets": metas}
 
 
@@ -513,22 +745,38 @@ def plot_case(key: str, res: dict, path: Path) -> None:
     from aragog_jax.sim._experiment import sustains
 
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.2), sharey=True)
-    for ax, (acc, title) in zip(axes, (("paper", "paper accounting (router GPU charged)"), ("equal", "equal 8-GPU fleet")),
-                                strict=True):
+    for ax, (acc, title) in zip(
+        axes,
+        (("paper", "paper accounting (router GPU charged)"), ("equal", "equal 8-GPU fleet")),
+        strict=True,
+    ):
         pols = res[acc]["policies"]
         for p, d in pols.items():
             pr = d["per_rate"]
             x = [r["rate"] for r in pr]
             line = ax.plot(x, [r["latency"]["p50"] for r in pr], label=f"{p}")[0]
-            ax.plot(x, [r["latency"]["p95"] for r in pr], ls="--", color=line.get_color(), alpha=0.6)
+            ax.plot(
+                x, [r["latency"]["p95"] for r in pr], ls="--", color=line.get_color(), alpha=0.6
+            )
             for r in pr:
-                ax.plot(r["rate"], r["latency"]["p50"], "o", color=line.get_color(),
-                        mfc=line.get_color() if sustains(r) else "none", ms=4)
+                ax.plot(
+                    r["rate"],
+                    r["latency"]["p50"],
+                    "o",
+                    color=line.get_color(),
+                    mfc=line.get_color() if sustains(r) else "none",
+                    ms=4,
+                )
         lat = res[acc]["comparison"].get("latency_at", {})
         for name, ls in (("common", ":"), ("aragog", "-.")):
             if lat.get(name):
-                ax.axvline(lat[name]["rate"], color="grey", ls=ls, lw=0.8,
-                           label=f"highest rate {'every policy' if name == 'common' else 'aragog'} sustains")
+                ax.axvline(
+                    lat[name]["rate"],
+                    color="grey",
+                    ls=ls,
+                    lw=0.8,
+                    label=f"highest rate {'every policy' if name == 'common' else 'aragog'} sustains",
+                )
         ax.set_xscale("log")
         ax.set_yscale("log")
         ax.set_xlabel("arrival rate (requests/s)")
@@ -554,14 +802,24 @@ def _plot_gains(results: dict, out: Path) -> None:
     fig, axes = plt.subplots(1, 2, figsize=(12, 4))
     for ax, (base, rng, title) in zip(
         axes,
-        [("per_input", PAPER["thr_vs_per_input"], "max throughput gain vs per-input (%)"),
-         ("per_workflow", PAPER["thr_vs_per_workflow"], "max throughput gain vs per-workflow (%)")],
+        [
+            ("per_input", PAPER["thr_vs_per_input"], "max throughput gain vs per-input (%)"),
+            (
+                "per_workflow",
+                PAPER["thr_vs_per_workflow"],
+                "max throughput gain vs per-workflow (%)",
+            ),
+        ],
         strict=True,
     ):
         x = np.arange(len(keys))
         for off, acc, label in ((-0.2, "paper", "paper accounting"), (0.2, "equal", "equal fleet")):
-            vals = [results["main"][k][acc]["comparison"].get(f"aragog_vs_{base}", {}).get("max_throughput_gain_pct",
-                                                                                           float("nan")) for k in keys]
+            vals = [
+                results["main"][k][acc]["comparison"]
+                .get(f"aragog_vs_{base}", {})
+                .get("max_throughput_gain_pct", float("nan"))
+                for k in keys
+            ]
             ax.bar(x + off, vals, width=0.4, label=label)
         ax.axhspan(rng[0], rng[1], color="g", alpha=0.15, label="paper range")
         ax.set_xticks(x)
@@ -588,11 +846,18 @@ def _plot_optimality(opt: dict, path: Path) -> None:
             if not v:
                 continue
             x = np.sort(np.asarray(v))
-            ax.step(x, np.arange(1, x.size + 1) / x.size, where="post", label=f"{'greedy (B=1)' if b == '1' else 'beam B=' + b}")
+            ax.step(
+                x,
+                np.arange(1, x.size + 1) / x.size,
+                where="post",
+                label=f"{'greedy (B=1)' if b == '1' else 'beam B=' + b}",
+            )
         ax.set_xlabel("utility / brute-force optimum (per round)")
         ax.set_ylabel("share of rounds")
-        ax.set_title(f"{key} at {o['rate']:g} req/s: {o['rounds_solved']} captured rounds, <= {o['max_items']} items",
-                     fontsize=8)
+        ax.set_title(
+            f"{key} at {o['rate']:g} req/s: {o['rounds_solved']} captured rounds, <= {o['max_items']} items",
+            fontsize=8,
+        )
         ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -623,7 +888,11 @@ def _cell(x: float | None, rng_name: str | None) -> str:
 
 
 def _gain(block: dict, base: str) -> float:
-    return block["comparison"].get(f"aragog_vs_{base}", {}).get("max_throughput_gain_pct", float("nan"))
+    return (
+        block["comparison"]
+        .get(f"aragog_vs_{base}", {})
+        .get("max_throughput_gain_pct", float("nan"))
+    )
 
 
 def _thr(block: dict, p: str) -> str:
@@ -634,36 +903,61 @@ def _thr(block: dict, p: str) -> str:
 def main_table(results: dict, acc: str) -> list[str]:
     L = []
     if acc == "paper":
-        L.append("| case | max thr (req/s): aragog 7 GPUs / per-input 8 / per-input-router 7 / per-workflow 8 | "
-                 "gain vs per-input | vs per-input-router | vs per-workflow | accuracy drop (points) |")
+        L.append(
+            "| case | max thr (req/s): aragog 7 GPUs / per-input 8 / per-input-router 7 / per-workflow 8 | "
+            "gain vs per-input | vs per-input-router | vs per-workflow | accuracy drop (points) |"
+        )
         L.append("|---|---|---|---|---|---|")
     else:
-        L.append("| case | max thr (req/s): aragog / aragog-oracle / per-input / per-input-router / per-workflow | "
-                 "gain vs per-input | vs per-input-router | vs per-workflow | aragog-oracle vs per-input | "
-                 "accuracy drop (points) |")
+        L.append(
+            "| case | max thr (req/s): aragog / aragog-oracle / per-input / per-input-router / per-workflow | "
+            "gain vs per-input | vs per-input-router | vs per-workflow | aragog-oracle vs per-input | "
+            "accuracy drop (points) |"
+        )
         L.append("|---|---|---|---|---|---|---|")
     for key, r in results["main"].items():
         b = r[acc]
         drop = b["comparison"].get("aragog_accuracy_drop_points", float("nan"))
-        thr = " / ".join(_thr(b, p) for p in (("aragog", "per_input", "per_input-router", "per_workflow") if acc == "paper"
-                                              else EQUAL_POLICIES))
-        cells = [thr, _cell(_gain(b, "per_input"), "thr_vs_per_input"), _cell(_gain(b, "per_input-router"), None),
-                 _cell(_gain(b, "per_workflow"), "thr_vs_per_workflow")]
+        thr = " / ".join(
+            _thr(b, p)
+            for p in (
+                ("aragog", "per_input", "per_input-router", "per_workflow")
+                if acc == "paper"
+                else EQUAL_POLICIES
+            )
+        )
+        cells = [
+            thr,
+            _cell(_gain(b, "per_input"), "thr_vs_per_input"),
+            _cell(_gain(b, "per_input-router"), None),
+            _cell(_gain(b, "per_workflow"), "thr_vs_per_workflow"),
+        ]
         if acc == "equal":
             from aragog_jax.sim._metrics import pct_change
 
-            cells.append(_cell(pct_change(b["policies"]["aragog-oracle"]["max_throughput"],
-                                          b["policies"]["per_input"]["max_throughput"]), "thr_vs_per_input"))
-        cells.append(f"{drop:.2f}" + ("" if 0 <= drop <= 2.0 or not math.isfinite(drop) else " (outside)"))
+            cells.append(
+                _cell(
+                    pct_change(
+                        b["policies"]["aragog-oracle"]["max_throughput"],
+                        b["policies"]["per_input"]["max_throughput"],
+                    ),
+                    "thr_vs_per_input",
+                )
+            )
+        cells.append(
+            f"{drop:.2f}" + ("" if 0 <= drop <= 2.0 or not math.isfinite(drop) else " (outside)")
+        )
         L.append(f"| {key} | " + " | ".join(cells) + " |")
     return L
 
 
 def latency_table(results: dict, acc: str, at: str) -> list[str]:
     judge = at == "aragog"
-    L = ["| case | rate (req/s) | aragog mean / P25 / P50 / P95 (s) | P50 vs per-input | vs per-input-router | "
-         "vs per-workflow | P95 vs per-input | vs per-input-router | vs per-workflow | baselines sustaining it |",
-         "|---|---|---|---|---|---|---|---|---|---|"]
+    L = [
+        "| case | rate (req/s) | aragog mean / P25 / P50 / P95 (s) | P50 vs per-input | vs per-input-router | "
+        "vs per-workflow | P95 vs per-input | vs per-input-router | vs per-workflow | baselines sustaining it |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for key, r in results["main"].items():
         lat = r[acc]["comparison"].get("latency_at", {}).get(at)
         if not lat:
@@ -677,8 +971,11 @@ def latency_table(results: dict, acc: str, at: str) -> list[str]:
                 rng = f"{q}_vs_{base}" if judge and base != "per_input-router" else None
                 cells.append(_cell(ch.get(base, {}).get(q), rng))
         sus = ", ".join(p for p, ok in lat["sustained"].items() if ok and p != "aragog") or "none"
-        L.append(f"| {key} | {lat['rate']:g} | {a['mean']:.1f} / {a['p25']:.1f} / {a['p50']:.1f} / {a['p95']:.1f} | "
-                 + " | ".join(cells) + f" | {sus} |")
+        L.append(
+            f"| {key} | {lat['rate']:g} | {a['mean']:.1f} / {a['p25']:.1f} / {a['p50']:.1f} / {a['p95']:.1f} | "
+            + " | ".join(cells)
+            + f" | {sus} |"
+        )
     return L
 
 
@@ -688,8 +985,12 @@ def ablation_tables(results: dict) -> list[str]:
     L = ["## Ablations (paper Table 1)", ""]
     main = results["main"]
     if results["beam"]:
-        L += ["### Beam width (equal 8-GPU fleet, the main run's rates from aragog's knee up; B = 4 is the main run)", "",
-              "| workflow | B=1 (greedy) | B=2 | B=4 | B=8 | gain vs per-input at B=1 / 2 / 4 / 8 |", "|---|---|---|---|---|---|"]
+        L += [
+            "### Beam width (equal 8-GPU fleet, the main run's rates from aragog's knee up; B = 4 is the main run)",
+            "",
+            "| workflow | B=1 (greedy) | B=2 | B=4 | B=8 | gain vs per-input at B=1 / 2 / 4 / 8 |",
+            "|---|---|---|---|---|---|",
+        ]
         for wf in BEAM_WORKFLOWS:
             key = f"{wf}-qwen"
             if key not in main:
@@ -702,64 +1003,105 @@ def ablation_tables(results: dict) -> list[str]:
                     thr[b] = r["policies"]["aragog"]["max_throughput"]
             pi = eq["per_input"]["max_throughput"]
             cols = [f"{thr[b]:.1f}" if b in thr else "-" for b in (1, 2, 4, 8)]
-            gains = " / ".join(_fmt(pct_change(thr[b], pi), True) if b in thr else "-" for b in (1, 2, 4, 8))
+            gains = " / ".join(
+                _fmt(pct_change(thr[b], pi), True) if b in thr else "-" for b in (1, 2, 4, 8)
+            )
             L.append(f"| {key} | " + " | ".join(cols) + f" | {gains} |")
         L.append("")
-    groups = [("4gpu-", "4 GPUs (Qwen2.5 7B TP1, 14B TP1, 32B TP2) vs the 8-GPU main run", True),
-              ("constrained-", "Constrained space (critic = refiner, voters/solvers share one model, SQL refiner = "
-               "SQL writer) vs the full space", True),
-              ("mixed-", "Mixed family (Llama-3.1-8B x2, Phi-4, Qwen2.5-32B on 8 GPUs)", False)]
+    groups = [
+        ("4gpu-", "4 GPUs (Qwen2.5 7B TP1, 14B TP1, 32B TP2) vs the 8-GPU main run", True),
+        (
+            "constrained-",
+            "Constrained space (critic = refiner, voters/solvers share one model, SQL refiner = "
+            "SQL writer) vs the full space",
+            True,
+        ),
+        ("mixed-", "Mixed family (Llama-3.1-8B x2, Phi-4, Qwen2.5-32B on 8 GPUs)", False),
+    ]
     for prefix, title, has_ref in groups:
         rows = {k: v for k, v in results["ablations"].items() if k.startswith(prefix)}
         if not rows:
             continue
-        L += [f"### {title}", "",
-              "| case | configurations | max thr aragog / per-input / per-workflow | gain vs per-input | vs per-workflow | "
-              "main run (qwen, full space, 8 GPUs): gain vs per-input / per-workflow |",
-              "|---|---|---|---|---|---|"]
+        L += [
+            f"### {title}",
+            "",
+            "| case | configurations | max thr aragog / per-input / per-workflow | gain vs "
+            "per-input | vs per-workflow | "
+            "main run (qwen, full space, 8 GPUs): gain vs per-input / per-workflow |",
+            "|---|---|---|---|---|---|",
+        ]
         for key, r in rows.items():
-            ref = main.get(key[len(prefix):]) if has_ref else None
-            refc = (f"{_fmt(_gain(ref['equal'], 'per_input'), True)} / {_fmt(_gain(ref['equal'], 'per_workflow'), True)}"
-                    if ref else "-")
-            L.append(f"| {key} | {r['num_configs']} | {_thr(r, 'aragog')} / {_thr(r, 'per_input')} / {_thr(r, 'per_workflow')} | "
-                     f"{_cell(_gain(r, 'per_input'), 'thr_vs_per_input')} | {_cell(_gain(r, 'per_workflow'), 'thr_vs_per_workflow')} | "
-                     f"{refc} |")
+            ref = main.get(key[len(prefix) :]) if has_ref else None
+            refc = (
+                f"{_fmt(_gain(ref['equal'], 'per_input'), True)} / {_fmt(_gain(ref['equal'], 'per_workflow'), True)}"
+                if ref
+                else "-"
+            )
+            L.append(
+                f"| {key} | {r['num_configs']} | {_thr(r, 'aragog')} / {_thr(r, 'per_input')} / "
+                f"{_thr(r, 'per_workflow')} | "
+                f"{_cell(_gain(r, 'per_input'), 'thr_vs_per_input')} | "
+                f"{_cell(_gain(r, 'per_workflow'), 'thr_vs_per_workflow')} | "
+                f"{refc} |"
+            )
         L.append("")
     if results["optimality"]:
-        L += ["### Per-round optimality on captured rounds (the paper's Fig. 10)", "",
-              "Aragog (B = 4) runs at the case's highest rate and every round's kernel inputs are recorded; an evenly "
-              "spaced sample is trimmed to its FIFO prefix of whole requests with at most the number of items below "
-              "(the exhaustive search is exponential in the items) and solved by beam widths 1, 2, 4, 8 and by brute "
-              "force over the same search space. Ratio = utility U of the beam's assignment / U of the optimum "
-              "(rounds whose optimum is 0 are skipped).", "",
-              "| case | rate | rounds captured / solved | items per round (full / trimmed) | greedy mean (min, optimal share) | "
-              "B=2 | B=4 | B=8 |", "|---|---|---|---|---|---|---|---|"]
+        L += [
+            "### Per-round optimality on captured rounds (the paper's Fig. 10)",
+            "",
+            "Aragog (B = 4) runs at the case's highest rate and every round's kernel inputs are recorded; an evenly "
+            "spaced sample is trimmed to its FIFO prefix of whole requests with at most the number of items below "
+            "(the exhaustive search is exponential in the items) and solved by beam widths 1, 2, 4, 8 and by brute "
+            "force over the same search space. Ratio = utility U of the beam's assignment / U of the optimum "
+            "(rounds whose optimum is 0 are skipped).",
+            "",
+            "| case | rate | rounds captured / solved | items per round (full / trimmed) | greedy "
+            "mean (min, optimal share) | "
+            "B=2 | B=4 | B=8 |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
         for key, o in results["optimality"].items():
-            cells = [f"{o[f'beam{b}']['mean']:.4f} ({o[f'beam{b}']['min']:.3f}, {100 * o[f'beam{b}']['optimal_share']:.0f}%)"
-                     for b in (1, 2, 4, 8)]
-            L.append(f"| {key} | {o['rate']:g} | {o['rounds_captured']} / {o['rounds_solved']} (every {o['every']}th; "
-                     f"{o['zero_optimum']} with optimum 0) | {o['items_full_mean']:.0f} / {o['items_kept_mean']:.1f} "
-                     f"(<= {o['max_items']}) | " + " | ".join(cells) + " |")
+            cells = [
+                f"{o[f'beam{b}']['mean']:.4f} ({o[f'beam{b}']['min']:.3f}, {100 * o[f'beam{b}']['optimal_share']:.0f}%)"
+                for b in (1, 2, 4, 8)
+            ]
+            L.append(
+                f"| {key} | {o['rate']:g} | {o['rounds_captured']} / {o['rounds_solved']} (every {o['every']}th; "
+                f"{o['zero_optimum']} with optimum 0) | {o['items_full_mean']:.0f} / {o['items_kept_mean']:.1f} "
+                f"(<= {o['max_items']}) | " + " | ".join(cells) + " |"
+            )
         L += ["", "![per-round optimality](paper/round_optimality.png)", ""]
-    L += ["The paper's embedding-model router ablation (BERT-style encoders instead of the MLP over hashed n-grams) "
-          "cannot run here: it needs real embedding models, which this CPU-only project does not ship.", ""]
+    L += [
+        "The paper's embedding-model router ablation (BERT-style encoders instead of the MLP over hashed n-grams) "
+        "cannot run here: it needs real embedding models, which this CPU-only project does not ship.",
+        "",
+    ]
     return L
 
 
 def detail_table(results: dict) -> list[str]:
-    L = ["### Detail per case", "",
-         "| case | fleet | policy | max thr | highest sustained rate | P50 / P95 at the top rate (s) | accuracy (c_max) | "
-         "sched ms/round | mean admitted |", "|---|---|---|---|---|---|---|---|---|"]
+    L = [
+        "### Detail per case",
+        "",
+        "| case | fleet | policy | max thr | highest sustained rate | P50 / P95 at the top rate "
+        "(s) | accuracy (c_max) | "
+        "sched ms/round | mean admitted |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
     for key, r in results["main"].items():
         for arm, pols in (("8 GPUs", r["equal"]["policies"]), ("7 GPUs", r["routed"]["policies"])):
             for p, d in pols.items():
                 top = d["per_rate"][-1]
                 adm = d.get("admitted") or {}
-                cen = f" (censored {top['latency_censored']})" if top.get("latency_censored") else ""
-                L.append(f"| {key} | {arm} | {p} | {d['max_throughput']:.1f} | {_fmt(d.get('sustained_rate'))} | "
-                         f"{top['latency']['p50']:.1f} / {top['latency']['p95']:.1f}{cen} | {d['accuracy']:.3f} "
-                         f"({d['c_max_accuracy']:.3f}) | {d['scheduler_ms_per_round']:.2f} | "
-                         f"{adm.get('mean', float('nan')):.1f} of {r['equal']['num_configs']} |")
+                cen = (
+                    f" (censored {top['latency_censored']})" if top.get("latency_censored") else ""
+                )
+                L.append(
+                    f"| {key} | {arm} | {p} | {d['max_throughput']:.1f} | {_fmt(d.get('sustained_rate'))} | "
+                    f"{top['latency']['p50']:.1f} / {top['latency']['p95']:.1f}{cen} | {d['accuracy']:.3f} "
+                    f"({d['c_max_accuracy']:.3f}) | {d['scheduler_ms_per_round']:.2f} | "
+                    f"{adm.get('mean', float('nan')):.1f} of {r['equal']['num_configs']} |"
+                )
     return L
 
 
@@ -767,71 +1109,116 @@ def render(results: dict) -> str:
     s = results["settings"]
     L = ["# Aragog paper reproduction in the simulator", ""]
     if results.get("quick"):
-        L += [f"**{SMOKE}.** Short runs, few rates and one workflow; use the full run for any comparison.", ""]
+        L += [
+            f"**{SMOKE}.** Short runs, few rates and one workflow; use the full run for any comparison.",
+            "",
+        ]
     if results.get("missing"):
-        L += [f"**Incomplete run:** these tasks did not finish within the time budget and are absent below: "
-              f"{', '.join(results['missing'])}.", ""]
+        L += [
+            f"**Incomplete run:** these tasks did not finish within the time budget and are absent below: "
+            f"{', '.join(results['missing'])}.",
+            "",
+        ]
     world = results.get("world", {})
     kinds = sorted(set(world.get("profile_kinds", {}).values()))
     L.append(
         f"Generated by `python bench/paper.py{' --quick' if results.get('quick') else ''}` at git "
         f"`{results['git_sha'][:12]}` on {results['machine']}; total wall time **{results['wall_s'] / 60:.1f} min** "
-        "(the machine was shared with other jobs). Every number comes from the discrete-event simulator driving the real "
+        "(the machine was shared with other jobs). Every number comes from the discrete-event "
+        "simulator driving the real "
         "scheduler (`aragog_jax.scheduler.Scheduler`) on engines built from the engine profiles "
-        f"(`profiles/engines/`, kinds: {', '.join(kinds) or 'n/a'}; see `profiles/README.md`) and the synthetic accuracy "
+        f"(`profiles/engines/`, kinds: {', '.join(kinds) or 'n/a'}; see `profiles/README.md`) and "
+        "the synthetic accuracy "
         "datasets (`profiles/datasets/`, see its README). Nothing was tuned to hit the paper's figures."
     )
     L.append("")
     L.append(
         f"Settings: Poisson arrivals for {s['duration_s']:g} s per run, each run stopped at "
-        f"{s.get('horizon_factor', 2.0) * s['duration_s']:g} s (requests still running then count with their latency so "
+        f"{s.get('horizon_factor', 2.0) * s['duration_s']:g} s (requests still running then count "
+        "with their latency so "
         "far, a lower bound: `censored`); throughput = stage completions per second in "
-        f"[{s['warmup_s']:g} s, {s['duration_s']:g} s] (the warm-up while the pipeline fills is excluded) divided by the "
+        f"[{s['warmup_s']:g} s, {s['duration_s']:g} s] (the warm-up while the pipeline fills is "
+        "excluded) divided by the "
         "stages per request; a policy *sustains* a rate when that throughput is >= 90% of the arrivals in the same "
-        f"window. Rates (main cases): a coarse geometric pass of {s['coarse_rates']} rates (from half of what the largest engine "
+        f"window. Rates (main cases): a coarse geometric pass of {s['coarse_rates']} rates (from "
+        "half of what the largest engine "
         "alone sustains to 1.1 x the fleet's upper bound with every engine saturated), then "
         f"{s['per_knee']} rate(s) inside every policy's knee bracket (last sustained rate, next rate), at least "
-        f"{s['min_rates']} in all; every policy of a case (both fleets) runs at every rate of the grid. Ablations report "
+        f"{s['min_rates']} in all; every policy of a case (both fleets) runs at every rate of the "
+        "grid. Ablations report "
         f"max throughput only and use {s.get('ablation_coarse_rates', s['coarse_rates'])} coarse rates, at least "
-        f"{s.get('ablation_min_rates', s['min_rates'])} in all; the beam widths run the main grid from aragog's highest "
+        f"{s.get('ablation_min_rates', s['min_rates'])} in all; the beam widths run the main grid "
+        "from aragog's highest "
         "sustained rate up (where max throughput is reached). Rounds at least "
-        f"{s['round_interval_s'] * 1e3:g} ms of virtual time apart; each round is charged {s['round_cost_s'] * 1e3:g} ms "
+        f"{s['round_interval_s'] * 1e3:g} ms of virtual time apart; each round is charged "
+        f"{s['round_cost_s'] * 1e3:g} ms "
         "(a round's measured mean was 0.2-0.9 ms on this CPU when it was quiet; `sched ms/round` below is what it "
         "measured during this run, inflated by the other jobs on the machine; a fixed charge keeps results independent "
-        f"of the machine's load and bit-reproducible) and every request of a router-based policy {s['route_cost_s'] * 1e3:g} "
+        "of the machine's load and bit-reproducible) and every request of a router-based policy "
+        f"{s['route_cost_s'] * 1e3:g} "
         "ms of routing (the shipped routers measure ~0.1 ms). `max` throughput is the highest over the grid."
     )
-    L += ["", "## Main results, paper accounting", "",
-          "The paper's rule: Aragog serves on 7 GPUs and its router takes the 8th "
-          "(`profiles/fleets/<family>_7gpu.toml`); the baselines need no router and get the 8th GPU as one more replica "
-          "of the family's smallest model (`<family>_8gpu.toml`: a second Qwen2.5-7B, a second Llama-3.2-3B). "
-          "per_input-router runs the same router and is charged the same GPU (7 GPUs).", ""]
+    L += [
+        "",
+        "## Main results, paper accounting",
+        "",
+        "The paper's rule: Aragog serves on 7 GPUs and its router takes the 8th "
+        "(`profiles/fleets/<family>_7gpu.toml`); the baselines need no router and get the 8th GPU as one more replica "
+        "of the family's smallest model (`<family>_8gpu.toml`: a second Qwen2.5-7B, a second Llama-3.2-3B). "
+        "per_input-router runs the same router and is charged the same GPU (7 GPUs).",
+        "",
+    ]
     L += main_table(results, "paper")
-    L += ["", "## Main results, equal fleet", "", "Every policy on the same 8 serving GPUs (the router is not charged a GPU).", ""]
+    L += [
+        "",
+        "## Main results, equal fleet",
+        "",
+        "Every policy on the same 8 serving GPUs (the router is not charged a GPU).",
+        "",
+    ]
     L += main_table(results, "equal")
-    L += ["",
-          "Paper ranges: throughput +42.8..+76.3% vs per-input, +78.1..+217% vs per-workflow; median latency "
-          "-32.5..-71.1% / -60..-86.1%; P95 -46.2..-76.2% / -63.2..-89%; accuracy within 2 points of c_max. A cell says "
-          "(above)/(below) when it falls outside; the paper has no per-input-router baseline, so those cells are not judged.",
-          "", "![gains vs paper](paper/gains_vs_paper.png)", ""]
+    L += [
+        "",
+        "Paper ranges: throughput +42.8..+76.3% vs per-input, +78.1..+217% vs per-workflow; median latency "
+        "-32.5..-71.1% / -60..-86.1%; P95 -46.2..-76.2% / -63.2..-89%; accuracy within 2 points of c_max. A cell says "
+        "(above)/(below) when it falls outside; the paper has no per-input-router baseline, so "
+        "those cells are not judged.",
+        "",
+        "![gains vs paper](paper/gains_vs_paper.png)",
+        "",
+    ]
     for acc, title in (("paper", "paper accounting"), ("equal", "equal fleet")):
-        L += [f"## Latency, {title}", "",
-              "At the highest rate Aragog sustains (the baselines may be overloaded there: the paper's 'peak request "
-              "rates'; judged against the paper's ranges):", ""]
+        L += [
+            f"## Latency, {title}",
+            "",
+            "At the highest rate Aragog sustains (the baselines may be overloaded there: the paper's 'peak request "
+            "rates'; judged against the paper's ranges):",
+            "",
+        ]
         L += latency_table(results, acc, "aragog")
-        L += ["", "At the highest rate every policy sustains (light load for the strongest policies; not judged):", ""]
+        L += [
+            "",
+            "At the highest rate every policy sustains (light load for the strongest policies; not judged):",
+            "",
+        ]
         L += latency_table(results, acc, "common")
         L.append("")
-    L += ["Throughput-latency curves with every policy on one plot per case (both accountings side by side) are "
-          "`bench/results/paper/<case>/throughput_latency.png`; the equal-fleet sweep's own plots and `summary.json` are "
-          "in `<case>/equal_fleet/`, the 7-GPU arm's `summary.json` in `<case>/routed_7gpu/`.", ""]
+    L += [
+        "Throughput-latency curves with every policy on one plot per case (both accountings side by side) are "
+        "`bench/results/paper/<case>/throughput_latency.png`; the equal-fleet sweep's own plots and `summary.json` are "
+        "in `<case>/equal_fleet/`, the 7-GPU arm's `summary.json` in `<case>/routed_7gpu/`.",
+        "",
+    ]
     L += detail_table(results)
     L.append("")
     if results["ablations"] or results["beam"] or results["optimality"]:
         L += ablation_tables(results)
     L += ["## Simulator speed", ""]
-    L += (render_speed(results["speed"]) if results.get("speed") else
-          ["Not measured in this run (`python bench/paper.py --speed`, or `--with-speed`)."])
+    L += (
+        render_speed(results["speed"])
+        if results.get("speed")
+        else ["Not measured in this run (`python bench/paper.py --speed`, or `--with-speed`)."]
+    )
     L.append("")
     L += outside_ranges(results)
     return "\n".join(L) + "\n"
@@ -858,7 +1245,11 @@ def outside_ranges(results: dict) -> list[str]:
             b = r[acc]
             eq = r["equal"]
             pols = b["policies"]
-            bound = (b["fleet_request_rate_bound"]["routed"] if acc == "paper" else b.get("fleet_request_rate_bound"))
+            bound = (
+                b["fleet_request_rate_bound"]["routed"]
+                if acc == "paper"
+                else b.get("fleet_request_rate_bound")
+            )
             if bound is None:
                 bound = eq["fleet_request_rate_bound"]
             a_thr = pols["aragog"]["max_throughput"]
@@ -868,16 +1259,23 @@ def outside_ranges(results: dict) -> list[str]:
             if where not in ("in", "n/a"):
                 counts[acc] += 1
                 ceiling = pct_change(bound, pi_thr)
-                oracle = pct_change(eq["policies"]["aragog-oracle"]["max_throughput"], eq["policies"]["per_input"]["max_throughput"])
+                oracle = pct_change(
+                    eq["policies"]["aragog-oracle"]["max_throughput"],
+                    eq["policies"]["per_input"]["max_throughput"],
+                )
                 router = pct_change(pols["per_input-router"]["max_throughput"], pi_thr)
                 L.append(
                     f"- **{key}: throughput vs per-input {_fmt(g_pi, True)}** ({where} +42.8..+76.3%). Capacity: "
-                    f"Aragog's fleet would serve at most {bound:.1f} req/s with every engine saturated (decode and prefill "
-                    f"at the requests' mean token counts), per-input already reaches {pi_thr:.1f}, so no scheduler on it "
-                    f"could gain more than {_fmt(ceiling, True)}; Aragog reaches {a_thr:.1f} ({100 * a_thr / bound:.0f}% "
+                    f"Aragog's fleet would serve at most {bound:.1f} req/s with every engine "
+                    "saturated (decode and prefill "
+                    f"at the requests' mean token counts), per-input already reaches {pi_thr:.1f}, "
+                    "so no scheduler on it "
+                    f"could gain more than {_fmt(ceiling, True)}; Aragog reaches {a_thr:.1f} "
+                    f"({100 * a_thr / bound:.0f}% "
                     f"of that bound). Router: with oracle masks (aragog-oracle, equal fleet) the gain is "
                     f"{_fmt(oracle, True)}; per-input with the same router's masks has {_fmt(router, True)} throughput "
-                    f"against oracle per-input. The bound is computed at mean token counts, so a policy can exceed it by "
+                    "against oracle per-input. The bound is computed at mean token counts, so a "
+                    "policy can exceed it by "
                     f"a few percent. Experiments: the fleet bound (`fleet_request_rate_bound` in "
                     f"summary.json), the aragog-oracle and per_input-router sweeps."
                 )
@@ -892,8 +1290,11 @@ def outside_ranges(results: dict) -> list[str]:
                     f"({', '.join(f'{k}={v}' for k, v in eq['per_workflow_config'].items())}; picked on the "
                     f"{eq.get('per_workflow_selected_on', 'selection split')}) and reaches "
                     f"{pols['per_workflow']['max_throughput']:.1f} req/s"
-                    + (": every stage on the largest engine, which caps it at that engine's share of the fleet."
-                       if same else ".")
+                    + (
+                        ": every stage on the largest engine, which caps it at that engine's share of the fleet."
+                        if same
+                        else "."
+                    )
                 )
             lat = b["comparison"].get("latency_at", {}).get("aragog")
             if lat:
@@ -909,10 +1310,16 @@ def outside_ranges(results: dict) -> list[str]:
                         run_b = pols[base]["per_rate"][i]
                         eng_a = r["routed"]["engines"] if acc == "paper" else eq["engines"]
                         L.append(
-                            f"- **{key}: {q.upper()} vs {base.replace('_', '-')} {_fmt(v, True)}** at {lat['rate']:g} req/s "
+                            f"- **{key}: {q.upper()} vs {base.replace('_', '-')} {_fmt(v, True)}** "
+                            f"at {lat['rate']:g} req/s "
                             f"({where} the paper's range). {base.replace('_', '-')} "
-                            f"{'also keeps up there (no queue for Aragog to avoid)' if lat['sustained'][base] else 'is overloaded there'}"
-                            f"; Aragog puts {100 * _largest_engine_share(run_a, eng_a):.0f}% of its output tokens on the "
+                            + (
+                                "also keeps up there (no queue for Aragog to avoid)"
+                                if lat["sustained"][base]
+                                else "is overloaded there"
+                            )
+                            + f"; Aragog puts {100 * _largest_engine_share(run_a, eng_a):.0f}% of "
+                            "its output tokens on the "
                             f"largest model against {100 * _largest_engine_share(run_b, eq['engines']):.0f}% for "
                             f"{base.replace('_', '-')} (per-token decode there is several times slower). Experiment: "
                             f"`engine_tokens` of both runs at that rate in summary.json."
@@ -922,7 +1329,10 @@ def outside_ranges(results: dict) -> list[str]:
                 counts[acc] += 1
                 L.append(f"- **{key}: accuracy drop {drop:.2f} points** (paper: within 2).")
         L.append("")
-    L += [f"Cells outside the paper's ranges: {counts['paper']} (paper accounting), {counts['equal']} (equal fleet).", ""]
+    L += [
+        f"Cells outside the paper's ranges: {counts['paper']} (paper accounting), {counts['equal']} (equal fleet).",
+        "",
+    ]
     L += FINDINGS.splitlines()
     return L
 
@@ -993,29 +1403,50 @@ def simulator_speed(ds_dir: Path, rate: float, st: Settings) -> dict:
 
     hs = load_setup("self_refine_humaneval", "qwen", gpus=8, dataset=ds_dir)
     hm = build_masks(hs, None, st.route_cost_s)
-    pwf = per_workflow_config(hs.dataset.scores[selection_rows(hs.dataset)[0]], hs.space.c_max, 0.02)
+    pwf = per_workflow_config(
+        hs.dataset.scores[selection_rows(hs.dataset)[0]], hs.space.c_max, 0.02
+    )
     out: dict = {}
     for pol in ("aragog", "per_workflow"):
-        cfg = RunConfig(policy=pol, rate=rate, duration_s=st.duration_s, round_interval_s=st.round_interval_s,
-                        horizon_s=st.horizon_factor * st.duration_s, route_cost_s=hm.route_cost_s, seed=st.seed)
+        cfg = RunConfig(
+            policy=pol,
+            rate=rate,
+            duration_s=st.duration_s,
+            round_interval_s=st.round_interval_s,
+            horizon_s=st.horizon_factor * st.duration_s,
+            route_cost_s=hm.route_cost_s,
+            seed=st.seed,
+        )
         simulate(hs, cfg, hm.router, per_workflow_config=pwf)  # compile every bucket it needs
         res = simulate(hs, cfg, hm.router, per_workflow_config=pwf)
         wall = np.asarray(res.round_wall_s)
         steps = np.asarray(res.round_steps, dtype=np.float64)
-        fixed, per_step = np.linalg.lstsq(np.stack([np.ones_like(steps), steps], axis=1), wall, rcond=None)[0]
+        fixed, per_step = np.linalg.lstsq(
+            np.stack([np.ones_like(steps), steps], axis=1), wall, rcond=None
+        )[0]
         sched_s = float(wall.sum())
-        out[pol] = {"rate": rate, "stage_completions": res.stage_completions, "wall_s": res.sim_wall_s,
-                    "scheduler_s": sched_s, "rounds": res.rounds,
-                    "per_s": res.stage_completions / res.sim_wall_s,
-                    "per_s_excl_scheduler": res.stage_completions / max(res.sim_wall_s - sched_s, 1e-9),
-                    "mean_search_steps": float(steps.mean()), "round_fixed_us": float(fixed * 1e6),
-                    "round_per_step_us": float(per_step * 1e6)}
+        out[pol] = {
+            "rate": rate,
+            "stage_completions": res.stage_completions,
+            "wall_s": res.sim_wall_s,
+            "scheduler_s": sched_s,
+            "rounds": res.rounds,
+            "per_s": res.stage_completions / res.sim_wall_s,
+            "per_s_excl_scheduler": res.stage_completions / max(res.sim_wall_s - sched_s, 1e-9),
+            "mean_search_steps": float(steps.mean()),
+            "round_fixed_us": float(fixed * 1e6),
+            "round_per_step_us": float(per_step * 1e6),
+        }
     # One kernel call with nothing to do, in the smallest item bucket of this fleet.
     num_engines, num_models = len(hs.engines), len({e.model for e in hs.engines})
     empty = pad_round(  # padded to the smallest buckets: 16 items, 32 configurations, 64 slots
-        np.zeros((0, 32), dtype=bool), np.zeros((0, 32), dtype=np.int8), np.zeros(0, dtype=np.int32),
-        np.arange(num_engines, dtype=np.int32) % num_models, np.zeros(num_engines, dtype=np.int32),
-        np.zeros((num_engines, 64), dtype=np.int32), num_models,
+        np.zeros((0, 32), dtype=bool),
+        np.zeros((0, 32), dtype=np.int8),
+        np.zeros(0, dtype=np.int32),
+        np.arange(num_engines, dtype=np.int32) % num_models,
+        np.zeros(num_engines, dtype=np.int32),
+        np.zeros((num_engines, 64), dtype=np.int32),
+        num_models,
     )
     jax.block_until_ready(COMPILED(empty, 4))
     reps = []
@@ -1051,7 +1482,9 @@ def render_speed(speed: dict) -> list[str]:
             )
     ar = speed.get("aragog")
     if empty_us is not None and isinstance(ar, dict) and "round_per_step_us" in ar:
-        kernel_s = ar["rounds"] * (empty_us + ar["round_per_step_us"] * ar["mean_search_steps"]) * 1e-6
+        kernel_s = (
+            ar["rounds"] * (empty_us + ar["round_per_step_us"] * ar["mean_search_steps"]) * 1e-6
+        )
         L.append(
             f"- One call of the compiled round kernel with nothing to do (16 items, no free slot) costs "
             f"{empty_us:.0f} µs on this CPU: XLA:CPU's fixed cost of a program with a data-dependent loop, paid "

@@ -105,8 +105,10 @@ def _backend_main() -> None:
 
 
 def _write_aragog_fleet(tmp: Path, backend: str) -> Path:
-    stage = 'input_tokens = 32\noutput_tokens = 16\nmodels = ["{m}"]\n'.format(m=MODEL)
-    (tmp / "single.toml").write_text(f'name = "single"\n[[stage]]\nname = "answer"\n{stage}prompt = "{{input}}"\n')
+    stage = f'input_tokens = 32\noutput_tokens = 16\nmodels = ["{MODEL}"]\n'
+    (tmp / "single.toml").write_text(
+        f'name = "single"\n[[stage]]\nname = "answer"\n{stage}prompt = "{{input}}"\n'
+    )
     chain = ['name = "chain3"']
     for i, name in enumerate(("draft", "review", "final")):
         up = f'upstream = ["{("draft", "review")[i - 1]}"]\n' if i else ""
@@ -117,7 +119,8 @@ def _write_aragog_fleet(tmp: Path, backend: str) -> Path:
     fleet.write_text(
         f'family = "qwen"\nmodels = "{PROFILES / "models.toml"}"\n'
         f'workflows = ["{tmp / "single.toml"}", "{tmp / "chain3.toml"}"]\n'
-        f'[[engine]]\nname = "backend"\nmodel = "{MODEL}"\nurl = "{backend}"\nkind = "vllm"\nserved_model_name = "{SERVED}"\n'
+        f'[[engine]]\nname = "backend"\nmodel = "{MODEL}"\nurl = "{backend}"\nkind = '
+        f'"vllm"\nserved_model_name = "{SERVED}"\n'
         "[server]\nport = 0\nmax_queue = 4096\nrequest_deadline_s = 60.0\nmetrics_poll_s = 0.5\n"
     )
     return fleet
@@ -143,8 +146,21 @@ def _start_peer(name: str, backend: str, tmp: Path) -> tuple[subprocess.Popen, s
     log = open(tmp / f"{name}.log", "w")  # noqa: SIM115 (kept open for the process's life)
     if name == "vllm-router":
         exe = PEERS / "vllm-router" / "bin" / "vllm-router"
-        cmd = [str(exe), "--worker-urls", backend, "--policy", "round_robin", "--host", "127.0.0.1", "--port", str(port),
-               "--prometheus-port", str(_free_port()), "--log-level", "error"]  # fmt: skip
+        cmd = [
+            str(exe),
+            "--worker-urls",
+            backend,
+            "--policy",
+            "round_robin",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--prometheus-port",
+            str(_free_port()),
+            "--log-level",
+            "error",
+        ]
         env = dict(os.environ)
     else:
         exe = PEERS / "litellm" / "bin" / "litellm"
@@ -155,15 +171,33 @@ def _start_peer(name: str, backend: str, tmp: Path) -> tuple[subprocess.Popen, s
             f"      api_base: {backend}/v1\n      api_key: unused\n"
             "litellm_settings:\n  telemetry: false\n  set_verbose: false\n"
         )
-        cmd = [str(exe), "--config", str(cfg), "--host", "127.0.0.1", "--port", str(port), "--num_workers", "1"]
+        cmd = [
+            str(exe),
+            "--config",
+            str(cfg),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--num_workers",
+            "1",
+        ]
         # Offline: the model-cost map ships with the package; no telemetry.
-        env = os.environ | {"LITELLM_LOCAL_MODEL_COST_MAP": "True", "LITELLM_LOG": "ERROR", "LITELLM_TELEMETRY": "False"}
-    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+        env = os.environ | {
+            "LITELLM_LOCAL_MODEL_COST_MAP": "True",
+            "LITELLM_LOG": "ERROR",
+            "LITELLM_TELEMETRY": "False",
+        }
+    proc = subprocess.Popen(
+        cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True
+    )
     try:
         asyncio.run(_wait_http(url))
     except RuntimeError:
         _stop(proc)
-        raise RuntimeError(f"{name} did not start: {(tmp / f'{name}.log').read_text()[-400:]}") from None
+        raise RuntimeError(
+            f"{name} did not start: {(tmp / f'{name}.log').read_text()[-400:]}"
+        ) from None
     return proc, url
 
 
@@ -174,7 +208,9 @@ def _body(model: str) -> dict:
     return {"model": model, "messages": [{"role": "user", "content": TEXT}], "max_tokens": 16}
 
 
-async def closed_loop(url: str, model: str, calls: int, concurrency: int, duration_s: float) -> tuple[list[float], int, float]:
+async def closed_loop(
+    url: str, model: str, calls: int, concurrency: int, duration_s: float
+) -> tuple[list[float], int, float]:
     """Closed loop of ``concurrency`` clients; each request is ``calls`` sequential chat calls.
 
     Returns (latencies of completed requests, failures, wall seconds).
@@ -196,7 +232,9 @@ async def closed_loop(url: str, model: str, calls: int, concurrency: int, durati
                         async with http.post(url + "/v1/chat/completions", json=body) as r:
                             await r.read()
                             if r.status != 200:
-                                raise aiohttp.ClientResponseError(r.request_info, (), status=r.status)
+                                raise aiohttp.ClientResponseError(
+                                    r.request_info, (), status=r.status
+                                )
                 except aiohttp.ClientError:
                     failures += 1
                     continue
@@ -212,24 +250,38 @@ async def closed_loop(url: str, model: str, calls: int, concurrency: int, durati
 
 def _cell(front: str, url: str, case: str, conc: int, duration_s: float, pid: int | None) -> dict:
     calls = 3 if case == "chain3" and front != "aragog_jax" else 1
-    model = f"workflow:{'single' if case == 'single' else 'chain3'}" if front == "aragog_jax" else SERVED
+    model = (
+        f"workflow:{'single' if case == 'single' else 'chain3'}"
+        if front == "aragog_jax"
+        else SERVED
+    )
     c0 = _tree_cpu_s(pid) if pid else 0.0
     lat, failures, wall = asyncio.run(closed_loop(url, model, calls, conc, duration_s))
     cpu = (_tree_cpu_s(pid) - c0) if pid else None
     a = np.asarray(lat) * 1e3 if lat else np.zeros(1)
     return {
-        "front": front, "case": case, "concurrency": conc, "completed": len(lat), "failed": failures,
-        "req_per_s": round(len(lat) / wall, 1), "p50_ms": round(float(np.percentile(a, 50)), 3),
-        "p90_ms": round(float(np.percentile(a, 90)), 3), "p99_ms": round(float(np.percentile(a, 99)), 3),
-        "front_cpu_ms_per_request": round(1e3 * cpu / len(lat), 3) if cpu is not None and lat else None,
+        "front": front,
+        "case": case,
+        "concurrency": conc,
+        "completed": len(lat),
+        "failed": failures,
+        "req_per_s": round(len(lat) / wall, 1),
+        "p50_ms": round(float(np.percentile(a, 50)), 3),
+        "p90_ms": round(float(np.percentile(a, 90)), 3),
+        "p99_ms": round(float(np.percentile(a, 99)), 3),
+        "front_cpu_ms_per_request": round(1e3 * cpu / len(lat), 3)
+        if cpu is not None and lat
+        else None,
         "load_average_1m": round(os.getloadavg()[0], 2),
-    }  # fmt: skip
+    }
 
 
 def summarize(cells: list[dict], fronts: list[str]) -> list[dict]:
     """Median over rounds per (case, concurrency, front); added latency against direct in the same round."""
     rows = []
-    keys = sorted({(c["case"], c["concurrency"]) for c in cells}, key=lambda k: (k[0] != "single", k[1]))
+    keys = sorted(
+        {(c["case"], c["concurrency"]) for c in cells}, key=lambda k: (k[0] != "single", k[1])
+    )
     for case, conc in keys:
         per_round = [c for c in cells if c["case"] == case and c["concurrency"] == conc]
         direct = {c["round"]: c for c in per_round if c["front"] == "direct"}
@@ -238,19 +290,44 @@ def summarize(cells: list[dict], fronts: list[str]) -> list[dict]:
             mine = [c for c in per_round if c["front"] == front]
             if not mine:
                 continue
-            added50 = [(c["p50_ms"] - direct[c["round"]]["p50_ms"]) / per_stage for c in mine if c["round"] in direct]
-            added90 = [(c["p90_ms"] - direct[c["round"]]["p90_ms"]) / per_stage for c in mine if c["round"] in direct]
-            cpu = [c["front_cpu_ms_per_request"] for c in mine if c["front_cpu_ms_per_request"] is not None]
-            rows.append({
-                "case": case, "concurrency": conc, "front": front, "rounds": len(mine),
-                "req_per_s": round(float(np.median([c["req_per_s"] for c in mine])), 1),
-                "p50_ms": round(float(np.median([c["p50_ms"] for c in mine])), 3),
-                "added_p50_ms": round(float(np.median(added50)), 3) if front != "direct" else 0.0,
-                "added_p50_ms_range": [round(min(added50), 3), round(max(added50), 3)] if front != "direct" else [0.0, 0.0],
-                "added_p90_ms": round(float(np.median(added90)), 3) if front != "direct" else 0.0,
-                "cpu_ms_per_request": round(float(np.median(cpu)) / per_stage, 3) if cpu else None,
-                "failed": sum(c["failed"] for c in mine),
-            })  # fmt: skip
+            added50 = [
+                (c["p50_ms"] - direct[c["round"]]["p50_ms"]) / per_stage
+                for c in mine
+                if c["round"] in direct
+            ]
+            added90 = [
+                (c["p90_ms"] - direct[c["round"]]["p90_ms"]) / per_stage
+                for c in mine
+                if c["round"] in direct
+            ]
+            cpu = [
+                c["front_cpu_ms_per_request"]
+                for c in mine
+                if c["front_cpu_ms_per_request"] is not None
+            ]
+            rows.append(
+                {
+                    "case": case,
+                    "concurrency": conc,
+                    "front": front,
+                    "rounds": len(mine),
+                    "req_per_s": round(float(np.median([c["req_per_s"] for c in mine])), 1),
+                    "p50_ms": round(float(np.median([c["p50_ms"] for c in mine])), 3),
+                    "added_p50_ms": round(float(np.median(added50)), 3)
+                    if front != "direct"
+                    else 0.0,
+                    "added_p50_ms_range": [round(min(added50), 3), round(max(added50), 3)]
+                    if front != "direct"
+                    else [0.0, 0.0],
+                    "added_p90_ms": round(float(np.median(added90)), 3)
+                    if front != "direct"
+                    else 0.0,
+                    "cpu_ms_per_request": round(float(np.median(cpu)) / per_stage, 3)
+                    if cpu
+                    else None,
+                    "failed": sum(c["failed"] for c in mine),
+                }
+            )
     return rows
 
 
@@ -264,15 +341,31 @@ def targets(rows: list[dict]) -> dict:
         return None
 
     lo, hi = min(r["concurrency"] for r in rows), max(r["concurrency"] for r in rows)
-    ours, vr, ll = get("aragog_jax", lo, "added_p50_ms"), get("vllm-router", lo, "added_p50_ms"), None
-    out = {"added_p50_at_1_client_ms": ours, "added_p50_vs_vllm_router": round(ours / vr, 2) if ours and vr and vr > 0 else None}
+    ours, vr, ll = (
+        get("aragog_jax", lo, "added_p50_ms"),
+        get("vllm-router", lo, "added_p50_ms"),
+        None,
+    )
+    out = {
+        "added_p50_at_1_client_ms": ours,
+        "added_p50_vs_vllm_router": round(ours / vr, 2) if ours and vr and vr > 0 else None,
+    }
     out["cpu_ms_per_request"] = get("aragog_jax", hi, "cpu_ms_per_request")
-    rps, vr_rps, ll = get("aragog_jax", hi, "req_per_s"), get("vllm-router", hi, "req_per_s"), get("litellm", hi, "req_per_s")
+    rps, vr_rps, ll = (
+        get("aragog_jax", hi, "req_per_s"),
+        get("vllm-router", hi, "req_per_s"),
+        get("litellm", hi, "req_per_s"),
+    )
     out[f"req_per_s_at_{hi}"] = rps
     out["req_per_s_vs_vllm_router"] = round(rps / vr_rps, 2) if rps and vr_rps else None
     out["req_per_s_vs_litellm"] = round(rps / ll, 2) if rps and ll else None
-    out["wanted"] = {"added_p50_at_1_client_ms": "<= 1.0", "added_p50_vs_vllm_router": "<= 3.0", "cpu_ms_per_request": "<= 0.6",
-                     "req_per_s_vs_vllm_router": ">= 0.6", "req_per_s_vs_litellm": ">= 8"}  # fmt: skip
+    out["wanted"] = {
+        "added_p50_at_1_client_ms": "<= 1.0",
+        "added_p50_vs_vllm_router": "<= 3.0",
+        "cpu_ms_per_request": "<= 0.6",
+        "req_per_s_vs_vllm_router": ">= 0.6",
+        "req_per_s_vs_litellm": ">= 8",
+    }
     return out
 
 
@@ -280,10 +373,13 @@ def markdown(doc: dict) -> str:
     lines = [
         "# aragog_jax against peer gateways",
         "",
-        f"Generated by `python bench/peers.py{' --quick' if doc['settings']['quick'] else ''}` at git `{doc['git_sha'][:12]}` on "
+        f"Generated by `python bench/peers.py{' --quick' if doc['settings']['quick'] else ''}` at "
+        f"git `{doc['git_sha'][:12]}` on "
         f"{doc['device']}; load average before/after {doc['load_average_before']} / {doc['load_average_after']}. "
-        f"{doc['settings']['rounds']} interleaved rounds of {doc['settings']['duration_s']} s per cell; medians over rounds. "
-        "Added latency = front p50 − direct p50 in the same round (per stage for chain3). CPU = the front's process tree per "
+        f"{doc['settings']['rounds']} interleaved rounds of {doc['settings']['duration_s']} s per "
+        "cell; medians over rounds. "
+        "Added latency = front p50 − direct p50 in the same round (per stage for chain3). CPU = "
+        "the front's process tree per "
         "request (per stage for chain3).",
         "",
         "Peers: " + ", ".join(f"{k} {v}" for k, v in doc["peers"].items()) + ".",
@@ -308,13 +404,34 @@ def markdown(doc: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--rounds", type=int, default=5, help="interleaved rounds (default 5)")
-    ap.add_argument("--duration-s", type=float, default=4.0, help="seconds per (round, front, concurrency) cell (default 4)")
-    ap.add_argument("--concurrency", default="1,32,128", help="closed-loop clients, comma-separated (default 1,32,128)")
-    ap.add_argument("--chain-concurrency", default="1,32", help="clients for the 3-stage case (default 1,32; empty: skip)")
-    ap.add_argument("--fronts", default=",".join(FRONTS), help=f"fronts to measure (default {','.join(FRONTS)})")
-    ap.add_argument("--quick", action="store_true", help="smoke run: 1 round of 1.5 s per cell; not a comparison")
+    ap.add_argument(
+        "--duration-s",
+        type=float,
+        default=4.0,
+        help="seconds per (round, front, concurrency) cell (default 4)",
+    )
+    ap.add_argument(
+        "--concurrency",
+        default="1,32,128",
+        help="closed-loop clients, comma-separated (default 1,32,128)",
+    )
+    ap.add_argument(
+        "--chain-concurrency",
+        default="1,32",
+        help="clients for the 3-stage case (default 1,32; empty: skip)",
+    )
+    ap.add_argument(
+        "--fronts", default=",".join(FRONTS), help=f"fronts to measure (default {','.join(FRONTS)})"
+    )
+    ap.add_argument(
+        "--quick",
+        action="store_true",
+        help="smoke run: 1 round of 1.5 s per cell; not a comparison",
+    )
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "peers.json")
     ap.add_argument("--_backend", dest="backend", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
@@ -329,7 +446,9 @@ def main(argv: list[str] | None = None) -> int:
     if unknown := set(fronts) - set(FRONTS):
         ap.error(f"unknown fronts {sorted(unknown)} (known: {', '.join(FRONTS)})")
     if "direct" not in fronts:
-        ap.error("--fronts must include direct (the reference every added latency is measured against)")
+        ap.error(
+            "--fronts must include direct (the reference every added latency is measured against)"
+        )
     load_before = round(os.getloadavg()[0], 2)
     procs: list[subprocess.Popen] = []
     urls: dict[str, tuple[str, int | None]] = {}
@@ -362,8 +481,15 @@ def main(argv: list[str] | None = None) -> int:
                     continue
                 procs.append(proc)
                 urls[name] = (url, proc.pid)
-                ver = subprocess.run([str(venv / "bin" / "python"), "-c", f"import importlib.metadata as m; print(m.version('{name}'))"],
-                                     capture_output=True, text=True).stdout.strip()  # fmt: skip
+                ver = subprocess.run(
+                    [
+                        str(venv / "bin" / "python"),
+                        "-c",
+                        f"import importlib.metadata as m; print(m.version('{name}'))",
+                    ],
+                    capture_output=True,
+                    text=True,
+                ).stdout.strip()
                 peers[name] = ver or "?"
             order = [f for f in fronts if f in urls]
             for front in order:  # warm-up, not reported
@@ -388,8 +514,14 @@ def main(argv: list[str] | None = None) -> int:
         "python": platform.python_version(),
         "load_average_before": load_before,
         "load_average_after": round(os.getloadavg()[0], 2),
-        "settings": {"rounds": args.rounds, "duration_s": args.duration_s, "concurrency": concs,
-                     "chain_concurrency": chain_concs, "fronts": fronts, "quick": args.quick},  # fmt: skip
+        "settings": {
+            "rounds": args.rounds,
+            "duration_s": args.duration_s,
+            "concurrency": concs,
+            "chain_concurrency": chain_concs,
+            "fronts": fronts,
+            "quick": args.quick,
+        },
         "peers": peers,
         "missing": missing,
         "rows": rows,

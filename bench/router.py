@@ -24,10 +24,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from aragog_jax._provenance import git_sha
 from aragog_jax.kernels import _reference as R
 from aragog_jax.router import RouterModelConfig, init_params
 from aragog_jax.router._router import DEFAULT_ROW_BLOCK, route_blocked
-from aragog_jax._provenance import git_sha
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench._timing import time_fn  # noqa: E402
@@ -46,7 +46,9 @@ def make_router_arrays(num_configs: int, hidden=HIDDEN, dim=FEATURE_DIM, seed=0)
     return cfg, params, thresholds, always
 
 
-def compiled_route(params, thresholds, always, bucket, dim=FEATURE_DIM, row_block=DEFAULT_ROW_BLOCK):
+def compiled_route(
+    params, thresholds, always, bucket, dim=FEATURE_DIM, row_block=DEFAULT_ROW_BLOCK
+):
     """The Router's compiled kernel path for one bucket (features -> mask, prob)."""
     feats = jax.ShapeDtypeStruct((bucket, dim), jnp.float32)
     fn = functools.partial(route_blocked, row_block=row_block)
@@ -63,7 +65,10 @@ def kernel_table(quick: bool) -> list[dict]:
         for b in BUCKETS:
             feats = jnp.asarray(rng.normal(size=(b, FEATURE_DIM)).astype(np.float32))
             fn = compiled_route(params, thr, always, b)
-            jit_t = time_fn(lambda: jax.block_until_ready(fn(params, feats, thr, always)), min_time=0.2 if quick else 0.5)
+            jit_t = time_fn(
+                lambda: jax.block_until_ready(fn(params, feats, thr, always)),
+                min_time=0.2 if quick else 0.5,
+            )
             row = {
                 "num_configs": num_c,
                 "bucket": b,
@@ -73,13 +78,22 @@ def kernel_table(quick: bool) -> list[dict]:
             }
             if not (quick and b > 512):
                 f_np, t_np, a_np = np.asarray(feats), np.asarray(thr), np.asarray(always)
-                np_t = time_fn(lambda: R.route(np_params, f_np, t_np, a_np), min_time=0.1, min_reps=2, max_reps=50)
+                np_t = time_fn(
+                    lambda: R.route(np_params, f_np, t_np, a_np),
+                    min_time=0.1,
+                    min_reps=2,
+                    max_reps=50,
+                )
                 row["numpy_median_s"] = statistics.median(np_t)
                 row["speedup_vs_numpy"] = row["numpy_median_s"] / row["jit_median_s"]
             rows.append(row)
             print(
                 f"C={num_c:<5} bucket={b:<5} jit {row['jit_req_per_s']:>12,.0f} req/s  {row['jit_gflops']:7.1f} GFLOP/s"
-                + (f"   numpy twin x{row['speedup_vs_numpy']:.1f} slower" if "speedup_vs_numpy" in row else ""),
+                + (
+                    f"   numpy twin x{row['speedup_vs_numpy']:.1f} slower"
+                    if "speedup_vs_numpy" in row
+                    else ""
+                ),
                 flush=True,
             )
     return rows
@@ -96,7 +110,10 @@ def matmul_baseline(bucket: int = 4096) -> dict:
         t = statistics.median(time_fn(lambda: jax.block_until_ready(fn(a, w)), min_time=0.5))
         out[f"{bucket}x{k}x{n}"] = 2 * bucket * k * n / t / 1e9
     # the same total FLOPs as the router in one chain of matmuls, no bias/activation/threshold
-    ws = [jnp.asarray(rng.normal(size=s).astype(np.float32) * 0.03) for s in [(FEATURE_DIM, 512)] + [(512, 512)] * 5 + [(512, 243)]]
+    ws = [
+        jnp.asarray(rng.normal(size=s).astype(np.float32) * 0.03)
+        for s in [(FEATURE_DIM, 512)] + [(512, 512)] * 5 + [(512, 243)]
+    ]
     a = jnp.asarray(rng.normal(size=(bucket, FEATURE_DIM)).astype(np.float32))
 
     def chain(a, ws):
@@ -116,7 +133,9 @@ def single_request_latency() -> dict:
     _, params, thr, always = make_router_arrays(243)
     fn = compiled_route(params, thr, always, 1)
     x = np.random.default_rng(2).normal(size=(1, FEATURE_DIM)).astype(np.float32)
-    kernel_t = time_fn(lambda: jax.block_until_ready(fn(params, x, thr, always)), min_time=1.0, max_reps=5000)
+    kernel_t = time_fn(
+        lambda: jax.block_until_ready(fn(params, x, thr, always)), min_time=1.0, max_reps=5000
+    )
     return {
         "kernel_p50_ms": 1e3 * float(np.percentile(kernel_t, 50)),
         "kernel_p99_ms": 1e3 * float(np.percentile(kernel_t, 99)),
@@ -127,7 +146,12 @@ def end_to_end(num_rows: int, hidden=HIDDEN, chunk: int = 4096) -> dict:
     """Throughput of ``python -m aragog_jax.route`` (in-process) with a C=243 router of the given width."""
     from aragog_jax import route as route_cli
     from aragog_jax.data import generate
-    from aragog_jax.router import CheckpointMeta, HashedNgramFeaturizer, RouterCheckpoint, save_checkpoint
+    from aragog_jax.router import (
+        CheckpointMeta,
+        HashedNgramFeaturizer,
+        RouterCheckpoint,
+        save_checkpoint,
+    )
     from aragog_jax.space import load_space
     from aragog_jax.space._load import resolve_workflow
     from aragog_jax.spec import load_models, load_workflow
@@ -140,34 +164,76 @@ def end_to_end(num_rows: int, hidden=HIDDEN, chunk: int = 4096) -> dict:
     params = jax.tree.map(np.asarray, init_params(cfg, jax.random.PRNGKey(0)))
     thr = np.zeros(space.num_configs, np.float32)
     meta = CheckpointMeta(
-        workflow=space.workflow, family="qwen", fingerprint=space.fingerprint(), stage_names=list(space.stage_names),
-        model_names=list(space.model_names), num_configs=space.num_configs, featurizer=feat.name,
-        featurizer_config=feat.config(), model=cfg.to_dict(),
+        workflow=space.workflow,
+        family="qwen",
+        fingerprint=space.fingerprint(),
+        stage_names=list(space.stage_names),
+        model_names=list(space.model_names),
+        num_configs=space.num_configs,
+        featurizer=feat.name,
+        featurizer_config=feat.config(),
+        model=cfg.to_dict(),
     )
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        ckpt = save_checkpoint(RouterCheckpoint(meta=meta, params=params, thresholds=thr), tmp / "r.npz")
+        ckpt = save_checkpoint(
+            RouterCheckpoint(meta=meta, params=params, thresholds=thr), tmp / "r.npz"
+        )
         inp = tmp / "in.jsonl"
         with open(inp, "w") as f:
             for i in range(num_rows):
                 f.write(json.dumps({"id": i, "text": ds.texts[i % len(ds.texts)]}) + "\n")
         out = tmp / "out.jsonl"
         t = time.perf_counter()
-        code = route_cli.main(["--router", str(ckpt), "--input", str(inp), "--output", str(out), "--quiet", "--chunk-size", str(chunk)])
+        code = route_cli.main(
+            [
+                "--router",
+                str(ckpt),
+                "--input",
+                str(inp),
+                "--output",
+                str(out),
+                "--quiet",
+                "--chunk-size",
+                str(chunk),
+            ]
+        )
         dt = time.perf_counter() - t
         assert code == 0
         lines = sum(1 for _ in open(out))
-        mean_adm = float(np.mean([len(json.loads(x)["admitted"]) for x, _ in zip(open(out), range(1000))]))
-    return {"rows": lines, "seconds_incl_compile": dt, "rows_per_s_incl_compile": lines / dt, "hidden": list(hidden), "mean_admitted": mean_adm}
+        mean_adm = float(
+            np.mean(
+                [
+                    len(json.loads(x)["admitted"])
+                    for x, _ in zip(open(out), range(1000), strict=False)
+                ]
+            )
+        )
+    return {
+        "rows": lines,
+        "seconds_incl_compile": dt,
+        "rows_per_s_incl_compile": lines / dt,
+        "hidden": list(hidden),
+        "mean_admitted": mean_adm,
+    }
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="shorter timings; skip the NumPy twin above bucket 512")
-    parser.add_argument("--rows", type=int, default=100_000, help="rows of the end-to-end job (default %(default)s)")
-    parser.add_argument("--out", default="bench/results/router.json", help="results JSON (default %(default)s)")
+    parser.add_argument(
+        "--quick", action="store_true", help="shorter timings; skip the NumPy twin above bucket 512"
+    )
+    parser.add_argument(
+        "--rows", type=int, default=100_000, help="rows of the end-to-end job (default %(default)s)"
+    )
+    parser.add_argument(
+        "--out", default="bench/results/router.json", help="results JSON (default %(default)s)"
+    )
     args = parser.parse_args(argv)
-    print(f"device: {jax.devices()[0]}  jax {jax.__version__}  {platform.processor() or platform.machine()}", flush=True)
+    print(
+        f"device: {jax.devices()[0]}  jax {jax.__version__}  {platform.processor() or platform.machine()}",
+        flush=True,
+    )
     base = matmul_baseline()
     print("plain jitted matmul GFLOP/s:", {k: round(v, 1) for k, v in base.items()}, flush=True)
     rows = kernel_table(args.quick)
@@ -175,13 +241,21 @@ def main(argv=None) -> int:
     ref = max(base.values())
     print(
         f"C=243 bucket=4096: {big['jit_req_per_s']:,.0f} req/s = {big['jit_gflops']:.1f} GFLOP/s = "
-        f"{100 * big['jit_gflops'] / ref:.0f}% of the best plain matmul ({ref:.1f} GFLOP/s)", flush=True,
+        f"{100 * big['jit_gflops'] / ref:.0f}% of the best plain matmul ({ref:.1f} GFLOP/s)",
+        flush=True,
     )
     lat = single_request_latency()
-    print(f"single request (bucket 1, C=243, 6x512): kernel p50 {lat['kernel_p50_ms']:.3f} ms, p99 {lat['kernel_p99_ms']:.3f} ms", flush=True)
+    print(
+        f"single request (bucket 1, C=243, 6x512): kernel p50 {lat['kernel_p50_ms']:.3f} ms, p99 "
+        f"{lat['kernel_p99_ms']:.3f} ms",
+        flush=True,
+    )
     e2e = end_to_end(args.rows)
-    print(f"end-to-end route job, 6x512 C=243: {e2e['rows']:,} rows in {e2e['seconds_incl_compile']:.2f} s "
-          f"= {e2e['rows_per_s_incl_compile']:,.0f} rows/s (compile + featurise + route + write)", flush=True)
+    print(
+        f"end-to-end route job, 6x512 C=243: {e2e['rows']:,} rows in {e2e['seconds_incl_compile']:.2f} s "
+        f"= {e2e['rows_per_s_incl_compile']:,.0f} rows/s (compile + featurise + route + write)",
+        flush=True,
+    )
     result = {
         "git_sha": git_sha(),
         "device": str(jax.devices()[0]),

@@ -41,12 +41,12 @@ import numpy as np
 from aragog_jax._provenance import git_sha
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from bench._timing import time_fn  # noqa: E402
 from aragog_jax.scheduler import COMPILED, EngineInfo, LoadVector, RoundArrays, Scheduler
 from aragog_jax.scheduler._random import random_round
 from aragog_jax.scheduler._round import twin_round
 from aragog_jax.space import load_space
 from aragog_jax.spec import PROFILES_DIR, load_profile
+from bench._timing import time_fn  # noqa: E402
 
 HEADLINE = {"num_items": 1024, "num_configs": 243, "num_engines": 9, "beam": 4, "total_free": 64}
 GRID_R, GRID_C, GRID_M, GRID_B = (16, 128, 1024), (27, 243, 4096), (3, 6, 9), (1, 4, 8)
@@ -55,7 +55,12 @@ GRID_R, GRID_C, GRID_M, GRID_B = (16, 128, 1024), (27, 243, 4096), (3, 6, 9), (1
 def make_round(num_items, num_configs, num_engines, total_free=64, seed=0, **kw) -> RoundArrays:
     rng = np.random.default_rng(seed)
     arrays, _ = random_round(
-        rng, num_items=num_items, num_configs=num_configs, num_engines=num_engines, total_free=total_free, **kw
+        rng,
+        num_items=num_items,
+        num_configs=num_configs,
+        num_engines=num_engines,
+        total_free=total_free,
+        **kw,
     )
     return arrays
 
@@ -75,7 +80,9 @@ def reference_round(arrays: RoundArrays, beam: int):
     return lambda: twin_round(arrays, beam)[1]
 
 
-def compare(arrays: RoundArrays, beam: int, jit_time: float, ref_time: float, ref_reps: int = 3) -> dict:
+def compare(
+    arrays: RoundArrays, beam: int, jit_time: float, ref_time: float, ref_reps: int = 3
+) -> dict:
     jit_t = time_fn(jit_round(arrays, beam), jit_time)
     ref_t = time_fn(reference_round(arrays, beam), ref_time, min_reps=ref_reps)
     _, result = COMPILED(arrays, beam)
@@ -105,7 +112,9 @@ def schedule_round_setup():
         "Qwen2.5-32B-Instruct": "qwen2.5-32b-instruct_h100_tp2.toml",
     }
     engines = [
-        EngineInfo.from_profile(f"{m.split('-')[1].lower()}-{i}", load_profile(PROFILES_DIR / "engines" / f))
+        EngineInfo.from_profile(
+            f"{m.split('-')[1].lower()}-{i}", load_profile(PROFILES_DIR / "engines" / f)
+        )
         for m, f in names.items()
         for i in range(3)
     ]
@@ -115,7 +124,9 @@ def schedule_round_setup():
 
     def add(n: int) -> None:
         for _ in range(n):
-            sched.add_request(next(ids), space, rng.random(space.num_configs) < rng.uniform(0.05, 0.5))
+            sched.add_request(
+                next(ids), space, rng.random(space.num_configs) < rng.uniform(0.05, 0.5)
+            )
 
     # 160 requests past their first stage (3 parallel solvers ready each) + 544 new ones.
     add(160)
@@ -125,7 +136,11 @@ def schedule_round_setup():
     assert sched.num_ready == 1024, sched.num_ready
     free = rng.multinomial(64, np.full(len(engines), 1 / len(engines)))
     load = LoadVector.observe(
-        engines, {e.name: {"running": max(0, e.saturation_batch - int(f))} for e, f in zip(engines, free)}
+        engines,
+        {
+            e.name: {"running": max(0, e.saturation_batch - int(f))}
+            for e, f in zip(engines, free, strict=True)
+        },
     )
     return sched, load, add
 
@@ -150,7 +165,9 @@ def schedule_round_bench(quick: bool) -> dict:
             times.append(elapsed)
         sizes.append(len(plan.assignments) + len(plan.skipped))
         for a in plan.assignments:
-            if sched.num_ready >= 1022:  # a finish adds up to 3 ready stages; stay in the 1,024 bucket
+            if (
+                sched.num_ready >= 1022
+            ):  # a finish adds up to 3 ready stages; stay in the 1,024 bucket
                 break
             sched.on_stage_finished(a.request_id, a.stage)
         add(1024 - sched.num_ready)
@@ -211,7 +228,11 @@ def optimality(num_instances: int, beam: int = 4) -> dict:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--quick", action="store_true", help="headline, adversarial, sub-linearity, optimality (< 1 min)")
+    p.add_argument(
+        "--quick",
+        action="store_true",
+        help="headline, adversarial, sub-linearity, optimality (< 1 min)",
+    )
     p.add_argument("--json", type=Path, default=None, help="write the results here")
     args = p.parse_args(argv)
     quick = args.quick
@@ -220,14 +241,22 @@ def main(argv=None) -> int:
     print(f"device: {jax.devices()[0]}  jax {jax.__version__}  {platform.machine()}", flush=True)
 
     h = HEADLINE
-    headline_arrays = make_round(h["num_items"], h["num_configs"], h["num_engines"], h["total_free"])
+    headline_arrays = make_round(
+        h["num_items"], h["num_configs"], h["num_engines"], h["total_free"]
+    )
     headline = {**h, **compare(headline_arrays, h["beam"], jit_time, ref_time)}
     print(f"headline: {headline}", flush=True)
     adversarial = {
         **h,
         "blocked_share": 0.9,
         **compare(
-            make_round(h["num_items"], h["num_configs"], h["num_engines"], h["total_free"], blocked_share=0.9),
+            make_round(
+                h["num_items"],
+                h["num_configs"],
+                h["num_engines"],
+                h["total_free"],
+                blocked_share=0.9,
+            ),
             h["beam"],
             jit_time,
             ref_time,
@@ -240,7 +269,12 @@ def main(argv=None) -> int:
         "blocked_slots": 1,
         **compare(
             make_round(
-                h["num_items"], h["num_configs"], h["num_engines"], h["total_free"], blocked_share=0.9, blocked_slots=1
+                h["num_items"],
+                h["num_configs"],
+                h["num_engines"],
+                h["total_free"],
+                blocked_share=0.9,
+                blocked_slots=1,
             ),
             h["beam"],
             jit_time,
@@ -248,8 +282,17 @@ def main(argv=None) -> int:
         ),
     }
     print(f"adversarial_one_slot: {one_slot}", flush=True)
-    small = compare(make_round(128, h["num_configs"], h["num_engines"], h["total_free"]), h["beam"], jit_time, ref_time)
-    sublinear = {"r128_ms": small["jit_ms"], "r1024_ms": headline["jit_ms"], "ratio": headline["jit_ms"] / small["jit_ms"]}
+    small = compare(
+        make_round(128, h["num_configs"], h["num_engines"], h["total_free"]),
+        h["beam"],
+        jit_time,
+        ref_time,
+    )
+    sublinear = {
+        "r128_ms": small["jit_ms"],
+        "r1024_ms": headline["jit_ms"],
+        "ratio": headline["jit_ms"] / small["jit_ms"],
+    }
     print(f"sublinear: {sublinear}", flush=True)
     sched_round = schedule_round_bench(quick)
     print(f"schedule_round: {sched_round}", flush=True)
@@ -270,7 +313,9 @@ def main(argv=None) -> int:
 
     out = {
         "benchmark": "scheduler",
-        "command": "python bench/scheduler.py" + (" --quick" if quick else "") + (f" --json {args.json}" if args.json else ""),
+        "command": "python bench/scheduler.py"
+        + (" --quick" if quick else "")
+        + (f" --json {args.json}" if args.json else ""),
         "git_sha": git_sha(),
         "device": str(jax.devices()[0]),
         "jax_version": jax.__version__,

@@ -79,8 +79,12 @@ def _fake_engines_main(models: list[str], delay_s: float) -> None:
     asyncio.run(go())
 
 
-def _spawn(cmd: list[str], pattern: str, timeout_s: float = 120.0) -> tuple[subprocess.Popen, list[str]]:
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, start_new_session=True)
+def _spawn(
+    cmd: list[str], pattern: str, timeout_s: float = 120.0
+) -> tuple[subprocess.Popen, list[str]]:
+    proc = subprocess.Popen(
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, start_new_session=True
+    )
     lines = []
     t0 = time.monotonic()
     while time.monotonic() - t0 < timeout_s:
@@ -123,7 +127,10 @@ def _profiles_by_model() -> dict[str, str]:
     from aragog_jax.spec import load_fleet
 
     fleet_file = PROFILES / "fleets" / "qwen_4gpu.toml"
-    return {e.model: str((fleet_file.parent / e.profile).resolve()) for e in load_fleet(fleet_file).engine}
+    return {
+        e.model: str((fleet_file.parent / e.profile).resolve())
+        for e in load_fleet(fleet_file).engine
+    }
 
 
 def _family_models(family: str) -> list[str]:
@@ -132,7 +139,14 @@ def _family_models(family: str) -> list[str]:
     return list(load_models().families[family])
 
 
-def _write_fleet(tmp: Path, engines: list[tuple[str, str, str, str]], *, max_queue: int, deadline_s: float, time_scale: float) -> Path:
+def _write_fleet(
+    tmp: Path,
+    engines: list[tuple[str, str, str, str]],
+    *,
+    max_queue: int,
+    deadline_s: float,
+    time_scale: float,
+) -> Path:
     """engines: (name, model, url, profile path or '')."""
     wf = PROFILES / "workflows" / f"{WORKFLOW}.toml"
     lines = ['family = "qwen"', f'models = "{PROFILES / "models.toml"}"', f'workflows = ["{wf}"]']
@@ -145,9 +159,14 @@ def _write_fleet(tmp: Path, engines: list[tuple[str, str, str, str]], *, max_que
         if profile:
             lines.append(f'profile = "{profile}"')
     lines += [
-        "[server]", "port = 0", f"max_queue = {max_queue}", f"request_deadline_s = {deadline_s}",
-        "metrics_poll_s = 0.5", "engine_timeout_s = 30.0", f"time_scale = {time_scale}",
-    ]  # fmt: skip
+        "[server]",
+        "port = 0",
+        f"max_queue = {max_queue}",
+        f"request_deadline_s = {deadline_s}",
+        "metrics_poll_s = 0.5",
+        "engine_timeout_s = 30.0",
+        f"time_scale = {time_scale}",
+    ]
     path = tmp / f"fleet-{len(list(tmp.iterdir()))}.toml"
     path.write_text("\n".join(lines) + "\n")
     return path
@@ -157,7 +176,17 @@ LOOP = "auto"  # --loop of the server processes
 
 
 def _start_server(fleet: Path, ready_timeout_s: float = 180.0) -> tuple[subprocess.Popen, str]:
-    cmd = [sys.executable, "-m", "aragog_jax.serve", "--fleet", str(fleet), "--log-level", "WARNING", "--loop", LOOP]
+    cmd = [
+        sys.executable,
+        "-m",
+        "aragog_jax.serve",
+        "--fleet",
+        str(fleet),
+        "--log-level",
+        "WARNING",
+        "--loop",
+        LOOP,
+    ]
     proc, lines = _spawn(cmd, r"serving on http://")
     url = re.search(r"(http://\S+)", lines[-1]).group(1)
 
@@ -214,7 +243,9 @@ class Tally:
         self.outcomes[kind] = self.outcomes.get(kind, 0) + 1
 
 
-async def _one(http: aiohttp.ClientSession, url: str, text: str, tally: Tally, hang_after_s: float) -> None:
+async def _one(
+    http: aiohttp.ClientSession, url: str, text: str, tally: Tally, hang_after_s: float
+) -> None:
     index = tally.sent
     tally.sent += 1
     tally._tick(+1)
@@ -224,13 +255,19 @@ async def _one(http: aiohttp.ClientSession, url: str, text: str, tally: Tally, h
         tally._tick(-1)
 
 
-async def _request(http: aiohttp.ClientSession, url: str, text: str, tally: Tally, hang_after_s: float, index: int) -> None:
+async def _request(
+    http: aiohttp.ClientSession, url: str, text: str, tally: Tally, hang_after_s: float, index: int
+) -> None:
     t0 = time.perf_counter()
     try:
-        async with http.post(f"{url}/v1/workflows/{WORKFLOW}/runs", json={"input": text}, timeout=aiohttp.ClientTimeout(total=hang_after_s)) as r:
+        async with http.post(
+            f"{url}/v1/workflows/{WORKFLOW}/runs",
+            json={"input": text},
+            timeout=aiohttp.ClientTimeout(total=hang_after_s),
+        ) as r:
             body = await r.read()
             status = r.status
-    except asyncio.TimeoutError:
+    except TimeoutError:
         tally.add("hung")
         return
     except aiohttp.ClientError:
@@ -249,10 +286,14 @@ async def _request(http: aiohttp.ClientSession, url: str, text: str, tally: Tall
         tally.routing.append(rec["routing_s"])
         tally.run.extend(s["run_s"] for s in rec["stages"])
     else:
-        tally.add({429: "rejected", 503: "unavailable", 504: "expired"}.get(status, f"failed_{status}"))
+        tally.add(
+            {429: "rejected", 503: "unavailable", 504: "expired"}.get(status, f"failed_{status}")
+        )
 
 
-async def poisson(url: str, rate: float, duration_s: float, max_requests: int, seed: int, hang_after_s: float) -> tuple[Tally, float]:
+async def poisson(
+    url: str, rate: float, duration_s: float, max_requests: int, seed: int, hang_after_s: float
+) -> tuple[Tally, float]:
     rng = random.Random(seed)
     tally = Tally()
     conn = aiohttp.TCPConnector(limit=0)
@@ -264,14 +305,18 @@ async def poisson(url: str, rate: float, duration_s: float, max_requests: int, s
             delay = t0 + next_t - time.perf_counter()
             if delay > 0:
                 await asyncio.sleep(delay)
-            tasks.append(asyncio.create_task(_one(http, url, rng.choice(INPUTS), tally, hang_after_s)))
+            tasks.append(
+                asyncio.create_task(_one(http, url, rng.choice(INPUTS), tally, hang_after_s))
+            )
             next_t += rng.expovariate(rate)
         await asyncio.gather(*tasks)
         wall = time.perf_counter() - t0
     return tally, wall
 
 
-async def closed_loop(url: str, concurrency: int, duration_s: float, max_requests: int, seed: int, hang_after_s: float) -> tuple[Tally, float]:
+async def closed_loop(
+    url: str, concurrency: int, duration_s: float, max_requests: int, seed: int, hang_after_s: float
+) -> tuple[Tally, float]:
     rng = random.Random(seed)
     tally = Tally()
     tally.herd = concurrency
@@ -317,7 +362,10 @@ async def disconnect_wave(url: str, num: int, hang_after_s: float) -> dict:
             t0 = time.perf_counter()
             while not cond(text := await metrics()):
                 if time.perf_counter() - t0 > hang_after_s:
-                    print(f"disconnect phase: {what} not seen within {hang_after_s} s", file=sys.stderr)
+                    print(
+                        f"disconnect phase: {what} not seen within {hang_after_s} s",
+                        file=sys.stderr,
+                    )
                     return text, False
                 await asyncio.sleep(0.002)
             return text, True
@@ -325,14 +373,21 @@ async def disconnect_wave(url: str, num: int, hang_after_s: float) -> dict:
         conns = [await asyncio.open_connection(host, int(port)) for _ in range(num)]
         for _, w in conns:
             w.write(raw)
-        before, _ = await until(lambda t: _metric(t, "aragog_requests_in_flight") >= num, f"{num} runs in flight")
+        before, _ = await until(
+            lambda t: _metric(t, "aragog_requests_in_flight") >= num, f"{num} runs in flight"
+        )
         cancelled0 = _metric(before, "aragog_requests_total", status="cancelled")
         t_close = time.perf_counter()
         for _, w in conns:
             w.close()
-        after, freed = await until(lambda t: _metric(t, "aragog_requests_total", status="cancelled") - cancelled0 >= num, "the cancellations")
+        after, freed = await until(
+            lambda t: _metric(t, "aragog_requests_total", status="cancelled") - cancelled0 >= num,
+            "the cancellations",
+        )
         freed_ms = 1000.0 * (time.perf_counter() - t_close) if freed else None
-        rounds = _metric(after, "aragog_scheduling_seconds_count") - _metric(before, "aragog_scheduling_seconds_count")
+        rounds = _metric(after, "aragog_scheduling_seconds_count") - _metric(
+            before, "aragog_scheduling_seconds_count"
+        )
         dispatches = _metric(after, "aragog_stage_dispatches_total", outcome="cancelled") - _metric(
             before, "aragog_stage_dispatches_total", outcome="cancelled"
         )
@@ -343,7 +398,9 @@ async def disconnect_wave(url: str, num: int, hang_after_s: float) -> dict:
         "phase": "disconnect",
         "disconnected": num,
         "load_average_1m": round(os.getloadavg()[0], 2),
-        "freed_ms": round(freed_ms, 2) if freed_ms is not None else None,  # None: never counted cancelled
+        "freed_ms": round(freed_ms, 2)
+        if freed_ms is not None
+        else None,  # None: never counted cancelled
         "rounds_while_freeing": int(rounds),
         "cancelled_dispatches": int(dispatches),
         "sent": num,
@@ -359,7 +416,9 @@ def _pct(xs: list[float], ms: bool = True) -> dict[str, float]:
     if not xs:
         return {}
     a = np.asarray(xs) * (1000.0 if ms else 1.0)
-    return {f"p{q}": round(float(np.percentile(a, q)), 3) for q in (50, 90, 99)} | {"max": round(float(a.max()), 3)}
+    return {f"p{q}": round(float(np.percentile(a, q)), 3) for q in (50, 90, 99)} | {
+        "max": round(float(a.max()), 3)
+    }
 
 
 def summarize(name: str, tally: Tally, wall: float, server_cpu_s: float, **extra) -> dict:
@@ -367,7 +426,9 @@ def summarize(name: str, tally: Tally, wall: float, server_cpu_s: float, **extra
     return {
         "phase": name,
         **extra,
-        "load_average_1m": round(os.getloadavg()[0], 2),  # the machine is shared: context for the figures
+        "load_average_1m": round(
+            os.getloadavg()[0], 2
+        ),  # the machine is shared: context for the figures
         "wall_s": round(wall, 2),
         "sent": tally.sent,
         "outcomes": dict(sorted(tally.outcomes.items())),
@@ -380,7 +441,9 @@ def summarize(name: str, tally: Tally, wall: float, server_cpu_s: float, **extra
         "stage_dispatches_per_s": round(tally.stages / wall, 1),
         # CPU the server process used per completed stage dispatch: independent of how
         # busy the shared machine is (wall-clock figures are not).
-        "server_cpu_ms_per_dispatch": round(1000.0 * server_cpu_s / tally.stages, 3) if tally.stages else None,
+        "server_cpu_ms_per_dispatch": round(1000.0 * server_cpu_s / tally.stages, 3)
+        if tally.stages
+        else None,
         "server_cpu_share": round(server_cpu_s / wall, 2),
         "latency_ms": _pct(tally.latency),
         "overhead_per_dispatch_ms": _pct(tally.overhead),
@@ -404,26 +467,69 @@ def _cpu_model() -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--rates", default="100,200,400", help="Poisson rates (requests/s) against instant fake engines")
-    ap.add_argument("--concurrency", type=int, default=200, help="closed-loop clients (default 200)")
-    ap.add_argument("--emulated-rate", type=float, default=20.0, help="Poisson rate against emulated engines (requests/s)")
-    ap.add_argument("--overload", type=float, default=10.0, help="overload factor over --emulated-rate (default 10)")
-    ap.add_argument("--duration-s", type=float, default=8.0, help="seconds of arrivals per phase (default 8)")
-    ap.add_argument("--max-requests", type=int, default=6000, help="at most this many requests per phase")
-    ap.add_argument("--deadline-s", type=float, default=10.0, help="server request deadline (default 10)")
-    ap.add_argument("--max-queue", type=int, default=256, help="server meta-queue bound (default 256)")
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument(
+        "--rates",
+        default="100,200,400",
+        help="Poisson rates (requests/s) against instant fake engines",
+    )
+    ap.add_argument(
+        "--concurrency", type=int, default=200, help="closed-loop clients (default 200)"
+    )
+    ap.add_argument(
+        "--emulated-rate",
+        type=float,
+        default=20.0,
+        help="Poisson rate against emulated engines (requests/s)",
+    )
+    ap.add_argument(
+        "--overload",
+        type=float,
+        default=10.0,
+        help="overload factor over --emulated-rate (default 10)",
+    )
+    ap.add_argument(
+        "--duration-s", type=float, default=8.0, help="seconds of arrivals per phase (default 8)"
+    )
+    ap.add_argument(
+        "--max-requests", type=int, default=6000, help="at most this many requests per phase"
+    )
+    ap.add_argument(
+        "--deadline-s", type=float, default=10.0, help="server request deadline (default 10)"
+    )
+    ap.add_argument(
+        "--max-queue", type=int, default=256, help="server meta-queue bound (default 256)"
+    )
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--loop", default="auto", choices=["auto", "asyncio", "uvloop"], help="the server's event loop (default auto)")
+    ap.add_argument(
+        "--loop",
+        default="auto",
+        choices=["auto", "asyncio", "uvloop"],
+        help="the server's event loop (default auto)",
+    )
     ap.add_argument("--quick", action="store_true", help="2-second phases, one fake rate")
-    ap.add_argument("--phases", default="fake,closed_instant,closed_delayed,emulated,disconnect", help="which phases to run (default all)")
-    ap.add_argument("--disconnect-delay-s", type=float, default=1.0,
-                    help="fake-engine reply delay of the 'disconnect' phase: long enough that the first wave is still "
-                         "running when it hangs up (default 1.0)")  # fmt: skip
+    ap.add_argument(
+        "--phases",
+        default="fake,closed_instant,closed_delayed,emulated,disconnect",
+        help="which phases to run (default all)",
+    )
+    ap.add_argument(
+        "--disconnect-delay-s",
+        type=float,
+        default=1.0,
+        help="fake-engine reply delay of the 'disconnect' phase: long enough that the first wave is still "
+        "running when it hangs up (default 1.0)",
+    )
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "serve_load.json")
-    ap.add_argument("--engine-delay-s", type=float, default=0.2,
-                    help="fake-engine reply delay of the 'closed_delayed' phase, sized so that --concurrency clients "
-                         "give about 1,000 stage dispatches/s without saturating the CPU (default 0.2)")  # fmt: skip
+    ap.add_argument(
+        "--engine-delay-s",
+        type=float,
+        default=0.2,
+        help="fake-engine reply delay of the 'closed_delayed' phase, sized so that --concurrency clients "
+        "give about 1,000 stage dispatches/s without saturating the CPU (default 0.2)",
+    )
     ap.add_argument("--_fake-engines", dest="fake_engines", help=argparse.SUPPRESS)
     ap.add_argument("--_delay", dest="fake_delay", type=float, default=0.0, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
@@ -447,39 +553,126 @@ def main(argv: list[str] | None = None) -> int:
         # The fake engines answer without computing but carry the H100 profiles' slot
         # counts, so the scheduler sees the capacity of the real fleet.
         profile_of = _profiles_by_model()
-        delays = [d for d, ph in ((0.0, ("fake", "closed_instant")), (args.engine_delay_s, ("closed_delayed",))) if set(ph) & phases]
+        delays = [
+            d
+            for d, ph in (
+                (0.0, ("fake", "closed_instant")),
+                (args.engine_delay_s, ("closed_delayed",)),
+            )
+            if set(ph) & phases
+        ]
         for delay in delays:
-            fakes, lines = _spawn([sys.executable, __file__, "--_fake-engines", ",".join(models), "--_delay", str(delay)], r"^ready")
+            fakes, lines = _spawn(
+                [
+                    sys.executable,
+                    __file__,
+                    "--_fake-engines",
+                    ",".join(models),
+                    "--_delay",
+                    str(delay),
+                ],
+                r"^ready",
+            )
             try:
-                engines = [(f"fake-{i}", ln.split()[1], ln.split()[0], profile_of[ln.split()[1]]) for i, ln in enumerate(lines[:-1])]
-                fleet = _write_fleet(tmp, engines, max_queue=max(args.max_queue, args.concurrency), deadline_s=args.deadline_s, time_scale=1.0)
+                engines = [
+                    (f"fake-{i}", ln.split()[1], ln.split()[0], profile_of[ln.split()[1]])
+                    for i, ln in enumerate(lines[:-1])
+                ]
+                fleet = _write_fleet(
+                    tmp,
+                    engines,
+                    max_queue=max(args.max_queue, args.concurrency),
+                    deadline_s=args.deadline_s,
+                    time_scale=1.0,
+                )
                 server, url = _start_server(fleet)
                 try:
-                    asyncio.run(poisson(url, 20.0, 1.0, 20, args.seed, hang_after))  # warm-up, not reported
+                    asyncio.run(
+                        poisson(url, 20.0, 1.0, 20, args.seed, hang_after)
+                    )  # warm-up, not reported
                     if delay == 0.0 and "fake" in phases:
                         for i, rate in enumerate(rates):
-                            tally, wall, cpu = _measured(lambda: asyncio.run(poisson(url, rate, args.duration_s, args.max_requests, args.seed + i, hang_after)), server.pid)  # noqa: B023
-                            results.append(summarize("fake", tally, wall, cpu, rate=rate, engine_delay_s=delay))
+                            tally, wall, cpu = _measured(
+                                lambda: asyncio.run(
+                                    poisson(
+                                        url,
+                                        rate,
+                                        args.duration_s,
+                                        args.max_requests,
+                                        args.seed + i,
+                                        hang_after,
+                                    )
+                                ),
+                                server.pid,
+                            )  # noqa: B023
+                            results.append(
+                                summarize("fake", tally, wall, cpu, rate=rate, engine_delay_s=delay)
+                            )
                             print(json.dumps(results[-1]), flush=True)
                     if delay == 0.0 and "closed_instant" not in phases:
                         continue
-                    tally, wall, cpu = _measured(lambda: asyncio.run(closed_loop(url, args.concurrency, args.duration_s, args.max_requests, args.seed, hang_after)), server.pid)  # noqa: B023
+                    tally, wall, cpu = _measured(
+                        lambda: asyncio.run(
+                            closed_loop(
+                                url,
+                                args.concurrency,
+                                args.duration_s,
+                                args.max_requests,
+                                args.seed,
+                                hang_after,
+                            )
+                        ),
+                        server.pid,
+                    )  # noqa: B023
                     name = "closed_instant" if delay == 0.0 else "closed_delayed"
-                    results.append(summarize(name, tally, wall, cpu, concurrency=args.concurrency, engine_delay_s=delay))
+                    results.append(
+                        summarize(
+                            name,
+                            tally,
+                            wall,
+                            cpu,
+                            concurrency=args.concurrency,
+                            engine_delay_s=delay,
+                        )
+                    )
                     print(json.dumps(results[-1]), flush=True)
                 finally:
                     _stop(server)
             finally:
                 _stop(fakes)
         if "disconnect" in phases:
-            fakes, lines = _spawn([sys.executable, __file__, "--_fake-engines", ",".join(models), "--_delay", str(args.disconnect_delay_s)], r"^ready")
+            fakes, lines = _spawn(
+                [
+                    sys.executable,
+                    __file__,
+                    "--_fake-engines",
+                    ",".join(models),
+                    "--_delay",
+                    str(args.disconnect_delay_s),
+                ],
+                r"^ready",
+            )
             try:
-                engines = [(f"fake-{i}", ln.split()[1], ln.split()[0], profile_of[ln.split()[1]]) for i, ln in enumerate(lines[:-1])]
-                fleet = _write_fleet(tmp, engines, max_queue=args.max_queue, deadline_s=args.deadline_s, time_scale=1.0)
+                engines = [
+                    (f"fake-{i}", ln.split()[1], ln.split()[0], profile_of[ln.split()[1]])
+                    for i, ln in enumerate(lines[:-1])
+                ]
+                fleet = _write_fleet(
+                    tmp,
+                    engines,
+                    max_queue=args.max_queue,
+                    deadline_s=args.deadline_s,
+                    time_scale=1.0,
+                )
                 server, url = _start_server(fleet)
                 try:
-                    asyncio.run(poisson(url, 20.0, 1.0, 20, args.seed, hang_after))  # warm-up, not reported
-                    results.append(asyncio.run(disconnect_wave(url, args.max_queue, hang_after)) | {"engine_delay_s": args.disconnect_delay_s})
+                    asyncio.run(
+                        poisson(url, 20.0, 1.0, 20, args.seed, hang_after)
+                    )  # warm-up, not reported
+                    results.append(
+                        asyncio.run(disconnect_wave(url, args.max_queue, hang_after))
+                        | {"engine_delay_s": args.disconnect_delay_s}
+                    )
                     print(json.dumps(results[-1]), flush=True)
                 finally:
                     _stop(server)
@@ -491,19 +684,37 @@ def main(argv: list[str] | None = None) -> int:
         if "emulated" not in phases:
             fleet_file = None
 
-        emu = [(e.name, e.model, "", str((fleet_file.parent / e.profile).resolve())) for e in load_fleet(fleet_file).engine] if fleet_file else []
+        emu = (
+            [
+                (e.name, e.model, "", str((fleet_file.parent / e.profile).resolve()))
+                for e in load_fleet(fleet_file).engine
+            ]
+            if fleet_file
+            else []
+        )
         server = None
         if emu:
-            fleet = _write_fleet(tmp, emu, max_queue=args.max_queue, deadline_s=args.deadline_s, time_scale=10.0)
+            fleet = _write_fleet(
+                tmp, emu, max_queue=args.max_queue, deadline_s=args.deadline_s, time_scale=10.0
+            )
             server, url = _start_server(fleet)
         try:
             if server is not None:
                 asyncio.run(poisson(url, 5.0, 1.0, 5, args.seed, hang_after))
             for factor in (1.0, args.overload) if server is not None else ():
                 rate = args.emulated_rate * factor
-                tally, wall, cpu = _measured(lambda: asyncio.run(poisson(url, rate, args.duration_s, args.max_requests, args.seed + 7, hang_after)), server.pid)  # noqa: B023
+                tally, wall, cpu = _measured(
+                    lambda: asyncio.run(
+                        poisson(
+                            url, rate, args.duration_s, args.max_requests, args.seed + 7, hang_after
+                        )
+                    ),
+                    server.pid,
+                )  # noqa: B023
                 # The server process also runs the emulated engines: its CPU includes theirs.
-                results.append(summarize("emulated", tally, wall, cpu, rate=rate, load_factor=factor))
+                results.append(
+                    summarize("emulated", tally, wall, cpu, rate=rate, load_factor=factor)
+                )
                 print(json.dumps(results[-1]), flush=True)
         finally:
             if server is not None:
@@ -514,13 +725,23 @@ def main(argv: list[str] | None = None) -> int:
         "device": f"{_cpu_model()}, {os.cpu_count()} CPUs shared with other jobs",
         "python": platform.python_version(),
         # --loop auto means uvloop when it is installed (a default dependency off Windows).
-        "server_loop": LOOP if LOOP != "auto" else ("uvloop" if importlib.util.find_spec("uvloop") else "asyncio"),
+        "server_loop": LOOP
+        if LOOP != "auto"
+        else ("uvloop" if importlib.util.find_spec("uvloop") else "asyncio"),
         "workflow": WORKFLOW,
-        "settings": {k: v for k, v in vars(args).items() if k not in ("out", "fake_engines")} | {"out": str(args.out)},
-        "targets": {"overhead_p50_ms": 2.0, "overhead_p99_ms": 10.0, "dispatches_per_s": 1000, "concurrency": args.concurrency},
+        "settings": {k: v for k, v in vars(args).items() if k not in ("out", "fake_engines")}
+        | {"out": str(args.out)},
+        "targets": {
+            "overhead_p50_ms": 2.0,
+            "overhead_p99_ms": 10.0,
+            "dispatches_per_s": 1000,
+            "concurrency": args.concurrency,
+        },
         "phases": results,
         "all_accounted": all(r["accounted"] and r["lost"] == 0 and r["hung"] == 0 for r in results),
-        "disconnects_freed_within_one_round": all(r["freed_within_one_round"] for r in results if r["phase"] == "disconnect"),
+        "disconnects_freed_within_one_round": all(
+            r["freed_within_one_round"] for r in results if r["phase"] == "disconnect"
+        ),
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(doc, indent=1) + "\n")

@@ -34,11 +34,15 @@ def arrays(request):
 @pytest.mark.parametrize("bucket", BUCKETS)
 def test_route_jit(benchmark, arrays, bucket):
     num_c, (cfg, params, thr, always) = arrays
-    feats = jnp.asarray(np.random.default_rng(0).normal(size=(bucket, FEATURE_DIM)).astype(np.float32))
+    feats = jnp.asarray(
+        np.random.default_rng(0).normal(size=(bucket, FEATURE_DIM)).astype(np.float32)
+    )
     fn = compiled_route(params, thr, always, bucket)
     jax.block_until_ready(fn(params, feats, thr, always))
     benchmark.group = f"C={num_c}"
-    benchmark.extra_info.update(num_configs=num_c, bucket=bucket, impl="jit", flops_per_request=cfg.flops_per_request())
+    benchmark.extra_info.update(
+        num_configs=num_c, bucket=bucket, impl="jit", flops_per_request=cfg.flops_per_request()
+    )
     mask, _ = benchmark(lambda: jax.block_until_ready(fn(params, feats, thr, always)))
     assert mask.shape == (bucket, num_c) and bool(mask[:, -1].all())
     benchmark.extra_info["req_per_s"] = bucket / benchmark.stats.stats.median
@@ -52,7 +56,12 @@ def test_route_numpy_twin(benchmark, arrays, bucket):
     benchmark.group = f"C={num_c}"
     benchmark.extra_info.update(num_configs=num_c, bucket=bucket, impl="numpy")
     rounds = 3 if bucket >= 512 else 10
-    mask, _ = benchmark.pedantic(R.route, args=(np_params, feats, np.asarray(thr), np.asarray(always)), rounds=rounds, warmup_rounds=1)
+    mask, _ = benchmark.pedantic(
+        R.route,
+        args=(np_params, feats, np.asarray(thr), np.asarray(always)),
+        rounds=rounds,
+        warmup_rounds=1,
+    )
     assert mask.shape == (bucket, num_c)
     benchmark.extra_info["req_per_s"] = bucket / benchmark.stats.stats.median
 

@@ -25,7 +25,9 @@ CASES = {
 def _arrays(case: str):
     kw = dict(CASES[case])
     num_items = kw.pop("num_items", HEADLINE["num_items"])
-    return make_round(num_items, HEADLINE["num_configs"], HEADLINE["num_engines"], HEADLINE["total_free"], **kw)
+    return make_round(
+        num_items, HEADLINE["num_configs"], HEADLINE["num_engines"], HEADLINE["total_free"], **kw
+    )
 
 
 @pytest.mark.parametrize("case", list(CASES))

@@ -91,13 +91,21 @@ def build(out: Path, seed: int, max_files: int) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("out", type=Path, help="output directory (created)")
-    ap.add_argument("--seed", type=int, default=0, help="torch seed for the random weights (default 0)")
-    ap.add_argument("--max-files", type=int, default=400, help="stdlib .py files to train the tokenizer on")
+    ap.add_argument(
+        "--seed", type=int, default=0, help="torch seed for the random weights (default 0)"
+    )
+    ap.add_argument(
+        "--max-files", type=int, default=400, help="stdlib .py files to train the tokenizer on"
+    )
     args = ap.parse_args(argv)
     info = build(args.out, args.seed, args.max_files)
-    print(f"tiny model in {args.out}: {info['num_params']:,} parameters, vocab {info['vocab_size']}")
+    print(
+        f"tiny model in {args.out}: {info['num_params']:,} parameters, vocab {info['vocab_size']}"
+    )
     return 0
 
 

@@ -1,7 +1,7 @@
 """Summarise the shipped accuracy datasets: c_max accuracy and viable-set sizes.
 
-    python scripts/dataset_stats.py profiles/datasets            # JSON (stats.json)
-    python scripts/dataset_stats.py profiles/datasets --markdown # the README table
+python scripts/dataset_stats.py profiles/datasets            # JSON (stats.json)
+python scripts/dataset_stats.py profiles/datasets --markdown # the README table
 """
 
 from __future__ import annotations
@@ -41,12 +41,16 @@ def main() -> int:
     if not args.markdown:
         print(json.dumps(stats, indent=2, sort_keys=True))
         return 0
-    print("| workflow / family | N | C | target | c_max acc | viable frac mean | q10 / q25 / q50 / q75 / q90 | cheapest != c_max | all accurate | oracle FLOPs |")
+    print(
+        "| workflow / family | N | C | target | c_max acc | viable frac mean | q10 / q25 / q50 / "
+        "q75 / q90 | cheapest != c_max | all accurate | oracle FLOPs |"
+    )
     print("|---|---|---|---|---|---|---|---|---|---|")
     for key, s in stats.items():
         qs = " / ".join(f"{s[f'viable_frac_q{q}']:.2f}" for q in (10, 25, 50, 75, 90))
         print(
-            f"| {key} | {s['num_inputs']} | {s['num_configs']} | {s['target_accuracy']:.2f} | {s['c_max_accuracy']:.3f} "
+            f"| {key} | {s['num_inputs']} | {s['num_configs']} | {s['target_accuracy']:.2f} | "
+            f"{s['c_max_accuracy']:.3f} "
             f"| {s['viable_frac_mean']:.2f} | {qs} | {s['cheapest_not_cmax']:.2f} | {s['all_accurate_frac']:.2f} "
             f"| {s['oracle_flops_ratio']:.2f} |"
         )

@@ -26,7 +26,9 @@ def test_dir_lock_refuses_a_second_holder_naming_the_first_and_is_free_after_rel
     with DirLock(tmp_path, "x.lock", "label run"):
         held = json.loads((tmp_path / "x.lock").read_text())
         assert held["pid"] == os.getpid() and held["host"] and held["started"].endswith("Z")
-        with pytest.raises(AragogError, match=rf"another label run is using it \(pid {os.getpid()} on .*x\.lock"):
+        with pytest.raises(
+            AragogError, match=rf"another label run is using it \(pid {os.getpid()} on .*x\.lock"
+        ):
             DirLock(tmp_path, "x.lock", "label run").acquire()
     with DirLock(tmp_path, "x.lock", "label run"):
         pass

@@ -9,7 +9,12 @@ from aragog_jax.data._dataset import (
     read_meta,
     save_dataset,
 )
-from aragog_jax.data._scores import DEFAULT_PUBLISHED_SCORES, PublishedScores, Ratio, load_published_scores
+from aragog_jax.data._scores import (
+    DEFAULT_PUBLISHED_SCORES,
+    PublishedScores,
+    Ratio,
+    load_published_scores,
+)
 from aragog_jax.data._synth import (
     DEFAULT_TARGET_ACCURACY,
     SynthParams,

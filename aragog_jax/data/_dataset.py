@@ -91,7 +91,9 @@ class AccuracyDataset:
             )
 
 
-def save_dataset(ds: AccuracyDataset, out: str | Path, extra: dict[str, np.ndarray] | None = None) -> Path:
+def save_dataset(
+    ds: AccuracyDataset, out: str | Path, extra: dict[str, np.ndarray] | None = None
+) -> Path:
     """Write ``ds`` as a dataset directory; byte-identical for identical content.
 
     ``extra`` arrays (e.g. the labeller's ``labelled``) are saved as ``NAME.npy`` with the
@@ -99,7 +101,9 @@ def save_dataset(ds: AccuracyDataset, out: str | Path, extra: dict[str, np.ndarr
     """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    remove_durably(out / "meta.json")  # from here until the new one lands, the directory is incomplete
+    remove_durably(
+        out / "meta.json"
+    )  # from here until the new one lands, the directory is incomplete
     meta = dict(ds.meta)
     meta.update(
         format=FORMAT,
@@ -109,7 +113,12 @@ def save_dataset(ds: AccuracyDataset, out: str | Path, extra: dict[str, np.ndarr
     )
     lines = []
     for i in range(ds.num_inputs):
-        row = {"id": ds.ids[i], "text": ds.texts[i], "split": ds.splits[i], "tokens": ds.tokens[i].tolist()}
+        row = {
+            "id": ds.ids[i],
+            "text": ds.texts[i],
+            "split": ds.splits[i],
+            "tokens": ds.tokens[i].tolist(),
+        }
         lines.append(json.dumps(row, ensure_ascii=False) + "\n")
     atomic_write(out / "inputs.jsonl", "".join(lines))
     for name, arr in {"scores": ds.scores.astype(np.float16), **(extra or {})}.items():
@@ -127,8 +136,10 @@ def read_meta(path: str | Path) -> dict:
         if not path.is_dir():
             raise DatasetError(f"{path}: not an accuracy dataset (no meta.json: no such directory)")
         if (path / "inputs.jsonl").exists() or (path / "scores.npy").exists():
-            raise DatasetError(f"{path}: incomplete accuracy dataset (no meta.json: the run writing it was "
-                               "interrupted); rerun it to finish")  # fmt: skip
+            raise DatasetError(
+                f"{path}: incomplete accuracy dataset (no meta.json: the run writing it was "
+                "interrupted); rerun it to finish"
+            )
         raise DatasetError(f"{path}: not an accuracy dataset (no meta.json)")
     try:
         meta = json.loads(meta_path.read_text())
@@ -161,7 +172,9 @@ def load_dataset(path: str | Path, space: ConfigSpace | None = None) -> Accuracy
                 ids.append(str(row["id"]))
                 texts.append(str(row["text"]))
                 if row["split"] not in SPLITS:
-                    raise DatasetError(f"{inputs_path}:{lineno}: split: unknown split {row['split']!r}")
+                    raise DatasetError(
+                        f"{inputs_path}:{lineno}: split: unknown split {row['split']!r}"
+                    )
                 splits.append(row["split"])
                 tokens.append(row["tokens"])
             except (json.JSONDecodeError, KeyError, TypeError) as exc:
@@ -169,16 +182,26 @@ def load_dataset(path: str | Path, space: ConfigSpace | None = None) -> Accuracy
     try:
         scores = np.load(scores_path, allow_pickle=False).astype(np.float32)
     except (ValueError, EOFError, OSError) as exc:
-        raise DatasetError(f"{scores_path}: not a readable .npy array ({type(exc).__name__}: {exc})") from exc
+        raise DatasetError(
+            f"{scores_path}: not a readable .npy array ({type(exc).__name__}: {exc})"
+        ) from exc
     if scores.ndim != 2 or scores.shape[0] != len(ids):
-        raise DatasetError(f"{scores_path}: shape {scores.shape}, expected ({len(ids)}, num_configs)")
-    if scores.shape[1] != meta.get("num_configs", scores.shape[1]) or len(ids) != meta.get("num_inputs", len(ids)):
-        raise DatasetError(f"{path}: meta.json says {meta.get('num_inputs')} inputs x {meta.get('num_configs')} "
-                           f"configurations, the files hold {len(ids)} x {scores.shape[1]}")  # fmt: skip
+        raise DatasetError(
+            f"{scores_path}: shape {scores.shape}, expected ({len(ids)}, num_configs)"
+        )
+    if scores.shape[1] != meta.get("num_configs", scores.shape[1]) or len(ids) != meta.get(
+        "num_inputs", len(ids)
+    ):
+        raise DatasetError(
+            f"{path}: meta.json says {meta.get('num_inputs')} inputs x {meta.get('num_configs')} "
+            f"configurations, the files hold {len(ids)} x {scores.shape[1]}"
+        )
     try:
         tok = np.asarray(tokens, dtype=np.int32)
     except ValueError as exc:
-        raise DatasetError(f"{inputs_path}: tokens: every row needs one [input, output] pair per stage") from exc
+        raise DatasetError(
+            f"{inputs_path}: tokens: every row needs one [input, output] pair per stage"
+        ) from exc
     ds = AccuracyDataset(ids=ids, texts=texts, splits=splits, tokens=tok, scores=scores, meta=meta)
     if space is not None:
         ds.check_space(space, where=str(path))

@@ -67,7 +67,13 @@ from aragog_jax._provenance import git_sha
 from aragog_jax.data._dataset import SPLITS, AccuracyDataset, save_dataset
 from aragog_jax.errors import AragogError, DatasetError, SpecError, UpstreamError
 from aragog_jax.serving._client import ClientLimits, EngineClient
-from aragog_jax.serving._stagefn import StageFunctionError, StageState, load_stage_functions, render_prompt, run_stage
+from aragog_jax.serving._stagefn import (
+    StageFunctionError,
+    StageState,
+    load_stage_functions,
+    render_prompt,
+    run_stage,
+)
 from aragog_jax.space import ConfigSpace
 
 Scorer = Callable[[dict, str], float]
@@ -76,8 +82,18 @@ STATE_FORMAT = "aragog-label-state/2"
 ON_CHANGE = ("refuse", "update", "restart")
 
 #: Files a labelling directory holds (removed by ``on_change="restart"``).
-OUTPUT_FILES = ("meta.json", "inputs.jsonl", "scores.npy", "labelled.npy", "label_report.json", "calls.jsonl",
-                "failures.jsonl", "config_failures.jsonl", "input_errors.jsonl", "label_state.json")  # fmt: skip
+OUTPUT_FILES = (
+    "meta.json",
+    "inputs.jsonl",
+    "scores.npy",
+    "labelled.npy",
+    "label_report.json",
+    "calls.jsonl",
+    "failures.jsonl",
+    "config_failures.jsonl",
+    "input_errors.jsonl",
+    "label_state.json",
+)
 
 
 # -- the plan: configuration tree ------------------------------------------------------
@@ -134,7 +150,11 @@ class LabelPlan:
 
 def make_plan(space: ConfigSpace, config_ids: np.ndarray | None = None) -> LabelPlan:
     """The configuration tree of ``config_ids`` (default: every configuration)."""
-    ids = np.arange(space.num_configs) if config_ids is None else np.unique(np.asarray(config_ids, np.int64))
+    ids = (
+        np.arange(space.num_configs)
+        if config_ids is None
+        else np.unique(np.asarray(config_ids, np.int64))
+    )
     anc = _ancestors(space)
     topo = [int(x) for x in space.topo_order]
     keys: dict[tuple, int] = {}
@@ -163,7 +183,6 @@ def sample_configs(space: ConfigSpace, k: int | None, seed: int) -> np.ndarray:
     return np.unique(np.concatenate([others, [space.c_max]]).astype(np.int64))
 
 
-
 # -- inputs, scorers --------------------------------------------------------------------
 
 
@@ -188,7 +207,12 @@ class InputFile:
         """sha256 of the rows as labelled (id, text, the whole row), in order."""
         h = hashlib.sha256()
         for r in self.rows:
-            h.update(json.dumps([r.id, r.text, r.row], sort_keys=True, ensure_ascii=False, default=repr).encode() + b"\n")
+            h.update(
+                json.dumps(
+                    [r.id, r.text, r.row], sort_keys=True, ensure_ascii=False, default=repr
+                ).encode()
+                + b"\n"
+            )
         return h.hexdigest()
 
 
@@ -221,8 +245,14 @@ def _parse_row(line: str, lineno: int, fields: list[str], seen: dict[str, int]) 
     return InputRow(rid, text, split if split in SPLITS else "", row, lineno)
 
 
-def load_inputs(path: str | Path, *, text_field: str = "", split_fractions=(0.6, 0.2, 0.2), seed: int = 0,
-                limit: int | None = None) -> InputFile:  # fmt: skip
+def load_inputs(
+    path: str | Path,
+    *,
+    text_field: str = "",
+    split_fractions=(0.6, 0.2, 0.2),
+    seed: int = 0,
+    limit: int | None = None,
+) -> InputFile:
     """Read a JSONL dataset: text from ``text_field`` (default ``input``, else ``text``,
     ``question``; it must be a string), id from ``id`` (a string or an integer; default:
     the line number), split from ``split`` when it names one of train/calibration/test,
@@ -239,7 +269,9 @@ def load_inputs(path: str | Path, *, text_field: str = "", split_fractions=(0.6,
         raise DatasetError(f"{path}: dataset file not found")
     fr = np.asarray(split_fractions, dtype=np.float64)
     if fr.shape != (3,) or (fr < 0).any() or fr.sum() <= 0:
-        raise AragogError(f"split fractions must be three non-negative numbers, got {list(split_fractions)}")
+        raise AragogError(
+            f"split fractions must be three non-negative numbers, got {list(split_fractions)}"
+        )
     fields = [text_field] if text_field else ["input", "text", "question"]
     rows: list[InputRow] = []
     bad: list[dict] = []
@@ -264,7 +296,9 @@ def load_inputs(path: str | Path, *, text_field: str = "", split_fractions=(0.6,
         order = rng.permutation(len(todo))
         bounds = np.round(np.cumsum(fr / fr.sum()) * len(todo)).astype(int)
         for rank, i in enumerate(order):
-            todo[i].split = SPLITS[min(int(np.searchsorted(bounds, rank, side="right")), len(SPLITS) - 1)]
+            todo[i].split = SPLITS[
+                min(int(np.searchsorted(bounds, rank, side="right")), len(SPLITS) - 1)
+            ]
     return InputFile(path, rows, bad)
 
 
@@ -276,7 +310,9 @@ def load_scorer(spec: str) -> Scorer:
 def score_value(value) -> float:
     """A scorer's return value as a float; ValueError saying why it is not a score in [0, 1]."""
     if not isinstance(value, numbers.Real):
-        raise ValueError(f"scorer returned {_type_name(value)} {value!r:.60}, expected a number in [0, 1]")
+        raise ValueError(
+            f"scorer returned {_type_name(value)} {value!r:.60}, expected a number in [0, 1]"
+        )
     val = float(value)
     if not 0.0 <= val <= 1.0:  # NaN fails too
         raise ValueError(f"scorer returned {val!r}, not in [0, 1]")
@@ -298,13 +334,17 @@ def check_scorer(scorer: Scorer, name: str, first: InputRow) -> None:
     try:
         inspect.signature(scorer).bind(first.row, "")
     except TypeError as exc:
-        raise AragogError(f"{what}: cannot be called as scorer(input_row, output_text): {exc}") from exc
+        raise AragogError(
+            f"{what}: cannot be called as scorer(input_row, output_text): {exc}"
+        ) from exc
     except ValueError:
         pass  # no introspectable signature (some builtins): the call below tells
     try:
         val = scorer(first.row, "")
     except TypeError as exc:
-        raise AragogError(f"{what}: calling it with (input_row, output_text) on input {first.id!r} raised TypeError: {exc}") from exc
+        raise AragogError(
+            f"{what}: calling it with (input_row, output_text) on input {first.id!r} raised TypeError: {exc}"
+        ) from exc
     except Exception:  # noqa: BLE001 - may reject an empty output; real outputs decide
         return
     try:
@@ -356,7 +396,9 @@ def _key_str(key: tuple) -> str:
 
 
 def _digest(obj) -> str:
-    return hashlib.sha256(json.dumps(obj, sort_keys=True, ensure_ascii=False).encode()).hexdigest()[:32]
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, ensure_ascii=False).encode()).hexdigest()[
+        :32
+    ]
 
 
 # -- the manifest ---------------------------------------------------------------------------
@@ -379,15 +421,26 @@ def describe_changes(old: dict, new: dict) -> list[str]:
         for name in [*nst, *(n for n in ost if n not in nst)]:
             a, b = ost.get(name), nst.get(name)
             if a != b:
-                what = "added" if a is None else "removed" if b is None else ", ".join(
-                    f for f, x, y in zip(fields, a + [None] * 4, b + [None] * 4, strict=False) if x != y)  # fmt: skip
+                what = (
+                    "added"
+                    if a is None
+                    else "removed"
+                    if b is None
+                    else ", ".join(
+                        f
+                        for f, x, y in zip(fields, a + [None] * 4, b + [None] * 4, strict=False)
+                        if x != y
+                    )
+                )
                 out.append(f"stage {name!r} ({what})")
         if ow.get("fingerprint") != nw.get("fingerprint") and not out:
             out.append("workflow models or stages")
     od, nd = old.get("dataset", {}), new.get("dataset", {})
     if od != nd:
-        out.append(f"dataset ({od.get('rows')} rows, sha256 {str(od.get('sha256'))[:12]} -> "
-                   f"{nd.get('rows')} rows, {str(nd.get('sha256'))[:12]})")  # fmt: skip
+        out.append(
+            f"dataset ({od.get('rows')} rows, sha256 {str(od.get('sha256'))[:12]} -> "
+            f"{nd.get('rows')} rows, {str(nd.get('sha256'))[:12]})"
+        )
     of, nf = old.get("fleet", {}), new.get("fleet", {})
     for name in [*nf, *(n for n in of if n not in nf)]:
         a, b = of.get(name), nf.get(name)
@@ -395,12 +448,22 @@ def describe_changes(old: dict, new: dict) -> list[str]:
             if a is None or b is None:
                 out.append(f"engine {name!r} {'added' if a is None else 'removed'}")
             else:
-                out.append(f"engine {name!r} " + ", ".join(f"{k} {_short(a.get(k))} -> {_short(b.get(k))}"
-                                                         for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)))  # fmt: skip
+                out.append(
+                    f"engine {name!r} "
+                    + ", ".join(
+                        f"{k} {_short(a.get(k))} -> {_short(b.get(k))}"
+                        for k in sorted(set(a) | set(b))
+                        if a.get(k) != b.get(k)
+                    )
+                )
     if old.get("scorer") != new.get("scorer"):
         out.append(f"scorer {_short(old.get('scorer'))} -> {_short(new.get('scorer'))}")
     oo, no = old.get("options", {}), new.get("options", {})
-    out.extend(f"{k} {oo.get(k)!r} -> {no.get(k)!r}" for k in sorted(set(oo) | set(no)) if oo.get(k) != no.get(k))
+    out.extend(
+        f"{k} {oo.get(k)!r} -> {no.get(k)!r}"
+        for k in sorted(set(oo) | set(no))
+        if oo.get(k) != no.get(k)
+    )
     return out or (["label_state.json"] if old != new else [])
 
 
@@ -446,9 +509,21 @@ class LabelResult:
         return {
             "num_inputs": n,
             "num_labelled_configs": int(p.config_ids.size),
-            "per_input": {"naive_calls": p.num_naive, "distinct_prefixes": p.num_prefixes, "calls": p.num_calls},
-            "total": {"naive_calls": n * p.num_naive, "distinct_prefixes": n * p.num_prefixes, "calls": self.calls_total},
-            "this_run": {"calls_made": self.calls_made, "calls_cached": self.calls_cached, "calls_failed": self.calls_failed},
+            "per_input": {
+                "naive_calls": p.num_naive,
+                "distinct_prefixes": p.num_prefixes,
+                "calls": p.num_calls,
+            },
+            "total": {
+                "naive_calls": n * p.num_naive,
+                "distinct_prefixes": n * p.num_prefixes,
+                "calls": self.calls_total,
+            },
+            "this_run": {
+                "calls_made": self.calls_made,
+                "calls_cached": self.calls_cached,
+                "calls_failed": self.calls_failed,
+            },
             "config_failures": len(self.config_failures),
             "dropped_inputs": self.dropped_inputs,
             "input_errors": len(self.input_errors),
@@ -486,14 +561,27 @@ def _read_call_log(path: Path) -> tuple[dict[str, dict], int]:
 class Labeller:
     """Label ``inputs`` over ``space`` (built for ``workflow``) on ``engines``, into ``out``."""
 
-    def __init__(self, workflow, space: ConfigSpace, engines: list[EngineTarget], inputs: InputFile | list[InputRow],
-                 scorer: Scorer, out: str | Path, settings: LabelSettings = LabelSettings(), *, family: str = "",
-                 progress: Callable[[str], None] | None = None, scorer_name: str = "",
-                 provenance: dict | None = None):  # fmt: skip
+    def __init__(
+        self,
+        workflow,
+        space: ConfigSpace,
+        engines: list[EngineTarget],
+        inputs: InputFile | list[InputRow],
+        scorer: Scorer,
+        out: str | Path,
+        settings: LabelSettings = LabelSettings(),
+        *,
+        family: str = "",
+        progress: Callable[[str], None] | None = None,
+        scorer_name: str = "",
+        provenance: dict | None = None,
+    ):
         if settings.concurrency < 1:
             raise AragogError(f"concurrency must be >= 1, got {settings.concurrency}")
         if settings.on_change not in ON_CHANGE:
-            raise AragogError(f"unknown on_change {settings.on_change!r} (known: {', '.join(ON_CHANGE)})")
+            raise AragogError(
+                f"unknown on_change {settings.on_change!r} (known: {', '.join(ON_CHANGE)})"
+            )
         self.wf = workflow
         self.stage_fns = load_stage_functions(workflow)  # imports the user's stage functions now
         self.space = space
@@ -504,7 +592,10 @@ class Labeller:
         self.input_file = inputs
         self.inputs = inputs.rows
         self.scorer = scorer
-        self.scorer_name = scorer_name or f"{getattr(scorer, '__module__', '?')}:{getattr(scorer, '__qualname__', '?')}"
+        self.scorer_name = (
+            scorer_name
+            or f"{getattr(scorer, '__module__', '?')}:{getattr(scorer, '__qualname__', '?')}"
+        )
         self.out = Path(out)
         self.settings = settings
         self.family = family
@@ -518,25 +609,52 @@ class Labeller:
         needed = {space.model_names[m] for _, models in self.plan.call_keys for _, m in models}
         missing = sorted(needed - set(by_model))
         if missing:
-            raise SpecError(f"no engine serves model(s) {missing} needed by workflow {space.workflow!r}")
-        self.engines = {m: by_model[m] for m in sorted(needed)}  # the engines of other models are never called
-        limits = ClientLimits(request_timeout_s=settings.request_timeout_s, orca=False,
-                              max_connections=max(16, 2 * settings.concurrency))  # fmt: skip
-        self.clients = {e.name: EngineClient(e.name, e.url, e.served_model, limits) for t in self.engines.values() for e in t}
+            raise SpecError(
+                f"no engine serves model(s) {missing} needed by workflow {space.workflow!r}"
+            )
+        self.engines = {
+            m: by_model[m] for m in sorted(needed)
+        }  # the engines of other models are never called
+        limits = ClientLimits(
+            request_timeout_s=settings.request_timeout_s,
+            orca=False,
+            max_connections=max(16, 2 * settings.concurrency),
+        )
+        self.clients = {
+            e.name: EngineClient(e.name, e.url, e.served_model, limits)
+            for t in self.engines.values()
+            for e in t
+        }
         # What a stage contributes to its calls' digests (and to the manifest).
-        self.stage_pins = [[s.name, s.prompt, s.output_tokens, _function_pin(s.function, self.stage_fns[i]) if s.function else ""]
-                           for i, s in enumerate(workflow.stage)]  # fmt: skip
+        self.stage_pins = [
+            [
+                s.name,
+                s.prompt,
+                s.output_tokens,
+                _function_pin(s.function, self.stage_fns[i]) if s.function else "",
+            ]
+            for i, s in enumerate(workflow.stage)
+        ]
 
     # -- state files --------------------------------------------------------------------
 
     def manifest(self) -> dict:
         """What this directory is labelled with (``label_state.json``)."""
-        engines = sorted((e for targets in self.engines.values() for e in targets), key=lambda e: e.name)
+        engines = sorted(
+            (e for targets in self.engines.values() for e in targets), key=lambda e: e.name
+        )
         return {
             "format": STATE_FORMAT,
-            "workflow": {"name": self.space.workflow, "fingerprint": self.space.fingerprint(), "stages": self.stage_pins},
+            "workflow": {
+                "name": self.space.workflow,
+                "fingerprint": self.space.fingerprint(),
+                "stages": self.stage_pins,
+            },
             "dataset": {"rows": len(self.inputs), "sha256": self.input_file.digest()},
-            "fleet": {e.name: {"model": e.model, "url": e.engine_id, "served_model": e.served_model} for e in engines},
+            "fleet": {
+                e.name: {"model": e.model, "url": e.engine_id, "served_model": e.served_model}
+                for e in engines
+            },
             "scorer": _function_pin(self.scorer_name, self.scorer),
             "options": {"seed": self.settings.seed, "sample": self.settings.sample},
         }
@@ -550,35 +668,65 @@ class Labeller:
             try:
                 old = json.loads(state_path.read_text())
             except (ValueError, UnicodeDecodeError) as exc:
-                raise AragogError(f"{state_path}: unreadable ({exc}); rerun with --restart to start over") from exc
+                raise AragogError(
+                    f"{state_path}: unreadable ({exc}); rerun with --restart to start over"
+                ) from exc
             if not isinstance(old, dict) or old.get("format") != STATE_FORMAT:
                 got = old.get("format") if isinstance(old, dict) else None
-                raise AragogError(f"{self.out}: labelled by another labeller version ({got!r}, this one writes "
-                                  f"{STATE_FORMAT!r}; its call cache is not reusable); rerun with --restart")  # fmt: skip
+                raise AragogError(
+                    f"{self.out}: labelled by another labeller version ({got!r}, this one writes "
+                    f"{STATE_FORMAT!r}; its call cache is not reusable); rerun with --restart"
+                )
         mode = self.settings.on_change
         if old is not None and old != new:
             if mode == "refuse":
-                raise AragogError(f"{self.out}: was labelled with something else: {'; '.join(describe_changes(old, new))}; "
-                                  "rerun with --update to reuse the calls that still match (the rest are redone) "
-                                  "or --restart to start over")  # fmt: skip
-            self.progress(f"labelled with something else before ({'; '.join(describe_changes(old, new))}): {mode}")
+                raise AragogError(
+                    f"{self.out}: was labelled with something else: {'; '.join(describe_changes(old, new))}; "
+                    "rerun with --update to reuse the calls that still match (the rest are redone) "
+                    "or --restart to start over"
+                )
+            self.progress(
+                f"labelled with something else before ({'; '.join(describe_changes(old, new))}): {mode}"
+            )
         if mode == "restart":
             remove_durably(*(self.out / f for f in OUTPUT_FILES))
             old = None
         if old != new:
-            remove_durably(self.out / "meta.json")  # the dataset there no longer matches: incomplete until rewritten
+            remove_durably(
+                self.out / "meta.json"
+            )  # the dataset there no longer matches: incomplete until rewritten
             atomic_write(state_path, json.dumps(new, indent=1) + "\n")
         cache, unreadable = _read_call_log(self.out / "calls.jsonl")
         if unreadable:
-            self.progress(f"calls.jsonl: {unreadable} unreadable line(s) (a torn record is cut off); their calls are redone")
+            self.progress(
+                f"calls.jsonl: {unreadable} unreadable line(s) (a torn record is cut off); their calls are redone"
+            )
         return cache
 
-    def _call_digest(self, stage: int, model: str, target: EngineTarget, text: str, outputs: dict[str, str], seed: int) -> str:
+    def _call_digest(
+        self,
+        stage: int,
+        model: str,
+        target: EngineTarget,
+        text: str,
+        outputs: dict[str, str],
+        seed: int,
+    ) -> str:
         """Everything that determines a call's output (see the module docstring)."""
-        request = self.clients[target.name].chat_body("", max_tokens=max(1, self.wf.stage[stage].output_tokens), seed=seed)
+        request = self.clients[target.name].chat_body(
+            "", max_tokens=max(1, self.wf.stage[stage].output_tokens), seed=seed
+        )
         request.pop("messages")
-        return _digest({"input": text, "upstream": outputs, "stage": self.stage_pins[stage], "model": model,
-                        "engine": target.engine_id, "request": request})  # fmt: skip
+        return _digest(
+            {
+                "input": text,
+                "upstream": outputs,
+                "stage": self.stage_pins[stage],
+                "model": model,
+                "engine": target.engine_id,
+                "request": request,
+            }
+        )
 
     # -- running --------------------------------------------------------------------------
 
@@ -607,9 +755,11 @@ class Labeller:
         results: dict[tuple[str, int], dict | None] = {}
         failures: list[dict] = []
         calls_f = open(self.out / "calls.jsonl", "a", encoding="utf-8")  # noqa: SIM115 - closed below
-        self.progress(f"{len(self.inputs)} inputs x {plan.num_calls} calls = {total} calls "
-                      f"({len(cache)} in the cache); naive {len(self.inputs) * plan.num_naive}, "
-                      f"distinct prefixes {len(self.inputs) * plan.num_prefixes}")  # fmt: skip
+        self.progress(
+            f"{len(self.inputs)} inputs x {plan.num_calls} calls = {total} calls "
+            f"({len(cache)} in the cache); naive {len(self.inputs) * plan.num_naive}, "
+            f"distinct prefixes {len(self.inputs) * plan.num_prefixes}"
+        )
 
         def report(force: bool = False) -> None:
             now = time.monotonic()
@@ -617,7 +767,9 @@ class Labeller:
                 last_report[0] = now
                 done = counts["cached"] + counts["made"]
                 rate = counts["made"] / max(now - t0, 1e-9)
-                self.progress(f"calls {done}/{total} ({counts['cached']} cached, {counts['failed']} failed) {rate:.1f} calls/s")
+                self.progress(
+                    f"calls {done}/{total} ({counts['cached']} cached, {counts['failed']} failed) {rate:.1f} calls/s"
+                )
 
         async def call(row: InputRow, k: int, futs: list[asyncio.Future]) -> dict | None:
             up_recs = [await futs[u] for u in ups[k]]
@@ -626,7 +778,10 @@ class Labeller:
             s, models = plan.call_keys[k]
             stage = self.wf.stage[s]
             model = space.model_names[dict(models)[s]]
-            outputs = {space.stage_names[u]: r["text"] for u, r in zip(space.upstream[s], up_recs, strict=True)}
+            outputs = {
+                space.stage_names[u]: r["text"]
+                for u, r in zip(space.upstream[s], up_recs, strict=True)
+            }
             seed = _call_seed(self.settings.seed, row.text, plan.call_keys[k])
             targets = self.engines[model]
             target = targets[seed % len(targets)]
@@ -637,14 +792,35 @@ class Labeller:
             state = StageState(row.text, outputs, render_prompt(stage.prompt, row.text, outputs))
             async with sem:
                 try:
-                    res = await run_stage(stage, self.stage_fns.get(s), model, self.clients[target.name], state, seed=seed)
+                    res = await run_stage(
+                        stage,
+                        self.stage_fns.get(s),
+                        model,
+                        self.clients[target.name],
+                        state,
+                        seed=seed,
+                    )
                 except (UpstreamError, StageFunctionError) as exc:
                     counts["failed"] += 1
-                    failures.append({"input": row.id, "key": key_strs[k], "engine": target.name, "error": str(exc)})
+                    failures.append(
+                        {
+                            "input": row.id,
+                            "key": key_strs[k],
+                            "engine": target.name,
+                            "error": str(exc),
+                        }
+                    )
                     report()
                     return None
-            rec = {"digest": digest, "input": row.id, "key": key_strs[k], "engine": target.name, "text": res.text,
-                   "prompt_tokens": res.prompt_tokens, "completion_tokens": res.completion_tokens}  # fmt: skip
+            rec = {
+                "digest": digest,
+                "input": row.id,
+                "key": key_strs[k],
+                "engine": target.name,
+                "text": res.text,
+                "prompt_tokens": res.prompt_tokens,
+                "completion_tokens": res.completion_tokens,
+            }
             calls_f.write(json.dumps(rec, ensure_ascii=False) + "\n")
             calls_f.flush()
             cache[digest] = rec
@@ -678,9 +854,13 @@ class Labeller:
         return self._assemble(results, counts, failures, time.monotonic() - t0)
 
     def _write_jsonl(self, name: str, records: Sequence[dict]) -> None:
-        atomic_write(self.out / name, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
+        atomic_write(
+            self.out / name, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
+        )
 
-    def _assemble(self, results, counts: dict, call_failures: list[dict], seconds: float) -> LabelResult:
+    def _assemble(
+        self, results, counts: dict, call_failures: list[dict], seconds: float
+    ) -> LabelResult:
         plan, space = self.plan, self.space
         num_c, num_s = space.num_configs, space.num_stages
         rows_kept: list[InputRow] = []
@@ -694,12 +874,24 @@ class Labeller:
             for r, c in enumerate(plan.config_ids):
                 rec = results.get((row.id, int(plan.config_calls[r, plan.output_stage])))
                 if rec is None:
-                    failures.append({"input": row.id, "config": int(c), "error": "an engine call of this configuration failed"})
+                    failures.append(
+                        {
+                            "input": row.id,
+                            "config": int(c),
+                            "error": "an engine call of this configuration failed",
+                        }
+                    )
                     continue
                 try:
                     val = score_value(self.scorer(row.row, rec["text"]))
                 except Exception as exc:  # noqa: BLE001 - a user scorer: record and go on
-                    failures.append({"input": row.id, "config": int(c), "error": f"scorer: {type(exc).__name__}: {exc}"})
+                    failures.append(
+                        {
+                            "input": row.id,
+                            "config": int(c),
+                            "error": f"scorer: {type(exc).__name__}: {exc}",
+                        }
+                    )
                     continue
                 scores[c], labelled[c] = val, True
             if not labelled[space.c_max]:
@@ -721,8 +913,10 @@ class Labeller:
         self._write_jsonl("input_errors.jsonl", self.input_file.bad)
         if not rows_kept:
             first = next((f["error"] for f in failures if f["config"] == space.c_max), "?")
-            raise AragogError(f"no input could be labelled: c_max failed on all {len(self.inputs)} inputs (first error: "
-                              f"{first}); see {self.out / 'failures.jsonl'} and {self.out / 'config_failures.jsonl'}")  # fmt: skip
+            raise AragogError(
+                f"no input could be labelled: c_max failed on all {len(self.inputs)} inputs (first error: "
+                f"{first}); see {self.out / 'failures.jsonl'} and {self.out / 'config_failures.jsonl'}"
+            )
         meta = {
             "workflow": space.workflow,
             "family": self.family,
@@ -740,18 +934,38 @@ class Labeller:
             },
         }
         ds = AccuracyDataset(
-            ids=[r.id for r in rows_kept], texts=[r.text for r in rows_kept], splits=[r.split for r in rows_kept],
-            tokens=np.stack(token_rows), scores=np.stack(score_rows), meta=meta,
-        )  # fmt: skip
+            ids=[r.id for r in rows_kept],
+            texts=[r.text for r in rows_kept],
+            splits=[r.split for r in rows_kept],
+            tokens=np.stack(token_rows),
+            scores=np.stack(score_rows),
+            meta=meta,
+        )
         save_dataset(ds, self.out, extra={"labelled": np.stack(label_rows)})
         res = LabelResult(
-            out=self.out, dataset=ds, plan=plan, num_inputs=len(self.inputs),
-            calls_total=len(self.inputs) * plan.num_calls, calls_made=counts["made"], calls_cached=counts["cached"],
-            calls_failed=counts["failed"], c_max=space.c_max, config_failures=failures, dropped_inputs=dropped,
-            input_errors=list(self.input_file.bad), seconds=seconds,
-        )  # fmt: skip
-        report = {"git_sha": git_sha(), "workflow": space.workflow, "family": self.family, "scorer": self.scorer_name,
-                  "seed": self.settings.seed, **self.provenance, **res.report()}  # fmt: skip
+            out=self.out,
+            dataset=ds,
+            plan=plan,
+            num_inputs=len(self.inputs),
+            calls_total=len(self.inputs) * plan.num_calls,
+            calls_made=counts["made"],
+            calls_cached=counts["cached"],
+            calls_failed=counts["failed"],
+            c_max=space.c_max,
+            config_failures=failures,
+            dropped_inputs=dropped,
+            input_errors=list(self.input_file.bad),
+            seconds=seconds,
+        )
+        report = {
+            "git_sha": git_sha(),
+            "workflow": space.workflow,
+            "family": self.family,
+            "scorer": self.scorer_name,
+            "seed": self.settings.seed,
+            **self.provenance,
+            **res.report(),
+        }
         atomic_write(self.out / "label_report.json", json.dumps(report, indent=2) + "\n")
         return res
 

@@ -50,7 +50,9 @@ class PublishedScores:
     def score(self, model: str, benchmark: str) -> float | None:
         return self.scores.get((model, benchmark))
 
-    def ratios(self, benchmark: str, models: list[str], params: list[float], anchor: str) -> list[Ratio] | None:
+    def ratios(
+        self, benchmark: str, models: list[str], params: list[float], anchor: str
+    ) -> list[Ratio] | None:
         """Score ratio of every model in ``models`` to ``anchor`` on ``benchmark``.
 
         A model without a published score on ``benchmark`` gets one imputed from the
@@ -77,7 +79,9 @@ class PublishedScores:
             pm, pr = self.score(m, self.proxy_benchmark), self.score(ref, self.proxy_benchmark)
             if pm is None or pr is None:
                 return None
-            return self.score(ref, bench) * pm / pr, f"imputed from {ref} by the {self.proxy_benchmark} ratio"
+            return self.score(
+                ref, bench
+            ) * pm / pr, f"imputed from {ref} by the {self.proxy_benchmark} ratio"
 
         est = {m: estimate(m) for m in models}
         if any(v is None for v in est.values()):
@@ -109,7 +113,9 @@ def load_published_scores(path: str | Path = DEFAULT_PUBLISHED_SCORES) -> Publis
         if row.source not in raw.sources:
             raise SpecError(f"{path}: score[{i}].source: {row.source!r} is not in [sources]")
         if key in scores:
-            raise SpecError(f"{path}: score[{i}]: duplicate score for {row.model} on {row.benchmark}")
+            raise SpecError(
+                f"{path}: score[{i}]: duplicate score for {row.model} on {row.benchmark}"
+            )
         scores[key] = row.value
         sources[key] = row.source
     return PublishedScores(scores, sources, dict(raw.sources), raw.proxy_benchmark)

@@ -121,7 +121,9 @@ def _key(x: str) -> int:
 
 
 def _rng(seed: int, *keys: str) -> np.random.Generator:
-    return np.random.default_rng(np.random.SeedSequence([int(seed) & 0xFFFFFFFF, *(_key(k) for k in keys)]))
+    return np.random.default_rng(
+        np.random.SeedSequence([int(seed) & 0xFFFFFFFF, *(_key(k) for k in keys)])
+    )
 
 
 def stage_roles(workflow: WorkflowSpec) -> list[int]:
@@ -129,7 +131,10 @@ def stage_roles(workflow: WorkflowSpec) -> list[int]:
     keys: dict[tuple, int] = {}
     roles = []
     for s in workflow.stage:
-        k = (tuple(sorted(re.sub(r"\d+", "#", u) for u in s.upstream)), re.sub(r"\d+", "#", s.prompt))
+        k = (
+            tuple(sorted(re.sub(r"\d+", "#", u) for u in s.upstream)),
+            re.sub(r"\d+", "#", s.prompt),
+        )
         roles.append(keys.setdefault(k, len(keys)))
     return roles
 
@@ -150,29 +155,65 @@ def resolve_target(workflow: WorkflowSpec, family: str | None, target: float | N
 # ----------------------------------------------------------------------------- text
 
 
-_ONSETS = ("b", "d", "f", "g", "k", "l", "m", "n", "p", "r", "s", "t", "v", "z", "ch", "sh", "tr", "pl", "gr", "st")
+_ONSETS = (
+    "b",
+    "d",
+    "f",
+    "g",
+    "k",
+    "l",
+    "m",
+    "n",
+    "p",
+    "r",
+    "s",
+    "t",
+    "v",
+    "z",
+    "ch",
+    "sh",
+    "tr",
+    "pl",
+    "gr",
+    "st",
+)
 _VOWELS = ("a", "e", "i", "o", "u", "ai", "ou")
 
 
-def _vocabulary(workflow: WorkflowSpec, num_roles: int, p: SynthParams) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _vocabulary(
+    workflow: WorkflowSpec, num_roles: int, p: SynthParams
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Distinct pseudo-words: (levels[L, W], roles[R, W], filler[F]); fixed per workflow name, not per seed."""
     rng = _rng(0, "vocabulary", workflow.name)
     need = p.num_levels * p.words_per_level + num_roles * p.words_per_role + p.num_filler_words
     words: dict[str, None] = {}
     while len(words) < need:
         n_syl = int(rng.integers(2, 4))
-        w = "".join(_ONSETS[int(rng.integers(len(_ONSETS)))] + _VOWELS[int(rng.integers(len(_VOWELS)))] for _ in range(n_syl))
+        w = "".join(
+            _ONSETS[int(rng.integers(len(_ONSETS)))] + _VOWELS[int(rng.integers(len(_VOWELS)))]
+            for _ in range(n_syl)
+        )
         if rng.random() < 0.3:
             w += "n"
         words.setdefault(w, None)
     arr = np.array(list(words), dtype=object)
     a = p.num_levels * p.words_per_level
     b = a + num_roles * p.words_per_role
-    return arr[:a].reshape(p.num_levels, p.words_per_level), arr[a:b].reshape(num_roles, p.words_per_role), arr[b:]
+    return (
+        arr[:a].reshape(p.num_levels, p.words_per_level),
+        arr[a:b].reshape(num_roles, p.words_per_role),
+        arr[b:],
+    )
 
 
 def _texts(
-    workflow: WorkflowSpec, seed: int, difficulty: np.ndarray, critical: np.ndarray, length: np.ndarray, num_roles: int, p: SynthParams
+    workflow: WorkflowSpec,
+    seed: int,
+    difficulty: np.ndarray,
+    critical: np.ndarray,
+    length: np.ndarray,
+    num_roles: int,
+    p: SynthParams,
 ) -> list[str]:
     levels, role_words, filler = _vocabulary(workflow, num_roles, p)
     rng = _rng(seed, workflow.name, "text")
@@ -186,7 +227,9 @@ def _texts(
     for i in range(n):
         k = int(num_words[i])
         kind = rng.random(k)
-        lv = np.clip(np.rint(centre[i] + p.level_noise_sd * rng.standard_normal(k)), 0, p.num_levels - 1).astype(np.int64)
+        lv = np.clip(
+            np.rint(centre[i] + p.level_noise_sd * rng.standard_normal(k)), 0, p.num_levels - 1
+        ).astype(np.int64)
         which = rng.integers(0, p.words_per_level, size=k)
         other_role = rng.integers(0, num_roles, size=k)
         role = np.where(rng.random(k) < p.critical_role_word_prob, critical[i], other_role)
@@ -208,7 +251,12 @@ def _texts(
 
 
 def _quality(
-    space: ConfigSpace, k: np.ndarray, sinks: list[int], order: list[int], p: SynthParams, configs: np.ndarray
+    space: ConfigSpace,
+    k: np.ndarray,
+    sinks: list[int],
+    order: list[int],
+    p: SynthParams,
+    configs: np.ndarray,
 ) -> np.ndarray:
     """float64[N, C'] workflow quality of ``configs`` (int32[C', S]) given per-stage skills k[N, S, M]."""
     q: dict[int, np.ndarray] = {}
@@ -222,7 +270,9 @@ def _quality(
             u = q[ups[0]]
         else:
             stack = np.stack([q[x] for x in ups])
-            u = (1.0 - p.upstream_max_weight) * stack.mean(axis=0) + p.upstream_max_weight * stack.max(axis=0)
+            u = (1.0 - p.upstream_max_weight) * stack.mean(
+                axis=0
+            ) + p.upstream_max_weight * stack.max(axis=0)
         q[s] = u + p.repair_up * np.maximum(ks - u, 0.0) - p.repair_down * np.maximum(u - ks, 0.0)
     return np.mean(np.stack([q[s] for s in sinks]), axis=0)
 
@@ -246,7 +296,9 @@ def _uniform_configs(space: ConfigSpace) -> list[int | None]:
     return out
 
 
-def _published_calibration(space: ConfigSpace, workflow: WorkflowSpec, published: PublishedScores | None) -> list[Ratio] | None:
+def _published_calibration(
+    space: ConfigSpace, workflow: WorkflowSpec, published: PublishedScores | None
+) -> list[Ratio] | None:
     """Each pool model's score ratio to c_max's model when the data can be calibrated.
 
     Calibration needs: a published-scores table, c_max running one model everywhere, a
@@ -259,7 +311,9 @@ def _published_calibration(space: ConfigSpace, workflow: WorkflowSpec, published
     if len(cmax_models) != 1 or any(u is None for u in _uniform_configs(space)):
         return None
     anchor = space.model_names[cmax_models.pop()]
-    return published.ratios(workflow.dataset, list(space.model_names), [float(x) for x in space.model_params], anchor)
+    return published.ratios(
+        workflow.dataset, list(space.model_names), [float(x) for x in space.model_params], anchor
+    )
 
 
 def generate(
@@ -320,11 +374,15 @@ def generate(
     # k0 is every model's quality at skill 0; the skill of model m is added below.
     k0 = np.empty((n, num_stages, space.num_models), dtype=np.float64)
     for m, name in enumerate(space.model_names):
-        role_luck = {r: _rng(seed, wf, "luck", name, key).standard_normal(n) for r, key in role_key.items()}
+        role_luck = {
+            r: _rng(seed, wf, "luck", name, key).standard_normal(n) for r, key in role_key.items()
+        }
         model_luck = p.model_luck_sd * _rng(seed, wf, "model-luck", name).standard_normal(n)
         for s in range(num_stages):
             own = _rng(seed, wf, "stage-luck", name, workflow.stage[s].name).standard_normal(n)
-            k0[:, s, m] = -h[:, s] + model_luck + p.role_luck_sd * role_luck[roles[s]] + p.stage_luck_sd * own
+            k0[:, s, m] = (
+                -h[:, s] + model_luck + p.role_luck_sd * role_luck[roles[s]] + p.stage_luck_sd * own
+            )
 
     # 3-4. quality and calibrated threshold (c_max at skill 0), then the skills
     order = [int(s) for s in space.topo_order]
@@ -335,7 +393,9 @@ def generate(
     if calib is None:
         params_ = space.model_params
         skill = -p.skill_per_doubling * np.log2(params_.max() / params_) ** p.skill_exponent
-        tau = _threshold(_quality(space, k0 + skill[None, None, :], sinks, order, p, cmax_cfg)[:, 0], num_right)
+        tau = _threshold(
+            _quality(space, k0 + skill[None, None, :], sinks, order, p, cmax_cfg)[:, 0], num_right
+        )
         calib_meta: dict = {"skill_source": "size_curve"}
     else:
         ratios = [r.ratio for r in calib]
@@ -351,12 +411,20 @@ def generate(
                 continue  # the anchor: skill 0 defines tau
             # Q of a uniform configuration shifts one for one with its model's skill
             # (every stage's k and u move together), so the skill is solved exactly.
-            q0 = _quality(space, k0, sinks, order, p, space.configs[uniform[m] : uniform[m] + 1])[:, 0]
+            q0 = _quality(space, k0, sinks, order, p, space.configs[uniform[m] : uniform[m] + 1])[
+                :, 0
+            ]
             skill[m] = tau - _threshold(q0, int(np.floor(t * n + 0.5)))
         calib_meta = {
             "skill_source": "published",
             "published_scores": {
-                r.model: {"benchmark": r.benchmark, "score": round(r.score, 3), "ratio": round(r.ratio, 6), "how": r.how} for r in calib
+                r.model: {
+                    "benchmark": r.benchmark,
+                    "score": round(r.score, 3),
+                    "ratio": round(r.ratio, 6),
+                    "how": r.how,
+                }
+                for r in calib
             },
             "uniform_target": {name: round(float(t), 6) for name, t in targets.items()},
         }
@@ -370,9 +438,12 @@ def generate(
     texts = _texts(workflow, seed, difficulty, critical, length, num_roles, p)
     trng = _rng(seed, wf, "tokens")
     exp_tok = space.stage_tokens.astype(np.float64)  # [S, 2]
-    tin = exp_tok[None, :, 0] * np.exp(p.length_sd * length[:, None] + p.stage_token_sd * trng.standard_normal((n, num_stages)))
+    tin = exp_tok[None, :, 0] * np.exp(
+        p.length_sd * length[:, None] + p.stage_token_sd * trng.standard_normal((n, num_stages))
+    )
     tout = exp_tok[None, :, 1] * np.exp(
-        p.output_token_sd * trng.standard_normal((n, num_stages)) + p.output_difficulty_slope * difficulty[:, None]
+        p.output_token_sd * trng.standard_normal((n, num_stages))
+        + p.output_difficulty_slope * difficulty[:, None]
     )
     tokens = np.stack([tin, tout], axis=-1)
     tokens = np.where(exp_tok[None] > 0, np.maximum(np.rint(tokens), 1), 0).astype(np.int32)
@@ -403,7 +474,9 @@ def generate(
             "c_max_accuracy": num_right / n,
             "stage_roles": roles,
             **calib_meta,
-            "skill": {name: round(float(a), 6) for name, a in zip(space.model_names, skill, strict=True)},
+            "skill": {
+                name: round(float(a), 6) for name, a in zip(space.model_names, skill, strict=True)
+            },
         },
     }
     return AccuracyDataset(

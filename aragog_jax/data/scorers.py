@@ -33,7 +33,9 @@ def reference_answers(row: dict) -> list[str]:
             return [ans]
         if isinstance(ans, list) and all(isinstance(a, (str, int, float)) for a in ans):
             return [str(a) for a in ans]
-        raise DatasetError(f"row {row.get('id', '?')}: answers: expected a list of strings, got {type(ans).__name__}")
+        raise DatasetError(
+            f"row {row.get('id', '?')}: answers: expected a list of strings, got {type(ans).__name__}"
+        )
     if "answer" in row:
         return [str(row["answer"])]
     raise DatasetError(f"row {row.get('id', '?')}: no 'answer' or 'answers' field for the scorer")
@@ -48,7 +50,9 @@ def exact_match(row: dict, output: str) -> float:
 def contains_answer(row: dict, output: str) -> float:
     """1.0 when a (non-empty) normalised reference answer occurs in the normalised output."""
     out = f" {normalize(output)} "
-    return 1.0 if any((n := normalize(a)) and f" {n} " in out for a in reference_answers(row)) else 0.0
+    return (
+        1.0 if any((n := normalize(a)) and f" {n} " in out for a in reference_answers(row)) else 0.0
+    )
 
 
 __all__ = ["contains_answer", "exact_match", "normalize", "reference_answers"]

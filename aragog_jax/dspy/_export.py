@@ -17,7 +17,6 @@ import re
 from pathlib import Path
 
 import dspy
-
 from aragog_jax.dspy._run import TRACE_FORMAT
 from aragog_jax.dspy._trace import CHARS_PER_TOKEN, TracedProgram
 
@@ -31,7 +30,12 @@ def function_names(stages: list[str]) -> dict[str, str]:
     out: dict[str, str] = {}
     for s in stages:
         name = re.sub(r"\W", "_", s)
-        if not name or name[0].isdigit() or keyword.iskeyword(name) or name in ("STAGES", "TRACE", "ProgramStages"):
+        if (
+            not name
+            or name[0].isdigit()
+            or keyword.iskeyword(name)
+            or name in ("STAGES", "TRACE", "ProgramStages")
+        ):
             name = f"stage_{name}"
         while name in out.values():
             name += "_"
@@ -45,12 +49,16 @@ def describe(program: dspy.Module, traced: TracedProgram) -> dict[str, str]:
     out = {}
     for c in traced.calls:
         sig = preds[c.predictor].signature
-        text = f"DSPy predictor {c.predictor}: {sig.signature}. {' '.join(sig.instructions.split())}"
+        text = (
+            f"DSPy predictor {c.predictor}: {sig.signature}. {' '.join(sig.instructions.split())}"
+        )
         out[c.stage] = text.replace("{", "{{").replace("}", "}}")  # no template placeholders
     return out
 
 
-def workflow_toml(name: str, program_ref: str, program: dspy.Module, traced: TracedProgram, stages_file: str) -> str:
+def workflow_toml(
+    name: str, program_ref: str, program: dspy.Module, traced: TracedProgram, stages_file: str
+) -> str:
     fns = function_names([c.stage for c in traced.calls])
     prompts = describe(program, traced)
     tokens = (
@@ -58,7 +66,9 @@ def workflow_toml(name: str, program_ref: str, program: dspy.Module, traced: Tra
         if traced.token_source == "usage"
         else f"an estimate ({CHARS_PER_TOKEN} characters per token of the rendered prompt; output tokens set at export)"
     )
-    chain = ", ".join(f"{c.stage} <- [{', '.join(c.upstream)}]" if c.upstream else c.stage for c in traced.calls)
+    chain = ", ".join(
+        f"{c.stage} <- [{', '.join(c.upstream)}]" if c.upstream else c.stage for c in traced.calls
+    )
     lines = [
         f"# Traced from the DSPy program {program_ref} by python -m aragog_jax.dspy export",
         f"# on {traced.num_examples} example input(s). Token counts: {tokens}.",
@@ -80,8 +90,15 @@ def workflow_toml(name: str, program_ref: str, program: dspy.Module, traced: Tra
     return "\n".join(lines) + "\n"
 
 
-def stages_module(program_ref: str, traced: TracedProgram, toml_name: str, *, max_tokens: int) -> str:
-    trace = {"format": TRACE_FORMAT, "program": program_ref, "max_tokens": max_tokens, **traced.dump()}
+def stages_module(
+    program_ref: str, traced: TracedProgram, toml_name: str, *, max_tokens: int
+) -> str:
+    trace = {
+        "format": TRACE_FORMAT,
+        "program": program_ref,
+        "max_tokens": max_tokens,
+        **traced.dump(),
+    }
     fns = function_names([c.stage for c in traced.calls])
     parts = [
         f'"""Stage functions of the DSPy program {program_ref}, traced into {toml_name}.',

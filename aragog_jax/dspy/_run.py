@@ -22,13 +22,25 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import dspy
 import pydantic
-from dspy.lm15 import Message, Response, TextPart, Usage
 
+import dspy
 from aragog_jax._imports import load_callable
-from aragog_jax.dspy._trace import TracedCall, TracedProgram, json_object, parse_input, program_fingerprint
-from aragog_jax.errors import AragogError, ProgramTraceError, SpecError, StageFunctionError, UpstreamError
+from aragog_jax.dspy._trace import (
+    TracedCall,
+    TracedProgram,
+    json_object,
+    parse_input,
+    program_fingerprint,
+)
+from aragog_jax.errors import (
+    AragogError,
+    ProgramTraceError,
+    SpecError,
+    StageFunctionError,
+    UpstreamError,
+)
+from dspy.lm15 import Message, Response, TextPart, Usage
 
 #: The format tag of the trace a generated stages module holds.
 TRACE_FORMAT = "aragog-dspy-trace/1"
@@ -55,9 +67,14 @@ def load_program(ref: str, base: Path | None = None) -> dspy.Module:
             try:
                 obj = obj()
             except Exception as exc:  # noqa: BLE001 - the user's factory: name it, keep the cause
-                raise AragogError(f"DSPy program {ref!r}: calling it raised {type(exc).__name__}: {exc}") from exc
+                raise AragogError(
+                    f"DSPy program {ref!r}: calling it raised {type(exc).__name__}: {exc}"
+                ) from exc
             if not isinstance(obj, dspy.Module):
-                raise AragogError(f"DSPy program {ref!r}: expected a dspy.Module (or a class/function returning one), got {type(obj).__name__}")
+                raise AragogError(
+                    f"DSPy program {ref!r}: expected a dspy.Module (or a class/function returning "
+                    f"one), got {type(obj).__name__}"
+                )
         _programs[ref] = obj
         return obj
 
@@ -69,7 +86,9 @@ def encode_outputs(call: TracedCall, prediction: Any, signature: type[dspy.Signa
         return str(prediction[fields[0]])
     from dspy.predict.predict import serialize_object
 
-    return json.dumps({f: serialize_object(prediction[f]) for f in fields}, ensure_ascii=False, default=str)
+    return json.dumps(
+        {f: serialize_object(prediction[f]) for f in fields}, ensure_ascii=False, default=str
+    )
 
 
 def decode_outputs(call: TracedCall, text: str, signature: type[dspy.Signature]) -> dict[str, Any]:
@@ -84,9 +103,13 @@ def decode_outputs(call: TracedCall, text: str, signature: type[dspy.Signature])
     out = {}
     for f in fields:
         try:
-            out[f] = pydantic.TypeAdapter(signature.output_fields[f].annotation).validate_python(obj[f])
+            out[f] = pydantic.TypeAdapter(signature.output_fields[f].annotation).validate_python(
+                obj[f]
+            )
         except pydantic.ValidationError as exc:
-            raise StageFunctionError(f"stage {call.stage!r}: output field {f!r}: {exc.errors()[0]['msg']}") from exc
+            raise StageFunctionError(
+                f"stage {call.stage!r}: output field {f!r}: {exc.errors()[0]['msg']}"
+            ) from exc
     return out
 
 
@@ -94,12 +117,18 @@ def request_messages(request) -> list[dict[str, str]]:
     """An lm15 request (DSPy's rendered prompt) as OpenAI chat messages (text parts)."""
     out = []
     if request.system is not None:
-        system = request.system if isinstance(request.system, str) else "".join(getattr(p, "text", "") or "" for p in request.system)
+        system = (
+            request.system
+            if isinstance(request.system, str)
+            else "".join(getattr(p, "text", "") or "" for p in request.system)
+        )
         out.append({"role": "system", "content": system})
     for m in request.messages:
         text = m.text
         if text is None:
-            raise StageFunctionError(f"a DSPy {m.role} message holds no text (images, files and tool calls are not supported)")
+            raise StageFunctionError(
+                f"a DSPy {m.role} message holds no text (images, files and tool calls are not supported)"
+            )
         out.append({"role": m.role, "content": text})
     return out
 
@@ -116,14 +145,26 @@ class _StageEngine:
         if self.failed is not None:  # DSPy's adapter fallback retries: not on a failed engine
             raise self.failed
         try:
-            text = await self.lm(request_messages(request), max_tokens=request.config.max_tokens or self.max_tokens)
+            text = await self.lm(
+                request_messages(request), max_tokens=request.config.max_tokens or self.max_tokens
+            )
         except UpstreamError as exc:
             self.failed = exc
             raise
         last = self.lm.last
         finish = "length" if last is not None and last.finish_reason == "length" else "stop"
-        usage = Usage(input_tokens=last.prompt_tokens, output_tokens=last.completion_tokens) if last is not None else Usage()
-        return Response(id=None, model=self.lm.model, message=Message.assistant((TextPart(text),)), finish_reason=finish, usage=usage)
+        usage = (
+            Usage(input_tokens=last.prompt_tokens, output_tokens=last.completion_tokens)
+            if last is not None
+            else Usage()
+        )
+        return Response(
+            id=None,
+            model=self.lm.model,
+            message=Message.assistant((TextPart(text),)),
+            finish_reason=finish,
+            usage=usage,
+        )
 
     def stream(self, request):
         raise StageFunctionError("streaming DSPy predictors are not supported in stage functions")
@@ -137,10 +178,14 @@ class _SyncRefused:
     with ``acall``; a synchronous call would block the server's event loop."""
 
     def complete(self, request):
-        raise StageFunctionError("a DSPy stage calls its predictor asynchronously; a synchronous LM call reached it")
+        raise StageFunctionError(
+            "a DSPy stage calls its predictor asynchronously; a synchronous LM call reached it"
+        )
 
     def stream(self, request):
-        raise StageFunctionError("a DSPy stage calls its predictor asynchronously; a synchronous LM call reached it")
+        raise StageFunctionError(
+            "a DSPy stage calls its predictor asynchronously; a synchronous LM call reached it"
+        )
 
     def close(self) -> None:
         pass
@@ -149,7 +194,9 @@ class _SyncRefused:
 class ProgramStages:
     """The stage functions of one traced program (what a generated stages module holds)."""
 
-    def __init__(self, program: dspy.Module, traced: TracedProgram, *, max_tokens: int, ref: str = ""):
+    def __init__(
+        self, program: dspy.Module, traced: TracedProgram, *, max_tokens: int, ref: str = ""
+    ):
         self.program = program
         self.traced = traced
         self.max_tokens = max_tokens
@@ -159,7 +206,9 @@ class ProgramStages:
         self.predictors = {}
         for c in traced.calls:
             if c.predictor not in predictors:
-                raise SpecError(f"DSPy program {ref!r} has no predictor {c.predictor!r} (stage {c.stage!r}); re-run the export")
+                raise SpecError(
+                    f"DSPy program {ref!r} has no predictor {c.predictor!r} (stage {c.stage!r}); re-run the export"
+                )
             self.predictors[c.stage] = predictors[c.predictor]
 
     @classmethod
@@ -175,7 +224,9 @@ class ProgramStages:
             export (its predictors' names, signatures or demos).
         """
         if trace.get("format") != TRACE_FORMAT:
-            raise SpecError(f"{base}: TRACE format {trace.get('format')!r}, expected {TRACE_FORMAT!r}; re-run the export")
+            raise SpecError(
+                f"{base}: TRACE format {trace.get('format')!r}, expected {TRACE_FORMAT!r}; re-run the export"
+            )
         ref = trace["program"]
         try:
             program = load_program(ref, Path(base).parent)
@@ -192,7 +243,13 @@ class ProgramStages:
 
     def stage_lm(self, model: str, engine: _StageEngine) -> dspy.LM:
         """A ``dspy.LM`` whose calls go through ``engine`` (the runner's ``lm``)."""
-        return dspy.LM(f"aragog/{model}", engine=_SyncRefused(), async_engine=engine, cache=False, num_retries=0)
+        return dspy.LM(
+            f"aragog/{model}",
+            engine=_SyncRefused(),
+            async_engine=engine,
+            cache=False,
+            num_retries=0,
+        )
 
     def inputs_for(self, stage: str, text: str, upstream: Mapping[str, str]) -> dict[str, Any]:
         """The keyword arguments of ``stage``'s predictor for this request."""
@@ -204,8 +261,12 @@ class ProgramStages:
         outputs = {}
         for up in call.upstream:
             if up not in upstream:
-                raise StageFunctionError(f"stage {stage!r}: the output of upstream stage {up!r} is missing")
-            outputs[up] = decode_outputs(self.calls[up], upstream[up], self.predictors[up].signature)
+                raise StageFunctionError(
+                    f"stage {stage!r}: the output of upstream stage {up!r} is missing"
+                )
+            outputs[up] = decode_outputs(
+                self.calls[up], upstream[up], self.predictors[up].signature
+            )
         return {f: b.resolve(args, outputs) for f, b in call.inputs.items()}
 
     async def run(self, stage: str, model: str, lm, state) -> str:
@@ -219,7 +280,9 @@ class ProgramStages:
             with dspy.context(trace=None, disable_history=True):
                 prediction = await predictor.acall(lm=self.stage_lm(model, engine), **kwargs)
         except Exception:
-            if engine.failed is not None:  # DSPy wrapped the engine error: re-raise it, so the stage fails over
+            if (
+                engine.failed is not None
+            ):  # DSPy wrapped the engine error: re-raise it, so the stage fails over
                 raise engine.failed from None
             raise
         return encode_outputs(self.calls[stage], prediction, predictor.signature)

@@ -36,9 +36,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import dspy
-from dspy.lm15 import Message, Response, TextPart, Usage
-
 from aragog_jax.errors import ProgramTraceError
+from dspy.lm15 import Message, Response, TextPart, Usage
 
 #: Characters per token of the placeholder trace's estimate (the same rule the loopback
 #: fake engine reports usage with).
@@ -59,7 +58,9 @@ class Source:
     field: str
 
     def dump(self) -> dict:
-        return {"input": self.field} if not self.stage else {"stage": self.stage, "field": self.field}
+        return (
+            {"input": self.field} if not self.stage else {"stage": self.stage, "field": self.field}
+        )
 
     def label(self) -> str:
         return f"input {self.field!r}" if not self.stage else f"{self.stage}.{self.field}"
@@ -89,7 +90,9 @@ class Binding:
         if "stage" in d:
             return Binding("output", Source(d["stage"], d["field"]))
         if "template" in d:
-            slots = tuple(Source(s.get("stage", ""), s.get("input") or s["field"]) for s in d["slots"])
+            slots = tuple(
+                Source(s.get("stage", ""), s.get("input") or s["field"]) for s in d["slots"]
+            )
             return Binding("template", parts=tuple(d["template"]), slots=slots)
         return Binding("const", value=d["const"])
 
@@ -210,7 +213,10 @@ def json_object(text: str, keys: list[str]) -> dict[str, Any]:
     except json.JSONDecodeError as exc:
         raise ValueError(f"expected a JSON object with keys {keys}, got {text[:60]!r}") from exc
     if not isinstance(obj, dict) or set(obj) != set(keys):
-        raise ValueError(f"expected a JSON object with keys {keys}, got {sorted(obj) if isinstance(obj, dict) else type(obj).__name__}")
+        raise ValueError(
+            f"expected a JSON object with keys {keys}, got "
+            f"{sorted(obj) if isinstance(obj, dict) else type(obj).__name__}"
+        )
     return obj
 
 
@@ -225,7 +231,9 @@ def parse_input(text: str, arguments: list[str], where: str = "input") -> dict[s
     try:
         return json_object(text, arguments)
     except ValueError as exc:
-        raise ProgramTraceError(f"{where}: the program takes {', '.join(arguments)}: {exc}") from exc
+        raise ProgramTraceError(
+            f"{where}: the program takes {', '.join(arguments)}: {exc}"
+        ) from exc
 
 
 def program_fingerprint(program: dspy.Module) -> str:
@@ -258,7 +266,9 @@ def stage_names(predictor_names: list[str]) -> list[str]:
 
 
 def _digest(*parts: object) -> int:
-    return int.from_bytes(hashlib.blake2b("\0".join(map(str, parts)).encode(), digest_size=8).digest(), "little")
+    return int.from_bytes(
+        hashlib.blake2b("\0".join(map(str, parts)).encode(), digest_size=8).digest(), "little"
+    )
 
 
 def placeholder_value(annotation: Any, key: str, where: str) -> Any:
@@ -289,8 +299,15 @@ def placeholder_value(annotation: Any, key: str, where: str) -> Any:
         return members[h % len(members)]
     model_fields = getattr(annotation, "model_fields", None)
     if isinstance(model_fields, dict):  # a pydantic model
-        return annotation(**{n: placeholder_value(f.annotation, f"{key}.{n}", where) for n, f in model_fields.items()})
-    raise ProgramTraceError(f"{where}: cannot make a placeholder value of type {annotation!r}; trace with a real LM (--lm)")
+        return annotation(
+            **{
+                n: placeholder_value(f.annotation, f"{key}.{n}", where)
+                for n, f in model_fields.items()
+            }
+        )
+    raise ProgramTraceError(
+        f"{where}: cannot make a placeholder value of type {annotation!r}; trace with a real LM (--lm)"
+    )
 
 
 class _TraceEngine:
@@ -312,14 +329,26 @@ class _TraceEngine:
         pred = dspy.settings.caller_modules[-1]
         sig = pred.signature
         outputs = {
-            name: placeholder_value(f.annotation, f"e{self.example}.c{index}.{name}", f"output field {name!r} of {sig.__name__}")
+            name: placeholder_value(
+                f.annotation,
+                f"e{self.example}.c{index}.{name}",
+                f"output field {name!r} of {sig.__name__}",
+            )
             for name, f in sig.output_fields.items()
         }
         adapter = dspy.settings.adapter or dspy.ChatAdapter()
         text = adapter.format_assistant_message_content(sig, outputs)
-        prompt = (request.system if isinstance(request.system, str) else "") + "".join(m.text or "" for m in request.messages)
+        prompt = (request.system if isinstance(request.system, str) else "") + "".join(
+            m.text or "" for m in request.messages
+        )
         self.usage.append((index, len(prompt) // CHARS_PER_TOKEN, 0))
-        return Response(id=None, model="placeholder", message=Message.assistant((TextPart(text),)), finish_reason="stop", usage=Usage(0, 0))
+        return Response(
+            id=None,
+            model="placeholder",
+            message=Message.assistant((TextPart(text),)),
+            finish_reason="stop",
+            usage=Usage(0, 0),
+        )
 
     def stream(self, request):
         raise ProgramTraceError("streaming is not supported while tracing")
@@ -339,7 +368,13 @@ class _Run:
     tokens: list[tuple[int, int]]  # (input, output) per call
 
 
-def _run_once(program: dspy.Module, kwargs: dict, lm: dspy.BaseLM, engine: _TraceEngine, names_of: dict[int, str]) -> _Run:
+def _run_once(
+    program: dspy.Module,
+    kwargs: dict,
+    lm: dspy.BaseLM,
+    engine: _TraceEngine,
+    names_of: dict[int, str],
+) -> _Run:
     engine.usage = []
     trace: list = []
     with dspy.context(lm=lm, trace=trace, disable_history=True):
@@ -347,7 +382,9 @@ def _run_once(program: dspy.Module, kwargs: dict, lm: dspy.BaseLM, engine: _Trac
     names, ins, outs = [], [], []
     for pred, inputs, prediction in trace:
         if id(pred) not in names_of:
-            raise ProgramTraceError(f"the program called a predictor that is not among its named_predictors(): {pred!r}")
+            raise ProgramTraceError(
+                f"the program called a predictor that is not among its named_predictors(): {pred!r}"
+            )
         names.append(names_of[id(pred)])
         ins.append(dict(inputs))
         outs.append({k: prediction[k] for k in pred.signature.output_fields})
@@ -371,9 +408,13 @@ def _check_same_structure(runs: list[_Run], examples: list[str]) -> None:
             if a is not None and b is not None:
                 what = f"call {i + 1} runs predictor {a!r} on example 1 but predictor {b!r} on example {e}"
             elif b is None:
-                what = f"example 1 goes on to predictor {a!r} (call {i + 1}) where example {e} stops"
+                what = (
+                    f"example 1 goes on to predictor {a!r} (call {i + 1}) where example {e} stops"
+                )
             else:
-                what = f"example {e} goes on to predictor {b!r} (call {i + 1}) where example 1 stops"
+                what = (
+                    f"example {e} goes on to predictor {b!r} (call {i + 1}) where example 1 stops"
+                )
             raise ProgramTraceError(
                 f"the program's structure depends on its input: the traces diverged {where}: {what} "
                 f"(examples {examples[0][:40]!r} and {examples[e - 1][:40]!r}); a loop or a branch that changes which "
@@ -388,7 +429,9 @@ def _same(a: Any, b: Any) -> bool:
         return False
 
 
-def _embed(value: str, sources: list[tuple[Source, str]]) -> tuple[tuple[str, ...], tuple[Source, ...]] | None:
+def _embed(
+    value: str, sources: list[tuple[Source, str]]
+) -> tuple[tuple[str, ...], tuple[Source, ...]] | None:
     """``value`` as fixed text around source strings (longest first, leftmost), or None."""
     cands = sorted((s for s in sources if len(s[1]) >= MIN_EMBED_CHARS), key=lambda s: -len(s[1]))
     parts, slots, rest = [], [], value
@@ -418,7 +461,13 @@ def _jsonable(value: Any) -> bool:
         return False
 
 
-def _bind(field_name: str, predictor: str, stage: str, values: list[Any], pools: list[list[tuple[Source, Any]]]) -> Binding:
+def _bind(
+    field_name: str,
+    predictor: str,
+    stage: str,
+    values: list[Any],
+    pools: list[list[tuple[Source, Any]]],
+) -> Binding:
     """The one binding that explains ``values[e]`` from ``pools[e]`` on every example e."""
     # Passed through: the sources equal to the value on every example, latest first.
     common = None
@@ -430,7 +479,10 @@ def _bind(field_name: str, predictor: str, stage: str, values: list[Any], pools:
         return Binding("input" if not src.stage else "output", src)
     # Formatted text around sources, the same text on every example.
     if all(isinstance(v, str) for v in values):
-        shapes = {_embed(v, [(s, x) for s, x in pool if isinstance(x, str)]) for v, pool in zip(values, pools, strict=True)}
+        shapes = {
+            _embed(v, [(s, x) for s, x in pool if isinstance(x, str)])
+            for v, pool in zip(values, pools, strict=True)
+        }
         if len(shapes) == 1 and None not in shapes:
             parts, slots = shapes.pop()
             return Binding("template", parts=parts, slots=slots)
@@ -470,7 +522,9 @@ def trace_program(
     arguments = program_arguments(program)
     names_of = {id(p): n for n, p in program.named_predictors()}
     if not names_of:
-        raise ProgramTraceError(f"{type(program).__name__} has no predictors (dspy.Predict and modules wrapping one)")
+        raise ProgramTraceError(
+            f"{type(program).__name__} has no predictors (dspy.Predict and modules wrapping one)"
+        )
     engine = _TraceEngine(lm)
     trace_lm = dspy.LM("aragog-trace/program", engine=engine, cache=False, num_retries=0)
     runs = []
@@ -488,7 +542,9 @@ def trace_program(
             except ProgramTraceError:
                 raise
             except Exception as exc:  # noqa: BLE001 - the user's program: name the example, keep the cause
-                raise ProgramTraceError(f"the program raised on example {e + 1}: {type(exc).__name__}: {exc}") from exc
+                raise ProgramTraceError(
+                    f"the program raised on example {e + 1}: {type(exc).__name__}: {exc}"
+                ) from exc
             if not runs[-1].names:
                 raise ProgramTraceError(f"the program called no predictor on example {e + 1}")
     finally:
@@ -515,17 +571,35 @@ def trace_program(
                     f"the trace diverged at predictor {pname!r} (stage {stage!r}): it got input fields {fields} on "
                     f"example 1 but {list(run.inputs[i])} on example {e}"
                 )
-        inputs = {f: _bind(f, pname, stage, [run.inputs[i][f] for run in runs], pools) for f in fields}
+        inputs = {
+            f: _bind(f, pname, stage, [run.inputs[i][f] for run in runs], pools) for f in fields
+        }
         out_fields = list(runs[0].outputs[i])
         if lm is not None:
             tin = round(sum(run.tokens[i][0] for run in runs) / len(runs))
             tout = round(sum(run.tokens[i][1] for run in runs) / len(runs))
         else:
-            tin, tout = round(sum(run.tokens[i][0] for run in runs) / len(runs)), default_output_tokens
+            tin, tout = (
+                round(sum(run.tokens[i][0] for run in runs) / len(runs)),
+                default_output_tokens,
+            )
         calls.append(TracedCall(stage, pname, occurrence, inputs, out_fields, tin, tout))
-    if lm is None:  # upstream outputs stand in the prompt at their placeholder's length: count them at the estimate
+    if (
+        lm is None
+    ):  # upstream outputs stand in the prompt at their placeholder's length: count them at the estimate
         by_stage = {c.stage: c for c in calls}
         for c in calls:
             c.input_tokens += sum(by_stage[u].output_tokens for u in c.upstream)
-    notes = [] if len(examples) > 1 else ["traced on one example: the structure was not checked against a second input"]
-    return TracedProgram(arguments, calls, program_fingerprint(program), len(examples), "usage" if lm is not None else "estimate", notes)
+    notes = (
+        []
+        if len(examples) > 1
+        else ["traced on one example: the structure was not checked against a second input"]
+    )
+    return TracedProgram(
+        arguments,
+        calls,
+        program_fingerprint(program),
+        len(examples),
+        "usage" if lm is not None else "estimate",
+        notes,
+    )

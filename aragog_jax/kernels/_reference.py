@@ -37,7 +37,9 @@ def _round_items(item_req, item_valid):
         prev = req
 
 
-def _extensions(beam, i, first, kept, num_viable, item_viable, item_cfg_model, engine_model, free_slots, gain):
+def _extensions(
+    beam, i, first, kept, num_viable, item_viable, item_cfg_model, engine_model, free_slots, gain
+):
     """Feasible (engine, util, flex, mask) extensions of one partial assignment at item i.
 
     ``beam`` is (util, flex, used, mask, choice); ``mask`` is the request's running
@@ -93,15 +95,33 @@ def beam_assign(
         cands = []
         for b, beam in enumerate(beams):
             ext, mask = _extensions(
-                beam, i, first, kept, num_viable, item_viable, item_cfg_model, engine_model, free_slots, gain
+                beam,
+                i,
+                first,
+                kept,
+                num_viable,
+                item_viable,
+                item_cfg_model,
+                engine_model,
+                free_slots,
+                gain,
             )
             util, flex, used, _, choice = beam
             if not ext:
-                cands.append((-util, -flex, b * (num_engines + 1) + num_engines, (util, flex, used, mask, choice)))
+                cands.append(
+                    (
+                        -util,
+                        -flex,
+                        b * (num_engines + 1) + num_engines,
+                        (util, flex, used, mask, choice),
+                    )
+                )
             for e, u, f, m in ext:
                 new_used = list(used)
                 new_used[e] += 1
-                cands.append((-u, -f, b * (num_engines + 1) + e, (u, f, new_used, m, {**choice, i: e})))
+                cands.append(
+                    (-u, -f, b * (num_engines + 1) + e, (u, f, new_used, m, {**choice, i: e}))
+                )
         if all(c[2] % (num_engines + 1) == num_engines for c in cands):
             beams = [c[3] for c in cands]  # every beam skips: nothing changes
             continue
@@ -117,7 +137,9 @@ def beam_assign(
     engine = np.full(len(item_req), -1, dtype=np.int32)
     for i, e in choice.items():
         engine[i] = e
-    return BeamResult(engine=engine, utility=np.int32(util), flex=np.int32(flex), num_steps=np.int32(steps))
+    return BeamResult(
+        engine=engine, utility=np.int32(util), flex=np.int32(flex), num_steps=np.int32(steps)
+    )
 
 
 def brute_force_assign(
@@ -156,7 +178,16 @@ def brute_force_assign(
             return
         i, first = items[t]
         ext, mask = _extensions(
-            beam, i, first, kept, num_viable, item_viable, item_cfg_model, engine_model, free_slots, gain
+            beam,
+            i,
+            first,
+            kept,
+            num_viable,
+            item_viable,
+            item_cfg_model,
+            engine_model,
+            free_slots,
+            gain,
         )
         util, flex, used, _, choice = beam
         if not ext:
@@ -171,7 +202,9 @@ def brute_force_assign(
     engine = np.full(len(item_req), -1, dtype=np.int32)
     for i, e in choice.items():
         engine[i] = e
-    return BeamResult(engine=engine, utility=np.int32(util), flex=np.int32(flex), num_steps=np.int32(leaves[0]))
+    return BeamResult(
+        engine=engine, utility=np.int32(util), flex=np.int32(flex), num_steps=np.int32(leaves[0])
+    )
 
 
 # --- routing twins (aragog_jax.kernels.routing) -------------------------------------
@@ -180,7 +213,9 @@ def brute_force_assign(
 def _routing_relu_mlp(hidden, features):
     h = np.asarray(features, dtype=np.float64)
     for layer in hidden:
-        h = np.maximum(h @ np.asarray(layer["w"], np.float64) + np.asarray(layer["b"], np.float64), 0.0)
+        h = np.maximum(
+            h @ np.asarray(layer["w"], np.float64) + np.asarray(layer["b"], np.float64), 0.0
+        )
     return h
 
 
@@ -222,7 +257,9 @@ def threshold_mask(logits, thresholds, always):
 def route(params, features, thresholds, always, configs=None):
     """Twin of routing.route: (mask, prob) in float64."""
     logits = router_logits(params, features, configs)
-    mask = (logits >= np.asarray(thresholds, np.float64)[None, :]) | np.asarray(always, bool)[None, :]
+    mask = (logits >= np.asarray(thresholds, np.float64)[None, :]) | np.asarray(always, bool)[
+        None, :
+    ]
     return mask, 1.0 / (1.0 + np.exp(-logits))
 
 
@@ -250,5 +287,7 @@ def dominance_complete(mask, evaluated, dominates):
             if evaluated[a]:
                 out[r, a] = mask[r, a]
             else:
-                out[r, a] = any(mask[r, b] and evaluated[b] and dominates[a, b] for b in range(mask.shape[1]))
+                out[r, a] = any(
+                    mask[r, b] and evaluated[b] and dominates[a, b] for b in range(mask.shape[1])
+                )
     return out

@@ -35,7 +35,9 @@ __all__ = [
 ]
 
 
-def mlp_trunk(hidden: list[dict[str, Array]], features: Float[Array, "req feat"]) -> Float[Array, "req hid"]:
+def mlp_trunk(
+    hidden: list[dict[str, Array]], features: Float[Array, "req feat"]
+) -> Float[Array, "req hid"]:
     """ReLU MLP over the features.
 
     Args:

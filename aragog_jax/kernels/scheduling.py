@@ -236,17 +236,30 @@ def beam_assign(
         eng = top % num_cand
         new_alive = cand_ok[top]
         placed = new_alive & (eng < num_engines)
-        new_used = used[parent] + ((engine_ids[None, :] == eng[:, None]) & placed[:, None]).astype(jnp.int32)
+        new_used = used[parent] + ((engine_ids[None, :] == eng[:, None]) & placed[:, None]).astype(
+            jnp.int32
+        )
         new_hist = hist.at[j].set(jnp.stack([parent, jnp.where(placed, eng, -1)]))
 
         def narrow():
             base = jnp.where(first, viable_row[None, :], mask[parent])
-            chosen_model = jnp.take(engine_model, jnp.minimum(eng, num_engines - 1)).astype(cfgm.dtype)
+            chosen_model = jnp.take(engine_model, jnp.minimum(eng, num_engines - 1)).astype(
+                cfgm.dtype
+            )
             keep = (cfgm[None, :] == chosen_model[:, None]) | ~placed[:, None]
             return base & keep
 
         new_mask = lax.cond(next_same_c[j], narrow, lambda: mask)
-        return j + 1, new_greedy, cand_util[top], cand_flex[top], new_alive, new_used, new_mask, new_hist
+        return (
+            j + 1,
+            new_greedy,
+            cand_util[top],
+            cand_flex[top],
+            new_alive,
+            new_used,
+            new_mask,
+            new_hist,
+        )
 
     zero = jnp.zeros((), jnp.int32)
     init = (
@@ -267,12 +280,16 @@ def beam_assign(
         j = num_steps - 1 - t
         return hist[j, 0, beam], choice.at[j].set(hist[j, 1, beam])
 
-    _, choice = lax.fori_loop(0, num_steps, trace_back, (jnp.zeros((), jnp.int32), jnp.full((num_items,), -1, jnp.int32)))
+    _, choice = lax.fori_loop(
+        0, num_steps, trace_back, (jnp.zeros((), jnp.int32), jnp.full((num_items,), -1, jnp.int32))
+    )
     engine = jnp.full((num_items,), -1, jnp.int32).at[order].set(choice, mode="drop")
     return BeamResult(engine=engine, utility=util[0], flex=flex[0], num_steps=num_steps)
 
 
-def _lexicographic_rank(key_a: Int[Array, " cand"], key_b: Int[Array, " cand"]) -> Int[Array, " cand"]:
+def _lexicographic_rank(
+    key_a: Int[Array, " cand"], key_b: Int[Array, " cand"]
+) -> Int[Array, " cand"]:
     """Rank (0 = first) of every candidate by (key_a, key_b, index), a permutation.
 
     A pairwise comparison (cand^2 elementwise work, fused by XLA) instead of
@@ -283,7 +300,9 @@ def _lexicographic_rank(key_a: Int[Array, " cand"], key_b: Int[Array, " cand"]) 
     a_eq = key_a[:, None] == key_a[None, :]
     b_lt = key_b[:, None] < key_b[None, :]
     b_eq = key_b[:, None] == key_b[None, :]
-    before = a_lt | (a_eq & (b_lt | (b_eq & (ids[:, None] < ids[None, :]))))  # [x, y]: x ranks before y
+    before = a_lt | (
+        a_eq & (b_lt | (b_eq & (ids[:, None] < ids[None, :])))
+    )  # [x, y]: x ranks before y
     return jnp.sum(before, axis=0, dtype=jnp.int32)
 
 
@@ -313,4 +332,3 @@ def schedule_round(
         beam_width,
     )
     return scores, result
-

@@ -83,7 +83,9 @@ class ProfileSettings:
         if not self.concurrency or any(n < 1 for n in self.concurrency):
             raise AragogError(f"concurrency levels must be >= 1, got {list(self.concurrency)}")
         if list(self.concurrency) != sorted(set(self.concurrency)):
-            raise AragogError(f"concurrency levels must be strictly increasing, got {list(self.concurrency)}")
+            raise AragogError(
+                f"concurrency levels must be strictly increasing, got {list(self.concurrency)}"
+            )
         if self.prompt_tokens < 1 or self.output_tokens < 2:
             raise AragogError("need prompt_tokens >= 1 and output_tokens >= 2")
         if self.level_s <= 0 or self.level_requests < 1 or self.probe_repeats < 1:
@@ -112,7 +114,9 @@ class Timed:
     @property
     def incremental(self) -> bool:
         """Did tokens arrive spread over time (a real stream) or in one burst at the end?"""
-        return (self.end - self.first) > 0.2 * (self.end - self.start) and self.completion_tokens > 1
+        return (self.end - self.first) > 0.2 * (
+            self.end - self.start
+        ) and self.completion_tokens > 1
 
     @property
     def itl(self) -> float:
@@ -133,7 +137,9 @@ class LevelResult:
     latency_p50_s: float
     mean_prompt_tokens: float
     mean_completion_tokens: float
-    streamed_share: float = 0.0  # share of requests whose tokens arrived spread out (not in one burst)
+    streamed_share: float = (
+        0.0  # share of requests whose tokens arrived spread out (not in one burst)
+    )
     max_running: float = -1.0  # engine gauge (vLLM/SGLang) seen during the level; -1: not exported
     max_waiting: float = -1.0
 
@@ -187,14 +193,18 @@ def _map_error(name: str, exc: BaseException, timeout_s: float) -> UpstreamError
     return UpstreamError(f"engine {name}: {type(exc).__name__}: {exc}")
 
 
-async def timed_chat(client: EngineClient, prompt: str, max_tokens: int, seed: int, *, stream: bool = True) -> Timed:
+async def timed_chat(
+    client: EngineClient, prompt: str, max_tokens: int, seed: int, *, stream: bool = True
+) -> Timed:
     """One streamed chat completion with exactly ``max_tokens`` tokens, timed per chunk.
 
     Uses the engine client's session (its timeouts and connection limits); transport
     errors become :class:`UpstreamError` here, like in the client itself.
     """
     # ignore_eos: vLLM generates exactly max_tokens; other engines ignore the field.
-    body = client.chat_body(prompt, max_tokens=max_tokens, seed=seed, stream=stream, ignore_eos=True)
+    body = client.chat_body(
+        prompt, max_tokens=max_tokens, seed=seed, stream=stream, ignore_eos=True
+    )
     start = time.monotonic()
     first = 0.0
     chunks: list[float] = []
@@ -224,7 +234,7 @@ async def timed_chat(client: EngineClient, prompt: str, max_tokens: int, seed: i
                                 first = now
     except UpstreamError:
         raise
-    except (asyncio.TimeoutError, aiohttp.ClientError, ValueError) as exc:
+    except (TimeoutError, aiohttp.ClientError, ValueError) as exc:
         raise _map_error(client.name, exc, client.limits.request_timeout_s) from exc
     end = time.monotonic()
     return Timed(
@@ -289,7 +299,9 @@ def _median(xs: list[float]) -> float:
     return float(statistics.median(xs)) if xs else 0.0
 
 
-def iteration_points(levels: list[LevelResult], probe_latency_s: float, prefill_rate: float) -> list[tuple[int, float]]:
+def iteration_points(
+    levels: list[LevelResult], probe_latency_s: float, prefill_rate: float
+) -> list[tuple[int, float]]:
     """(n, decode iteration seconds at batch n) from each level's median latency.
 
     A level's request (prompt P, G output tokens) takes ``L(n) = overhead + P / rate + G
@@ -306,7 +318,11 @@ def iteration_points(levels: list[LevelResult], probe_latency_s: float, prefill_
     for lv in levels:
         if lv.queued or lv.mean_completion_tokens < 2:
             continue
-        t = (lv.latency_p50_s - probe_latency_s - (lv.concurrency - 1) * lv.mean_prompt_tokens / prefill_rate)
+        t = (
+            lv.latency_p50_s
+            - probe_latency_s
+            - (lv.concurrency - 1) * lv.mean_prompt_tokens / prefill_rate
+        )
         pts.append((lv.concurrency, max(t / (lv.mean_completion_tokens - 1), 1e-6)))
         if lv.max_running < 0 and lv.tokens_per_s >= best * 0.999:
             break  # no gauge: the first level at peak ends the batching regime
@@ -338,7 +354,10 @@ def saturation_batch(levels: list[LevelResult], margin: float) -> int:
         return sat
     # The engine queued somewhere: its batch limit is at least every level that did not
     # queue and at least what it was seen running.
-    limit = max([lv.concurrency for lv in levels if not lv.queued] + [int(max(lv.max_running for lv in levels))])
+    limit = max(
+        [lv.concurrency for lv in levels if not lv.queued]
+        + [int(max(lv.max_running for lv in levels))]
+    )
     return max(1, min(sat, limit))
 
 
@@ -361,7 +380,11 @@ class Profiler:
         settings.check()
         self.settings = settings
         self.model = model or served_model
-        limits = ClientLimits(request_timeout_s=settings.request_timeout_s, orca=False, max_connections=max(64, 2 * max(settings.concurrency)))
+        limits = ClientLimits(
+            request_timeout_s=settings.request_timeout_s,
+            orca=False,
+            max_connections=max(64, 2 * max(settings.concurrency)),
+        )
         self.client = EngineClient("profiled", url, served_model, limits)
         self.progress = progress or (lambda msg: None)
         self.rng = np.random.default_rng(settings.seed)
@@ -376,7 +399,9 @@ class Profiler:
     async def _probe(self, words: int) -> tuple[float, int]:
         lat, ptoks = [], []
         for _ in range(self.settings.probe_repeats):
-            r = await timed_chat(self.client, synthetic_prompt(words, self.rng), 1, self._next_seed(), stream=False)
+            r = await timed_chat(
+                self.client, synthetic_prompt(words, self.rng), 1, self._next_seed(), stream=False
+            )
             self.num_requests += 1
             lat.append(r.end - r.start)
             ptoks.append(r.prompt_tokens or words)
@@ -466,19 +491,25 @@ class Profiler:
                 kv = 0
             # Warm-up (first requests pay lazy initialisation), not measured; it also
             # calibrates words per token so prompts land near the asked token counts.
-            warm = await timed_chat(self.client, synthetic_prompt(64, self.rng), 2, self._next_seed(), stream=False)
+            warm = await timed_chat(
+                self.client, synthetic_prompt(64, self.rng), 2, self._next_seed(), stream=False
+            )
             self.num_requests += 1
             tokens_per_word = (warm.prompt_tokens / 64.0) if warm.prompt_tokens else 1.0
             self.prompt_words = max(1, round(s.prompt_tokens / max(tokens_per_word, 0.1)))
-            self.progress(f"engine {self.client.url} model {self.client.served_model!r} ({version}); probing prefill")
+            self.progress(
+                f"engine {self.client.url} model {self.client.served_model!r} ({version}); probing prefill"
+            )
             short_lat, short_p = await self._probe(self.prompt_words)
             long_lat, long_p = await self._probe(self.prompt_words * s.probe_long_factor)
             if long_lat > short_lat and long_p > short_p:
                 prefill_rate = (long_p - short_p) / (long_lat - short_lat)
             else:  # prefill too fast to see against the noise
                 prefill_rate = 1e6
-            self.progress(f"prefill: {short_p} tokens {1e3 * short_lat:.1f} ms, {long_p} tokens {1e3 * long_lat:.1f} ms "
-                          f"-> {prefill_rate:,.0f} tokens/s")  # fmt: skip
+            self.progress(
+                f"prefill: {short_p} tokens {1e3 * short_lat:.1f} ms, {long_p} tokens {1e3 * long_lat:.1f} ms "
+                f"-> {prefill_rate:,.0f} tokens/s"
+            )
             levels: list[LevelResult] = []
             for n in s.concurrency:
                 lv = await self._level(n)
@@ -487,7 +518,11 @@ class Profiler:
                     f"concurrency {n:4d}: {lv.tokens_per_s:9.1f} tokens/s  ttft p50 {1e3 * lv.ttft_p50_s:7.1f} ms  "
                     f"itl p50 {1e3 * lv.itl_p50_s:6.2f} ms  latency p50 {lv.latency_p50_s:6.3f} s  "
                     f"({lv.num_requests} requests in {lv.window_s:.1f} s"
-                    + (f", engine ran <= {lv.max_running:.0f}, queued <= {lv.max_waiting:.0f})" if lv.max_running >= 0 else ")")
+                    + (
+                        f", engine ran <= {lv.max_running:.0f}, queued <= {lv.max_waiting:.0f})"
+                        if lv.max_running >= 0
+                        else ")"
+                    )
                 )
         finally:
             await self.client.close()
@@ -504,7 +539,7 @@ class Profiler:
         elif not kv:
             kv = max(1 << 20, 4 * max(s.concurrency) * int(p_tok * s.probe_long_factor + g_tok))
             kv_source = "placeholder (engine does not export vllm:cache_config_info)"
-        date = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+        date = _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
         # Engines that deliver a stream in one burst at the end (vLLM CPU does) give no TTFT
         # or ITL on the wire: then TTFT is the one-token probe's latency and ITL the fit's t(1).
         streamed = levels[0].concurrency == 1 and levels[0].streamed_share >= 0.5
@@ -517,7 +552,11 @@ class Profiler:
             f"{p_tok + g_tok / 2:.0f} tokens per sequence (decode_per_ctx_token_s not separated). "
             f"Fixed per-request overhead outside the engine loop {1e3 * overhead:.1f} ms (not in the iteration model). "
             f"KV capacity: {kv_source}. TTFT/ITL: "
-            + ("streamed (median at concurrency 1)." if streamed else "stream arrived in bursts: one-token probe latency / fitted t(1).")
+            + (
+                "streamed (median at concurrency 1)."
+                if streamed
+                else "stream arrived in bursts: one-token probe latency / fitted t(1)."
+            )
         )
         profile = EngineProfile(
             model=self.model,
@@ -572,10 +611,18 @@ def measured_profile_to_toml(p: EngineProfile, command: str = "") -> str:
     return profile_to_toml(p, header)
 
 
-def profile_engine(url: str, served_model: str, *, model: str = "", settings: ProfileSettings = ProfileSettings(),
-                   progress: Callable[[str], None] | None = None) -> tuple[EngineProfile, ProfileReport]:  # fmt: skip
+def profile_engine(
+    url: str,
+    served_model: str,
+    *,
+    model: str = "",
+    settings: ProfileSettings = ProfileSettings(),
+    progress: Callable[[str], None] | None = None,
+) -> tuple[EngineProfile, ProfileReport]:
     """Synchronous wrapper of :class:`Profiler` (runs its own event loop)."""
-    return asyncio.run(Profiler(url, served_model, model=model, settings=settings, progress=progress).run())
+    return asyncio.run(
+        Profiler(url, served_model, model=model, settings=settings, progress=progress).run()
+    )
 
 
 __all__ = [

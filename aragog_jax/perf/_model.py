@@ -53,7 +53,11 @@ def decode_iteration_s(profile: EngineProfile, batch: int, ctx_tokens: float) ->
     """
     if batch <= 0:
         return 0.0
-    return profile.decode_base_s + profile.decode_per_seq_s * batch + profile.decode_per_ctx_token_s * ctx_tokens
+    return (
+        profile.decode_base_s
+        + profile.decode_per_seq_s * batch
+        + profile.decode_per_ctx_token_s * ctx_tokens
+    )
 
 
 def prefill_s(profile: EngineProfile, tokens: int) -> float:
@@ -61,7 +65,9 @@ def prefill_s(profile: EngineProfile, tokens: int) -> float:
     return tokens / profile.prefill_tokens_per_s
 
 
-def iteration_s(profile: EngineProfile, batch: int, ctx_tokens: float, prefill_tokens: float = 0) -> float:
+def iteration_s(
+    profile: EngineProfile, batch: int, ctx_tokens: float, prefill_tokens: float = 0
+) -> float:
     """Seconds of one mixed iteration: decode of ``batch`` sequences plus ``prefill_tokens``.
 
     An iteration that only prefills still pays the fixed per-iteration cost
@@ -69,7 +75,11 @@ def iteration_s(profile: EngineProfile, batch: int, ctx_tokens: float, prefill_t
     """
     if batch <= 0 and prefill_tokens <= 0:
         return 0.0
-    t = profile.decode_base_s + profile.decode_per_seq_s * max(batch, 0) + profile.decode_per_ctx_token_s * ctx_tokens
+    t = (
+        profile.decode_base_s
+        + profile.decode_per_seq_s * max(batch, 0)
+        + profile.decode_per_ctx_token_s * ctx_tokens
+    )
     return t + prefill_tokens / profile.prefill_tokens_per_s
 
 

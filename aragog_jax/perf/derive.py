@@ -52,7 +52,15 @@ import numpy as np
 from aragog_jax._cli import run_cli
 from aragog_jax.errors import SpecError
 from aragog_jax.perf._model import profile_to_toml as render_profile_toml
-from aragog_jax.spec import DEFAULT_MODELS, PROFILES_DIR, CurvePoint, EngineProfile, ModelSpec, decode_toml, load_models
+from aragog_jax.spec import (
+    DEFAULT_MODELS,
+    PROFILES_DIR,
+    CurvePoint,
+    EngineProfile,
+    ModelSpec,
+    decode_toml,
+    load_models,
+)
 
 ENGINES_DIR = PROFILES_DIR / "engines"
 
@@ -114,7 +122,9 @@ class DecodeModel:
         return self.base_s + self.per_seq_s * batch + self.per_ctx_token_s * ctx_tokens
 
 
-def decode_model(model: ModelSpec, tp: int, hw: Hardware = Hardware(), a: Assumptions = Assumptions()) -> DecodeModel:
+def decode_model(
+    model: ModelSpec, tp: int, hw: Hardware = Hardware(), a: Assumptions = Assumptions()
+) -> DecodeModel:
     """The per-iteration decode time coefficients (see the module docstring)."""
     weight_bytes = model.num_params * a.bytes_per_param
     bw = hw.hbm_bytes_per_s * a.bandwidth_efficiency
@@ -123,19 +133,29 @@ def decode_model(model: ModelSpec, tp: int, hw: Hardware = Hardware(), a: Assump
     if tp > 1:
         act_bytes = 2 * model.hidden_size  # one BF16 hidden vector per sequence per all-reduce
         ring = 2 * (tp - 1) / tp
-        comm_per_seq = 2 * model.num_layers * act_bytes * ring / (hw.nvlink_bytes_per_s * a.nvlink_efficiency)
+        comm_per_seq = (
+            2 * model.num_layers * act_bytes * ring / (hw.nvlink_bytes_per_s * a.nvlink_efficiency)
+        )
     base = a.iteration_overhead_s + (weight_bytes / tp) / bw + comm_base
-    per_seq = a.per_seq_overhead_s + 2 * model.num_params / (hw.peak_flops * a.mfu_decode * tp) + comm_per_seq
+    per_seq = (
+        a.per_seq_overhead_s
+        + 2 * model.num_params / (hw.peak_flops * a.mfu_decode * tp)
+        + comm_per_seq
+    )
     kv_shards = min(tp, model.num_kv_heads)
     per_ctx = (_kv_bytes_per_token(model, a) / kv_shards) / bw
     return DecodeModel(base, per_seq, per_ctx)
 
 
-def kv_capacity_tokens(model: ModelSpec, tp: int, hw: Hardware = Hardware(), a: Assumptions = Assumptions()) -> int:
+def kv_capacity_tokens(
+    model: ModelSpec, tp: int, hw: Hardware = Hardware(), a: Assumptions = Assumptions()
+) -> int:
     """Tokens of KV cache that fit next to the weights; raises if the weights do not fit."""
     free = hw.memory_bytes * tp * a.gpu_memory_utilization - model.num_params * a.bytes_per_param
     if free <= 0:
-        raise SpecError(f"{model.name}: weights do not fit on {tp} x {hw.name} (tensor_parallel too small)")
+        raise SpecError(
+            f"{model.name}: weights do not fit on {tp} x {hw.name} (tensor_parallel too small)"
+        )
     return int(free // _kv_bytes_per_token(model, a))
 
 
@@ -144,7 +164,9 @@ def _kv_bytes_per_token(model: ModelSpec, a: Assumptions) -> int:
     return model.kv_bytes_per_token * a.kv_bytes_per_value // 2
 
 
-def prefill_tokens_per_s(model: ModelSpec, tp: int, hw: Hardware = Hardware(), a: Assumptions = Assumptions()) -> float:
+def prefill_tokens_per_s(
+    model: ModelSpec, tp: int, hw: Hardware = Hardware(), a: Assumptions = Assumptions()
+) -> float:
     return hw.peak_flops * a.mfu_prefill * tp / (2 * model.num_params)
 
 
@@ -154,7 +176,13 @@ def _sig(x: float, digits: int = 6) -> float:
 
 
 def derive_profile(
-    model: ModelSpec, tp: int, hw: Hardware = Hardware(), a: Assumptions = Assumptions(), *, kind: str = "derived", notes: str = ""
+    model: ModelSpec,
+    tp: int,
+    hw: Hardware = Hardware(),
+    a: Assumptions = Assumptions(),
+    *,
+    kind: str = "derived",
+    notes: str = "",
 ) -> EngineProfile:
     """One engine profile for ``model`` on ``tp`` GPUs from the formula and assumptions ``a``.
 
@@ -170,7 +198,9 @@ def derive_profile(
     ctx = a.typical_context_tokens
     max_batch = min(a.max_num_seqs, kv_cap // ctx)
     if max_batch < 1:
-        raise SpecError(f"{model.name} TP{tp}: KV cache holds {kv_cap} tokens, less than one {ctx}-token sequence")
+        raise SpecError(
+            f"{model.name} TP{tp}: KV cache holds {kv_cap} tokens, less than one {ctx}-token sequence"
+        )
 
     def tput(n: int) -> float:
         return n / dm.iteration_s(n, n * ctx)
@@ -203,7 +233,6 @@ def derive_profile(
         engine_version=kind,
         notes=notes,
     )
-
 
 
 # ----------------------------------------------------------------------------- fit to published points
@@ -244,7 +273,9 @@ class PublishedPoints(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     point: list[PublishedPoint]
 
 
-def load_published_points(path: str | Path = PUBLISHED_POINTS) -> tuple[list[PublishedPoint], dict[str, str]]:
+def load_published_points(
+    path: str | Path = PUBLISHED_POINTS,
+) -> tuple[list[PublishedPoint], dict[str, str]]:
     """(points, source key -> description); errors name the file, the point and the field."""
     raw = decode_toml(path, PublishedPoints, "published points")
     for i, pt in enumerate(raw.point):
@@ -253,15 +284,25 @@ def load_published_points(path: str | Path = PUBLISHED_POINTS) -> tuple[list[Pub
     return list(raw.point), dict(raw.sources)
 
 
-def _point_setting(pt: PublishedPoint, hw: Hardware, a: Assumptions) -> tuple[Hardware, Assumptions]:
+def _point_setting(
+    pt: PublishedPoint, hw: Hardware, a: Assumptions
+) -> tuple[Hardware, Assumptions]:
     """The hardware and engine settings of the point's run: its precision, batch cap and memory share."""
     b = _PRECISION_BYTES[pt.precision]
     hw_pt = replace(hw, peak_flops=hw.peak_flops_fp8) if pt.precision == "fp8" else hw
-    a_pt = replace(a, bytes_per_param=b, kv_bytes_per_value=b, max_num_seqs=pt.max_batch, gpu_memory_utilization=pt.kv_memory_fraction)
+    a_pt = replace(
+        a,
+        bytes_per_param=b,
+        kv_bytes_per_value=b,
+        max_num_seqs=pt.max_batch,
+        gpu_memory_utilization=pt.kv_memory_fraction,
+    )
     return hw_pt, a_pt
 
 
-def predict_point(pt: PublishedPoint, model: ModelSpec, hw: Hardware = Hardware(), a: Assumptions = Assumptions()) -> float:
+def predict_point(
+    pt: PublishedPoint, model: ModelSpec, hw: Hardware = Hardware(), a: Assumptions = Assumptions()
+) -> float:
     """The formula's generated tokens/s for a published max-load point.
 
     Concurrency C is as high as the KV cache (each request reserves input + output
@@ -272,9 +313,13 @@ def predict_point(pt: PublishedPoint, model: ModelSpec, hw: Hardware = Hardware(
     """
     hw_pt, a_pt = _point_setting(pt, hw, a)
     i, o = pt.input_tokens, pt.output_tokens
-    c = max(1, min(pt.max_batch, kv_capacity_tokens(model, pt.tensor_parallel, hw_pt, a_pt) // (i + o)))
+    c = max(
+        1, min(pt.max_batch, kv_capacity_tokens(model, pt.tensor_parallel, hw_pt, a_pt) // (i + o))
+    )
     dm = decode_model(model, pt.tensor_parallel, hw_pt, a_pt)
-    t = o * dm.iteration_s(c, c * (i + o / 2)) + c * i / prefill_tokens_per_s(model, pt.tensor_parallel, hw_pt, a_pt)
+    t = o * dm.iteration_s(c, c * (i + o / 2)) + c * i / prefill_tokens_per_s(
+        model, pt.tensor_parallel, hw_pt, a_pt
+    )
     return c * o / t
 
 
@@ -290,7 +335,10 @@ class FitResult:
 
 
 def fit_assumptions(
-    points: Sequence[PublishedPoint], catalog_models: Sequence[ModelSpec], hw: Hardware = Hardware(), a0: Assumptions = Assumptions()
+    points: Sequence[PublishedPoint],
+    catalog_models: Sequence[ModelSpec],
+    hw: Hardware = Hardware(),
+    a0: Assumptions = Assumptions(),
 ) -> FitResult:
     """Fit the efficiencies in ``FIT_FIELDS`` to published points (regularised log least squares).
 
@@ -306,7 +354,9 @@ def fit_assumptions(
     if not points:
         raise SpecError("no published points to fit")
     theta0 = np.log([float(getattr(a0, f)) for f in FIT_FIELDS])
-    caps = np.array([0.0 if "efficiency" in f or f.startswith("mfu") else np.inf for f in FIT_FIELDS])
+    caps = np.array(
+        [0.0 if "efficiency" in f or f.startswith("mfu") else np.inf for f in FIT_FIELDS]
+    )
     values = np.log([pt.value for pt in points])
 
     def assumptions(theta: np.ndarray) -> Assumptions:
@@ -320,7 +370,13 @@ def fit_assumptions(
     theta, lam = theta0.copy(), 1e-2
     r = residuals(theta)
     for _ in range(200):
-        jac = np.stack([(residuals(theta + 1e-6 * np.eye(len(theta))[j]) - r) / 1e-6 for j in range(len(theta))], axis=1)
+        jac = np.stack(
+            [
+                (residuals(theta + 1e-6 * np.eye(len(theta))[j]) - r) / 1e-6
+                for j in range(len(theta))
+            ],
+            axis=1,
+        )
         g, h = jac.T @ r, jac.T @ jac
         step = np.linalg.solve(h + lam * np.diag(np.diag(h) + 1e-12), -g)
         cand = np.minimum(theta + step, caps)
@@ -333,13 +389,17 @@ def fit_assumptions(
             lam *= 4
             if lam > 1e9:
                 break
-    fitted = replace(a0, **{f: _sig(float(np.exp(v)), 3) for f, v in zip(FIT_FIELDS, theta, strict=True)})
+    fitted = replace(
+        a0, **{f: _sig(float(np.exp(v)), 3) for f, v in zip(FIT_FIELDS, theta, strict=True)}
+    )
     pred = tuple(predict_point(pt, by_name[pt.model], hw, fitted) for pt in points)
     err = np.log(np.asarray(pred) / np.exp(values))
     return FitResult(fitted, tuple(points), pred, float(np.sqrt(np.mean(err**2))))
 
 
-def shipped_fit(models_path: str | Path = DEFAULT_MODELS, points_path: str | Path = PUBLISHED_POINTS) -> FitResult:
+def shipped_fit(
+    models_path: str | Path = DEFAULT_MODELS, points_path: str | Path = PUBLISHED_POINTS
+) -> FitResult:
     """The fit every shipped profile uses: the shipped published points, the shipped catalog."""
     points, _ = load_published_points(points_path)
     return fit_assumptions(points, load_models(models_path).model)
@@ -350,7 +410,10 @@ def profile_filename(model_name: str, tp: int, hw: Hardware = Hardware()) -> str
 
 
 def profile_to_toml(
-    p: EngineProfile, a: Assumptions = Assumptions(), hw: Hardware = Hardware(), fit_lines: Sequence[str] = ()
+    p: EngineProfile,
+    a: Assumptions = Assumptions(),
+    hw: Hardware = Hardware(),
+    fit_lines: Sequence[str] = (),
 ) -> str:
     """Render a derived or fitted profile as commented TOML (deterministic; loads back with ``load_profile``)."""
     if p.kind == "fitted":
@@ -371,10 +434,14 @@ def profile_to_toml(
     return render_profile_toml(p, header)
 
 
-def fitted_profile(model: ModelSpec, tp: int, fit: FitResult, sources: dict[str, str], hw: Hardware = Hardware()) -> str:
+def fitted_profile(
+    model: ModelSpec, tp: int, fit: FitResult, sources: dict[str, str], hw: Hardware = Hardware()
+) -> str:
     """TOML of ``model`` on ``tp`` GPUs with the fitted efficiencies: ``fitted`` when the fit
     has points of this model at this TP (listed in the header), else ``derived``."""
-    own = [i for i, pt in enumerate(fit.points) if pt.model == model.name and pt.tensor_parallel == tp]
+    own = [
+        i for i, pt in enumerate(fit.points) if pt.model == model.name and pt.tensor_parallel == tp
+    ]
     used = sorted({pt.source for pt in fit.points})
     lines = [
         f"# Efficiencies ({', '.join(FIT_FIELDS)}) fitted to {len(fit.points)} published points "
@@ -393,7 +460,8 @@ def fitted_profile(model: ModelSpec, tp: int, fit: FitResult, sources: dict[str,
     if own:
         notes = (
             f"Fitted by aragog_jax.perf.derive: formula with efficiencies fitted to published {hw.name} points, "
-            f"{len(own)} of them of this model at TP{tp}; curve at {ctx} context tokens per sequence. See profiles/README.md."
+            f"{len(own)} of them of this model at TP{tp}; curve at {ctx} context tokens per "
+            "sequence. See profiles/README.md."
         )
     else:
         notes = (
@@ -405,7 +473,9 @@ def fitted_profile(model: ModelSpec, tp: int, fit: FitResult, sources: dict[str,
     return profile_to_toml(prof, fit.assumptions, hw, lines)
 
 
-def shipped_profiles(models_path: str | Path = DEFAULT_MODELS, points_path: str | Path = PUBLISHED_POINTS) -> dict[str, str]:
+def shipped_profiles(
+    models_path: str | Path = DEFAULT_MODELS, points_path: str | Path = PUBLISHED_POINTS
+) -> dict[str, str]:
     """File name -> TOML text of every shipped profile (formula with the shipped fit)."""
     catalog = load_models(models_path)
     by_name = {m.name: m for m in catalog.model}
@@ -435,7 +505,8 @@ def fit_report(fit: FitResult) -> str:
     for i, pt in enumerate(fit.points):
         name = pt.model + (f" ({pt.measured_model})" if pt.measured_model else "")
         rows.append(
-            f"| {name} | {pt.tensor_parallel} | {pt.precision} | {pt.input_tokens} / {pt.output_tokens} | {pt.value:,.0f} "
+            f"| {name} | {pt.tensor_parallel} | {pt.precision} | {pt.input_tokens} / "
+            f"{pt.output_tokens} | {pt.value:,.0f} "
             f"| {fit.predicted[i]:,.0f} | {fit.ratio(i):.3f} |"
         )
     return "\n".join(rows)
@@ -448,16 +519,34 @@ def main(argv: Sequence[str] | None = None) -> int:
         "throughput curve, saturation batch) from model cards, with efficiencies fitted to published "
         "measurements. Without --model, writes every shipped profile.",
     )
-    parser.add_argument("--out", type=Path, default=ENGINES_DIR, help="output directory (default: profiles/engines)")
-    parser.add_argument("--models", type=Path, default=DEFAULT_MODELS, help="model catalog TOML (default: the shipped one)")
-    parser.add_argument("--model", help="derive only this model (name from the catalog)")
-    parser.add_argument("--tp", type=int, default=1, help="tensor parallel degree for --model (default 1)")
     parser.add_argument(
-        "--points", type=Path, default=PUBLISHED_POINTS, help="published measurements to fit (default: profiles/engines/published.toml)"
+        "--out", type=Path, default=ENGINES_DIR, help="output directory (default: profiles/engines)"
     )
-    parser.add_argument("--check", action="store_true", help="compare with the files in --out instead of writing; exit 1 on a difference")
     parser.add_argument(
-        "--report", action="store_true", help="print the fit (efficiencies, every point against the formula) as markdown and exit"
+        "--models",
+        type=Path,
+        default=DEFAULT_MODELS,
+        help="model catalog TOML (default: the shipped one)",
+    )
+    parser.add_argument("--model", help="derive only this model (name from the catalog)")
+    parser.add_argument(
+        "--tp", type=int, default=1, help="tensor parallel degree for --model (default 1)"
+    )
+    parser.add_argument(
+        "--points",
+        type=Path,
+        default=PUBLISHED_POINTS,
+        help="published measurements to fit (default: profiles/engines/published.toml)",
+    )
+    parser.add_argument(
+        "--check",
+        action="store_true",
+        help="compare with the files in --out instead of writing; exit 1 on a difference",
+    )
+    parser.add_argument(
+        "--report",
+        action="store_true",
+        help="print the fit (efficiencies, every point against the formula) as markdown and exit",
     )
     args = parser.parse_args(argv)
     if args.report:
@@ -472,12 +561,20 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise SpecError(f"unknown model {args.model!r} (known: {', '.join(sorted(by_name))})")
         points, sources = load_published_points(args.points)
         fit = fit_assumptions(points, catalog.model)
-        files = {profile_filename(args.model, args.tp): fitted_profile(by_name[args.model], args.tp, fit, sources)}
+        files = {
+            profile_filename(args.model, args.tp): fitted_profile(
+                by_name[args.model], args.tp, fit, sources
+            )
+        }
     else:
         files = shipped_profiles(args.models, args.points)
 
     if args.check:
-        stale = [n for n, text in files.items() if not (args.out / n).is_file() or (args.out / n).read_text() != text]
+        stale = [
+            n
+            for n, text in files.items()
+            if not (args.out / n).is_file() or (args.out / n).read_text() != text
+        ]
         for n in stale:
             print(f"differs: {args.out / n}")
         print(f"{len(files) - len(stale)}/{len(files)} profiles up to date")

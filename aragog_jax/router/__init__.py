@@ -24,10 +24,20 @@ from aragog_jax.router._calibrate import (
     routing_report,
 )
 from aragog_jax.router._checkpoint import FORMAT as CHECKPOINT_FORMAT
-from aragog_jax.router._checkpoint import CheckpointMeta, RouterCheckpoint, load_checkpoint, save_checkpoint
-from aragog_jax.router._featurize import EmbeddingsFeaturizer, Featurizer, HashedNgramFeaturizer, make_featurizer
+from aragog_jax.router._checkpoint import (
+    CheckpointMeta,
+    RouterCheckpoint,
+    load_checkpoint,
+    save_checkpoint,
+)
+from aragog_jax.router._featurize import (
+    EmbeddingsFeaturizer,
+    Featurizer,
+    HashedNgramFeaturizer,
+    make_featurizer,
+)
 from aragog_jax.router._model import RouterModelConfig, init_params
-from aragog_jax.router._router import DEFAULT_BUCKETS, RouteResult, Router
+from aragog_jax.router._router import DEFAULT_BUCKETS, Router, RouteResult
 from aragog_jax.router._train import FitResult, TrainConfig, fit_router, plot_sweep
 
 #: Shipped checkpoints: ``profiles/routers/<workflow>/<family>.npz``.

@@ -32,7 +32,9 @@ class BatchRouter:
       admitted: ``indices`` (int32 arrays of configuration indices) or ``mask`` (the bool[C] row).
     """
 
-    def __init__(self, checkpoint: str | Path, batch_size: int = 4096, admitted: str = "indices") -> None:
+    def __init__(
+        self, checkpoint: str | Path, batch_size: int = 4096, admitted: str = "indices"
+    ) -> None:
         from aragog_jax.router._router import Router
 
         if admitted not in ("indices", "mask"):
@@ -42,7 +44,9 @@ class BatchRouter:
 
     def __call__(self, batch: dict) -> dict:
         if "text" not in batch or "id" not in batch:
-            raise DatasetError(f"a routing batch needs 'id' and 'text' columns, got {sorted(batch)}")
+            raise DatasetError(
+                f"a routing batch needs 'id' and 'text' columns, got {sorted(batch)}"
+            )
         texts = [str(t) for t in batch["text"]]
         mask = self.router.route_texts(texts).mask
         out = {"id": np.asarray(batch["id"]), "num_admitted": mask.sum(axis=1).astype(np.int32)}

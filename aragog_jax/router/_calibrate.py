@@ -128,7 +128,9 @@ def config_bounds(
     return ub
 
 
-def thresholds_at_level(bounds: np.ndarray, alpha: float, grid: tuple[float, ...] = DEFAULT_GRID) -> np.ndarray:
+def thresholds_at_level(
+    bounds: np.ndarray, alpha: float, grid: tuple[float, ...] = DEFAULT_GRID
+) -> np.ndarray:
     """Per configuration, the lowest grid threshold whose bound is <= alpha (``+inf`` if none).
 
     Args:
@@ -233,7 +235,11 @@ def calibrate(
             if ub > epsilon:
                 break
             level, policy_bound = float(alpha), ub
-    thresholds = at(level) if level > 0 else np.where(np.arange(logits.shape[1]) == c_max, -np.inf, np.inf).astype(np.float32)
+    thresholds = (
+        at(level)
+        if level > 0
+        else np.where(np.arange(logits.shape[1]) == c_max, -np.inf, np.inf).astype(np.float32)
+    )
     cols = np.arange(logits.shape[1])
     idx = np.searchsorted(np.asarray(grid), thresholds)
     bound = np.where(np.isfinite(thresholds), bounds[np.minimum(idx, len(grid) - 1), cols], 1.0)

@@ -93,7 +93,9 @@ class RouterCheckpoint:
                 stored = msgspec.convert(m.workflow_spec, WorkflowSpec)
                 pool = [msgspec.convert(x, ModelSpec) for x in m.model_pool or []]
             except msgspec.ValidationError as exc:
-                raise CheckpointError(f"malformed workflow or model pool stored in the checkpoint: {exc}") from exc
+                raise CheckpointError(
+                    f"malformed workflow or model pool stored in the checkpoint: {exc}"
+                ) from exc
             if family is None:
                 return build_space(stored, pool)
         family = family or m.family
@@ -116,9 +118,13 @@ class RouterCheckpoint:
         if m.num_configs != space.num_configs:
             problems.append(f"{m.num_configs} configurations, not {space.num_configs}")
         if not problems and m.fingerprint != space.fingerprint():
-            problems.append(f"configuration order fingerprint {m.fingerprint}, not {space.fingerprint()}")
+            problems.append(
+                f"configuration order fingerprint {m.fingerprint}, not {space.fingerprint()}"
+            )
         if problems:
-            raise CheckpointError(f"{where} was trained for a different configuration space: " + "; ".join(problems))
+            raise CheckpointError(
+                f"{where} was trained for a different configuration space: " + "; ".join(problems)
+            )
 
 
 def model_config_from_dict(d: dict) -> RouterModelConfig:
@@ -156,7 +162,9 @@ def _clean(obj):
 
 def meta_to_json(meta: CheckpointMeta) -> bytes:
     d = msgspec.to_builtins(meta, builtin_types=(), enc_hook=_json_default)
-    return json.dumps(_clean(d), indent=1, sort_keys=True, default=_json_default, allow_nan=False).encode()
+    return json.dumps(
+        _clean(d), indent=1, sort_keys=True, default=_json_default, allow_nan=False
+    ).encode()
 
 
 def save_checkpoint(ckpt: RouterCheckpoint, path: str | Path) -> Path:
@@ -174,7 +182,10 @@ def save_checkpoint(ckpt: RouterCheckpoint, path: str | Path) -> Path:
     return path
 
 
-_NPZ_MAGIC = (b"PK\x03\x04", b"PK\x05\x06")  # a zip archive's first bytes (an empty one: the second)
+_NPZ_MAGIC = (
+    b"PK\x03\x04",
+    b"PK\x05\x06",
+)  # a zip archive's first bytes (an empty one: the second)
 
 
 def load_checkpoint(path: str | Path) -> RouterCheckpoint:
@@ -201,13 +212,17 @@ def _read(path: Path) -> RouterCheckpoint:
     with open(path, "rb") as f:
         head = f.read(4)
         if head not in _NPZ_MAGIC:
-            raise CheckpointError(f"not a router checkpoint: not a .npz (zip) archive (it starts with {head!r})")
+            raise CheckpointError(
+                f"not a router checkpoint: not a .npz (zip) archive (it starts with {head!r})"
+            )
         f.seek(0)
         try:
             with np.load(f, allow_pickle=False) as z:
                 arrays = {k: z[k] for k in z.files}
         except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as exc:
-            raise CheckpointError(f"truncated or corrupt .npz archive: {type(exc).__name__}: {exc}") from exc
+            raise CheckpointError(
+                f"truncated or corrupt .npz archive: {type(exc).__name__}: {exc}"
+            ) from exc
     if "__meta__" not in arrays:
         raise CheckpointError("not a router checkpoint (no __meta__ entry)")
     try:
@@ -223,9 +238,14 @@ def _read(path: Path) -> RouterCheckpoint:
     if thresholds is None:
         raise CheckpointError("checkpoint array thresholds is missing")
     if thresholds.shape != (meta.num_configs,):
-        raise CheckpointError(f"checkpoint array thresholds has shape {thresholds.shape}, expected ({meta.num_configs},)")
+        raise CheckpointError(
+            f"checkpoint array thresholds has shape {thresholds.shape}, expected ({meta.num_configs},)"
+        )
     thresholds = np.asarray(thresholds, np.float32)
-    bad = np.flatnonzero(np.isnan(thresholds) | (np.isneginf(thresholds) & (np.arange(thresholds.size) != thresholds.size - 1)))
+    bad = np.flatnonzero(
+        np.isnan(thresholds)
+        | (np.isneginf(thresholds) & (np.arange(thresholds.size) != thresholds.size - 1))
+    )
     if bad.size:
         raise CheckpointError(
             f"checkpoint thresholds hold {bad.size} invalid values (NaN, or -inf before c_max) "

@@ -125,11 +125,17 @@ class HashedNgramFeaturizer:
 
     def __post_init__(self) -> None:
         if self.dim <= 0 or self.dim & (self.dim - 1):
-            raise CheckpointError(f"hashed-ngram featuriser: dim must be a power of two, got {self.dim}")
+            raise CheckpointError(
+                f"hashed-ngram featuriser: dim must be a power of two, got {self.dim}"
+            )
         if not set(self.word_ngrams) <= {1, 2}:
-            raise CheckpointError(f"hashed-ngram featuriser: word_ngrams must be among (1, 2), got {self.word_ngrams}")
+            raise CheckpointError(
+                f"hashed-ngram featuriser: word_ngrams must be among (1, 2), got {self.word_ngrams}"
+            )
         if any(n < 1 or n > 16 for n in self.char_ngrams):
-            raise CheckpointError(f"hashed-ngram featuriser: char_ngrams must be in 1..16, got {self.char_ngrams}")
+            raise CheckpointError(
+                f"hashed-ngram featuriser: char_ngrams must be in 1..16, got {self.char_ngrams}"
+            )
         object.__setattr__(self, "word_ngrams", tuple(self.word_ngrams))
         object.__setattr__(self, "char_ngrams", tuple(self.char_ngrams))
 
@@ -275,7 +281,9 @@ class EmbeddingsFeaturizer:
         session = self._sessions.get(loop)
         if session is None or session.closed:
             connector = aiohttp.TCPConnector(limit=max(1, self.max_concurrency))
-            session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=self.timeout_s), connector=connector)
+            session = aiohttp.ClientSession(
+                timeout=aiohttp.ClientTimeout(total=self.timeout_s), connector=connector
+            )
             self._sessions[loop] = session
         return session
 
@@ -312,25 +320,38 @@ class EmbeddingsFeaturizer:
             batch = texts[lo : lo + self.batch_size]
             async with sem:
                 try:
-                    async with session.post(url, json={"model": self.model, "input": batch}, headers=headers) as resp:
+                    async with session.post(
+                        url, json={"model": self.model, "input": batch}, headers=headers
+                    ) as resp:
                         if resp.status != 200:
                             body = (await resp.text())[:200]
-                            raise UpstreamError(f"embeddings endpoint {url} answered HTTP {resp.status}: {body}")
+                            raise UpstreamError(
+                                f"embeddings endpoint {url} answered HTTP {resp.status}: {body}"
+                            )
                         payload = await resp.json(content_type=None)
                 except TimeoutError as exc:
-                    raise UpstreamTimeout(f"embeddings endpoint {url} did not answer within {self.timeout_s} s") from exc
+                    raise UpstreamTimeout(
+                        f"embeddings endpoint {url} did not answer within {self.timeout_s} s"
+                    ) from exc
                 except aiohttp.ClientConnectionError as exc:
-                    raise UpstreamError(f"embeddings endpoint {url} is unreachable (is the server up?): {exc}") from exc
+                    raise UpstreamError(
+                        f"embeddings endpoint {url} is unreachable (is the server up?): {exc}"
+                    ) from exc
                 except (aiohttp.ClientError, ValueError) as exc:
-                    raise UpstreamError(f"embeddings endpoint {url} sent a malformed reply: {exc}") from exc
+                    raise UpstreamError(
+                        f"embeddings endpoint {url} sent a malformed reply: {exc}"
+                    ) from exc
             try:
                 items = sorted(payload["data"], key=lambda d: d["index"])
                 vecs = np.asarray([d["embedding"] for d in items], dtype=np.float32)
             except (KeyError, TypeError, ValueError) as exc:
-                raise UpstreamError(f"embeddings endpoint {url} sent a malformed reply: {exc!r}") from exc
+                raise UpstreamError(
+                    f"embeddings endpoint {url} sent a malformed reply: {exc!r}"
+                ) from exc
             if vecs.ndim != 2 or vecs.shape[0] != len(batch):
                 raise UpstreamError(
-                    f"embeddings endpoint {url} returned {vecs.shape[0] if vecs.ndim else 0} vectors for {len(batch)} inputs"
+                    f"embeddings endpoint {url} returned {vecs.shape[0] if vecs.ndim else 0} "
+                    f"vectors for {len(batch)} inputs"
                 )
             if vecs.shape[1] != self.dim:
                 raise UpstreamError(
@@ -358,7 +379,9 @@ def make_featurizer(name: str, config: dict | None = None, **overrides) -> Featu
     """
     cls = _FEATURIZERS.get(name)
     if cls is None:
-        raise CheckpointError(f"unknown featuriser {name!r} (known: {', '.join(sorted(_FEATURIZERS))})")
+        raise CheckpointError(
+            f"unknown featuriser {name!r} (known: {', '.join(sorted(_FEATURIZERS))})"
+        )
     cfg = dict(config or {})
     cfg.update({k: v for k, v in overrides.items() if v is not None})
     for key in ("word_ngrams", "char_ngrams"):

@@ -59,7 +59,10 @@ class RouterModelConfig:
     def flops_per_request(self) -> int:
         """Multiply-add FLOPs (2 per MAC) of one forward pass."""
         dims = (self.feature_dim, *self.hidden)
-        macs = sum(a * b for a, b in zip(dims[:-1], dims[1:], strict=True)) + self.width * self.num_configs
+        macs = (
+            sum(a * b for a, b in zip(dims[:-1], dims[1:], strict=True))
+            + self.width * self.num_configs
+        )
         return 2 * macs
 
 
@@ -78,7 +81,9 @@ def init_params(cfg: RouterModelConfig, key: jax.Array) -> dict:
         # Sum of S embeddings: scale each by 1/sqrt(S) to keep the logit variance of the dense head.
         s = jnp.float32(1.0 / np.sqrt(cfg.num_stages))
         head = {
-            "stage_model": jax.random.normal(keys[-1], (cfg.num_stages, cfg.num_models, cfg.width), jnp.float32)
+            "stage_model": jax.random.normal(
+                keys[-1], (cfg.num_stages, cfg.num_models, cfg.width), jnp.float32
+            )
             * scale
             * s
         }
@@ -119,19 +124,28 @@ def unflatten_params(flat: dict[str, np.ndarray], cfg: RouterModelConfig) -> dic
         raise CheckpointError(f"checkpoint parameters are missing {', '.join(missing)}")
     extra = sorted(set(flat) - set(expected))
     if extra:
-        raise CheckpointError(f"checkpoint has unexpected arrays {', '.join(extra)} for a {cfg.head} head with {len(cfg.hidden)} hidden layers")
+        raise CheckpointError(
+            f"checkpoint has unexpected arrays {', '.join(extra)} for a {cfg.head} head with "
+            f"{len(cfg.hidden)} hidden layers"
+        )
     arrays = {}
     for k, shape in expected.items():
         a = flat[k]
         if a.shape != shape:
             raise CheckpointError(f"checkpoint array {k} has shape {a.shape}, expected {shape}")
         if not np.issubdtype(a.dtype, np.floating):
-            raise CheckpointError(f"checkpoint array {k} has dtype {a.dtype}, expected a float type")
+            raise CheckpointError(
+                f"checkpoint array {k} has dtype {a.dtype}, expected a float type"
+            )
         a = np.asarray(a, np.float32)
         if not np.isfinite(a).all():
-            raise CheckpointError(f"checkpoint array {k} holds {int((~np.isfinite(a)).sum())} NaN or infinite values")
+            raise CheckpointError(
+                f"checkpoint array {k} holds {int((~np.isfinite(a)).sum())} NaN or infinite values"
+            )
         arrays[k] = a
-    hidden = [{"w": arrays[f"hidden/{i}/w"], "b": arrays[f"hidden/{i}/b"]} for i in range(len(cfg.hidden))]
+    hidden = [
+        {"w": arrays[f"hidden/{i}/w"], "b": arrays[f"hidden/{i}/b"]} for i in range(len(cfg.hidden))
+    ]
     head = {k.split("/", 1)[1]: v for k, v in arrays.items() if k.startswith("head/")}
     return {"hidden": hidden, "head": head}
 

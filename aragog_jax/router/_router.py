@@ -97,7 +97,9 @@ class Router:
         self.checkpoint = checkpoint
         self.space = space
         self.model_config = checkpoint.model_config
-        self.featurizer = featurizer or make_featurizer(checkpoint.meta.featurizer, checkpoint.meta.featurizer_config)
+        self.featurizer = featurizer or make_featurizer(
+            checkpoint.meta.featurizer, checkpoint.meta.featurizer_config
+        )
         if self.featurizer.dim != self.model_config.feature_dim:
             raise CheckpointError(
                 f"featuriser {self.featurizer.name} has dimension {self.featurizer.dim}, "
@@ -151,7 +153,9 @@ class Router:
             except CheckpointError as exc:
                 raise CheckpointError(f"{path}: {exc}") from exc
         if featurizer is None and featurizer_overrides:
-            featurizer = make_featurizer(ckpt.meta.featurizer, ckpt.meta.featurizer_config, **featurizer_overrides)
+            featurizer = make_featurizer(
+                ckpt.meta.featurizer, ckpt.meta.featurizer_config, **featurizer_overrides
+            )
         try:
             return cls(ckpt, space, featurizer, chunk=chunk, row_block=row_block)
         except CheckpointError as exc:
@@ -169,7 +173,9 @@ class Router:
         """Swap thresholds (e.g. another epsilon); compiled functions are reused."""
         thresholds = np.asarray(thresholds, np.float32)
         if thresholds.shape != (self.num_configs,):
-            raise CheckpointError(f"thresholds must have shape ({self.num_configs},), got {thresholds.shape}")
+            raise CheckpointError(
+                f"thresholds must have shape ({self.num_configs},), got {thresholds.shape}"
+            )
         self._thresholds = jax.device_put(thresholds)
 
     # -- compilation -----------------------------------------------------------------
@@ -190,7 +196,9 @@ class Router:
         self.num_traces += 1
         return K.dominance_complete(mask, evaluated, dominates)
 
-    def compile(self, buckets: Sequence[int] = DEFAULT_BUCKETS, *, budgeted: bool = False) -> Router:
+    def compile(
+        self, buckets: Sequence[int] = DEFAULT_BUCKETS, *, budgeted: bool = False
+    ) -> Router:
         """Compile the routing function for every bucket (and the budgeted path if asked).
 
         Returns ``self``. Calling it again with more buckets compiles only the new ones.
@@ -210,12 +218,21 @@ class Router:
                     .compile()
                 )
             if budgeted and b not in self._trunk:
-                self._trunk[b] = jax.jit(self._trunk_fn).lower(self._params["hidden"], feats).compile()
+                self._trunk[b] = (
+                    jax.jit(self._trunk_fn).lower(self._params["hidden"], feats).compile()
+                )
                 hid = sds((b, self.model_config.width), jnp.float32)
                 start = sds((), jnp.int32)
                 self._chunk_fn[b] = (
                     jax.jit(self._chunk_route_fn)
-                    .lower(self._params["head"], hid, self._thresholds, self._always, start, self._configs)
+                    .lower(
+                        self._params["head"],
+                        hid,
+                        self._thresholds,
+                        self._always,
+                        start,
+                        self._configs,
+                    )
                     .compile()
                 )
                 if self._dominates is None:
@@ -259,7 +276,9 @@ class Router:
             b = self._bucket(n)
             if b != n:
                 part = np.concatenate([part, np.zeros((b - n, part.shape[1]), np.float32)])
-            mask, prob = self._full[b](self._params, part, self._thresholds, self._always, self._configs)
+            mask, prob = self._full[b](
+                self._params, part, self._thresholds, self._always, self._configs
+            )
             out.append((n, mask, prob))
         return out
 
@@ -279,7 +298,9 @@ class Router:
         parts = self.route_features_async(features)
         num_c = self.num_configs
         if not parts:
-            return RouteResult(np.zeros((0, num_c), bool), np.zeros((0, num_c), np.float32), 1.0, 0.0)
+            return RouteResult(
+                np.zeros((0, num_c), bool), np.zeros((0, num_c), np.float32), 1.0, 0.0
+            )
         masks = [np.asarray(m)[:n] for n, m, _ in parts]
         probs = [np.asarray(p)[:n] for n, _, p in parts]
         mask = masks[0] if len(masks) == 1 else np.concatenate(masks)
@@ -293,7 +314,9 @@ class Router:
         num_r, num_c = features.shape[0], self.num_configs
         largest = self.buckets[-1]
         if num_r > largest:
-            raise CheckpointError(f"budgeted routing takes at most {largest} requests per call, got {num_r}")
+            raise CheckpointError(
+                f"budgeted routing takes at most {largest} requests per call, got {num_r}"
+            )
         b = self._bucket(num_r)
         padded = np.zeros((b, features.shape[1]), np.float32)
         padded[:num_r] = features
@@ -303,9 +326,16 @@ class Router:
         evaluated = np.zeros(num_c, bool)
         deadline = t0 + budget_s
         for lo in range(0, num_c, self.chunk):
-            start = min(lo, num_c - self.chunk)  # the last chunk overlaps instead of running off the end
+            start = min(
+                lo, num_c - self.chunk
+            )  # the last chunk overlaps instead of running off the end
             m, p = self._chunk_fn[b](
-                self._params["head"], hidden, self._thresholds, self._always, np.int32(start), self._configs
+                self._params["head"],
+                hidden,
+                self._thresholds,
+                self._always,
+                np.int32(start),
+                self._configs,
             )
             mask[:, start : start + self.chunk] = np.asarray(m)
             prob[:, start : start + self.chunk] = np.asarray(p)
@@ -322,7 +352,10 @@ class Router:
         """Featurise and route; ``elapsed`` includes featurisation."""
         t0 = time.perf_counter()
         features = self.featurizer(texts)
-        res = self.route_features(features, budget_s=None if budget_s is None else max(0.0, budget_s - (time.perf_counter() - t0)))
+        res = self.route_features(
+            features,
+            budget_s=None if budget_s is None else max(0.0, budget_s - (time.perf_counter() - t0)),
+        )
         return RouteResult(res.mask, res.prob, res.fraction_completed, time.perf_counter() - t0)
 
     def admitted_models(self, mask_row: np.ndarray) -> list[dict[str, str]]:

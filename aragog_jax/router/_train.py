@@ -24,11 +24,17 @@ import msgspec
 import numpy as np
 import optax
 
+from aragog_jax._provenance import git_sha
 from aragog_jax.data import AccuracyDataset
 from aragog_jax.errors import CheckpointError, DatasetError
 from aragog_jax.kernels import routing as K
-from aragog_jax.router._calibrate import GUARANTEES, Calibration, admitted_masks, calibrate, routing_report
-from aragog_jax._provenance import git_sha
+from aragog_jax.router._calibrate import (
+    GUARANTEES,
+    Calibration,
+    admitted_masks,
+    calibrate,
+    routing_report,
+)
 from aragog_jax.router._checkpoint import CheckpointMeta, RouterCheckpoint
 from aragog_jax.router._featurize import Featurizer
 from aragog_jax.router._model import RouterModelConfig, cast_params, init_params
@@ -65,13 +71,24 @@ class TrainConfig:
         if not 0.0 < self.confidence < 1.0:
             raise CheckpointError(f"confidence must be in (0, 1), got {self.confidence}")
         if self.guarantee not in GUARANTEES:
-            raise CheckpointError(f"unknown guarantee {self.guarantee!r} (known: {', '.join(GUARANTEES)})")
+            raise CheckpointError(
+                f"unknown guarantee {self.guarantee!r} (known: {', '.join(GUARANTEES)})"
+            )
         if self.param_dtype not in ("float32", "float16"):
-            raise CheckpointError(f"parameter dtype must be float32 or float16, got {self.param_dtype!r}")
+            raise CheckpointError(
+                f"parameter dtype must be float32 or float16, got {self.param_dtype!r}"
+            )
         if any(not 0.0 < e < 1.0 for e in self.sweep):
             raise CheckpointError(f"sweep epsilons must be in (0, 1), got {self.sweep}")
-        if self.batch_size < 1 or self.max_epochs < 1 or self.patience < 1 or self.learning_rate <= 0:
-            raise CheckpointError("batch_size, max_epochs, patience and learning_rate must be positive")
+        if (
+            self.batch_size < 1
+            or self.max_epochs < 1
+            or self.patience < 1
+            or self.learning_rate <= 0
+        ):
+            raise CheckpointError(
+                "batch_size, max_epochs, patience and learning_rate must be positive"
+            )
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -88,7 +105,9 @@ def class_weights(labels: np.ndarray, max_weight: float) -> tuple[np.ndarray, np
     p = labels.mean(axis=0)
     w_pos = np.where(p > 0, 0.5 / np.maximum(p, 1e-12), 0.0)
     w_neg = np.where(p < 1, 0.5 / np.maximum(1.0 - p, 1e-12), 0.0)
-    return np.minimum(w_pos, max_weight).astype(np.float32), np.minimum(w_neg, max_weight).astype(np.float32)
+    return np.minimum(w_pos, max_weight).astype(np.float32), np.minimum(w_neg, max_weight).astype(
+        np.float32
+    )
 
 
 def _loss(params, x, y, w_pos, w_neg, configs):
@@ -152,7 +171,14 @@ def train_params(
     x_val_j, y_val_j = jnp.asarray(x_val), jnp.asarray(y_val)
     best = (np.inf, 0, jax.tree.map(np.asarray, params))
     history: dict = {"train_loss": [], "val_loss": []}
-    bar = tqdm(range(cfg.max_epochs), desc="train", unit="epoch", disable=not progress, file=sys.stderr, leave=False)
+    bar = tqdm(
+        range(cfg.max_epochs),
+        desc="train",
+        unit="epoch",
+        disable=not progress,
+        file=sys.stderr,
+        leave=False,
+    )
     for epoch in bar:
         perm = rng.permutation(n)[: num_batches * bs].reshape(num_batches, bs)
         losses = []
@@ -178,11 +204,16 @@ def train_params(
     return best[2], history
 
 
-def logits_np(params: dict, x: np.ndarray, configs: np.ndarray | None = None, batch: int = 4096) -> np.ndarray:
+def logits_np(
+    params: dict, x: np.ndarray, configs: np.ndarray | None = None, batch: int = 4096
+) -> np.ndarray:
     """float32[N, C] logits, in batches, through one jitted function."""
     fn = jax.jit(K.router_logits)
     cfg_arr = None if configs is None else jnp.asarray(configs, jnp.int32)
-    out = [np.asarray(fn(params, jnp.asarray(x[lo : lo + batch]), cfg_arr)) for lo in range(0, x.shape[0], batch)]
+    out = [
+        np.asarray(fn(params, jnp.asarray(x[lo : lo + batch]), cfg_arr))
+        for lo in range(0, x.shape[0], batch)
+    ]
     return np.concatenate(out) if out else np.zeros((0, 0), np.float32)
 
 
@@ -213,7 +244,9 @@ def fit_router(
     idx = {s: dataset.split_index(s) for s in ("train", "calibration", "test")}
     for s, i in idx.items():
         if i.size == 0:
-            raise DatasetError(f"dataset split {s!r} is empty; the router needs train, calibration and test inputs")
+            raise DatasetError(
+                f"dataset split {s!r} is empty; the router needs train, calibration and test inputs"
+            )
     labels = dataset.labels(space.c_max)
     feats = featurizer(dataset.texts)
     t_feat = time.perf_counter() - t0
@@ -249,16 +282,39 @@ def fit_router(
     )
     test_logits = logits_np(params, feats[idx["test"]], configs)
     y_test, s_test = labels[idx["test"]], dataset.scores[idx["test"]]
-    test = routing_report(admitted_masks(test_logits, cal.thresholds, space.c_max), s_test, y_test, space.c_max)
+    test = routing_report(
+        admitted_masks(test_logits, cal.thresholds, space.c_max), s_test, y_test, space.c_max
+    )
     oracle = routing_report(y_test, s_test, y_test, space.c_max)
     sweep = []
     for eps in cfg.sweep:
         c2 = calibrate(
-            cal_logits, labels[idx["calibration"]], space.c_max, epsilon=eps, confidence=cfg.confidence,
-            guarantee=cfg.guarantee, policy_fraction=cfg.policy_fraction, seed=cfg.seed,
+            cal_logits,
+            labels[idx["calibration"]],
+            space.c_max,
+            epsilon=eps,
+            confidence=cfg.confidence,
+            guarantee=cfg.guarantee,
+            policy_fraction=cfg.policy_fraction,
+            seed=cfg.seed,
         )
-        r = routing_report(admitted_masks(test_logits, c2.thresholds, space.c_max), s_test, y_test, space.c_max)
-        sweep.append({"epsilon": eps, **{k: r[k] for k in ("flexibility_kept", "delta_cheapest_points", "delta_random_points", "admitted_mean")}})
+        r = routing_report(
+            admitted_masks(test_logits, c2.thresholds, space.c_max), s_test, y_test, space.c_max
+        )
+        sweep.append(
+            {
+                "epsilon": eps,
+                **{
+                    k: r[k]
+                    for k in (
+                        "flexibility_kept",
+                        "delta_cheapest_points",
+                        "delta_random_points",
+                        "admitted_mean",
+                    )
+                },
+            }
+        )
     report = {
         "workflow": space.workflow,
         "family": family or dataset.meta.get("family"),
@@ -270,7 +326,9 @@ def fit_router(
         "train": {k: v for k, v in history.items() if k not in ("train_loss", "val_loss")},
         "calibration": cal.to_dict() | {"level_scan": cal.info["level_scan"][-3:]},
         "test": test,
-        "oracle": {k: oracle[k] for k in ("admitted_mean", "acc_cheapest", "delta_cheapest_points")},
+        "oracle": {
+            k: oracle[k] for k in ("admitted_mean", "acc_cheapest", "delta_cheapest_points")
+        },
         "epsilon_sweep": sweep,
         "featurize_seconds": round(t_feat, 3),
         "seconds": round(time.perf_counter() - t0, 2),
@@ -288,7 +346,10 @@ def fit_router(
         model=model_cfg.to_dict(),
         param_dtype=cfg.param_dtype,
         calibration=cal.to_dict()
-        | {"base_thresholds": cal.base_thresholds.tolist(), "config_bound": np.round(cal.config_bound, 5).tolist()},
+        | {
+            "base_thresholds": cal.base_thresholds.tolist(),
+            "config_bound": np.round(cal.config_bound, 5).tolist(),
+        },
         training=cfg.to_dict() | {"history": history},
         report=report,
         git_sha=report["git_sha"],
@@ -309,13 +370,30 @@ def plot_sweep(report: dict, path: str) -> None:
     sweep = report["epsilon_sweep"]
     eps = [r["epsilon"] for r in sweep]
     fig, ax = plt.subplots(figsize=(5, 3.5), dpi=100)
-    ax.plot(eps, [100 * r["flexibility_kept"] for r in sweep], "o-", label="flexibility kept (% of oracle)")
+    ax.plot(
+        eps,
+        [100 * r["flexibility_kept"] for r in sweep],
+        "o-",
+        label="flexibility kept (% of oracle)",
+    )
     ax.set_xscale("log")
     ax.set_xlabel("target epsilon")
     ax.set_ylabel("flexibility kept (%)")
     ax2 = ax.twinx()
-    ax2.plot(eps, [r["delta_cheapest_points"] for r in sweep], "s--", color="tab:red", label="accuracy vs c_max, cheapest (pts)")
-    ax2.plot(eps, [r["delta_random_points"] for r in sweep], "^:", color="tab:orange", label="accuracy vs c_max, random (pts)")
+    ax2.plot(
+        eps,
+        [r["delta_cheapest_points"] for r in sweep],
+        "s--",
+        color="tab:red",
+        label="accuracy vs c_max, cheapest (pts)",
+    )
+    ax2.plot(
+        eps,
+        [r["delta_random_points"] for r in sweep],
+        "^:",
+        color="tab:orange",
+        label="accuracy vs c_max, random (pts)",
+    )
     ax2.set_ylabel("accuracy change vs c_max (points)")
     lines = ax.get_lines() + ax2.get_lines()
     ax.legend(lines, [ln.get_label() for ln in lines], fontsize=7, loc="lower right")

@@ -38,13 +38,15 @@ def check_curve(curve: Iterable[Sequence[float]], where: str) -> Curve:
     try:
         points = tuple((float(n), float(t)) for n, t in curve)
     except (TypeError, ValueError) as exc:
-        raise SchedulerError(f"{where}: expected [[concurrency, tokens/s], ...], got {curve!r}") from exc
+        raise SchedulerError(
+            f"{where}: expected [[concurrency, tokens/s], ...], got {curve!r}"
+        ) from exc
     if not points:
         raise SchedulerError(f"{where}: needs at least one point")
     xs = [p[0] for p in points]
     if any(not np.isfinite(v) or v < 0 for p in points for v in p):
         raise SchedulerError(f"{where}: points must be finite and >= 0, got {list(points)}")
-    if any(b <= a for a, b in zip(xs, xs[1:])):
+    if any(b <= a for a, b in zip(xs, xs[1:], strict=False)):
         raise SchedulerError(f"{where}: concurrency must strictly increase, got {xs}")
     return points
 
@@ -83,7 +85,9 @@ class EngineInfo:
         if not self.name:
             raise SchedulerError("engine name must not be empty")
         if int(self.saturation_batch) < 1:
-            raise SchedulerError(f"engine {self.name!r}: saturation_batch must be >= 1, got {self.saturation_batch}")
+            raise SchedulerError(
+                f"engine {self.name!r}: saturation_batch must be >= 1, got {self.saturation_batch}"
+            )
         object.__setattr__(self, "curve", check_curve(self.curve, f"engine {self.name!r}: curve"))
 
     @classmethod
@@ -169,7 +173,9 @@ class LoadVector:
 
     @classmethod
     def observe(
-        cls, engines: Sequence[EngineInfo], observations: Mapping[str, Mapping[str, float | int | bool]]
+        cls,
+        engines: Sequence[EngineInfo],
+        observations: Mapping[str, Mapping[str, float | int | bool]],
     ) -> LoadVector:
         """Build from static descriptions plus ``{engine name: {running, waiting, kv_usage, healthy}}``.
 
@@ -194,7 +200,9 @@ class LoadVector:
 
     def throughput(self, extra: np.ndarray | None = None) -> np.ndarray:
         """float64[E] f_e(load_e + extra_e)."""
-        extra = np.zeros(len(self.engines)) if extra is None else np.asarray(extra, dtype=np.float64)
+        extra = (
+            np.zeros(len(self.engines)) if extra is None else np.asarray(extra, dtype=np.float64)
+        )
         out = np.empty(len(self.engines))
         for e, (eng, x) in enumerate(zip(self.engines, extra, strict=True)):
             out[e] = curve_value(eng.curve, eng.load + x)
@@ -234,7 +242,9 @@ def curve_value(curve: Curve, x: float) -> float:
     return np.interp(x, xs, ys)
 
 
-def gain_row(curve: Curve, load: int, num_slots: int, capacity: float, utility_scale: int) -> np.ndarray:
+def gain_row(
+    curve: Curve, load: int, num_slots: int, capacity: float, utility_scale: int
+) -> np.ndarray:
     """int32[num_slots]: one engine's row of :meth:`LoadVector.gain_table` (``capacity`` > 0)."""
     xs, ys = curve_arrays(curve)
     f = np.interp(load + np.arange(num_slots + 1, dtype=np.float64), xs, ys)

@@ -108,7 +108,9 @@ class PerInputPolicy(BeamPolicy):
 class PerWorkflowPolicy(BeamPolicy):
     """``per_workflow``: one configuration per workflow, given at construction."""
 
-    def __init__(self, configs: Mapping[str, int | Mapping[str, str]], *, compiled: CompiledRounds = COMPILED) -> None:
+    def __init__(
+        self, configs: Mapping[str, int | Mapping[str, str]], *, compiled: CompiledRounds = COMPILED
+    ) -> None:
         super().__init__(1, name=PolicyName.PER_WORKFLOW, compiled=compiled)
         self.configs = dict(configs)
 
@@ -123,7 +125,9 @@ class PerWorkflowPolicy(BeamPolicy):
             try:
                 index = space.index_of(dict(cfg))
             except SpecError as exc:
-                raise SchedulerError(f"per_workflow configuration for {space.workflow!r}: {exc}") from exc
+                raise SchedulerError(
+                    f"per_workflow configuration for {space.workflow!r}: {exc}"
+                ) from exc
         else:
             index = int(cfg)
             if not 0 <= index < space.num_configs:

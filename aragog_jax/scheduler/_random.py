@@ -63,7 +63,9 @@ def random_round(
     configs = rng.integers(0, num_models, size=(num_configs, num_stages), dtype=np.int32)
 
     engines = random_engines(rng, num_engines, num_models)
-    open_engines = [e for e in range(num_engines) if not (blocked_share > 0 and e % num_models == 0)]
+    open_engines = [
+        e for e in range(num_engines) if not (blocked_share > 0 and e % num_models == 0)
+    ]
     free = np.zeros(num_engines, dtype=np.int32)
     if open_engines and total_free > 0:
         share = rng.multinomial(total_free, np.full(len(open_engines), 1.0 / len(open_engines)))

@@ -91,7 +91,9 @@ def parse_round(doc: Any) -> tuple[RoundArrays, LoadVector, list[tuple[Hashable,
             raise SchedulerError(f"{where}.model: expected a non-empty string, got {model!r}")
         free = _int(raw["free_slots"], f"{where}.free_slots")
         load = _int(raw["load"], f"{where}.load")
-        curve = check_curve(raw["curve"], f"{where}.curve") if isinstance(raw["curve"], list) else None
+        curve = (
+            check_curve(raw["curve"], f"{where}.curve") if isinstance(raw["curve"], list) else None
+        )
         if curve is None:
             raise SchedulerError(f"{where}.curve: expected [[concurrency, tokens/s], ...]")
         engines.append(
@@ -132,7 +134,9 @@ def parse_round(doc: Any) -> tuple[RoundArrays, LoadVector, list[tuple[Hashable,
         rows = []
         for c, cfg in enumerate(configs):
             if not isinstance(cfg, list) or not cfg:
-                raise SchedulerError(f"{where}.configs[{c}]: expected a non-empty list of engine names")
+                raise SchedulerError(
+                    f"{where}.configs[{c}]: expected a non-empty list of engine names"
+                )
             if rows and len(cfg) != len(rows[0]):
                 raise SchedulerError(
                     f"{where}.configs[{c}]: has {len(cfg)} stages, configs[0] has {len(rows[0])}"
@@ -140,7 +144,9 @@ def parse_round(doc: Any) -> tuple[RoundArrays, LoadVector, list[tuple[Hashable,
             row = []
             for s, name in enumerate(cfg):
                 if not isinstance(name, str) or name not in resolve:
-                    raise SchedulerError(f"{where}.configs[{c}][{s}]: unknown engine or model {name!r}")
+                    raise SchedulerError(
+                        f"{where}.configs[{c}][{s}]: unknown engine or model {name!r}"
+                    )
                 row.append(resolve[name])
             rows.append(row)
         table = np.array(rows, dtype=np.int32)
@@ -150,7 +156,9 @@ def parse_round(doc: Any) -> tuple[RoundArrays, LoadVector, list[tuple[Hashable,
         for k, s in enumerate(ready):
             _int(s, f"{where}.ready[{k}]")
             if s >= table.shape[1]:
-                raise SchedulerError(f"{where}.ready[{k}]: stage {s} outside 0..{table.shape[1] - 1}")
+                raise SchedulerError(
+                    f"{where}.ready[{k}]: stage {s} outside 0..{table.shape[1] - 1}"
+                )
             if s in ready[:k]:
                 raise SchedulerError(f"{where}.ready[{k}]: stage {s} listed twice")
             viable_rows.append(np.ones(table.shape[0], dtype=bool))
@@ -190,9 +198,15 @@ def replay_round(doc: Any, policy: Policy) -> dict[str, Any]:
     names = load.names
     return {
         "assignments": [
-            {"request": rid, "stage": s, "engine": names[e]} for (rid, s), e in zip(items, engine.tolist()) if e >= 0
+            {"request": rid, "stage": s, "engine": names[e]}
+            for (rid, s), e in zip(items, engine.tolist(), strict=True)
+            if e >= 0
         ],
-        "skipped": [{"request": rid, "stage": s} for (rid, s), e in zip(items, engine.tolist()) if e < 0],
+        "skipped": [
+            {"request": rid, "stage": s}
+            for (rid, s), e in zip(items, engine.tolist(), strict=True)
+            if e < 0
+        ],
         "utilization": load.utilization(counts),
         "flexibility": round_flexibility(arrays, engine),
     }

@@ -99,7 +99,9 @@ def pad_round(
     c_b = cfg_bucket or bucket_size(max(c, MIN_CONFIGS))
     k_b = bucket_size(max(gain.shape[1], MIN_SLOTS))
     if r_b < n or c_b < c:
-        raise SchedulerError(f"round of {n} items x {c} configurations exceeds bucket {r_b} x {c_b}")
+        raise SchedulerError(
+            f"round of {n} items x {c} configurations exceeds bucket {r_b} x {c_b}"
+        )
     viable = np.zeros((r_b, c_b), dtype=bool)
     viable[:n, :c] = item_viable
     cfgm = np.full((r_b, c_b), -1, dtype=model_dtype(num_models))

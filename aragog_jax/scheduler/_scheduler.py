@@ -39,7 +39,14 @@ import numpy as np
 from aragog_jax.errors import NoViableConfigurationError, SchedulerError
 from aragog_jax.scheduler._load import UTILITY_SCALE, EngineInfo, LoadVector, curve_value, gain_row
 from aragog_jax.scheduler._policy import DEFAULT_BEAM_WIDTH, Policy, make_policy
-from aragog_jax.scheduler._round import MIN_CONFIGS, MIN_ITEMS, MIN_SLOTS, RoundArrays, model_dtype, pad_round
+from aragog_jax.scheduler._round import (
+    MIN_CONFIGS,
+    MIN_ITEMS,
+    MIN_SLOTS,
+    RoundArrays,
+    model_dtype,
+    pad_round,
+)
 from aragog_jax.space import ConfigSpace, bucket_size
 
 # Stage status.
@@ -103,7 +110,10 @@ class Plan:
     def decision(self) -> dict[str, Any]:
         """The round-replay CLI's output format for this plan."""
         return {
-            "assignments": [{"request": a.request_id, "stage": a.stage, "engine": a.engine} for a in self.assignments],
+            "assignments": [
+                {"request": a.request_id, "stage": a.stage, "engine": a.engine}
+                for a in self.assignments
+            ],
             "skipped": [{"request": s.request_id, "stage": s.stage} for s in self.skipped],
             "utilization": self.utilization,
             "flexibility": self.flexibility,
@@ -166,7 +176,11 @@ class _RoundRecord:
                 viable = self.viable[i, : req.info.space.num_configs]
                 rows = req.info.configs[viable].tolist()
                 requests.append(
-                    {"id": req.request_id, "configs": [[self.model_names[m] for m in row] for row in rows], "ready": []}
+                    {
+                        "id": req.request_id,
+                        "configs": [[self.model_names[m] for m in row] for row in rows],
+                        "ready": [],
+                    }
                 )
                 prev = req
             requests[-1]["ready"].append(s)
@@ -181,7 +195,9 @@ def round_flexibility(arrays: RoundArrays, engine: np.ndarray) -> float:
     chosen_model = arrays.engine_model[engine[placed]].astype(arrays.item_cfg_model.dtype)
     kept = arrays.item_viable[placed] & (arrays.item_cfg_model[placed] == chosen_model[:, None])
     req = arrays.item_req[placed]
-    starts = np.flatnonzero(np.concatenate([[True], req[1:] != req[:-1]]))  # a request's items are consecutive
+    starts = np.flatnonzero(
+        np.concatenate([[True], req[1:] != req[:-1]])
+    )  # a request's items are consecutive
     after = np.logical_and.reduceat(kept, starts, axis=0).sum(axis=1)
     before = arrays.item_viable[placed[starts]].sum(axis=1)
     return float(np.mean(after / np.maximum(before, 1)))
@@ -206,7 +222,17 @@ class _Request:
     """One in-flight request. Its viable mask and ready flags live in the scheduler's
     row tables (row ``row``; -1 once it left the queue)."""
 
-    __slots__ = ("request_id", "info", "admitted", "row", "status", "engine", "excluded", "ready", "num_done")
+    __slots__ = (
+        "request_id",
+        "info",
+        "admitted",
+        "row",
+        "status",
+        "engine",
+        "excluded",
+        "ready",
+        "num_done",
+    )
 
     def __init__(self, request_id: Hashable, info: _Space, admitted: np.ndarray) -> None:
         self.request_id = request_id
@@ -217,7 +243,10 @@ class _Request:
         self.status = [READY if not ups else WAITING for ups in space.upstream]
         self.engine = [-1] * space.num_stages
         self.excluded: set[tuple[int, int]] = set()  # (stage, scheduler model id)
-        self.ready = sorted((s for s in range(space.num_stages) if self.status[s] == READY), key=info.stage_rank.__getitem__)
+        self.ready = sorted(
+            (s for s in range(space.num_stages) if self.status[s] == READY),
+            key=info.stage_rank.__getitem__,
+        )
         self.num_done = 0
 
 
@@ -259,11 +288,17 @@ class Scheduler:
         self._model_index = {m: i for i, m in enumerate(self.model_names)}
         self._engine_model = np.array([self._model_index[e.model] for e in engines], dtype=np.int32)
         self._engine_model_ids = self._engine_model.tolist()  # Python ints for per-commit compares
-        self.policy: Policy = make_policy(policy, beam_width=beam_width, per_workflow=per_workflow) if isinstance(policy, str) else policy
+        self.policy: Policy = (
+            make_policy(policy, beam_width=beam_width, per_workflow=per_workflow)
+            if isinstance(policy, str)
+            else policy
+        )
         self.utility_scale = int(utility_scale)
         self._spaces: dict[int, _Space] = {}
         self._queue: dict[Hashable, _Request] = {}  # insertion order = FIFO
-        self._finished: collections.OrderedDict[Hashable, dict[str, str]] = collections.OrderedDict()
+        self._finished: collections.OrderedDict[Hashable, dict[str, str]] = (
+            collections.OrderedDict()
+        )
         self._cfg_bucket = MIN_CONFIGS
         self._slot_bucket = bucket_size(max(max(e.saturation_batch for e in engines), MIN_SLOTS))
         self._cfg_dtype = model_dtype(len(self.model_names))
@@ -274,15 +309,29 @@ class Scheduler:
         self._infos: list[_Space] = []
         self._max_stages = 1
         self._num_rows = 0
-        self._row_req: list[_Request] = []  # row -> request (entries never change; see _RoundRecord)
+        self._row_req: list[
+            _Request
+        ] = []  # row -> request (entries never change; see _RoundRecord)
         self._viable_tab = np.zeros((_MIN_ROWS, self._cfg_bucket), dtype=bool)  # row -> viable mask
-        self._ready_tab = np.zeros((_MIN_ROWS, self._max_stages), dtype=bool)  # row, rank position -> ready
+        self._ready_tab = np.zeros(
+            (_MIN_ROWS, self._max_stages), dtype=bool
+        )  # row, rank position -> ready
         self._row_space = np.zeros(_MIN_ROWS, dtype=np.int32)  # row -> _Space.space_id
-        self._rank_stage = np.zeros((0, self._max_stages), dtype=np.int32)  # space id, rank position -> stage
-        self._stage_base = np.zeros(0, dtype=np.int32)  # space id -> row of its stage 0 in _column_tab
-        self._column_tab = np.zeros((0, self._cfg_bucket), dtype=self._cfg_dtype)  # (space, stage) -> model per config
-        self._gain_cache: dict[tuple, tuple[Any, np.ndarray]] = {}  # (curve id, load, slots, capacity) -> row
-        self._value_cache: dict[tuple, tuple[Any, float]] = {}  # (curve id, load, extra) -> f(load + extra)
+        self._rank_stage = np.zeros(
+            (0, self._max_stages), dtype=np.int32
+        )  # space id, rank position -> stage
+        self._stage_base = np.zeros(
+            0, dtype=np.int32
+        )  # space id -> row of its stage 0 in _column_tab
+        self._column_tab = np.zeros(
+            (0, self._cfg_bucket), dtype=self._cfg_dtype
+        )  # (space, stage) -> model per config
+        self._gain_cache: dict[
+            tuple, tuple[Any, np.ndarray]
+        ] = {}  # (curve id, load, slots, capacity) -> row
+        self._value_cache: dict[
+            tuple, tuple[Any, float]
+        ] = {}  # (curve id, load, extra) -> f(load + extra)
         for sp in spaces:
             self._register(sp)
 
@@ -358,7 +407,9 @@ class Scheduler:
 
     # ---- transitions -----------------------------------------------------------------
 
-    def add_request(self, request_id: Hashable, space: ConfigSpace, mask: np.ndarray | None = None) -> None:
+    def add_request(
+        self, request_id: Hashable, space: ConfigSpace, mask: np.ndarray | None = None
+    ) -> None:
         """Append a request to the meta-queue with its admitted mask (bool[C]; None: all).
 
         Configurations that use a model no engine serves are dropped. Raises
@@ -376,7 +427,9 @@ class Scheduler:
                 f"request {request_id!r}: mask must be bool[{space.num_configs}] for workflow "
                 f"{space.workflow!r}, got {mask.dtype}{list(mask.shape)}"
             )
-        admitted = np.asarray(self.policy.admit(space, mask & info.served), dtype=bool) & info.served
+        admitted = (
+            np.asarray(self.policy.admit(space, mask & info.served), dtype=bool) & info.served
+        )
         if not admitted.any():
             raise NoViableConfigurationError(
                 f"request {request_id!r}: no admitted configuration of {space.workflow!r} can run on engines "
@@ -401,7 +454,16 @@ class Scheduler:
         stages = self._rank_stage[space_ids, pos]
         if n == 0:
             none = np.zeros((0, 0), dtype=bool)
-            empty = _RoundRecord(load, self.model_names, self.utility_scale, self._row_req, rows, stages, none, stages)
+            empty = _RoundRecord(
+                load,
+                self.model_names,
+                self.utility_scale,
+                self._row_req,
+                rows,
+                stages,
+                none,
+                stages,
+            )
             return Plan((), 0.0, 1.0, str(self.policy.name), empty)
         item_viable = self._gather_viable(rows)
         free = load.free_slots()
@@ -415,13 +477,21 @@ class Scheduler:
             steps = 0
         assignments = []
         row_req = self._row_req
-        first_placed: dict[_Request, int] = {}  # requests with an assignment -> their first placed item
+        first_placed: dict[
+            _Request, int
+        ] = {}  # requests with an assignment -> their first placed item
         for i in np.flatnonzero(engine >= 0).tolist():
             req, s, e = row_req[rows[i]], int(stages[i]), int(engine[i])
             self._commit(req, s, e)
             first_placed.setdefault(req, i)
             assignments.append(
-                Assignment(req.request_id, s, req.info.space.stage_names[s], self.engine_names[e], self.engines[e].model)
+                Assignment(
+                    req.request_id,
+                    s,
+                    req.info.space.stage_names[s],
+                    self.engine_names[e],
+                    self.engines[e].model,
+                )
             )
         if assignments:
             counts = np.bincount(engine[engine >= 0], minlength=len(self.engines))
@@ -434,8 +504,12 @@ class Scheduler:
             flexibility = float(np.mean(after / np.maximum(before, 1)))
         else:  # Σ_e [f_e(load_e + 0) - f_e(load_e)] is exactly 0.0
             utilization, flexibility = 0.0, 1.0
-        record = _RoundRecord(load, self.model_names, self.utility_scale, row_req, rows, stages, item_viable, engine)
-        return Plan(tuple(assignments), utilization, flexibility, str(self.policy.name), record, steps)
+        record = _RoundRecord(
+            load, self.model_names, self.utility_scale, row_req, rows, stages, item_viable, engine
+        )
+        return Plan(
+            tuple(assignments), utilization, flexibility, str(self.policy.name), record, steps
+        )
 
     def on_stage_finished(self, request_id: Hashable, stage: int | str) -> bool:
         """A dispatched stage returned. Returns True when the request is now done."""
@@ -473,7 +547,9 @@ class Scheduler:
         self._expect_running(req, s, "fail")
         e = self._engine_index.get(engine)
         if e is None:
-            raise SchedulerError(f"on_stage_failed: unknown engine {engine!r}; engines are {list(self.engine_names)}")
+            raise SchedulerError(
+                f"on_stage_failed: unknown engine {engine!r}; engines are {list(self.engine_names)}"
+            )
         if req.engine[s] != e:
             raise SchedulerError(
                 f"request {request_id!r} stage {req.info.space.stage_names[s]!r} runs on "
@@ -507,18 +583,24 @@ class Scheduler:
     def _get(self, request_id: Hashable) -> _Request:
         req = self._queue.get(request_id)
         if req is None:
-            raise SchedulerError(f"unknown request {request_id!r} (never added, finished, failed or cancelled)")
+            raise SchedulerError(
+                f"unknown request {request_id!r} (never added, finished, failed or cancelled)"
+            )
         return req
 
     def _stage(self, req: _Request, stage: int | str) -> int:
         names = req.info.space.stage_names
         if isinstance(stage, str):
             if stage not in names:
-                raise SchedulerError(f"request {req.request_id!r}: unknown stage {stage!r}; stages are {list(names)}")
+                raise SchedulerError(
+                    f"request {req.request_id!r}: unknown stage {stage!r}; stages are {list(names)}"
+                )
             return names.index(stage)
         s = int(stage)
         if not 0 <= s < len(names):
-            raise SchedulerError(f"request {req.request_id!r}: stage index {s} outside 0..{len(names) - 1}")
+            raise SchedulerError(
+                f"request {req.request_id!r}: stage index {s} outside 0..{len(names) - 1}"
+            )
         return s
 
     def _expect_running(self, req: _Request, s: int, verb: str) -> None:
@@ -531,7 +613,9 @@ class Scheduler:
     def _committed(self, req: _Request) -> dict[str, str]:
         names = req.info.space.stage_names
         return {
-            names[s]: self.engines[e].model for s, e in enumerate(req.engine) if e >= 0 and req.status[s] in (RUNNING, DONE)
+            names[s]: self.engines[e].model
+            for s, e in enumerate(req.engine)
+            if e >= 0 and req.status[s] in (RUNNING, DONE)
         }
 
     def _viable(self, req: _Request) -> np.ndarray:
@@ -651,7 +735,9 @@ class Scheduler:
         rank_stage[info.space_id, : space.num_stages] = order
         self._rank_stage = rank_stage
         self._stage_base = np.append(self._stage_base, np.int32(info.stage_base)).astype(np.int32)
-        columns = np.full((self._column_tab.shape[0] + space.num_stages, c_b), -1, dtype=self._cfg_dtype)
+        columns = np.full(
+            (self._column_tab.shape[0] + space.num_stages, c_b), -1, dtype=self._cfg_dtype
+        )
         columns[: self._column_tab.shape[0], : self._column_tab.shape[1]] = self._column_tab
         columns[info.stage_base :, : space.num_configs] = info.columns
         self._column_tab = columns
@@ -665,10 +751,14 @@ class Scheduler:
             return load
         unknown = sorted(set(names) - set(self.engine_names))
         if unknown:
-            raise SchedulerError(f"load vector names unknown engines {unknown}; engines are {list(self.engine_names)}")
+            raise SchedulerError(
+                f"load vector names unknown engines {unknown}; engines are {list(self.engine_names)}"
+            )
         missing = sorted(set(self.engine_names) - set(names))
         if missing or len(names) != len(set(names)):
-            raise SchedulerError(f"load vector must give each engine once; missing {missing}, got {list(names)}")
+            raise SchedulerError(
+                f"load vector must give each engine once; missing {missing}, got {list(names)}"
+            )
         by_name = {e.name: e for e in load.engines}
         return LoadVector(tuple(by_name[n] for n in self.engine_names))
 
@@ -688,7 +778,10 @@ class Scheduler:
                 if len(cache) >= _CURVE_CACHE_SIZE:
                     cache.clear()
                 # Holding the curve keeps its id from being reused while the entry lives.
-                hit = cache[key] = (curve, gain_row(curve, eng.load, num_slots, cap, self.utility_scale))
+                hit = cache[key] = (
+                    curve,
+                    gain_row(curve, eng.load, num_slots, cap, self.utility_scale),
+                )
             out[e] = hit[1]
         return out
 
@@ -728,7 +821,13 @@ class Scheduler:
         n = rows.size
         r_b, c_b = item_viable.shape
         item_cfg_model = np.full((r_b, c_b), -1, dtype=self._cfg_dtype)
-        np.take(self._column_tab, self._stage_base[space_ids] + stages, axis=0, out=item_cfg_model[:n], mode="clip")
+        np.take(
+            self._column_tab,
+            self._stage_base[space_ids] + stages,
+            axis=0,
+            out=item_cfg_model[:n],
+            mode="clip",
+        )
         first = np.ones(n, dtype=bool)
         first[1:] = rows[1:] != rows[:-1]
         item_req = np.full(r_b, -1, dtype=np.int32)

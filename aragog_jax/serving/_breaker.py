@@ -85,7 +85,10 @@ class CircuitBreaker:
             self.current_cooldown_s = min(self.max_cooldown_s, self.current_cooldown_s * 2)
             self._open(now)
             return True
-        if self.state is BreakerState.CLOSED and self.consecutive_failures >= self.failure_threshold:
+        if (
+            self.state is BreakerState.CLOSED
+            and self.consecutive_failures >= self.failure_threshold
+        ):
             self._open(now)
             return True
         if self.state is BreakerState.OPEN:

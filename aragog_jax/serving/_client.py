@@ -15,7 +15,6 @@ engine fault like a 5xx, counts against its circuit breaker and the stage fails 
 
 from __future__ import annotations
 
-import asyncio
 import json
 import time
 from collections.abc import Callable
@@ -104,7 +103,9 @@ class EngineClient:
     connection pool live in between.
     """
 
-    def __init__(self, name: str, url: str, served_model: str, limits: ClientLimits = ClientLimits()):
+    def __init__(
+        self, name: str, url: str, served_model: str, limits: ClientLimits = ClientLimits()
+    ):
         self.name = name
         self.url = url.rstrip("/")
         self.served_model = served_model
@@ -117,12 +118,16 @@ class EngineClient:
     async def open(self) -> None:
         if self._session is not None:
             return
-        connector = aiohttp.TCPConnector(limit=self.limits.max_connections, limit_per_host=self.limits.max_connections)
+        connector = aiohttp.TCPConnector(
+            limit=self.limits.max_connections, limit_per_host=self.limits.max_connections
+        )
         timeout = aiohttp.ClientTimeout(
             total=self.limits.request_timeout_s,
             sock_connect=self.limits.connect_timeout_s,
         )
-        self._session = aiohttp.ClientSession(connector=connector, timeout=timeout, raise_for_status=False)
+        self._session = aiohttp.ClientSession(
+            connector=connector, timeout=timeout, raise_for_status=False
+        )
 
     async def close(self) -> None:
         if self._session is not None:
@@ -154,10 +159,20 @@ class EngineClient:
         stream = stream or on_delta is not None
         body = self.chat_body(prompt, max_tokens=max_tokens, seed=seed, stream=stream)
         # No timeout argument means the session's (the engine timeout); None would mean "none".
-        kw = {"timeout": aiohttp.ClientTimeout(total=timeout_s, sock_connect=self.limits.connect_timeout_s)} if timeout_s else {}
+        kw = (
+            {
+                "timeout": aiohttp.ClientTimeout(
+                    total=timeout_s, sock_connect=self.limits.connect_timeout_s
+                )
+            }
+            if timeout_s
+            else {}
+        )
         url = self.url + "/v1/chat/completions"
         try:
-            async with self.session.post(url, data=ENCODER.encode(body), headers=self._headers, **kw) as resp:
+            async with self.session.post(
+                url, data=ENCODER.encode(body), headers=self._headers, **kw
+            ) as resp:
                 await self.check_status(resp)
                 orca_raw = resp.headers.get(ORCA_RESPONSE_HEADER)
                 orca = parse_orca(orca_raw, time.monotonic()) if orca_raw else None
@@ -166,8 +181,10 @@ class EngineClient:
                 raw = await resp.read()
         except UpstreamError:
             raise
-        except (asyncio.TimeoutError, aiohttp.ServerTimeoutError) as exc:
-            raise UpstreamTimeout(f"engine {self.name}: no reply within {timeout_s or self.limits.request_timeout_s:g} s") from exc
+        except (TimeoutError, aiohttp.ServerTimeoutError) as exc:
+            raise UpstreamTimeout(
+                f"engine {self.name}: no reply within {timeout_s or self.limits.request_timeout_s:g} s"
+            ) from exc
         except aiohttp.ClientPayloadError as exc:
             raise UpstreamError(f"engine {self.name}: truncated response: {exc}") from exc
         except aiohttp.ClientError as exc:
@@ -178,7 +195,9 @@ class EngineClient:
             raise UpstreamError(f"engine {self.name}: malformed response: {exc}") from exc
         choice = reply.choices[0]
         if choice.message.content is None:
-            raise UpstreamError(f"engine {self.name}: malformed response: choices[0].message.content is null")
+            raise UpstreamError(
+                f"engine {self.name}: malformed response: choices[0].message.content is null"
+            )
         usage = reply.usage
         return ChatResult(
             text=choice.message.content,
@@ -188,12 +207,22 @@ class EngineClient:
             orca=orca,
         )
 
-    def chat_body(self, prompt: str | list[dict[str, str]], *, max_tokens: int, seed: int, stream: bool = False, **extra) -> dict:
+    def chat_body(
+        self,
+        prompt: str | list[dict[str, str]],
+        *,
+        max_tokens: int,
+        seed: int,
+        stream: bool = False,
+        **extra,
+    ) -> dict:
         """The ``/v1/chat/completions`` request body: one user message (or the given chat
         messages), greedy, seeded; ``extra`` adds engine-specific fields."""
         body = {
             "model": self.served_model,
-            "messages": [{"role": "user", "content": prompt}] if isinstance(prompt, str) else prompt,
+            "messages": [{"role": "user", "content": prompt}]
+            if isinstance(prompt, str)
+            else prompt,
             "max_tokens": max_tokens,
             "temperature": 0.0,
             "seed": seed,
@@ -213,7 +242,10 @@ class EngineClient:
             raise cls(f"engine {self.name}: HTTP {resp.status}: {detail}")
 
     async def _read_stream(
-        self, resp: aiohttp.ClientResponse, orca: OrcaReport | None, on_delta: Callable[[str], None] | None = None
+        self,
+        resp: aiohttp.ClientResponse,
+        orca: OrcaReport | None,
+        on_delta: Callable[[str], None] | None = None,
     ) -> ChatResult:
         parts: list[str] = []
         finish: str | None = None
@@ -232,7 +264,9 @@ class EngineClient:
             except (msgspec.DecodeError, msgspec.ValidationError) as exc:
                 raise UpstreamError(f"engine {self.name}: malformed stream chunk: {exc}") from exc
             if chunk.error is not None:  # vLLM reports a failure mid-stream as an error chunk
-                raise UpstreamError(f"engine {self.name}: error mid-stream: {_error_text(chunk.error)}")
+                raise UpstreamError(
+                    f"engine {self.name}: error mid-stream: {_error_text(chunk.error)}"
+                )
             for c in chunk.choices:
                 if c.delta.content:
                     parts.append(c.delta.content)
@@ -263,10 +297,14 @@ class EngineClient:
                 return await resp.text()
         except UpstreamError:
             raise
-        except (asyncio.TimeoutError, aiohttp.ServerTimeoutError) as exc:
-            raise UpstreamTimeout(f"engine {self.name}: GET {path}: no reply within {self.limits.probe_timeout_s:g} s") from exc
+        except (TimeoutError, aiohttp.ServerTimeoutError) as exc:
+            raise UpstreamTimeout(
+                f"engine {self.name}: GET {path}: no reply within {self.limits.probe_timeout_s:g} s"
+            ) from exc
         except aiohttp.ClientError as exc:
-            raise UpstreamError(f"engine {self.name}: GET {path}: {type(exc).__name__}: {exc}") from exc
+            raise UpstreamError(
+                f"engine {self.name}: GET {path}: {type(exc).__name__}: {exc}"
+            ) from exc
 
     async def health(self) -> None:
         """Raise UpstreamError unless ``GET /health`` answers 200."""

@@ -66,13 +66,19 @@ def _raw_response(status: int, kind: str, message: str) -> bytes:
     return (head + "\r\n").encode() + body
 
 
-def describe_http_error(status: int, exc: BaseException | None, limits: ConnLimits) -> tuple[int, str, str]:
+def describe_http_error(
+    status: int, exc: BaseException | None, limits: ConnLimits
+) -> tuple[int, str, str]:
     """(status, error type, message) for an error aiohttp raised while parsing or
     handling a request. The message never contains request bytes."""
     if status >= 500:
         return 500, "internal_error", "internal server error (details are in the server log)"
     if isinstance(exc, LineTooLong):
-        return 400, "invalid_request_error", f"request line or a header line is over {limits.max_line_bytes} bytes"
+        return (
+            400,
+            "invalid_request_error",
+            f"request line or a header line is over {limits.max_line_bytes} bytes",
+        )
     if status == 400:
         name = type(exc).__name__ if exc is not None else "BadHttpMessage"
         return 400, "invalid_request_error", f"malformed HTTP request ({name})"
@@ -87,9 +93,15 @@ class _Guard:
         self.on_refused = on_refused
         self.num_open = 0
         # Canned answers, built once.
-        self.too_many = _raw_response(503, "too_many_connections", f"server has {limits.max_connections} connections open; retry")
+        self.too_many = _raw_response(
+            503,
+            "too_many_connections",
+            f"server has {limits.max_connections} connections open; retry",
+        )
         self.head_timeout = _raw_response(
-            408, "request_timeout", f"request line and headers not received within {limits.header_timeout_s:g} s"
+            408,
+            "request_timeout",
+            f"request line and headers not received within {limits.header_timeout_s:g} s",
         )
 
 
@@ -97,7 +109,9 @@ class _GuardedProtocol(web.RequestHandler):
     """aiohttp's per-connection handler with the guard's head timer, connection bound
     and JSON errors (see the module docstring)."""
 
-    def __init__(self, manager: web.Server, *, guard: _Guard, loop: asyncio.AbstractEventLoop, **kwargs):
+    def __init__(
+        self, manager: web.Server, *, guard: _Guard, loop: asyncio.AbstractEventLoop, **kwargs
+    ):
         super().__init__(manager, loop=loop, **kwargs)
         self._guard = guard
         self._guard_loop = loop
@@ -117,7 +131,9 @@ class _GuardedProtocol(web.RequestHandler):
             # Not handed to aiohttp: answer the first bytes with 503 and close.
             self._refused = True
             self.transport = transport  # type: ignore[assignment]
-            self._head_timer = self._guard_loop.call_later(g.limits.header_timeout_s, transport.close)
+            self._head_timer = self._guard_loop.call_later(
+                g.limits.header_timeout_s, transport.close
+            )
             return
         g.num_open += 1
         super().connection_made(transport)
@@ -167,7 +183,10 @@ class _GuardedProtocol(web.RequestHandler):
         if self._head_bytes:
             self.transport.write(self._guard.head_timeout)
             self._guard.on_refused(408, "request_timeout")
-            log.info("closed a connection whose request head took over %g s", self._guard.limits.header_timeout_s)
+            log.info(
+                "closed a connection whose request head took over %g s",
+                self._guard.limits.header_timeout_s,
+            )
         self.force_close()
 
     def head_received(self) -> None:
@@ -183,22 +202,34 @@ class _GuardedProtocol(web.RequestHandler):
     # -- aiohttp's own errors ------------------------------------------------------------
 
     def handle_error(
-        self, request: web.BaseRequest, status: int = 500, exc: BaseException | None = None, message: str | None = None
+        self,
+        request: web.BaseRequest,
+        status: int = 500,
+        exc: BaseException | None = None,
+        message: str | None = None,
     ) -> web.StreamResponse:
         if isinstance(exc, ConnectionError):  # the client is gone: nothing to answer
             log.info("client went away during %s (%s)", request.method, type(exc).__name__)
             raise ConnectionError("client went away") from exc
         if status >= 500:
-            log.error("unhandled error answering %s %s", request.method, request.path[:200], exc_info=exc)
+            log.error(
+                "unhandled error answering %s %s", request.method, request.path[:200], exc_info=exc
+            )
         else:
             # Never the exception's text: aiohttp puts the offending bytes (keys) there.
-            log.info("refused a malformed request from %s: %s", request.remote, type(exc).__name__ if exc else status)
+            log.info(
+                "refused a malformed request from %s: %s",
+                request.remote,
+                type(exc).__name__ if exc else status,
+            )
         if request.writer.output_size > 0:
             raise ConnectionError("the response had started; cannot send an error response")
         status, kind, text = describe_http_error(status, exc, self._guard.limits)
         if status < 500:
             self._guard.on_refused(status, kind)
-        resp = web.Response(status=status, body=error_body(text, kind, status), content_type="application/json")
+        resp = web.Response(
+            status=status, body=error_body(text, kind, status), content_type="application/json"
+        )
         resp.force_close()
         return resp
 
@@ -208,8 +239,16 @@ class _GuardedServer(web.Server):
     connection when its request head is complete (request factory) and when its handler
     returned."""
 
-    def __init__(self, base: web.Server, guard: _Guard, loop: asyncio.AbstractEventLoop, protocol_kwargs: dict):
-        super().__init__(self._handle, request_factory=self._request, handler_cancellation=True, loop=loop)
+    def __init__(
+        self,
+        base: web.Server,
+        guard: _Guard,
+        loop: asyncio.AbstractEventLoop,
+        protocol_kwargs: dict,
+    ):
+        super().__init__(
+            self._handle, request_factory=self._request, handler_cancellation=True, loop=loop
+        )
         self._base_handler = base.request_handler
         self._base_factory = base.request_factory
         self._guard = guard
@@ -217,7 +256,9 @@ class _GuardedServer(web.Server):
         self._protocol_kwargs = protocol_kwargs
 
     def __call__(self) -> _GuardedProtocol:
-        return _GuardedProtocol(self, guard=self._guard, loop=self._protocol_loop, **self._protocol_kwargs)
+        return _GuardedProtocol(
+            self, guard=self._guard, loop=self._protocol_loop, **self._protocol_kwargs
+        )
 
     def _request(self, message, payload, protocol, writer, task):  # noqa: ANN001 - aiohttp's factory signature
         protocol.head_received()
@@ -233,7 +274,14 @@ class _GuardedServer(web.Server):
 class GuardedRunner(web.AppRunner):
     """An AppRunner whose connections are guarded (see the module docstring)."""
 
-    def __init__(self, app: web.Application, limits: ConnLimits, on_refused: OnRefused, *, shutdown_timeout: float = 1.0):
+    def __init__(
+        self,
+        app: web.Application,
+        limits: ConnLimits,
+        on_refused: OnRefused,
+        *,
+        shutdown_timeout: float = 1.0,
+    ):
         self._protocol_kwargs = {
             "access_log": None,
             "keepalive_timeout": limits.keepalive_timeout_s,
@@ -242,7 +290,9 @@ class GuardedRunner(web.AppRunner):
             "lingering_time": limits.linger_s,
         }
         self._guard = _Guard(limits, on_refused)
-        super().__init__(app, handle_signals=False, shutdown_timeout=shutdown_timeout, **self._protocol_kwargs)
+        super().__init__(
+            app, handle_signals=False, shutdown_timeout=shutdown_timeout, **self._protocol_kwargs
+        )
 
     @property
     def num_open(self) -> int:

@@ -121,15 +121,19 @@ class EmulatedEngine:
             self._advance(self._vnow())
             self._wake.clear()
             nt = self.sim.next_time
-            timeout = None if nt == float("inf") else max(0.0, (nt - self._vnow()) / self.time_scale)
+            timeout = (
+                None if nt == float("inf") else max(0.0, (nt - self._vnow()) / self.time_scale)
+            )
             try:
                 await asyncio.wait_for(self._wake.wait(), timeout)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 pass
 
     async def _start(self, app: web.Application) -> None:
         self._t0 = time.monotonic()
-        self._task = asyncio.get_running_loop().create_task(self._drive(), name=f"emulated-{self.name}")
+        self._task = asyncio.get_running_loop().create_task(
+            self._drive(), name=f"emulated-{self.name}"
+        )
 
     async def _stop(self, app: web.Application) -> None:
         if self._task is not None:
@@ -156,9 +160,14 @@ class EmulatedEngine:
         except (msgspec.DecodeError, msgspec.ValidationError) as exc:
             return web.json_response({"error": {"message": str(exc), "code": 400}}, status=400)
         if body.model != self.served:
-            return web.json_response({"error": {"message": f"model {body.model!r} not served here", "code": 404}}, status=404)
+            return web.json_response(
+                {"error": {"message": f"model {body.model!r} not served here", "code": 404}},
+                status=404,
+            )
         prompt = "\n".join(str(m.get("content") or "") for m in body.messages)
-        max_tokens = max(1, body.max_tokens or body.max_completion_tokens or self.default_max_tokens)
+        max_tokens = max(
+            1, body.max_tokens or body.max_completion_tokens or self.default_max_tokens
+        )
         try:
             await self.generate(prompt, max_tokens)
         except SpecError as exc:
@@ -168,7 +177,11 @@ class EmulatedEngine:
         self.num_success += 1
         self.num_generated += max_tokens
         self.num_prompt += p
-        usage = {"prompt_tokens": p, "completion_tokens": max_tokens, "total_tokens": p + max_tokens}
+        usage = {
+            "prompt_tokens": p,
+            "completion_tokens": max_tokens,
+            "total_tokens": p + max_tokens,
+        }
         rid = f"chatcmpl-{uuid.uuid4().hex[:16]}"
         if not body.stream:
             return web.Response(
@@ -178,16 +191,26 @@ class EmulatedEngine:
                         "object": "chat.completion",
                         "created": int(time.time()),
                         "model": self.served,
-                        "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "length"}],
+                        "choices": [
+                            {
+                                "index": 0,
+                                "message": {"role": "assistant", "content": text},
+                                "finish_reason": "length",
+                            }
+                        ],
                         "usage": usage,
                     }
                 ),
                 content_type="application/json",
             )
-        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
+        resp = web.StreamResponse(
+            headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
+        )
         await resp.prepare(request)
         words = text.split(" ")
-        deltas = [{"role": "assistant", "content": ""}] + [{"content": (" " if i else "") + w} for i, w in enumerate(words)]
+        deltas = [{"role": "assistant", "content": ""}] + [
+            {"content": (" " if i else "") + w} for i, w in enumerate(words)
+        ]
         for i, d in enumerate(deltas):
             last = i == len(deltas) - 1
             chunk = {
@@ -197,13 +220,20 @@ class EmulatedEngine:
                 "choices": [{"index": 0, "delta": d, "finish_reason": "length" if last else None}],
             }
             await resp.write(b"data: " + _ENC.encode(chunk) + b"\n\n")
-        await resp.write(b"data: " + _ENC.encode({"id": rid, "choices": [], "usage": usage}) + b"\n\n")
+        await resp.write(
+            b"data: " + _ENC.encode({"id": rid, "choices": [], "usage": usage}) + b"\n\n"
+        )
         await resp.write(b"data: [DONE]\n\n")
         await resp.write_eof()
         return resp
 
     async def _models(self, request: web.Request) -> web.Response:
-        return web.json_response({"object": "list", "data": [{"id": self.served, "object": "model", "owned_by": "aragog-emulated"}]})
+        return web.json_response(
+            {
+                "object": "list",
+                "data": [{"id": self.served, "object": "model", "owned_by": "aragog-emulated"}],
+            }
+        )
 
     async def _health(self, request: web.Request) -> web.Response:
         return web.Response(text="")

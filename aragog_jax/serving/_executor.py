@@ -147,7 +147,9 @@ class Executor:
         for e in fleet.engines:
             client = EngineClient(e.name, engine_urls[e.name], e.served_model, limits)
             self.engines[e.name] = EngineLoadState(client, e.model, CircuitBreaker())
-        self.monitor = LoadMonitor(list(self.engines.values()), poll_s=self.settings.metrics_poll_s, on_change=self.kick)
+        self.monitor = LoadMonitor(
+            list(self.engines.values()), poll_s=self.settings.metrics_poll_s, on_change=self.kick
+        )
         self.sched = SchedulerPort(fleet, policy, beam_width)
         self.routers = {name: RouterWorker(wf) for name, wf in fleet.workflows.items()}
         self.runs: dict[str, Run] = {}
@@ -196,7 +198,15 @@ class Executor:
 
     # -- submission ---------------------------------------------------------------------
 
-    def admit(self, workflow: str, text: str, *, deadline_s: float | None = None, replay: bool = False, stream: bool = False) -> Run:
+    def admit(
+        self,
+        workflow: str,
+        text: str,
+        *,
+        deadline_s: float | None = None,
+        replay: bool = False,
+        stream: bool = False,
+    ) -> Run:
         """Accept a run or raise OverloadedError (bounded meta-queue)."""
         if self.draining:
             raise AragogError("server is shutting down; not accepting new requests")
@@ -204,11 +214,21 @@ class Executor:
             raise OverloadedError(f"meta-queue full ({self.settings.max_queue} requests in flight)")
         wf = self.fleet.workflows[workflow]
         now = time.monotonic()
-        limit = self.settings.request_deadline_s if deadline_s is None else min(deadline_s, self.settings.request_deadline_s)
+        limit = (
+            self.settings.request_deadline_s
+            if deadline_s is None
+            else min(deadline_s, self.settings.request_deadline_s)
+        )
         run = Run(
-            id=f"run-{uuid.uuid4().hex[:20]}", wf=wf, input=text, t0=now, deadline=now + limit, replay=replay,
-            done=asyncio.get_running_loop().create_future(), events=asyncio.Queue() if stream else None,
-        )  # fmt: skip
+            id=f"run-{uuid.uuid4().hex[:20]}",
+            wf=wf,
+            input=text,
+            t0=now,
+            deadline=now + limit,
+            replay=replay,
+            done=asyncio.get_running_loop().create_future(),
+            events=asyncio.Queue() if stream else None,
+        )
         self.runs[run.id] = run
         run.timer = asyncio.get_running_loop().call_later(limit, self._expire, run)
         self.num_accepted += 1
@@ -241,8 +261,13 @@ class Executor:
         self._finish(run, "cancelled", AragogError(f"run cancelled: {why}"))
 
     def _expire(self, run: Run) -> None:
-        self._finish(run, "expired", DeadlineExceededError(
-            f"request {run.id} ran past its deadline of {run.deadline - run.t0:g} s"))  # fmt: skip
+        self._finish(
+            run,
+            "expired",
+            DeadlineExceededError(
+                f"request {run.id} ran past its deadline of {run.deadline - run.t0:g} s"
+            ),
+        )
 
     async def _route_in_thread(self, run: Run) -> None:
         try:
@@ -283,7 +308,13 @@ class Executor:
         self.metrics.routing_s.observe(routed.routing_s)
         self.metrics.admitted.observe(routed.num_admitted)
         if not routed.mask.any():
-            self._finish(run, "failed", NoViableConfigurationError(f"{run.wf.name}: no admitted configuration can run on this fleet"))
+            self._finish(
+                run,
+                "failed",
+                NoViableConfigurationError(
+                    f"{run.wf.name}: no admitted configuration can run on this fleet"
+                ),
+            )
             return
         run.status = "queued"
         try:
@@ -320,7 +351,11 @@ class Executor:
             run = self.runs.get(a.run_id)
             if run is None or run.finished:
                 continue
-            if run.replay and plan.record is not None and (not run.rounds or run.rounds[-1] is not plan.record):
+            if (
+                run.replay
+                and plan.record is not None
+                and (not run.rounds or run.rounds[-1] is not plan.record)
+            ):
                 run.rounds.append(plan.record)
             self._dispatch(run, a, plan.round_id, now)
         self.metrics.meta_queue.set(self.sched.num_pending)
@@ -352,8 +387,12 @@ class Executor:
         outputs = {up: run.outputs.get(run.wf.stage_index[up], "") for up in stage.upstream}
         return StageState(run.input, outputs, render_prompt(stage.prompt, run.input, outputs))
 
-    async def _run_stage(self, run: Run, a: Assignment, st: EngineLoadState, round_id: int, t_disp: float) -> None:
-        del run.unstarted[asyncio.current_task()]  # from here on this task gives its slot back itself
+    async def _run_stage(
+        self, run: Run, a: Assignment, st: EngineLoadState, round_id: int, t_disp: float
+    ) -> None:
+        del run.unstarted[
+            asyncio.current_task()
+        ]  # from here on this task gives its slot back itself
         sid = a.stage_id
         stage = run.wf.spec.stage[sid]
         left = run.deadline - time.monotonic()
@@ -363,10 +402,15 @@ class Executor:
         try:
             try:
                 res = await run_stage(
-                    stage, run.wf.stage_fns.get(sid), st.model, st.client, self._stage_state(run, sid),
-                    seed=next(self._seed) % 2**31, timeout_s=timeout,
+                    stage,
+                    run.wf.stage_fns.get(sid),
+                    st.model,
+                    st.client,
+                    self._stage_state(run, sid),
+                    seed=next(self._seed) % 2**31,
+                    timeout_s=timeout,
                     on_delta=(lambda text: self._delta(run, stage.name, text)) if streams else None,
-                )  # fmt: skip
+                )
             finally:
                 st.in_flight -= 1
                 st.num_returned += 1
@@ -403,10 +447,17 @@ class Executor:
         queue_s = t_disp - run.ready_at.get(sid, t_disp)
         self.metrics.queue_s.observe(queue_s)
         rec = StageReceipt(
-            stage=stage.name, model=st.model, engine=st.name, queue_s=queue_s, run_s=now - t_disp,
-            prompt_tokens=res.prompt_tokens, completion_tokens=res.completion_tokens, round_id=round_id,
-            failed_attempts=run.attempts.get(sid, []), engine_calls=res.calls,
-        )  # fmt: skip
+            stage=stage.name,
+            model=st.model,
+            engine=st.name,
+            queue_s=queue_s,
+            run_s=now - t_disp,
+            prompt_tokens=res.prompt_tokens,
+            completion_tokens=res.completion_tokens,
+            round_id=round_id,
+            failed_attempts=run.attempts.get(sid, []),
+            engine_calls=res.calls,
+        )
         run.outputs[sid] = res.text
         run.receipts[sid] = rec
         newly_ready = self.sched.finished(run.id, sid, a.engine)
@@ -433,7 +484,9 @@ class Executor:
         self.sched.release(run.id, a.stage_id, a.engine)
         self.kick()
 
-    def _on_engine_fault(self, run: Run, a: Assignment, st: EngineLoadState, exc: UpstreamError) -> None:
+    def _on_engine_fault(
+        self, run: Run, a: Assignment, st: EngineLoadState, exc: UpstreamError
+    ) -> None:
         now = time.monotonic()
         sid = a.stage_id
         if st.breaker.on_failure(now, str(exc)):
@@ -443,9 +496,14 @@ class Executor:
         attempts.append(Attempt(model=st.model, engine=st.name, error=str(exc)))
         if run.streamed_chars and not run.finished:
             # Part of the reply is with the client already; another engine would not continue it.
-            self._finish(run, "failed", UpstreamError(
-                f"stage {run.wf.spec.stage[sid].name!r} failed on {st.name} after {run.streamed_chars} characters "
-                f"of the reply were streamed (a streamed reply cannot fail over): {exc}"))  # fmt: skip
+            self._finish(
+                run,
+                "failed",
+                UpstreamError(
+                    f"stage {run.wf.spec.stage[sid].name!r} failed on {st.name} after {run.streamed_chars} characters "
+                    f"of the reply were streamed (a streamed reply cannot fail over): {exc}"
+                ),
+            )
         if run.finished:
             self.sched.release(run.id, sid, a.engine)
             self.kick()
@@ -455,12 +513,22 @@ class Executor:
         healthy_models = self._healthy_models(now)
         viable = self.sched.failed(run.id, sid, a.engine)
         if len(attempts) >= MAX_ATTEMPTS_PER_STAGE:
-            self._finish(run, "failed", UpstreamError(
-                f"stage {run.wf.spec.stage[sid].name!r} failed {len(attempts)} times; last: {exc}"))  # fmt: skip
+            self._finish(
+                run,
+                "failed",
+                UpstreamError(
+                    f"stage {run.wf.spec.stage[sid].name!r} failed {len(attempts)} times; last: {exc}"
+                ),
+            )
         elif not viable:
-            self._finish(run, "failed", NoViableConfigurationError(
-                f"stage {run.wf.spec.stage[sid].name!r} failed on {st.name} ({exc}) and no admitted configuration "
-                f"can run on the remaining healthy engines"))  # fmt: skip
+            self._finish(
+                run,
+                "failed",
+                NoViableConfigurationError(
+                    f"stage {run.wf.spec.stage[sid].name!r} failed on {st.name} ({exc}) and no admitted configuration "
+                    f"can run on the remaining healthy engines"
+                ),
+            )
         else:
             run.ready_at[sid] = now
         # Other queued requests may have lost their last option too.
@@ -468,14 +536,24 @@ class Executor:
         self.kick()
 
     def _healthy_models(self, now: float) -> set[str]:
-        return {st.model for st in self.engines.values() if st.breaker.poll(now) is not BreakerState.OPEN}
+        return {
+            st.model
+            for st in self.engines.values()
+            if st.breaker.poll(now) is not BreakerState.OPEN
+        }
 
     def _sweep_unviable(self, healthy_models: set[str]) -> None:
         for run_id in self.sched.unviable(healthy_models):
             run = self.runs.get(run_id)
             if run is not None and not run.finished:
-                self._finish(run, "failed", NoViableConfigurationError(
-                    f"{run.wf.name}: no admitted configuration can run on the healthy engines ({sorted(healthy_models)})"))  # fmt: skip
+                self._finish(
+                    run,
+                    "failed",
+                    NoViableConfigurationError(
+                        f"{run.wf.name}: no admitted configuration can run on the healthy engines "
+                        f"({sorted(healthy_models)})"
+                    ),
+                )
 
     # -- endings ------------------------------------------------------------------------
 
@@ -487,7 +565,9 @@ class Executor:
             workflow=wf.name,
             num_configs=wf.space.num_configs,
             num_admitted=routed.num_admitted if routed else 0,
-            router=routed.router if routed else ("trained" if wf.router is not None else "admit-all"),
+            router=routed.router
+            if routed
+            else ("trained" if wf.router is not None else "admit-all"),
             routing_s=routed.routing_s if routed else 0.0,
             total_s=time.monotonic() - run.t0,
             stages=stages,
@@ -510,7 +590,9 @@ class Executor:
         for t in list(run.tasks):
             if t is not asyncio.current_task():
                 t.cancel()
-        for a in run.unstarted.values():  # cancelled before their first step: never run their cleanup
+        for (
+            a
+        ) in run.unstarted.values():  # cancelled before their first step: never run their cleanup
             st = self.engines[a.engine]
             st.in_flight -= 1
             st.num_returned += 1
@@ -532,4 +614,3 @@ class Executor:
         self.metrics.in_flight.set(len(self.runs))
         if run.events is not None and status == "completed":
             run.events.put_nowait(None)
-

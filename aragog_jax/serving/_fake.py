@@ -104,9 +104,14 @@ class FakeEngine:
         elif mode == "hang":
             await asyncio.sleep(3600)
         elif mode == "fail":
-            return web.json_response({"error": {"message": "injected failure", "code": self.fail_status}}, status=self.fail_status)
+            return web.json_response(
+                {"error": {"message": "injected failure", "code": self.fail_status}},
+                status=self.fail_status,
+            )
         elif mode == "malformed":
-            return web.Response(body=b'{"id": "x", "choices": "not-a-list"', content_type="application/json")
+            return web.Response(
+                body=b'{"id": "x", "choices": "not-a-list"', content_type="application/json"
+            )
         elif mode == "truncated":
             resp = web.StreamResponse(headers={"Content-Type": "application/json"})
             resp.content_length = 4096
@@ -115,12 +120,24 @@ class FakeEngine:
             request.transport.close()
             return resp
         text = self.text_for(prompt)
-        usage = {"prompt_tokens": max(1, len(prompt) // 4), "completion_tokens": max_tokens, "total_tokens": 0}
+        usage = {
+            "prompt_tokens": max(1, len(prompt) // 4),
+            "completion_tokens": max_tokens,
+            "total_tokens": 0,
+        }
         headers = {}
         if self.orca and request.headers.get("endpoint-load-metrics-format", "").upper() == "JSON":
-            headers["endpoint-load-metrics"] = "JSON " + _ENC.encode(
-                {"named_metrics": {"kv_cache_usage_perc": 0.25, "num_requests_waiting": float(self.in_flight - 1)}}
-            ).decode()
+            headers["endpoint-load-metrics"] = (
+                "JSON "
+                + _ENC.encode(
+                    {
+                        "named_metrics": {
+                            "kv_cache_usage_perc": 0.25,
+                            "num_requests_waiting": float(self.in_flight - 1),
+                        }
+                    }
+                ).decode()
+            )
         if body.get("stream"):
             self.num_streamed += 1
             resp = web.StreamResponse(headers={"Content-Type": "text/event-stream", **headers})
@@ -130,17 +147,34 @@ class FakeEngine:
                 if i and self.stream_gap_s:
                     await asyncio.sleep(self.stream_gap_s)
                 piece = text[i * len(text) // n : (i + 1) * len(text) // n]
-                chunk = {"choices": [{"index": 0, "delta": {"content": piece}, "finish_reason": None}]}
+                chunk = {
+                    "choices": [{"index": 0, "delta": {"content": piece}, "finish_reason": None}]
+                }
                 await resp.write(b"data: " + _ENC.encode(chunk) + b"\n\n")
                 if mode == "stream_error":
-                    err = {"error": {"message": "injected failure mid-stream", "type": "InternalServerError", "code": 500}}
+                    err = {
+                        "error": {
+                            "message": "injected failure mid-stream",
+                            "type": "InternalServerError",
+                            "code": 500,
+                        }
+                    }
                     await resp.write(b"data: " + _ENC.encode(err) + b"\n\ndata: [DONE]\n\n")
                     await resp.write_eof()
                     return resp
             if mode == "stream_truncated":
                 request.transport.close()
                 return resp
-            await resp.write(b"data: " + _ENC.encode({"choices": [{"index": 0, "delta": {}, "finish_reason": "length"}], "usage": usage}) + b"\n\n")
+            await resp.write(
+                b"data: "
+                + _ENC.encode(
+                    {
+                        "choices": [{"index": 0, "delta": {}, "finish_reason": "length"}],
+                        "usage": usage,
+                    }
+                )
+                + b"\n\n"
+            )
             await resp.write(b"data: [DONE]\n\n")
             await resp.write_eof()
             self.num_completed += 1
@@ -152,7 +186,13 @@ class FakeEngine:
                     "id": "fake",
                     "object": "chat.completion",
                     "model": self.served,
-                    "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "length"}],
+                    "choices": [
+                        {
+                            "index": 0,
+                            "message": {"role": "assistant", "content": text},
+                            "finish_reason": "length",
+                        }
+                    ],
                     "usage": usage,
                 }
             ),
@@ -161,7 +201,9 @@ class FakeEngine:
         )
 
     async def _models(self, request: web.Request) -> web.Response:
-        return web.json_response({"object": "list", "data": [{"id": self.served, "object": "model"}]})
+        return web.json_response(
+            {"object": "list", "data": [{"id": self.served, "object": "model"}]}
+        )
 
     async def _health(self, request: web.Request) -> web.Response:
         if self.health_fails or self.mode in ("fail", "hang"):
@@ -172,8 +214,16 @@ class FakeEngine:
         if self.flavour == "sglang":
             names = ("sglang:num_running_reqs", "sglang:num_queue_reqs", "sglang:token_usage")
         else:
-            names = ("vllm:num_requests_running", "vllm:num_requests_waiting", "vllm:kv_cache_usage_perc")
-        g = self.gauges if self.gauges is not None else {names[0]: float(self.in_flight), names[1]: 0.0, names[2]: 0.0}
+            names = (
+                "vllm:num_requests_running",
+                "vllm:num_requests_waiting",
+                "vllm:kv_cache_usage_perc",
+            )
+        g = (
+            self.gauges
+            if self.gauges is not None
+            else {names[0]: float(self.in_flight), names[1]: 0.0, names[2]: 0.0}
+        )
         lines = []
         for k, v in g.items():
             lines.append(f"# TYPE {k} gauge")

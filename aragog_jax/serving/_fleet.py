@@ -16,6 +16,7 @@ import msgspec
 import numpy as np
 
 from aragog_jax.errors import AragogError, SpecError
+from aragog_jax.serving._stagefn import StageFunction, load_stage_functions
 from aragog_jax.space import ConfigSpace, build_space
 from aragog_jax.spec import (
     DEFAULT_MODELS,
@@ -33,7 +34,6 @@ from aragog_jax.spec import (
     load_workflow,
     resolve,
 )
-from aragog_jax.serving._stagefn import StageFunction, load_stage_functions
 
 log = logging.getLogger("aragog_jax.serving")
 
@@ -80,7 +80,9 @@ class WorkflowRuntime:
     router: object | None = None  # aragog_jax.router.Router, compiled
     router_path: str = ""
     stage_index: dict[str, int] = field(default_factory=dict)
-    stage_fns: dict[int, StageFunction] = field(default_factory=dict)  # stages that run a Python coroutine
+    stage_fns: dict[int, StageFunction] = field(
+        default_factory=dict
+    )  # stages that run a Python coroutine
 
     @property
     def name(self) -> str:
@@ -100,12 +102,19 @@ class FleetRuntime:
 def placeholder_profile(model: str) -> EngineProfile:
     n = UNPROFILED_SATURATION
     return EngineProfile(
-        model=model, hardware="unknown", tensor_parallel=1, kind="derived", saturation_batch=n,
-        kv_capacity_tokens=1 << 30, prefill_tokens_per_s=1e6, decode_base_s=0.01, decode_per_seq_s=0.0,
+        model=model,
+        hardware="unknown",
+        tensor_parallel=1,
+        kind="derived",
+        saturation_batch=n,
+        kv_capacity_tokens=1 << 30,
+        prefill_tokens_per_s=1e6,
+        decode_base_s=0.01,
+        decode_per_seq_s=0.0,
         decode_per_ctx_token_s=0.0,
         curve=[CurvePoint(k, 100.0 * k**0.5) for k in (1, 2, 4, 8, n)],
         notes="placeholder: engine has no profile",
-    )  # fmt: skip
+    )
 
 
 def _api_keys(settings: ServerSettings, source: Path) -> frozenset[str]:
@@ -124,7 +133,10 @@ def _api_keys(settings: ServerSettings, source: Path) -> frozenset[str]:
                 f"server.api_keys is empty; refusing to serve without the keys it asks for"
             )
         if not from_env:
-            log.warning("server.api_keys_env: environment variable %s holds no key; using server.api_keys only", settings.api_keys_env)
+            log.warning(
+                "server.api_keys_env: environment variable %s holds no key; using server.api_keys only",
+                settings.api_keys_env,
+            )
         keys |= from_env
     return frozenset(keys)
 
@@ -145,21 +157,31 @@ def load_runtime(
     settings = fleet.server
     if embedded:
         settings = msgspec.structs.replace(settings, time_scale=DEFAULT_TIME_SCALE)
-    overrides = {k: v for k, v in (("host", host), ("port", port), ("time_scale", time_scale)) if v is not None}
+    overrides = {
+        k: v
+        for k, v in (("host", host), ("port", port), ("time_scale", time_scale))
+        if v is not None
+    }
     if overrides:
         settings = msgspec.structs.replace(settings, **overrides)
     catalog = load_models(resolve(path, fleet.models) if fleet.models else DEFAULT_MODELS)
     family = fleet.family
     if not family:
-        raise SpecError(f"{path}: family: the server needs the model family its workflows are routed over")
+        raise SpecError(
+            f"{path}: family: the server needs the model family its workflows are routed over"
+        )
     pool = family_pool(catalog, family)
 
     engines: list[EngineRuntime] = []
     for i, e in enumerate(fleet.engine):
         if e.model not in {m.name for m in pool}:
-            raise SpecError(f"{path}: engine[{i}].model: {e.model!r} is not in family {family!r} ({[m.name for m in pool]})")
+            raise SpecError(
+                f"{path}: engine[{i}].model: {e.model!r} is not in family {family!r} ({[m.name for m in pool]})"
+            )
         if not e.url and e.kind != "emulated":
-            raise SpecError(f"{path}: engine[{i}].url: a {e.kind} engine needs a url (or kind = \"emulated\")")
+            raise SpecError(
+                f'{path}: engine[{i}].url: a {e.kind} engine needs a url (or kind = "emulated")'
+            )
         if e.profile:
             prof = load_profile(resolve(path, e.profile))
             profiled = True
@@ -183,10 +205,18 @@ def load_runtime(
                 f"(models with engines: {sorted(served_models)})"
             )
         if not servable[space.c_max]:
-            log.warning("workflow %s: c_max needs a model without an engine; only %d of %d configurations are servable",
-                        wf.name, int(servable.sum()), space.num_configs)  # fmt: skip
+            log.warning(
+                "workflow %s: c_max needs a model without an engine; only %d of %d configurations are servable",
+                wf.name,
+                int(servable.sum()),
+                space.num_configs,
+            )
         workflows[wf.name] = WorkflowRuntime(
-            wf, space, servable, stage_index={s: i for i, s in enumerate(space.stage_names)}, stage_fns=load_stage_functions(wf)
+            wf,
+            space,
+            servable,
+            stage_index={s: i for i, s in enumerate(space.stage_names)},
+            stage_fns=load_stage_functions(wf),
         )
 
     for w in fleet.workflows:
@@ -203,10 +233,16 @@ def load_runtime(
             if wf is None or wf.name != name:
                 raise SpecError(
                     f"{path}: routers.{name}: no such workflow in this fleet"
-                    + ("" if wf is None else f" (the checkpoint {full} is for workflow {wf.name!r})")
+                    + (
+                        ""
+                        if wf is None
+                        else f" (the checkpoint {full} is for workflow {wf.name!r})"
+                    )
                 )
             add_workflow(wf, f"routers.{name}")
-        workflows[name].router = _load_router(Path(full), workflows[name].space, compile_routers, router_buckets)
+        workflows[name].router = _load_router(
+            Path(full), workflows[name].space, compile_routers, router_buckets
+        )
         workflows[name].router_path = str(full)
     for wfr in workflows.values():
         if wfr.router is None:
@@ -243,10 +279,14 @@ def _stored_workflow(path: Path) -> WorkflowSpec | None:
     try:
         return None if spec is None else msgspec.convert(spec, WorkflowSpec)
     except msgspec.ValidationError as exc:
-        raise SpecError(f"router {path}: malformed workflow stored in the checkpoint: {exc}") from exc
+        raise SpecError(
+            f"router {path}: malformed workflow stored in the checkpoint: {exc}"
+        ) from exc
 
 
-def _load_router(path: Path, space: ConfigSpace, compile_now: bool, buckets: tuple[int, ...] | None):
+def _load_router(
+    path: Path, space: ConfigSpace, compile_now: bool, buckets: tuple[int, ...] | None
+):
     try:
         from aragog_jax.router import Router
     except ImportError as exc:

@@ -28,7 +28,9 @@ class LoopbackServer:
         self.url = ""
         self.shutdown_timeout = shutdown_timeout  # how long stop() waits for handlers
         self._make_runner = make_runner
-        self.handler_cancellation = handler_cancellation  # cancel a handler whose client disconnected
+        self.handler_cancellation = (
+            handler_cancellation  # cancel a handler whose client disconnected
+        )
         self._runner: web.AppRunner | None = None
         self._site: web.TCPSite | None = None
 
@@ -37,9 +39,12 @@ class LoopbackServer:
             self._runner = self._make_runner(self.app, self.shutdown_timeout)
         else:
             self._runner = web.AppRunner(
-                self.app, access_log=None, handle_signals=False, shutdown_timeout=self.shutdown_timeout,
+                self.app,
+                access_log=None,
+                handle_signals=False,
+                shutdown_timeout=self.shutdown_timeout,
                 handler_cancellation=self.handler_cancellation,
-            )  # fmt: skip
+            )
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.host, self.port, backlog=1024)
         await site.start()

@@ -78,14 +78,23 @@ class ScrapedLoad:
     returned_at: int = 0
 
     @classmethod
-    def from_gauges(cls, g: dict[str, float], at: float, dispatched_at: int = 0, returned_at: int = 0) -> ScrapedLoad:
+    def from_gauges(
+        cls, g: dict[str, float], at: float, dispatched_at: int = 0, returned_at: int = 0
+    ) -> ScrapedLoad:
         def first(names: tuple[str, ...]) -> float | None:
             for n in names:
                 if n in g:
                     return g[n]
             return None
 
-        return cls(first(RUNNING_NAMES), first(WAITING_NAMES), first(KV_NAMES), at, dispatched_at, returned_at)
+        return cls(
+            first(RUNNING_NAMES),
+            first(WAITING_NAMES),
+            first(KV_NAMES),
+            at,
+            dispatched_at,
+            returned_at,
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,14 +140,40 @@ class EngineLoadState:
             waiting = total - running
             kv = sc.kv_usage if sc.kv_usage is not None else -1.0
             source = "metrics"
-            if self.orca is not None and self.orca.at > sc.at and now - self.orca.at <= stale_after_s:
+            if (
+                self.orca is not None
+                and self.orca.at > sc.at
+                and now - self.orca.at <= stale_after_s
+            ):
                 if self.orca.waiting is not None:
                     waiting = max(waiting, self.orca.waiting)
                 if self.orca.kv_usage is not None:
                     kv = self.orca.kv_usage
                 source = "metrics+orca"
-            return EngineLoad(self.name, self.model, int(running), int(round(waiting)), kv, self.in_flight, healthy, cap, source, age)
-        return EngineLoad(self.name, self.model, self.in_flight, 0, -1.0, self.in_flight, healthy, cap, "in_flight", age)
+            return EngineLoad(
+                self.name,
+                self.model,
+                int(running),
+                int(round(waiting)),
+                kv,
+                self.in_flight,
+                healthy,
+                cap,
+                source,
+                age,
+            )
+        return EngineLoad(
+            self.name,
+            self.model,
+            self.in_flight,
+            0,
+            -1.0,
+            self.in_flight,
+            healthy,
+            cap,
+            "in_flight",
+            age,
+        )
 
 
 class LoadMonitor:
@@ -166,7 +201,10 @@ class LoadMonitor:
         """One polling task per engine, so a slow engine never delays another's scrape."""
         if not self._tasks:
             loop = asyncio.get_running_loop()
-            self._tasks = [loop.create_task(self._run(st), name=f"load-monitor-{st.name}") for st in self.states.values()]
+            self._tasks = [
+                loop.create_task(self._run(st), name=f"load-monitor-{st.name}")
+                for st in self.states.values()
+            ]
 
     async def stop(self) -> None:
         for t in self._tasks:
@@ -196,7 +234,9 @@ class LoadMonitor:
 
     async def poll_once(self) -> None:
         """Scrape every engine once, concurrently (start-up and tests)."""
-        results = await asyncio.gather(*(self._poll_engine(s) for s in self.states.values()), return_exceptions=True)
+        results = await asyncio.gather(
+            *(self._poll_engine(s) for s in self.states.values()), return_exceptions=True
+        )
         self.num_polls += 1
         for r in results:
             if isinstance(r, BaseException) and not isinstance(r, asyncio.CancelledError):

@@ -81,7 +81,9 @@ class RouterWorker:
     def _rows(self, res, elapsed: float, n: int) -> list[Routed]:
         mask = np.asarray(res.mask, dtype=bool)
         servable = self.wf.servable
-        return [Routed(mask[i] & servable, int(mask[i].sum()), elapsed, "trained") for i in range(n)]
+        return [
+            Routed(mask[i] & servable, int(mask[i].sum()), elapsed, "trained") for i in range(n)
+        ]
 
     def _resolve(self, batch, res, elapsed: float) -> None:
         for (_, fut), routed in zip(batch, self._rows(res, elapsed, len(batch)), strict=True):

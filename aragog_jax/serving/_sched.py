@@ -57,7 +57,12 @@ class RoundRecord:
         return self.plan.to_replay()
 
     def dump(self) -> dict[str, Any]:
-        return {"round_id": self.round_id, "policy": self.plan.policy, "round": self.replay(), "decision": self.plan.decision()}
+        return {
+            "round_id": self.round_id,
+            "policy": self.plan.policy,
+            "round": self.replay(),
+            "decision": self.plan.decision(),
+        }
 
 
 class SchedulerPort:
@@ -76,7 +81,9 @@ class SchedulerPort:
         self.sched = Scheduler(self.infos, policy, beam_width=beam_width, spaces=spaces)
         self._round_ids = itertools.count()
         self.num_pending = 0  # ready stages not yet dispatched (the meta-queue gauge)
-        self._runs: dict[str, tuple[WorkflowRuntime, set[int]]] = {}  # run -> (workflow, ready stages)
+        self._runs: dict[
+            str, tuple[WorkflowRuntime, set[int]]
+        ] = {}  # run -> (workflow, ready stages)
 
     # -- start-up -------------------------------------------------------------------------
 
@@ -86,7 +93,11 @@ class SchedulerPort:
         t0 = time.perf_counter()
         wf = next(iter(self.fleet.workflows.values()))
         for n in item_buckets:
-            tmp = Scheduler(self.infos, self.sched.policy, spaces=[w.space for w in self.fleet.workflows.values()])
+            tmp = Scheduler(
+                self.infos,
+                self.sched.policy,
+                spaces=[w.space for w in self.fleet.workflows.values()],
+            )
             sources = sum(1 for u in wf.space.upstream if not u)
             for i in range(max(1, n // max(1, sources))):
                 tmp.add_request(("warm", i), wf.space, wf.servable)
@@ -180,10 +191,19 @@ class SchedulerPort:
                 free = max(0, info.saturation_batch - ld.running - ld.waiting)
                 if ld.slots_cap is not None:
                     free = min(free, ld.slots_cap)
-            out.append(EngineLoad(
-                name=info.name, model=info.model, saturation_batch=info.saturation_batch, curve=info.curve,
-                running=ld.running, waiting=ld.waiting, kv_usage=kv, healthy=ld.healthy, free_slots=free,
-            ))  # fmt: skip
+            out.append(
+                EngineLoad(
+                    name=info.name,
+                    model=info.model,
+                    saturation_batch=info.saturation_batch,
+                    curve=info.curve,
+                    running=ld.running,
+                    waiting=ld.waiting,
+                    kv_usage=kv,
+                    healthy=ld.healthy,
+                    free_slots=free,
+                )
+            )
         return LoadVector(tuple(out))
 
     def schedule(self, loads: list[MonitorLoad]) -> PlanOut:
@@ -194,4 +214,6 @@ class SchedulerPort:
             out.append(Assignment(a.request_id, a.stage, a.engine))
             self._runs[a.request_id][1].discard(a.stage)
         self.num_pending -= len(out)
-        return PlanOut(out, rid, RoundRecord(rid, plan, time.monotonic()) if (out or plan.skipped) else None)
+        return PlanOut(
+            out, rid, RoundRecord(rid, plan, time.monotonic()) if (out or plan.skipped) else None
+        )

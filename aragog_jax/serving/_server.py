@@ -87,6 +87,7 @@ def _untune_gc() -> None:
         gc.unfreeze()
         gc.set_threshold(*_gc_saved_threshold)
 
+
 WORKFLOW_MODEL_PREFIX = "workflow:"
 # request -> the Run admitted for it (a typed key where aiohttp has them: 3.12+ warns on str keys)
 RUN_KEY = web.RequestKey("aragog_run", Run) if hasattr(web, "RequestKey") else "aragog_run"
@@ -139,7 +140,16 @@ _STATUS: list[tuple[type[BaseException], int, str]] = [
 
 #: Errors that refuse a request before a run is admitted (aragog_requests_rejected_total);
 #: the others end an admitted run (aragog_requests_total{status}).
-_REJECTIONS = (BadRequest, SpecError, Unauthorized, NotFound, RequestTimeout, PayloadTooLarge, OverloadedError, ShuttingDown)
+_REJECTIONS = (
+    BadRequest,
+    SpecError,
+    Unauthorized,
+    NotFound,
+    RequestTimeout,
+    PayloadTooLarge,
+    OverloadedError,
+    ShuttingDown,
+)
 
 #: Names and ids from a request are clipped to this many characters in error messages.
 ECHO_CHARS = 80
@@ -161,9 +171,11 @@ def error_response(exc: BaseException) -> web.Response:
     status, kind = status_of(exc)
     headers = {"Retry-After": str(RETRY_AFTER_S)} if status == 429 else None
     resp = web.Response(
-        status=status, body=error_body(str(exc), kind, status, getattr(exc, "field", None)),
-        content_type="application/json", headers=headers,
-    )  # fmt: skip
+        status=status,
+        body=error_body(str(exc), kind, status, getattr(exc, "field", None)),
+        content_type="application/json",
+        headers=headers,
+    )
     if status == 408:
         resp.force_close()  # the rest of the body may still be coming
     return resp
@@ -188,7 +200,9 @@ def schema_error(exc: msgspec.MsgspecError) -> BadRequest:
     m = _MISSING_RE.search(msg) or _FIELD_RE.search(msg)
     field = m.group(1) if m else None
     if isinstance(exc, msgspec.ValidationError):
-        return BadRequest(f"invalid request: {msg}" + (f" (field {field!r})" if field else ""), field)
+        return BadRequest(
+            f"invalid request: {msg}" + (f" (field {field!r})" if field else ""), field
+        )
     return BadRequest(f"malformed JSON: {msg}", None)
 
 
@@ -231,8 +245,10 @@ class Server:
         self._keys = tuple(k.encode() for k in fleet.api_keys)
         st = self.settings
         self.limits = ConnLimits(
-            header_timeout_s=st.header_timeout_s, keepalive_timeout_s=st.keepalive_timeout_s, max_connections=st.max_connections,
-        )  # fmt: skip
+            header_timeout_s=st.header_timeout_s,
+            keepalive_timeout_s=st.keepalive_timeout_s,
+            max_connections=st.max_connections,
+        )
         self.app = self._make_app()
 
     # -- lifecycle ------------------------------------------------------------------------
@@ -241,19 +257,35 @@ class Server:
         urls: dict[str, str] = {}
         for e in self.fleet.engines:
             if e.emulated:
-                eng = EmulatedEngine(e.name, e.model, e.profile, time_scale=self.settings.time_scale, served_model_name=e.served_model)
+                eng = EmulatedEngine(
+                    e.name,
+                    e.model,
+                    e.profile,
+                    time_scale=self.settings.time_scale,
+                    served_model_name=e.served_model,
+                )
                 srv = LoopbackServer(eng.app)
                 urls[e.name] = await srv.start()
                 self.emulated[e.name] = (eng, srv)
             else:
                 urls[e.name] = e.spec.url
         self.executor = Executor(
-            self.fleet, urls, self.metrics, keep_rounds=self.options.keep_rounds,
-            policy=self.options.policy, beam_width=self.options.beam_width,
-        )  # fmt: skip
+            self.fleet,
+            urls,
+            self.metrics,
+            keep_rounds=self.options.keep_rounds,
+            policy=self.options.policy,
+            beam_width=self.options.beam_width,
+        )
         # Bind before the slow part, so a busy port fails at once; until "serving",
         # requests get 503 and /ready says "starting".
-        self.site = LoopbackServer(self.app, self.settings.host, self.settings.port, shutdown_timeout=1.0, make_runner=self._runner)
+        self.site = LoopbackServer(
+            self.app,
+            self.settings.host,
+            self.settings.port,
+            shutdown_timeout=1.0,
+            make_runner=self._runner,
+        )
         self.url = await self.site.start()
         if not self._keys and not is_loopback(self.settings.host):
             log.warning(
@@ -266,8 +298,14 @@ class Server:
             took = await loop.run_in_executor(None, self.executor.sched.warm_up, WARM_ITEM_BUCKETS)
             for worker in self.executor.routers.values():
                 await loop.run_in_executor(None, worker.warm_up, self.settings.max_queue)
-            log.info("scheduler compiled for rounds of up to %d stages in %.1f s", max(WARM_ITEM_BUCKETS), took)
-            self._late_warm = loop.run_in_executor(None, self.executor.sched.warm_up, LATE_ITEM_BUCKETS)
+            log.info(
+                "scheduler compiled for rounds of up to %d stages in %.1f s",
+                max(WARM_ITEM_BUCKETS),
+                took,
+            )
+            self._late_warm = loop.run_in_executor(
+                None, self.executor.sched.warm_up, LATE_ITEM_BUCKETS
+            )
             self._late_warm.add_done_callback(self._warm_done)
         await self.executor.open()
         if self.options.tune_gc:
@@ -283,7 +321,11 @@ class Server:
         if exc is not None:
             log.warning("scheduler warm-up failed (rounds compile on first use): %s", exc)
         else:
-            log.info("scheduler compiled for rounds of up to %d stages in %.1f s more", max(LATE_ITEM_BUCKETS), fut.result())
+            log.info(
+                "scheduler compiled for rounds of up to %d stages in %.1f s more",
+                max(LATE_ITEM_BUCKETS),
+                fut.result(),
+            )
 
     def _runner(self, app: web.Application, shutdown_timeout: float) -> GuardedRunner:
         return GuardedRunner(app, self.limits, self._rejected, shutdown_timeout=shutdown_timeout)
@@ -352,7 +394,9 @@ class Server:
     # -- app ------------------------------------------------------------------------------
 
     def _make_app(self) -> web.Application:
-        app = web.Application(client_max_size=self.settings.max_body_bytes, middlewares=[self._guard])
+        app = web.Application(
+            client_max_size=self.settings.max_body_bytes, middlewares=[self._guard]
+        )
         r = app.router
         r.add_get("/health", self.health)
         r.add_get("/ready", self.ready)
@@ -370,7 +414,10 @@ class Server:
         try:
             if self._keys and request.path != "/health":
                 self._authorize(request.headers.get("Authorization", ""))
-            if request.content_length is not None and request.content_length > self.settings.max_body_bytes:
+            if (
+                request.content_length is not None
+                and request.content_length > self.settings.max_body_bytes
+            ):
                 raise PayloadTooLarge(f"request body over {self.settings.max_body_bytes} bytes")
             return await handler(request)
         except AragogError as exc:
@@ -379,8 +426,12 @@ class Server:
             return error_response(exc)
         except web.HTTPRequestEntityTooLarge:  # a chunked body over client_max_size
             self._rejected(413, "payload_too_large")
-            return error_response(PayloadTooLarge(f"request body over {self.settings.max_body_bytes} bytes"))
-        except web.HTTPException as exc:  # aiohttp's router: unknown route (404), wrong method (405)
+            return error_response(
+                PayloadTooLarge(f"request body over {self.settings.max_body_bytes} bytes")
+            )
+        except (
+            web.HTTPException
+        ) as exc:  # aiohttp's router: unknown route (404), wrong method (405)
             if exc.status < 400:
                 raise
             return self._http_error(request, exc)
@@ -390,26 +441,41 @@ class Server:
             run = request.get(RUN_KEY)
             if run is not None:
                 gone = isinstance(exc, (asyncio.CancelledError, ConnectionResetError))
-                self.executor.cancel(run, "client disconnected" if gone else f"request handler failed: {type(exc).__name__}")
+                self.executor.cancel(
+                    run,
+                    "client disconnected"
+                    if gone
+                    else f"request handler failed: {type(exc).__name__}",
+                )
             raise
 
     def _authorize(self, auth: str) -> None:
         key = auth[7:].strip() if auth[:7].lower() == "bearer " else ""
         raw = key.encode("utf-8", "surrogateescape")  # the header's bytes, whatever they are
         if not raw or not any(hmac.compare_digest(raw, k) for k in self._keys):
-            raise Unauthorized("missing or invalid API key (send Authorization: Bearer <key>)")  # never the key
+            raise Unauthorized(
+                "missing or invalid API key (send Authorization: Bearer <key>)"
+            )  # never the key
 
     def _http_error(self, request: web.Request, exc: web.HTTPException) -> web.Response:
         if exc.status == 404:
             message, kind = f"no route {request.method} {clip(request.path)}", "not_found_error"
         elif exc.status == 405:
             allowed = ", ".join(sorted(getattr(exc, "allowed_methods", ()) or ()))
-            message, kind = f"method {clip(request.method, 16)} not allowed on {clip(request.path)} (allowed: {allowed})", "method_not_allowed"
+            message, kind = (
+                f"method {clip(request.method, 16)} not allowed on {clip(request.path)} (allowed: {allowed})",
+                "method_not_allowed",
+            )
         else:
             message, kind = exc.reason, "invalid_request_error"
         self._rejected(exc.status, kind)
         headers = {k: v for k, v in exc.headers.items() if k == "Allow"}
-        return web.Response(status=exc.status, body=error_body(message, kind, exc.status), content_type="application/json", headers=headers)
+        return web.Response(
+            status=exc.status,
+            body=error_body(message, kind, exc.status),
+            content_type="application/json",
+            headers=headers,
+        )
 
     async def health(self, request: web.Request) -> web.Response:
         return web.json_response({"status": "ok"})
@@ -419,8 +485,13 @@ class Server:
         ok, why = ex.ready() if ex is not None and self.state == "serving" else (False, self.state)
         if ok and self.compiling:
             ok, why = False, "compiling the scheduling round for large rounds"
-        routers = {n: ("compiled" if w.router is not None else "admit-all") for n, w in self.fleet.workflows.items()}
-        return web.json_response({"ready": ok, "detail": why, "routers": routers}, status=200 if ok else 503)
+        routers = {
+            n: ("compiled" if w.router is not None else "admit-all")
+            for n, w in self.fleet.workflows.items()
+        }
+        return web.json_response(
+            {"ready": ok, "detail": why, "routers": routers}, status=200 if ok else 503
+        )
 
     async def prom(self, request: web.Request) -> web.Response:
         if self.executor is not None:
@@ -430,22 +501,32 @@ class Server:
     def _workflow(self, name: str):
         wf = self.fleet.workflows.get(name)
         if wf is None:
-            raise NotFound(f"unknown workflow {clip(name)!r} (known: {', '.join(sorted(self.fleet.workflows))})")
+            raise NotFound(
+                f"unknown workflow {clip(name)!r} (known: {', '.join(sorted(self.fleet.workflows))})"
+            )
         return wf
 
     async def list_workflows(self, request: web.Request) -> web.Response:
         data = [
             WorkflowInfo(
-                name=w.name, description=w.spec.description, stages=list(w.space.stage_names),
-                num_configs=w.space.num_configs, router="trained" if w.router is not None else "admit-all",
+                name=w.name,
+                description=w.spec.description,
+                stages=list(w.space.stage_names),
+                num_configs=w.space.num_configs,
+                router="trained" if w.router is not None else "admit-all",
                 model=WORKFLOW_MODEL_PREFIX + w.name,
             )
             for w in self.fleet.workflows.values()
-        ]  # fmt: skip
-        return web.Response(body=ENCODER.encode({"object": "list", "data": data}), content_type="application/json")
+        ]
+        return web.Response(
+            body=ENCODER.encode({"object": "list", "data": data}), content_type="application/json"
+        )
 
     async def list_models(self, request: web.Request) -> web.Response:
-        data = [{"id": WORKFLOW_MODEL_PREFIX + n, "object": "model", "created": 0, "owned_by": "aragog"} for n in self.fleet.workflows]
+        data = [
+            {"id": WORKFLOW_MODEL_PREFIX + n, "object": "model", "created": 0, "owned_by": "aragog"}
+            for n in self.fleet.workflows
+        ]
         return web.json_response({"object": "list", "data": data})
 
     async def get_round(self, request: web.Request) -> web.Response:
@@ -454,7 +535,10 @@ class Server:
         raw = request.match_info["round_id"]
         # Plain ASCII decimal only: int() would also take "1_0", " 1 " and other scripts' digits.
         if not (raw.isascii() and raw.isdigit() and len(raw) <= 18):
-            raise BadRequest(f"round id must be a non-negative decimal integer, got {clip(raw, 24)!r}", "round_id")
+            raise BadRequest(
+                f"round id must be a non-negative decimal integer, got {clip(raw, 24)!r}",
+                "round_id",
+            )
         rid = int(raw)
         for rec in reversed(self.executor.recent_rounds):
             if rec.round_id == rid:
@@ -470,7 +554,9 @@ class Server:
                 async with asyncio.timeout(self.settings.body_timeout_s):
                     raw = await request.read()
             except TimeoutError as exc:
-                raise RequestTimeout(f"request body not received within {self.settings.body_timeout_s:g} s") from exc
+                raise RequestTimeout(
+                    f"request body not received within {self.settings.body_timeout_s:g} s"
+                ) from exc
         try:
             return decoder.decode(raw)
         except msgspec.MsgspecError as exc:
@@ -486,18 +572,31 @@ class Server:
     async def run_workflow(self, request: web.Request) -> web.StreamResponse:
         wf = self._workflow(request.match_info["name"])
         body = await self._read(request, RUN_REQUEST_DECODER)
-        run = self._admit(request, wf.name, _workflow_input(body.input, "input"), deadline_s=body.deadline_s, replay=body.replay, stream=body.stream)
+        run = self._admit(
+            request,
+            wf.name,
+            _workflow_input(body.input, "input"),
+            deadline_s=body.deadline_s,
+            replay=body.replay,
+            stream=body.stream,
+        )
         if body.stream:
             return await self._stream_run(request, run)
         res = await self.executor.wait(run)
         return web.Response(
-            body=ENCODER.encode(RunResponse(id=res.id, workflow=wf.name, output=res.output, receipt=res.receipt)),
+            body=ENCODER.encode(
+                RunResponse(id=res.id, workflow=wf.name, output=res.output, receipt=res.receipt)
+            ),
             content_type="application/json",
         )
 
-    async def _sse(self, request: web.Request, run: Run, frames: AsyncIterator[bytes]) -> web.StreamResponse:
+    async def _sse(
+        self, request: web.Request, run: Run, frames: AsyncIterator[bytes]
+    ) -> web.StreamResponse:
         """Send ``frames`` as server-sent events; a client that goes away cancels the run."""
-        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
+        resp = web.StreamResponse(
+            headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
+        )
         await resp.prepare(request)
         try:
             async with contextlib.aclosing(frames):
@@ -517,22 +616,36 @@ class Server:
     async def chat(self, request: web.Request) -> web.StreamResponse:
         body = await self._read(request, FRONT_CHAT_DECODER)
         if not body.model.startswith(WORKFLOW_MODEL_PREFIX):
-            raise NotFound(f"model {clip(body.model)!r}: use 'workflow:<name>' (see GET /v1/models)")
-        wf = self._workflow(body.model[len(WORKFLOW_MODEL_PREFIX):])
+            raise NotFound(
+                f"model {clip(body.model)!r}: use 'workflow:<name>' (see GET /v1/models)"
+            )
+        wf = self._workflow(body.model[len(WORKFLOW_MODEL_PREFIX) :])
         users = [m for m in body.messages if m.role == "user"]
         if not users:
             raise BadRequest("messages: needs a user message (the workflow input)", "messages")
-        run = self._admit(request, wf.name, _workflow_input(users[-1].text(), "messages"), stream=body.stream)
+        run = self._admit(
+            request, wf.name, _workflow_input(users[-1].text(), "messages"), stream=body.stream
+        )
         created = int(time.time())
         cid = f"chatcmpl-{uuid.uuid4().hex[:24]}"
         if not body.stream:
             res = await self.executor.wait(run)
             usage = _usage(res.receipt)
             payload = {
-                "id": cid, "object": "chat.completion", "created": created, "model": body.model,
-                "choices": [{"index": 0, "message": {"role": "assistant", "content": res.output}, "finish_reason": "stop"}],
-                "usage": usage, "aragog": {"id": res.id, "receipt": res.receipt},
-            }  # fmt: skip
+                "id": cid,
+                "object": "chat.completion",
+                "created": created,
+                "model": body.model,
+                "choices": [
+                    {
+                        "index": 0,
+                        "message": {"role": "assistant", "content": res.output},
+                        "finish_reason": "stop",
+                    }
+                ],
+                "usage": usage,
+                "aragog": {"id": res.id, "receipt": res.receipt},
+            }
             return web.Response(body=ENCODER.encode(payload), content_type="application/json")
         return await self._sse(request, run, _chat_frames(run, cid, created, body.model))
 
@@ -542,16 +655,30 @@ async def _run_frames(run: Run) -> AsyncIterator[bytes]:
     stage's text as its engine produces it, then ``done`` (output and receipt) or ``error``."""
     while (item := await run.events.get()) is not None:
         if isinstance(item, OutputDelta):
-            yield b"event: delta\ndata: " + ENCODER.encode(DeltaEvent(run.id, item.stage, item.text)) + b"\n\n"
+            yield (
+                b"event: delta\ndata: "
+                + ENCODER.encode(DeltaEvent(run.id, item.stage, item.text))
+                + b"\n\n"
+            )
         else:
-            yield b"event: stage\ndata: " + ENCODER.encode(StageEvent(run.id, item.stage, item.text, item.receipt)) + b"\n\n"
+            yield (
+                b"event: stage\ndata: "
+                + ENCODER.encode(StageEvent(run.id, item.stage, item.text, item.receipt))
+                + b"\n\n"
+            )
     exc = run.done.exception()
     if exc is None:
         res = run.done.result()
-        yield b"event: done\ndata: " + ENCODER.encode(DoneEvent(run.id, res.output, res.receipt)) + b"\n\n"
+        yield (
+            b"event: done\ndata: "
+            + ENCODER.encode(DoneEvent(run.id, res.output, res.receipt))
+            + b"\n\n"
+        )
     else:
         status, _ = status_of(exc)
-        yield b"event: error\ndata: " + ENCODER.encode(ErrorEvent(run.id, status, str(exc))) + b"\n\n"
+        yield (
+            b"event: error\ndata: " + ENCODER.encode(ErrorEvent(run.id, status, str(exc))) + b"\n\n"
+        )
 
 
 async def _chat_frames(run: Run, cid: str, created: int, model: str) -> AsyncIterator[bytes]:
@@ -561,8 +688,14 @@ async def _chat_frames(run: Run, cid: str, created: int, model: str) -> AsyncIte
     that fails ends with one ``{"error": ...}`` frame and no ``[DONE]``."""
 
     def chunk(delta: dict, finish: str | None = None, **extra) -> bytes:
-        c = {"id": cid, "object": "chat.completion.chunk", "created": created, "model": model,
-             "choices": [{"index": 0, "delta": delta, "finish_reason": finish}], **extra}  # fmt: skip
+        c = {
+            "id": cid,
+            "object": "chat.completion.chunk",
+            "created": created,
+            "model": model,
+            "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
+            **extra,
+        }
         return b"data: " + ENCODER.encode(c) + b"\n\n"
 
     yield chunk({"role": "assistant", "content": ""})
@@ -576,7 +709,9 @@ async def _chat_frames(run: Run, cid: str, created: int, model: str) -> AsyncIte
         yield b"data: " + ENCODER.encode({"error": err, "aragog": {"id": run.id}}) + b"\n\n"
         return
     res = run.done.result()
-    yield chunk({}, "stop", usage=_usage(res.receipt), aragog={"id": res.id, "receipt": res.receipt})
+    yield chunk(
+        {}, "stop", usage=_usage(res.receipt), aragog={"id": res.id, "receipt": res.receipt}
+    )
     yield b"data: [DONE]\n\n"
 
 

@@ -13,8 +13,8 @@ shape instead::
 * ``model``: the catalog name of the model the scheduler chose for this stage;
 * ``lm``: an :class:`LM` bound to the chosen engine: ``await lm(prompt, max_tokens=...)``
   returns the completion text (``prompt``: a string, sent as one user message, or a list
-  of ``{"role", "content"}`` chat messages, e.g. a DSPy predictor's). Every call goes to that engine, so the scheduler's load
-  accounting and the receipt stay right; token counts add up over the calls;
+  of ``{"role", "content"}`` chat messages, e.g. a DSPy predictor's). Every call goes to
+  that engine, so the scheduler's load accounting and the receipt stay right; token counts add up over the calls;
 * ``state``: a :class:`StageState` with the request ``input``, the upstream ``outputs``
   by stage name, and the rendered ``prompt``.
 
@@ -83,21 +83,27 @@ class LM:
     _issued: int = field(default=0, repr=False)  # calls started (the next call's seed offset)
     _on_delta: Callable[[str], None] | None = field(default=None, repr=False)  # streams the calls
 
-    async def __call__(self, prompt: str | list[dict[str, str]], *, max_tokens: int | None = None) -> str:
+    async def __call__(
+        self, prompt: str | list[dict[str, str]], *, max_tokens: int | None = None
+    ) -> str:
         """``prompt``: the text of one user message, or the chat messages themselves
         (``[{"role": "system", "content": ...}, {"role": "user", ...}]``, e.g. DSPy's)."""
         if not isinstance(prompt, str) and not _is_messages(prompt):
             raise StageFunctionError(
-                f"lm(prompt): prompt must be str or a list of {{'role', 'content'}} messages, got {type(prompt).__name__}"
+                f"lm(prompt): prompt must be str or a list of {{'role', 'content'}} messages, got "
+                f"{type(prompt).__name__}"
             )
         # Seeded per call so that a stage's calls are reproducible and distinct; the index
         # is taken before the await, so concurrent calls (asyncio.gather) differ too.
         index, self._issued = self._issued, self._issued + 1
         streamed = {"on_delta": self._on_delta} if self._on_delta is not None else {}
         res = await self._client.chat(
-            prompt, max_tokens=max(1, max_tokens or self._max_tokens), seed=(self._seed + index) % 2**31,
-            timeout_s=self._timeout_s, **streamed,
-        )  # fmt: skip
+            prompt,
+            max_tokens=max(1, max_tokens or self._max_tokens),
+            seed=(self._seed + index) % 2**31,
+            timeout_s=self._timeout_s,
+            **streamed,
+        )
         self.calls += 1
         self.prompt_tokens += res.prompt_tokens
         self.completion_tokens += res.completion_tokens
@@ -109,7 +115,12 @@ def _is_messages(prompt: object) -> bool:
     return (
         isinstance(prompt, list)
         and bool(prompt)
-        and all(isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str) for m in prompt)
+        and all(
+            isinstance(m, dict)
+            and isinstance(m.get("role"), str)
+            and isinstance(m.get("content"), str)
+            for m in prompt
+        )
     )
 
 
@@ -136,7 +147,9 @@ def load_stage_functions(wf: WorkflowSpec) -> dict[int, StageFunction]:
         except AragogError as exc:
             raise SpecError(str(exc)) from exc
         if not inspect.iscoroutinefunction(fn):
-            raise SpecError(f"{what}: must be an async function (async def {getattr(fn, '__name__', 'f')}(stage, model, lm, state))")
+            raise SpecError(
+                f"{what}: must be an async function (async def {getattr(fn, '__name__', 'f')}(stage, model, lm, state))"
+            )
         out[i] = fn
     return out
 
@@ -171,7 +184,14 @@ async def run_stage(
       UpstreamError: an engine call failed (also from inside ``fn``).
       StageFunctionError: ``fn`` raised anything else or returned a non-str.
     """
-    lm = LM(model, client, max(1, stage.output_tokens), seed, timeout_s, _on_delta=on_delta if fn is None else None)
+    lm = LM(
+        model,
+        client,
+        max(1, stage.output_tokens),
+        seed,
+        timeout_s,
+        _on_delta=on_delta if fn is None else None,
+    )
     if fn is None:
         text = await _template_stage(stage, model, lm, state)
     else:
@@ -186,9 +206,15 @@ async def run_stage(
                 raise  # this stage was cancelled (its run ended)
             # The function's own (an inner task it awaited was cancelled): not the stage's
             # cancellation, which would leave the run waiting for its deadline.
-            raise StageFunctionError(f"stage {stage.name!r}: function {name} raised CancelledError") from exc
+            raise StageFunctionError(
+                f"stage {stage.name!r}: function {name} raised CancelledError"
+            ) from exc
         except Exception as exc:  # noqa: BLE001 - the user's code: name it, keep the cause
-            raise StageFunctionError(f"stage {stage.name!r}: function {name} raised {type(exc).__name__}: {exc}") from exc
+            raise StageFunctionError(
+                f"stage {stage.name!r}: function {name} raised {type(exc).__name__}: {exc}"
+            ) from exc
         if not isinstance(text, str):
-            raise StageFunctionError(f"stage {stage.name!r}: function {name} returned {type(text).__name__}, expected str")
+            raise StageFunctionError(
+                f"stage {stage.name!r}: function {name} returned {type(text).__name__}, expected str"
+            )
     return StageOutput(text, lm.prompt_tokens, lm.completion_tokens, lm.calls, lm.last)

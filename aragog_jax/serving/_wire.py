@@ -192,4 +192,6 @@ FRONT_CHAT_DECODER = msgspec.json.Decoder(FrontChatRequest)
 
 def error_body(message: str, kind: str, code: int, field: str | None = None) -> bytes:
     """The one JSON error shape of the front door: ``{"error": {"message", "type", "code", "field"}}``."""
-    return ENCODER.encode(ErrorBody(ErrorDetail(message=message, type=kind, code=code, field=field)))
+    return ENCODER.encode(
+        ErrorBody(ErrorDetail(message=message, type=kind, code=code, field=field))
+    )

@@ -23,7 +23,13 @@ from aragog_jax.sim._experiment import (
     summarize_run,
     write_summary,
 )
-from aragog_jax.sim._setup import Setup, constrained_variant, load_setup, per_workflow_config, selection_rows
+from aragog_jax.sim._setup import (
+    Setup,
+    constrained_variant,
+    load_setup,
+    per_workflow_config,
+    selection_rows,
+)
 from aragog_jax.sim._workload import arrival_times, sample_inputs
 
 __all__ = [

@@ -92,14 +92,18 @@ class RunResult:
     stage_completions: int = 0
     rounds: int = 0
     round_wall_s: list[float] = field(default_factory=list)
-    round_steps: list[int] = field(default_factory=list)  # search steps of each round in round_wall_s
+    round_steps: list[int] = field(
+        default_factory=list
+    )  # search steps of each round in round_wall_s
     sim_wall_s: float = 0.0
     end_time: float = 0.0
     engine_busy_s: dict[str, float] = field(default_factory=dict)
     engine_tokens: dict[str, int] = field(default_factory=dict)
     stage_engine_counts: dict[str, dict[str, int]] = field(default_factory=dict)
     compiled_rounds: int = 0
-    stage_done_at: np.ndarray = field(default_factory=lambda: np.zeros(0))  # float64[stage completions]
+    stage_done_at: np.ndarray = field(
+        default_factory=lambda: np.zeros(0)
+    )  # float64[stage completions]
 
     @property
     def latency(self) -> np.ndarray:
@@ -136,8 +140,13 @@ def simulate(
     engines = [SimEngine(e.name, e.model, e.profile) for e in setup.engines]
     infos = [EngineInfo.from_profile(e.name, e.profile) for e in setup.engines]
     per_wf = {space.workflow: int(per_workflow_config)} if per_workflow_config is not None else None
-    sched = Scheduler(infos, policy if policy is not None else cfg.policy, beam_width=cfg.beam_width,
-                      per_workflow=per_wf, spaces=[space])
+    sched = Scheduler(
+        infos,
+        policy if policy is not None else cfg.policy,
+        beam_width=cfg.beam_width,
+        per_workflow=per_wf,
+        spaces=[space],
+    )
     model_index = {m: i for i, m in enumerate(space.model_names)}
     engine_model_id = [model_index[e.model] for e in setup.engines]
     engine_index = {e.name: i for i, e in enumerate(setup.engines)}
@@ -202,12 +211,19 @@ def simulate(
     def load_vector() -> LoadVector:
         if poll > 0:
             obs = [
-                EngineLoad.observe(info, running=snap[e][0], waiting=snap[e][1] + sent_since[e], kv_usage=snap[e][2])
+                EngineLoad.observe(
+                    info,
+                    running=snap[e][0],
+                    waiting=snap[e][1] + sent_since[e],
+                    kv_usage=snap[e][2],
+                )
                 for e, info in enumerate(infos)
             ]
         else:
             obs = [
-                EngineLoad.observe(info, running=eng.b, waiting=len(eng.waiting), kv_usage=eng.kv_usage())
+                EngineLoad.observe(
+                    info, running=eng.b, waiting=len(eng.waiting), kv_usage=eng.kv_usage()
+                )
                 for info, eng in zip(infos, engines, strict=True)
             ]
         return LoadVector(tuple(obs))
@@ -312,7 +328,9 @@ def simulate(
                 heapq.heappush(heap, (t + cost, _DISPATCH, counter, 0, 0))
 
     if remaining > 0 and now < cfg.horizon_s and (not heap or idle_polls > 3):
-        raise AragogError(f"simulation stalled with {remaining} requests unfinished (policy {cfg.policy})")
+        raise AragogError(
+            f"simulation stalled with {remaining} requests unfinished (policy {cfg.policy})"
+        )
     return RunResult(
         config=cfg,
         rows=rows,

@@ -49,14 +49,36 @@ class SimEngine:
     """
 
     __slots__ = (
-        "name", "model", "profile", "max_batch", "kv_capacity",
-        "_base", "_per_seq", "_per_ctx", "_prefill_rate",
-        "t_b", "i_b", "_run", "_seq_no", "b", "_sum_p", "_sum_j", "kv_reserved", "_prefill_s",
-        "waiting", "next_time", "_next_k", "version",
-        "busy_s", "tokens_out", "completed",
+        "name",
+        "model",
+        "profile",
+        "max_batch",
+        "kv_capacity",
+        "_base",
+        "_per_seq",
+        "_per_ctx",
+        "_prefill_rate",
+        "t_b",
+        "i_b",
+        "_run",
+        "_seq_no",
+        "b",
+        "_sum_p",
+        "_sum_j",
+        "kv_reserved",
+        "_prefill_s",
+        "waiting",
+        "next_time",
+        "_next_k",
+        "version",
+        "busy_s",
+        "tokens_out",
+        "completed",
     )
 
-    def __init__(self, name: str, model: str, profile: EngineProfile, max_batch: int | None = None) -> None:
+    def __init__(
+        self, name: str, model: str, profile: EngineProfile, max_batch: int | None = None
+    ) -> None:
         self.name = name
         self.model = model
         self.profile = profile
@@ -68,7 +90,9 @@ class SimEngine:
         self._prefill_rate = profile.prefill_tokens_per_s
         self.t_b = 0.0  # time of the last processed boundary
         self.i_b = 0  # index of the iteration that starts at t_b
-        self._run: list[tuple[int, int, Any, int, int, int]] = []  # (finish_iter, seq_no, job, prompt, reserve, join_iter)
+        self._run: list[
+            tuple[int, int, Any, int, int, int]
+        ] = []  # (finish_iter, seq_no, job, prompt, reserve, join_iter)
         self._seq_no = 0
         self.b = 0
         self._sum_p = 0  # sum of prompts of running sequences
@@ -100,14 +124,22 @@ class SimEngine:
     def _span(self, k: int) -> float:
         """Seconds from t_b to the end of the k-th iteration (k >= 1) with the batch fixed."""
         b = self.b
-        a = self._base + self._per_seq * b + self._per_ctx * (self._sum_p - self._sum_j + b * self.i_b)
+        a = (
+            self._base
+            + self._per_seq * b
+            + self._per_ctx * (self._sum_p - self._sum_j + b * self.i_b)
+        )
         return self._prefill_s + k * a + self._per_ctx * b * k * (k - 1) * 0.5
 
     def _first_boundary_after(self, now: float) -> int:
         """Smallest k >= 1 with t_b + T(k) >= now (the batch is running)."""
         dt = now - self.t_b
         b = self.b
-        a = self._base + self._per_seq * b + self._per_ctx * (self._sum_p - self._sum_j + b * self.i_b)
+        a = (
+            self._base
+            + self._per_seq * b
+            + self._per_ctx * (self._sum_p - self._sum_j + b * self.i_b)
+        )
         c = self._per_ctx * b
         rem = dt - self._prefill_s
         if rem <= a:

@@ -133,7 +133,9 @@ def engine_request_rates(setup: Setup) -> list[float]:
         prof = e.profile
         b = prof.saturation_batch
         ctx = float((p + o / 2).mean())
-        t_iter = prof.decode_base_s + prof.decode_per_seq_s * b + prof.decode_per_ctx_token_s * b * ctx
+        t_iter = (
+            prof.decode_base_s + prof.decode_per_seq_s * b + prof.decode_per_ctx_token_s * b * ctx
+        )
         cost = float((o * t_iter / b + p / prof.prefill_tokens_per_s).sum())
         out.append(1.0 / cost)
     return out
@@ -171,13 +173,20 @@ def build_masks(setup: Setup, router: str | None, route_cost_s: float | None) ->
     oracle = setup.labels
     path = None
     if router != "oracle":
-        path = Path(router) if router else ROUTERS_DIR / setup.space.workflow / f"{setup.family}.npz"
+        path = (
+            Path(router) if router else ROUTERS_DIR / setup.space.workflow / f"{setup.family}.npz"
+        )
         if router and not path.is_file():
             raise AragogError(f"router checkpoint not found: {path}")
         if not path.is_file():
             path = None
     if path is None:
-        return Masks(oracle, oracle, "oracle (no router checkpoint)", 0.0 if route_cost_s is None else route_cost_s)
+        return Masks(
+            oracle,
+            oracle,
+            "oracle (no router checkpoint)",
+            0.0 if route_cost_s is None else route_cost_s,
+        )
     from aragog_jax.router import Router
 
     base = setup.base_space if setup.base_space is not None else setup.space
@@ -204,12 +213,18 @@ def summarize_run(setup: Setup, res: RunResult, warmup_s: float | None = None) -
     done = np.isfinite(res.finish)
     n_done = int(done.sum())
     window_end = float(res.config.duration_s if res.config.num_requests <= 0 else res.arrival.max())
-    window_start = window_end * WINDOW_START if warmup_s is None else min(float(warmup_s), window_end)
+    window_start = (
+        window_end * WINDOW_START if warmup_s is None else min(float(warmup_s), window_end)
+    )
     span = window_end - window_start
     in_window = done & (res.finish >= window_start) & (res.finish <= window_end)
     req_rate = float(in_window.sum()) / span if span > 0 else float("nan")
     st = res.stage_done_at
-    stage_rate = float(((st >= window_start) & (st <= window_end)).sum()) / span if span > 0 else float("nan")
+    stage_rate = (
+        float(((st >= window_start) & (st <= window_end)).sum()) / span
+        if span > 0
+        else float("nan")
+    )
     steady = stage_rate / setup.space.num_stages
     in_arrivals = (res.arrival >= window_start) & (res.arrival <= window_end)
     offered = float(in_arrivals.sum()) / span if span > 0 else float("nan")
@@ -221,7 +236,9 @@ def summarize_run(setup: Setup, res: RunResult, warmup_s: float | None = None) -
     rows = res.rows[done]
     acc = float(ds.scores[rows, res.config_idx[done]].mean()) if n_done else float("nan")
     cmax = float(ds.scores[rows, setup.space.c_max].mean()) if n_done else float("nan")
-    cmax_all = float(ds.scores[res.rows, setup.space.c_max].mean()) if res.rows.size else float("nan")
+    cmax_all = (
+        float(ds.scores[res.rows, setup.space.c_max].mean()) if res.rows.size else float("nan")
+    )
     walls = np.asarray(res.round_wall_s)
     sched_wall = float(walls.sum())
     return {
@@ -240,19 +257,28 @@ def summarize_run(setup: Setup, res: RunResult, warmup_s: float | None = None) -
         "accuracy": acc,
         "c_max_accuracy": cmax,
         "c_max_accuracy_all": cmax_all,
-        "routing_overhead_share": float(res.route_s[done].sum() / lat.sum()) if n_done and lat.sum() > 0 else 0.0,
+        "routing_overhead_share": float(res.route_s[done].sum() / lat.sum())
+        if n_done and lat.sum() > 0
+        else 0.0,
         "scheduler_ms_per_round": float(1e3 * walls.mean()) if walls.size else 0.0,
         "scheduler_ms_p95": float(1e3 * np.percentile(walls, 95)) if walls.size else 0.0,
         "rounds": res.rounds,
         "stage_completions": res.stage_completions,
         "sim_wall_s": res.sim_wall_s,
-        "stage_completions_per_wall_s": res.stage_completions / res.sim_wall_s if res.sim_wall_s > 0 else 0.0,
+        "stage_completions_per_wall_s": res.stage_completions / res.sim_wall_s
+        if res.sim_wall_s > 0
+        else 0.0,
         "stage_completions_per_wall_s_excl_scheduler": (
-            res.stage_completions / (res.sim_wall_s - sched_wall) if res.sim_wall_s > sched_wall else 0.0
+            res.stage_completions / (res.sim_wall_s - sched_wall)
+            if res.sim_wall_s > sched_wall
+            else 0.0
         ),
         "num_admitted_mean": float(res.num_admitted.mean()),
         "distinct_configs": int(np.unique(res.config_idx[done]).size),
-        "engine_utilization": {k: v / float(res.end_time) if res.end_time > 0 else 0.0 for k, v in res.engine_busy_s.items()},
+        "engine_utilization": {
+            k: v / float(res.end_time) if res.end_time > 0 else 0.0
+            for k, v in res.engine_busy_s.items()
+        },
         "engine_tokens": res.engine_tokens,
     }
 
@@ -271,8 +297,13 @@ def run_sweep(
     rates around every policy's knee). ``masks`` reuses masks built by :func:`build_masks`.
     """
     if sweep.dense:
-        return run_dense([(setup, sweep.policies)], sweep, progress=progress, keep_runs=keep_runs,
-                         masks=[masks] if masks is not None else None)[0]
+        return run_dense(
+            [(setup, sweep.policies)],
+            sweep,
+            progress=progress,
+            keep_runs=keep_runs,
+            masks=[masks] if masks is not None else None,
+        )[0]
     for p in sweep.policies:
         if p not in POLICIES:
             raise AragogError(f"unknown policy {p!r} (known: {', '.join(POLICIES)})")
@@ -280,13 +311,17 @@ def run_sweep(
     masks = masks if masks is not None else build_masks(setup, sweep.router, sweep.route_cost_s)
     rates = sweep.rates or auto_rates(setup, sweep.num_rates)
     sel_rows, sel_note = selection_rows(setup.dataset)
-    pwf = per_workflow_config(setup.dataset.scores[sel_rows], setup.space.c_max, sweep.workflow_tolerance)
+    pwf = per_workflow_config(
+        setup.dataset.scores[sel_rows], setup.space.c_max, sweep.workflow_tolerance
+    )
     total = len(sweep.policies) * len(rates)
     bar = None
     if progress:
         from tqdm import tqdm
 
-        bar = tqdm(total=total, desc=f"{setup.space.workflow}/{setup.family}", unit="run", leave=False)
+        bar = tqdm(
+            total=total, desc=f"{setup.space.workflow}/{setup.family}", unit="run", leave=False
+        )
     policies: dict[str, dict] = {}
     runs: dict[str, list[RunResult]] = {}
     for p in sweep.policies:
@@ -307,7 +342,9 @@ def run_sweep(
                 route_cost_s=masks.route_cost_s if use_router else 0.0,
                 round_cost_s=sweep.round_cost_s,
                 poll_interval_s=sweep.poll_interval_s,
-                horizon_s=sweep.horizon_s if sweep.horizon_s is not None else 2.0 * sweep.duration_s,
+                horizon_s=sweep.horizon_s
+                if sweep.horizon_s is not None
+                else 2.0 * sweep.duration_s,
             )
             res = simulate(setup, cfg, mask, per_workflow_config=pwf)
             per_rate.append(summarize_run(setup, res, sweep.warmup_s))
@@ -318,7 +355,9 @@ def run_sweep(
                 bar.set_postfix(policy=p, rate=f"{rate:g}")
         policies[p] = {
             "per_rate": per_rate,
-            "masks": ("oracle" if not use_router else masks.source) if p != "per_workflow" else f"config {pwf}",
+            "masks": ("oracle" if not use_router else masks.source)
+            if p != "per_workflow"
+            else f"config {pwf}",
             "admitted": _admitted_hist(mask[setup.rows]) if p not in _FIXED else None,
         }
         policies[p].update(_aggregate(per_rate))
@@ -330,7 +369,10 @@ def run_sweep(
         "family": setup.family,
         "fleet": str(setup.fleet_path),
         "num_gpus": setup.num_gpus,
-        "engines": [{"name": e.name, "model": e.model, "gpus": e.num_gpus, "profile_kind": e.profile.kind} for e in setup.engines],
+        "engines": [
+            {"name": e.name, "model": e.model, "gpus": e.num_gpus, "profile_kind": e.profile.kind}
+            for e in setup.engines
+        ],
         "fleet_request_rate_bound": float(sum(engine_request_rates(setup))),
         "num_configs": setup.space.num_configs,
         "c_max": setup.space.config_to_models(setup.space.c_max),
@@ -340,7 +382,10 @@ def run_sweep(
         "mask_source": masks.source,
         "route_cost_s": masks.route_cost_s,
         "rates": [float(r) for r in rates],
-        "sweep": {k: (v if not isinstance(v, float) or math.isfinite(v) else None) for k, v in asdict(sweep).items()},
+        "sweep": {
+            k: (v if not isinstance(v, float) or math.isfinite(v) else None)
+            for k, v in asdict(sweep).items()
+        },
         "round_cost": "measured" if sweep.round_cost_s is None else sweep.round_cost_s,
         "device": platform.machine() + " " + platform.processor(),
         "wall_s": time.perf_counter() - t0,
@@ -359,13 +404,27 @@ def _aggregate(per_rate: list[dict]) -> dict:
     any_done = sum(done) > 0
     return {
         "max_throughput": float(np.nanmax(thr)) if any(np.isfinite(thr)) else float("nan"),
-        "sustained_rate": (per_rate[i]["rate"] if (i := highest_sustained_index(per_rate)) is not None else float("nan")),
-        "accuracy": float(np.average([r["accuracy"] for r in per_rate], weights=done)) if any_done else float("nan"),
-        "c_max_accuracy": float(np.average([r["c_max_accuracy"] for r in per_rate], weights=done)) if any_done else float("nan"),
-        "routing_overhead_share": {"lowest_rate": per_rate[0]["routing_overhead_share"],
-                                   "highest_rate": per_rate[-1]["routing_overhead_share"]},
-        "scheduler_ms_per_round": float(np.average([r["scheduler_ms_per_round"] for r in per_rate],
-                                                   weights=[max(r["rounds"], 1) for r in per_rate])),
+        "sustained_rate": (
+            per_rate[i]["rate"]
+            if (i := highest_sustained_index(per_rate)) is not None
+            else float("nan")
+        ),
+        "accuracy": float(np.average([r["accuracy"] for r in per_rate], weights=done))
+        if any_done
+        else float("nan"),
+        "c_max_accuracy": float(np.average([r["c_max_accuracy"] for r in per_rate], weights=done))
+        if any_done
+        else float("nan"),
+        "routing_overhead_share": {
+            "lowest_rate": per_rate[0]["routing_overhead_share"],
+            "highest_rate": per_rate[-1]["routing_overhead_share"],
+        },
+        "scheduler_ms_per_round": float(
+            np.average(
+                [r["scheduler_ms_per_round"] for r in per_rate],
+                weights=[max(r["rounds"], 1) for r in per_rate],
+            )
+        ),
     }
 
 
@@ -382,8 +441,14 @@ def highest_sustained_index(per_rate: list[dict]) -> int | None:
     return ok[-1] if ok else None
 
 
-def refine_rates(rates: tuple[float, ...], curves: list[list[dict]], *, per_knee: int = 2, min_rates: int = 8,
-                 min_gap: float = 0.03) -> tuple[float, ...]:
+def refine_rates(
+    rates: tuple[float, ...],
+    curves: list[list[dict]],
+    *,
+    per_knee: int = 2,
+    min_rates: int = 8,
+    min_gap: float = 0.03,
+) -> tuple[float, ...]:
     """Rates to add to a coarse sweep so that every policy's knee is sampled densely.
 
     For each curve (one policy's per-rate results on ``rates``, ascending) the knee
@@ -441,7 +506,10 @@ def merge_sweeps(a: dict, b: dict) -> dict:
     out["c_max_accuracy"] = case_c_max_accuracy(policies)
     out["comparison"] = compare(policies)
     if "_runs" in a and "_runs" in b:
-        out["_runs"] = {p: sorted(a["_runs"][p] + b["_runs"][p], key=lambda r: r.config.rate) for p in a["_runs"]}
+        out["_runs"] = {
+            p: sorted(a["_runs"][p] + b["_runs"][p], key=lambda r: r.config.rate)
+            for p in a["_runs"]
+        }
     return out
 
 
@@ -465,17 +533,32 @@ def run_dense(
     coarse = tuple(sweep.rates or auto_rates(arms[0][0], sweep.num_rates))
     base = replace(sweep, rates=coarse, dense=False)
     masks = masks or [build_masks(s, sweep.router, sweep.route_cost_s) for s, _ in arms]
-    first = [run_sweep(s, replace(base, policies=pols), progress=progress, keep_runs=keep_runs, masks=m)
-             for (s, pols), m in zip(arms, masks, strict=True)]
+    first = [
+        run_sweep(s, replace(base, policies=pols), progress=progress, keep_runs=keep_runs, masks=m)
+        for (s, pols), m in zip(arms, masks, strict=True)
+    ]
     curves = [d["per_rate"] for summ in first for d in summ["policies"].values()]
     extra = refine_rates(coarse, curves, per_knee=sweep.per_knee, min_rates=sweep.min_rates)
     out = []
     for (s, pols), m, summ in zip(arms, masks, first, strict=True):
         if extra:
-            summ = merge_sweeps(summ, run_sweep(s, replace(base, rates=extra, policies=pols), progress=progress,
-                                                keep_runs=keep_runs, masks=m))
-        summ["rate_grid"] = {"coarse": list(coarse), "added": list(extra), "per_knee": sweep.per_knee,
-                             "min_rates": sweep.min_rates, "sustained_share": SUSTAINED_SHARE}
+            summ = merge_sweeps(
+                summ,
+                run_sweep(
+                    s,
+                    replace(base, rates=extra, policies=pols),
+                    progress=progress,
+                    keep_runs=keep_runs,
+                    masks=m,
+                ),
+            )
+        summ["rate_grid"] = {
+            "coarse": list(coarse),
+            "added": list(extra),
+            "per_knee": sweep.per_knee,
+            "min_rates": sweep.min_rates,
+            "sustained_share": SUSTAINED_SHARE,
+        }
         out.append(summ)
     return out
 
@@ -486,14 +569,22 @@ def case_c_max_accuracy(policies: dict) -> float:
     for d in policies.values():
         rs = d["per_rate"]
         n = sum(r["num_requests"] for r in rs)
-        return float(sum(r["c_max_accuracy_all"] * r["num_requests"] for r in rs) / n) if n else float("nan")
+        return (
+            float(sum(r["c_max_accuracy_all"] * r["num_requests"] for r in rs) / n)
+            if n
+            else float("nan")
+        )
     return float("nan")
 
 
 def _admitted_hist(mask: np.ndarray) -> dict:
     counts = mask.sum(axis=1)
-    return {"mean": float(counts.mean()), "median": float(np.median(counts)), "counts": counts.astype(int).tolist(),
-            "num_configs": int(mask.shape[1])}
+    return {
+        "mean": float(counts.mean()),
+        "median": float(np.median(counts)),
+        "counts": counts.astype(int).tolist(),
+        "num_configs": int(mask.shape[1]),
+    }
 
 
 LATENCY_KEYS = ("mean", "p25", "p50", "p95")
@@ -517,12 +608,21 @@ def latency_at_rates(policies: dict) -> dict:
         if i is None:
             out[name] = None
             continue
-        lat = {p: {k: d["per_rate"][i]["latency"][k] for k in LATENCY_KEYS} for p, d in policies.items()}
-        entry = {"rate": next(iter(policies.values()))["per_rate"][i]["rate"], "index": i, "latency": lat,
-                 "sustained": {p: sustains(d["per_rate"][i]) for p, d in policies.items()}}
+        lat = {
+            p: {k: d["per_rate"][i]["latency"][k] for k in LATENCY_KEYS}
+            for p, d in policies.items()
+        }
+        entry = {
+            "rate": next(iter(policies.values()))["per_rate"][i]["rate"],
+            "index": i,
+            "latency": lat,
+            "sustained": {p: sustains(d["per_rate"][i]) for p, d in policies.items()},
+        }
         if "aragog" in lat:
             entry["aragog_change_pct"] = {
-                b: {k: pct_change(lat["aragog"][k], lat[b][k]) for k in LATENCY_KEYS} for b in lat if b != "aragog"
+                b: {k: pct_change(lat["aragog"][k], lat[b][k]) for k in LATENCY_KEYS}
+                for b in lat
+                if b != "aragog"
             }
         out[name] = entry
     return out
@@ -540,8 +640,12 @@ def compare(policies: dict) -> dict:
         b = policies[base]
         out[f"aragog_vs_{base}"] = {
             "max_throughput_gain_pct": pct_change(a["max_throughput"], b["max_throughput"]),
-            "median_latency_change_pct": pct_change(a["per_rate"][-1]["latency"]["p50"], b["per_rate"][-1]["latency"]["p50"]),
-            "p95_latency_change_pct": pct_change(a["per_rate"][-1]["latency"]["p95"], b["per_rate"][-1]["latency"]["p95"]),
+            "median_latency_change_pct": pct_change(
+                a["per_rate"][-1]["latency"]["p50"], b["per_rate"][-1]["latency"]["p50"]
+            ),
+            "p95_latency_change_pct": pct_change(
+                a["per_rate"][-1]["latency"]["p95"], b["per_rate"][-1]["latency"]["p95"]
+            ),
         }
     out["aragog_accuracy_drop_points"] = 100.0 * (a["c_max_accuracy"] - a["accuracy"])
     out["latency_at"] = latency_at_rates(policies)
@@ -582,7 +686,13 @@ def plot_summary(summary: dict, out: Path) -> list[Path]:
     for p, d in pols.items():
         x = [r["throughput"] for r in d["per_rate"]]
         ax.plot(x, [r["latency"]["p50"] for r in d["per_rate"]], marker="o", label=f"{p} P50")
-        ax.plot(x, [r["latency"]["p95"] for r in d["per_rate"]], ls="--", color=ax.lines[-1].get_color(), alpha=0.6)
+        ax.plot(
+            x,
+            [r["latency"]["p95"] for r in d["per_rate"]],
+            ls="--",
+            color=ax.lines[-1].get_color(),
+            alpha=0.6,
+        )
     ax.set_xlabel("throughput (requests/s)")
     ax.set_ylabel("latency (s): P50 solid, P95 dashed")
     ax.set_yscale("log")
@@ -601,7 +711,11 @@ def plot_summary(summary: dict, out: Path) -> list[Path]:
     fig, ax = plt.subplots(figsize=(6, 3.5))
     names = list(pols)
     ax.bar(names, [pols[p]["accuracy"] for p in names], label="realised")
-    cm = summary["c_max_accuracy"] if "c_max_accuracy" in summary else np.mean([pols[p]["c_max_accuracy"] for p in names])
+    cm = (
+        summary["c_max_accuracy"]
+        if "c_max_accuracy" in summary
+        else np.mean([pols[p]["c_max_accuracy"] for p in names])
+    )
     ax.axhline(cm, color="k", ls="--", label=f"c_max {cm:.3f}")
     ax.axhline(cm - 0.02, color="r", ls=":", label="c_max - 2 points")
     ax.set_ylabel("accuracy")
@@ -617,8 +731,15 @@ def plot_summary(summary: dict, out: Path) -> list[Path]:
             if key in seen:
                 continue
             seen.add(key)
-            ax.hist(h["counts"], bins=min(50, h["num_configs"]), alpha=0.5, label=f"{p} (mean {h['mean']:.1f})")
-        ax.set_xlabel(f"admitted configurations per input (of {next(iter(hist.values()))['num_configs']})")
+            ax.hist(
+                h["counts"],
+                bins=min(50, h["num_configs"]),
+                alpha=0.5,
+                label=f"{p} (mean {h['mean']:.1f})",
+            )
+        ax.set_xlabel(
+            f"admitted configurations per input (of {next(iter(hist.values()))['num_configs']})"
+        )
         ax.set_ylabel("inputs")
         save(fig, ax, "admitted.png")
     return paths

@@ -13,7 +13,13 @@ def latency_stats(lat: np.ndarray) -> dict[str, float]:
         nan = float("nan")
         return {"mean": nan, "p25": nan, "p50": nan, "p95": nan, "p99": nan}
     p25, p50, p95, p99 = np.percentile(lat, [25, 50, 95, 99])
-    return {"mean": float(lat.mean()), "p25": float(p25), "p50": float(p50), "p95": float(p95), "p99": float(p99)}
+    return {
+        "mean": float(lat.mean()),
+        "p25": float(p25),
+        "p50": float(p50),
+        "p95": float(p95),
+        "p99": float(p99),
+    }
 
 
 def completion_rate(arrival: np.ndarray, finish: np.ndarray) -> float:

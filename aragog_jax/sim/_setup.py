@@ -17,8 +17,7 @@ import numpy as np
 
 from aragog_jax.data import AccuracyDataset, accurate_labels, load_dataset
 from aragog_jax.errors import AragogError, SpecError
-from aragog_jax.space import ConfigSpace
-from aragog_jax.space import build_space
+from aragog_jax.space import ConfigSpace, build_space
 from aragog_jax.spec import (
     DEFAULT_MODELS,
     PROFILES_DIR,
@@ -71,7 +70,9 @@ def default_fleet(family: str, gpus: int) -> Path:
     path = FLEETS_DIR / f"{family}_{gpus}gpu.toml"
     if not path.is_file():
         known = ", ".join(sorted(p.stem for p in FLEETS_DIR.glob("*.toml")))
-        raise AragogError(f"no shipped fleet for family {family!r} on {gpus} GPUs (shipped: {known}); pass --fleet")
+        raise AragogError(
+            f"no shipped fleet for family {family!r} on {gpus} GPUs (shipped: {known}); pass --fleet"
+        )
     return path
 
 
@@ -84,7 +85,9 @@ def resolve_workflow(name_or_path: str) -> Path:
     if shipped.is_file():
         return shipped
     known = ", ".join(sorted(q.stem for q in (PROFILES_DIR / "workflows").glob("*.toml")))
-    raise AragogError(f"workflow {name_or_path!r}: no such file or shipped workflow (shipped: {known})")
+    raise AragogError(
+        f"workflow {name_or_path!r}: no such file or shipped workflow (shipped: {known})"
+    )
 
 
 def load_setup(
@@ -121,27 +124,48 @@ def load_setup(
         wf = workflow_spec
         space = build_space(wf, pool)
         variant_index = _sub_index(base_space, space)
-        ds = AccuracyDataset(ids=ds.ids, texts=ds.texts, splits=ds.splits, tokens=ds.tokens,
-                             scores=ds.scores[:, variant_index], meta=dict(ds.meta))
+        ds = AccuracyDataset(
+            ids=ds.ids,
+            texts=ds.texts,
+            splits=ds.splits,
+            tokens=ds.tokens,
+            scores=ds.scores[:, variant_index],
+            meta=dict(ds.meta),
+        )
     fleet_path = Path(fleet) if fleet else default_fleet(family, gpus)
     fl = load_fleet(fleet_path)
     engines: list[FleetEngine] = []
     for i, e in enumerate(fl.engine):
         if not e.profile:
-            raise SpecError(f"{fleet_path}: engine[{i}].profile: the simulator needs a profile for every engine")
+            raise SpecError(
+                f"{fleet_path}: engine[{i}].profile: the simulator needs a profile for every engine"
+            )
         prof = load_profile(resolve(fleet_path, e.profile))
         engines.append(FleetEngine(e.name, e.model, prof, max(e.tensor_parallel, prof.num_gpus)))
     served = {e.model for e in engines}
     missing = [m for m in space.model_names if m not in served]
     if missing:
-        raise SpecError(f"{fleet_path}: no engine serves {missing}, which workflow {wf.name!r} / family {family!r} needs")
+        raise SpecError(
+            f"{fleet_path}: no engine serves {missing}, which workflow {wf.name!r} / family {family!r} needs"
+        )
     rows = ds.split_index(split)
     tol = float(wf.accuracy_tolerance)
     labels = accurate_labels(ds.scores, space.c_max, tol)
     return Setup(
-        workflow=wf, family=family, space=space, dataset=ds, engines=engines, fleet_path=fleet_path,
-        rows=rows, labels=labels, tolerance=tol,
-        meta={"dataset": str(ds_path), "workflow_file": str(wf_path), "variant": workflow_spec is not None},
+        workflow=wf,
+        family=family,
+        space=space,
+        dataset=ds,
+        engines=engines,
+        fleet_path=fleet_path,
+        rows=rows,
+        labels=labels,
+        tolerance=tol,
+        meta={
+            "dataset": str(ds_path),
+            "workflow_file": str(wf_path),
+            "variant": workflow_spec is not None,
+        },
         base_space=base_space,
         variant_index=variant_index,
     )
@@ -151,7 +175,9 @@ def _sub_index(base: ConfigSpace, sub: ConfigSpace) -> np.ndarray:
     """int64[C_sub]: index in ``base`` of every configuration of a sub-space (same stages
     and models, fewer configurations)."""
     if sub.stage_names != base.stage_names or sub.model_names != base.model_names:
-        raise SpecError(f"{sub.workflow}: a variant must keep the stages and models of {base.workflow}")
+        raise SpecError(
+            f"{sub.workflow}: a variant must keep the stages and models of {base.workflow}"
+        )
     lookup = {tuple(int(m) for m in row): i for i, row in enumerate(base.configs)}
     return np.array([lookup[tuple(int(m) for m in row)] for row in sub.configs], dtype=np.int64)
 
@@ -173,7 +199,9 @@ def per_workflow_config(scores: np.ndarray, c_max: int, tolerance: float = 0.0) 
 MIN_SELECTION_INPUTS = 500
 
 
-def selection_rows(ds: AccuracyDataset, min_inputs: int = MIN_SELECTION_INPUTS) -> tuple[np.ndarray, str]:
+def selection_rows(
+    ds: AccuracyDataset, min_inputs: int = MIN_SELECTION_INPUTS
+) -> tuple[np.ndarray, str]:
     """The rows per_workflow picks its configuration on, and a note saying which.
 
     The calibration split when it has ``min_inputs`` rows; otherwise the calibration
@@ -186,8 +214,13 @@ def selection_rows(ds: AccuracyDataset, min_inputs: int = MIN_SELECTION_INPUTS) 
     train = ds.split_index("train")
     rows = np.concatenate([cal, train])
     if rows.size == 0:
-        raise AragogError("per_workflow needs a calibration or train split to pick its configuration on")
-    return rows, f"calibration + train splits ({cal.size} + {train.size} inputs; calibration alone has < {min_inputs})"
+        raise AragogError(
+            "per_workflow needs a calibration or train split to pick its configuration on"
+        )
+    return (
+        rows,
+        f"calibration + train splits ({cal.size} + {train.size} inputs; calibration alone has < {min_inputs})",
+    )
 
 
 def constrained_variant(wf: WorkflowSpec) -> WorkflowSpec | None:
@@ -215,5 +248,8 @@ def constrained_variant(wf: WorkflowSpec) -> WorkflowSpec | None:
         ties["refine"] = by_name["refine"].upstream[0]
     if not ties:
         return None
-    stages = [msgspec.structs.replace(s, same_model_as=ties[s.name]) if s.name in ties else s for s in wf.stage]
+    stages = [
+        msgspec.structs.replace(s, same_model_as=ties[s.name]) if s.name in ties else s
+        for s in wf.stage
+    ]
     return msgspec.structs.replace(wf, stage=stages, name=wf.name)

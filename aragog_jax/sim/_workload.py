@@ -19,7 +19,9 @@ from aragog_jax.errors import AragogError
 ArrivalKind = Literal["poisson", "gamma"]
 
 
-def arrival_times(num: int, rate: float, kind: ArrivalKind = "poisson", *, cv: float = 2.0, seed: int = 0) -> np.ndarray:
+def arrival_times(
+    num: int, rate: float, kind: ArrivalKind = "poisson", *, cv: float = 2.0, seed: int = 0
+) -> np.ndarray:
     """float64[num] arrival times (seconds, ascending, the first gap included)."""
     if rate <= 0:
         raise AragogError(f"arrival rate must be > 0, got {rate}")

@@ -1,5 +1,6 @@
 """Configuration spaces as dense tensors (DESIGN §3)."""
 
+from aragog_jax.space._load import load_space
 from aragog_jax.space._space import (
     DEFAULT_MAX_CONFIGS,
     ConfigSpace,
@@ -10,7 +11,6 @@ from aragog_jax.space._space import (
     stage_depth,
     topo_order,
 )
-from aragog_jax.space._load import load_space
 
 __all__ = [
     "DEFAULT_MAX_CONFIGS",

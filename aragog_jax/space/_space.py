@@ -89,17 +89,24 @@ class ConfigSpace:
 
     def config_to_models(self, c: int) -> dict[str, str]:
         """Stage name -> model name of configuration ``c``."""
-        return {s: self.model_names[int(m)] for s, m in zip(self.stage_names, self.configs[c], strict=True)}
+        return {
+            s: self.model_names[int(m)]
+            for s, m in zip(self.stage_names, self.configs[c], strict=True)
+        }
 
     def index_of(self, stage_to_model: dict[str, str]) -> int:
         """Index of the configuration given as stage name -> model name."""
         try:
             ids = [self.model_names.index(stage_to_model[s]) for s in self.stage_names]
         except (KeyError, ValueError) as exc:
-            raise SpecError(f"{self.workflow}: not a configuration of this space: {stage_to_model}") from exc
+            raise SpecError(
+                f"{self.workflow}: not a configuration of this space: {stage_to_model}"
+            ) from exc
         hits = np.flatnonzero((self.configs == np.asarray(ids, np.int32)).all(axis=1))
         if hits.size == 0:
-            raise SpecError(f"{self.workflow}: configuration not allowed by the workflow: {stage_to_model}")
+            raise SpecError(
+                f"{self.workflow}: configuration not allowed by the workflow: {stage_to_model}"
+            )
         return int(hits[0])
 
     def model_rank(self) -> np.ndarray:
@@ -172,7 +179,9 @@ def build_space(
             f"{max_configs:,}; raise max_configs or use the router's factorised head"
         )
 
-    grid = np.array(list(itertools.product(*(candidates[i] for i in free))), dtype=np.int32).reshape(size, len(free))
+    grid = np.array(
+        list(itertools.product(*(candidates[i] for i in free))), dtype=np.int32
+    ).reshape(size, len(free))
     configs = np.empty((size, len(workflow.stage)), dtype=np.int32)
     configs[:, free] = grid
     for i, t in enumerate(tied):
@@ -188,7 +197,9 @@ def build_space(
     flops = flops[order]
 
     num_models = len(pool)
-    onehot = configs.T[:, None, :] == np.arange(num_models, dtype=np.int32)[None, :, None]  # [S, M, C]
+    onehot = (
+        configs.T[:, None, :] == np.arange(num_models, dtype=np.int32)[None, :, None]
+    )  # [S, M, C]
     upstream = tuple(tuple(stage_index[u] for u in s.upstream) for s in workflow.stage)
     return ConfigSpace(
         workflow=workflow.name,

@@ -67,7 +67,9 @@ def load_models(path: str | Path = DEFAULT_MODELS) -> ModelCatalog:
             raise SpecError(f"{path}: families.{fam}: a family needs at least one model")
         for n in names:
             if n not in seen:
-                raise SpecError(f"{path}: families.{fam}: unknown model {n!r} (known: {', '.join(sorted(seen))})")
+                raise SpecError(
+                    f"{path}: families.{fam}: unknown model {n!r} (known: {', '.join(sorted(seen))})"
+                )
     return catalog
 
 
@@ -76,7 +78,9 @@ def family_pool(catalog: ModelCatalog, family: str) -> list[ModelSpec]:
     if family not in catalog.families:
         raise SpecError(f"unknown family {family!r} (known: {', '.join(sorted(catalog.families))})")
     by_name = {m.name: m for m in catalog.model}
-    return sorted((by_name[n] for n in catalog.families[family]), key=lambda m: (m.num_params, m.name))
+    return sorted(
+        (by_name[n] for n in catalog.families[family]), key=lambda m: (m.num_params, m.name)
+    )
 
 
 def load_workflow(path: str | Path, catalog: ModelCatalog | None = None) -> WorkflowSpec:
@@ -116,20 +120,25 @@ def check_workflow(wf: WorkflowSpec, catalog: ModelCatalog, where: str = "workfl
     for i, s in enumerate(wf.stage):
         for up in s.upstream:
             if up not in index:
-                raise SpecError(f"{where}: stage[{i}].upstream: unknown stage {up!r} (stages: {', '.join(index)})")
+                raise SpecError(
+                    f"{where}: stage[{i}].upstream: unknown stage {up!r} (stages: {', '.join(index)})"
+                )
             if up == s.name:
                 raise SpecError(f"{where}: stage[{i}].upstream: stage {s.name!r} lists itself")
         if len(set(s.upstream)) != len(s.upstream):
             raise SpecError(f"{where}: stage[{i}].upstream: repeated entries in {s.upstream!r}")
         for m in s.models:
             if m not in known_models:
-                raise SpecError(f"{where}: stage[{i}].models: unknown model {m!r} (known: {', '.join(sorted(known_models))})")
+                raise SpecError(
+                    f"{where}: stage[{i}].models: unknown model {m!r} (known: {', '.join(sorted(known_models))})"
+                )
         if len(set(s.models)) != len(s.models):
             raise SpecError(f"{where}: stage[{i}].models: repeated entries in {s.models!r}")
         for field in _placeholders(s.prompt, where, i):
             if field != "input" and field not in s.upstream:
                 raise SpecError(
-                    f"{where}: stage[{i}].prompt: placeholder {{{field}}} is neither 'input' nor an upstream stage of {s.name!r}"
+                    f"{where}: stage[{i}].prompt: placeholder {{{field}}} is neither 'input' nor "
+                    f"an upstream stage of {s.name!r}"
                 )
         if s.function:
             mod, sep, fn = s.function.rpartition(":")
@@ -139,10 +148,14 @@ def check_workflow(wf: WorkflowSpec, catalog: ModelCatalog, where: str = "workfl
                 )
         if s.same_model_as:
             if s.same_model_as not in index or s.same_model_as == s.name:
-                raise SpecError(f"{where}: stage[{i}].same_model_as: unknown stage {s.same_model_as!r}")
+                raise SpecError(
+                    f"{where}: stage[{i}].same_model_as: unknown stage {s.same_model_as!r}"
+                )
             target = wf.stage[index[s.same_model_as]]
             if target.same_model_as:
-                raise SpecError(f"{where}: stage[{i}].same_model_as: {s.same_model_as!r} is itself tied; tie to its target")
+                raise SpecError(
+                    f"{where}: stage[{i}].same_model_as: {s.same_model_as!r} is itself tied; tie to its target"
+                )
     cycle = _find_cycle(wf)
     if cycle:
         raise SpecError(f"{where}: stage.upstream: cycle {' -> '.join(cycle)}")
@@ -165,7 +178,7 @@ def _find_cycle(wf: WorkflowSpec) -> list[str]:
         stack.append(n)
         for u in ups[n]:
             if state.get(u) == 1:
-                return stack[stack.index(u):] + [u]
+                return stack[stack.index(u) :] + [u]
             if u not in state:
                 found = visit(u)
                 if found:

@@ -7,7 +7,14 @@ import json
 import numpy as np
 import pytest
 
-from aragog_jax.data import FORMAT, AccuracyDataset, accurate_labels, generate, load_dataset, save_dataset
+from aragog_jax.data import (
+    FORMAT,
+    AccuracyDataset,
+    accurate_labels,
+    generate,
+    load_dataset,
+    save_dataset,
+)
 from aragog_jax.errors import DatasetError
 from aragog_jax.space import load_space
 from aragog_jax.space._load import resolve_workflow
@@ -148,8 +155,20 @@ def test_train_on_an_incomplete_or_corrupt_dataset_says_so_in_one_line(saved, da
         scores.write_bytes(scores.read_bytes()[:200])
     else:
         (path / damage.removeprefix("no ")).unlink()
-    code = run_cli(train_main, ["--workflow", "self_refine_squad", "--family", "qwen", "--dataset", str(path),
-                                "--out", str(path / "r.npz"), "--quiet"])  # fmt: skip
+    code = run_cli(
+        train_main,
+        [
+            "--workflow",
+            "self_refine_squad",
+            "--family",
+            "qwen",
+            "--dataset",
+            str(path),
+            "--out",
+            str(path / "r.npz"),
+            "--quiet",
+        ],
+    )
     err = capsys.readouterr().err
     assert code == 2 and err.count("\n") == 1 and says in err, err
 

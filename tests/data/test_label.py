@@ -17,7 +17,15 @@ import pytest
 
 from aragog_jax._cli import run_cli
 from aragog_jax.data import load_dataset
-from aragog_jax.data._label import EngineTarget, Labeller, LabelSettings, load_inputs, load_scorer, make_plan, sample_configs
+from aragog_jax.data._label import (
+    EngineTarget,
+    Labeller,
+    LabelSettings,
+    load_inputs,
+    load_scorer,
+    make_plan,
+    sample_configs,
+)
 from aragog_jax.data.scorers import contains_answer, exact_match, normalize
 from aragog_jax.errors import AragogError, DatasetError
 from aragog_jax.label import main as label_main
@@ -26,8 +34,10 @@ from aragog_jax.space import build_space
 from aragog_jax.spec import WorkflowSpec, family_pool, load_workflow, shipped_workflows
 from aragog_jax.spec._load import check_workflow
 
-from ..serving._fleetkit import CATALOG, FAN  # the shared two-model test catalog and fan-in workflow
-
+from ..serving._fleetkit import (
+    CATALOG,
+    FAN,
+)  # the shared two-model test catalog and fan-in workflow
 
 CHAIN3 = """
 name = "refine3"
@@ -77,7 +87,9 @@ def test_chain_of_three_stages_over_three_models_needs_39_calls_not_81(catalog):
     path = next(p for p in shipped_workflows() if "self_refine_squad" in str(p))
     space = build_space(load_workflow(path, catalog), family_pool(catalog, "qwen"))
     plan = make_plan(space)
-    print(f"S=3 M=3: calls {plan.num_calls}, distinct prefixes {plan.num_prefixes}, naive {plan.num_naive}")
+    print(
+        f"S=3 M=3: calls {plan.num_calls}, distinct prefixes {plan.num_prefixes}, naive {plan.num_naive}"
+    )
     assert (plan.num_calls, plan.num_prefixes, plan.num_naive) == (39, 39, 81)
 
 
@@ -113,13 +125,20 @@ def test_scorers():
     with pytest.raises(DatasetError, match="answer"):
         exact_match({"id": 3}, "x")
     assert load_scorer("aragog_jax.data.scorers:exact_match") is exact_match
-    for bad in ("nocolon", "/no/such/file.py:f", "no_such_module_xyz:f", "aragog_jax.data.scorers:nope"):
+    for bad in (
+        "nocolon",
+        "/no/such/file.py:f",
+        "no_such_module_xyz:f",
+        "aragog_jax.data.scorers:nope",
+    ):
         with pytest.raises(AragogError, match="scorer"):
             load_scorer(bad)
 
 
 def test_scorer_from_a_file(tmp_path):
-    (tmp_path / "my_scorer.py").write_text("def score(row, out):\n    return 1.0 if row['answer'] in out else 0.0\n")
+    (tmp_path / "my_scorer.py").write_text(
+        "def score(row, out):\n    return 1.0 if row['answer'] in out else 0.0\n"
+    )
     fn = load_scorer(f"{tmp_path / 'my_scorer.py'}:score")
     assert fn({"answer": "a"}, "cat") == 1.0
 
@@ -127,7 +146,12 @@ def test_scorer_from_a_file(tmp_path):
 def _write_rows(path, n, extra=None):
     with open(path, "w") as f:
         for i in range(n):
-            f.write(json.dumps({"id": f"q{i}", "input": f"question number {i}", "answer": "x", **(extra or {})}) + "\n")
+            f.write(
+                json.dumps(
+                    {"id": f"q{i}", "input": f"question number {i}", "answer": "x", **(extra or {})}
+                )
+                + "\n"
+            )
     return path
 
 
@@ -136,27 +160,57 @@ def test_load_inputs_splits_are_seeded_and_errors_name_the_line(tmp_path):
     a = load_inputs(p, seed=3).rows
     b = load_inputs(p, seed=3).rows
     assert [r.split for r in a] == [r.split for r in b]
-    assert {s: [r.split for r in a].count(s) for s in ("train", "calibration", "test")} == {"train": 12, "calibration": 4, "test": 4}
+    assert {s: [r.split for r in a].count(s) for s in ("train", "calibration", "test")} == {
+        "train": 12,
+        "calibration": 4,
+        "test": 4,
+    }
     given = _write_rows(tmp_path / "g.jsonl", 3, {"split": "test"})
     assert {r.split for r in load_inputs(given).rows} == {"test"}
 
 
 def test_load_inputs_keeps_every_good_row_and_lists_the_bad_lines(tmp_path):
     """One malformed line refused the whole file; null and list texts were stringified."""
-    lines = ['{"input": "a"}', '{"nope": 1}', "not json", "[1, 2]", '{"input": null}', '{"input": ["a", "b"]}',
-             '{"input": 3}', '{"id": 7, "input": "b"}', '{"id": "7", "input": "c"}', '{"id": null, "input": "d"}', "",
-             '{"text": "e"}']  # fmt: skip
+    lines = [
+        '{"input": "a"}',
+        '{"nope": 1}',
+        "not json",
+        "[1, 2]",
+        '{"input": null}',
+        '{"input": ["a", "b"]}',
+        '{"input": 3}',
+        '{"id": 7, "input": "b"}',
+        '{"id": "7", "input": "c"}',
+        '{"id": null, "input": "d"}',
+        "",
+        '{"text": "e"}',
+    ]
     (tmp_path / "bad.jsonl").write_text("\n".join(lines) + "\n")
     got = load_inputs(tmp_path / "bad.jsonl")
-    assert [(r.id, r.text, r.line) for r in got.rows] == [("1", "a", 1), ("7", "b", 8), ("12", "e", 12)]
+    assert [(r.id, r.text, r.line) for r in got.rows] == [
+        ("1", "a", 1),
+        ("7", "b", 8),
+        ("12", "e", 12),
+    ]
     assert [b["line"] for b in got.bad] == [2, 3, 4, 5, 6, 7, 9, 10]
     reasons = {b["line"]: b["reason"] for b in got.bad}
-    assert "no 'input' / 'text' / 'question' field" in reasons[2] and reasons[3].startswith("bad JSON")
+    assert "no 'input' / 'text' / 'question' field" in reasons[2] and reasons[3].startswith(
+        "bad JSON"
+    )
     assert reasons[4] == "expected a JSON object, got list"
-    assert reasons[5] == "input: expected a string, got null" and reasons[6] == "input: expected a string, got list"
+    assert (
+        reasons[5] == "input: expected a string, got null"
+        and reasons[6] == "input: expected a string, got list"
+    )
     assert reasons[7] == "input: expected a string, got int"
-    assert reasons[9] == "id: duplicate id '7' (first on line 8)" and reasons[10] == "id: expected a string or an integer, got null"
-    with pytest.raises(DatasetError, match=r"no usable inputs: 2 bad lines \(line 1: input: expected a string, got null\)"):
+    assert (
+        reasons[9] == "id: duplicate id '7' (first on line 8)"
+        and reasons[10] == "id: expected a string or an integer, got null"
+    )
+    with pytest.raises(
+        DatasetError,
+        match=r"no usable inputs: 2 bad lines \(line 1: input: expected a string, got null\)",
+    ):
         (tmp_path / "none.jsonl").write_text('{"input": null}\n{"x": 1}\n')
         load_inputs(tmp_path / "none.jsonl")
 
@@ -190,12 +244,28 @@ def test_labeller_calls_each_distinct_key_once_and_resumes(tiny, tmp_path):
     msgs: list[str] = []
 
     async def go(fakes, targets):
-        lab = Labeller(wf, space, targets, inputs, _parity_scorer, out, LabelSettings(concurrency=3, progress_every_s=0.0),
-                       family="t", progress=msgs.append)  # fmt: skip
+        lab = Labeller(
+            wf,
+            space,
+            targets,
+            inputs,
+            _parity_scorer,
+            out,
+            LabelSettings(concurrency=3, progress_every_s=0.0),
+            family="t",
+            progress=msgs.append,
+        )
         res = await lab.run()
-        first = (res, _requests(fakes), max(f.max_in_flight for f in fakes.values()), (out / "scores.npy").read_bytes())
+        first = (
+            res,
+            _requests(fakes),
+            max(f.max_in_flight for f in fakes.values()),
+            (out / "scores.npy").read_bytes(),
+        )
         # Rerun on the same engines: nothing recomputed, identical dataset.
-        res2 = await Labeller(wf, space, targets, inputs, _parity_scorer, out, LabelSettings(), family="t").run()
+        res2 = await Labeller(
+            wf, space, targets, inputs, _parity_scorer, out, LabelSettings(), family="t"
+        ).run()
         return first, (res2, _requests(fakes) - first[1])
 
     (res, num_requests, max_in_flight, before), (res2, num2) = asyncio.run(_with_fakes(go))
@@ -228,7 +298,16 @@ def test_failures_are_recorded_per_input_and_configuration_then_retried(tiny, tm
 
     async def go(fakes, targets):
         def run():
-            return Labeller(wf, space, targets, inputs, _parity_scorer, out, LabelSettings(concurrency=4), family="t").run()
+            return Labeller(
+                wf,
+                space,
+                targets,
+                inputs,
+                _parity_scorer,
+                out,
+                LabelSettings(concurrency=4),
+                family="t",
+            ).run()
 
         res = await run()
         failures = (out / "failures.jsonl").read_text().splitlines()
@@ -245,7 +324,9 @@ def test_failures_are_recorded_per_input_and_configuration_then_retried(tiny, tm
     assert res.calls_failed == 4 * 3 == len(failures)
     assert num == res2.calls_made == 4 * 14 - 4 * 3  # everything but the cached big-only chain
     assert np.load(out / "labelled.npy").all() and not res2.config_failures
-    assert (out / "failures.jsonl").read_text() == "" and (out / "config_failures.jsonl").read_text() == ""
+    assert (out / "failures.jsonl").read_text() == "" and (
+        out / "config_failures.jsonl"
+    ).read_text() == ""
 
 
 def test_when_c_max_fails_everywhere_the_error_names_files_that_exist(tiny, tmp_path):
@@ -256,7 +337,9 @@ def test_when_c_max_fails_everywhere_the_error_names_files_that_exist(tiny, tmp_
 
     async def go(fakes, targets):
         fakes["big"].mode = "fail"
-        return await Labeller(wf, space, targets, inputs, _parity_scorer, out, LabelSettings(), family="t").run()
+        return await Labeller(
+            wf, space, targets, inputs, _parity_scorer, out, LabelSettings(), family="t"
+        ).run()
 
     with pytest.raises(AragogError, match="no input could be labelled") as err:
         asyncio.run(_with_fakes(go))
@@ -271,13 +354,23 @@ def test_sampled_labelling_marks_only_the_sample(tiny, tmp_path):
     inputs = load_inputs(_write_rows(tmp_path / "d.jsonl", 3), seed=0)
 
     async def go(fakes, targets):
-        return await Labeller(wf, space, targets, inputs, _parity_scorer, tmp_path / "o", LabelSettings(sample=2, seed=1),
-                              family="t").run()  # fmt: skip
+        return await Labeller(
+            wf,
+            space,
+            targets,
+            inputs,
+            _parity_scorer,
+            tmp_path / "o",
+            LabelSettings(sample=2, seed=1),
+            family="t",
+        ).run()
 
     res = asyncio.run(_with_fakes(go))
     lab = np.load(tmp_path / "o" / "labelled.npy")
     assert (lab.sum(axis=1) == 2).all() and lab[:, space.c_max].all()
-    assert res.dataset.meta["generator"]["labelled_configs"] == [int(c) for c in res.plan.config_ids]
+    assert res.dataset.meta["generator"]["labelled_configs"] == [
+        int(c) for c in res.plan.config_ids
+    ]
 
 
 PROFILE = """
@@ -298,7 +391,8 @@ curve = [[1, 500.0], [8, 4000.0]]
 def _emulated_cli(d, tmp_path, num_rows: int = 6, out: str = "ds") -> tuple[list[str], Path]:
     """A label command line over a two-engine emulated fleet (refine3, ``num_rows`` inputs)."""
     (d / "profile.toml").write_text(PROFILE)
-    (d / "fleet.toml").write_text(textwrap.dedent("""
+    (d / "fleet.toml").write_text(
+        textwrap.dedent("""
         family = "t"
         models = "models.toml"
         workflows = ["refine3.toml"]
@@ -317,10 +411,22 @@ def _emulated_cli(d, tmp_path, num_rows: int = 6, out: str = "ds") -> tuple[list
 
         [server]
         time_scale = 20.0
-    """))
+    """)
+    )
     data = _write_rows(tmp_path / "d.jsonl", num_rows)
-    argv = ["--workflow", str(d / "refine3.toml"), "--fleet", str(d / "fleet.toml"), "--dataset", str(data),
-            "--scorer", "aragog_jax.data.scorers:contains_answer", "--out", str(tmp_path / out), "--quiet"]  # fmt: skip
+    argv = [
+        "--workflow",
+        str(d / "refine3.toml"),
+        "--fleet",
+        str(d / "fleet.toml"),
+        "--dataset",
+        str(data),
+        "--scorer",
+        "aragog_jax.data.scorers:contains_answer",
+        "--out",
+        str(tmp_path / out),
+        "--quiet",
+    ]
     return argv, data
 
 
@@ -329,7 +435,10 @@ def test_cli_on_emulated_fleet_and_resume(tiny, tmp_path, capsys):
     argv, data = _emulated_cli(d, tmp_path)
     assert label_main(argv) == 0
     out = capsys.readouterr().out
-    assert "engine calls: 84 (per input 14); distinct prefixes 84 (per input 14); naive configurations x stages 144" in out
+    assert (
+        "engine calls: 84 (per input 14); distinct prefixes 84 (per input 14); naive configurations x stages 144"
+        in out
+    )
     rep = json.loads((tmp_path / "ds" / "label_report.json").read_text())
     assert rep["git_sha"] and rep["this_run"]["calls_made"] == 84
     assert label_main(argv) == 0
@@ -368,12 +477,23 @@ def test_stage_functions_are_labelled_the_way_they_are_served(tiny, tmp_path):
     inputs = load_inputs(_write_rows(tmp_path / "d.jsonl", 10), seed=0)
 
     async def go(fakes, targets):
-        res = await Labeller(wf, space, targets, inputs, _parity_scorer, tmp_path / "out", LabelSettings(), family="t").run()
+        res = await Labeller(
+            wf,
+            space,
+            targets,
+            inputs,
+            _parity_scorer,
+            tmp_path / "out",
+            LabelSettings(),
+            family="t",
+        ).run()
         return res, sum(f.num_requests for f in fakes.values())
 
     res, num_requests = asyncio.run(_with_fakes(go))
     assert res.calls_made == 10 * 14  # stage executions: the distinct prefixes
-    assert num_requests == 10 * (2 + 4 * 2 + 8)  # the 4 critique executions per input call the engine twice
+    assert num_requests == 10 * (
+        2 + 4 * 2 + 8
+    )  # the 4 critique executions per input call the engine twice
     ds = load_dataset(tmp_path / "out", space)
     fake = FakeEngine("big-served")
     gen = fake.text_for("Answer: question number 0")
@@ -392,17 +512,23 @@ def test_stage_function_cache_pin_follows_the_code_not_the_path(tiny, tmp_path):
     def labeller(where):
         where.mkdir(exist_ok=True)
         (where / "stages.py").write_text(fn_src)
-        text = CHAIN3.replace('prompt = "Critique {generate} for {input}"',
-                              f'prompt = "Critique {{generate}} for {{input}}"\nfunction = "{where / "stages.py"}:crit"')  # fmt: skip
+        text = CHAIN3.replace(
+            'prompt = "Critique {generate} for {input}"',
+            f'prompt = "Critique {{generate}} for {{input}}"\nfunction = "{where / "stages.py"}:crit"',
+        )
         wf, space = _space(cat, text)
-        return lambda targets: Labeller(wf, space, targets, inputs, _parity_scorer, out, LabelSettings(), family="t")
+        return lambda targets: Labeller(
+            wf, space, targets, inputs, _parity_scorer, out, LabelSettings(), family="t"
+        )
 
     async def go(fakes, targets):
         first = await labeller(tmp_path / "a")(targets).run()
         moved = await labeller(tmp_path / "b")(targets).run()  # same code, another directory
         nonlocal fn_src
         fn_src = fn_src.replace("state.prompt", "state.prompt + '!'")
-        with pytest.raises(AragogError, match=r"stage 'critique' \(function\); rerun with --update") as err:
+        with pytest.raises(
+            AragogError, match=r"stage 'critique' \(function\); rerun with --update"
+        ) as err:
             await labeller(tmp_path / "c")(targets).run()
         return first, moved, str(err.value)
 
@@ -421,43 +547,81 @@ async def _serve(fakes: dict[str, FakeEngine]) -> tuple[dict[str, str], list[Loo
 
 
 def _dataset_files(out) -> dict[str, bytes]:
-    return {n: (out / n).read_bytes() for n in ("meta.json", "inputs.jsonl", "scores.npy", "labelled.npy")}
+    return {
+        n: (out / n).read_bytes()
+        for n in ("meta.json", "inputs.jsonl", "scores.npy", "labelled.npy")
+    }
 
 
-def test_a_rerun_redoes_exactly_the_calls_an_edited_input_a_moved_engine_or_an_edited_stage_function_affect(tiny, tmp_path):
+def test_a_rerun_redoes_exactly_the_calls_an_edited_input_a_moved_engine_or_an_edited_stage_function_affect(
+    tiny, tmp_path
+):
     """One --out, four runs: each change redoes exactly the calls whose output it can
     change, counted at the fake engines, and the result equals a fresh labelling (the old
     cache, keyed by input id and call key, made 0 calls for the first two changes and
     refused the third)."""
     cat, _ = tiny
     stages = tmp_path / "stages.py"
-    stages.write_text("async def crit(stage, model, lm, state):\n    return await lm(state.prompt)\n")
-    wf_text = CHAIN3.replace('prompt = "Critique {generate} for {input}"',
-                             f'prompt = "Critique {{generate}} for {{input}}"\nfunction = "{stages}:crit"')  # fmt: skip
+    stages.write_text(
+        "async def crit(stage, model, lm, state):\n    return await lm(state.prompt)\n"
+    )
+    wf_text = CHAIN3.replace(
+        'prompt = "Critique {generate} for {input}"',
+        f'prompt = "Critique {{generate}} for {{input}}"\nfunction = "{stages}:crit"',
+    )
     data = _write_rows(tmp_path / "d.jsonl", 10)
-    fakes = {"small-a": FakeEngine("small-served"), "small-b": FakeEngine("small-served"), "big": FakeEngine("big-served")}
+    fakes = {
+        "small-a": FakeEngine("small-served"),
+        "small-b": FakeEngine("small-served"),
+        "big": FakeEngine("big-served"),
+    }
     out = tmp_path / "out"
 
     async def go():
         urls, servers = await _serve(fakes)
         try:
+
             async def run(small: str, where=out, on_change: str = "update") -> tuple:
                 wf, space = _space(cat, wf_text)  # re-imports stages.py
-                targets = [EngineTarget("e-small", "small", urls[small], "small-served"),
-                           EngineTarget("e-big", "big", urls["big"], "big-served")]  # fmt: skip
+                targets = [
+                    EngineTarget("e-small", "small", urls[small], "small-served"),
+                    EngineTarget("e-big", "big", urls["big"], "big-served"),
+                ]
                 before = [f.num_requests for f in fakes.values()]
-                res = await Labeller(wf, space, targets, load_inputs(data), _parity_scorer, where,
-                                     LabelSettings(on_change=on_change), family="t").run()  # fmt: skip
-                return res.calls_made, res.calls_cached, tuple(f.num_requests - b for f, b in zip(fakes.values(), before, strict=True))
+                res = await Labeller(
+                    wf,
+                    space,
+                    targets,
+                    load_inputs(data),
+                    _parity_scorer,
+                    where,
+                    LabelSettings(on_change=on_change),
+                    family="t",
+                ).run()
+                return (
+                    res.calls_made,
+                    res.calls_cached,
+                    tuple(f.num_requests - b for f, b in zip(fakes.values(), before, strict=True)),
+                )
 
             steps = [await run("small-a")]
             rows = data.read_text().splitlines()  # 1. edit one input's text
-            data.write_text("\n".join([*rows[:3], rows[3].replace("number 3", "number three"), *rows[4:]]) + "\n")
+            data.write_text(
+                "\n".join([*rows[:3], rows[3].replace("number 3", "number three"), *rows[4:]])
+                + "\n"
+            )
             steps.append(await run("small-a"))
-            with pytest.raises(AragogError, match=re.escape(f"engine 'e-small' url {urls['small-a']} -> {urls['small-b']};")):
-                await run("small-b", on_change="refuse")  # 2. the small model's engine moves: refused by default
+            with pytest.raises(
+                AragogError,
+                match=re.escape(f"engine 'e-small' url {urls['small-a']} -> {urls['small-b']};"),
+            ):
+                await run(
+                    "small-b", on_change="refuse"
+                )  # 2. the small model's engine moves: refused by default
             steps.append(await run("small-b"))
-            stages.write_text(stages.read_text().replace("state.prompt", "state.prompt + '!'"))  # 3. edit the function
+            stages.write_text(
+                stages.read_text().replace("state.prompt", "state.prompt + '!'")
+            )  # 3. edit the function
             steps.append(await run("small-b"))
             steps.append(await run("small-b"))  # nothing changed
             await run("small-b", tmp_path / "fresh")
@@ -493,13 +657,25 @@ def test_removing_the_first_line_keeps_every_answer_with_its_own_input(tiny, tmp
         for i in range(8):
             q = f"question number {i}"
             gen = big.text_for(f"Answer: {q}")
-            final = big.text_for(f"Refine {gen} with {big.text_for(f'Critique {gen} for {q}')} for {q}")
-            f.write(json.dumps({"input": q, "answer": final}) + "\n")  # c_max is right on every input
+            final = big.text_for(
+                f"Refine {gen} with {big.text_for(f'Critique {gen} for {q}')} for {q}"
+            )
+            f.write(
+                json.dumps({"input": q, "answer": final}) + "\n"
+            )  # c_max is right on every input
 
     async def go(fakes, targets):
         def run(where, on_change="refuse"):
-            return Labeller(wf, space, targets, load_inputs(tmp_path / "d.jsonl"), _answer_scorer, where,
-                            LabelSettings(on_change=on_change), family="t").run()  # fmt: skip
+            return Labeller(
+                wf,
+                space,
+                targets,
+                load_inputs(tmp_path / "d.jsonl"),
+                _answer_scorer,
+                where,
+                LabelSettings(on_change=on_change),
+                family="t",
+            ).run()
 
         first = await run(tmp_path / "out")
         lines = (tmp_path / "d.jsonl").read_text().splitlines(keepends=True)
@@ -540,9 +716,15 @@ sys.exit(main(sys.argv[2:]))
 
 
 def _label_killed_at_first_write_to(name: str, argv: list[str]) -> None:
-    proc = subprocess.run([sys.executable, "-c", KILL_AT_FIRST_WRITE, name, *argv], capture_output=True, text=True,
-                          timeout=180)  # fmt: skip
-    assert proc.returncode == -signal.SIGKILL, f"not killed at {name}: rc {proc.returncode}\n{proc.stderr[-3000:]}"
+    proc = subprocess.run(
+        [sys.executable, "-c", KILL_AT_FIRST_WRITE, name, *argv],
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert proc.returncode == -signal.SIGKILL, (
+        f"not killed at {name}: rc {proc.returncode}\n{proc.stderr[-3000:]}"
+    )
 
 
 def test_a_kill_at_start_up_leaves_a_resumable_directory(tiny, tmp_path):
@@ -552,10 +734,15 @@ def test_a_kill_at_start_up_leaves_a_resumable_directory(tiny, tmp_path):
     argv, _ = _emulated_cli(d, tmp_path, num_rows=2)
     _label_killed_at_first_write_to("label_state.json", argv)
     assert run_cli(label_main, argv) == 0
-    assert json.loads((tmp_path / "ds" / "label_report.json").read_text())["this_run"]["calls_made"] == 2 * 14
+    assert (
+        json.loads((tmp_path / "ds" / "label_report.json").read_text())["this_run"]["calls_made"]
+        == 2 * 14
+    )
 
 
-def test_a_kill_while_writing_the_scores_leaves_train_a_one_line_error_and_the_rerun_finishes(tiny, tmp_path, capsys):
+def test_a_kill_while_writing_the_scores_leaves_train_a_one_line_error_and_the_rerun_finishes(
+    tiny, tmp_path, capsys
+):
     """Killed while writing scores.npy: it was left empty next to a complete-looking
     meta.json, and train died with an EOFError traceback."""
     cat, d = tiny
@@ -564,24 +751,45 @@ def test_a_kill_while_writing_the_scores_leaves_train_a_one_line_error_and_the_r
     from aragog_jax.train import main as train_main
 
     out = tmp_path / "ds"
-    code = run_cli(train_main, ["--workflow", str(d / "refine3.toml"), "--models", str(d / "models.toml"), "--family", "t",
-                                "--dataset", str(out), "--out", str(tmp_path / "r.npz"), "--quiet"])  # fmt: skip
+    code = run_cli(
+        train_main,
+        [
+            "--workflow",
+            str(d / "refine3.toml"),
+            "--models",
+            str(d / "models.toml"),
+            "--family",
+            "t",
+            "--dataset",
+            str(out),
+            "--out",
+            str(tmp_path / "r.npz"),
+            "--quiet",
+        ],
+    )
     err = capsys.readouterr().err
     assert code == 2 and err.count("\n") == 1 and "incomplete accuracy dataset" in err, err
     assert run_cli(label_main, argv) == 0
-    assert json.loads((out / "label_report.json").read_text())["this_run"]["calls_made"] == 0  # all calls were cached
+    assert (
+        json.loads((out / "label_report.json").read_text())["this_run"]["calls_made"] == 0
+    )  # all calls were cached
     _, space = _space(cat, CHAIN3)
     assert load_dataset(out, space).num_inputs == 2
 
 
-def test_a_second_run_on_one_out_is_refused_and_a_killed_holder_does_not_block(tiny, tmp_path, capsys):
+def test_a_second_run_on_one_out_is_refused_and_a_killed_holder_does_not_block(
+    tiny, tmp_path, capsys
+):
     """Two runs on one --out made every call twice and duplicated the cache rows."""
     _, d = tiny
     argv, _ = _emulated_cli(d, tmp_path)
     out = tmp_path / "ds"
     # The holder's emulated engines run 1000x slower than the profile: ~16 s per call.
-    holder = subprocess.Popen([sys.executable, "-m", "aragog_jax.label", *argv, "--time-scale", "0.001"],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)  # fmt: skip
+    holder = subprocess.Popen(
+        [sys.executable, "-m", "aragog_jax.label", *argv, "--time-scale", "0.001"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
     try:
         deadline = time.monotonic() + 120
         while not (out / "label_state.json").exists():
@@ -596,7 +804,9 @@ def test_a_second_run_on_one_out_is_refused_and_a_killed_holder_does_not_block(t
         holder.kill()
         holder.wait(timeout=30)
         holder.stderr.close()
-    assert json.loads((out / "label.lock").read_text())["pid"] == holder.pid  # stale, and not in the way:
+    assert (
+        json.loads((out / "label.lock").read_text())["pid"] == holder.pid
+    )  # stale, and not in the way:
     assert run_cli(label_main, argv) == 0
     rep = json.loads((out / "label_report.json").read_text())["this_run"]
     assert rep["calls_made"] + rep["calls_cached"] == 6 * 14
@@ -614,8 +824,16 @@ def test_a_torn_last_line_of_the_call_log_costs_one_call_once(tiny, tmp_path):
     async def go(fakes, targets):
         made = []
         for i in range(3):
-            res = await Labeller(wf, space, targets, inputs, _parity_scorer, tmp_path / "out", LabelSettings(concurrency=1),
-                                 family="t").run()  # fmt: skip
+            res = await Labeller(
+                wf,
+                space,
+                targets,
+                inputs,
+                _parity_scorer,
+                tmp_path / "out",
+                LabelSettings(concurrency=1),
+                family="t",
+            ).run()
             made.append(res.calls_made)
             if i == 0:
                 log.write_bytes(log.read_bytes()[:-20])  # the last record, torn mid-write
@@ -641,7 +859,10 @@ def _nan_scorer(row, output):
 @pytest.mark.parametrize(
     ("scorer", "says"),
     [
-        (_one_arg_scorer, "cannot be called as scorer(input_row, output_text): too many positional arguments"),
+        (
+            _one_arg_scorer,
+            "cannot be called as scorer(input_row, output_text): too many positional arguments",
+        ),
         (_str_scorer, "scorer returned str '1', expected a number in [0, 1]"),
         (_nan_scorer, "scorer returned nan, not in [0, 1]"),
     ],
@@ -654,7 +875,9 @@ def test_a_scorer_that_cannot_score_is_refused_before_any_engine_call(tiny, tmp_
 
     async def go(fakes, targets):
         try:
-            await Labeller(wf, space, targets, inputs, scorer, tmp_path / "out", LabelSettings(), family="t").run()
+            await Labeller(
+                wf, space, targets, inputs, scorer, tmp_path / "out", LabelSettings(), family="t"
+            ).run()
         finally:
             assert _requests(fakes) == 0
 
@@ -666,13 +889,39 @@ def test_cli_labels_every_good_row_lists_the_bad_ones_and_exits_1(tiny, tmp_path
     _, d = tiny
     argv, data = _emulated_cli(d, tmp_path, num_rows=4)
     rows = data.read_text().splitlines()
-    data.write_text("\n".join([rows[0], '{"id": "n", "input": null}', rows[1], "{oops", rows[2], '{"input": ["a"]}', rows[3]]) + "\n")
+    data.write_text(
+        "\n".join(
+            [
+                rows[0],
+                '{"id": "n", "input": null}',
+                rows[1],
+                "{oops",
+                rows[2],
+                '{"input": ["a"]}',
+                rows[3],
+            ]
+        )
+        + "\n"
+    )
     assert run_cli(label_main, argv) == 1
     err = capsys.readouterr().err.splitlines()
-    assert err[:3] == [f"{data}:2: input: expected a string, got null", f"{data}:4: bad JSON: Expecting property name "
-                       "enclosed in double quotes: line 1 column 2 (char 1)", f"{data}:6: input: expected a string, got list"]
-    assert err[3].startswith("error: 3 bad dataset lines (see ") and err[3].endswith("4 valid inputs were labelled")
+    assert err[:3] == [
+        f"{data}:2: input: expected a string, got null",
+        f"{data}:4: bad JSON: Expecting property name "
+        "enclosed in double quotes: line 1 column 2 (char 1)",
+        f"{data}:6: input: expected a string, got list",
+    ]
+    assert err[3].startswith("error: 3 bad dataset lines (see ") and err[3].endswith(
+        "4 valid inputs were labelled"
+    )
     out = tmp_path / "ds"
-    assert [json.loads(x)["line"] for x in (out / "input_errors.jsonl").read_text().splitlines()] == [2, 4, 6]
+    assert [
+        json.loads(x)["line"] for x in (out / "input_errors.jsonl").read_text().splitlines()
+    ] == [2, 4, 6]
     assert json.loads((out / "label_report.json").read_text())["this_run"]["calls_made"] == 4 * 14
-    assert [json.loads(x)["id"] for x in (out / "inputs.jsonl").read_text().splitlines()] == ["q0", "q1", "q2", "q3"]
+    assert [json.loads(x)["id"] for x in (out / "inputs.jsonl").read_text().splitlines()] == [
+        "q0",
+        "q1",
+        "q2",
+        "q3",
+    ]

@@ -12,11 +12,11 @@ import numpy as np
 import pytest
 
 from aragog_jax.data import (
-    load_published_scores,
     DEFAULT_TARGET_ACCURACY,
     AccuracyDataset,
     generate,
     load_dataset,
+    load_published_scores,
     save_dataset,
     stage_roles,
     viability_stats,
@@ -51,18 +51,44 @@ ORACLE_FLOPS_RATIO_MAX = 0.3
 # in again here so that the generator's use of published_scores.toml is checked against
 # the sources, not against itself. MMLU is the proxy benchmark (Qwen: MMLU-redux).
 CITED = {
-    "HumanEval": {"Qwen2.5-7B-Instruct": 84.8, "Qwen2.5-14B-Instruct": 83.5, "Qwen2.5-32B-Instruct": 88.4,
-                  "Llama-3.1-8B-Instruct": 72.6, "Llama-3.1-70B-Instruct": 80.5, "Phi-4": 82.6},
-    "MMLU-Pro": {"Qwen2.5-7B-Instruct": 56.3, "Qwen2.5-14B-Instruct": 63.7, "Qwen2.5-32B-Instruct": 69.0,
-                 "Llama-3.1-8B-Instruct": 48.3, "Llama-3.1-70B-Instruct": 66.4, "Phi-4": 70.4},
-    "SQuAD v2": {"Llama-3.2-3B-Instruct": 67.7, "Llama-3.1-8B-Instruct": 77.0, "Llama-3.1-70B-Instruct": 81.8},
-    "MMLU": {"Qwen2.5-7B-Instruct": 75.4, "Qwen2.5-14B-Instruct": 80.0, "Qwen2.5-32B-Instruct": 83.9,
-             "Llama-3.2-3B-Instruct": 63.4, "Llama-3.1-8B-Instruct": 69.4, "Llama-3.1-70B-Instruct": 83.6, "Phi-4": 84.8},
+    "HumanEval": {
+        "Qwen2.5-7B-Instruct": 84.8,
+        "Qwen2.5-14B-Instruct": 83.5,
+        "Qwen2.5-32B-Instruct": 88.4,
+        "Llama-3.1-8B-Instruct": 72.6,
+        "Llama-3.1-70B-Instruct": 80.5,
+        "Phi-4": 82.6,
+    },
+    "MMLU-Pro": {
+        "Qwen2.5-7B-Instruct": 56.3,
+        "Qwen2.5-14B-Instruct": 63.7,
+        "Qwen2.5-32B-Instruct": 69.0,
+        "Llama-3.1-8B-Instruct": 48.3,
+        "Llama-3.1-70B-Instruct": 66.4,
+        "Phi-4": 70.4,
+    },
+    "SQuAD v2": {
+        "Llama-3.2-3B-Instruct": 67.7,
+        "Llama-3.1-8B-Instruct": 77.0,
+        "Llama-3.1-70B-Instruct": 81.8,
+    },
+    "MMLU": {
+        "Qwen2.5-7B-Instruct": 75.4,
+        "Qwen2.5-14B-Instruct": 80.0,
+        "Qwen2.5-32B-Instruct": 83.9,
+        "Llama-3.2-3B-Instruct": 63.4,
+        "Llama-3.1-8B-Instruct": 69.4,
+        "Llama-3.1-70B-Instruct": 83.6,
+        "Phi-4": 84.8,
+    },
 }
 # Where a pool model has no score on the benchmark it is imputed from the pool model with
 # a score that is nearest in size, scaled by their MMLU ratio (README, "Published scores").
-IMPUTED_FROM = {"Llama-3.2-3B-Instruct": "Llama-3.1-8B-Instruct", "Qwen2.5-32B-Instruct": "Llama-3.1-8B-Instruct",
-                "Phi-4": "Llama-3.1-8B-Instruct"}
+IMPUTED_FROM = {
+    "Llama-3.2-3B-Instruct": "Llama-3.1-8B-Instruct",
+    "Qwen2.5-32B-Instruct": "Llama-3.1-8B-Instruct",
+    "Phi-4": "Llama-3.1-8B-Instruct",
+}
 UNIFORM_TOLERANCE = 0.03  # the "within 3 points"
 
 
@@ -87,7 +113,10 @@ def expected_uniform(wf: str, fam: str) -> dict[str, float]:
 
 
 def _uniform_accuracy(ds, space) -> dict[str, float]:
-    return {m: float(ds.scores[:, space.index_of({st: m for st in space.stage_names})].mean()) for m in space.model_names}
+    return {
+        m: float(ds.scores[:, space.index_of({st: m for st in space.stage_names})].mean())
+        for m in space.model_names
+    }
 
 
 def _wf_space(wf: str, fam: str):
@@ -96,7 +125,9 @@ def _wf_space(wf: str, fam: str):
 
 @pytest.fixture(scope="module")
 def shipped() -> dict[tuple[str, str], AccuracyDataset]:
-    return {(wf, fam): load_dataset(DATASETS / wf / fam, load_space(wf, fam)) for wf, fam in SHIPPED}
+    return {
+        (wf, fam): load_dataset(DATASETS / wf / fam, load_space(wf, fam)) for wf, fam in SHIPPED
+    }
 
 
 def _assert_documented_ranges(st: dict, where: str) -> None:
@@ -133,7 +164,9 @@ def test_shipped_uniform_configurations_match_cited_scores(shipped, wf, fam):
     space = load_space(wf, fam)
     got = _uniform_accuracy(shipped[(wf, fam)], space)
     for model, want in expected_uniform(wf, fam).items():
-        assert abs(got[model] - want) <= UNIFORM_TOLERANCE, f"{wf}/{fam} {model}: uniform {got[model]:.3f}, cited {want:.3f}"
+        assert abs(got[model] - want) <= UNIFORM_TOLERANCE, (
+            f"{wf}/{fam} {model}: uniform {got[model]:.3f}, cited {want:.3f}"
+        )
 
 
 @pytest.mark.parametrize("wf, fam", PAPER_PAIRS)
@@ -161,7 +194,10 @@ def test_shipped_accuracy_plateaus_below_c_max(shipped, wf, fam):
     space = load_space(wf, fam)
     acc = shipped[(wf, fam)].scores.mean(axis=0)
     ties = np.flatnonzero(acc >= acc[space.c_max] - 0.02)
-    assert ties.min() < space.c_max and space.config_flops[ties.min()] < space.config_flops[space.c_max]
+    assert (
+        ties.min() < space.c_max
+        and space.config_flops[ties.min()] < space.config_flops[space.c_max]
+    )
     uniform = _uniform_accuracy(shipped[(wf, fam)], space)
     anchor = space.model_names[int(space.configs[space.c_max][0])]
     for model, want in expected_uniform(wf, fam).items():
@@ -189,7 +225,9 @@ def test_shipped_regenerate_bit_for_bit(tmp_path, shipped, wf):
         fresh = generate(space, workflow, ds.num_inputs, ds.meta["seed"], family=fam)
         out = save_dataset(fresh, tmp_path / fam)
         for name in ("meta.json", "inputs.jsonl", "scores.npy"):
-            assert (out / name).read_bytes() == (DATASETS / wf / fam / name).read_bytes(), f"{wf}/{fam}/{name} differs"
+            assert (out / name).read_bytes() == (DATASETS / wf / fam / name).read_bytes(), (
+                f"{wf}/{fam}/{name} differs"
+            )
 
 
 def test_shipped_same_inputs_across_families(shipped):
@@ -253,7 +291,9 @@ def test_late_stage_repairs_weak_draft(shipped, wf, fam):
     errors = (s[:, cheapest] == 0) & (s[:, space.c_max] == 1)
     assert errors.sum() >= 5
     fixed = float(s[errors, repaired].mean())
-    assert fixed >= 0.35, f"{wf}/{fam}: the big final stage fixes only {fixed:.2f} of the all-small errors"
+    assert fixed >= 0.35, (
+        f"{wf}/{fam}: the big final stage fixes only {fixed:.2f} of the all-small errors"
+    )
 
 
 @pytest.mark.parametrize("wf, fam", PAPER_PAIRS)
@@ -293,7 +333,9 @@ def test_text_signal_learnable_but_noisy(shipped, wf):
     x = _bag_of_words(ds.texts)
     y = ds.scores.mean(axis=1)
     tr, te = ds.split_index("train"), ds.split_index("test")
-    w = np.linalg.solve(x[tr].T @ x[tr] + 1e-3 * np.eye(x.shape[1]), x[tr].T @ (y[tr] - y[tr].mean()))
+    w = np.linalg.solve(
+        x[tr].T @ x[tr] + 1e-3 * np.eye(x.shape[1]), x[tr].T @ (y[tr] - y[tr].mean())
+    )
     pred = x[te] @ w + y[tr].mean()
     r = float(np.corrcoef(pred, y[te])[0, 1])
     assert 0.6 <= r <= 0.97, f"{wf}: text -> mean accuracy correlation {r:.3f}"
@@ -314,7 +356,13 @@ def test_tokens_and_splits():
 
 def test_stage_roles_group_parallel_stages():
     assert stage_roles(load_workflow(resolve_workflow("voting_mmlu_pro"))) == [0, 0, 0, 0, 1]
-    assert stage_roles(load_workflow(resolve_workflow("decomposition_strategyqa"))) == [0, 1, 1, 1, 2]
+    assert stage_roles(load_workflow(resolve_workflow("decomposition_strategyqa"))) == [
+        0,
+        1,
+        1,
+        1,
+        2,
+    ]
     assert stage_roles(load_workflow(resolve_workflow("text_to_sql_bird"))) == [0, 1, 2, 3]
 
 
@@ -373,7 +421,9 @@ def _write(tmp_path: Path, name: str, text: str) -> Path:
 
 def test_custom_two_stage_restricted_candidates(tmp_path):
     catalog = load_models()
-    restricted = TWO_STAGE.replace("MODELS", 'models = ["Qwen2.5-14B-Instruct", "Qwen2.5-32B-Instruct"]')
+    restricted = TWO_STAGE.replace(
+        "MODELS", 'models = ["Qwen2.5-14B-Instruct", "Qwen2.5-32B-Instruct"]'
+    )
     wf = load_workflow(_write(tmp_path, "draft_polish", restricted), catalog)
     space = build_space(wf, family_pool(catalog, "qwen"))
     assert space.num_configs == 6
@@ -387,7 +437,9 @@ def test_custom_two_stage_restricted_candidates(tmp_path):
     ds3 = generate(space, wf, 200, seed=0, family="qwen", target=0.3)
     assert ds3.scores[:, space.c_max].mean() == pytest.approx(0.3, abs=0.005)
     # a family the workflow has no figure for falls back to the documented default
-    free = load_workflow(_write(tmp_path, "draft_polish_free", TWO_STAGE.replace("MODELS", "")), catalog)
+    free = load_workflow(
+        _write(tmp_path, "draft_polish_free", TWO_STAGE.replace("MODELS", "")), catalog
+    )
     llama = build_space(free, family_pool(catalog, "llama"))
     ds2 = generate(llama, free, 200, seed=0, family="llama")
     assert ds2.scores[:, llama.c_max].mean() == pytest.approx(DEFAULT_TARGET_ACCURACY, abs=0.005)
@@ -431,11 +483,24 @@ def test_generate_rejects_mismatch_and_bad_sizes():
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "aragog_jax.synth", *args], capture_output=True, text=True)
+    return subprocess.run(
+        [sys.executable, "-m", "aragog_jax.synth", *args], capture_output=True, text=True
+    )
 
 
 def test_cli_writes_a_dataset(tmp_path):
-    r = _cli("--workflow", "self_refine_humaneval", "--family", "llama", "--num-inputs", "40", "--seed", "2", "--out", str(tmp_path / "d"))
+    r = _cli(
+        "--workflow",
+        "self_refine_humaneval",
+        "--family",
+        "llama",
+        "--num-inputs",
+        "40",
+        "--seed",
+        "2",
+        "--out",
+        str(tmp_path / "d"),
+    )
     assert r.returncode == 0, r.stderr
     summary = json.loads(r.stdout)
     assert summary["num_inputs"] == 40 and summary["num_configs"] == 27
@@ -445,7 +510,17 @@ def test_cli_writes_a_dataset(tmp_path):
 
 def test_cli_custom_workflow_path(tmp_path):
     path = _write(tmp_path, "tied_chain", TIED)
-    r = _cli("--workflow", str(path), "--family", "mixed", "--num-inputs", "20", "--out", str(tmp_path / "d"), "--quiet")
+    r = _cli(
+        "--workflow",
+        str(path),
+        "--family",
+        "mixed",
+        "--num-inputs",
+        "20",
+        "--out",
+        str(tmp_path / "d"),
+        "--quiet",
+    )
     assert r.returncode == 0, r.stderr
     assert r.stdout == ""
     assert (tmp_path / "d" / "scores.npy").is_file()
@@ -454,9 +529,18 @@ def test_cli_custom_workflow_path(tmp_path):
 @pytest.mark.parametrize(
     "args, needle",
     [
-        (["--workflow", "no_such_workflow", "--family", "qwen", "--num-inputs", "5"], "workflow file not found"),
-        (["--workflow", "self_refine_squad", "--family", "nope", "--num-inputs", "5"], "unknown family"),
-        (["--workflow", "self_refine_squad", "--family", "qwen", "--num-inputs", "0"], "at least 1 input"),
+        (
+            ["--workflow", "no_such_workflow", "--family", "qwen", "--num-inputs", "5"],
+            "workflow file not found",
+        ),
+        (
+            ["--workflow", "self_refine_squad", "--family", "nope", "--num-inputs", "5"],
+            "unknown family",
+        ),
+        (
+            ["--workflow", "self_refine_squad", "--family", "qwen", "--num-inputs", "0"],
+            "at least 1 input",
+        ),
     ],
 )
 def test_cli_user_errors_are_one_line(tmp_path, args, needle):
@@ -467,7 +551,10 @@ def test_cli_user_errors_are_one_line(tmp_path, args, needle):
 
 
 def test_published_scores_errors_name_the_field(tmp_path):
-    base = 'proxy_benchmark = "MMLU"\n[sources]\nx = "a card"\n[[score]]\nmodel = "M"\nbenchmark = "MMLU"\nvalue = 50.0\nsource = "x"\n'
+    base = (
+        'proxy_benchmark = "MMLU"\n[sources]\nx = "a card"\n'
+        '[[score]]\nmodel = "M"\nbenchmark = "MMLU"\nvalue = 50.0\nsource = "x"\n'
+    )
     path = tmp_path / "s.toml"
     path.write_text(base)
     assert load_published_scores(path).score("M", "MMLU") == 50.0

@@ -15,7 +15,10 @@ from aragog_jax.serving import FakeEngine
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE = ROOT / "examples" / "dspy_self_refine.py"
 EXAMPLE_REF = f"{EXAMPLE}:SelfRefine"
-EXAMPLES = ["What is the boiling point of water at sea level?", "Name three prime numbers greater than 10."]
+EXAMPLES = [
+    "What is the boiling point of water at sea level?",
+    "Name three prime numbers greater than 10.",
+]
 
 _OUTPUT_FIELD = re.compile(r"^\d+\. `(\w+)` \(([^)]*)\)")
 
@@ -50,7 +53,9 @@ class DSPyFakeEngine(FakeEngine):
         return "\n\n".join(parts) + "\n\n[[ ## completed ## ]]\n"
 
 
-def export_example(tmp: Path, *, ref: str = EXAMPLE_REF, examples=EXAMPLES, name: str = "self_refine_dspy") -> tuple[Path, Path]:
+def export_example(
+    tmp: Path, *, ref: str = EXAMPLE_REF, examples=EXAMPLES, name: str = "self_refine_dspy"
+) -> tuple[Path, Path]:
     program = load_program(ref)
     traced = trace_program(program, list(examples))
     return export_workflow(program, ref, traced, tmp / f"{name}.toml")
@@ -117,7 +122,9 @@ class Formatted(Branchy):
     def forward(self, question):
         d = self.draft(question=question)
         r = self.review(question=question, draft=d.draft)
-        return self.rewrite(question=question, context=f"Draft: {d.draft}\nNotes: {r.notes}\n(be brief)")
+        return self.rewrite(
+            question=question, context=f"Draft: {d.draft}\nNotes: {r.notes}\n(be brief)"
+        )
 
 
 class Shouty(Branchy):

@@ -30,7 +30,12 @@ def _export(tmp_path, ref=EXAMPLE_REF, examples=EXAMPLES, *extra):
 
 
 def test_help_exits_zero():
-    proc = subprocess.run([sys.executable, "-m", "aragog_jax.dspy", "export", "--help"], capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-m", "aragog_jax.dspy", "export", "--help"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 0 and "--example" in proc.stdout and "--out" in proc.stdout
 
 
@@ -39,7 +44,11 @@ def test_export_writes_a_workflow_every_tool_reads(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "wrote" in out and "refine <- generate, critique" in out
     wf = load_workflow(tmp_path / "w.toml")
-    assert wf.name == "sr" and [s.upstream for s in wf.stage] == [[], ["generate"], ["generate", "critique"]]
+    assert wf.name == "sr" and [s.upstream for s in wf.stage] == [
+        [],
+        ["generate"],
+        ["generate", "critique"],
+    ]
     assert all(s.function == f"{tmp_path / 'w_stages.py'}:{s.name}" for s in wf.stage)
     # The export is deterministic: the same program and examples give the same files.
     first = ((tmp_path / "w.toml").read_text(), (tmp_path / "w_stages.py").read_text())
@@ -49,14 +58,28 @@ def test_export_writes_a_workflow_every_tool_reads(tmp_path, capsys):
     assert inspect_main([str(tmp_path / "w.toml"), "--family", "qwen", "--json"]) in (0, None)
     info = json.loads(capsys.readouterr().out)
     assert info["num_stages"] == 3 and info["num_configs"] == 27
-    synth_main(["--workflow", str(tmp_path / "w.toml"), "--family", "qwen", "--num-inputs", "60", "--out", str(tmp_path / "syn")])
+    synth_main(
+        [
+            "--workflow",
+            str(tmp_path / "w.toml"),
+            "--family",
+            "qwen",
+            "--num-inputs",
+            "60",
+            "--out",
+            str(tmp_path / "syn"),
+        ]
+    )
     assert np.load(tmp_path / "syn" / "scores.npy").shape == (60, 27)
 
 
 @pytest.mark.parametrize(
     ("ref", "message"),
     [
-        (f"{KIT}:Branchy", "traces diverged after predictor 'draft' (call 1): call 2 runs predictor 'rewrite'"),
+        (
+            f"{KIT}:Branchy",
+            "traces diverged after predictor 'draft' (call 1): call 2 runs predictor 'rewrite'",
+        ),
         (f"{KIT}:Shouty", "input field 'context' is computed"),
         ("no_such_module_xyz:p", "cannot import 'no_such_module_xyz'"),
         (f"{KIT}:not_a_program", "expected a dspy.Module"),
@@ -76,18 +99,41 @@ def test_label_runs_the_programs_predictors_on_every_configuration_and_resumes(t
     assert _export(tmp_path) == 0
     (tmp_path / "scorer.py").write_text(SCORER)
     data = tmp_path / "d.jsonl"
-    data.write_text("".join(json.dumps({"id": f"q{i}", "input": f"question {i}?", "answer": "big-"}) + "\n" for i in range(4)))
+    data.write_text(
+        "".join(
+            json.dumps({"id": f"q{i}", "input": f"question {i}?", "answer": "big-"}) + "\n"
+            for i in range(4)
+        )
+    )
     with FakesInThread({"e-small": "small", "e-big": "big"}) as fakes:
-        fleet = write_fleet(tmp_path, fakes.urls, workflows={"w": (tmp_path / "w.toml").read_text()}, catalog=CATALOG)
-        argv = ["--workflow", str(tmp_path / "w.toml"), "--fleet", str(fleet), "--dataset", str(data),
-                "--scorer", f"{tmp_path / 'scorer.py'}:refined_by_big", "--out", str(tmp_path / "ds"), "--quiet"]  # fmt: skip
+        fleet = write_fleet(
+            tmp_path,
+            fakes.urls,
+            workflows={"w": (tmp_path / "w.toml").read_text()},
+            catalog=CATALOG,
+        )
+        argv = [
+            "--workflow",
+            str(tmp_path / "w.toml"),
+            "--fleet",
+            str(fleet),
+            "--dataset",
+            str(data),
+            "--scorer",
+            f"{tmp_path / 'scorer.py'}:refined_by_big",
+            "--out",
+            str(tmp_path / "ds"),
+            "--quiet",
+        ]
         assert label_main(argv) == 0
         out = capsys.readouterr().out
         calls = sum(f.num_requests for f in fakes.fakes.values())
         assert label_main(argv) == 0
         again = capsys.readouterr().out
         calls_again = sum(f.num_requests for f in fakes.fakes.values()) - calls
-    assert "engine calls: 56 (per input 14)" in out and calls == 56  # 2 + 4 + 8 predictor calls per input
+    assert (
+        "engine calls: 56 (per input 14)" in out and calls == 56
+    )  # 2 + 4 + 8 predictor calls per input
     assert "0 calls made, 56 cached" in again and calls_again == 0
     from aragog_jax.data import load_dataset
     from aragog_jax.space import build_space
@@ -104,7 +150,9 @@ def test_label_runs_the_programs_predictors_on_every_configuration_and_resumes(t
 def test_export_traced_on_a_real_engine_takes_token_counts_from_its_usage(tmp_path, capsys):
     with FakesInThread({"e-small": "small"}) as fakes:
         url = fakes.urls[0][2]
-        code = _export(tmp_path, EXAMPLE_REF, EXAMPLES, "--lm", "openai/small", "--api-base", f"{url}/v1")
+        code = _export(
+            tmp_path, EXAMPLE_REF, EXAMPLES, "--lm", "openai/small", "--api-base", f"{url}/v1"
+        )
         prompts = list(fakes.fakes["e-small"].prompts)
     assert code == 0, capsys.readouterr().err
     wf = load_workflow(tmp_path / "w.toml")
@@ -112,5 +160,7 @@ def test_export_traced_on_a_real_engine_takes_token_counts_from_its_usage(tmp_pa
     assert len(prompts) == 6  # 3 predictor calls x 2 examples, nothing else
     # The fake engine reports len(prompt) // 4 prompt tokens: the counts are its usage, averaged.
     gen = [len(p) // 4 for p in prompts[0::3]]
-    assert wf.stage[0].input_tokens == round(sum(gen) / 2) and all(s.output_tokens > 0 for s in wf.stage)
+    assert wf.stage[0].input_tokens == round(sum(gen) / 2) and all(
+        s.output_tokens > 0 for s in wf.stage
+    )
     assert "Token counts: the LM's reported usage" in (tmp_path / "w.toml").read_text()

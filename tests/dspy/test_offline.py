@@ -14,8 +14,14 @@ GUARD = Path(__file__).with_name("_netguard.py")
 
 
 def _run(code: str, env: dict | None = None) -> tuple[subprocess.CompletedProcess, list[str]]:
-    proc = subprocess.run([sys.executable, str(GUARD), code], capture_output=True, text=True, timeout=240, cwd=ROOT,
-                          env={**os.environ, **(env or {})})  # fmt: skip
+    proc = subprocess.run(
+        [sys.executable, str(GUARD), code],
+        capture_output=True,
+        text=True,
+        timeout=240,
+        cwd=ROOT,
+        env={**os.environ, **(env or {})},
+    )
     attempts = json.loads(proc.stdout.strip().splitlines()[-1])
     return proc, attempts
 
@@ -71,14 +77,23 @@ import dspy
 dspy.LM("openai/gpt-4o-mini").supports_response_schema
 """
     env = {k: v for k, v in os.environ.items() if k != "LITELLM_LOCAL_MODEL_COST_MAP"}
-    proc = subprocess.run([sys.executable, str(GUARD), code], capture_output=True, text=True, timeout=240, cwd=ROOT, env=env)
+    proc = subprocess.run(
+        [sys.executable, str(GUARD), code],
+        capture_output=True,
+        text=True,
+        timeout=240,
+        cwd=ROOT,
+        env=env,
+    )
     attempts = json.loads(proc.stdout.strip().splitlines()[-1])
     assert any("raw.githubusercontent.com" in a for a in attempts), (attempts, proc.stderr[-2000:])
 
 
 def test_import_aragog_jax_and_serve_do_not_load_dspy():
-    code = "import sys, aragog_jax, aragog_jax.serve, aragog_jax.serving, aragog_jax.label; " \
-           "print('LOADED', sorted(m for m in ('dspy', 'litellm') if m in sys.modules))"  # fmt: skip
+    code = (
+        "import sys, aragog_jax, aragog_jax.serve, aragog_jax.serving, aragog_jax.label; "
+        "print('LOADED', sorted(m for m in ('dspy', 'litellm') if m in sys.modules))"
+    )
     proc, attempts = _run(code)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "LOADED []" in proc.stdout and attempts == []

@@ -27,7 +27,9 @@ ALLOWED_PTH = {
 
 
 def _site_dirs() -> list[Path]:
-    dirs = list(site.getsitepackages()) + ([site.getusersitepackages()] if site.ENABLE_USER_SITE else [])
+    dirs = list(site.getsitepackages()) + (
+        [site.getusersitepackages()] if site.ENABLE_USER_SITE else []
+    )
     return sorted({Path(d) for d in dirs if Path(d).is_dir()})
 
 
@@ -38,22 +40,36 @@ def unexpected_pth(dirs: list[Path]) -> list[str]:
 
 def test_no_unexpected_pth_startup_files():
     dirs = _site_dirs()
-    assert Path(metadata.distribution("litellm").locate_file("")).resolve() in {d.resolve() for d in dirs}
+    assert Path(metadata.distribution("litellm").locate_file("")).resolve() in {
+        d.resolve() for d in dirs
+    }
     unexpected = unexpected_pth(dirs)
-    assert not unexpected, f"unexpected .pth start-up files (code that runs at every interpreter start): {unexpected}"
+    assert not unexpected, (
+        f"unexpected .pth start-up files (code that runs at every interpreter start): {unexpected}"
+    )
 
 
 def test_the_scan_catches_the_compromised_releases_start_up_file(tmp_path):
-    for name in ("distutils-precedence.pth", "__editable__.aragog_jax-0.1.0.pth", "litellm_init.pth"):
+    for name in (
+        "distutils-precedence.pth",
+        "__editable__.aragog_jax-0.1.0.pth",
+        "litellm_init.pth",
+    ):
         (tmp_path / name).write_text("import os\n")
     assert unexpected_pth([tmp_path]) == [str(tmp_path / "litellm_init.pth")]
 
 
 def test_litellm_and_dspy_are_the_pinned_releases():
-    extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"][
+        "optional-dependencies"
+    ]
     pins = dict(re.fullmatch(r"([\w-]+)==([\w.]+)", req).groups() for req in extras["dspy"])
     assert set(pins) == {"dspy", "litellm"} and pins["litellm"] not in COMPROMISED_LITELLM
-    assert metadata.version("litellm") == pins["litellm"] and metadata.version("dspy") == pins["dspy"]
+    assert (
+        metadata.version("litellm") == pins["litellm"] and metadata.version("dspy") == pins["dspy"]
+    )
     assert "aragog_jax[dspy]" in extras["test"]  # CI installs (and so runs) what this pins
     files = [str(f) for f in metadata.distribution("litellm").files or []]
-    assert not [f for f in files if f.endswith(".pth")], "the installed litellm ships a .pth start-up file"
+    assert not [f for f in files if f.endswith(".pth")], (
+        "the installed litellm ships a .pth start-up file"
+    )

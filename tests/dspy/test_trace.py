@@ -17,8 +17,11 @@ def test_three_stage_program_traces_to_its_dag_with_pass_through_bindings():
     assert [c.stage for c in traced.calls] == ["generate", "critique", "refine"]
     assert [c.upstream for c in traced.calls] == [[], ["generate"], ["generate", "critique"]]
     refine = traced.calls[2].dump()["inputs"]
-    assert refine == {"question": {"input": "question"}, "draft": {"stage": "generate", "field": "draft"},
-                      "issues": {"stage": "critique", "field": "issues"}}  # fmt: skip
+    assert refine == {
+        "question": {"input": "question"},
+        "draft": {"stage": "generate", "field": "draft"},
+        "issues": {"stage": "critique", "field": "issues"},
+    }
     assert traced.calls[1].output_fields == ["issues", "confident"]
     # Estimated tokens: the rendered prompt, plus each upstream output at its estimate.
     gen, crit, ref = traced.calls
@@ -35,13 +38,18 @@ def test_formatted_text_becomes_a_template_and_fans_in():
     b = rewrite.inputs["context"]
     assert b.kind == "template" and b.parts == ("Draft: ", "\nNotes: ", "\n(be brief)")
     assert [s.label() for s in b.slots] == ["draft.draft", "review.notes"]
-    assert b.resolve({"question": "q"}, {"draft": {"draft": "D"}, "review": {"notes": "N"}}) == "Draft: D\nNotes: N\n(be brief)"
+    assert (
+        b.resolve({"question": "q"}, {"draft": {"draft": "D"}, "review": {"notes": "N"}})
+        == "Draft: D\nNotes: N\n(be brief)"
+    )
 
 
 def test_repeated_chain_of_thought_calls_are_numbered_stages_with_constants():
     traced = trace_program(TwiceWithCoT(), [SHORT, LONG])
     assert [(c.stage, c.predictor, c.occurrence) for c in traced.calls] == [
-        ("rewrite", "rewrite.predict", 0), ("rewrite_2", "rewrite.predict", 1)]  # fmt: skip
+        ("rewrite", "rewrite.predict", 0),
+        ("rewrite_2", "rewrite.predict", 1),
+    ]
     first, second = traced.calls
     assert first.inputs["context"].kind == "const" and first.inputs["context"].value == "none"
     assert second.inputs["context"].dump() == {"stage": "rewrite", "field": "answer"}
@@ -49,26 +57,38 @@ def test_repeated_chain_of_thought_calls_are_numbered_stages_with_constants():
 
 
 def test_input_dependent_branch_is_refused_naming_the_predictor():
-    with pytest.raises(ProgramTraceError, match=r"traces diverged after predictor 'draft' \(call 1\): call 2 runs predictor "
-                       r"'rewrite' on example 1 but predictor 'review' on example 2"):  # fmt: skip
+    with pytest.raises(
+        ProgramTraceError,
+        match=r"traces diverged after predictor 'draft' \(call 1\): call 2 runs predictor "
+        r"'rewrite' on example 1 but predictor 'review' on example 2",
+    ):
         trace_program(Branchy(), [SHORT, LONG])
 
 
 def test_branch_on_an_lm_output_is_refused_when_the_examples_differ():
     # The placeholder LM's bool outputs depend on the example: one of these pairs differs.
-    with pytest.raises(ProgramTraceError, match=r"diverged after predictor 'review' \(call 2\): example \d goes on to predictor 'rewrite' \(call 3\)"):
+    with pytest.raises(
+        ProgramTraceError,
+        match=r"diverged after predictor 'review' \(call 2\): example \d goes on to predictor 'rewrite' \(call 3\)",
+    ):
         for other in ("a", "b", "c", "d", "e", "f"):
             trace_program(TrustsItself(), [SHORT, other])
 
 
 def test_a_transformed_upstream_value_is_refused_naming_predictor_and_field():
-    with pytest.raises(ProgramTraceError, match=r"predictor 'rewrite' \(stage 'rewrite'\): input field 'context' is computed"):
+    with pytest.raises(
+        ProgramTraceError,
+        match=r"predictor 'rewrite' \(stage 'rewrite'\): input field 'context' is computed",
+    ):
         trace_program(Shouty(), [SHORT, LONG])
 
 
 def test_one_example_traces_with_a_note():
     traced = trace_program(Branchy(), [SHORT])
-    assert [c.stage for c in traced.calls] == ["draft", "rewrite"] and "one example" in traced.notes[0]
+    assert [c.stage for c in traced.calls] == [
+        "draft",
+        "rewrite",
+    ] and "one example" in traced.notes[0]
 
 
 @pytest.mark.parametrize(
@@ -121,9 +141,13 @@ def test_serving_keeps_no_dspy_trace_or_history(tmp_path):
 
     class Client:
         async def chat(self, prompt, *, max_tokens, seed=0, timeout_s=None):
-            return ChatResult(fake.text_for("\n".join(m["content"] for m in prompt)), 5, 5, "stop", None)
+            return ChatResult(
+                fake.text_for("\n".join(m["content"] for m in prompt)), 5, 5, "stop", None
+            )
 
     before = len(dspy.settings.trace)
-    out = asyncio.run(stages.run("generate", "small", LM("small", Client(), 32, 0, None), StageState("q", {}, "")))
+    out = asyncio.run(
+        stages.run("generate", "small", LM("small", Client(), 32, 0, None), StageState("q", {}, ""))
+    )
     assert out.startswith("small-") and out.endswith("-draft")
     assert len(dspy.settings.trace) == before and not program.generate.history

@@ -24,14 +24,19 @@ def _setup(seed, num_req, num_cfg, head="dense", dim=16, hidden=(8, 8), num_stag
     cfg = RouterModelConfig(dim, num_cfg, hidden, head, num_stages, num_models)
     params = init_params(cfg, key)
     # give biases and the head some spread so masks are mixed
-    params = jax.tree.map(lambda a: a + 0.1 * jax.random.normal(jax.random.PRNGKey(seed + 1), a.shape, jnp.float32), params)
+    params = jax.tree.map(
+        lambda a: a + 0.1 * jax.random.normal(jax.random.PRNGKey(seed + 1), a.shape, jnp.float32),
+        params,
+    )
     rng = np.random.default_rng(seed)
     feats = rng.normal(size=(num_req, dim)).astype(np.float32)
     configs = rng.integers(0, num_models, size=(num_cfg, num_stages)).astype(np.int32)
     return params, feats, configs
 
 
-def _margin_thresholds(logits64: np.ndarray, rng: np.random.Generator, margin: float = 1e-3) -> np.ndarray:
+def _margin_thresholds(
+    logits64: np.ndarray, rng: np.random.Generator, margin: float = 1e-3
+) -> np.ndarray:
     """Per-column thresholds at least ``margin`` away from every logit (float32/64 rounding cannot flip a bit)."""
     thr = np.empty(logits64.shape[1], np.float32)
     for c in range(logits64.shape[1]):
@@ -54,12 +59,18 @@ def test_route_matches_twin_exactly(ref, head, num_req, num_cfg):
     thr = _margin_thresholds(logits64, rng)
     always = np.zeros(num_cfg, bool)
     always[-1] = True
-    mask, prob = jax.jit(K.route)(params, jnp.asarray(feats), jnp.asarray(thr), jnp.asarray(always), cfg_arg)
-    mask_ref, prob_ref = ref.route(params, feats, thr, always, configs if head == "factorised" else None)
+    mask, prob = jax.jit(K.route)(
+        params, jnp.asarray(feats), jnp.asarray(thr), jnp.asarray(always), cfg_arg
+    )
+    mask_ref, prob_ref = ref.route(
+        params, feats, thr, always, configs if head == "factorised" else None
+    )
     assert mask.dtype == jnp.bool_ and mask.shape == (num_req, num_cfg)
     np.testing.assert_array_equal(np.asarray(mask), mask_ref)
     np.testing.assert_allclose(np.asarray(prob), prob_ref, rtol=0, atol=1e-5)
-    assert mask_ref.any() and (num_cfg == 1 or not mask_ref.all()), "instance should mix admitted and rejected"
+    assert mask_ref.any() and (num_cfg == 1 or not mask_ref.all()), (
+        "instance should mix admitted and rejected"
+    )
 
 
 def test_route_eager_matches_jit_and_annotations_hold():
@@ -96,10 +107,17 @@ def test_route_chunk_equals_slice_of_route(ref, head):
     chunk_fn = jax.jit(K.route_chunk, static_argnums=(5,))
     for start in (0, 16, 65):
         m, p = chunk_fn(params["head"], hidden, thr, always, jnp.int32(start), 16, cfg_arg)
-        np.testing.assert_allclose(np.asarray(p), np.asarray(full_prob)[:, start : start + 16], atol=1e-6)
+        np.testing.assert_allclose(
+            np.asarray(p), np.asarray(full_prob)[:, start : start + 16], atol=1e-6
+        )
         np.testing.assert_array_equal(np.asarray(m), np.asarray(full_mask)[:, start : start + 16])
         m_ref, p_ref = ref.route_chunk(
-            params["head"], np.asarray(hidden), np.asarray(thr), np.asarray(always), start, 16,
+            params["head"],
+            np.asarray(hidden),
+            np.asarray(thr),
+            np.asarray(always),
+            start,
+            16,
             configs if head == "factorised" else None,
         )
         np.testing.assert_allclose(np.asarray(p), p_ref, atol=1e-5)
@@ -117,14 +135,18 @@ def test_dominance_complete_twin(ref, workflow):
     mask = rng.random((7, num_c)) < 0.15
     evaluated = np.zeros(num_c, bool)
     evaluated[: num_c // 3] = True
-    got = np.asarray(K.dominance_complete(jnp.asarray(mask), jnp.asarray(evaluated), jnp.asarray(dom)))
+    got = np.asarray(
+        K.dominance_complete(jnp.asarray(mask), jnp.asarray(evaluated), jnp.asarray(dom))
+    )
     want = ref.dominance_complete(mask, evaluated, dom)
     np.testing.assert_array_equal(got, want)
     # evaluated bits are kept as they are; an unevaluated admission is justified by dominance
     np.testing.assert_array_equal(got[:, evaluated], mask[:, evaluated])
     assert got[:, ~evaluated].any()
     # nothing evaluated and admitted -> nothing unevaluated admitted
-    none = np.asarray(K.dominance_complete(jnp.zeros_like(mask), jnp.asarray(evaluated), jnp.asarray(dom)))
+    none = np.asarray(
+        K.dominance_complete(jnp.zeros_like(mask), jnp.asarray(evaluated), jnp.asarray(dom))
+    )
     assert not none.any()
 
 
@@ -145,7 +167,9 @@ def test_padding_rows_never_change_real_rows(head):
     fn = jax.jit(K.route)
     real = feats[:10]
     a = np.concatenate([real, np.zeros((54, 16), np.float32)])
-    b = np.concatenate([real, np.random.default_rng(9).normal(size=(54, 16)).astype(np.float32) * 100])
+    b = np.concatenate(
+        [real, np.random.default_rng(9).normal(size=(54, 16)).astype(np.float32) * 100]
+    )
     ma, pa = fn(params, jnp.asarray(a), thr, always, cfg_arg)
     mb, pb = fn(params, jnp.asarray(b), thr, always, cfg_arg)
     np.testing.assert_array_equal(np.asarray(ma)[:10], np.asarray(mb)[:10])

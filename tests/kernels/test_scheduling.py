@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from aragog_jax.scheduler import COMPILED, RoundArrays
-from aragog_jax.scheduler._round import twin_round
 from aragog_jax.scheduler._random import random_round
+from aragog_jax.scheduler._round import twin_round
 
 # (items, configurations, engines, beam): a grid of sizes, each with a few seeds.
 GRID = list(itertools.product((1, 6, 23), (4, 27, 100), (1, 3, 9), (1, 2, 4, 8)))
@@ -23,7 +23,9 @@ def _instance(seed: int, num_items: int, num_configs: int, num_engines: int, **k
     kw.setdefault("cfg_bucket", 128)
     kw.setdefault("slot_bucket", 128)
     kw.setdefault("blocked_share", float(rng.choice([0.0, 0.0, 0.7])))
-    arrays, _ = random_round(rng, num_items=num_items, num_configs=num_configs, num_engines=num_engines, **kw)
+    arrays, _ = random_round(
+        rng, num_items=num_items, num_configs=num_configs, num_engines=num_engines, **kw
+    )
     return arrays
 
 
@@ -44,7 +46,9 @@ def test_kernels_equal_twins(num_items, num_configs, num_engines, beam):
         np.testing.assert_array_equal(scores.kept, twin_scores.kept)
         np.testing.assert_array_equal(scores.num_viable, twin_scores.num_viable)
         np.testing.assert_array_equal(scores.allowed, twin_scores.allowed)
-        np.testing.assert_allclose(np.asarray(scores.share), twin_scores.share, rtol=1e-6)  # float32 vs float64
+        np.testing.assert_allclose(
+            np.asarray(scores.share), twin_scores.share, rtol=1e-6
+        )  # float32 vs float64
         np.testing.assert_array_equal(result.engine, twin.engine)
         assert int(result.utility) == int(twin.utility)
         assert int(result.flex) == int(twin.flex)
@@ -62,7 +66,13 @@ def test_beam_never_worse_than_greedy(num_items, num_configs, num_engines, beam)
 @pytest.mark.parametrize("seed", range(40))
 def test_beam_never_better_than_brute_force(seed):
     rng = np.random.default_rng(seed)
-    arrays = _instance(seed, int(rng.integers(1, 6)), 12, int(rng.integers(1, 4)), total_free=int(rng.integers(1, 6)))
+    arrays = _instance(
+        seed,
+        int(rng.integers(1, 6)),
+        12,
+        int(rng.integers(1, 4)),
+        total_free=int(rng.integers(1, 6)),
+    )
     _, beam = COMPILED(arrays, 4)
     brute = _brute(arrays)
     assert (int(beam.utility), int(beam.flex)) <= (int(brute.utility), int(brute.flex))
@@ -84,7 +94,9 @@ def _check_fifo(arrays: RoundArrays, engine: np.ndarray) -> None:
     its earlier items in this round (joint consistency); slots only shrink during a
     round, so a free slot at the end was free when the item was considered.
     """
-    left = arrays.free_slots.astype(np.int64) - np.bincount(engine[engine >= 0], minlength=len(arrays.free_slots))
+    left = arrays.free_slots.astype(np.int64) - np.bincount(
+        engine[engine >= 0], minlength=len(arrays.free_slots)
+    )
     assert (left >= 0).all()
     mask = None
     prev = None
@@ -94,7 +106,9 @@ def _check_fifo(arrays: RoundArrays, engine: np.ndarray) -> None:
         models = {int(m) for m in np.unique(arrays.item_cfg_model[i][mask])}
         allowed = [e for e, m in enumerate(arrays.engine_model) if int(m) in models]
         if engine[i] < 0:
-            assert all(left[e] == 0 for e in allowed), f"item {i} skipped with a free allowed engine"
+            assert all(left[e] == 0 for e in allowed), (
+                f"item {i} skipped with a free allowed engine"
+            )
         else:
             assert engine[i] in allowed, f"item {i} assigned to an engine its request cannot use"
             mask &= arrays.item_cfg_model[i] == arrays.engine_model[engine[i]]
@@ -122,7 +136,9 @@ def test_padding_rows_never_change_real_rows():
     # Junk in padding rows is ignored too.
     junk = RoundArrays(
         item_viable=np.where(padded.item_valid[:, None], padded.item_viable, True),
-        item_cfg_model=np.where(padded.item_valid[:, None], padded.item_cfg_model, 0).astype(padded.item_cfg_model.dtype),
+        item_cfg_model=np.where(padded.item_valid[:, None], padded.item_cfg_model, 0).astype(
+            padded.item_cfg_model.dtype
+        ),
         item_req=padded.item_req,
         item_valid=padded.item_valid,
         engine_model=padded.engine_model,

@@ -7,7 +7,13 @@ import math
 import pytest
 
 from aragog_jax.errors import SpecError
-from aragog_jax.perf import curve_tokens_per_s, decode_iteration_s, iteration_s, prefill_s, steady_tokens_per_s
+from aragog_jax.perf import (
+    curve_tokens_per_s,
+    decode_iteration_s,
+    iteration_s,
+    prefill_s,
+    steady_tokens_per_s,
+)
 from aragog_jax.perf.derive import (
     FIT_FIELDS,
     Assumptions,
@@ -149,18 +155,29 @@ def test_fit_beats_the_documented_round_efficiencies(catalog):
     assert fit.assumptions != Assumptions()
     untouched = {f for f in Assumptions.__dataclass_fields__ if f not in FIT_FIELDS}
     assert all(getattr(fit.assumptions, f) == getattr(Assumptions(), f) for f in untouched)
-    assert all(0 < getattr(fit.assumptions, f) <= 1.0 for f in FIT_FIELDS if "efficiency" in f or f.startswith("mfu"))
+    assert all(
+        0 < getattr(fit.assumptions, f) <= 1.0
+        for f in FIT_FIELDS
+        if "efficiency" in f or f.startswith("mfu")
+    )
 
 
 def test_predict_point_by_hand(catalog):
     """An FP8 max-load point: 1-byte weights and KV, FP8 peak FLOPs, KV-limited concurrency."""
     m = _model(catalog, "Llama-3.1-8B-Instruct")
-    pt = PublishedPoint(m.name, 1, "fp8", 1000, 1000, 2048, 0.9, "output_tokens_per_s", 15220.0, "x")
+    pt = PublishedPoint(
+        m.name, 1, "fp8", 1000, 1000, 2048, 0.9, "output_tokens_per_s", 15220.0, "x"
+    )
     a = Assumptions()
     kv = (80e9 * 0.9 - 8_030_261_248) // (131_072 // 2)
     c = int(kv // 2000)
     bw = 3.35e12 * 0.8
-    t_iter = 1e-3 + 8_030_261_248 / bw + c * (10e-6 + 2 * 8_030_261_248 / (1979e12 * 0.5)) + c * 1500 * (131_072 / 2) / bw
+    t_iter = (
+        1e-3
+        + 8_030_261_248 / bw
+        + c * (10e-6 + 2 * 8_030_261_248 / (1979e12 * 0.5))
+        + c * 1500 * (131_072 / 2) / bw
+    )
     prefill = 1979e12 * 0.5 / (2 * 8_030_261_248)
     want = c * 1000 / (1000 * t_iter + c * 1000 / prefill)
     assert predict_point(pt, m, Hardware(), a) == pytest.approx(want, rel=1e-6)
@@ -168,7 +185,8 @@ def test_predict_point_by_hand(catalog):
 
 def test_published_points_errors_name_the_field(tmp_path):
     base = (
-        '[sources]\nx = "somewhere"\n[[point]]\nmodel = "Llama-3.1-8B-Instruct"\ntensor_parallel = 1\nprecision = "fp8"\n'
+        '[sources]\nx = "somewhere"\n[[point]]\nmodel = "Llama-3.1-8B-Instruct"\ntensor_parallel = '
+        '1\nprecision = "fp8"\n'
         'input_tokens = 1\noutput_tokens = 1\nmax_batch = 8\nkv_memory_fraction = 0.9\nmetric = "output_tokens_per_s"\n'
         'value = 10.0\nsource = "x"\n'
     )

@@ -3,7 +3,14 @@
 from __future__ import annotations
 
 from aragog_jax.perf.derive import ENGINES_DIR, SHIPPED, load_published_points, shipped_profiles
-from aragog_jax.spec import PROFILES_DIR, family_pool, load_fleet, load_profile, resolve, shipped_workflows
+from aragog_jax.spec import (
+    PROFILES_DIR,
+    family_pool,
+    load_fleet,
+    load_profile,
+    resolve,
+    shipped_workflows,
+)
 
 
 def test_shipped_profiles_match_the_formula():
@@ -12,7 +19,9 @@ def test_shipped_profiles_match_the_formula():
     on_disk = {p.name for p in ENGINES_DIR.glob("*.toml")}
     assert set(files) <= on_disk
     for name, text in files.items():
-        assert (ENGINES_DIR / name).read_text() == text, f"{name} is stale: run python -m aragog_jax.perf.derive"
+        assert (ENGINES_DIR / name).read_text() == text, (
+            f"{name} is stale: run python -m aragog_jax.perf.derive"
+        )
 
 
 def test_shipped_profiles_load_and_are_labelled_fitted_or_derived():

@@ -7,7 +7,14 @@ import pytest
 from scipy.stats import beta, binom
 
 from aragog_jax.errors import CheckpointError
-from aragog_jax.router import HashedNgramFeaturizer, Router, admitted_masks, calibrate, clopper_pearson_upper, fit_router
+from aragog_jax.router import (
+    HashedNgramFeaturizer,
+    Router,
+    admitted_masks,
+    calibrate,
+    clopper_pearson_upper,
+    fit_router,
+)
 from aragog_jax.router._calibrate import config_bounds, policy_losses, routing_report
 
 from .conftest import make_dataset, small_config
@@ -69,8 +76,13 @@ def test_policy_level_controls_cheapest_and_any():
         cal = calibrate(logits, labels, c_max=11, epsilon=0.03, confidence=0.9, guarantee=guarantee)
         assert cal.policy_bound is not None and cal.policy_bound <= 0.03
         assert cal.num_policy_inputs == 2400
-        assert 0 < cal.level <= 0.03 and np.all(cal.config_bound[np.isfinite(cal.thresholds)] <= cal.level)
-        assert np.all(cal.thresholds[np.isfinite(cal.thresholds)] >= cal.base_thresholds[np.isfinite(cal.thresholds)])
+        assert 0 < cal.level <= 0.03 and np.all(
+            cal.config_bound[np.isfinite(cal.thresholds)] <= cal.level
+        )
+        assert np.all(
+            cal.thresholds[np.isfinite(cal.thresholds)]
+            >= cal.base_thresholds[np.isfinite(cal.thresholds)]
+        )
         # fresh data from the same distribution
         lt, yt = _synthetic(20000, 12, 3, noise=3.0)
         loss = policy_losses(admitted_masks(lt, cal.thresholds, 11), yt, guarantee).mean()
@@ -105,7 +117,10 @@ def test_guarantee_holds_on_held_out_data_from_another_generator_seed():
     eps = 0.05
     space, ds = make_dataset(num_inputs=8000, seed=0)
     res = fit_router(
-        ds, space, HashedNgramFeaturizer(dim=512), small_config(hidden=(32,), max_epochs=8, epsilon=eps, confidence=0.99, sweep=()),
+        ds,
+        space,
+        HashedNgramFeaturizer(dim=512),
+        small_config(hidden=(32,), max_epochs=8, epsilon=eps, confidence=0.99, sweep=()),
         progress=False,
     )
     cal = res.calibration

@@ -43,10 +43,22 @@ def _set(i: int, value: float):
 DAMAGE = {
     "truncated": ("truncate", r"truncated or corrupt \.npz archive: BadZipFile"),
     "text": ("text", r"not a \.npz \(zip\) archive \(it starts with b'rout'\)"),
-    "bias_shape": (("hidden/0/b", lambda a: np.zeros(a.shape[0] + 3, a.dtype)), r"array hidden/0/b has shape \(19,\), expected \(16,\)"),
-    "weight_shape": (("hidden/1/w", lambda a: a[:, :-1]), r"array hidden/1/w has shape \(16, 15\), expected \(16, 16\)"),
-    "nan_threshold": (("thresholds", _set(2, np.nan)), r"thresholds hold 1 invalid values \(NaN, or -inf before c_max\) at configurations \[2\]"),
-    "neginf_threshold": (("thresholds", _set(0, -np.inf)), r"invalid values .* at configurations \[0\]"),
+    "bias_shape": (
+        ("hidden/0/b", lambda a: np.zeros(a.shape[0] + 3, a.dtype)),
+        r"array hidden/0/b has shape \(19,\), expected \(16,\)",
+    ),
+    "weight_shape": (
+        ("hidden/1/w", lambda a: a[:, :-1]),
+        r"array hidden/1/w has shape \(16, 15\), expected \(16, 16\)",
+    ),
+    "nan_threshold": (
+        ("thresholds", _set(2, np.nan)),
+        r"thresholds hold 1 invalid values \(NaN, or -inf before c_max\) at configurations \[2\]",
+    ),
+    "neginf_threshold": (
+        ("thresholds", _set(0, -np.inf)),
+        r"invalid values .* at configurations \[0\]",
+    ),
     "nan_weight": (("head/w", _set(0, np.nan)), r"array head/w holds 27 NaN or infinite values"),
     "missing_bias": (("head/b", None), r"parameters are missing head/b"),
     "missing_thresholds": (("thresholds", None), r"array thresholds is missing"),
@@ -97,7 +109,21 @@ def test_cli_tools_exit_2_on_a_damaged_checkpoint(tiny, tmp_path, capsys, name):
     bad = _damaged(tmp_path, ckpt, name)
     inp = tmp_path / "in.jsonl"
     inp.write_text(json.dumps({"id": 1, "text": ds.texts[0]}) + "\n")
-    assert run_cli(route_cli.main, ["--router", str(bad), "--input", str(inp), "--output", str(tmp_path / "o.jsonl"), "--quiet"]) == 2
+    assert (
+        run_cli(
+            route_cli.main,
+            [
+                "--router",
+                str(bad),
+                "--input",
+                str(inp),
+                "--output",
+                str(tmp_path / "o.jsonl"),
+                "--quiet",
+            ],
+        )
+        == 2
+    )
     assert re.search(DAMAGE[name][1], _one_error_line(capsys, bad))
     assert run_cli(train_cli.main, ["--evaluate", str(bad), "--dataset", str(ds_dir)]) == 2
     _one_error_line(capsys, bad)

@@ -18,15 +18,37 @@ def test_train_cli_writes_checkpoint_report_and_plot(tiny, tmp_path, capsys):
     out = tmp_path / "r" / "ck.npz"
     code = run_cli(
         train_cli.main,
-        ["--workflow", "self_refine_humaneval", "--dataset", str(ds_dir), "--out", str(out), "--hidden", "8",
-         "--feature-dim", "128", "--max-epochs", "2", "--epsilon", "0.1", "--sweep", "0.1", "--quiet"],
+        [
+            "--workflow",
+            "self_refine_humaneval",
+            "--dataset",
+            str(ds_dir),
+            "--out",
+            str(out),
+            "--hidden",
+            "8",
+            "--feature-dim",
+            "128",
+            "--max-epochs",
+            "2",
+            "--epsilon",
+            "0.1",
+            "--sweep",
+            "0.1",
+            "--quiet",
+        ],
     )
     assert code == 0
     printed = capsys.readouterr().out
     assert "flexibility kept" in printed and "accuracy vs c_max" in printed
     report = json.loads((tmp_path / "r" / "ck.report.json").read_text())
     assert report["workflow"] == "self_refine_humaneval" and report["family"] == "qwen"
-    assert {"delta_cheapest_points", "delta_random_points", "flexibility_kept", "admitted_mean"} <= set(report["test"])
+    assert {
+        "delta_cheapest_points",
+        "delta_random_points",
+        "flexibility_kept",
+        "admitted_mean",
+    } <= set(report["test"])
     assert report["epsilon_sweep"][0]["epsilon"] == 0.1
     assert (tmp_path / "r" / "ck.sweep.png").stat().st_size > 1000
     ck = load_checkpoint(out)
@@ -35,10 +57,17 @@ def test_train_cli_writes_checkpoint_report_and_plot(tiny, tmp_path, capsys):
 
 def test_train_cli_evaluate_mode(tiny, capsys):
     _, _, ds_dir, ckpt, res = tiny
-    assert run_cli(train_cli.main, ["--evaluate", str(ckpt), "--dataset", str(ds_dir), "--split", "test"]) == 0
+    assert (
+        run_cli(
+            train_cli.main, ["--evaluate", str(ckpt), "--dataset", str(ds_dir), "--split", "test"]
+        )
+        == 0
+    )
     report = json.loads(capsys.readouterr().out)
     assert report["num_inputs"] == res.report["test"]["num_inputs"]
-    assert report["flexibility_kept"] == pytest.approx(res.report["test"]["flexibility_kept"], abs=1e-3)
+    assert report["flexibility_kept"] == pytest.approx(
+        res.report["test"]["flexibility_kept"], abs=1e-3
+    )
     assert run_cli(train_cli.main, ["--dataset", str(ds_dir)]) == 2
     assert "training needs --workflow and --out" in capsys.readouterr().err
 
@@ -53,9 +82,21 @@ def test_train_cli_evaluate_mode(tiny, capsys):
 )
 def test_train_cli_user_errors_exit_2(tiny, tmp_path, capsys, args, message):
     _, _, ds_dir, _, _ = tiny
-    base = {"--workflow": "self_refine_humaneval", "--dataset": str(ds_dir), "--out": str(tmp_path / "x.npz")}
+    base = {
+        "--workflow": "self_refine_humaneval",
+        "--dataset": str(ds_dir),
+        "--out": str(tmp_path / "x.npz"),
+    }
     base.update(dict(zip(args[::2], args[1::2], strict=True)))
-    argv = [a for kv in base.items() for a in kv] + ["--hidden", "4", "--max-epochs", "1", "--feature-dim", "64", "--quiet"]
+    argv = [a for kv in base.items() for a in kv] + [
+        "--hidden",
+        "4",
+        "--max-epochs",
+        "1",
+        "--feature-dim",
+        "64",
+        "--quiet",
+    ]
     assert run_cli(train_cli.main, argv) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and message in err and err.count("\n") == 1
@@ -82,7 +123,20 @@ def test_route_cli_outputs_errors_and_exit_status(tiny, tmp_path, capsys):
     texts = ds.texts[:30]
     inp = _write_input(tmp_path / "in.jsonl", texts)
     out = tmp_path / "out.jsonl"
-    code = run_cli(route_cli.main, ["--router", str(ckpt), "--input", str(inp), "--output", str(out), "--chunk-size", "8", "--quiet"])
+    code = run_cli(
+        route_cli.main,
+        [
+            "--router",
+            str(ckpt),
+            "--input",
+            str(inp),
+            "--output",
+            str(out),
+            "--chunk-size",
+            "8",
+            "--quiet",
+        ],
+    )
     assert code == 1
     err = capsys.readouterr().err
     assert "routed 30 rows" in err and "rows/s" in err and "3 malformed input lines" in err
@@ -94,14 +148,34 @@ def test_route_cli_outputs_errors_and_exit_status(tiny, tmp_path, capsys):
         assert r["admitted"][-1] == space.c_max
     errors = _rows(tmp_path / "out.errors.jsonl")
     assert [e["line"] for e in errors] == [5, 6, 8]
-    assert "bad JSON" in errors[0]["reason"] and "text" in errors[1]["reason"] and "$.id" in errors[2]["reason"]
+    assert (
+        "bad JSON" in errors[0]["reason"]
+        and "text" in errors[1]["reason"]
+        and "$.id" in errors[2]["reason"]
+    )
 
 
 def test_route_cli_models_format(tiny, tmp_path):
     space, ds, _, ckpt, _ = tiny
     inp = _write_input(tmp_path / "in.jsonl", ds.texts[:3], bad=False)
     out = tmp_path / "o.jsonl"
-    assert run_cli(route_cli.main, ["--router", str(ckpt), "--input", str(inp), "--output", str(out), "--admitted", "models", "--quiet"]) == 0
+    assert (
+        run_cli(
+            route_cli.main,
+            [
+                "--router",
+                str(ckpt),
+                "--input",
+                str(inp),
+                "--output",
+                str(out),
+                "--admitted",
+                "models",
+                "--quiet",
+            ],
+        )
+        == 0
+    )
     rows = _rows(out)
     assert rows[0]["admitted"][-1] == space.config_to_models(space.c_max)
 
@@ -133,7 +207,9 @@ def test_route_cli_resumes_without_duplicates_or_losses(tiny, tmp_path, monkeypa
         f.write(b'{"id": "q99", "num_adm')
     assert run_cli(route_cli.main, argv + ["--output", str(out)]) == 1
     assert out.read_bytes() == ref.read_bytes()
-    assert (tmp_path / "out.errors.jsonl").read_bytes() == (tmp_path / "ref.errors.jsonl").read_bytes()
+    assert (tmp_path / "out.errors.jsonl").read_bytes() == (
+        tmp_path / "ref.errors.jsonl"
+    ).read_bytes()
     # a finished job run again does nothing and keeps its status
     assert run_cli(route_cli.main, argv + ["--output", str(out)]) == 1
     assert out.read_bytes() == ref.read_bytes()
@@ -142,13 +218,46 @@ def test_route_cli_resumes_without_duplicates_or_losses(tiny, tmp_path, monkeypa
 def test_route_cli_user_errors_exit_2(tiny, tmp_path, capsys):
     _, ds, _, ckpt, _ = tiny
     inp = _write_input(tmp_path / "in.jsonl", ds.texts[:2], bad=False)
-    assert run_cli(route_cli.main, ["--router", str(tmp_path / "nope.npz"), "--input", str(inp), "--output", str(tmp_path / "o.jsonl")]) == 2
+    assert (
+        run_cli(
+            route_cli.main,
+            [
+                "--router",
+                str(tmp_path / "nope.npz"),
+                "--input",
+                str(inp),
+                "--output",
+                str(tmp_path / "o.jsonl"),
+            ],
+        )
+        == 2
+    )
     assert "no such router checkpoint" in capsys.readouterr().err
-    assert run_cli(route_cli.main, ["--router", str(ckpt), "--input", str(inp), "--output", str(tmp_path / "o.jsonl"), "--family", "llama"]) == 2
+    assert (
+        run_cli(
+            route_cli.main,
+            [
+                "--router",
+                str(ckpt),
+                "--input",
+                str(inp),
+                "--output",
+                str(tmp_path / "o.jsonl"),
+                "--family",
+                "llama",
+            ],
+        )
+        == 2
+    )
     assert "different configuration space" in capsys.readouterr().err
     existing = tmp_path / "existing.jsonl"
     existing.write_text('{"id": 1}\n')
-    assert run_cli(route_cli.main, ["--router", str(ckpt), "--input", str(inp), "--output", str(existing)]) == 2
+    assert (
+        run_cli(
+            route_cli.main, ["--router", str(ckpt), "--input", str(inp), "--output", str(existing)]
+        )
+        == 2
+    )
     assert "cannot resume safely" in capsys.readouterr().err
 
 
@@ -159,9 +268,25 @@ def test_route_cli_parquet_in_and_out_with_resume(tiny, tmp_path, monkeypatch, c
     texts = list(ds.texts[:40])
     col = [t if i not in (3, 17) else None for i, t in enumerate(texts)]  # two null texts
     inp = tmp_path / "in.parquet"
-    pq.write_table(pa.table({"id": pa.array([f"q{i}" for i in range(40)]), "text": pa.array(col, pa.string())}), inp, row_group_size=9)
+    pq.write_table(
+        pa.table(
+            {"id": pa.array([f"q{i}" for i in range(40)]), "text": pa.array(col, pa.string())}
+        ),
+        inp,
+        row_group_size=9,
+    )
     out = tmp_path / "out.parquet"
-    argv = ["--router", str(ckpt), "--input", str(inp), "--output", str(out), "--chunk-size", "8", "--quiet"]
+    argv = [
+        "--router",
+        str(ckpt),
+        "--input",
+        str(inp),
+        "--output",
+        str(out),
+        "--chunk-size",
+        "8",
+        "--quiet",
+    ]
 
     real_commit = route_cli._commit
     calls = {"n": 0}
@@ -175,7 +300,9 @@ def test_route_cli_parquet_in_and_out_with_resume(tiny, tmp_path, monkeypatch, c
     monkeypatch.setattr(route_cli, "_commit", flaky_commit)
     assert run_cli(route_cli.main, argv) == 130
     monkeypatch.setattr(route_cli, "_commit", real_commit)
-    (out / "part-00099.parquet.tmp").write_bytes(b"torn")  # a part written after the last progress record
+    (out / "part-00099.parquet.tmp").write_bytes(
+        b"torn"
+    )  # a part written after the last progress record
     assert run_cli(route_cli.main, argv) == 1
     assert "2 malformed input lines" in capsys.readouterr().err
     table = pq.read_table(out)  # the directory reads as one dataset
@@ -190,10 +317,22 @@ def test_route_cli_parquet_in_and_out_with_resume(tiny, tmp_path, monkeypatch, c
 
     # a Parquet input written to JSONL gives the same rows
     jout = tmp_path / "j.jsonl"
-    assert run_cli(route_cli.main, ["--router", str(ckpt), "--input", str(inp), "--output", str(jout), "--quiet"]) == 1
+    assert (
+        run_cli(
+            route_cli.main,
+            ["--router", str(ckpt), "--input", str(inp), "--output", str(jout), "--quiet"],
+        )
+        == 1
+    )
     assert [r["admitted"] for r in _rows(jout)] == table.column("admitted").to_pylist()
 
     bad = tmp_path / "bad.parquet"
     pq.write_table(pa.table({"id": [1, 2], "text": [1, 2]}), bad)
-    assert run_cli(route_cli.main, ["--router", str(ckpt), "--input", str(bad), "--output", str(tmp_path / "b.jsonl")]) == 2
+    assert (
+        run_cli(
+            route_cli.main,
+            ["--router", str(ckpt), "--input", str(bad), "--output", str(tmp_path / "b.jsonl")],
+        )
+        == 2
+    )
     assert "column 'text' has type int64, expected string" in capsys.readouterr().err

@@ -50,7 +50,10 @@ def reference_features(texts, dim, word_ngrams, char_ngrams, seed=0):
         if 1 in word_ngrams:
             hashes += [_mix(h ^ F._SALT["w1"] ^ seed) for h in wh]
         if 2 in word_ngrams:
-            hashes += [_mix((((_mix(a) * int(F._K_BIGRAM)) & MASK) + b) & MASK ^ F._SALT["w2"] ^ seed) for a, b in zip(wh, wh[1:])]
+            hashes += [
+                _mix((((_mix(a) * int(F._K_BIGRAM)) & MASK) + b) & MASK ^ F._SALT["w2"] ^ seed)
+                for a, b in zip(wh, wh[1:], strict=False)
+            ]
         for n in char_ngrams:
             for i in range(len(buf) - n + 1):
                 g = buf[i : i + n]
@@ -73,7 +76,10 @@ TEXTS = [
 ]
 
 
-@pytest.mark.parametrize("kw", [dict(), dict(word_ngrams=(1, 2), char_ngrams=(3, 5)), dict(word_ngrams=(2,), dim=64, seed=7)])
+@pytest.mark.parametrize(
+    "kw",
+    [dict(), dict(word_ngrams=(1, 2), char_ngrams=(3, 5)), dict(word_ngrams=(2,), dim=64, seed=7)],
+)
 def test_hashed_ngram_matches_reference_loops(kw):
     f = HashedNgramFeaturizer(**kw)
     got = f(TEXTS)
@@ -83,7 +89,9 @@ def test_hashed_ngram_matches_reference_loops(kw):
     norms = np.linalg.norm(got, axis=1)
     np.testing.assert_allclose(norms[[0, 1, 5]], 1.0, rtol=1e-5)
     assert norms[2] == 0.0 and norms[3] == 0.0  # nothing to hash
-    assert norms[4] == pytest.approx(0.0 if f.word_ngrams == (2,) else 1.0, abs=1e-6)  # one word, no bigram
+    assert norms[4] == pytest.approx(
+        0.0 if f.word_ngrams == (2,) else 1.0, abs=1e-6
+    )  # one word, no bigram
 
 
 def test_hashed_ngram_is_deterministic_batch_invariant_and_case_insensitive():
@@ -93,9 +101,13 @@ def test_hashed_ngram_is_deterministic_batch_invariant_and_case_insensitive():
         np.testing.assert_array_equal(f([t])[0], batch[i])
     np.testing.assert_array_equal(f(["Hello World"]), f(["hello world"]))
     assert not np.array_equal(f(["hello world"]), f(["world hello"]))  # bigrams see order
-    assert not np.array_equal(HashedNgramFeaturizer(dim=256, word_ngrams=(1, 2), seed=1)(TEXTS[:1]), batch[:1])
+    assert not np.array_equal(
+        HashedNgramFeaturizer(dim=256, word_ngrams=(1, 2), seed=1)(TEXTS[:1]), batch[:1]
+    )
     uni = HashedNgramFeaturizer(dim=256)
-    np.testing.assert_array_equal(uni(["hello world"]), uni(["world hello"]))  # the default is a bag of words
+    np.testing.assert_array_equal(
+        uni(["hello world"]), uni(["world hello"])
+    )  # the default is a bag of words
     assert f([]).shape == (0, 256)
 
 
@@ -142,7 +154,10 @@ class FakeEmbeddings:
         if self.mode == "error":
             return web.json_response({"error": "boom"}, status=500)
         dim = self.dim + (1 if self.mode == "wrong_dim" else 0)
-        data = [{"index": i, "embedding": self.vector(t, dim), "object": "embedding"} for i, t in enumerate(body["input"])]
+        data = [
+            {"index": i, "embedding": self.vector(t, dim), "object": "embedding"}
+            for i, t in enumerate(body["input"])
+        ]
         data.reverse()  # clients must order by index
         return web.json_response({"object": "list", "data": data, "model": body["model"]})
 
@@ -186,7 +201,13 @@ def test_embeddings_batches_orders_and_normalises(fake, monkeypatch):
     fake.mode = "ok"
     fake.batches.clear()
     monkeypatch.setenv("FAKE_EMB_KEY", "sekrit")
-    f = EmbeddingsFeaturizer(base_url=f"http://127.0.0.1:{fake.port}/v1", model="m", dim=8, batch_size=3, api_key_env="FAKE_EMB_KEY")
+    f = EmbeddingsFeaturizer(
+        base_url=f"http://127.0.0.1:{fake.port}/v1",
+        model="m",
+        dim=8,
+        batch_size=3,
+        api_key_env="FAKE_EMB_KEY",
+    )
     texts = [f"text number {i}" for i in range(8)]
     x = f(texts)
     assert x.shape == (8, 8) and x.dtype == np.float32
@@ -226,7 +247,9 @@ def test_embeddings_session_lives_across_batches_on_one_loop(fake):
     """aembed keeps one session (one connection here) per event loop until aclose; a
     synchronous call opens and closes its own."""
     fake.mode = "ok"
-    f = EmbeddingsFeaturizer(base_url=f"http://127.0.0.1:{fake.port}/v1", model="m", dim=8, max_concurrency=1)
+    f = EmbeddingsFeaturizer(
+        base_url=f"http://127.0.0.1:{fake.port}/v1", model="m", dim=8, max_concurrency=1
+    )
 
     async def three_batches():
         fake.peers.clear()
@@ -263,7 +286,9 @@ def test_serving_awaits_embeddings_on_the_loop_then_routes_the_features(fake):
         return RouteResult(mask, np.zeros(mask.shape, np.float32), 1.0, 0.0)
 
     router = SimpleNamespace(featurizer=feat, route_features=route_features)
-    wf = SimpleNamespace(router=router, servable=np.ones(3, dtype=bool), space=SimpleNamespace(num_configs=3))
+    wf = SimpleNamespace(
+        router=router, servable=np.ones(3, dtype=bool), space=SimpleNamespace(num_configs=3)
+    )
     worker = RouterWorker(wf)
     assert worker.in_thread
 
@@ -275,6 +300,10 @@ def test_serving_awaits_embeddings_on_the_loop_then_routes_the_features(fake):
         return routed, session
 
     routed, session = asyncio.run(go())
-    assert [r.num_admitted for r in routed] == [1] * 4 and all(r.router == "trained" for r in routed)
-    assert sum(n for n, _ in seen) == 4 and all(on_main for _, on_main in seen)  # on the loop's thread
+    assert [r.num_admitted for r in routed] == [1] * 4 and all(
+        r.router == "trained" for r in routed
+    )
+    assert sum(n for n, _ in seen) == 4 and all(
+        on_main for _, on_main in seen
+    )  # on the loop's thread
     assert len(set(fake.peers)) == 1 and session.closed

@@ -28,7 +28,9 @@ def test_second_call_of_each_bucket_does_not_trace(tiny):
         router.route_texts(ds.texts[:n])
         router.route_texts(ds.texts[:n])
     assert router.num_traces == len(BUCKETS)
-    router.set_thresholds(np.zeros(space.num_configs, np.float32))  # new thresholds: arguments, no retrace
+    router.set_thresholds(
+        np.zeros(space.num_configs, np.float32)
+    )  # new thresholds: arguments, no retrace
     router.route_texts(ds.texts[:5])
     assert router.num_traces == len(BUCKETS)
 
@@ -113,7 +115,9 @@ def test_checkpoint_round_trip(tiny, tmp_path):
 
 def test_loading_against_another_space_says_so(tiny):
     _, _, _, ckpt, _ = tiny
-    with pytest.raises(CheckpointError, match="workflow 'self_refine_humaneval', not 'self_refine_squad'"):
+    with pytest.raises(
+        CheckpointError, match="workflow 'self_refine_humaneval', not 'self_refine_squad'"
+    ):
         Router.load(ckpt, load_space("self_refine_squad", "qwen"))
     with pytest.raises(CheckpointError, match="model pool"):
         Router.load(ckpt, load_space("self_refine_humaneval", "llama"))
@@ -132,7 +136,9 @@ def test_bad_checkpoint_files(tmp_path, tiny):
     _, _, _, ckpt, _ = tiny
     with np.load(ckpt) as z:
         arrays = {k: z[k] for k in z.files}
-    arrays["__meta__"] = np.frombuffer(arrays["__meta__"].tobytes().replace(b"aragog-router/1", b"aragog-router/9"), np.uint8)
+    arrays["__meta__"] = np.frombuffer(
+        arrays["__meta__"].tobytes().replace(b"aragog-router/1", b"aragog-router/9"), np.uint8
+    )
     future = tmp_path / "future.npz"
     np.savez(future, **arrays)
     with pytest.raises(CheckpointError, match="aragog-router/9"):
@@ -143,7 +149,9 @@ def test_load_without_space_uses_checkpoint_workflow_and_family(tiny):
     space, ds, _, ckpt, _ = tiny
     router = Router.load(ckpt)
     assert router.space.fingerprint() == space.fingerprint()
-    assert router.admitted_models(router.route_texts(ds.texts[:1]).mask[0])[-1] == space.config_to_models(space.c_max)
+    assert router.admitted_models(router.route_texts(ds.texts[:1]).mask[0])[
+        -1
+    ] == space.config_to_models(space.c_max)
 
 
 def test_factorised_head_trains_saves_and_routes(tiny, tmp_path):
@@ -152,7 +160,13 @@ def test_factorised_head_trains_saves_and_routes(tiny, tmp_path):
     from .conftest import small_config
 
     space, ds, _, _, _ = tiny
-    res = fit_router(ds, space, HashedNgramFeaturizer(dim=128), small_config(head="factorised", max_epochs=1, sweep=()), progress=False)
+    res = fit_router(
+        ds,
+        space,
+        HashedNgramFeaturizer(dim=128),
+        small_config(head="factorised", max_epochs=1, sweep=()),
+        progress=False,
+    )
     ck = load_checkpoint(save_checkpoint(res.checkpoint, tmp_path / "f.npz"))
     assert ck.meta.model["head"] == "factorised"
     assert ck.params["head"]["stage_model"].shape == (space.num_stages, space.num_models, 16)
@@ -160,7 +174,11 @@ def test_factorised_head_trains_saves_and_routes(tiny, tmp_path):
     res2 = router.route_texts(ds.texts[:5])
     assert res2.mask.shape == (5, space.num_configs) and res2.mask[:, space.c_max].all()
     feats = router.featurizer(ds.texts[:5])
-    np.testing.assert_allclose(res2.prob, R.route(ck.params, feats, ck.thresholds, res2.mask[0] & False, space.configs)[1], atol=1e-5)
+    np.testing.assert_allclose(
+        res2.prob,
+        R.route(ck.params, feats, ck.thresholds, res2.mask[0] & False, space.configs)[1],
+        atol=1e-5,
+    )
 
 
 def test_batch_router_for_map_batches(tiny):
@@ -175,6 +193,9 @@ def test_batch_router_for_map_batches(tiny):
     np.testing.assert_array_equal(out["num_admitted"], want.sum(axis=1))
     for row, m in zip(out["admitted"], want, strict=True):
         np.testing.assert_array_equal(row, np.flatnonzero(m))
-    assert BatchRouter(ckpt, batch_size=8, admitted="mask")(batch)["admitted"].shape == (5, space.num_configs)
+    assert BatchRouter(ckpt, batch_size=8, admitted="mask")(batch)["admitted"].shape == (
+        5,
+        space.num_configs,
+    )
     with pytest.raises(DatasetError, match="'id' and 'text'"):
         fn({"text": batch["text"]})

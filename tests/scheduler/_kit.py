@@ -7,7 +7,14 @@ from collections.abc import Sequence
 import numpy as np
 
 from aragog_jax.kernels import BeamResult
-from aragog_jax.scheduler import DEFAULT_BEAM_WIDTH, EngineInfo, LoadVector, PolicyName, RoundArrays, Scheduler
+from aragog_jax.scheduler import (
+    DEFAULT_BEAM_WIDTH,
+    EngineInfo,
+    LoadVector,
+    PolicyName,
+    RoundArrays,
+    Scheduler,
+)
 from aragog_jax.scheduler._round import twin_round
 from aragog_jax.space import ConfigSpace, build_space
 from aragog_jax.spec import ModelSpec, StageSpec, WorkflowSpec
@@ -36,7 +43,9 @@ def space(stages: Sequence[tuple[str, Sequence[str]]], name: str = "wf", pool=PO
     spec = WorkflowSpec(
         name=name,
         stage=[
-            StageSpec(name=s, prompt="{input}", input_tokens=10, output_tokens=10, upstream=list(ups))
+            StageSpec(
+                name=s, prompt="{input}", input_tokens=10, output_tokens=10, upstream=list(ups)
+            )
             for s, ups in stages
         ],
     )

@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 
 from aragog_jax.errors import SchedulerError
+from aragog_jax.schedule import main
 from aragog_jax.scheduler import make_policy
 from aragog_jax.scheduler._random import random_replay
 from aragog_jax.scheduler._replay import replay_round
-from aragog_jax.schedule import main
 
 # Fig. 9 as a round: 7B has 16 free slots and gains the most per sequence, 14B is full,
 # 32B has 4 free slots.
@@ -34,7 +34,11 @@ FIG9 = {
 
 def _run(argv, stdin=None):
     return subprocess.run(
-        [sys.executable, "-m", "aragog_jax.schedule", *argv], input=stdin, capture_output=True, text=True, timeout=120
+        [sys.executable, "-m", "aragog_jax.schedule", *argv],
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
 
 
@@ -67,7 +71,10 @@ def test_two_stage_request_with_model_names_and_replicas():
     }
     out = replay_round(doc, make_policy("aragog"))
     # Stage 1 is considered first (ready order); a0 gains 100, a1 (load 3) only 33.
-    assert out["assignments"] == [{"request": 1, "stage": 1, "engine": "a0"}, {"request": 1, "stage": 0, "engine": "a1"}]
+    assert out["assignments"] == [
+        {"request": 1, "stage": 1, "engine": "a0"},
+        {"request": 1, "stage": 0, "engine": "a1"},
+    ]
     assert out["skipped"] == [{"request": 2, "stage": 0}]
     assert out["flexibility"] == pytest.approx(0.5)
 
@@ -87,7 +94,9 @@ def test_random_rounds_obey_the_rules(seed):
         # Every placed stage's model, jointly, is some listed configuration.
         chosen = {s: engines[placed[(rid, s)]]["model"] for s in req["ready"] if (rid, s) in placed}
         assert any(all(cfg[s] == m for s, m in chosen.items()) for cfg in req["configs"])
-    assert len(out["assignments"]) + len(out["skipped"]) == sum(len(r["ready"]) for r in doc["requests"])
+    assert len(out["assignments"]) + len(out["skipped"]) == sum(
+        len(r["ready"]) for r in doc["requests"]
+    )
     greedy = replay_round(doc, make_policy("greedy"))
     assert out["utilization"] >= greedy["utilization"] - 1e-9
     brute = replay_round(doc, make_policy("brute_force", brute_force_max_items=20))
@@ -110,14 +119,19 @@ def test_example_of_a_given_size_replays_with_brute_force(capsys):
     assert main(["--example", "--seed", "0"]) == 0
     big = capsys.readouterr().out
     assert sum(len(r["ready"]) for r in json.loads(big)["requests"]) > 10
-    with pytest.raises(SchedulerError, match=r"at most 10 ready items .* got \d+: replay this round with the aragog policy"):
+    with pytest.raises(
+        SchedulerError,
+        match=r"at most 10 ready items .* got \d+: replay this round with the aragog policy",
+    ):
         replay_round(json.loads(big), make_policy("brute_force"))
     for n in (1, 7, 10):
         assert main(["--example", "--seed", "3", "--example-items", str(n)]) == 0
         doc = json.loads(capsys.readouterr().out)
         assert sum(len(r["ready"]) for r in doc["requests"]) == n
         brute = replay_round(doc, make_policy("brute_force"))
-        assert brute["utilization"] >= replay_round(doc, make_policy("aragog"))["utilization"] - 1e-9
+        assert (
+            brute["utilization"] >= replay_round(doc, make_policy("aragog"))["utilization"] - 1e-9
+        )
     with pytest.raises(SchedulerError, match="--example-items: must be >= 1"):
         main(["--example", "--example-items", "0"])
 
@@ -142,14 +156,22 @@ def _broken(path: str, value):
         ("engines", [], "engines: expected a non-empty list"),
         ("engines.0.free_slots", -2, "engines[0].free_slots: expected an integer >= 0"),
         ("engines.1.load", "x", "engines[1].load: expected an integer"),
-        ("engines.2.curve", [[4, 1], [2, 3]], "engines[2].curve: concurrency must strictly increase"),
+        (
+            "engines.2.curve",
+            [[4, 1], [2, 3]],
+            "engines[2].curve: concurrency must strictly increase",
+        ),
         ("engines.0.curve", "fast", "engines[0].curve: expected [[concurrency, tokens/s], ...]"),
         ("engines.1.name", "7B", "engines[1].name: duplicate engine '7B'"),
         ("engines.0.speed", 3, "engines[0].speed: unknown field"),
         ("engines.0.name", KeyError, "engines[0].name: missing"),
         ("requests.1.configs", [], "requests[1].configs: expected a non-empty list"),
         ("requests.2.configs", [["7B"], ["14B", "7B"]], "requests[2].configs[1]: has 2 stages"),
-        ("requests.2.configs", [["7B"], ["70B"]], "requests[2].configs[1][0]: unknown engine or model '70B'"),
+        (
+            "requests.2.configs",
+            [["7B"], ["70B"]],
+            "requests[2].configs[1][0]: unknown engine or model '70B'",
+        ),
         ("requests.0.ready", [1], "requests[0].ready[0]: stage 1 outside 0..0"),
         ("requests.0.ready", [0, 0], "requests[0].ready[1]: stage 0 listed twice"),
         ("requests.1.id", "R1", "requests[1].id: duplicate request 'R1'"),

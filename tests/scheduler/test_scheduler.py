@@ -29,7 +29,9 @@ FANOUT = [("plan", ()), ("s1", ("plan",)), ("s2", ("plan",)), ("agg", ("s1", "s2
 
 def _fig9():
     fleet = engines({"e7": ("7B", 100.0, 32), "e14": ("14B", 60.0, 16), "e32": ("32B", 30.0, 8)})
-    load = LoadVector.observe(fleet, {"e7": {"running": 16}, "e14": {"running": 16}, "e32": {"running": 4}})
+    load = LoadVector.observe(
+        fleet, {"e7": {"running": 16}, "e14": {"running": 16}, "e32": {"running": 4}}
+    )
     return fleet, load
 
 
@@ -61,7 +63,13 @@ def test_depth_ordering_deepest_first_within_a_request():
     plan = sched.schedule(LoadVector.idle(fleet))
     assert [a.stage_name for a in plan.assignments] == ["a"]
     sched.on_stage_finished("r", "a")
-    assert sched.stage_status("r") == {"a": "done", "b": "ready", "c": "ready", "d": "waiting", "e": "waiting"}
+    assert sched.stage_status("r") == {
+        "a": "done",
+        "b": "ready",
+        "c": "ready",
+        "d": "waiting",
+        "e": "waiting",
+    }
     # One free slot: the deeper branch (c, depth 2) goes before b (depth 1).
     one_slot = LoadVector.observe(fleet, {"e7": {"running": 7}})
     plan = sched.schedule(one_slot)
@@ -69,7 +77,10 @@ def test_depth_ordering_deepest_first_within_a_request():
     assert [s.stage_name for s in plan.skipped] == ["b"]
     sched.on_stage_finished("r", "c")
     plan = sched.schedule(LoadVector.idle(fleet))
-    assert [a.stage_name for a in plan.assignments] == ["b", "d"]  # both depth 1: lower stage index first
+    assert [a.stage_name for a in plan.assignments] == [
+        "b",
+        "d",
+    ]  # both depth 1: lower stage index first
 
 
 def test_fifo_across_requests_keeps_position_while_running():
@@ -276,7 +287,14 @@ def test_brute_force_policy_matches_or_beats_beam_and_refuses_big_rounds():
 @pytest.mark.parametrize("policy", ["aragog", "greedy"])
 def test_plan_replays_to_the_same_decision(policy):
     sp = space(FANOUT)
-    fleet = engines({"e7": ("7B", 100.0, 8), "e7b": ("7B", 90.0, 4), "e14": ("14B", 60.0, 8), "e32": ("32B", 30.0, 8)})
+    fleet = engines(
+        {
+            "e7": ("7B", 100.0, 8),
+            "e7b": ("7B", 90.0, 4),
+            "e14": ("14B", 60.0, 8),
+            "e32": ("32B", 30.0, 8),
+        }
+    )
     sched = Scheduler(fleet, policy)
     rng = np.random.default_rng(0)
     for r in range(6):

@@ -30,21 +30,30 @@ from hypothesis import strategies as st
 
 from aragog_jax.errors import NoViableConfigurationError
 from aragog_jax.kernels import BeamResult
+from aragog_jax.schedule import main as schedule_main
 from aragog_jax.scheduler import LoadVector, Plan, Scheduler, make_policy
 from aragog_jax.scheduler import _scheduler as scheduler_module
 from aragog_jax.scheduler._replay import replay_round
-from aragog_jax.schedule import main as schedule_main
 from aragog_jax.space import ConfigSpace, load_space
 
 from ._kit import TwinPolicy, engines, expected_order, mask_where, ready_items, space
 
-FLEET = engines({"e7": ("7B", 100.0, 3), "e7b": ("7B", 80.0, 2), "e14": ("14B", 60.0, 2), "e32": ("32B", 30.0, 2)})
+FLEET = engines(
+    {
+        "e7": ("7B", 100.0, 3),
+        "e7b": ("7B", 80.0, 2),
+        "e14": ("14B", 60.0, 2),
+        "e32": ("32B", 30.0, 2),
+    }
+)
 ENGINE_INDEX = {e.name: i for i, e in enumerate(FLEET)}
 # Three toy spaces with different stage counts and configuration buckets (3, 9, 81
 # configurations; 1, 2, 4 stages), so that lazily attaching them widens the tables.
 ONE = space([("answer", ())], name="one")
 CHAIN = space([("draft", ()), ("polish", ("draft",))], name="chain")
-FANOUT = space([("plan", ()), ("s1", ("plan",)), ("s2", ("plan",)), ("agg", ("s1", "s2"))], name="fanout")
+FANOUT = space(
+    [("plan", ()), ("s1", ("plan",)), ("s2", ("plan",)), ("agg", ("s1", "s2"))], name="fanout"
+)
 TOY_SPACES = (ONE, CHAIN, FANOUT)
 SMALL_ROWS = 2  # _MIN_ROWS while the subject scheduler runs: the 3rd arrival compacts
 
@@ -57,7 +66,9 @@ def _random_mask(sp: ConfigSpace, seed: int) -> np.ndarray:
 
 
 def _load(running: Sequence[int]) -> LoadVector:
-    return LoadVector.observe(FLEET, {e.name: {"running": int(r)} for e, r in zip(FLEET, running, strict=True)})
+    return LoadVector.observe(
+        FLEET, {e.name: {"running": int(r)} for e, r in zip(FLEET, running, strict=True)}
+    )
 
 
 def _plan_key(plan: Plan) -> tuple:
@@ -87,7 +98,12 @@ class ScriptedPolicy:
         assert arrays.num_items == self.script.size  # the forced round's items are all placeable
         engine = np.full(arrays.item_valid.shape[0], -1, dtype=np.int32)
         engine[: self.script.size] = self.script
-        return BeamResult(engine=engine, utility=np.int32(0), flex=np.int32(0), num_steps=np.int32(self.script.size))
+        return BeamResult(
+            engine=engine,
+            utility=np.int32(0),
+            flex=np.int32(0),
+            num_steps=np.int32(self.script.size),
+        )
 
 
 class Harness:
@@ -108,12 +124,16 @@ class Harness:
         self.add_at: dict[tuple, int] = {}  # key -> position of its "add" in the log
         self.live: dict[Hashable, tuple] = {}  # request id -> key, FIFO order
         self.space_of: dict[Hashable, ConfigSpace] = {}
-        self.oracle: dict[tuple, dict] = {}  # key -> admitted mask, committed models, excluded pairs
+        self.oracle: dict[
+            tuple, dict
+        ] = {}  # key -> admitted mask, committed models, excluded pairs
         self.running: list[tuple[Hashable, int, str]] = []  # (request id, stage, engine)
         self.reusable: list[Hashable] = []  # cancelled / failed ids
         self.num_ids = 0
         self.fresh: Scheduler | None = None
-        self.recent: list[tuple[Plan, dict, tuple]] = []  # last plans, their replay document and skipped
+        self.recent: list[
+            tuple[Plan, dict, tuple]
+        ] = []  # last plans, their replay document and skipped
 
     @contextlib.contextmanager
     def _subject(self):
@@ -149,7 +169,12 @@ class Harness:
         self.log.append(("add", key, sp, mask))
         self.live[rid] = key
         self.space_of[rid] = sp
-        self.oracle[key] = {"mask": mask.copy(), "committed": {}, "excluded": set(), "finished": set()}
+        self.oracle[key] = {
+            "mask": mask.copy(),
+            "committed": {},
+            "excluded": set(),
+            "finished": set(),
+        }
         self._check()
         return rid
 
@@ -248,7 +273,9 @@ class Harness:
             if kind == "add" and ev[1] in keys:
                 fresh.add_request(ev[1][0], ev[2], ev[3])
             elif kind == "round":
-                commits = {(k[0], s): e for k, pairs in ev[1].items() if k in keys for s, e in pairs}
+                commits = {
+                    (k[0], s): e for k, pairs in ev[1].items() if k in keys for s, e in pairs
+                }
                 if commits:
                     _force(fresh, commits)
             elif kind == "finish" and ev[1] in keys:
@@ -285,7 +312,9 @@ class Harness:
 def _force(fresh: Scheduler, commits: dict[tuple, str]) -> None:
     """Commit exactly ``commits`` ((request id, stage) -> engine) in one round."""
     order = ready_items(fresh, FLEET)
-    fresh.policy.script = np.array([ENGINE_INDEX.get(commits.get(it), -1) for it in order], dtype=np.int32)
+    fresh.policy.script = np.array(
+        [ENGINE_INDEX.get(commits.get(it), -1) for it in order], dtype=np.int32
+    )
     try:
         plan = fresh.schedule(LoadVector.idle(FLEET))
     finally:
@@ -300,7 +329,9 @@ _OPS = st.lists(
     st.one_of(
         _ADD,
         _ADD,  # arrivals twice as likely: rows run out and compaction happens
-        st.tuples(st.just("schedule"), st.tuples(*(st.integers(0, e.saturation_batch) for e in FLEET))),
+        st.tuples(
+            st.just("schedule"), st.tuples(*(st.integers(0, e.saturation_batch) for e in FLEET))
+        ),
         st.tuples(st.just("finish"), st.integers(0, 63)),
         st.tuples(st.just("finish_all"), st.just(0)),
         st.tuples(st.just("fail"), st.integers(0, 63)),
@@ -404,7 +435,8 @@ def shipped():
 
 def _mixed_load(rng: np.random.Generator) -> LoadVector:
     return LoadVector.observe(
-        MIXED_FLEET, {e.name: {"running": int(rng.integers(0, e.saturation_batch + 1))} for e in MIXED_FLEET}
+        MIXED_FLEET,
+        {e.name: {"running": int(rng.integers(0, e.saturation_batch + 1))} for e in MIXED_FLEET},
     )
 
 
@@ -451,8 +483,12 @@ def test_shipped_workflows_of_two_families_share_the_queue(shipped, tmp_path, ca
         for r in doc["requests"]:
             sp = space_of[r["id"]]
             assert {len(c) for c in r["configs"]} == {sp.num_stages}
-            admitted = {tuple(sp.model_names[m] for m in row) for row in sp.configs[masks[r["id"]]].tolist()}
-            assert {tuple(c) for c in r["configs"]} <= admitted  # its own space's admitted configurations
+            admitted = {
+                tuple(sp.model_names[m] for m in row) for row in sp.configs[masks[r["id"]]].tolist()
+            }
+            assert {
+                tuple(c) for c in r["configs"]
+            } <= admitted  # its own space's admitted configurations
         round_workflows = {space_of[r["id"]].workflow for r in doc["requests"]}
         if len(round_workflows) == 3 and plan.assignments and not cli_checked:
             path = tmp_path / "round.json"  # python -m aragog_jax.schedule round.json
@@ -479,12 +515,15 @@ def test_shipped_workflows_of_two_families_share_the_queue(shipped, tmp_path, ca
         assert masks[rid][sp.index_of(cfg)]  # a configuration the request was admitted with
 
 
-TRIO = space([(f"v{i}", ()) for i in range(4)] + [("agg", tuple(f"v{i}" for i in range(4)))], name="trio")
+TRIO = space(
+    [(f"v{i}", ()) for i in range(4)] + [("agg", tuple(f"v{i}" for i in range(4)))], name="trio"
+)
 
 
 def _snapshot(sched: Scheduler, rids) -> dict:
     return {
-        rid: (sched.viable_mask(rid), sched.stage_status(rid), sched.realised_config(rid)) for rid in rids
+        rid: (sched.viable_mask(rid), sched.stage_status(rid), sched.realised_config(rid))
+        for rid in rids
     }
 
 
@@ -537,7 +576,11 @@ def test_a_space_attached_later_keeps_earlier_requests_intact():
     _assert_same(before, _snapshot(lazy, ["o1", "o2", "o3"]))
     assert ready_items(lazy, FLEET) == [*items, ("f1", 0)]
     plan = round_(_load([0, 2, 2, 2]))  # 3 slots, all 7B: o1, o3 and f1's plan stage
-    assert [(a.request_id, a.model) for a in plan.assignments] == [("o1", "7B"), ("o3", "7B"), ("f1", "7B")]
+    assert [(a.request_id, a.model) for a in plan.assignments] == [
+        ("o1", "7B"),
+        ("o3", "7B"),
+        ("f1", "7B"),
+    ]
     finish("f1", "plan")  # f1's s1 and s2 are ready in parallel
     before = _snapshot(lazy, ["o1", "o2", "o3", "f1"])
     items = ready_items(lazy, FLEET)
@@ -562,7 +605,9 @@ def test_a_space_attached_later_keeps_earlier_requests_intact():
         if not lazy.num_in_flight:
             break
     assert lazy.num_in_flight == 0 and upfront.num_in_flight == 0
-    assert lazy.realised_config(failed.request_id)["answer"] != "14B"  # still excluded after two widenings
+    assert (
+        lazy.realised_config(failed.request_id)["answer"] != "14B"
+    )  # still excluded after two widenings
     assert lazy.realised_config("o2")["answer"] in ("14B", "32B")
     assert lazy.realised_config("t1")["agg"] == "32B"
 
@@ -573,7 +618,7 @@ def test_finish_cancel_and_fail_in_one_workflow_leave_the_other_alone():
     leaves the FANOUT requests' masks, status, commits and relative order unchanged."""
     h = Harness(small_rows=SMALL_ROWS)
     only_32b = mask_where(FANOUT, s1=["32B"], s2=["32B"])  # FANOUT's parallel stages need e32
-    for i in range(3):
+    for _ in range(3):
         h.add(CHAIN, mask_where(CHAIN, draft=["7B", "14B"]))
         h.add(FANOUT, only_32b)
     chains = [rid for rid in h.live if h.space_of[rid] is CHAIN]
@@ -581,7 +626,11 @@ def test_finish_cancel_and_fail_in_one_workflow_leave_the_other_alone():
     plan = h.schedule(LoadVector.idle(FLEET))
     assert len(plan.assignments) == 6  # every first stage runs
     for rid in fans:
-        h.finish(h.running.index((rid, 0, next(a.engine for a in plan.assignments if a.request_id == rid))))
+        h.finish(
+            h.running.index(
+                (rid, 0, next(a.engine for a in plan.assignments if a.request_id == rid))
+            )
+        )
     e32_busy = _load([0, 0, 0, 2])
 
     def fan_items():
@@ -594,11 +643,15 @@ def test_finish_cancel_and_fail_in_one_workflow_leave_the_other_alone():
         _assert_same(before, _snapshot(h.sched, fans))
         assert fan_items() == items
 
-    h.finish(next(i for i, r in enumerate(h.running) if r[0] == chains[0]))  # chains[0]: polish ready
+    h.finish(
+        next(i for i, r in enumerate(h.running) if r[0] == chains[0])
+    )  # chains[0]: polish ready
     unchanged()
     h.cancel(list(h.live).index(chains[1]))
     unchanged()
-    h.fail(next(i for i, r in enumerate(h.running) if r[0] == chains[2]))  # draft again, one model excluded
+    h.fail(
+        next(i for i, r in enumerate(h.running) if r[0] == chains[2])
+    )  # draft again, one model excluded
     unchanged()
     plan = h.schedule(e32_busy)  # only CHAIN stages can go anywhere
     assert {a.request_id for a in plan.assignments} == {chains[0], chains[2]}
@@ -627,7 +680,10 @@ def test_finish_cancel_and_fail_in_one_workflow_leave_the_other_alone():
 def test_per_workflow_policy_with_two_workflows_in_one_queue():
     """``per_workflow`` fixes one configuration per workflow: interleaved requests of two
     workflows each follow their own, through compactions (256 rows crossed twice)."""
-    fixed = {"chain": {"draft": "14B", "polish": "7B"}, "fanout": {"plan": "32B", "s1": "7B", "s2": "7B", "agg": "14B"}}
+    fixed = {
+        "chain": {"draft": "14B", "polish": "7B"},
+        "fanout": {"plan": "32B", "s1": "7B", "s2": "7B", "agg": "14B"},
+    }
     sched = Scheduler(FLEET, "per_workflow", per_workflow=fixed)
     idle = LoadVector.idle(FLEET)
     for i in range(600):
@@ -642,4 +698,6 @@ def test_per_workflow_policy_with_two_workflows_in_one_queue():
     while sched.num_in_flight:
         for a in sched.schedule(idle).assignments:
             sched.on_stage_finished(a.request_id, a.stage)
-    assert sched.realised_config(0) == fixed["fanout"] and sched.realised_config(599) == fixed["chain"]
+    assert (
+        sched.realised_config(0) == fixed["fanout"] and sched.realised_config(599) == fixed["chain"]
+    )

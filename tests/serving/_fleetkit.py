@@ -8,7 +8,7 @@ from pathlib import Path
 
 import aiohttp
 
-from aragog_jax.serving import FakeEngine, LoopbackServer, Server, ServeOptions, load_runtime
+from aragog_jax.serving import FakeEngine, LoopbackServer, ServeOptions, Server, load_runtime
 from aragog_jax.serving._client import EngineClient
 
 CATALOG = """
@@ -93,7 +93,11 @@ def write_fleet(
     workflows = workflows if workflows is not None else {"chain": CHAIN, "fan": FAN}
     for name, text in workflows.items():
         (tmp / f"{name}.toml").write_text(textwrap.dedent(text))
-    lines = [f'family = "{family}"', 'models = "models.toml"', "workflows = [" + ", ".join(f'"{n}.toml"' for n in workflows) + "]"]
+    lines = [
+        f'family = "{family}"',
+        'models = "models.toml"',
+        "workflows = [" + ", ".join(f'"{n}.toml"' for n in workflows) + "]",
+    ]
     for name, model, url, *served in engines:
         lines += ["", "[[engine]]", f'name = "{name}"', f'model = "{model}"']
         if served:
@@ -105,7 +109,11 @@ def write_fleet(
     if server:
         lines += ["", "[server]"]
         for k, v in server.items():
-            lines.append(f"{k} = {v!r}".replace("'", '"') if not isinstance(v, bool) else f"{k} = {str(v).lower()}")
+            lines.append(
+                f"{k} = {v!r}".replace("'", '"')
+                if not isinstance(v, bool)
+                else f"{k} = {str(v).lower()}"
+            )
     path = tmp / "fleet.toml"
     path.write_text("\n".join(lines) + "\n")
     return path
@@ -155,9 +163,14 @@ async def serve_fakes(
             await f.stop()
 
 
-def fake_pair(mode_small: str = "ok", mode_big: str = "ok", **kw) -> dict[str, tuple[str, FakeEngine]]:
+def fake_pair(
+    mode_small: str = "ok", mode_big: str = "ok", **kw
+) -> dict[str, tuple[str, FakeEngine]]:
     """Engines e-small and e-big (models small and big) for :func:`serve_fakes`."""
-    return {"e-small": ("small", FakeEngine("small", mode=mode_small, **kw)), "e-big": ("big", FakeEngine("big", mode=mode_big, **kw))}
+    return {
+        "e-small": ("small", FakeEngine("small", mode=mode_small, **kw)),
+        "e-big": ("big", FakeEngine("big", mode=mode_big, **kw)),
+    }
 
 
 async def post_json(http: aiohttp.ClientSession, path: str, body, **kw):

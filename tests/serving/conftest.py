@@ -38,7 +38,9 @@ class VllmEngine:
 
 def _unavailable(reason: str):
     if os.environ.get("CI", "").lower() == "true":
-        pytest.fail(f"real vLLM engine required under CI=true but unavailable: {reason}", pytrace=False)
+        pytest.fail(
+            f"real vLLM engine required under CI=true but unavailable: {reason}", pytrace=False
+        )
     pytest.skip(f"real vLLM engine unavailable: {reason} (run bash scripts/prepare_vllm.sh)")
 
 
@@ -67,16 +69,33 @@ def start_vllm(name: str, core: int, log_dir: Path) -> tuple[subprocess.Popen, V
     )
     log = log_dir / f"vllm-{name}.log"
     cmd = [
-        str(VLLM_PYTHON), "-m", "vllm.entrypoints.openai.api_server",
-        "--model", str(TINY_MODEL), "--served-model-name", name,
-        "--host", "127.0.0.1", "--port", str(port),
-        "--max-model-len", "1024", "--enforce-eager",
-        "--kv-cache-memory-bytes", str(64 << 20), "--max-num-seqs", "4",
-    ]  # fmt: skip
+        str(VLLM_PYTHON),
+        "-m",
+        "vllm.entrypoints.openai.api_server",
+        "--model",
+        str(TINY_MODEL),
+        "--served-model-name",
+        name,
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--max-model-len",
+        "1024",
+        "--enforce-eager",
+        "--kv-cache-memory-bytes",
+        str(64 << 20),
+        "--max-num-seqs",
+        "4",
+    ]
     fh = open(log, "wb")  # noqa: SIM115 - the child owns it
-    proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    proc = subprocess.Popen(
+        cmd, stdout=fh, stderr=subprocess.STDOUT, env=env, start_new_session=True
+    )
     fh.close()
-    return proc, VllmEngine(name=name, url=f"http://127.0.0.1:{port}", pid=proc.pid, core=core, log=log)
+    return proc, VllmEngine(
+        name=name, url=f"http://127.0.0.1:{port}", pid=proc.pid, core=core, log=log
+    )
 
 
 def stop_vllm(proc: subprocess.Popen) -> None:
@@ -117,8 +136,14 @@ def vllm_engines(tmp_path_factory):
                     pending.discard(eng.name)
             time.sleep(0.5)
         if pending:
-            tails = {e.name: e.log.read_text(errors="replace")[-600:] for _, e in started if e.name in pending}
-            _unavailable(f"vLLM {sorted(pending)} not healthy after {HEALTH_TIMEOUT_S:.0f} s; log tails: {tails}")
+            tails = {
+                e.name: e.log.read_text(errors="replace")[-600:]
+                for _, e in started
+                if e.name in pending
+            }
+            _unavailable(
+                f"vLLM {sorted(pending)} not healthy after {HEALTH_TIMEOUT_S:.0f} s; log tails: {tails}"
+            )
         yield [e for _, e in started], {e.name: p for p, e in started}
     finally:
         for proc, _ in started:

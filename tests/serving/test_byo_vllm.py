@@ -22,7 +22,7 @@ import pytest
 
 from aragog_jax.data import load_dataset
 from aragog_jax.perf._measure import Profiler, ProfileSettings, measured_profile_to_toml
-from aragog_jax.serving import Server, ServeOptions, load_runtime
+from aragog_jax.serving import ServeOptions, Server, load_runtime
 from aragog_jax.spec import load_profile
 
 from ._fleetkit import CATALOG
@@ -69,13 +69,24 @@ def test_profile_label_train_serve_on_real_engines(vllm_engines, tmp_path):
     engines, _ = vllm_engines
     a, b = engines
     # 1. Profile tiny-a (short levels: this checks the path, fidelity is bench/fidelity.py).
-    settings = ProfileSettings(concurrency=(1, 2, 4), prompt_tokens=32, output_tokens=16, level_s=1.5,
-                               level_requests=40, probe_repeats=2, hardware="cpu")  # fmt: skip
-    profile, report = asyncio.run(asyncio.wait_for(Profiler(a.url, a.name, model="small", settings=settings).run(), 120))
+    settings = ProfileSettings(
+        concurrency=(1, 2, 4),
+        prompt_tokens=32,
+        output_tokens=16,
+        level_s=1.5,
+        level_requests=40,
+        probe_repeats=2,
+        hardware="cpu",
+    )
+    profile, report = asyncio.run(
+        asyncio.wait_for(Profiler(a.url, a.name, model="small", settings=settings).run(), 120)
+    )
     (tmp_path / "small.toml").write_text(measured_profile_to_toml(profile, "test"))
     prof = load_profile(tmp_path / "small.toml")
-    print(f"profile: curve {[(p.concurrency, p.tokens_per_s) for p in prof.curve]}, saturation {prof.saturation_batch}, "
-          f"{prof.engine_version}, kv {prof.kv_capacity_tokens} ({report.kv_capacity_source})")  # fmt: skip
+    print(
+        f"profile: curve {[(p.concurrency, p.tokens_per_s) for p in prof.curve]}, saturation {prof.saturation_batch}, "
+        f"{prof.engine_version}, kv {prof.kv_capacity_tokens} ({report.kv_capacity_source})"
+    )
     assert prof.kind == "measured" and prof.engine_version.startswith("vllm") and prof.date
     assert report.kv_capacity_source == "vllm:cache_config_info" and prof.kv_capacity_tokens > 0
     assert all(p.tokens_per_s > 0 for p in prof.curve) and 1 <= prof.saturation_batch <= 4
@@ -109,17 +120,39 @@ def test_profile_label_train_serve_on_real_engines(vllm_engines, tmp_path):
     (tmp_path / "fleet.toml").write_text(fleet.replace("ROUTERS", ""))
     with open(tmp_path / "data.jsonl", "w") as f:
         for i in range(36):
-            f.write(json.dumps({"id": f"q{i}", "input": f"what is {i} plus {i % 7}?", "answer": str(i + i % 7)}) + "\n")
+            f.write(
+                json.dumps(
+                    {"id": f"q{i}", "input": f"what is {i} plus {i % 7}?", "answer": str(i + i % 7)}
+                )
+                + "\n"
+            )
     (tmp_path / "my_scorer.py").write_text(SCORER)
     from aragog_jax.label import main as label_main
 
     out = tmp_path / "labelled"
-    argv = ["--workflow", str(tmp_path / "refine.toml"), "--fleet", str(tmp_path / "fleet.toml"),
-            "--dataset", str(tmp_path / "data.jsonl"), "--scorer", f"{tmp_path / 'my_scorer.py'}:score",
-            "--out", str(out), "--concurrency", "8", "--seed", "3", "--quiet"]  # fmt: skip
+    argv = [
+        "--workflow",
+        str(tmp_path / "refine.toml"),
+        "--fleet",
+        str(tmp_path / "fleet.toml"),
+        "--dataset",
+        str(tmp_path / "data.jsonl"),
+        "--scorer",
+        f"{tmp_path / 'my_scorer.py'}:score",
+        "--out",
+        str(out),
+        "--concurrency",
+        "8",
+        "--seed",
+        "3",
+        "--quiet",
+    ]
     assert label_main(argv) == 0
     rep = json.loads((out / "label_report.json").read_text())
-    print("labeller:", json.dumps({k: rep[k] for k in ("per_input", "total", "this_run", "config_failures")}))
+    print(
+        "labeller:",
+        json.dumps({k: rep[k] for k in ("per_input", "total", "this_run", "config_failures")}),
+    )
     assert rep["total"]["calls"] == rep["total"]["distinct_prefixes"] == 36 * 14
     assert rep["this_run"]["calls_made"] == 36 * 14 and rep["this_run"]["calls_failed"] == 0
     assert rep["total"]["naive_calls"] == 36 * 24
@@ -141,20 +174,49 @@ def test_profile_label_train_serve_on_real_engines(vllm_engines, tmp_path):
     from aragog_jax.train import main as train_main
 
     ckpt = tmp_path / "router.npz"
-    assert train_main(["--workflow", str(tmp_path / "refine.toml"), "--models", str(tmp_path / "models.toml"),
-                       "--family", "t", "--dataset", str(out), "--out", str(ckpt), "--hidden", "16,16",
-                       "--max-epochs", "3", "--feature-dim", "64", "--quiet"]) == 0  # fmt: skip
+    assert (
+        train_main(
+            [
+                "--workflow",
+                str(tmp_path / "refine.toml"),
+                "--models",
+                str(tmp_path / "models.toml"),
+                "--family",
+                "t",
+                "--dataset",
+                str(out),
+                "--out",
+                str(ckpt),
+                "--hidden",
+                "16,16",
+                "--max-epochs",
+                "3",
+                "--feature-dim",
+                "64",
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     assert ckpt.is_file() and ckpt.with_suffix(".report.json").is_file()
 
     # 4. Serve the workflow with the trained router and the measured profile.
-    (tmp_path / "fleet.toml").write_text(fleet.replace("ROUTERS", 'routers = { refine = "router.npz" }'))
+    (tmp_path / "fleet.toml").write_text(
+        fleet.replace("ROUTERS", 'routers = { refine = "router.npz" }')
+    )
+
     async def serve():
-        s = Server(load_runtime(tmp_path / "fleet.toml", router_buckets=(1, 8)), ServeOptions(drain_s=5))
+        s = Server(
+            load_runtime(tmp_path / "fleet.toml", router_buckets=(1, 8)), ServeOptions(drain_s=5)
+        )
         url = await s.start()
         try:
             async with aiohttp.ClientSession(base_url=url) as http:
+
                 async def one(i):
-                    async with http.post("/v1/workflows/refine/runs", json={"input": f"what is {i}?"}) as r:
+                    async with http.post(
+                        "/v1/workflows/refine/runs", json={"input": f"what is {i}?"}
+                    ) as r:
                         return r.status, await r.json()
 
                 return await asyncio.gather(*(one(i) for i in range(6)))

@@ -44,7 +44,10 @@ def test_busy_port_is_exit_2(tmp_path, capsys):
         s.bind(("127.0.0.1", 0))
         s.listen()
         port = s.getsockname()[1]
-        path = write_fleet(tmp_path, [("e-small", "small", "http://127.0.0.1:9"), ("e-big", "big", "http://127.0.0.1:9")])
+        path = write_fleet(
+            tmp_path,
+            [("e-small", "small", "http://127.0.0.1:9"), ("e-big", "big", "http://127.0.0.1:9")],
+        )
         assert run_cli(main, ["--fleet", str(path), "--port", str(port)]) == 2
     assert "cannot listen on 127.0.0.1" in capsys.readouterr().err
 
@@ -59,7 +62,14 @@ def test_api_keys_env_naming_an_unset_variable_is_exit_2(tmp_path, capsys, monke
     from ._fleetkit import write_fleet
 
     monkeypatch.delenv("ARAGOG_NO_SUCH_KEYS", raising=False)
-    path = write_fleet(tmp_path, [("e", "small", "http://127.0.0.1:9")], server={"api_keys_env": "ARAGOG_NO_SUCH_KEYS"})
+    path = write_fleet(
+        tmp_path,
+        [("e", "small", "http://127.0.0.1:9")],
+        server={"api_keys_env": "ARAGOG_NO_SUCH_KEYS"},
+    )
     assert run_cli(main, ["--fleet", str(path)]) == 2
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "server.api_keys_env: environment variable ARAGOG_NO_SUCH_KEYS is not set" in err
+    assert (
+        err.count("\n") == 1
+        and "server.api_keys_env: environment variable ARAGOG_NO_SUCH_KEYS is not set" in err
+    )

@@ -7,10 +7,19 @@ import asyncio
 import pytest
 
 from aragog_jax.errors import UpstreamError, UpstreamTimeout
-from aragog_jax.serving import ClientLimits, EngineClient, EngineRejected, FakeEngine, LoopbackServer, parse_orca
+from aragog_jax.serving import (
+    ClientLimits,
+    EngineClient,
+    EngineRejected,
+    FakeEngine,
+    LoopbackServer,
+    parse_orca,
+)
 
 
-async def _with_fake(fake: FakeEngine, fn, limits: ClientLimits = ClientLimits(request_timeout_s=2.0)):
+async def _with_fake(
+    fake: FakeEngine, fn, limits: ClientLimits = ClientLimits(request_timeout_s=2.0)
+):
     srv = LoopbackServer(fake.app)
     url = await srv.start()
     client = EngineClient("e0", url, fake.served, limits)
@@ -43,9 +52,20 @@ def test_on_delta_gets_each_piece_as_it_arrives():
     piece), and the pieces join to the returned text."""
     fake = FakeEngine("m", stream_pieces=3, stream_gap_s=0.05)
     seen: list[tuple[str, int]] = []
-    res = asyncio.run(_with_fake(fake, lambda c: c.chat("hi there", max_tokens=3, on_delta=lambda t: seen.append((t, fake.num_completed)))))
+    res = asyncio.run(
+        _with_fake(
+            fake,
+            lambda c: c.chat(
+                "hi there", max_tokens=3, on_delta=lambda t: seen.append((t, fake.num_completed))
+            ),
+        )
+    )
     assert len(seen) == 3 and "".join(t for t, _ in seen) == res.text == fake.text_for("hi there")
-    assert [done for _, done in seen[:-1]] == [0, 0] and fake.num_completed == 1 and fake.num_streamed == 1
+    assert (
+        [done for _, done in seen[:-1]] == [0, 0]
+        and fake.num_completed == 1
+        and fake.num_streamed == 1
+    )
 
 
 @pytest.mark.parametrize(
@@ -63,7 +83,9 @@ def test_faults_map_to_upstream_errors(mode, exc, needle):
     fake = FakeEngine("m", mode=mode)
     stream = mode.startswith("stream_")
     with pytest.raises(exc, match=needle) as info:
-        asyncio.run(_with_fake(fake, lambda c: c.chat("x", max_tokens=2, stream=stream, timeout_s=0.3)))
+        asyncio.run(
+            _with_fake(fake, lambda c: c.chat("x", max_tokens=2, stream=stream, timeout_s=0.3))
+        )
     assert not isinstance(info.value, EngineRejected)
     assert info.value.__cause__ is not None or mode in ("fail", "stream_truncated", "stream_error")
 
@@ -87,7 +109,12 @@ def test_other_4xx_are_engine_faults(status):
 
 def test_connection_refused_is_upstream_error():
     async def go():
-        client = EngineClient("gone", "http://127.0.0.1:9", "m", ClientLimits(request_timeout_s=1.0, connect_timeout_s=0.5))
+        client = EngineClient(
+            "gone",
+            "http://127.0.0.1:9",
+            "m",
+            ClientLimits(request_timeout_s=1.0, connect_timeout_s=0.5),
+        )
         await client.open()
         try:
             await client.chat("x", max_tokens=1)
@@ -106,9 +133,13 @@ def test_orca_header_parsed_from_reply():
 
 
 def test_parse_orca_formats():
-    j = parse_orca('JSON {"named_metrics": {"kv_cache_usage_perc": 0.5, "num_requests_waiting": 3.0}}', 1.0)
+    j = parse_orca(
+        'JSON {"named_metrics": {"kv_cache_usage_perc": 0.5, "num_requests_waiting": 3.0}}', 1.0
+    )
     assert (j.waiting, j.kv_usage, j.at) == (3.0, 0.5, 1.0)
-    t = parse_orca("TEXT named_metrics.kv_cache_utilization=0.4, named_metrics.num_requests_waiting=2", 2.0)
+    t = parse_orca(
+        "TEXT named_metrics.kv_cache_utilization=0.4, named_metrics.num_requests_waiting=2", 2.0
+    )
     assert (t.waiting, t.kv_usage) == (2.0, 0.4)
     assert parse_orca("JSON not-json", 0.0) is None
     assert parse_orca("PROTO abc", 0.0) is None
@@ -118,4 +149,8 @@ def test_parse_orca_formats():
 def test_session_default_timeout_applies_without_timeout_argument():
     fake = FakeEngine("m", mode="hang")
     with pytest.raises(UpstreamTimeout, match="no reply within 0.3 s"):
-        asyncio.run(_with_fake(fake, lambda c: c.chat("x", max_tokens=2), ClientLimits(request_timeout_s=0.3)))
+        asyncio.run(
+            _with_fake(
+                fake, lambda c: c.chat("x", max_tokens=2), ClientLimits(request_timeout_s=0.3)
+            )
+        )

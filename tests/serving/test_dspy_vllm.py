@@ -19,7 +19,7 @@ import aiohttp
 import pytest
 
 from aragog_jax.dspy._run import _StageEngine
-from aragog_jax.serving import Server, ServeOptions, load_runtime
+from aragog_jax.serving import ServeOptions, Server, load_runtime
 from aragog_jax.serving._client import EngineClient
 from aragog_jax.serving._stagefn import LM
 
@@ -30,7 +30,10 @@ pytestmark = [pytest.mark.vllm, pytest.mark.slow]
 
 
 def _successes(metrics: str) -> float:
-    return sum(float(m) for m in re.findall(r"^vllm:request_success_total\{[^}]*\} ([\d.e+]+)$", metrics, re.M))
+    return sum(
+        float(m)
+        for m in re.findall(r"^vllm:request_success_total\{[^}]*\} ([\d.e+]+)$", metrics, re.M)
+    )
 
 
 def test_stage_lm_sends_dspy_messages_to_the_real_engine(vllm_engines, tmp_path):
@@ -56,9 +59,16 @@ def test_stage_lm_sends_dspy_messages_to_the_real_engine(vllm_engines, tmp_path)
 def test_served_dspy_program_reaches_vllm_and_reports_dspys_parse_error(vllm_engines, tmp_path):
     engines, _ = vllm_engines
     toml, _ = export_example(tmp_path)
-    eng = [("vllm-a", "small", engines[0].url, engines[0].name), ("vllm-b", "big", engines[1].url, engines[1].name)]
+    eng = [
+        ("vllm-a", "small", engines[0].url, engines[0].name),
+        ("vllm-b", "big", engines[1].url, engines[1].name),
+    ]
     settings = {"port": 0, "metrics_poll_s": 0.1, "engine_timeout_s": 60.0}
-    fleet = load_runtime(write_fleet(tmp_path, eng, server=settings, workflows={"self_refine_dspy": toml.read_text()}))
+    fleet = load_runtime(
+        write_fleet(
+            tmp_path, eng, server=settings, workflows={"self_refine_dspy": toml.read_text()}
+        )
+    )
 
     async def metrics() -> float:
         total = 0.0
@@ -74,7 +84,9 @@ def test_served_dspy_program_reaches_vllm_and_reports_dspys_parse_error(vllm_eng
         try:
             before = await metrics()
             async with aiohttp.ClientSession(base_url=url) as http:
-                async with http.post("/v1/workflows/self_refine_dspy/runs", json={"input": EXAMPLES[0]}) as r:
+                async with http.post(
+                    "/v1/workflows/self_refine_dspy/runs", json={"input": EXAMPLES[0]}
+                ) as r:
                     res = (r.status, await r.json())
             return res, await metrics() - before
         finally:
@@ -84,4 +96,6 @@ def test_served_dspy_program_reaches_vllm_and_reports_dspys_parse_error(vllm_eng
     err = body["error"]
     assert status == 500 and err["type"] == "stage_function_error", body
     assert "stage 'generate'" in err["message"] and "AdapterParseError" in err["message"]
-    assert served == 2  # DSPy's ChatAdapter call and its JSONAdapter fallback, both answered by vLLM
+    assert (
+        served == 2
+    )  # DSPy's ChatAdapter call and its JSONAdapter fallback, both answered by vLLM

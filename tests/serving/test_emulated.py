@@ -5,16 +5,31 @@ from __future__ import annotations
 import asyncio
 import time
 
-from aragog_jax.serving import ClientLimits, EmulatedEngine, EngineClient, LoopbackServer, deterministic_text, parse_gauges
+from aragog_jax.serving import (
+    ClientLimits,
+    EmulatedEngine,
+    EngineClient,
+    LoopbackServer,
+    deterministic_text,
+    parse_gauges,
+)
 from aragog_jax.spec import CurvePoint, EngineProfile
 
 
 def _profile(base=0.01):
     return EngineProfile(
-        model="M", hardware="H", tensor_parallel=1, kind="derived", saturation_batch=4,
-        kv_capacity_tokens=100_000, prefill_tokens_per_s=1e6, decode_base_s=base,
-        decode_per_seq_s=0.0, decode_per_ctx_token_s=0.0, curve=[CurvePoint(1, 100.0)],
-    )  # fmt: skip
+        model="M",
+        hardware="H",
+        tensor_parallel=1,
+        kind="derived",
+        saturation_batch=4,
+        kv_capacity_tokens=100_000,
+        prefill_tokens_per_s=1e6,
+        decode_base_s=base,
+        decode_per_seq_s=0.0,
+        decode_per_ctx_token_s=0.0,
+        curve=[CurvePoint(1, 100.0)],
+    )
 
 
 async def _run(fn, time_scale=10.0, base=0.01):
@@ -44,7 +59,10 @@ def test_reply_is_deterministic_and_counts_tokens():
     # Obviously a placeholder, naming its model: nobody mistakes it for an answer.
     head, _, words = a.text.partition("] ")
     assert head == "[emulated M: placeholder text" and len(words.split()) == 20
-    assert set(words.split()) <= set("lorem ipsum dolor sit amet consectetur adipiscing elit sed do eiusmod tempor incididunt ut labore et dolore magna aliqua enim ad minim veniam quis nostrud".split())
+    assert set(words.split()) <= set(
+        "lorem ipsum dolor sit amet consectetur adipiscing elit sed do eiusmod tempor "
+        "incididunt ut labore et dolore magna aliqua enim ad minim veniam quis nostrud".split()
+    )
 
 
 def test_timing_follows_profile_and_batches_concurrently():
@@ -69,14 +87,18 @@ def test_timing_follows_profile_and_batches_concurrently():
     assert one >= 0.5
     # saturation_batch 4: four run, two wait.
     assert seen[-1] == (4.0, 2.0), seen
-    assert g_after["vllm:num_requests_running"] == 0.0 and g_after["vllm:num_requests_waiting"] == 0.0
+    assert (
+        g_after["vllm:num_requests_running"] == 0.0 and g_after["vllm:num_requests_waiting"] == 0.0
+    )
 
 
 def test_wrong_model_is_404_and_models_lists_served_name():
     async def fn(eng, c):
         async with c.session.get(c.url + "/v1/models") as r:
             models = await r.json()
-        async with c.session.post(c.url + "/v1/chat/completions", json={"model": "nope", "messages": []}) as r:
+        async with c.session.post(
+            c.url + "/v1/chat/completions", json={"model": "nope", "messages": []}
+        ) as r:
             return models, r.status
 
     models, status = asyncio.run(_run(fn))

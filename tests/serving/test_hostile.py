@@ -27,7 +27,14 @@ CHAT = "/v1/chat/completions"
 # -- raw HTTP on loopback -----------------------------------------------------------------
 
 
-def _request(method: str, path: str, body: bytes = b"", headers: dict[str, str] | None = None, *, close: bool = True) -> bytes:
+def _request(
+    method: str,
+    path: str,
+    body: bytes = b"",
+    headers: dict[str, str] | None = None,
+    *,
+    close: bool = True,
+) -> bytes:
     lines = [f"{method} {path} HTTP/1.1", "Host: test"]
     if body or method == "POST":
         lines += ["Content-Type: application/json", f"Content-Length: {len(body)}"]
@@ -87,7 +94,11 @@ def _errors_logged(caplog) -> list[logging.LogRecord]:
 
 def _is_error_shape(doc: dict, status: int) -> bool:
     err = doc.get("error", {})
-    return set(err) == {"message", "type", "code", "field"} and err["code"] == status and isinstance(err["message"], str)
+    return (
+        set(err) == {"message", "type", "code", "field"}
+        and err["code"] == status
+        and isinstance(err["message"], str)
+    )
 
 
 def _busy_pair():
@@ -103,7 +114,10 @@ _DISCONNECTS = {
     "run": (RUN, {"input": "x"}),
     "run_stream": (RUN, {"input": "x", "stream": True}),
     "chat": (CHAT, {"model": "workflow:chain", "messages": [{"role": "user", "content": "x"}]}),
-    "chat_stream": (CHAT, {"model": "workflow:chain", "messages": [{"role": "user", "content": "x"}], "stream": True}),
+    "chat_stream": (
+        CHAT,
+        {"model": "workflow:chain", "messages": [{"role": "user", "content": "x"}], "stream": True},
+    ),
 }
 
 
@@ -137,22 +151,33 @@ def test_disconnect_mid_request_cancels_the_run_and_frees_its_slot(tmp_path, cap
         await _until(lambda: engine_calls() == 1 and ex.num_in_flight == 1)
         try:
             first = await asyncio.wait_for(reader.read(12), 0.05)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             first = b""
         writer.close()
-        assert first in (b"", b"HTTP/1.1 200")  # no 429: it waits for its run (streams: headers sent)
-        await _until(lambda: ex.num_in_flight == 0 and sum(f.num_cancelled for _, f in engines.values()) == 3)
+        assert first in (
+            b"",
+            b"HTTP/1.1 200",
+        )  # no 429: it waits for its run (streams: headers sent)
+        await _until(
+            lambda: ex.num_in_flight == 0 and sum(f.num_cancelled for _, f in engines.values()) == 3
+        )
         await _until(lambda: sum(f.in_flight for _, f in engines.values()) == 0)
         return dict(ex.counts), [st.in_flight for st in ex.engines.values()], await _metrics(http)
 
-    counts, engine_in_flight, metrics = asyncio.run(serve_fakes(tmp_path, engines, fn, server={"max_queue": 2, "engine_timeout_s": 60.0}))
+    counts, engine_in_flight, metrics = asyncio.run(
+        serve_fakes(tmp_path, engines, fn, server={"max_queue": 2, "engine_timeout_s": 60.0})
+    )
     assert counts == {"completed": 0, "failed": 0, "expired": 0, "cancelled": 3}
     assert 'aragog_requests_total{status="cancelled",workflow="chain"} 3.0' in metrics
     assert "aragog_requests_in_flight 0.0" in metrics
     assert engine_in_flight == [0, 0]
     assert _dispatches(metrics, "cancelled") == 3 and _dispatches(metrics, "ok") == 0
-    assert sum(f.num_cancelled for _, f in engines.values()) == 3  # the engines saw the calls aborted
-    assert len([r for r in caplog.records if "cancelled: client disconnected" in r.getMessage()]) == 3
+    assert (
+        sum(f.num_cancelled for _, f in engines.values()) == 3
+    )  # the engines saw the calls aborted
+    assert (
+        len([r for r in caplog.records if "cancelled: client disconnected" in r.getMessage()]) == 3
+    )
     assert not _errors_logged(caplog)
 
 
@@ -186,7 +211,9 @@ def test_disconnect_mid_stream_cancels_without_an_error_traceback(tmp_path, capl
     assert counts["cancelled"] == 1 and counts["completed"] == 0
     assert _dispatches(metrics, "cancelled") == 1 and "aragog_requests_in_flight 0.0" in metrics
     assert sum(f.num_cancelled for _, f in engines.values()) == 1
-    assert len([r for r in caplog.records if "cancelled: client disconnected" in r.getMessage()]) == 1
+    assert (
+        len([r for r in caplog.records if "cancelled: client disconnected" in r.getMessage()]) == 1
+    )
     assert not _errors_logged(caplog)
 
 
@@ -203,9 +230,16 @@ def test_a_run_cancelled_before_its_stage_tasks_start_gives_their_engine_slots_b
         ex.cancel(run, "client disconnected")
         await asyncio.sleep(0.05)
         status, _, _ = await post_json(http, RUN, {"input": "next"})  # the engines serve again
-        return dispatched, [st.in_flight for st in ex.engines.values()], await _metrics(http), status
+        return (
+            dispatched,
+            [st.in_flight for st in ex.engines.values()],
+            await _metrics(http),
+            status,
+        )
 
-    dispatched, in_flight, metrics, status = asyncio.run(serve_fakes(tmp_path, fake_pair(delay_s=0.05), fn))
+    dispatched, in_flight, metrics, status = asyncio.run(
+        serve_fakes(tmp_path, fake_pair(delay_s=0.05), fn)
+    )
     assert dispatched == 2
     assert in_flight == [0, 0]
     assert _dispatches(metrics, "cancelled") == 2
@@ -241,14 +275,25 @@ def test_api_keys_env_without_keys_refuses_to_start(tmp_path, monkeypatch, value
         monkeypatch.delenv("ARAGOG_TEST_KEYS", raising=False)
     else:
         monkeypatch.setenv("ARAGOG_TEST_KEYS", value)
-    path = write_fleet(tmp_path, [("e", "small", "http://127.0.0.1:9")], server={"api_keys_env": "ARAGOG_TEST_KEYS"})
-    with pytest.raises(SpecError, match=r"server\.api_keys_env: environment variable ARAGOG_TEST_KEYS (is not set|holds no key)"):
+    path = write_fleet(
+        tmp_path,
+        [("e", "small", "http://127.0.0.1:9")],
+        server={"api_keys_env": "ARAGOG_TEST_KEYS"},
+    )
+    with pytest.raises(
+        SpecError,
+        match=r"server\.api_keys_env: environment variable ARAGOG_TEST_KEYS (is not set|holds no key)",
+    ):
         load_runtime(path)
 
 
 def test_api_keys_env_empty_but_file_keys_serve_with_those(tmp_path, monkeypatch):
     monkeypatch.setenv("ARAGOG_TEST_KEYS", "")
-    path = write_fleet(tmp_path, [("e", "small", "http://127.0.0.1:9")], server={"api_keys": ["k1"], "api_keys_env": "ARAGOG_TEST_KEYS"})
+    path = write_fleet(
+        tmp_path,
+        [("e", "small", "http://127.0.0.1:9")],
+        server={"api_keys": ["k1"], "api_keys_env": "ARAGOG_TEST_KEYS"},
+    )
     assert load_runtime(path).api_keys == frozenset({"k1"})
 
 
@@ -256,11 +301,19 @@ def test_non_utf8_authorization_is_401_without_a_traceback(tmp_path, caplog):
     caplog.set_level(logging.INFO)
 
     async def fn(s, http):
-        raw = _request("POST", RUN, b'{"input": "x"}').replace(b"Host: test", b"Host: test\r\nAuthorization: Bearer \xff\xfe\x80key")
+        raw = _request("POST", RUN, b'{"input": "x"}').replace(
+            b"Host: test", b"Host: test\r\nAuthorization: Bearer \xff\xfe\x80key"
+        )
         return await _exchange(s.url, raw)
 
-    status, doc, _ = asyncio.run(serve_fakes(tmp_path, fake_pair(), fn, server={"api_keys": ["good-key"]}))
-    assert status == 401 and _is_error_shape(doc, 401) and doc["error"]["type"] == "authentication_error"
+    status, doc, _ = asyncio.run(
+        serve_fakes(tmp_path, fake_pair(), fn, server={"api_keys": ["good-key"]})
+    )
+    assert (
+        status == 401
+        and _is_error_shape(doc, 401)
+        and doc["error"]["type"] == "authentication_error"
+    )
     assert not _errors_logged(caplog)
 
 
@@ -271,24 +324,36 @@ def test_a_line_over_the_limit_is_json_and_never_echoed_or_logged(tmp_path, capl
 
     async def fn(s, http):
         if where == "header":
-            raw = _request("GET", "/v1/workflows", headers={"Authorization": f"Bearer {secret}" + "k" * 9000})
+            raw = _request(
+                "GET", "/v1/workflows", headers={"Authorization": f"Bearer {secret}" + "k" * 9000}
+            )
         else:
             raw = _request("GET", f"/v1/workflows/{secret}" + "a" * 9000)
         return await _exchange(s.url, raw), await _metrics_with_key(s)
 
-    (status, doc, reply), metrics = asyncio.run(serve_fakes(tmp_path, fake_pair(), fn, server={"api_keys": ["good-key"]}))
+    (status, doc, reply), metrics = asyncio.run(
+        serve_fakes(tmp_path, fake_pair(), fn, server={"api_keys": ["good-key"]})
+    )
     assert status == 400 and _is_error_shape(doc, 400), reply[:300]
     assert "over 8190 bytes" in doc["error"]["message"]
     assert secret.encode() not in reply
-    assert not any(secret in r.getMessage() or (r.exc_info and secret in str(r.exc_info[1])) for r in caplog.records)
+    assert not any(
+        secret in r.getMessage() or (r.exc_info and secret in str(r.exc_info[1]))
+        for r in caplog.records
+    )
     assert not _errors_logged(caplog)
-    assert 'aragog_requests_rejected_total{reason="invalid_request_error",status="400"} 1.0' in metrics
+    assert (
+        'aragog_requests_rejected_total{reason="invalid_request_error",status="400"} 1.0' in metrics
+    )
 
 
 async def _metrics_with_key(s) -> str:
     import aiohttp
 
-    async with aiohttp.ClientSession() as http, http.get(s.url + "/metrics", headers={"Authorization": "Bearer good-key"}) as r:
+    async with (
+        aiohttp.ClientSession() as http,
+        http.get(s.url + "/metrics", headers={"Authorization": "Bearer good-key"}) as r,
+    ):
         return await r.text()
 
 
@@ -306,7 +371,7 @@ def test_slowloris_head_is_cut_at_the_header_timeout(tmp_path):
                 writer.write(f"X-Slow-{i}: y\r\n".encode())
                 await writer.drain()
                 chunk = await asyncio.wait_for(reader.read(4096), 0.05)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 continue
             except ConnectionError:
                 break
@@ -335,7 +400,9 @@ def test_slowloris_head_is_cut_at_the_header_timeout(tmp_path):
 def test_stalled_body_is_408_and_the_connection_closes(tmp_path):
     async def fn(s, http):
         reader, writer = await _open(s.url)
-        head = _request("POST", RUN, b"", close=False).replace(b"Content-Length: 0", b"Content-Length: 100")
+        head = _request("POST", RUN, b"", close=False).replace(
+            b"Content-Length: 0", b"Content-Length: 100"
+        )
         writer.write(head + b'{"input": "')
         await writer.drain()
         t0 = time.monotonic()
@@ -344,8 +411,14 @@ def test_stalled_body_is_408_and_the_connection_closes(tmp_path):
         writer.close()
         return _parse(reply), took, dict(s.executor.counts)
 
-    (status, doc, _), took, counts = asyncio.run(serve_fakes(tmp_path, fake_pair(), fn, server={"body_timeout_s": 0.4}))
-    assert status == 408 and _is_error_shape(doc, 408) and "body not received within 0.4 s" in doc["error"]["message"]
+    (status, doc, _), took, counts = asyncio.run(
+        serve_fakes(tmp_path, fake_pair(), fn, server={"body_timeout_s": 0.4})
+    )
+    assert (
+        status == 408
+        and _is_error_shape(doc, 408)
+        and "body not received within 0.4 s" in doc["error"]["message"]
+    )
     assert 0.3 < took < 4.0  # the timeout, then at most the linger time before the close
     assert sum(counts.values()) == 0  # never admitted
 
@@ -362,7 +435,9 @@ def test_idle_keepalive_connection_is_closed(tmp_path):
         writer.close()
         return first, rest, took
 
-    first, rest, took = asyncio.run(serve_fakes(tmp_path, fake_pair(), fn, server={"keepalive_timeout_s": 0.4}))
+    first, rest, took = asyncio.run(
+        serve_fakes(tmp_path, fake_pair(), fn, server={"keepalive_timeout_s": 0.4})
+    )
     assert first.startswith(b"HTTP/1.1 200") and rest.endswith(b'{"status": "ok"}')
     assert 0.3 < took < 3.0
 
@@ -380,11 +455,19 @@ def test_connections_over_the_bound_get_503_and_the_rest_are_served(tmp_path):
             w.close()
         return over, ok, s.metrics.render().decode()
 
-    over, ok, metrics = asyncio.run(serve_fakes(tmp_path, fake_pair(), fn, server={"max_connections": 2}))
-    assert over[0] == 503 and _is_error_shape(over[1], 503) and over[1]["error"]["type"] == "too_many_connections"
+    over, ok, metrics = asyncio.run(
+        serve_fakes(tmp_path, fake_pair(), fn, server={"max_connections": 2})
+    )
+    assert (
+        over[0] == 503
+        and _is_error_shape(over[1], 503)
+        and over[1]["error"]["type"] == "too_many_connections"
+    )
     assert b"Retry-After: 1" in over[2]
     assert ok[0] == 200
-    assert 'aragog_requests_rejected_total{reason="too_many_connections",status="503"} 1.0' in metrics
+    assert (
+        'aragog_requests_rejected_total{reason="too_many_connections",status="503"} 1.0' in metrics
+    )
 
 
 # -- 7. every error is JSON ----------------------------------------------------------------------
@@ -398,11 +481,17 @@ def test_aiohttp_own_errors_are_the_json_shape(tmp_path, caplog):
         out["route"] = await _exchange(s.url, _request("GET", "/nope"))
         out["method"] = await _exchange(s.url, _request("GET", RUN))
         out["garbage"] = await _exchange(s.url, b"NOT HTTP AT ALL\r\n\r\n")
-        out["bad_header"] = await _exchange(s.url, b"GET /health HTTP/1.1\r\nHost: t\r\nBad Header\r\n\r\n")
+        out["bad_header"] = await _exchange(
+            s.url, b"GET /health HTTP/1.1\r\nHost: t\r\nBad Header\r\n\r\n"
+        )
         big = "m" * 900_000
-        async with http.post(CHAT, json={"model": "workflow:" + big, "messages": [{"role": "user", "content": "x"}]}) as r:
+        async with http.post(
+            CHAT, json={"model": "workflow:" + big, "messages": [{"role": "user", "content": "x"}]}
+        ) as r:
             out["big_model"] = (r.status, await r.json(), await r.read())
-        async with http.post(CHAT, json={"model": big, "messages": [{"role": "user", "content": "x"}]}) as r:
+        async with http.post(
+            CHAT, json={"model": big, "messages": [{"role": "user", "content": "x"}]}
+        ) as r:
             out["big_plain_model"] = (r.status, await r.json(), await r.read())
 
         def broken():
@@ -413,15 +502,30 @@ def test_aiohttp_own_errors_are_the_json_shape(tmp_path, caplog):
         return out
 
     out = asyncio.run(serve_fakes(tmp_path, fake_pair(), fn, server={"max_body_bytes": 2_000_000}))
-    assert out["route"][0] == 404 and _is_error_shape(out["route"][1], 404) and "no route GET /nope" in out["route"][1]["error"]["message"]
+    assert (
+        out["route"][0] == 404
+        and _is_error_shape(out["route"][1], 404)
+        and "no route GET /nope" in out["route"][1]["error"]["message"]
+    )
     status, doc, reply = out["method"]
-    assert status == 405 and _is_error_shape(doc, 405) and doc["error"]["type"] == "method_not_allowed"
+    assert (
+        status == 405 and _is_error_shape(doc, 405) and doc["error"]["type"] == "method_not_allowed"
+    )
     assert b"Allow: POST" in reply
     for key in ("garbage", "bad_header"):
-        assert out[key][0] == 400 and _is_error_shape(out[key][1], 400) and "malformed HTTP request" in out[key][1]["error"]["message"]
+        assert (
+            out[key][0] == 400
+            and _is_error_shape(out[key][1], 400)
+            and "malformed HTTP request" in out[key][1]["error"]["message"]
+        )
     for key in ("big_model", "big_plain_model"):
         status, doc, raw = out[key]
-        assert status == 404 and _is_error_shape(doc, 404) and len(raw) < 500 and "(900" in doc["error"]["message"]
+        assert (
+            status == 404
+            and _is_error_shape(doc, 404)
+            and len(raw) < 500
+            and "(900" in doc["error"]["message"]
+        )
     status, doc, _ = out["500"]
     assert status == 500 and _is_error_shape(doc, 500) and doc["error"]["type"] == "internal_error"
     assert "bug in a handler" not in doc["error"]["message"]
@@ -470,20 +574,40 @@ def test_refused_requests_are_counted_by_status_and_reason(tmp_path):
         await post_json(http, RUN, {}, headers=key)  # 400
         await post_json(http, RUN, {"input": "x"})  # 401
         await post_json(http, "/v1/workflows/nope/runs", {"input": "x"}, headers=key)  # 404
-        async with http.post(RUN, data=b'{"input": "' + b"x" * 3000 + b'"}', headers=key) as r:  # 413
+        async with http.post(
+            RUN, data=b'{"input": "' + b"x" * 3000 + b'"}', headers=key
+        ) as r:  # 413
             assert r.status == 413
-        slow = asyncio.create_task(post_json(http, RUN, {"input": "a", "deadline_s": 0.5}, headers=key))
+        slow = asyncio.create_task(
+            post_json(http, RUN, {"input": "a", "deadline_s": 0.5}, headers=key)
+        )
         await _until(lambda: s.executor.num_in_flight == 1)
         await post_json(http, RUN, {"input": "b"}, headers=key)  # 429
         await slow
         async with http.get("/metrics", headers=key) as r:
             return await r.text()
 
-    metrics = asyncio.run(serve_fakes(tmp_path, _busy_pair(), fn, server={"api_keys": ["k"], "max_queue": 1, "max_body_bytes": 2048}))
-    for status, reason in [(400, "invalid_request_error"), (401, "authentication_error"), (404, "not_found_error"),
-                           (413, "payload_too_large"), (429, "overloaded_error")]:  # fmt: skip
-        assert f'aragog_requests_rejected_total{{reason="{reason}",status="{status}"}} 1.0' in metrics
-    assert 'aragog_requests_total{status="expired",workflow="chain"} 1.0' in metrics  # the admitted one is a run, not a rejection
+    metrics = asyncio.run(
+        serve_fakes(
+            tmp_path,
+            _busy_pair(),
+            fn,
+            server={"api_keys": ["k"], "max_queue": 1, "max_body_bytes": 2048},
+        )
+    )
+    for status, reason in [
+        (400, "invalid_request_error"),
+        (401, "authentication_error"),
+        (404, "not_found_error"),
+        (413, "payload_too_large"),
+        (429, "overloaded_error"),
+    ]:
+        assert (
+            f'aragog_requests_rejected_total{{reason="{reason}",status="{status}"}} 1.0' in metrics
+        )
+    assert (
+        'aragog_requests_total{status="expired",workflow="chain"} 1.0' in metrics
+    )  # the admitted one is a run, not a rejection
 
 
 # -- 10. bind warning, second signal, round ids, input rule -----------------------------------
@@ -491,7 +615,9 @@ def test_refused_requests_are_counted_by_status_and_reason(tmp_path):
 
 def test_is_loopback():
     assert all(server_module.is_loopback(h) for h in ("127.0.0.1", "127.0.0.2", "::1", "localhost"))
-    assert not any(server_module.is_loopback(h) for h in ("0.0.0.0", "::", "", "10.1.2.3", "example.com"))
+    assert not any(
+        server_module.is_loopback(h) for h in ("0.0.0.0", "::", "", "10.1.2.3", "example.com")
+    )
 
 
 @pytest.mark.parametrize("keys", [[], ["k"]])
@@ -504,7 +630,9 @@ def test_non_loopback_bind_without_keys_warns_loudly(tmp_path, caplog, monkeypat
         return None
 
     asyncio.run(serve_fakes(tmp_path, fake_pair(), fn, server={"api_keys": keys}))
-    warned = [r for r in caplog.records if r.levelno == logging.WARNING and "NO AUTH" in r.getMessage()]
+    warned = [
+        r for r in caplog.records if r.levelno == logging.WARNING and "NO AUTH" in r.getMessage()
+    ]
     assert len(warned) == (0 if keys else 1)
 
 
@@ -527,7 +655,9 @@ def test_second_signal_during_drain_stops_at_once(tmp_path):
         status = (await running)[0]
         return summary, took, status
 
-    summary, took, status = asyncio.run(serve_fakes(tmp_path, _busy_pair(), fn, options=ServeOptions(drain_s=30.0, warm_up=False)))
+    summary, took, status = asyncio.run(
+        serve_fakes(tmp_path, _busy_pair(), fn, options=ServeOptions(drain_s=30.0, warm_up=False))
+    )
     assert summary == {"cancelled_at_shutdown": 1} and took < 3.0 and status == 503
 
 
@@ -550,13 +680,20 @@ def test_round_ids_are_plain_ascii_decimals(tmp_path):
 def test_whitespace_only_input_is_refused_by_runs_and_chat_alike(tmp_path):
     async def fn(s, http):
         run = await post_json(http, RUN, {"input": " \t\n "})
-        chat = await post_json(http, CHAT, {"model": "workflow:chain", "messages": [{"role": "user", "content": " \n"}]})
+        chat = await post_json(
+            http,
+            CHAT,
+            {"model": "workflow:chain", "messages": [{"role": "user", "content": " \n"}]},
+        )
         return run, chat, dict(s.executor.counts)
 
     (rs, rdoc, _), (cs, cdoc, _), counts = asyncio.run(serve_fakes(tmp_path, fake_pair(), fn))
     assert rs == cs == 400
     assert rdoc["error"]["field"] == "input" and cdoc["error"]["field"] == "messages"
-    assert "non-whitespace" in rdoc["error"]["message"] and "non-whitespace" in cdoc["error"]["message"]
+    assert (
+        "non-whitespace" in rdoc["error"]["message"]
+        and "non-whitespace" in cdoc["error"]["message"]
+    )
     assert sum(counts.values()) == 0
 
 

@@ -4,7 +4,16 @@ from __future__ import annotations
 
 import asyncio
 
-from aragog_jax.serving import CircuitBreaker, ClientLimits, EngineClient, EngineLoadState, FakeEngine, LoadMonitor, LoopbackServer, parse_gauges
+from aragog_jax.serving import (
+    CircuitBreaker,
+    ClientLimits,
+    EngineClient,
+    EngineLoadState,
+    FakeEngine,
+    LoadMonitor,
+    LoopbackServer,
+    parse_gauges,
+)
 from aragog_jax.serving._client import OrcaReport
 from aragog_jax.serving._monitor import ScrapedLoad
 
@@ -21,16 +30,25 @@ vllm:e2e_request_latency_seconds_bucket{engine="0",le="0.3",model_name="m"} 2.0
 
 def test_parse_vllm_sums_label_sets_and_ignores_others():
     g = parse_gauges(VLLM_TEXT)
-    assert g == {"vllm:num_requests_running": 4.0, "vllm:num_requests_waiting": 5.0, "vllm:kv_cache_usage_perc": 0.5}
+    assert g == {
+        "vllm:num_requests_running": 4.0,
+        "vllm:num_requests_waiting": 5.0,
+        "vllm:kv_cache_usage_perc": 0.5,
+    }
     s = ScrapedLoad.from_gauges(g, 1.0)
     assert (s.running, s.waiting, s.kv_usage) == (4.0, 5.0, 0.5)
 
 
 def test_old_vllm_and_sglang_names():
-    old = ScrapedLoad.from_gauges(parse_gauges('vllm:num_requests_running 2\nvllm:gpu_cache_usage_perc{a="b"} 0.7\n'), 0)
+    old = ScrapedLoad.from_gauges(
+        parse_gauges('vllm:num_requests_running 2\nvllm:gpu_cache_usage_perc{a="b"} 0.7\n'), 0
+    )
     assert (old.running, old.waiting, old.kv_usage) == (2.0, None, 0.7)
     sg = ScrapedLoad.from_gauges(
-        parse_gauges("sglang:num_running_reqs{x=\"1\"} 6\nsglang:num_queue_reqs 2\nsglang:token_usage 0.25\n"), 0
+        parse_gauges(
+            'sglang:num_running_reqs{x="1"} 6\nsglang:num_queue_reqs 2\nsglang:token_usage 0.25\n'
+        ),
+        0,
     )
     assert (sg.running, sg.waiting, sg.kv_usage) == (6.0, 2.0, 0.25)
 
@@ -75,7 +93,11 @@ def test_unhealthy_engine_has_zero_slots():
 def test_monitor_scrapes_fake_and_detects_failure_and_recovery():
     async def go():
         fake = FakeEngine("m")
-        fake.gauges = {"vllm:num_requests_running": 2.0, "vllm:num_requests_waiting": 9.0, "vllm:kv_cache_usage_perc": 0.1}
+        fake.gauges = {
+            "vllm:num_requests_running": 2.0,
+            "vllm:num_requests_waiting": 9.0,
+            "vllm:kv_cache_usage_perc": 0.1,
+        }
         srv = LoopbackServer(fake.app)
         url = await srv.start()
         client = EngineClient("e", url, "m", ClientLimits(probe_timeout_s=0.5))

@@ -10,7 +10,9 @@ from .test_server import _qwen_router_fleet
 
 def test_warm_up_runs_each_bucket_a_batch_can_use_once(tmp_path):
     models = ["Qwen2.5-7B-Instruct", "Qwen2.5-14B-Instruct", "Qwen2.5-32B-Instruct"]
-    fleet = _qwen_router_fleet(tmp_path, ["http://127.0.0.1:9"] * 3, models)  # buckets (1, 8); no engine is called
+    fleet = _qwen_router_fleet(
+        tmp_path, ["http://127.0.0.1:9"] * 3, models
+    )  # buckets (1, 8); no engine is called
     wf = fleet.workflows["self_refine_humaneval"]
     sizes: list[int] = []
     route_texts = wf.router.route_texts
@@ -34,10 +36,17 @@ def test_warm_up_runs_each_bucket_a_batch_can_use_once(tmp_path):
 def test_admit_all_workflow_needs_no_warm_up_and_admits_every_servable_configuration(tmp_path):
     from ._fleetkit import write_fleet
 
-    fleet = load_runtime(write_fleet(tmp_path, [("e-small", "small", "http://127.0.0.1:9"), ("e-big", "big", "http://127.0.0.1:9")]))
+    fleet = load_runtime(
+        write_fleet(
+            tmp_path,
+            [("e-small", "small", "http://127.0.0.1:9"), ("e-big", "big", "http://127.0.0.1:9")],
+        )
+    )
     wf = fleet.workflows["chain"]
     worker = RouterWorker(wf)
     assert worker.warm_up(256) == 0
     routed = worker.route_batch(["x", "y"])
     assert [r.router for r in routed] == ["admit-all"] * 2
-    assert all((r.mask == wf.servable).all() and r.num_admitted == wf.space.num_configs for r in routed)
+    assert all(
+        (r.mask == wf.servable).all() and r.num_admitted == wf.space.num_configs for r in routed
+    )

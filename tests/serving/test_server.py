@@ -9,7 +9,7 @@ import threading
 import aiohttp
 import pytest
 
-from aragog_jax.serving import FakeEngine, LoopbackServer, Server, ServeOptions, load_runtime
+from aragog_jax.serving import FakeEngine, LoopbackServer, ServeOptions, Server, load_runtime
 
 from ._fleetkit import CHAIN, FAN, write_fleet
 from ._fleetkit import fake_pair as _two
@@ -34,7 +34,9 @@ def test_run_completes_with_receipt(tmp_path):
     # The final stage's prompt is rendered from the input and the upstream output.
     assert body["output"] == fake.text_for(f"Polish {draft_text} for reverse a string")
     assert rec["configuration"] == {"draft": rec["stages"][0]["model"], "polish": polish["model"]}
-    assert all(st["queue_s"] >= 0 and st["run_s"] > 0 and st["round_id"] >= 0 for st in rec["stages"])
+    assert all(
+        st["queue_s"] >= 0 and st["run_s"] > 0 and st["round_id"] >= 0 for st in rec["stages"]
+    )
 
 
 def test_fan_in_and_streaming_events(tmp_path):
@@ -64,10 +66,18 @@ def test_listing_and_errors(tmp_path):
         out["404"] = await _post(http, "/v1/workflows/nope/runs", {"input": "x"})
         out["400_missing"] = await _post(http, "/v1/workflows/chain/runs", {})
         out["400_type"] = await _post(http, "/v1/workflows/chain/runs", {"input": 3})
-        out["400_unknown"] = await _post(http, "/v1/workflows/chain/runs", {"input": "x", "bogus": 1})
-        async with http.post("/v1/workflows/chain/runs", data=b"{not json", headers={"Content-Type": "application/json"}) as r:
+        out["400_unknown"] = await _post(
+            http, "/v1/workflows/chain/runs", {"input": "x", "bogus": 1}
+        )
+        async with http.post(
+            "/v1/workflows/chain/runs",
+            data=b"{not json",
+            headers={"Content-Type": "application/json"},
+        ) as r:
             out["400_json"] = (r.status, await r.json())
-        async with http.post("/v1/workflows/chain/runs", data=b'{"input": "' + b"x" * 5000 + b'"}') as r:
+        async with http.post(
+            "/v1/workflows/chain/runs", data=b'{"input": "' + b"x" * 5000 + b'"}'
+        ) as r:
             out["413"] = r.status
         async with http.get("/health") as r:
             out["health"] = r.status
@@ -92,15 +102,35 @@ def test_api_keys_from_file_and_env(tmp_path, monkeypatch):
 
     async def fn(s, http):
         no = await _post(http, "/v1/workflows/chain/runs", {"input": "x"})
-        bad = await _post(http, "/v1/workflows/chain/runs", {"input": "x"}, headers={"Authorization": "Bearer nope"})
-        ok_file = await _post(http, "/v1/workflows/chain/runs", {"input": "x"}, headers={"Authorization": "Bearer file-key"})
-        ok_env = await _post(http, "/v1/workflows/chain/runs", {"input": "x"}, headers={"Authorization": "Bearer env-key-2"})
+        bad = await _post(
+            http,
+            "/v1/workflows/chain/runs",
+            {"input": "x"},
+            headers={"Authorization": "Bearer nope"},
+        )
+        ok_file = await _post(
+            http,
+            "/v1/workflows/chain/runs",
+            {"input": "x"},
+            headers={"Authorization": "Bearer file-key"},
+        )
+        ok_env = await _post(
+            http,
+            "/v1/workflows/chain/runs",
+            {"input": "x"},
+            headers={"Authorization": "Bearer env-key-2"},
+        )
         async with http.get("/health") as r:
             health = r.status
         return no, bad, ok_file, ok_env, health
 
     no, bad, ok_file, ok_env, health = asyncio.run(
-        _serve(tmp_path, _two(), fn, server={"api_keys": ["file-key"], "api_keys_env": "ARAGOG_TEST_KEYS"})
+        _serve(
+            tmp_path,
+            _two(),
+            fn,
+            server={"api_keys": ["file-key"], "api_keys_env": "ARAGOG_TEST_KEYS"},
+        )
     )
     assert no[0] == 401 and bad[0] == 401
     assert "nope" not in json.dumps(bad[1])  # the key is never echoed
@@ -109,12 +139,16 @@ def test_api_keys_from_file_and_env(tmp_path, monkeypatch):
 
 def test_queue_full_is_429_with_retry_after_and_deadline_is_504(tmp_path):
     async def fn(s, http):
-        first = asyncio.create_task(_post(http, "/v1/workflows/chain/runs", {"input": "slow", "deadline_s": 0.3}))
+        first = asyncio.create_task(
+            _post(http, "/v1/workflows/chain/runs", {"input": "slow", "deadline_s": 0.3})
+        )
         await asyncio.sleep(0.1)
         second = await _post(http, "/v1/workflows/chain/runs", {"input": "x"})
         return await first, second, s.executor.counts
 
-    first, second, counts = asyncio.run(_serve(tmp_path, _two("slow", "slow", slow_s=1.0), fn, server={"max_queue": 1}))
+    first, second, counts = asyncio.run(
+        _serve(tmp_path, _two("slow", "slow", slow_s=1.0), fn, server={"max_queue": 1})
+    )
     assert second[0] == 429 and second[2]["Retry-After"] == "1"
     assert first[0] == 504 and "deadline" in first[1]["error"]["message"]
     assert counts["expired"] == 1
@@ -130,7 +164,9 @@ def test_engine_fault_fails_over_to_other_model(tmp_path, mode):
             metrics = await r.text()
         return res, metrics, s.executor.engines["e-small"].breaker.num_opened
 
-    res, metrics, opened = asyncio.run(_serve(tmp_path, engines, fn, server={"engine_timeout_s": 0.3}))
+    res, metrics, opened = asyncio.run(
+        _serve(tmp_path, engines, fn, server={"engine_timeout_s": 0.3})
+    )
     assert all(r[0] == 200 for r in res), res
     stages = [st for r in res for st in r[1]["receipt"]["stages"]]
     assert all(st["engine"] == "e-big" for st in stages)
@@ -148,7 +184,10 @@ def test_no_viable_configuration_left_is_503_not_a_hang(tmp_path):
 
     (status, body, _), counts, left = asyncio.run(_serve(tmp_path, _two("fail", "fail"), fn))
     assert status in (502, 503), body
-    assert "no admitted configuration" in body["error"]["message"] or "failed" in body["error"]["message"]
+    assert (
+        "no admitted configuration" in body["error"]["message"]
+        or "failed" in body["error"]["message"]
+    )
     assert counts["failed"] == 1 and left == 0
 
 
@@ -195,21 +234,31 @@ def test_openai_client_unchanged(tmp_path):
         client = openai.AsyncOpenAI(base_url=s.url + "/v1", api_key="unused")
         models = await client.models.list()
         resp = await client.chat.completions.create(
-            model="workflow:chain", messages=[{"role": "system", "content": "be brief"}, {"role": "user", "content": "hello"}]
+            model="workflow:chain",
+            messages=[
+                {"role": "system", "content": "be brief"},
+                {"role": "user", "content": "hello"},
+            ],
         )
         chunks = []
-        stream = await client.chat.completions.create(model="workflow:fan", messages=[{"role": "user", "content": "q"}], stream=True)
+        stream = await client.chat.completions.create(
+            model="workflow:fan", messages=[{"role": "user", "content": "q"}], stream=True
+        )
         async for ch in stream:
             if ch.choices and ch.choices[0].delta.content:
                 chunks.append(ch.choices[0].delta.content)
         with pytest.raises(openai.NotFoundError):
-            await client.chat.completions.create(model="workflow:nope", messages=[{"role": "user", "content": "x"}])
+            await client.chat.completions.create(
+                model="workflow:nope", messages=[{"role": "user", "content": "x"}]
+            )
         await client.close()
         return [m.id for m in models.data], resp, "".join(chunks)
 
     ids, resp, streamed = asyncio.run(_serve(tmp_path, _two(), fn))
     assert ids == ["workflow:chain", "workflow:fan"]
-    assert resp.choices[0].message.role == "assistant" and resp.choices[0].message.content.startswith(("small:", "big:"))
+    assert resp.choices[0].message.role == "assistant" and resp.choices[
+        0
+    ].message.content.startswith(("small:", "big:"))
     assert resp.usage.completion_tokens == 16
     assert streamed.startswith(("small:", "big:"))
 
@@ -219,7 +268,9 @@ def test_receipt_rounds_replay_to_the_same_decision(tmp_path):
     from aragog_jax.scheduler._replay import replay_round
 
     async def fn(s, http):
-        status, body, _ = await _post(http, "/v1/workflows/fan/runs", {"input": "q", "replay": True})
+        status, body, _ = await _post(
+            http, "/v1/workflows/fan/runs", {"input": "q", "replay": True}
+        )
         rid = body["receipt"]["stages"][0]["round_id"]
         async with http.get(f"/v1/rounds/{rid}") as r:
             served = (r.status, await r.json())
@@ -232,7 +283,9 @@ def test_receipt_rounds_replay_to_the_same_decision(tmp_path):
     status, body, served, decision, missing = asyncio.run(_serve(tmp_path, _two(), fn))
     assert status == 200
     rounds = body["receipt"]["rounds"]
-    assert rounds and {st["round_id"] for st in body["receipt"]["stages"]} <= {r["round_id"] for r in rounds}
+    assert rounds and {st["round_id"] for st in body["receipt"]["stages"]} <= {
+        r["round_id"] for r in rounds
+    }
     first = rounds[0]
     assert served == (200, first["round"]) and decision == first["decision"]
     replayed = replay_round(first["round"], make_policy("aragog", beam_width=4))
@@ -255,10 +308,14 @@ def test_trained_router_masks_configurations(tmp_path):
         fakes = [FakeEngine(m) for m in models]
         srvs = [LoopbackServer(f.app) for f in fakes]
         urls = [await s.start() for s in srvs]
-        lines = ['family = "qwen"', f'models = "{PROFILES_DIR / "models.toml"}"',
-                 f'workflows = ["{PROFILES_DIR / "workflows" / "self_refine_humaneval.toml"}"]',
-                 "[routers]", f'self_refine_humaneval = "{ckpt}"']  # fmt: skip
-        for i, (m, u) in enumerate(zip(models, urls)):
+        lines = [
+            'family = "qwen"',
+            f'models = "{PROFILES_DIR / "models.toml"}"',
+            f'workflows = ["{PROFILES_DIR / "workflows" / "self_refine_humaneval.toml"}"]',
+            "[routers]",
+            f'self_refine_humaneval = "{ckpt}"',
+        ]
+        for i, (m, u) in enumerate(zip(models, urls, strict=True)):
             lines += ["[[engine]]", f'name = "e{i}"', f'model = "{m}"', f'url = "{u}"']
         lines += ["[server]", "port = 0"]
         path = tmp_path / "fleet.toml"
@@ -268,11 +325,16 @@ def test_trained_router_masks_configurations(tmp_path):
         url = await s.start()
         try:
             async with aiohttp.ClientSession(base_url=url) as http:
+
                 async def one(text):
-                    async with http.post("/v1/workflows/self_refine_humaneval/runs", json={"input": text}) as r:
+                    async with http.post(
+                        "/v1/workflows/self_refine_humaneval/runs", json={"input": text}
+                    ) as r:
                         return r.status, await r.json()
 
-                res = await asyncio.gather(*(one(f"def f{i}(x): return x + {i}") for i in range(10)))
+                res = await asyncio.gather(
+                    *(one(f"def f{i}(x): return x + {i}") for i in range(10))
+                )
                 async with http.get("/ready") as r:
                     ready = await r.json()
             return res, ready, fleet.workflows["self_refine_humaneval"].router
@@ -284,7 +346,7 @@ def test_trained_router_masks_configurations(tmp_path):
     res, ready, router = asyncio.run(go())
     assert ready["routers"] == {"self_refine_humaneval": "compiled"}
     assert all(st == 200 for st, _ in res)
-    for (_, body), i in zip(res, range(10)):
+    for (_, body), i in zip(res, range(10), strict=False):
         rec = body["receipt"]
         assert rec["router"] == "trained" and rec["routing_s"] > 0
         expected = router.route_texts([f"def f{i}(x): return x + {i}"]).mask[0]
@@ -301,9 +363,13 @@ def _qwen_router_fleet(tmp_path, urls: list[str], models: list[str]):
     ckpt = shipped_router("self_refine_humaneval", "qwen")
     if not ckpt.exists():
         pytest.skip(f"no shipped router at {ckpt}")
-    lines = ['family = "qwen"', f'models = "{PROFILES_DIR / "models.toml"}"',
-             f'workflows = ["{PROFILES_DIR / "workflows" / "self_refine_humaneval.toml"}"]',
-             "[routers]", f'self_refine_humaneval = "{ckpt}"']  # fmt: skip
+    lines = [
+        'family = "qwen"',
+        f'models = "{PROFILES_DIR / "models.toml"}"',
+        f'workflows = ["{PROFILES_DIR / "workflows" / "self_refine_humaneval.toml"}"]',
+        "[routers]",
+        f'self_refine_humaneval = "{ckpt}"',
+    ]
     for i, (m, u) in enumerate(zip(models, urls, strict=True)):
         lines += ["[[engine]]", f'name = "e{i}"', f'model = "{m}"', f'url = "{u}"']
     lines += ["[server]", "port = 0"]
@@ -338,7 +404,9 @@ def test_round_routes_the_turns_arrivals_in_one_batch_and_dispatches_them(tmp_pa
         await s.start()
         try:
             ex = s.executor
-            runs = [ex.admit("self_refine_humaneval", f"def f{i}(x): return x + {i}") for i in range(6)]
+            runs = [
+                ex.admit("self_refine_humaneval", f"def f{i}(x): return x + {i}") for i in range(6)
+            ]
             assert batches == [] and all(r.status == "routing" for r in runs)
             await asyncio.sleep(0)  # one loop turn: the round the admissions asked for
             statuses = [r.status for r in runs]
@@ -376,7 +444,9 @@ def test_start_tunes_the_collector_and_stop_restores_it(tmp_path, tune):
 
     before = gc.get_threshold()
     assert gc.get_freeze_count() == 0
-    status, frozen, threshold = asyncio.run(_serve(tmp_path, _two(), fn, options=ServeOptions(drain_s=2.0, warm_up=False, tune_gc=tune)))
+    status, frozen, threshold = asyncio.run(
+        _serve(tmp_path, _two(), fn, options=ServeOptions(drain_s=2.0, warm_up=False, tune_gc=tune))
+    )
     assert status == 200
     if tune:
         assert frozen > 10_000 and threshold[0] >= 10_000 and threshold[1:] == before[1:]
@@ -426,7 +496,10 @@ def test_stop_restores_the_collector_even_when_closing_fails(tmp_path, monkeypat
         for name, (model, fake) in _two().items():
             fakes.append(LoopbackServer(fake.app))
             urls.append((name, model, await fakes[-1].start()))
-        s = Server(load_runtime(write_fleet(tmp_path, urls, server={"port": 0})), ServeOptions(drain_s=0.5, warm_up=False))
+        s = Server(
+            load_runtime(write_fleet(tmp_path, urls, server={"port": 0})),
+            ServeOptions(drain_s=0.5, warm_up=False),
+        )
         await s.start()
         close = s.executor.close
 
@@ -485,7 +558,12 @@ def test_router_in_a_worker_thread_routes_and_serves(tmp_path):
         s.executor.routers["self_refine_humaneval"].in_thread = True
         try:
             async with aiohttp.ClientSession(base_url=url) as http:
-                res = await asyncio.gather(*(_post(http, "/v1/workflows/self_refine_humaneval/runs", {"input": f"f{i}"}) for i in range(5)))
+                res = await asyncio.gather(
+                    *(
+                        _post(http, "/v1/workflows/self_refine_humaneval/runs", {"input": f"f{i}"})
+                        for i in range(5)
+                    )
+                )
         finally:
             await s.stop(drain_s=0.5)
             for srv in srvs:
@@ -509,7 +587,9 @@ async def broken(stage, model, lm, state):
 
 
 def _fn_chain(function: str) -> str:
-    return CHAIN.replace('prompt = "Draft: {input}"', f'prompt = "Draft: {{input}}"\nfunction = "{function}"')
+    return CHAIN.replace(
+        'prompt = "Draft: {input}"', f'prompt = "Draft: {{input}}"\nfunction = "{function}"'
+    )
 
 
 def test_stage_function_runs_on_the_chosen_engine_and_feeds_the_next_stage(tmp_path):
@@ -519,13 +599,19 @@ def test_stage_function_runs_on_the_chosen_engine_and_feeds_the_next_stage(tmp_p
     async def fn(s, http):
         return await _post(http, "/v1/workflows/chain/runs", {"input": "sum a list"})
 
-    status, body, _ = asyncio.run(_serve(tmp_path, engines, fn, workflows={"chain": _fn_chain("stages.py:draft_twice")}))
+    status, body, _ = asyncio.run(
+        _serve(tmp_path, engines, fn, workflows={"chain": _fn_chain("stages.py:draft_twice")})
+    )
     assert status == 200, body
     draft, polish = body["receipt"]["stages"]
     fake = engines[draft["engine"]][1]
     draft_text = fake.text_for("again " + fake.text_for("Draft: sum a list"))
-    assert fake.prompts.count("Draft: sum a list") == 1  # both calls went to the engine the scheduler chose
-    assert body["output"] == engines[polish["engine"]][1].text_for(f"Polish {draft_text} for sum a list")
+    assert (
+        fake.prompts.count("Draft: sum a list") == 1
+    )  # both calls went to the engine the scheduler chose
+    assert body["output"] == engines[polish["engine"]][1].text_for(
+        f"Polish {draft_text} for sum a list"
+    )
     assert draft["engine_calls"] == 2 and polish["engine_calls"] == 1
     assert draft["completion_tokens"] > polish["completion_tokens"]  # two calls' tokens add up
 
@@ -535,21 +621,34 @@ def test_failing_stage_function_is_500_naming_stage_and_function(tmp_path):
 
     async def fn(s, http):
         status, body, _ = await _post(http, "/v1/workflows/chain/runs", {"input": "x"})
-        ok, _, _ = await _post(http, "/v1/workflows/fan/runs", {"input": "y"})  # the server keeps serving
+        ok, _, _ = await _post(
+            http, "/v1/workflows/fan/runs", {"input": "y"}
+        )  # the server keeps serving
         return status, body, ok
 
-    status, body, ok = asyncio.run(_serve(tmp_path, _two(), fn, workflows={"chain": _fn_chain("stages.py:broken"), "fan": FAN}))
+    status, body, ok = asyncio.run(
+        _serve(tmp_path, _two(), fn, workflows={"chain": _fn_chain("stages.py:broken"), "fan": FAN})
+    )
     assert status == 500 and body["error"]["type"] == "stage_function_error"
-    assert "stage 'draft': function broken raised KeyError: 'missing tool'" in body["error"]["message"]
+    assert (
+        "stage 'draft': function broken raised KeyError: 'missing tool'" in body["error"]["message"]
+    )
     assert ok == 200
 
 
 def test_fleet_with_a_missing_stage_function_fails_at_load(tmp_path):
     from aragog_jax.errors import SpecError
 
-    path = write_fleet(tmp_path, [("e", "small", "http://127.0.0.1:9")], workflows={"chain": _fn_chain("stages.py:nope")})
+    path = write_fleet(
+        tmp_path,
+        [("e", "small", "http://127.0.0.1:9")],
+        workflows={"chain": _fn_chain("stages.py:nope")},
+    )
     (tmp_path / "stages.py").write_text(_STAGES_PY)
-    with pytest.raises(SpecError, match=r"workflow 'chain': stage\[0\] \(draft\)\.function .* has no function 'nope'"):
+    with pytest.raises(
+        SpecError,
+        match=r"workflow 'chain': stage\[0\] \(draft\)\.function .* has no function 'nope'",
+    ):
         load_runtime(path)
 
 
@@ -560,7 +659,10 @@ def test_a_part_that_fails_to_close_does_not_keep_the_others_open(tmp_path):
 
     async def go():
         fakes = [LoopbackServer(f.app) for _, f in engines.values()]
-        urls = [(name, model, await srv.start()) for (name, (model, _)), srv in zip(engines.items(), fakes)]
+        urls = [
+            (name, model, await srv.start())
+            for (name, (model, _)), srv in zip(engines.items(), fakes, strict=True)
+        ]
         path = write_fleet(tmp_path, urls, server={"port": 0, "metrics_poll_s": 0.05})
         s = Server(load_runtime(path), ServeOptions(drain_s=0.5, warm_up=False))
         url = await s.start()

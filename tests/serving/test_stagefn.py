@@ -14,7 +14,7 @@ from aragog_jax.spec import load_models, load_workflow
 
 from ._fleetkit import CATALOG, with_fake_client
 
-STAGES_PY = '''
+STAGES_PY = """
 async def draft_twice(stage, model, lm, state):
     first = await lm(state.prompt)
     return await lm(f"again [{model}] {first}", max_tokens=3)
@@ -30,7 +30,7 @@ async def not_text(stage, model, lm, state):
 
 def plain(stage, model, lm, state):
     return "sync"
-'''
+"""
 
 WORKFLOW = """
 name = "fn"
@@ -84,7 +84,9 @@ def test_bad_stage_functions_are_spec_errors_naming_the_stage(tmp_path, ref, mes
 
 
 def test_malformed_function_reference_is_rejected_when_the_spec_loads(tmp_path):
-    with pytest.raises(SpecError, match=r"stage\[0\]\.function: 'stages.py' is not module:function"):
+    with pytest.raises(
+        SpecError, match=r"stage\[0\]\.function: 'stages.py' is not module:function"
+    ):
         _workflow(tmp_path, WORKFLOW.replace("stages.py:draft_twice", "stages.py"))
 
 
@@ -107,13 +109,22 @@ def test_function_calls_the_chosen_engine_and_tokens_add_up(tmp_path):
     assert plain.text == first and plain.calls == 1
     assert out.calls == 2 and out.text == fake.text_for(f"again [small] {first}")
     assert fake.prompts[-2:] == ["Draft: sort a list", f"again [small] {first}"]
-    assert out.prompt_tokens > plain.prompt_tokens and out.completion_tokens > plain.completion_tokens
+    assert (
+        out.prompt_tokens > plain.prompt_tokens and out.completion_tokens > plain.completion_tokens
+    )
 
 
 def test_function_sees_upstream_outputs_by_stage_name(tmp_path):
-    wf = _workflow(tmp_path, WORKFLOW.replace('prompt = "Polish {draft}"', 'prompt = "Polish {draft}"\nfunction = "stages.py:shout"'))
+    wf = _workflow(
+        tmp_path,
+        WORKFLOW.replace(
+            'prompt = "Polish {draft}"', 'prompt = "Polish {draft}"\nfunction = "stages.py:shout"'
+        ),
+    )
     fns = load_stage_functions(wf)
-    state = StageState("x", {"draft": "d1"}, render_prompt(wf.stage[1].prompt, "x", {"draft": "d1"}))
+    state = StageState(
+        "x", {"draft": "d1"}, render_prompt(wf.stage[1].prompt, "x", {"draft": "d1"})
+    )
 
     async def go(fake, client):
         return fake, await run_stage(wf.stage[1], fns[1], "small", client, state, seed=1)
@@ -122,13 +133,18 @@ def test_function_sees_upstream_outputs_by_stage_name(tmp_path):
     assert out.text == fake.text_for("Polish d1").upper() + "|draft"
 
 
-@pytest.mark.parametrize(("name", "message"), [("boom", "raised ValueError: no answer for x"), ("not_text", "returned int, expected str")])
+@pytest.mark.parametrize(
+    ("name", "message"),
+    [("boom", "raised ValueError: no answer for x"), ("not_text", "returned int, expected str")],
+)
 def test_a_failing_function_names_the_stage_and_the_function(tmp_path, name, message):
     wf = _workflow(tmp_path, WORKFLOW.replace("draft_twice", name))
     fns = load_stage_functions(wf)
 
     async def go(fake, client):
-        return await run_stage(wf.stage[0], fns[0], "small", client, StageState("x", {}, "p"), seed=1)
+        return await run_stage(
+            wf.stage[0], fns[0], "small", client, StageState("x", {}, "p"), seed=1
+        )
 
     with pytest.raises(StageFunctionError, match=f"stage 'draft': function {name} {message}"):
         asyncio.run(_with_engine(go))
@@ -139,7 +155,9 @@ def test_engine_errors_inside_a_function_propagate_for_failover(tmp_path):
     fns = load_stage_functions(wf)
 
     async def go(fake, client):
-        return await run_stage(wf.stage[0], fns[0], "small", client, StageState("x", {}, "p"), seed=1)
+        return await run_stage(
+            wf.stage[0], fns[0], "small", client, StageState("x", {}, "p"), seed=1
+        )
 
     with pytest.raises(UpstreamError) as err:
         asyncio.run(_with_engine(go, mode="fail"))
@@ -187,14 +205,20 @@ def test_a_function_raising_cancelled_error_itself_is_a_function_error():
         return await t
 
     with pytest.raises(StageFunctionError, match="raised CancelledError"):
-        asyncio.run(run_stage(_stage(), inner_cancelled, "small", _SeedClient(), StageState("x", {}, "p"), seed=1))
+        asyncio.run(
+            run_stage(
+                _stage(), inner_cancelled, "small", _SeedClient(), StageState("x", {}, "p"), seed=1
+            )
+        )
 
     async def cancelled_from_outside():
         async def slow(stage, model, lm, state):
             await asyncio.sleep(10)
             return "late"
 
-        task = asyncio.get_running_loop().create_task(run_stage(_stage(), slow, "small", _SeedClient(), StageState("x", {}, "p"), seed=1))
+        task = asyncio.get_running_loop().create_task(
+            run_stage(_stage(), slow, "small", _SeedClient(), StageState("x", {}, "p"), seed=1)
+        )
         await asyncio.sleep(0)
         task.cancel()
         await task

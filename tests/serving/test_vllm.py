@@ -14,7 +14,16 @@ import time
 import aiohttp
 import pytest
 
-from aragog_jax.serving import CircuitBreaker, ClientLimits, EngineClient, EngineLoadState, LoadMonitor, Server, ServeOptions, load_runtime
+from aragog_jax.serving import (
+    CircuitBreaker,
+    ClientLimits,
+    EngineClient,
+    EngineLoadState,
+    LoadMonitor,
+    ServeOptions,
+    Server,
+    load_runtime,
+)
 
 from ._fleetkit import write_fleet
 
@@ -40,8 +49,13 @@ prompt = "Polish {draft} for {input}"
 
 def _fleet(tmp_path, engines, **server):
     settings = {"port": 0, "metrics_poll_s": 0.1, "engine_timeout_s": 30.0, **server}
-    eng = [("vllm-a", "small", engines[0].url, engines[0].name), ("vllm-b", "big", engines[1].url, engines[1].name)]
-    return load_runtime(write_fleet(tmp_path, eng, server=settings, workflows={"chain": LONG_CHAIN}))
+    eng = [
+        ("vllm-a", "small", engines[0].url, engines[0].name),
+        ("vllm-b", "big", engines[1].url, engines[1].name),
+    ]
+    return load_runtime(
+        write_fleet(tmp_path, eng, server=settings, workflows={"chain": LONG_CHAIN})
+    )
 
 
 async def _runs(http, n, text="q"):
@@ -58,7 +72,12 @@ def test_monitor_reads_real_gauges_moving(vllm_engines):
     async def go():
         # A generous probe timeout: on a loaded 2-core machine a busy engine's /metrics can
         # take seconds, and a failed scrape would leave the last (idle) values in place.
-        clients = [EngineClient(e.name, e.url, e.name, ClientLimits(request_timeout_s=60, probe_timeout_s=15)) for e in engines]
+        clients = [
+            EngineClient(
+                e.name, e.url, e.name, ClientLimits(request_timeout_s=60, probe_timeout_s=15)
+            )
+            for e in engines
+        ]
         for c in clients:
             await c.open()
         states = [EngineLoadState(c, c.name, CircuitBreaker()) for c in clients]
@@ -92,16 +111,38 @@ def test_monitor_reads_real_gauges_moving(vllm_engines):
             await mon.poll_once()
             after = {st.name: (st.scraped.running, st.scraped.waiting) for st in states}
             orca = [r.orca for r in results if r.orca is not None]
-            tokens = {c.name: sum(r.completion_tokens for i, r in enumerate(results) if (i // 16) % len(clients) == k) for k, c in enumerate(clients)}
+            tokens = {
+                c.name: sum(
+                    r.completion_tokens
+                    for i, r in enumerate(results)
+                    if (i // 16) % len(clients) == k
+                )
+                for k, c in enumerate(clients)
+            }
             print("waves:", wave + 1, end=" ")
-            print("scrape errors:", {st.name: st.scrape_errors for st in states}, "polls:", mon.num_polls, "tokens:", tokens)
+            print(
+                "scrape errors:",
+                {st.name: st.scrape_errors for st in states},
+                "polls:",
+                mon.num_polls,
+                "tokens:",
+                tokens,
+            )
             return idle, peak, after, results, orca
         finally:
             for c in clients:
                 await c.close()
 
     idle, peak, after, results, orca = asyncio.run(asyncio.wait_for(go(), 240))
-    print("vLLM gauges: idle", idle, "peak [running, waiting]", peak, "after", after, f"ORCA reports: {len(orca)}")
+    print(
+        "vLLM gauges: idle",
+        idle,
+        "peak [running, waiting]",
+        peak,
+        "after",
+        after,
+        f"ORCA reports: {len(orca)}",
+    )
     assert all(v == (0, 0, "metrics") for v in idle.values())
     for name, (running, waiting) in peak.items():
         assert running == 4, (name, peak)  # --max-num-seqs 4
@@ -139,7 +180,12 @@ def test_runs_complete_through_server_on_both_engines(vllm_engines, tmp_path):
     assert ready == 200
     assert [st for st, _ in res] == [200] * 12, [b for st, b in res if st != 200]
     used = {stage["engine"] for _, body in res for stage in body["receipt"]["stages"]}
-    print("engines used:", sorted(used), "models:", sorted({stage["model"] for _, b in res for stage in b["receipt"]["stages"]}))
+    print(
+        "engines used:",
+        sorted(used),
+        "models:",
+        sorted({stage["model"] for _, b in res for stage in b["receipt"]["stages"]}),
+    )
     assert used == {"vllm-a", "vllm-b"}
     assert all(body["output"] for _, body in res)
     assert 'aragog_requests_total{status="completed",workflow="chain"} 12.0' in metrics
@@ -162,7 +208,9 @@ def test_openai_client_streams_the_output_stage_token_by_token(vllm_engines, tmp
             arrivals = []
             t0 = time.monotonic()
             stream = await client.chat.completions.create(
-                model="workflow:chain", messages=[{"role": "user", "content": "write a long story"}], stream=True
+                model="workflow:chain",
+                messages=[{"role": "user", "content": "write a long story"}],
+                stream=True,
             )
             async for ch in stream:
                 arrivals.append((time.monotonic() - t0, ch))
@@ -172,11 +220,18 @@ def test_openai_client_streams_the_output_stage_token_by_token(vllm_engines, tmp
             await s.stop(drain_s=1)
 
     arrivals = asyncio.run(asyncio.wait_for(go(), 240))
-    texts = [(t, ch.choices[0].delta.content) for t, ch in arrivals if ch.choices and ch.choices[0].delta.content]
+    texts = [
+        (t, ch.choices[0].delta.content)
+        for t, ch in arrivals
+        if ch.choices and ch.choices[0].delta.content
+    ]
     last = arrivals[-1][1]
     receipt = last.model_extra["aragog"]["receipt"]
     polish = receipt["stages"][-1]
-    print(f"{len(texts)} content chunks over {texts[-1][0] - texts[0][0]:.3f} s; polish: {polish['completion_tokens']} tokens on {polish['engine']}")
+    print(
+        f"{len(texts)} content chunks over {texts[-1][0] - texts[0][0]:.3f} s; polish: "
+        f"{polish['completion_tokens']} tokens on {polish['engine']}"
+    )
     assert last.choices[0].finish_reason == "stop" and polish["stage"] == "polish"
     # Several chunks, not the whole answer at once (the random-weight model's tokens often
     # decode to no text on their own, so there are fewer text chunks than tokens).
@@ -213,7 +268,10 @@ def test_engine_killed_mid_run_fails_over_and_accounts_for_every_request(vllm_en
     procs[victim.name].wait(timeout=10)
     statuses = [st for st, _ in res]
     failovers = sum(b["receipt"]["failovers"] for st, b in res if st == 200)
-    print(f"killed {victim.name} with {at_kill} stages in flight; statuses {statuses}; failovers {failovers}; counts {counts}")
+    print(
+        f"killed {victim.name} with {at_kill} stages in flight; statuses {statuses}; failovers "
+        f"{failovers}; counts {counts}"
+    )
     assert at_kill > 0
     assert len(res) == 16 == accepted and left == 0
     assert sum(counts.values()) == 16

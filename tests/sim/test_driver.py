@@ -19,7 +19,9 @@ def _run(setup, policy, masks=None, **kw):
     base = dict(policy=policy, rate=4.0, num_requests=40, seed=1, round_cost_s=0.001)
     base.update(kw)
     pwf = per_workflow_config(setup.dataset.scores[setup.rows], setup.space.c_max)
-    return simulate(setup, RunConfig(**base), setup.labels if masks is None else masks, per_workflow_config=pwf), pwf
+    return simulate(
+        setup, RunConfig(**base), setup.labels if masks is None else masks, per_workflow_config=pwf
+    ), pwf
 
 
 def test_every_request_completes_or_is_reported(setup):
@@ -96,9 +98,28 @@ def test_cli_writes_summary_and_plots(dataset_dir, tmp_path, capsys):
     from aragog_jax.simulate import main
 
     out = tmp_path / "out"
-    argv = ["--workflow", WF, "--family", "qwen", "--dataset", str(dataset_dir), "--router", "oracle",
-            "--policies", "aragog,per_workflow", "--rates", "2,6", "--duration", "20", "--round-cost", "0.001", "--compile-cache", "none",
-            "--out", str(out)]
+    argv = [
+        "--workflow",
+        WF,
+        "--family",
+        "qwen",
+        "--dataset",
+        str(dataset_dir),
+        "--router",
+        "oracle",
+        "--policies",
+        "aragog,per_workflow",
+        "--rates",
+        "2,6",
+        "--duration",
+        "20",
+        "--round-cost",
+        "0.001",
+        "--compile-cache",
+        "none",
+        "--out",
+        str(out),
+    ]
     assert run_cli(main, argv) == 0
     summary = json.loads((out / "summary.json").read_text())
     assert summary["git_sha"] and summary["rates"] == [2.0, 6.0]
@@ -113,7 +134,10 @@ def test_cli_writes_summary_and_plots(dataset_dir, tmp_path, capsys):
     ]
     assert 0 < summary["c_max_accuracy"] <= 1
     text = capsys.readouterr().out
-    assert text.count("c_max accuracy") == 1 and f"c_max accuracy {summary['c_max_accuracy']:.3f} (every request of the sweep)" in text
+    assert (
+        text.count("c_max accuracy") == 1
+        and f"c_max accuracy {summary['c_max_accuracy']:.3f} (every request of the sweep)" in text
+    )
     assert text.count("pts vs c_max on its completed requests") == 2
     for png in ("throughput_latency.png", "latency_cdf.png", "accuracy.png", "admitted.png"):
         assert (out / png).stat().st_size > 1000
@@ -124,7 +148,9 @@ def test_cli_writes_summary_and_plots(dataset_dir, tmp_path, capsys):
 def test_polled_load_and_bursty_arrivals_still_conserve(setup):
     exact, _ = _run(setup, "aragog", rate=20.0, num_requests=60)
     polled, _ = _run(setup, "aragog", rate=20.0, num_requests=60, poll_interval_s=0.5)
-    assert np.isfinite(polled.finish).all() and polled.stage_completions == 60 * setup.space.num_stages
+    assert (
+        np.isfinite(polled.finish).all() and polled.stage_completions == 60 * setup.space.num_stages
+    )
     # The rounds see a stale view of the engines, so dispatch differs from the exact view.
     # (Whether that costs latency depends on load: on the fitted profiles rate 20 is light
     # and the difference is within noise, so only the change is asserted.)

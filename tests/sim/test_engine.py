@@ -10,7 +10,9 @@ from aragog_jax.sim._workload import arrival_times, sample_inputs
 from aragog_jax.spec import CurvePoint, EngineProfile
 
 
-def toy(sat=4, kv=100_000, base=0.01, per_seq=0.001, per_ctx=1e-6, prefill=10_000.0) -> EngineProfile:
+def toy(
+    sat=4, kv=100_000, base=0.01, per_seq=0.001, per_ctx=1e-6, prefill=10_000.0
+) -> EngineProfile:
     return EngineProfile(
         model="toy",
         hardware="x",
@@ -105,7 +107,9 @@ def test_random_load_conserves_jobs_and_tokens():
     prompts = rng.integers(1, 2000, n)
     outs = rng.integers(1, 400, n)
     e = SimEngine("e", "toy", toy(sat=32, kv=40_000))
-    done = np.asarray(run_standalone(e, list(zip(arr.tolist(), prompts.tolist(), outs.tolist(), strict=True))))
+    done = np.asarray(
+        run_standalone(e, list(zip(arr.tolist(), prompts.tolist(), outs.tolist(), strict=True)))
+    )
     assert np.isfinite(done).all() and (done > arr).all()
     assert e.tokens_out == outs.sum() and e.completed == n
     assert e.b == 0 and e.kv_reserved == 0 and not e.waiting

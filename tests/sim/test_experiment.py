@@ -28,18 +28,31 @@ WF = "self_refine_humaneval"
 def _curve(rates, thr, p50=None):
     p50 = p50 or [1.0 + i for i in range(len(rates))]
     return [
-        {"rate": r, "throughput": t, "latency": {"mean": l, "p25": 0.5 * l, "p50": l, "p95": 2 * l}}
-        for r, t, l in zip(rates, thr, p50, strict=True)
+        {
+            "rate": r,
+            "throughput": t,
+            "latency": {"mean": lat, "p25": 0.5 * lat, "p50": lat, "p95": 2 * lat},
+        }
+        for r, t, lat in zip(rates, thr, p50, strict=True)
     ]
 
 
 def test_refine_places_rates_inside_every_knee_bracket():
     coarse = (1.0, 2.0, 4.0, 8.0, 16.0, 32.0)
-    a = _curve(coarse, [1.0, 2.0, 4.0, 7.5, 9.0, 9.0])  # sustains up to 8 (7.5 >= 7.2): knee in (8, 16)
+    a = _curve(
+        coarse, [1.0, 2.0, 4.0, 7.5, 9.0, 9.0]
+    )  # sustains up to 8 (7.5 >= 7.2): knee in (8, 16)
     b = _curve(coarse, [1.0, 2.0, 3.0, 3.0, 3.0, 3.0])  # sustains up to 2: knee in (2, 4)
     extra = refine_rates(coarse, [a, b], per_knee=2, min_rates=8)
-    assert extra == (2.52, 3.175, 10.079, 12.699)  # 2 * 2^(1/3), 2 * 2^(2/3), 8 * 2^(1/3), 8 * 2^(2/3)
-    assert extra == refine_rates(coarse, [b, a], per_knee=2, min_rates=8)  # order of curves does not matter
+    assert extra == (
+        2.52,
+        3.175,
+        10.079,
+        12.699,
+    )  # 2 * 2^(1/3), 2 * 2^(2/3), 8 * 2^(1/3), 8 * 2^(2/3)
+    assert extra == refine_rates(
+        coarse, [b, a], per_knee=2, min_rates=8
+    )  # order of curves does not matter
     # The same bracket from two policies is refined once.
     assert refine_rates(coarse, [a, a], per_knee=2, min_rates=8) == (10.079, 12.699)
 
@@ -52,7 +65,11 @@ def test_refine_handles_policies_that_sustain_none_or_all_and_fills_to_min_rates
     assert refine_rates(coarse, [none], per_knee=1, min_rates=3) == (1.414,)
     # Fewer than min_rates: the widest gap by ratio gets its geometric midpoint, repeatedly.
     extra = refine_rates(coarse, [every], per_knee=2, min_rates=6)
-    assert len(coarse) + len(extra) == 6 and extra == (2.828, 3.363, 5.657)  # 4 / 2.828 > 2.828 / 2 after rounding
+    assert len(coarse) + len(extra) == 6 and extra == (
+        2.828,
+        3.363,
+        5.657,
+    )  # 4 / 2.828 > 2.828 / 2 after rounding
     with pytest.raises(AragogError, match="cover the coarse rates"):
         refine_rates(coarse, [_curve((2.0, 4.0), [2.0, 4.0])])
 
@@ -62,13 +79,20 @@ def test_latency_at_the_highest_rate_every_policy_sustains_and_at_aragogs():
     pols = {
         "aragog": {"per_rate": _curve(rates, [1.0, 2.0, 4.0, 7.5], p50=[1.0, 1.0, 2.0, 3.0])},
         "per_input": {"per_rate": _curve(rates, [1.0, 2.0, 3.0, 3.0], p50=[2.0, 2.0, 8.0, 30.0])},
-        "per_workflow": {"per_rate": _curve(rates, [1.0, 1.5, 1.5, 1.5], p50=[4.0, 20.0, 40.0, 60.0])},
+        "per_workflow": {
+            "per_rate": _curve(rates, [1.0, 1.5, 1.5, 1.5], p50=[4.0, 20.0, 40.0, 60.0])
+        },
     }
     assert highest_sustained_index(pols["per_workflow"]["per_rate"]) == 0
     out = latency_at_rates(pols)
-    assert out["common"]["rate"] == 1.0 and out["common"]["index"] == 0  # per_workflow sustains only 1 req/s
-    assert out["aragog"]["rate"] == 8.0 and out["aragog"]["sustained"] == {"aragog": True, "per_input": False,
-                                                                           "per_workflow": False}
+    assert (
+        out["common"]["rate"] == 1.0 and out["common"]["index"] == 0
+    )  # per_workflow sustains only 1 req/s
+    assert out["aragog"]["rate"] == 8.0 and out["aragog"]["sustained"] == {
+        "aragog": True,
+        "per_input": False,
+        "per_workflow": False,
+    }
     assert out["common"]["aragog_change_pct"]["per_input"]["p50"] == pytest.approx(-50.0)
     assert out["aragog"]["aragog_change_pct"]["per_workflow"]["p95"] == pytest.approx(-95.0)
     assert set(out["common"]["latency"]["per_input"]) == {"mean", "p25", "p50", "p95"}
@@ -81,8 +105,14 @@ def test_latency_at_the_highest_rate_every_policy_sustains_and_at_aragogs():
 
 
 def _sweep(**kw):
-    base = dict(policies=("aragog", "per_input"), duration_s=8.0, round_interval_s=0.1, round_cost_s=0.001,
-                route_cost_s=0.0, router="oracle")
+    base = dict(
+        policies=("aragog", "per_input"),
+        duration_s=8.0,
+        round_interval_s=0.1,
+        round_cost_s=0.001,
+        route_cost_s=0.0,
+        router="oracle",
+    )
     base.update(kw)
     return SweepConfig(**base)
 
@@ -93,8 +123,13 @@ def test_per_input_router_runs_the_cheapest_configuration_the_router_admits(setu
     router = rng.random((n, c)) < 0.3
     router[:, setup.space.c_max] = True  # a calibrated router always keeps c_max
     masks = Masks(router=router, oracle=setup.labels, source="router:test", route_cost_s=0.002)
-    summ = run_sweep(setup, _sweep(policies=("per_input", "per_input-router"), rates=(3.0,)), progress=False,
-                     keep_runs=True, masks=masks)
+    summ = run_sweep(
+        setup,
+        _sweep(policies=("per_input", "per_input-router"), rates=(3.0,)),
+        progress=False,
+        keep_runs=True,
+        masks=masks,
+    )
     for pol, mask in (("per_input", setup.labels), ("per_input-router", router)):
         res = summ["_runs"][pol][0]
         done = res.config_idx >= 0
@@ -110,10 +145,16 @@ def test_dense_sweep_shares_one_grid_across_arms_and_merges(dataset_dir):
     # Two arms on the 4-GPU fleet (~19 req/s at most): 2 req/s is light load, 25 req/s
     # overloads both; beam width 1 for both keeps the compiled buckets few.
     setup4 = load_setup(WF, "qwen", gpus=4, dataset=dataset_dir)
-    sweep = _sweep(rates=(2.0, 25.0), dense=True, per_knee=1, min_rates=4, duration_s=24.0, warmup_s=8.0)
-    (a, b) = run_dense([(setup4, ("per_input",)), (setup4, ("per_workflow",))], sweep, progress=False)
+    sweep = _sweep(
+        rates=(2.0, 25.0), dense=True, per_knee=1, min_rates=4, duration_s=24.0, warmup_s=8.0
+    )
+    (a, b) = run_dense(
+        [(setup4, ("per_input",)), (setup4, ("per_workflow",))], sweep, progress=False
+    )
     assert a["rates"] == b["rates"] and len(a["rates"]) == 4
-    assert a["rate_grid"]["coarse"] == [2.0, 25.0] and 7.071 in a["rate_grid"]["added"]  # sqrt(2 * 25)
+    assert (
+        a["rate_grid"]["coarse"] == [2.0, 25.0] and 7.071 in a["rate_grid"]["added"]
+    )  # sqrt(2 * 25)
     for summ, p in ((a, "per_input"), (b, "per_workflow")):
         pr = summ["policies"][p]["per_rate"]
         rates = [r["rate"] for r in pr]
@@ -123,7 +164,9 @@ def test_dense_sweep_shares_one_grid_across_arms_and_merges(dataset_dir):
         i = highest_sustained_index(pr)
         sustained = summ["policies"][p]["sustained_rate"]
         assert sustained == rates[i] if i is not None else np.isnan(sustained)
-    assert highest_sustained_index(a["policies"]["per_input"]["per_rate"]) is not None  # 2 req/s is light load
+    assert (
+        highest_sustained_index(a["policies"]["per_input"]["per_rate"]) is not None
+    )  # 2 req/s is light load
     with pytest.raises(AragogError, match="same policies"):
         merge_sweeps(a, b)
 
@@ -142,27 +185,39 @@ def test_per_workflow_picks_on_calibration_never_on_test(dataset_dir):
     scores = np.zeros_like(ds.scores)
     scores[:, s.space.c_max] = 1.0
     scores[splits != "test", 0] = 1.0
-    tweaked = AccuracyDataset(ids=ds.ids, texts=ds.texts, splits=ds.splits, tokens=ds.tokens, scores=scores,
-                              meta=dict(ds.meta))
+    tweaked = AccuracyDataset(
+        ids=ds.ids,
+        texts=ds.texts,
+        splits=ds.splits,
+        tokens=ds.tokens,
+        scores=scores,
+        meta=dict(ds.meta),
+    )
     s.dataset = tweaked
     summ = run_sweep(s, _sweep(policies=("per_workflow",), rates=(2.0,)), progress=False)
     assert summ["per_workflow_config"] == s.space.config_to_models(0)
     assert "calibration" in summ["per_workflow_selected_on"]
 
 
-@pytest.mark.parametrize("name, ties", [
-    ("self_refine_humaneval", {"critique": "refine"}),
-    ("self_refine_squad", {"critique": "refine"}),
-    ("text_to_sql_bird", {"refine": "sql"}),
-    ("voting_mmlu_pro", {"voter_2": "voter_1", "voter_3": "voter_1", "voter_4": "voter_1"}),
-    ("decomposition_strategyqa", {"solver_2": "solver_1", "solver_3": "solver_1"}),
-])
+@pytest.mark.parametrize(
+    "name, ties",
+    [
+        ("self_refine_humaneval", {"critique": "refine"}),
+        ("self_refine_squad", {"critique": "refine"}),
+        ("text_to_sql_bird", {"refine": "sql"}),
+        ("voting_mmlu_pro", {"voter_2": "voter_1", "voter_3": "voter_1", "voter_4": "voter_1"}),
+        ("decomposition_strategyqa", {"solver_2": "solver_1", "solver_3": "solver_1"}),
+    ],
+)
 def test_every_shipped_workflow_has_a_constrained_space(name, ties):
     catalog = load_models()
     wf = load_workflow(WORKFLOWS_DIR / f"{name}.toml", catalog)
     var = constrained_variant(wf)
     assert {st.name: st.same_model_as for st in var.stage if st.same_model_as} == ties
-    full, small = build_space(wf, family_pool(catalog, "qwen")), build_space(var, family_pool(catalog, "qwen"))
+    full, small = (
+        build_space(wf, family_pool(catalog, "qwen")),
+        build_space(var, family_pool(catalog, "qwen")),
+    )
     assert small.num_configs == full.num_configs // 3 ** len(ties)
     for a, b in ties.items():
         i, j = small.stage_names.index(a), small.stage_names.index(b)

@@ -92,7 +92,9 @@ def test_depth_and_topo_on_dag_with_parallel_branches():
 
 def test_too_large_is_refused_with_size_and_limit():
     wf = WorkflowSpec(name="big", stage=[_stage(f"s{i}", 1, 1) for i in range(12)])
-    with pytest.raises(SpaceTooLargeError, match=r"4,096 configurations .* exceed the enumeration limit 1,000"):
+    with pytest.raises(
+        SpaceTooLargeError, match=r"4,096 configurations .* exceed the enumeration limit 1,000"
+    ):
         build_space(wf, [SMALL, BIG], max_configs=1000)
 
 
@@ -141,10 +143,17 @@ def test_inspector_prints_level_and_depth_and_says_what_they_mean(capsys):
 
     assert main(["decomposition_strategyqa", "--family", "qwen"]) == 0
     out = capsys.readouterr().out
-    rows = {line.split()[0]: line.split()[1:3] for line in out.splitlines() if line.startswith("  ") and line.split()[0] in ("decompose", "solver_1", "aggregate")}
+    rows = {
+        line.split()[0]: line.split()[1:3]
+        for line in out.splitlines()
+        if line.startswith("  ") and line.split()[0] in ("decompose", "solver_1", "aggregate")
+    }
     assert rows == {"decompose": ["0", "2"], "solver_1": ["1", "1"], "aggregate": ["2", "0"]}
     assert "level: stages before this one on the longest path from the input" in out
-    assert "depth: stages after this one on the longest path to a sink (0: a sink, such as the output stage" in out
+    assert (
+        "depth: stages after this one on the longest path to a sink (0: a sink, such as the output stage"
+        in out
+    )
     assert main(["decomposition_strategyqa", "--family", "qwen", "--json"]) == 0
     stages = json.loads(capsys.readouterr().out)["stages"]
     assert [(s["level"], s["depth"]) for s in stages] == [(0, 2), (1, 1), (1, 1), (1, 1), (2, 0)]

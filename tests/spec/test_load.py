@@ -33,8 +33,14 @@ def _stages(*pairs: tuple[str, list[str]]) -> str:
 
 
 BROKEN = {
-    "duplicate stage": (_stages(("a", []), ("a", [])), r"stage\[1\]\.name: duplicate stage name 'a'"),
-    "unknown upstream": (_stages(("a", []), ("b", ["zz"])), r"stage\[1\]\.upstream: unknown stage 'zz'"),
+    "duplicate stage": (
+        _stages(("a", []), ("a", [])),
+        r"stage\[1\]\.name: duplicate stage name 'a'",
+    ),
+    "unknown upstream": (
+        _stages(("a", []), ("b", ["zz"])),
+        r"stage\[1\]\.upstream: unknown stage 'zz'",
+    ),
     "cycle": (_stages(("a", ["c"]), ("b", ["a"]), ("c", ["b"])), r"cycle a -> c -> b -> a"),
     "self loop": (_stages(("a", ["a"])), r"stage\[0\]\.upstream: stage 'a' lists itself"),
     "unknown model": (
@@ -104,7 +110,9 @@ def test_fleet_missing_references(tmp_path):
     p.write_text('workflows = ["missing.toml"]\n[[engine]]\nname = "e"\nmodel = "m"\n')
     with pytest.raises(SpecError, match=r"workflows\[0\]: file not found"):
         load_fleet(p)
-    p.write_text('workflows = []\n[[engine]]\nname = "e"\nmodel = "m"\n[[engine]]\nname = "e"\nmodel = "m"\n')
+    p.write_text(
+        'workflows = []\n[[engine]]\nname = "e"\nmodel = "m"\n[[engine]]\nname = "e"\nmodel = "m"\n'
+    )
     with pytest.raises(SpecError, match=r"engine\[1\]\.name: duplicate engine name 'e'"):
         load_fleet(p)
 
@@ -142,9 +150,15 @@ def test_tune_xla_adds_only_the_flags_the_user_did_not_set():
     env: dict[str, str] = {}
     assert tune_xla(env).split() == list(XLA_CPU_FLAGS)
     assert tune_xla(env).split() == list(XLA_CPU_FLAGS)  # idempotent
-    mine = {"XLA_FLAGS": "--xla_force_host_platform_device_count=2 --xla_cpu_enable_concurrency_optimized_scheduler=true"}
-    assert tune_xla(mine) == mine["XLA_FLAGS"] == (
-        "--xla_force_host_platform_device_count=2 --xla_cpu_enable_concurrency_optimized_scheduler=true"
+    mine = {
+        "XLA_FLAGS": "--xla_force_host_platform_device_count=2 --xla_cpu_enable_concurrency_optimized_scheduler=true"
+    }
+    assert (
+        tune_xla(mine)
+        == mine["XLA_FLAGS"]
+        == (
+            "--xla_force_host_platform_device_count=2 --xla_cpu_enable_concurrency_optimized_scheduler=true"
+        )
     )  # the user's own setting wins
 
 
@@ -157,6 +171,11 @@ def test_serve_and_simulate_clis_run_with_the_tuned_flags():
     )
     env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
     for cli, tuned in (("serve", True), ("simulate", True), ("route", False)):
-        proc = subprocess.run([sys.executable, "-c", code, cli], capture_output=True, text=True, check=False, env=env)
+        proc = subprocess.run(
+            [sys.executable, "-c", code, cli], capture_output=True, text=True, check=False, env=env
+        )
         assert proc.returncode == 0, proc.stderr
-        assert ("xla_cpu_enable_concurrency_optimized_scheduler=false" in proc.stdout) == tuned, (cli, proc.stdout)
+        assert ("xla_cpu_enable_concurrency_optimized_scheduler=false" in proc.stdout) == tuned, (
+            cli,
+            proc.stdout,
+        )
