@@ -3,11 +3,12 @@
 # of its own under .venv-peers/ (gitignored). Optional: nothing in the project needs them,
 # and they are never project dependencies.
 #
-#   bash scripts/install_peers.sh              # both
+#   bash scripts/install_peers.sh              # all three
 #   bash scripts/install_peers.sh litellm      # one
 #
 # Pinned versions, and why:
 # - vllm-router 0.1.17: the Rust load balancer of the vLLM project (round robin here).
+# - py-spy 0.4.3: the sampling profiler bench/request_profile.py attaches to the server.
 # - litellm[proxy] 1.82.6: LiteLLM 1.82.7 and 1.82.8 were published by an attacker on
 #   2026-03-24 (TeamPCP, through a stolen PyPI token; 1.82.8 added `litellm_init.pth`, a
 #   credential stealer run at every interpreter start: BerriAI/litellm#24512, OSV
@@ -24,10 +25,11 @@ PY="${PYTHON:-$(command -v python3.11 || command -v python3)}"
 LITELLM_VERSION="1.82.6"
 LITELLM_SHA256="164a3ef3e19f309e3cabc199bef3d2045212712fefdfa25fc7f75884a5b5b205"
 VLLM_ROUTER_VERSION="0.1.17"
+PY_SPY_VERSION="0.4.3"
 # .pth files that pip, setuptools and these packages' known dependencies install.
 ALLOWED_PTH='^(distutils-precedence|_virtualenv|a1_coverage)\.pth$'
 WANT=("$@")
-[ "${#WANT[@]}" -gt 0 ] || WANT=(vllm-router litellm)
+[ "${#WANT[@]}" -gt 0 ] || WANT=(vllm-router litellm py-spy)
 
 check_pth() {  # $1: venv
   local bad
@@ -62,7 +64,12 @@ for peer in "${WANT[@]}"; do
       "$venv/bin/pip" install -q --disable-pip-version-check "$tmp"/litellm-"$LITELLM_VERSION"-*.whl "litellm[proxy]==$LITELLM_VERSION"
       rm -rf "$tmp"
       ;;
-    *) echo "error: unknown peer '$peer' (known: vllm-router, litellm)" >&2; exit 2 ;;
+    py-spy)
+      [ -x "$venv/bin/py-spy" ] && { echo "[peers] py-spy already in $venv"; continue; }
+      "$PY" -m venv "$venv"
+      "$venv/bin/pip" install -q --disable-pip-version-check "py-spy==$PY_SPY_VERSION"
+      ;;
+    *) echo "error: unknown peer '$peer' (known: vllm-router, litellm, py-spy)" >&2; exit 2 ;;
   esac
   check_pth "$venv"
   echo "[peers] $peer installed in $venv"

@@ -1,0 +1,262 @@
+"""Where a request's time goes in the live server: a sampled CPU profile, by part.
+
+    bash scripts/install_peers.sh py-spy        # the profiler, in .venv-peers/py-spy (once)
+    python bench/request_profile.py             # writes bench/results/request_profile.{json,md}
+
+The setup of ``bench/peers.py`` (one instant OpenAI-compatible backend, ``python -m
+aragog_jax.serve`` with a one-stage workflow on one ``kind = "vllm"`` engine, a closed-loop
+client on ``/v1/chat/completions``). For each concurrency, py-spy samples the server
+process (``--rate`` per second, active samples only, so idle waits in the event loop do
+not count) while the client runs; each sample is charged to the part of the request path
+its stack is in:
+
+* ``http server``: aiohttp's protocol, parser and response writing (``aiohttp/web_*``,
+  ``http_*``, ``streams``);
+* ``handler``: the OpenAI front's handler, validation and the receipt (``serving/_server``,
+  ``_wire``, ``_openai``, msgspec);
+* ``routing``: the router and its worker (``router/``, ``serving/_routing``);
+* ``round: host``: the scheduler outside JAX (``scheduler/``: packing the ready stages,
+  unpacking the decision);
+* ``round: kernel``: JAX dispatch under the scheduler (``jax/``, ``jaxlib``);
+* ``executor``: the executor and the scheduler port (run state, dispatch, completion);
+* ``engine client``: the engine call (``serving/_client``, aiohttp's client);
+* ``monitor``: the load monitor;
+* ``event loop``: asyncio's machinery (tasks, futures, handles, selectors);
+* ``other``: anything else (logging, metrics, GC...).
+
+The first part (in the order above) that any frame of a sampled stack is in decides it
+(JAX frames under the scheduler count as the kernel). CPU per request = active samples / rate / requests.
+The wall-clock side comes from the receipts the client reads: ``routing_s`` and the
+stage's ``queue_s`` (ready → dispatched, i.e. waiting for and running the round) and
+``run_s`` (engine call); the rest of the measured latency is HTTP in and out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from pathlib import Path
+
+import aiohttp
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from peers import PEERS, _stop, _tree_cpu_s, _write_aragog_fleet  # noqa: E402
+from serve_load import _cpu_model, _spawn, _start_server  # noqa: E402
+
+from aragog_jax._provenance import git_sha  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+TEXT = "Write a function that reverses a string."
+
+#: (part, pattern on a frame's file path as py-spy prints it: relative to its package root,
+#: e.g. ``serving/_sched.py``, ``jax/_src/stages.py``), in priority order: a sample belongs to
+#: the first part any frame of its stack matches (an engine call runs under the executor, a
+#: round under the executor's round; aiohttp's writer serves both the server and the client).
+PARTS = (
+    ("round", r"^(scheduler/|kernels/)"),
+    ("routing", r"^(router/|serving/_routing)"),
+    ("engine client", r"^(serving/_client|aiohttp/(client|connector))"),
+    ("monitor", r"^serving/_monitor"),
+    ("executor", r"^serving/(_executor|_sched)"),
+    ("handler", r"^(serving/|msgspec)"),
+    ("metrics", r"^prometheus_client/"),
+    ("http server", r"^aiohttp/"),
+)
+JAX = re.compile(r"^(jax|jaxlib)/")
+LOOP = re.compile(r"^(asyncio/|selectors\.py|uvloop/)")
+FRAME = re.compile(r"^(.*) \((.*?)(?::\d+)?\)$")
+
+
+def classify(stack: list[str]) -> str:
+    """The part of the request path one sampled stack (root first) belongs to."""
+    files = [(m.group(2) if (m := FRAME.match(f)) else f) for f in stack]
+    for part, pat in PARTS:
+        rx = re.compile(pat)
+        for depth, path in enumerate(files):
+            if rx.search(path):
+                if part == "round":
+                    below = files[depth + 1 :]
+                    return "round: kernel" if any(JAX.search(p) for p in below) else "round: host"
+                return part
+    if files and LOOP.search(files[-1]):
+        # The loop's own C code (uvloop): running callbacks, and also its epoll wait, which
+        # py-spy cannot tell from work without native stacks: not charged to the request.
+        return "loop (uvloop C code, incl. idle wait)"
+    return "other"
+
+
+def parse_raw(text: str) -> Counter:
+    """py-spy's ``--format raw`` (collapsed stacks: ``a;b;c count``) into samples per part."""
+    parts: Counter = Counter()
+    for line in text.splitlines():
+        stack, _, count = line.rpartition(" ")
+        if not stack or not count.isdigit():
+            continue
+        parts[classify(stack.split(";"))] += int(count)
+    return parts
+
+
+async def closed_loop(url: str, concurrency: int, duration_s: float) -> dict:
+    body = {
+        "model": "workflow:single",
+        "messages": [{"role": "user", "content": TEXT}],
+        "max_tokens": 16,
+    }
+    lat, routing, queue, run = [], [], [], []
+    conn = aiohttp.TCPConnector(limit=0)
+    async with aiohttp.ClientSession(connector=conn) as http:
+        stop_at = time.perf_counter() + duration_s
+
+        async def worker():
+            while time.perf_counter() < stop_at:
+                t = time.perf_counter()
+                async with http.post(url + "/v1/chat/completions", json=body) as r:
+                    doc = await r.json()
+                    if r.status != 200:
+                        raise RuntimeError(f"server answered {r.status}: {doc}")
+                lat.append(time.perf_counter() - t)
+                rec = doc["aragog"]["receipt"] if "aragog" in doc else doc.get("receipt")
+                if rec:
+                    routing.append(rec["routing_s"])
+                    queue.append(rec["stages"][0]["queue_s"])
+                    run.append(rec["stages"][0]["run_s"])
+
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+
+    def ms(xs):
+        return round(1e3 * float(np.median(xs)), 3) if xs else None
+
+    return {
+        "completed": len(lat),
+        "p50_ms": ms(lat),
+        "routing_p50_ms": ms(routing),
+        "queue_p50_ms": ms(queue),
+        "engine_p50_ms": ms(run),
+    }
+
+
+def profile_cell(pyspy: Path, pid: int, url: str, conc: int, duration_s: float, rate: int) -> dict:
+    with tempfile.NamedTemporaryFile(suffix=".txt", delete=False) as f:
+        out = Path(f.name)
+    spy = subprocess.Popen(
+        [str(pyspy), "record", "--pid", str(pid), "--rate", str(rate), "--format", "raw"]
+        + ["--duration", str(int(duration_s) + 1), "--nonblocking", "--output", str(out)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    time.sleep(0.5)  # attached before the load starts
+    c0 = _tree_cpu_s(pid)
+    wall = asyncio.run(closed_loop(url, conc, duration_s))
+    cpu = _tree_cpu_s(pid) - c0
+    _, err = spy.communicate(timeout=60)
+    if spy.returncode != 0:
+        raise RuntimeError(f"py-spy failed (exit {spy.returncode}): {err[-400:]}")
+    parts = parse_raw(out.read_text())
+    out.unlink()
+    n = max(1, wall["completed"])
+    total = sum(parts.values())
+    return {
+        "concurrency": conc,
+        **wall,
+        "cpu_ms_per_request": round(1e3 * cpu / n, 3),
+        "samples": total,
+        "sampled_cpu_ms_per_request": round(1e3 * total / rate / n, 3),
+        "parts_ms_per_request": {
+            k: round(1e3 * v / rate / n, 4) for k, v in sorted(parts.items(), key=lambda kv: -kv[1])
+        },
+    }
+
+
+def markdown(doc: dict) -> str:
+    cells = doc["cells"]
+    parts = sorted({p for c in cells for p in c["parts_ms_per_request"]})
+    order = sorted(parts, key=lambda p: -max(c["parts_ms_per_request"].get(p, 0) for c in cells))
+    L = [
+        "# Where a request's CPU goes in the live server",
+        "",
+        f"Generated by `python bench/request_profile.py` at git `{doc['git_sha'][:12]}` on "
+        f"{doc['machine']} (load average before/after {doc['load_before']} / "
+        f"{doc['load_after']}); py-spy at {doc['rate']} samples/s, {doc['duration_s']} s per "
+        "concurrency, one-stage workflow on an instant backend (the `bench/peers.py` setup).",
+        "",
+        "| | " + " | ".join(f"{c['concurrency']} client(s)" for c in cells) + " |",
+        "|---|" + "---|" * len(cells),
+    ]
+    for key, label in (
+        ("completed", "requests"),
+        ("p50_ms", "latency p50 (ms)"),
+        ("routing_p50_ms", "receipt routing_s p50 (ms)"),
+        ("queue_p50_ms", "receipt queue_s p50 (ms): waiting for + running the round"),
+        ("engine_p50_ms", "receipt run_s p50 (ms): the engine call"),
+        ("cpu_ms_per_request", "server CPU per request (ms, /proc)"),
+        ("sampled_cpu_ms_per_request", "sampled CPU per request (ms, py-spy)"),
+    ):
+        L.append(f"| {label} | " + " | ".join(str(c[key]) for c in cells) + " |")
+    for p in order:
+        L.append(
+            f"| CPU ms/request: {p} | "
+            + " | ".join(f"{c['parts_ms_per_request'].get(p, 0.0):.3f}" for c in cells)
+            + " |"
+        )
+    return "\n".join(L) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--concurrency", type=int, nargs="+", default=[1, 32, 128])
+    ap.add_argument("--duration-s", type=float, default=8.0, help="seconds per concurrency")
+    ap.add_argument("--rate", type=int, default=997, help="py-spy samples per second")
+    ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "request_profile.json")
+    args = ap.parse_args(argv)
+    pyspy = PEERS / "py-spy" / "bin" / "py-spy"
+    if not pyspy.exists():
+        print(f"error: {pyspy} missing; run: bash scripts/install_peers.sh py-spy", file=sys.stderr)
+        return 2
+    load_before = round(os.getloadavg()[0], 2)
+    with tempfile.TemporaryDirectory() as d:
+        tmp = Path(d)
+        backend, lines = _spawn(
+            [sys.executable, str(Path(__file__).with_name("peers.py")), "--_backend"], r"^http://"
+        )
+        try:
+            fleet = _write_aragog_fleet(tmp, lines[-1].strip())
+            server, url = _start_server(fleet)
+            try:
+                asyncio.run(closed_loop(url, 4, 2.0))  # warm: connections, first rounds
+                cells = []
+                for conc in args.concurrency:
+                    cell = profile_cell(pyspy, server.pid, url, conc, args.duration_s, args.rate)
+                    print(json.dumps(cell), flush=True)
+                    cells.append(cell)
+            finally:
+                _stop(server)
+        finally:
+            _stop(backend)
+    doc = {
+        "git_sha": git_sha(),
+        "machine": f"{_cpu_model()}, {os.cpu_count()} CPUs",
+        "load_before": load_before,
+        "load_after": round(os.getloadavg()[0], 2),
+        "rate": args.rate,
+        "duration_s": args.duration_s,
+        "cells": cells,
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(doc, indent=1) + "\n")
+    args.out.with_suffix(".md").write_text(markdown(doc))
+    print(markdown(doc))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
