@@ -29,9 +29,9 @@ from aragog_jax.scheduler import (
     BeamPolicy,
     PolicyName,
     make_policy,
+    random_replay,
+    replay_round,
 )
-from aragog_jax.scheduler._random import random_replay
-from aragog_jax.scheduler._replay import replay_round
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -229,8 +229,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         fit_router,
         plot_sweep,
         save_checkpoint,
+        strict_json,
     )
-    from aragog_jax.router._checkpoint import _clean
     from aragog_jax.space import load_space
     from aragog_jax.spec import DEFAULT_MODELS
 
@@ -282,7 +282,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     report_path = stem.with_name(stem.name + ".report.json")
     atomic_write(
         report_path,
-        json.dumps(_clean(result.report), indent=2, sort_keys=True, allow_nan=False) + "\n",
+        json.dumps(strict_json(result.report), indent=2, sort_keys=True, allow_nan=False) + "\n",
     )
     plot_path = stem.with_name(stem.name + ".sweep.png")
     plot_sweep(result.report, str(plot_path))

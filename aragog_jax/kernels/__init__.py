@@ -1,8 +1,10 @@
 """Pure ``jax.numpy`` kernels (STYLE 1): no jit, I/O or state; the caller jits.
 
-Twins with the same names and semantics live in ``aragog_jax.kernels._reference``.
+Twins with the same names and semantics live in ``aragog_jax.kernels._reference``, exported
+as ``aragog_jax.kernels.reference`` (NumPy; the integer scores are bit-exact).
 """
 
+from aragog_jax.kernels import _reference as reference
 from aragog_jax.kernels.routing import (
     config_embedding,
     dominance_complete,
@@ -29,6 +31,7 @@ __all__ = [
     "config_embedding",
     "dominance_complete",
     "mlp_trunk",
+    "reference",
     "route",
     "route_chunk",
     "router_logits",

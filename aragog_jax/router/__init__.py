@@ -29,6 +29,7 @@ from aragog_jax.router._checkpoint import (
     RouterCheckpoint,
     load_checkpoint,
     save_checkpoint,
+    strict_json,
 )
 from aragog_jax.router._featurize import (
     EmbeddingsFeaturizer,
@@ -76,5 +77,6 @@ __all__ = [
     "plot_sweep",
     "routing_report",
     "save_checkpoint",
+    "strict_json",
     "shipped_router",
 ]

@@ -149,21 +149,21 @@ def _json_default(obj):
     raise TypeError(f"not JSON serialisable: {type(obj)}")
 
 
-def _clean(obj):
+def strict_json(obj):
     """Replace non-finite floats by None so the JSON is strict."""
     if isinstance(obj, float) and not np.isfinite(obj):
         return None
     if isinstance(obj, dict):
-        return {k: _clean(v) for k, v in obj.items()}
+        return {k: strict_json(v) for k, v in obj.items()}
     if isinstance(obj, list | tuple):
-        return [_clean(v) for v in obj]
+        return [strict_json(v) for v in obj]
     return obj
 
 
 def meta_to_json(meta: CheckpointMeta) -> bytes:
     d = msgspec.to_builtins(meta, builtin_types=(), enc_hook=_json_default)
     return json.dumps(
-        _clean(d), indent=1, sort_keys=True, default=_json_default, allow_nan=False
+        strict_json(d), indent=1, sort_keys=True, default=_json_default, allow_nan=False
     ).encode()
 
 

@@ -29,6 +29,8 @@ from aragog_jax.scheduler._policy import (
     PolicyName,
     make_policy,
 )
+from aragog_jax.scheduler._random import random_replay
+from aragog_jax.scheduler._replay import replay_round
 from aragog_jax.scheduler._round import COMPILED, CompiledRounds, RoundArrays, pad_round
 from aragog_jax.scheduler._scheduler import Assignment, Plan, Scheduler, Skipped, round_flexibility
 
@@ -55,5 +57,7 @@ __all__ = [
     "Skipped",
     "make_policy",
     "pad_round",
+    "random_replay",
+    "replay_round",
     "round_flexibility",
 ]

@@ -18,8 +18,7 @@ import jax
 import numpy as np
 
 from aragog_jax.errors import SchedulerError
-from aragog_jax.kernels import BeamResult, StageScores, schedule_round
-from aragog_jax.kernels import _reference as reference
+from aragog_jax.kernels import BeamResult, StageScores, reference, schedule_round
 from aragog_jax.space import bucket_size
 
 #: Smallest item / configuration / slot buckets (powers of two above them).
