@@ -50,6 +50,11 @@ class UpstreamTimeout(UpstreamError):
     """An engine did not answer within its timeout."""
 
 
+class EngineRejected(UpstreamError):
+    """The engine refused the request itself (HTTP 400, 413 or 422, e.g. a prompt over the
+    context length): the run fails, the engine is not blamed (another would refuse it too)."""
+
+
 class StageFunctionError(AragogError):
     """A workflow's own stage function (``[[stage]] function``) raised or returned a non-str."""
 

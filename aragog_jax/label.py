@@ -151,24 +151,17 @@ async def _label(args, progress) -> dict:
         load_inputs,
         load_scorer,
     )
+    from aragog_jax.engines.fleet import load_engine_fleet
     from aragog_jax.serving import EmulatedEngine, LoopbackServer
     from aragog_jax.space import build_space
-    from aragog_jax.spec import (
-        DEFAULT_MODELS,
-        family_pool,
-        load_fleet,
-        load_models,
-        load_profile,
-        load_workflow,
-        resolve,
-    )
+    from aragog_jax.spec import family_pool, load_workflow, resolve_workflow
 
-    fleet = load_fleet(args.fleet)
-    catalog = load_models(resolve(args.fleet, fleet.models) if fleet.models else DEFAULT_MODELS)
+    loaded = load_engine_fleet(args.fleet)
+    fleet, catalog = loaded.spec, loaded.catalog
     family = args.family or fleet.family
     if not family:
         raise AragogError(f"{args.fleet}: no family; pass --family")
-    wf = load_workflow(args.workflow, catalog)
+    wf = load_workflow(resolve_workflow(args.workflow), catalog)
     space = build_space(wf, family_pool(catalog, family))
     scorer = load_scorer(args.scorer)
     inputs = load_inputs(
@@ -190,19 +183,15 @@ async def _label(args, progress) -> dict:
     servers: list = []
     targets: list[EngineTarget] = []
     try:
-        for e in fleet.engine:
-            url, identity = e.url, ""
-            if not url:
-                if not e.profile:
-                    raise AragogError(
-                        f"{args.fleet}: engine {e.name}: an emulated engine needs a profile"
-                    )
+        for e in loaded.engines:
+            url, identity = e.spec.url, ""
+            if e.emulated:
                 eng = EmulatedEngine(
                     e.name,
                     e.model,
-                    load_profile(resolve(args.fleet, e.profile)),
+                    e.profile,
                     time_scale=time_scale,
-                    served_model_name=e.served_model_name,
+                    served_model_name=e.spec.served_model_name,
                 )
                 srv = LoopbackServer(eng.app)
                 url = await srv.start()
@@ -210,9 +199,7 @@ async def _label(args, progress) -> dict:
                 identity = (
                     "emulated"  # replies depend on model, prompt and seed, not on the loopback port
                 )
-            targets.append(
-                EngineTarget(e.name, e.model, url, e.served_model_name or e.model, identity)
-            )
+            targets.append(EngineTarget(e.name, e.model, url, e.served_model, identity))
         on_change = "update" if args.update else "restart" if args.restart else "refuse"
         labeller = Labeller(
             wf,

@@ -18,8 +18,13 @@ from aragog_jax._cli import run_cli
 from aragog_jax.data import generate, save_dataset, viability_stats
 from aragog_jax.errors import DatasetError
 from aragog_jax.space import DEFAULT_MAX_CONFIGS, build_space
-from aragog_jax.space._load import resolve_workflow
-from aragog_jax.spec import DEFAULT_MODELS, family_pool, load_models, load_workflow
+from aragog_jax.spec import (
+    DEFAULT_MODELS,
+    family_pool,
+    load_models,
+    load_workflow,
+    resolve_workflow,
+)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

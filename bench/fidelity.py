@@ -12,7 +12,7 @@ Steps:
    mean output length): a seeded Poisson workload of requests with seeded prompt lengths
    and exact output lengths (``ignore_eos``), sent open loop at their arrival times.
 4. Simulate the same requests (same arrival times, the prompt token counts the engine
-   reported, the same output lengths) on :class:`aragog_jax.sim.SimEngine` built from the
+   reported, the same output lengths) on :class:`aragog_jax.engines.BatchingEngine` built from the
    measured profile: once with the engine's real batch limit (``max_batch`` = its
    ``--max-num-seqs``) and once with the simulator's default (``max_batch`` = the
    profile's saturation batch, what ``python -m aragog_jax.simulate`` does).
@@ -42,6 +42,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from aragog_jax._provenance import git_sha  # noqa: E402
+from aragog_jax.engines import BatchingEngine, run_standalone  # noqa: E402
+from aragog_jax.engines.client import ClientLimits, EngineClient  # noqa: E402
 from aragog_jax.errors import UpstreamError  # noqa: E402
 from aragog_jax.perf._measure import (  # noqa: E402
     Profiler,
@@ -50,8 +52,6 @@ from aragog_jax.perf._measure import (  # noqa: E402
     synthetic_prompt,
     timed_chat,
 )
-from aragog_jax.serving._client import ClientLimits, EngineClient  # noqa: E402
-from aragog_jax.sim import SimEngine, run_standalone  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results"
 VLLM_PY = ROOT / ".venv-vllm" / "bin" / "python"
@@ -183,8 +183,8 @@ def summarize(arrivals: np.ndarray, ends: np.ndarray, tokens: np.ndarray) -> dic
 
 
 def simulate(profile, reqs, max_batch: int | None, overhead_s: float = 0.0) -> dict:
-    """The same requests on SimEngine; ``overhead_s`` (outside the engine loop) is added to each completion."""
-    eng = SimEngine("sim", profile.model, profile, max_batch=max_batch)
+    """The same requests on BatchingEngine; ``overhead_s`` (outside the engine loop) is added to each completion."""
+    eng = BatchingEngine("sim", profile.model, profile, max_batch=max_batch)
     jobs = [(a, max(1, p), max(1, c)) for a, _, p, c in reqs]
     done = np.asarray(run_standalone(eng, jobs)) + overhead_s
     arr = np.asarray([a for a, *_ in reqs])
@@ -250,7 +250,7 @@ def render(res: dict) -> str:
         "generated tokens/s from "
         "the first arrival to the last completion; latency is per request from arrival to completion.",
         "",
-        "Simulated = `SimEngine` (the fleet simulator's engine model) from the measured profile, fed the same "
+        "Simulated = `BatchingEngine` (the fleet simulator's engine model) from the measured profile, fed the same "
         f"requests, with the engine's batch limit (`max_batch` = {res['max_num_seqs']}), plus the profiler's fixed "
         "per-request overhead (HTTP, tokenisation and detokenisation in vLLM's API-server process, outside the "
         "engine loop, so it delays each reply without slowing the batch). `engine only` leaves that overhead out; "

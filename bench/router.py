@@ -153,8 +153,7 @@ def end_to_end(num_rows: int, hidden=HIDDEN, chunk: int = 4096) -> dict:
         save_checkpoint,
     )
     from aragog_jax.space import load_space
-    from aragog_jax.space._load import resolve_workflow
-    from aragog_jax.spec import load_models, load_workflow
+    from aragog_jax.spec import load_models, load_workflow, resolve_workflow
 
     space = load_space("voting_mmlu_pro", "qwen")
     wf = load_workflow(resolve_workflow("voting_mmlu_pro"), load_models())

@@ -65,14 +65,14 @@ from aragog_jax._files import DirLock, atomic_write, remove_durably
 from aragog_jax._imports import load_callable
 from aragog_jax._provenance import git_sha
 from aragog_jax.data._dataset import SPLITS, AccuracyDataset, save_dataset
-from aragog_jax.errors import AragogError, DatasetError, SpecError, UpstreamError
-from aragog_jax.serving._client import ClientLimits, EngineClient
-from aragog_jax.serving._stagefn import (
+from aragog_jax.engines.client import ClientLimits, EngineClient
+from aragog_jax.engines.stages import load_stage_functions, render_prompt, run_stage, stage_state
+from aragog_jax.errors import (
+    AragogError,
+    DatasetError,
+    SpecError,
     StageFunctionError,
-    StageState,
-    load_stage_functions,
-    render_prompt,
-    run_stage,
+    UpstreamError,
 )
 from aragog_jax.space import ConfigSpace
 
@@ -789,7 +789,7 @@ class Labeller:
             if digest in cache:
                 counts["cached"] += 1
                 return cache[digest]
-            state = StageState(row.text, outputs, render_prompt(stage.prompt, row.text, outputs))
+            state = stage_state(stage, row.text, outputs)
             async with sem:
                 try:
                     res = await run_stage(

@@ -1,7 +1,7 @@
 """Run the stages of a traced DSPy program on the engines the scheduler chose.
 
 Each stage is a stage function (``async def fn(stage, model, lm, state)``, see
-:mod:`aragog_jax.serving._stagefn`) that calls the program's own predictor with a
+:mod:`aragog_jax.engines.stages`) that calls the program's own predictor with a
 ``dspy.LM`` whose engine is the runner's ``lm``: DSPy renders its prompt (signature,
 instructions, demos, adapter) and parses the reply as it always does, while the call goes
 to the engine the scheduler placed the stage on, through the runner, so the receipt counts

@@ -1,21 +1,9 @@
-"""Engine performance: profile derivation (``derive``) and shared helpers over profiles."""
+"""Engine profiles: derivation from model cards (``derive``) and measurement of a running
+engine (``_measure``, the profiler behind ``python -m aragog_jax.profile``).
 
-from aragog_jax.perf._model import (
-    curve_arrays,
-    curve_tokens_per_s,
-    decode_iteration_s,
-    interp_curve,
-    iteration_s,
-    prefill_s,
-    steady_tokens_per_s,
-)
+The performance model over profiles lives in :mod:`aragog_jax.engines.model`.
+"""
 
-__all__ = [
-    "curve_arrays",
-    "curve_tokens_per_s",
-    "decode_iteration_s",
-    "interp_curve",
-    "iteration_s",
-    "prefill_s",
-    "steady_tokens_per_s",
-]
+from aragog_jax.perf._model import profile_to_toml
+
+__all__ = ["profile_to_toml"]

@@ -39,18 +39,23 @@ from __future__ import annotations
 import asyncio
 import datetime as _dt
 import json
-import re
 import statistics
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
-import aiohttp
 import numpy as np
 
-from aragog_jax.errors import AragogError, UpstreamError, UpstreamTimeout
+from aragog_jax.engines.client import ClientLimits, EngineClient
+from aragog_jax.engines.gauges import (
+    RUNNING_NAMES,
+    WAITING_NAMES,
+    first_gauge,
+    kv_capacity_from_metrics,
+    parse_gauges,
+)
+from aragog_jax.errors import AragogError, UpstreamError
 from aragog_jax.perf._model import profile_to_toml
-from aragog_jax.serving._client import ClientLimits, EngineClient
 from aragog_jax.spec import CurvePoint, EngineProfile
 
 #: Words for synthetic prompts; a seeded choice of them, about one token per word.
@@ -187,62 +192,35 @@ def synthetic_prompt(num_words: int, rng: np.random.Generator) -> str:
     return " ".join(_WORDS[i] for i in rng.integers(0, len(_WORDS), size=num_words))
 
 
-def _map_error(name: str, exc: BaseException, timeout_s: float) -> UpstreamError:
-    if isinstance(exc, (asyncio.TimeoutError, aiohttp.ServerTimeoutError)):
-        return UpstreamTimeout(f"engine {name}: no reply within {timeout_s:g} s")
-    return UpstreamError(f"engine {name}: {type(exc).__name__}: {exc}")
-
-
 async def timed_chat(
     client: EngineClient, prompt: str, max_tokens: int, seed: int, *, stream: bool = True
 ) -> Timed:
-    """One streamed chat completion with exactly ``max_tokens`` tokens, timed per chunk.
+    """One chat completion with exactly ``max_tokens`` tokens, each streamed piece timed.
 
-    Uses the engine client's session (its timeouts and connection limits); transport
-    errors become :class:`UpstreamError` here, like in the client itself.
+    Through the engine client (its session, timeouts, stream parser and error mapping):
+    failures raise :class:`~aragog_jax.errors.UpstreamError`.
     """
-    # ignore_eos: vLLM generates exactly max_tokens; other engines ignore the field.
-    body = client.chat_body(
-        prompt, max_tokens=max_tokens, seed=seed, stream=stream, ignore_eos=True
-    )
-    start = time.monotonic()
-    first = 0.0
     chunks: list[float] = []
-    usage: dict = {}
-    try:
-        async with client.session.post(client.url + "/v1/chat/completions", json=body) as resp:
-            await client.check_status(resp)
-            if not stream:
-                data = await resp.json()
-                usage = data.get("usage") or {}
-            else:
-                async for line in resp.content:
-                    line = line.strip()
-                    if not line.startswith(b"data:"):
-                        continue
-                    payload = line[5:].strip()
-                    if payload == b"[DONE]":
-                        break
-                    msg = json.loads(payload)
-                    if msg.get("usage"):
-                        usage = msg["usage"]
-                    for c in msg.get("choices") or []:
-                        if (c.get("delta") or {}).get("content"):
-                            now = time.monotonic()
-                            chunks.append(now)
-                            if not first:
-                                first = now
-    except UpstreamError:
-        raise
-    except (TimeoutError, aiohttp.ClientError, ValueError) as exc:
-        raise _map_error(client.name, exc, client.limits.request_timeout_s) from exc
+
+    def on_delta(_text: str) -> None:
+        chunks.append(time.monotonic())
+
+    start = time.monotonic()
+    # ignore_eos: vLLM generates exactly max_tokens; other engines ignore the field.
+    res = await client.chat(
+        prompt,
+        max_tokens=max_tokens,
+        seed=seed,
+        on_delta=on_delta if stream else None,
+        extra={"ignore_eos": True},
+    )
     end = time.monotonic()
     return Timed(
         start=start,
-        first=first or end,
+        first=chunks[0] if chunks else end,
         end=end,
-        prompt_tokens=int(usage.get("prompt_tokens") or 0),
-        completion_tokens=int(usage.get("completion_tokens") or max_tokens),
+        prompt_tokens=res.prompt_tokens,
+        completion_tokens=res.completion_tokens or max_tokens,
         chunk_times=chunks,
     )
 
@@ -251,35 +229,20 @@ async def engine_version(client: EngineClient) -> str:
     """``/version`` (vLLM) or the ``/v1/models`` owner, else "unknown"."""
     for path in ("/version",):
         try:
-            text = await client._get_text(path)
+            text = await client.get_text(path)
             ver = json.loads(text).get("version")
             if ver:
                 return f"vllm {ver}"
         except (UpstreamError, ValueError, AttributeError):
             pass
     try:
-        data = json.loads(await client._get_text("/v1/models"))
+        data = json.loads(await client.get_text("/v1/models"))
         owner = (data.get("data") or [{}])[0].get("owned_by")
         if owner:
             return str(owner)
     except (UpstreamError, ValueError, AttributeError, IndexError):
         pass
     return "unknown"
-
-
-_CACHE_INFO = re.compile(r"^vllm:cache_config_info\{([^}]*)\}", re.M)
-
-
-def kv_capacity_from_metrics(text: str) -> int:
-    """KV tokens from vLLM's ``cache_config_info`` labels (0 when absent)."""
-    m = _CACHE_INFO.search(text)
-    if not m:
-        return 0
-    labels = dict(re.findall(r'(\w+)="([^"]*)"', m.group(1)))
-    try:
-        return int(float(labels["num_gpu_blocks"])) * int(float(labels["block_size"]))
-    except (KeyError, ValueError):
-        return 0
 
 
 def window_tokens(reqs: list[Timed], t0: float, t1: float) -> float:
@@ -428,15 +391,13 @@ class Profiler:
         gauges = {"running": -1.0, "waiting": -1.0}
 
         async def watch() -> None:
-            from aragog_jax.serving._monitor import parse_gauges
-
             while True:
                 try:
                     g = parse_gauges(await self.client.metrics_text())
                 except UpstreamError:
                     return
-                run = g.get("vllm:num_requests_running", g.get("sglang:num_running_reqs"))
-                wait = g.get("vllm:num_requests_waiting", g.get("sglang:num_queue_reqs"))
+                run = first_gauge(g, RUNNING_NAMES)
+                wait = first_gauge(g, WAITING_NAMES)
                 if run is None:
                     return
                 gauges["running"] = max(gauges["running"], run)

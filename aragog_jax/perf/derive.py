@@ -50,6 +50,7 @@ import msgspec
 import numpy as np
 
 from aragog_jax._cli import run_cli
+from aragog_jax.engines.model import decode_step_s
 from aragog_jax.errors import SpecError
 from aragog_jax.perf._model import profile_to_toml as render_profile_toml
 from aragog_jax.spec import (
@@ -119,7 +120,7 @@ class DecodeModel:
     per_ctx_token_s: float
 
     def iteration_s(self, batch: int, ctx_tokens: float) -> float:
-        return self.base_s + self.per_seq_s * batch + self.per_ctx_token_s * ctx_tokens
+        return decode_step_s(self.base_s, self.per_seq_s, self.per_ctx_token_s, batch, ctx_tokens)
 
 
 def decode_model(

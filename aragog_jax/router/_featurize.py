@@ -19,14 +19,14 @@ from __future__ import annotations
 
 import asyncio
 import os
-import weakref
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Protocol, runtime_checkable
 
 import numpy as np
 
-from aragog_jax.errors import CheckpointError, UpstreamError, UpstreamTimeout
+from aragog_jax.engines.http import TRANSPORT_ERRORS, LoopSessions, transport_error
+from aragog_jax.errors import CheckpointError, UpstreamError
 
 __all__ = [
     "EmbeddingsFeaturizer",
@@ -251,7 +251,8 @@ class EmbeddingsFeaturizer:
     def __post_init__(self) -> None:
         # One HTTP session (and its connection pool) per event loop that calls aembed;
         # not a field, so config(), equality and hashing ignore it.
-        object.__setattr__(self, "_sessions", weakref.WeakKeyDictionary())
+        sessions = LoopSessions(max_connections=self.max_concurrency, timeout_s=self.timeout_s)
+        object.__setattr__(self, "_sessions", sessions)
 
     def config(self) -> dict:
         d = asdict(self)
@@ -275,23 +276,11 @@ class EmbeddingsFeaturizer:
 
     def _session(self):
         """The running loop's session, opened on first use and kept until :meth:`aclose`."""
-        import aiohttp
-
-        loop = asyncio.get_running_loop()
-        session = self._sessions.get(loop)
-        if session is None or session.closed:
-            connector = aiohttp.TCPConnector(limit=max(1, self.max_concurrency))
-            session = aiohttp.ClientSession(
-                timeout=aiohttp.ClientTimeout(total=self.timeout_s), connector=connector
-            )
-            self._sessions[loop] = session
-        return session
+        return self._sessions.open()
 
     async def aclose(self) -> None:
         """Close the running loop's session (a server calls this when it stops)."""
-        session = self._sessions.pop(asyncio.get_running_loop(), None)
-        if session is not None:
-            await session.close()
+        await self._sessions.aclose()
 
     async def aembed(self, texts: Sequence[str]) -> np.ndarray:
         """float32[len(texts), dim], batched with at most ``max_concurrency`` requests in flight,
@@ -302,8 +291,6 @@ class EmbeddingsFeaturizer:
             or vectors of the wrong dimension.
           UpstreamTimeout: a request took longer than ``timeout_s``.
         """
-        import aiohttp
-
         texts = list(texts)
         out = np.zeros((len(texts), self.dim), np.float32)
         if not texts:
@@ -316,7 +303,7 @@ class EmbeddingsFeaturizer:
                 headers["Authorization"] = f"Bearer {key}"
         sem = asyncio.Semaphore(max(1, self.max_concurrency))
 
-        async def one(session: aiohttp.ClientSession, lo: int) -> None:
+        async def one(session, lo: int) -> None:
             batch = texts[lo : lo + self.batch_size]
             async with sem:
                 try:
@@ -329,17 +316,11 @@ class EmbeddingsFeaturizer:
                                 f"embeddings endpoint {url} answered HTTP {resp.status}: {body}"
                             )
                         payload = await resp.json(content_type=None)
-                except TimeoutError as exc:
-                    raise UpstreamTimeout(
-                        f"embeddings endpoint {url} did not answer within {self.timeout_s} s"
-                    ) from exc
-                except aiohttp.ClientConnectionError as exc:
-                    raise UpstreamError(
-                        f"embeddings endpoint {url} is unreachable (is the server up?): {exc}"
-                    ) from exc
-                except (aiohttp.ClientError, ValueError) as exc:
-                    raise UpstreamError(
-                        f"embeddings endpoint {url} sent a malformed reply: {exc}"
+                except UpstreamError:
+                    raise
+                except TRANSPORT_ERRORS as exc:
+                    raise transport_error(
+                        exc, f"embeddings endpoint {url}", self.timeout_s
                     ) from exc
             try:
                 items = sorted(payload["data"], key=lambda d: d["index"])

@@ -17,6 +17,7 @@ from __future__ import annotations
 import sys
 import time
 from dataclasses import asdict, dataclass, field
+from typing import Protocol
 
 import jax
 import jax.numpy as jnp
@@ -25,7 +26,6 @@ import numpy as np
 import optax
 
 from aragog_jax._provenance import git_sha
-from aragog_jax.data import AccuracyDataset
 from aragog_jax.errors import CheckpointError, DatasetError
 from aragog_jax.kernels import routing as K
 from aragog_jax.router._calibrate import (
@@ -41,6 +41,21 @@ from aragog_jax.router._model import RouterModelConfig, cast_params, init_params
 from aragog_jax.space import ConfigSpace
 
 DEFAULT_SWEEP = (0.005, 0.01, 0.02, 0.05, 0.1)
+
+
+class LabelledData(Protocol):
+    """What training reads of an accuracy dataset (:class:`aragog_jax.data.AccuracyDataset`
+    has it); a protocol, so the router never imports the data layer above it."""
+
+    texts: list[str]
+    scores: np.ndarray  # float[N, C]
+    meta: dict
+
+    def split_index(self, split: str) -> np.ndarray: ...
+
+    def labels(self, c_max: int, tol: float = 0.0) -> np.ndarray: ...
+
+    def check_space(self, space: ConfigSpace, where: str = "dataset") -> None: ...
 
 
 @dataclass(frozen=True)
@@ -225,7 +240,7 @@ class FitResult:
 
 
 def fit_router(
-    dataset: AccuracyDataset,
+    dataset: LabelledData,
     space: ConfigSpace,
     featurizer: Featurizer,
     cfg: TrainConfig = TrainConfig(),

@@ -11,8 +11,8 @@ The serving front door and the simulator drive one :class:`Scheduler`::
 See :mod:`aragog_jax.scheduler._scheduler` for the full call protocol.
 """
 
+from aragog_jax.engines.model import KV_FULL
 from aragog_jax.scheduler._load import (
-    KV_FULL,
     UTILITY_SCALE,
     EngineInfo,
     EngineLoad,

@@ -5,64 +5,34 @@ serves, saturation batch, throughput curve). An :class:`EngineLoad` adds what wa
 observed at the start of a round; a :class:`LoadVector` is one per engine, in the
 scheduler's engine order.
 
-Free slots: ``max(0, saturation_batch - running - waiting)``, and 0 when the engine is
-unhealthy or its KV cache is at least ``kv_full`` (default 0.99) used.
-
-Throughput curve f(n): tokens/s at n concurrent sequences, linear interpolation
-between points, flat past the last point, and linear from (0, 0) to the first point
-when that point is above 0 sequences.
+Free slots and the throughput curve f(n) are the engine model's
+(:func:`aragog_jax.engines.model.free_slots`, :func:`~aragog_jax.engines.model.curve_arrays`):
+``max(0, saturation_batch - running - waiting)``, 0 when the engine is unhealthy or its
+KV cache is at least ``KV_FULL`` (0.99) used; f linear between points, flat past the last, and
+linear from (0, 0) to the first point when that point is above 0 sequences.
 """
 
 from __future__ import annotations
 
-import functools
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 
+from aragog_jax.engines.model import (
+    Curve,
+    check_curve,
+    curve_arrays,
+    curve_value,
+    free_slots,
+    profile_curve,
+)
 from aragog_jax.errors import SchedulerError
 from aragog_jax.spec import EngineProfile
 
 #: Default resolution of the utility U: 1 / UTILITY_SCALE of fleet capacity. Plans whose
 #: U differs by less are near-ties, broken by flexibility and then by index.
 UTILITY_SCALE = 100_000
-#: KV-cache usage at or above which an engine gets no new sequence.
-KV_FULL = 0.99
-
-Curve = tuple[tuple[float, float], ...]
-
-
-def check_curve(curve: Iterable[Sequence[float]], where: str) -> Curve:
-    """Validate curve points ``[[concurrency, tokens/s], ...]``; raise naming ``where``."""
-    try:
-        points = tuple((float(n), float(t)) for n, t in curve)
-    except (TypeError, ValueError) as exc:
-        raise SchedulerError(
-            f"{where}: expected [[concurrency, tokens/s], ...], got {curve!r}"
-        ) from exc
-    if not points:
-        raise SchedulerError(f"{where}: needs at least one point")
-    xs = [p[0] for p in points]
-    if any(not np.isfinite(v) or v < 0 for p in points for v in p):
-        raise SchedulerError(f"{where}: points must be finite and >= 0, got {list(points)}")
-    if any(b <= a for a, b in zip(xs, xs[1:], strict=False)):
-        raise SchedulerError(f"{where}: concurrency must strictly increase, got {xs}")
-    return points
-
-
-@functools.lru_cache(maxsize=1024)
-def curve_arrays(curve: Curve) -> tuple[np.ndarray, np.ndarray]:
-    """(xs, ys) float64 arrays ready for ``np.interp`` (with (0, 0) prepended if needed).
-
-    Cached: engines keep their curve tuple across rounds. Do not mutate the results.
-    """
-    xs = np.array([p[0] for p in curve], dtype=np.float64)
-    ys = np.array([p[1] for p in curve], dtype=np.float64)
-    if xs[0] > 0:
-        xs = np.concatenate([[0.0], xs])
-        ys = np.concatenate([[0.0], ys])
-    return xs, ys
 
 
 @dataclass(frozen=True)
@@ -91,13 +61,14 @@ class EngineInfo:
         object.__setattr__(self, "curve", check_curve(self.curve, f"engine {self.name!r}: curve"))
 
     @classmethod
-    def from_profile(cls, name: str, profile: EngineProfile) -> EngineInfo:
-        """An engine named ``name`` that behaves like ``profile``."""
+    def from_profile(cls, name: str, profile: EngineProfile, model: str = "") -> EngineInfo:
+        """An engine named ``name`` that behaves like ``profile``, serving ``model``
+        (default: the profile's model)."""
         return cls(
             name=name,
-            model=profile.model,
+            model=model or profile.model,
             saturation_batch=int(profile.saturation_batch),
-            curve=tuple((float(p.concurrency), float(p.tokens_per_s)) for p in profile.curve),
+            curve=profile_curve(profile),
         )
 
 
@@ -127,9 +98,9 @@ class EngineLoad:
         if self.running < 0 or self.waiting < 0:
             raise SchedulerError(f"engine {self.name!r}: running and waiting must be >= 0")
         if self.free_slots < 0:  # derive from the observations
-            free = 0
-            if self.healthy and self.kv_usage < KV_FULL:
-                free = max(0, int(self.saturation_batch) - int(self.running) - int(self.waiting))
+            free = free_slots(
+                self.saturation_batch, self.running, self.waiting, self.kv_usage, self.healthy
+            )
             object.__setattr__(self, "free_slots", free)
 
     @property
@@ -234,12 +205,6 @@ class LoadVector:
         for e, eng in enumerate(self.engines):
             out[e] = gain_row(eng.curve, eng.load, num_slots, cap, utility_scale)
         return out
-
-
-def curve_value(curve: Curve, x: float) -> float:
-    """f(x) of one throughput curve (tokens/s at x concurrent sequences)."""
-    xs, ys = curve_arrays(curve)
-    return np.interp(x, xs, ys)
 
 
 def gain_row(

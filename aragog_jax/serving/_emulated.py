@@ -1,7 +1,8 @@
 """The emulated engine: an OpenAI-compatible HTTP server with a profile's timing.
 
-It drives the simulator's continuous-batching engine (:class:`aragog_jax.sim.SimEngine`,
-built from an :class:`~aragog_jax.spec.EngineProfile`) on a real clock: virtual time is
+It drives the continuous-batching engine model the simulator also drives
+(:class:`aragog_jax.engines.BatchingEngine`, built from an
+:class:`~aragog_jax.spec.EngineProfile`) on a real clock: virtual time is
 wall time since start multiplied by ``time_scale``, so ``time_scale = 5`` makes every
 request five times faster than the profile says while keeping batching behaviour
 (queueing, iteration times growing with the batch) intact. The driver sleeps until the
@@ -25,8 +26,8 @@ import uuid
 import msgspec
 from aiohttp import web
 
+from aragog_jax.engines.batching import BatchingEngine
 from aragog_jax.errors import SpecError
-from aragog_jax.sim._engine import SimEngine  # the simulator's engine model, driven in real time
 from aragog_jax.spec import EngineProfile
 
 # Placeholder text, so nobody mistakes an emulated reply for a model's answer.
@@ -86,7 +87,7 @@ class EmulatedEngine:
         self.name = name
         self.model = model
         self.served = served_model_name or model
-        self.sim = SimEngine(name, model, profile)
+        self.sim = BatchingEngine(name, model, profile)
         self.time_scale = time_scale
         self.default_max_tokens = default_max_tokens
         self._t0 = time.monotonic()

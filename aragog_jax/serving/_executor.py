@@ -34,23 +34,25 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
+from aragog_jax.engines.client import ClientLimits, EngineClient
+from aragog_jax.engines.stages import run_stage, stage_state
 from aragog_jax.errors import (
     AragogError,
     DeadlineExceededError,
+    EngineRejected,
     NoViableConfigurationError,
     OverloadedError,
     StageFunctionError,
     UpstreamError,
 )
 from aragog_jax.serving._breaker import BreakerState, CircuitBreaker
-from aragog_jax.serving._client import ClientLimits, EngineClient, EngineRejected
 from aragog_jax.serving._fleet import FleetRuntime, WorkflowRuntime
 from aragog_jax.serving._metrics import ServerMetrics
 from aragog_jax.serving._monitor import EngineLoadState, LoadMonitor
 from aragog_jax.serving._routing import Routed, RouterWorker
 from aragog_jax.serving._sched import Assignment, SchedulerPort
-from aragog_jax.serving._stagefn import StageState, render_prompt, run_stage
 from aragog_jax.serving._wire import Attempt, Receipt, StageReceipt
+from aragog_jax.spec import StageSpec
 
 log = logging.getLogger("aragog_jax.serving")
 
@@ -113,6 +115,10 @@ class Run:
     @property
     def finished(self) -> bool:
         return self.status in ("completed", "failed", "expired", "cancelled")
+
+    def upstream_outputs(self, stage: StageSpec) -> dict[str, str]:
+        """``stage``'s upstream outputs by stage name (what its prompt is rendered with)."""
+        return {up: self.outputs.get(self.wf.stage_index[up], "") for up in stage.upstream}
 
 
 @dataclass(frozen=True, slots=True)
@@ -382,11 +388,6 @@ class Executor:
         run.unstarted[task] = a
         task.add_done_callback(run.tasks.discard)
 
-    def _stage_state(self, run: Run, sid: int) -> StageState:
-        stage = run.wf.spec.stage[sid]
-        outputs = {up: run.outputs.get(run.wf.stage_index[up], "") for up in stage.upstream}
-        return StageState(run.input, outputs, render_prompt(stage.prompt, run.input, outputs))
-
     async def _run_stage(
         self, run: Run, a: Assignment, st: EngineLoadState, round_id: int, t_disp: float
     ) -> None:
@@ -406,7 +407,7 @@ class Executor:
                     run.wf.stage_fns.get(sid),
                     st.model,
                     st.client,
-                    self._stage_state(run, sid),
+                    stage_state(stage, run.input, run.upstream_outputs(stage)),
                     seed=next(self._seed) % 2**31,
                     timeout_s=timeout,
                     on_delta=(lambda text: self._delta(run, stage.name, text)) if streams else None,

@@ -21,6 +21,11 @@ answers 503 in modes ``fail`` and ``hang`` and whenever ``health_fails`` is set.
 requests are counted in ``num_requests`` (received), ``num_completed`` (answered) and
 ``num_cancelled`` (the caller hung up first; served with ``handler_cancellation``).
 With ``orca=True`` replies carry vLLM's ``endpoint-load-metrics`` header when asked.
+
+Capacity, as real engines report it (each only when set): ``kv_blocks = (num_gpu_blocks,
+block_size)`` adds vLLM's ``vllm:cache_config_info`` to ``/metrics``; ``max_model_len``
+goes into ``/v1/models``; ``max_num_seqs`` is served by ``/server_info`` (vLLM in dev
+mode) or, with ``flavour="sglang"``, as ``max_running_requests`` by ``/get_server_info``.
 """
 
 from __future__ import annotations
@@ -49,6 +54,9 @@ class FakeEngine:
         orca: bool = False,
         stream_pieces: int = 2,
         stream_gap_s: float = 0.0,
+        kv_blocks: tuple[int, int] | None = None,
+        max_model_len: int = 0,
+        max_num_seqs: int = 0,
     ):
         if mode not in MODES:
             raise ValueError(f"unknown fake-engine mode {mode!r} (modes: {', '.join(MODES)})")
@@ -61,6 +69,9 @@ class FakeEngine:
         self.orca = orca
         self.stream_pieces = max(1, stream_pieces)
         self.stream_gap_s = stream_gap_s
+        self.kv_blocks = kv_blocks
+        self.max_model_len = max_model_len
+        self.max_num_seqs = max_num_seqs
         self.num_streamed = 0
         self.gauges: dict[str, float] | None = None  # override what /metrics reports
         self.health_fails = False
@@ -75,6 +86,8 @@ class FakeEngine:
         self.app.router.add_get("/v1/models", self._models)
         self.app.router.add_get("/health", self._health)
         self.app.router.add_get("/metrics", self._metrics)
+        self.app.router.add_get("/server_info", self._server_info)
+        self.app.router.add_get("/get_server_info", self._server_info)
 
     def text_for(self, prompt: str) -> str:
         return f"{self.served}:{hashlib.blake2b(prompt.encode(), digest_size=4).hexdigest()}"
@@ -201,9 +214,19 @@ class FakeEngine:
         )
 
     async def _models(self, request: web.Request) -> web.Response:
-        return web.json_response(
-            {"object": "list", "data": [{"id": self.served, "object": "model"}]}
-        )
+        model: dict = {"id": self.served, "object": "model"}
+        if self.max_model_len:
+            model["max_model_len"] = self.max_model_len
+        return web.json_response({"object": "list", "data": [model]})
+
+    async def _server_info(self, request: web.Request) -> web.Response:
+        sglang = self.flavour == "sglang"
+        if not self.max_num_seqs or sglang != (request.path == "/get_server_info"):
+            return web.Response(status=404, text="not found")
+        if sglang:
+            return web.json_response({"max_running_requests": self.max_num_seqs})
+        config = {"scheduler_config": {"max_num_seqs": self.max_num_seqs}}
+        return web.json_response({"vllm_config": config})
 
     async def _health(self, request: web.Request) -> web.Response:
         if self.health_fails or self.mode in ("fail", "hang"):
@@ -228,4 +251,10 @@ class FakeEngine:
         for k, v in g.items():
             lines.append(f"# TYPE {k} gauge")
             lines.append(f'{k}{{engine="0",model_name="{self.served}"}} {v}')
+        if self.kv_blocks is not None and self.flavour != "sglang":
+            blocks, size = self.kv_blocks
+            lines.append("# TYPE vllm:cache_config_info gauge")
+            lines.append(
+                f'vllm:cache_config_info{{block_size="{size}",engine="0",num_gpu_blocks="{blocks}"}} 1.0'
+            )
         return web.Response(text="\n".join(lines) + "\n", content_type="text/plain")

@@ -1,12 +1,15 @@
 """From a fleet file (or the embedded default) to what the server runs.
 
-Loading is synchronous and happens before the event loop serves anything: specs,
-spaces, engine profiles and routers (compiled ahead of time here). Emulated engines
-are only *described* here; the server starts them on loopback when it opens.
+Loading is synchronous and happens before the event loop serves anything: the engines
+and their profiles (:func:`aragog_jax.engines.fleet.load_engine_fleet`, shared with the
+simulator and the labeller), workflows, spaces and routers (compiled ahead of time
+here). Emulated engines are only *described* here; the server starts them on loopback
+when it opens, and sizes unprofiled real engines from what they report.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 from dataclasses import dataclass, field
@@ -15,22 +18,17 @@ from pathlib import Path
 import msgspec
 import numpy as np
 
+from aragog_jax.engines.client import ClientLimits, EngineClient
+from aragog_jax.engines.fleet import FleetEngine, load_engine_fleet
+from aragog_jax.engines.model import placeholder_profile
+from aragog_jax.engines.stages import StageFunction, load_stage_functions
 from aragog_jax.errors import AragogError, SpecError
-from aragog_jax.serving._stagefn import StageFunction, load_stage_functions
+from aragog_jax.router import Router, load_checkpoint, shipped_router
 from aragog_jax.space import ConfigSpace, build_space
 from aragog_jax.spec import (
-    DEFAULT_MODELS,
     PROFILES_DIR,
-    CurvePoint,
-    EngineProfile,
-    EngineSpec,
-    FleetSpec,
     ServerSettings,
     WorkflowSpec,
-    family_pool,
-    load_fleet,
-    load_models,
-    load_profile,
     load_workflow,
     resolve,
 )
@@ -42,34 +40,6 @@ DEFAULT_FLEET = PROFILES_DIR / "fleets" / "qwen_4gpu.toml"
 #: Emulated engines in the embedded default run this much faster than their profiles,
 #: so a three-stage demo request returns in about a second.
 DEFAULT_TIME_SCALE = 10.0
-#: For an engine without a profile (e.g. a real vLLM engine nobody profiled): this many
-#: slots and a concave curve (tokens/s ~ sqrt(sequences)), so each extra sequence on a
-#: busy engine gains less than one on an idle engine and the scheduler spreads load.
-#: A linear curve would make every engine look the same and pile work on the first.
-UNPROFILED_SATURATION = 16
-
-
-@dataclass
-class EngineRuntime:
-    spec: EngineSpec
-    profile: EngineProfile
-    profiled: bool  # False: the placeholder profile above
-
-    @property
-    def name(self) -> str:
-        return self.spec.name
-
-    @property
-    def model(self) -> str:
-        return self.spec.model
-
-    @property
-    def served_model(self) -> str:
-        return self.spec.served_model_name or self.spec.model
-
-    @property
-    def emulated(self) -> bool:
-        return self.spec.kind == "emulated" or not self.spec.url
 
 
 @dataclass
@@ -77,12 +47,11 @@ class WorkflowRuntime:
     spec: WorkflowSpec
     space: ConfigSpace
     servable: np.ndarray  # bool[C]: every stage's model has at least one engine
-    router: object | None = None  # aragog_jax.router.Router, compiled
+    router: Router | None = None  # compiled
     router_path: str = ""
     stage_index: dict[str, int] = field(default_factory=dict)
-    stage_fns: dict[int, StageFunction] = field(
-        default_factory=dict
-    )  # stages that run a Python coroutine
+    # Stages that run a Python coroutine.
+    stage_fns: dict[int, StageFunction] = field(default_factory=dict)
 
     @property
     def name(self) -> str:
@@ -92,29 +61,38 @@ class WorkflowRuntime:
 @dataclass
 class FleetRuntime:
     settings: ServerSettings
-    engines: list[EngineRuntime]
+    engines: list[FleetEngine]
     workflows: dict[str, WorkflowRuntime]
     family: str
     source: str  # fleet file path or "embedded default"
     api_keys: frozenset[str] = frozenset()
 
 
-def placeholder_profile(model: str) -> EngineProfile:
-    n = UNPROFILED_SATURATION
-    return EngineProfile(
-        model=model,
-        hardware="unknown",
-        tensor_parallel=1,
-        kind="derived",
-        saturation_batch=n,
-        kv_capacity_tokens=1 << 30,
-        prefill_tokens_per_s=1e6,
-        decode_base_s=0.01,
-        decode_per_seq_s=0.0,
-        decode_per_ctx_token_s=0.0,
-        curve=[CurvePoint(k, 100.0 * k**0.5) for k in (1, 2, 4, 8, n)],
-        notes="placeholder: engine has no profile",
-    )
+async def size_unprofiled(engines: list[FleetEngine], probe_timeout_s: float = 2.0) -> None:
+    """Give every real engine without a profile as many slots as it reports running at
+    once (:meth:`~aragog_jax.engines.client.EngineClient.reported_slots`), in a placeholder
+    profile; one that reports nothing keeps the fixed placeholder
+    (:data:`~aragog_jax.engines.model.UNPROFILED_SATURATION` slots). Asks all at once."""
+
+    async def size(e: FleetEngine) -> None:
+        limits = ClientLimits(probe_timeout_s=probe_timeout_s, orca=False, max_connections=4)
+        client = EngineClient(e.name, e.spec.url, e.served_model, limits)
+        await client.open()
+        try:
+            found = await client.reported_slots()
+        finally:
+            await client.close()
+        if found is None:
+            log.warning(
+                "engine %s has no profile and reports no capacity: assuming %d slots",
+                e.name,
+                e.profile.saturation_batch,
+            )
+            return
+        e.profile = placeholder_profile(e.model, found.slots, found.source)
+        log.info("engine %s has no profile: %d slots from %s", e.name, found.slots, found.source)
+
+    await asyncio.gather(*(size(e) for e in engines if not e.profiled and not e.emulated))
 
 
 def _api_keys(settings: ServerSettings, source: Path) -> frozenset[str]:
@@ -153,7 +131,8 @@ def load_runtime(
     """Load a fleet file (default: the embedded default) and everything it names."""
     embedded = fleet_path is None
     path = Path(fleet_path) if fleet_path is not None else DEFAULT_FLEET
-    fleet: FleetSpec = load_fleet(path)
+    loaded = load_engine_fleet(path)
+    fleet, catalog, engines = loaded.spec, loaded.catalog, loaded.engines
     settings = fleet.server
     if embedded:
         settings = msgspec.structs.replace(settings, time_scale=DEFAULT_TIME_SCALE)
@@ -164,32 +143,12 @@ def load_runtime(
     }
     if overrides:
         settings = msgspec.structs.replace(settings, **overrides)
-    catalog = load_models(resolve(path, fleet.models) if fleet.models else DEFAULT_MODELS)
     family = fleet.family
     if not family:
         raise SpecError(
             f"{path}: family: the server needs the model family its workflows are routed over"
         )
-    pool = family_pool(catalog, family)
-
-    engines: list[EngineRuntime] = []
-    for i, e in enumerate(fleet.engine):
-        if e.model not in {m.name for m in pool}:
-            raise SpecError(
-                f"{path}: engine[{i}].model: {e.model!r} is not in family {family!r} ({[m.name for m in pool]})"
-            )
-        if not e.url and e.kind != "emulated":
-            raise SpecError(
-                f'{path}: engine[{i}].url: a {e.kind} engine needs a url (or kind = "emulated")'
-            )
-        if e.profile:
-            prof = load_profile(resolve(path, e.profile))
-            profiled = True
-        elif e.kind == "emulated" or not e.url:
-            raise SpecError(f"{path}: engine[{i}].profile: an emulated engine needs a profile")
-        else:
-            prof, profiled = placeholder_profile(e.model), False
-        engines.append(EngineRuntime(e, prof, profiled))
+    pool = loaded.check_family(family)
     served_models = {e.model for e in engines}
     workflows: dict[str, WorkflowRuntime] = {}
 
@@ -259,10 +218,6 @@ def load_runtime(
 
 
 def _shipped_routers(workflows: list[str], family: str) -> dict[str, str]:
-    try:
-        from aragog_jax.router import shipped_router
-    except ImportError:  # the router package is not there yet
-        return {}
     out = {}
     for w in workflows:
         p = shipped_router(w, family)
@@ -273,8 +228,6 @@ def _shipped_routers(workflows: list[str], family: str) -> dict[str, str]:
 
 def _stored_workflow(path: Path) -> WorkflowSpec | None:
     """The workflow a router checkpoint stores (None: it stores none)."""
-    from aragog_jax.router import load_checkpoint
-
     spec = load_checkpoint(path).meta.workflow_spec
     try:
         return None if spec is None else msgspec.convert(spec, WorkflowSpec)
@@ -286,11 +239,7 @@ def _stored_workflow(path: Path) -> WorkflowSpec | None:
 
 def _load_router(
     path: Path, space: ConfigSpace, compile_now: bool, buckets: tuple[int, ...] | None
-):
-    try:
-        from aragog_jax.router import Router
-    except ImportError as exc:
-        raise SpecError(f"router {path}: the router package is unavailable: {exc}") from exc
+) -> Router:
     try:
         router = Router.load(path, space)
         if compile_now:

@@ -1,11 +1,9 @@
 """Load monitor (DESIGN §6): what each engine is doing, from three sources.
 
 1. **Own in-flight count** per engine: exact for this server's traffic, always fresh.
-2. **``/metrics`` scrape** every ``poll_s``: vLLM ``vllm:num_requests_running``,
-   ``vllm:num_requests_waiting``, ``vllm:kv_cache_usage_perc`` (falling back to the
-   older ``vllm:gpu_cache_usage_perc``); SGLang ``sglang:num_running_reqs``,
-   ``sglang:num_queue_reqs``, ``sglang:token_usage``. Values are summed over label sets
-   (data-parallel ranks).
+2. **``/metrics`` scrape** every ``poll_s``: the running and waiting counts and the KV
+   usage, parsed by :func:`aragog_jax.engines.gauges.parse_gauges` (vLLM and SGLang
+   names, summed over data-parallel ranks).
 3. **ORCA header** (``endpoint-load-metrics``) on engine replies, when the engine
    sends it: a fresher ``num_requests_waiting`` and KV usage than the last scrape.
 
@@ -31,41 +29,18 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from aragog_jax.engines.client import EngineClient, OrcaReport
+from aragog_jax.engines.gauges import (
+    KV_NAMES,
+    RUNNING_NAMES,
+    WAITING_NAMES,
+    first_gauge,
+    parse_gauges,
+)
 from aragog_jax.errors import UpstreamError
 from aragog_jax.serving._breaker import BreakerState, CircuitBreaker
-from aragog_jax.serving._client import EngineClient, OrcaReport
 
 log = logging.getLogger("aragog_jax.serving")
-
-RUNNING_NAMES = ("vllm:num_requests_running", "sglang:num_running_reqs")
-WAITING_NAMES = ("vllm:num_requests_waiting", "sglang:num_queue_reqs")
-KV_NAMES = ("vllm:kv_cache_usage_perc", "vllm:gpu_cache_usage_perc", "sglang:token_usage")
-_WANTED = RUNNING_NAMES + WAITING_NAMES + KV_NAMES
-
-
-def parse_gauges(text: str) -> dict[str, float]:
-    """Sum the wanted gauges over their label sets from a Prometheus text exposition."""
-    out: dict[str, float] = {}
-    for line in text.splitlines():
-        if not line or line[0] == "#" or not line.startswith(("vllm:", "sglang:")):
-            continue
-        brace = line.find("{")
-        if brace >= 0:
-            name = line[:brace]
-            rest = line[line.rfind("}") + 1 :]
-        else:
-            name, _, rest = line.partition(" ")
-        if name not in _WANTED:
-            continue
-        fields = rest.split()
-        if not fields:
-            continue
-        try:
-            value = float(fields[0])
-        except ValueError:
-            continue
-        out[name] = out.get(name, 0.0) + value
-    return out
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,16 +56,10 @@ class ScrapedLoad:
     def from_gauges(
         cls, g: dict[str, float], at: float, dispatched_at: int = 0, returned_at: int = 0
     ) -> ScrapedLoad:
-        def first(names: tuple[str, ...]) -> float | None:
-            for n in names:
-                if n in g:
-                    return g[n]
-            return None
-
         return cls(
-            first(RUNNING_NAMES),
-            first(WAITING_NAMES),
-            first(KV_NAMES),
+            first_gauge(g, RUNNING_NAMES),
+            first_gauge(g, WAITING_NAMES),
+            first_gauge(g, KV_NAMES),
             at,
             dispatched_at,
             returned_at,

@@ -17,8 +17,9 @@ from typing import Any
 
 import numpy as np
 
+from aragog_jax.engines.model import free_slots
 from aragog_jax.errors import NoViableConfigurationError, SchedulerError
-from aragog_jax.scheduler import KV_FULL, EngineInfo, EngineLoad, LoadVector, Plan, Scheduler
+from aragog_jax.scheduler import EngineInfo, EngineLoad, LoadVector, Plan, Scheduler
 from aragog_jax.serving._fleet import FleetRuntime, WorkflowRuntime
 from aragog_jax.serving._monitor import EngineLoad as MonitorLoad
 
@@ -69,13 +70,7 @@ class SchedulerPort:
     def __init__(self, fleet: FleetRuntime, policy: str = "aragog", beam_width: int = 4):
         self.fleet = fleet
         self.infos = tuple(
-            EngineInfo(
-                name=e.name,
-                model=e.model,
-                saturation_batch=int(e.profile.saturation_batch),
-                curve=tuple((float(p.concurrency), float(p.tokens_per_s)) for p in e.profile.curve),
-            )
-            for e in fleet.engines
+            EngineInfo.from_profile(e.name, e.profile, e.model) for e in fleet.engines
         )
         spaces = [w.space for w in fleet.workflows.values()]
         self.sched = Scheduler(self.infos, policy, beam_width=beam_width, spaces=spaces)
@@ -186,11 +181,9 @@ class SchedulerPort:
         for info in self.infos:
             ld = by_name[info.name]
             kv = max(0.0, ld.kv_usage)
-            free = 0
-            if ld.healthy and kv < KV_FULL:
-                free = max(0, info.saturation_batch - ld.running - ld.waiting)
-                if ld.slots_cap is not None:
-                    free = min(free, ld.slots_cap)
+            free = free_slots(info.saturation_batch, ld.running, ld.waiting, kv, ld.healthy)
+            if ld.slots_cap is not None:
+                free = min(free, ld.slots_cap)
             out.append(
                 EngineLoad(
                     name=info.name,

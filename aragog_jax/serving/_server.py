@@ -42,7 +42,7 @@ from aragog_jax.errors import (
 from aragog_jax.serving._conn import ConnLimits, GuardedRunner
 from aragog_jax.serving._emulated import EmulatedEngine
 from aragog_jax.serving._executor import Executor, OutputDelta, Run, close_part
-from aragog_jax.serving._fleet import FleetRuntime
+from aragog_jax.serving._fleet import FleetRuntime, size_unprofiled
 from aragog_jax.serving._loopback import LoopbackServer
 from aragog_jax.serving._metrics import ServerMetrics
 from aragog_jax.serving._sched import LATE_ITEM_BUCKETS, WARM_ITEM_BUCKETS
@@ -269,6 +269,7 @@ class Server:
                 self.emulated[e.name] = (eng, srv)
             else:
                 urls[e.name] = e.spec.url
+        await size_unprofiled(self.fleet.engines)
         self.executor = Executor(
             self.fleet,
             urls,

@@ -1,8 +1,8 @@
 """Messages on the wire: msgspec Structs with encoders and decoders built once.
 
-Two protocols meet here: the OpenAI chat-completions protocol spoken to engines (and
-offered by the front door with ``model = "workflow:<name>"``), and the workflow-run
-protocol of ``POST /v1/workflows/{name}/runs``.
+Two protocols meet here: the OpenAI chat-completions protocol offered by the front door
+(``model = "workflow:<name>"``; the engine side of it is in :mod:`aragog_jax.engines`),
+and the workflow-run protocol of ``POST /v1/workflows/{name}/runs``.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from typing import Annotated, Any, Literal
 
 import msgspec
 
-# --- OpenAI chat completions (engine side and front door) -----------------------------
+# --- OpenAI chat completions (front door) ----------------------------------------------
 
 
 class ContentPart(msgspec.Struct, frozen=True):
@@ -29,49 +29,6 @@ class ChatMessage(msgspec.Struct, frozen=True):
         if isinstance(self.content, str):
             return self.content
         return "".join(p.text for p in self.content if p.type == "text")
-
-
-class Usage(msgspec.Struct, frozen=True):
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    total_tokens: int = 0
-
-
-class _RespMessage(msgspec.Struct, frozen=True):
-    role: str = "assistant"
-    content: str | None = None
-
-
-class _Choice(msgspec.Struct, frozen=True):
-    message: _RespMessage
-    index: int = 0
-    finish_reason: str | None = None
-
-
-class ChatCompletion(msgspec.Struct, frozen=True):
-    """An engine's non-streaming reply; unknown fields are ignored."""
-
-    choices: Annotated[list[_Choice], msgspec.Meta(min_length=1)]
-    id: str = ""
-    model: str = ""
-    usage: Usage | None = None
-
-
-class _Delta(msgspec.Struct, frozen=True):
-    role: str | None = None
-    content: str | None = None
-
-
-class _ChunkChoice(msgspec.Struct, frozen=True):
-    delta: _Delta = _Delta()
-    index: int = 0
-    finish_reason: str | None = None
-
-
-class ChatCompletionChunk(msgspec.Struct, frozen=True):
-    choices: list[_ChunkChoice] = []
-    usage: Usage | None = None
-    error: Any = None  # an error chunk (``{"error": {"message": ...}}``) ends a stream
 
 
 class FrontChatRequest(msgspec.Struct, frozen=True):
@@ -184,8 +141,6 @@ class WorkflowInfo(msgspec.Struct, frozen=True):
 
 
 ENCODER = msgspec.json.Encoder()
-COMPLETION_DECODER = msgspec.json.Decoder(ChatCompletion)
-CHUNK_DECODER = msgspec.json.Decoder(ChatCompletionChunk)
 RUN_REQUEST_DECODER = msgspec.json.Decoder(RunRequest)
 FRONT_CHAT_DECODER = msgspec.json.Decoder(FrontChatRequest)
 

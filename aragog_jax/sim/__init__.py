@@ -1,6 +1,8 @@
 """Discrete-event fleet simulator driving the real scheduler on a virtual clock (DESIGN §7).
 
-* :class:`SimEngine` — continuous-batching engine from an engine profile.
+Engines are :class:`aragog_jax.engines.BatchingEngine` (continuous batching from an
+engine profile), the same model the emulated engine drives in real time.
+
 * :func:`arrival_times`, :func:`sample_inputs` — seeded workloads.
 * :func:`load_setup` — fleet + workflow space + dataset (+ masks).
 * :func:`simulate` — one policy at one rate; :func:`run_sweep` — policies × rates, the
@@ -9,7 +11,6 @@
 """
 
 from aragog_jax.sim._driver import RunConfig, RunResult, simulate
-from aragog_jax.sim._engine import SimEngine, run_standalone
 from aragog_jax.sim._experiment import (
     POLICIES,
     SweepConfig,
@@ -37,7 +38,6 @@ __all__ = [
     "RunConfig",
     "RunResult",
     "Setup",
-    "SimEngine",
     "SweepConfig",
     "arrival_times",
     "auto_rates",
@@ -49,7 +49,6 @@ __all__ = [
     "per_workflow_config",
     "refine_rates",
     "run_dense",
-    "run_standalone",
     "run_sweep",
     "sample_inputs",
     "selection_rows",

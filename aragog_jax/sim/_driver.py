@@ -3,7 +3,7 @@
 One run = one policy at one arrival rate. Requests arrive (Poisson or gamma), wait for
 their admitted mask (routing time is charged for router-based policies: the request
 joins the meta-queue that much later), join the scheduler's meta-queue, and every stage
-the scheduler assigns runs on a :class:`~aragog_jax.sim._engine.SimEngine` with the
+the scheduler assigns runs on a :class:`~aragog_jax.engines.BatchingEngine` with the
 dataset's token counts for that input and stage. Routing thus overlaps the first
 stage's queueing as in the paper (and as the server does: it routes at the start of the
 first round after arrival): the first stage leaves at ``max(arrival + routing, the
@@ -29,9 +29,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from aragog_jax.engines.batching import BatchingEngine
 from aragog_jax.errors import AragogError
 from aragog_jax.scheduler import COMPILED, EngineInfo, EngineLoad, LoadVector, Policy, Scheduler
-from aragog_jax.sim._engine import SimEngine
 from aragog_jax.sim._setup import Setup
 from aragog_jax.sim._workload import arrival_times, sample_inputs
 
@@ -137,7 +137,7 @@ def simulate(
     space = setup.space
     ds = setup.dataset
     wall0 = time.perf_counter()
-    engines = [SimEngine(e.name, e.model, e.profile) for e in setup.engines]
+    engines = [BatchingEngine(e.name, e.model, e.profile) for e in setup.engines]
     infos = [EngineInfo.from_profile(e.name, e.profile) for e in setup.engines]
     per_wf = {space.workflow: int(per_workflow_config)} if per_workflow_config is not None else None
     sched = Scheduler(

@@ -63,6 +63,7 @@ import numpy as np
 
 from aragog_jax._provenance import git_sha
 from aragog_jax.errors import AragogError
+from aragog_jax.router import Router
 from aragog_jax.sim._driver import RunConfig, RunResult, simulate
 from aragog_jax.sim._metrics import latency_stats, pct_change
 from aragog_jax.sim._setup import ROUTERS_DIR, Setup, per_workflow_config, selection_rows
@@ -187,8 +188,6 @@ def build_masks(setup: Setup, router: str | None, route_cost_s: float | None) ->
             "oracle (no router checkpoint)",
             0.0 if route_cost_s is None else route_cost_s,
         )
-    from aragog_jax.router import Router
-
     base = setup.base_space if setup.base_space is not None else setup.space
     r = Router.load(path, base).compile()
     res = r.route_texts(setup.dataset.texts)

@@ -1,7 +1,8 @@
 """What a simulation runs on: a fleet of engines, a workflow's space, its dataset, masks.
 
-* Fleet: a FleetSpec file (default: the shipped ``profiles/fleets/<family>_<gpus>gpu.toml``);
-  every engine needs a ``profile``.
+* Fleet: a FleetSpec file (default: the shipped ``profiles/fleets/<family>_<gpus>gpu.toml``),
+  loaded by :func:`aragog_jax.engines.fleet.load_engine_fleet` like the server's; every
+  engine needs a ``profile``.
 * Dataset: ``profiles/datasets/<workflow>/<family>/`` (or ``--dataset DIR``).
 * Masks: per dataset row, the configurations a policy may use.
   - ``oracle``: the accurate set from the dataset's scores (``accurate_labels``).
@@ -16,32 +17,20 @@ from pathlib import Path
 import numpy as np
 
 from aragog_jax.data import AccuracyDataset, accurate_labels, load_dataset
+from aragog_jax.engines.fleet import FleetEngine, load_engine_fleet
 from aragog_jax.errors import AragogError, SpecError
 from aragog_jax.space import ConfigSpace, build_space
 from aragog_jax.spec import (
-    DEFAULT_MODELS,
     PROFILES_DIR,
-    EngineProfile,
     WorkflowSpec,
     family_pool,
-    load_fleet,
-    load_models,
-    load_profile,
     load_workflow,
-    resolve,
+    resolve_workflow,
 )
 
 DATASETS_DIR = PROFILES_DIR / "datasets"
 FLEETS_DIR = PROFILES_DIR / "fleets"
 ROUTERS_DIR = PROFILES_DIR / "routers"
-
-
-@dataclass(frozen=True)
-class FleetEngine:
-    name: str
-    model: str
-    profile: EngineProfile
-    num_gpus: int
 
 
 @dataclass(eq=False)
@@ -76,20 +65,6 @@ def default_fleet(family: str, gpus: int) -> Path:
     return path
 
 
-def resolve_workflow(name_or_path: str) -> Path:
-    """A workflow file path, or the name of a shipped workflow."""
-    p = Path(name_or_path)
-    if p.is_file():
-        return p
-    shipped = PROFILES_DIR / "workflows" / f"{name_or_path}.toml"
-    if shipped.is_file():
-        return shipped
-    known = ", ".join(sorted(q.stem for q in (PROFILES_DIR / "workflows").glob("*.toml")))
-    raise AragogError(
-        f"workflow {name_or_path!r}: no such file or shipped workflow (shipped: {known})"
-    )
-
-
 def load_setup(
     workflow: str | Path,
     family: str,
@@ -105,8 +80,13 @@ def load_setup(
     ``workflow_spec`` replaces the file's spec (e.g. a constrained variant) while the
     dataset stays the file workflow's: its scores are re-indexed onto the variant's space.
     """
-    catalog = load_models(DEFAULT_MODELS)
-    wf_path = resolve_workflow(str(workflow))
+    fleet_path = Path(fleet) if fleet else default_fleet(family, gpus)
+    fl = load_engine_fleet(
+        fleet_path, need_profiles="the simulator needs a profile for every engine"
+    )
+    engines = fl.engines
+    catalog = fl.catalog
+    wf_path = resolve_workflow(workflow)
     base_wf = load_workflow(wf_path, catalog)
     pool = family_pool(catalog, family)
     base_space = build_space(base_wf, pool)
@@ -132,16 +112,6 @@ def load_setup(
             scores=ds.scores[:, variant_index],
             meta=dict(ds.meta),
         )
-    fleet_path = Path(fleet) if fleet else default_fleet(family, gpus)
-    fl = load_fleet(fleet_path)
-    engines: list[FleetEngine] = []
-    for i, e in enumerate(fl.engine):
-        if not e.profile:
-            raise SpecError(
-                f"{fleet_path}: engine[{i}].profile: the simulator needs a profile for every engine"
-            )
-        prof = load_profile(resolve(fleet_path, e.profile))
-        engines.append(FleetEngine(e.name, e.model, prof, max(e.tensor_parallel, prof.num_gpus)))
     served = {e.model for e in engines}
     missing = [m for m in space.model_names if m not in served]
     if missing:

@@ -5,15 +5,13 @@ from __future__ import annotations
 from pathlib import Path
 
 from aragog_jax.space._space import DEFAULT_MAX_CONFIGS, ConfigSpace, build_space
-from aragog_jax.spec import DEFAULT_MODELS, WORKFLOWS_DIR, family_pool, load_models, load_workflow
-
-
-def resolve_workflow(name_or_path: str | Path) -> Path:
-    """A workflow path, or the name of a shipped workflow (``self_refine_humaneval``)."""
-    p = Path(name_or_path)
-    if p.suffix == ".toml" or p.exists():
-        return p
-    return WORKFLOWS_DIR / f"{name_or_path}.toml"
+from aragog_jax.spec import (
+    DEFAULT_MODELS,
+    family_pool,
+    load_models,
+    load_workflow,
+    resolve_workflow,
+)
 
 
 def load_space(

@@ -12,6 +12,7 @@ from aragog_jax.spec._load import (
     load_profile,
     load_workflow,
     resolve,
+    resolve_workflow,
     shipped_workflows,
 )
 from aragog_jax.spec._types import (
@@ -47,5 +48,6 @@ __all__ = [
     "load_profile",
     "load_workflow",
     "resolve",
+    "resolve_workflow",
     "shipped_workflows",
 ]

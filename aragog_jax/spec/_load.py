@@ -237,6 +237,25 @@ def resolve(fleet_path: str | Path, rel: str) -> Path:
     return Path(fleet_path).parent / rel
 
 
+def resolve_workflow(name_or_path: str | Path) -> Path:
+    """A workflow file, or the name of a shipped workflow (``self_refine_humaneval``).
+
+    Raises:
+      SpecError: naming ``name_or_path`` (and the shipped names) when it is neither.
+    """
+    p = Path(name_or_path)
+    if p.is_file():
+        return p
+    shipped = WORKFLOWS_DIR / f"{name_or_path}.toml"
+    if shipped.is_file():
+        return shipped
+    known = ", ".join(q.stem for q in shipped_workflows())
+    raise SpecError(
+        f"{name_or_path}: workflow file not found, and no shipped workflow has that name "
+        f"(shipped: {known})"
+    )
+
+
 def shipped_workflows() -> list[Path]:
     """Paths of the workflow specs shipped under ``profiles/workflows``."""
     return sorted(WORKFLOWS_DIR.glob("*.toml"))

@@ -55,7 +55,7 @@ class StageSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     ``function`` (optional) runs the stage as a Python coroutine instead of one chat call
     with the rendered ``prompt``: ``module:function`` or ``path/to/file.py:function``
     (relative to the workflow file) naming ``async def f(stage, model, lm, state) ->
-    str``; see :mod:`aragog_jax.serving._stagefn`.
+    str``; see :mod:`aragog_jax.engines.stages`.
     """
 
     name: Name

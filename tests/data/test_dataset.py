@@ -17,8 +17,7 @@ from aragog_jax.data import (
 )
 from aragog_jax.errors import DatasetError
 from aragog_jax.space import load_space
-from aragog_jax.space._load import resolve_workflow
-from aragog_jax.spec import load_workflow
+from aragog_jax.spec import load_workflow, resolve_workflow
 
 
 def test_label_rule_binary():

@@ -23,8 +23,7 @@ from aragog_jax.data import (
 )
 from aragog_jax.errors import DatasetError, SpecError
 from aragog_jax.space import build_space, load_space
-from aragog_jax.space._load import resolve_workflow
-from aragog_jax.spec import PROFILES_DIR, family_pool, load_models, load_workflow
+from aragog_jax.spec import PROFILES_DIR, family_pool, load_models, load_workflow, resolve_workflow
 
 DATASETS = PROFILES_DIR / "datasets"
 #: The paper's benchmark sizes and c_max accuracies (Qwen2.5 7/14/32B, Llama3 3/8/70B).

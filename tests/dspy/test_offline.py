@@ -34,8 +34,8 @@ import asyncio, sys
 sys.path.insert(0, {str(ROOT)!r})
 import aragog_jax.dspy as ad
 from aragog_jax.serving import LoopbackServer
-from aragog_jax.serving._client import EngineClient
-from aragog_jax.serving._stagefn import LM, StageState
+from aragog_jax.engines.client import EngineClient
+from aragog_jax.engines.stages import LM, StageState
 from tests.dspy._dspykit import DSPyFakeEngine
 
 program = ad.load_program({EXAMPLE_REF!r})

@@ -9,10 +9,10 @@ import aiohttp
 import dspy
 
 from aragog_jax.dspy import ProgramStages
+from aragog_jax.engines.client import EngineClient
+from aragog_jax.engines.stages import StageState, load_stage_functions, run_stage
 from aragog_jax.errors import SpecError, UpstreamError
 from aragog_jax.serving import LoopbackServer, ServeOptions, Server, load_runtime
-from aragog_jax.serving._client import EngineClient
-from aragog_jax.serving._stagefn import StageState, load_stage_functions, run_stage
 from aragog_jax.spec import load_models, load_workflow
 
 from ..serving._fleetkit import CATALOG, with_fake_client, write_fleet
@@ -186,9 +186,9 @@ def test_failing_engine_fails_over_inside_a_dspy_stage(tmp_path):
 
 def test_lm_takes_chat_messages_and_sends_them_unchanged():
     """The runner's ``lm`` accepts DSPy's messages (system + user) as well as one prompt string."""
+    from aragog_jax.engines.client import ChatResult
+    from aragog_jax.engines.stages import LM
     from aragog_jax.errors import StageFunctionError
-    from aragog_jax.serving._client import ChatResult
-    from aragog_jax.serving._stagefn import LM
 
     class Client:
         def __init__(self):

@@ -130,8 +130,8 @@ def test_serving_keeps_no_dspy_trace_or_history(tmp_path):
     import dspy
 
     from aragog_jax.dspy import ProgramStages
-    from aragog_jax.serving._client import ChatResult
-    from aragog_jax.serving._stagefn import LM, StageState
+    from aragog_jax.engines.client import ChatResult
+    from aragog_jax.engines.stages import LM, StageState
 
     from ._dspykit import DSPyFakeEngine
 

@@ -6,14 +6,14 @@ import math
 
 import pytest
 
-from aragog_jax.errors import SpecError
-from aragog_jax.perf import (
+from aragog_jax.engines import (
     curve_tokens_per_s,
     decode_iteration_s,
     iteration_s,
     prefill_s,
     steady_tokens_per_s,
 )
+from aragog_jax.errors import SpecError
 from aragog_jax.perf.derive import (
     FIT_FIELDS,
     Assumptions,

@@ -7,8 +7,8 @@ import json
 
 import pytest
 
+from aragog_jax.engines import BatchingEngine, curve_tokens_per_s, run_standalone
 from aragog_jax.errors import AragogError
-from aragog_jax.perf import curve_tokens_per_s
 from aragog_jax.perf._measure import (
     LevelResult,
     Profiler,
@@ -23,7 +23,6 @@ from aragog_jax.perf._measure import (
 )
 from aragog_jax.profile import main as profile_main
 from aragog_jax.serving import EmulatedEngine, LoopbackServer
-from aragog_jax.sim import SimEngine, run_standalone
 from aragog_jax.spec import CurvePoint, EngineProfile, load_profile
 
 
@@ -193,7 +192,7 @@ def test_profiles_the_emulated_engine_and_the_profile_loads_back(tmp_path):
     loaded = load_profile(out)
     assert loaded == profile
     # The simulator accepts it.
-    sim = SimEngine("x", "M", loaded)
+    sim = BatchingEngine("x", "M", loaded)
     done = run_standalone(sim, [(0.0, 40, 20), (0.0, 40, 20)])
     assert all(t > 0 for t in done) and curve_tokens_per_s(loaded, 3) > 0
 

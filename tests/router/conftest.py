@@ -8,8 +8,7 @@ import pytest
 from aragog_jax.data import generate, save_dataset
 from aragog_jax.router import HashedNgramFeaturizer, TrainConfig, fit_router, save_checkpoint
 from aragog_jax.space import load_space
-from aragog_jax.space._load import resolve_workflow
-from aragog_jax.spec import load_models, load_workflow
+from aragog_jax.spec import load_models, load_workflow, resolve_workflow
 
 WORKFLOW = "self_refine_humaneval"
 FAMILY = "qwen"

@@ -231,7 +231,7 @@ def test_embeddings_http_error_and_timeout(fake):
     with pytest.raises(UpstreamError, match="HTTP 500"):
         EmbeddingsFeaturizer(base_url=url, model="m", dim=8)(["a"])
     fake.mode = "slow"
-    with pytest.raises(UpstreamTimeout, match="did not answer within 0.2 s"):
+    with pytest.raises(UpstreamTimeout, match="no reply within 0.2 s"):
         EmbeddingsFeaturizer(base_url=url, model="m", dim=8, timeout_s=0.2)(["a"])
     fake.mode = "ok"
 

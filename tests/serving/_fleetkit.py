@@ -8,8 +8,8 @@ from pathlib import Path
 
 import aiohttp
 
+from aragog_jax.engines.client import EngineClient
 from aragog_jax.serving import FakeEngine, LoopbackServer, ServeOptions, Server, load_runtime
-from aragog_jax.serving._client import EngineClient
 
 CATALOG = """
 [families]

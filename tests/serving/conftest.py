@@ -58,7 +58,10 @@ def _healthy(url: str) -> bool:
         return False
 
 
-def start_vllm(name: str, core: int, log_dir: Path) -> tuple[subprocess.Popen, VllmEngine]:
+def start_vllm(
+    name: str, core: int, log_dir: Path, dev_mode: bool = False
+) -> tuple[subprocess.Popen, VllmEngine]:
+    """``dev_mode``: vLLM's development endpoints too (``/server_info`` reports its config)."""
     port = free_port()
     env = dict(os.environ)
     env.update(
@@ -67,6 +70,8 @@ def start_vllm(name: str, core: int, log_dir: Path) -> tuple[subprocess.Popen, V
         VLLM_NO_USAGE_STATS="1",
         VLLM_CPU_OMP_THREADS_BIND=str(core),
     )
+    if dev_mode:
+        env["VLLM_SERVER_DEV_MODE"] = "1"
     log = log_dir / f"vllm-{name}.log"
     cmd = [
         str(VLLM_PYTHON),
@@ -114,14 +119,19 @@ def stop_vllm(proc: subprocess.Popen) -> None:
 
 @pytest.fixture(scope="session")
 def vllm_engines(tmp_path_factory):
-    """Two real vLLM engines, pinned to cores 0 and 1, serving ``tiny-a`` and ``tiny-b``."""
+    """Two real vLLM engines, pinned to cores 0 and 1, serving ``tiny-a`` and ``tiny-b``
+    (``tiny-b`` with vLLM's development endpoints, so both ways of reporting capacity are
+    exercised)."""
     reason_file = VLLM_VENV / ".unavailable"
     if reason_file.is_file():
         _unavailable(reason_file.read_text().strip())
     if not VLLM_PYTHON.is_file() or not (TINY_MODEL / "aragog_tiny.json").is_file():
         _unavailable(f"{VLLM_PYTHON} or {TINY_MODEL} missing")
     log_dir = tmp_path_factory.mktemp("vllm")
-    started = [start_vllm(n, core, log_dir) for n, core in (("tiny-a", 0), ("tiny-b", 1))]
+    started = [
+        start_vllm(n, core, log_dir, dev_mode=dev)
+        for n, core, dev in (("tiny-a", 0, False), ("tiny-b", 1, True))
+    ]
     try:
         deadline = time.monotonic() + HEALTH_TIMEOUT_S
         pending = {e.name for _, e in started}

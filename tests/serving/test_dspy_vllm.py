@@ -19,9 +19,9 @@ import aiohttp
 import pytest
 
 from aragog_jax.dspy._run import _StageEngine
+from aragog_jax.engines.client import EngineClient
+from aragog_jax.engines.stages import LM
 from aragog_jax.serving import ServeOptions, Server, load_runtime
-from aragog_jax.serving._client import EngineClient
-from aragog_jax.serving._stagefn import LM
 
 from ..dspy._dspykit import EXAMPLES, export_example
 from ._fleetkit import write_fleet

@@ -5,13 +5,12 @@ from __future__ import annotations
 import asyncio
 import time
 
+from aragog_jax.engines.client import ClientLimits, EngineClient
+from aragog_jax.engines.gauges import parse_gauges
 from aragog_jax.serving import (
-    ClientLimits,
     EmulatedEngine,
-    EngineClient,
     LoopbackServer,
     deterministic_text,
-    parse_gauges,
 )
 from aragog_jax.spec import CurvePoint, EngineProfile
 

@@ -4,17 +4,15 @@ from __future__ import annotations
 
 import asyncio
 
+from aragog_jax.engines.client import ClientLimits, EngineClient, OrcaReport
+from aragog_jax.engines.gauges import parse_gauges
 from aragog_jax.serving import (
     CircuitBreaker,
-    ClientLimits,
-    EngineClient,
     EngineLoadState,
     FakeEngine,
     LoadMonitor,
     LoopbackServer,
-    parse_gauges,
 )
-from aragog_jax.serving._client import OrcaReport
 from aragog_jax.serving._monitor import ScrapedLoad
 
 VLLM_TEXT = """# HELP vllm:num_requests_running Number of requests in model execution batches.

@@ -7,12 +7,11 @@ import textwrap
 
 import pytest
 
+from aragog_jax.engines.stages import StageState, load_stage_functions, render_prompt, run_stage
 from aragog_jax.errors import SpecError, StageFunctionError, UpstreamError
 from aragog_jax.serving import FakeEngine
-from aragog_jax.serving._stagefn import StageState, load_stage_functions, render_prompt, run_stage
 from aragog_jax.spec import load_models, load_workflow
-
-from ._fleetkit import CATALOG, with_fake_client
+from tests.serving._fleetkit import CATALOG, with_fake_client
 
 STAGES_PY = """
 async def draft_twice(stage, model, lm, state):
@@ -171,7 +170,7 @@ class _SeedClient:
         self.seeds: list[int] = []
 
     async def chat(self, prompt, *, max_tokens, seed=0, timeout_s=None):
-        from aragog_jax.serving._client import ChatResult
+        from aragog_jax.engines.client import ChatResult
 
         self.seeds.append(seed)
         await asyncio.sleep(0)

@@ -6,14 +6,11 @@ import asyncio
 
 import pytest
 
-from aragog_jax.errors import UpstreamError, UpstreamTimeout
+from aragog_jax.engines.client import ClientLimits, EngineClient, parse_orca
+from aragog_jax.errors import EngineRejected, UpstreamError, UpstreamTimeout
 from aragog_jax.serving import (
-    ClientLimits,
-    EngineClient,
-    EngineRejected,
     FakeEngine,
     LoopbackServer,
-    parse_orca,
 )
 
 

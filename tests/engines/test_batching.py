@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from aragog_jax.sim._engine import SimEngine, run_standalone
+from aragog_jax.engines import BatchingEngine, run_standalone
 from aragog_jax.sim._workload import arrival_times, sample_inputs
 from aragog_jax.spec import CurvePoint, EngineProfile
 
@@ -30,7 +30,7 @@ def toy(
 
 def test_single_sequence_closed_form():
     p, o = 300, 50
-    e = SimEngine("e", "toy", toy())
+    e = BatchingEngine("e", "toy", toy())
     (t,) = run_standalone(e, [(2.0, p, o)])
     # Iteration q (0-based) holds p + q context tokens; the first also prefills p.
     expected = 2.0 + p / 10_000.0 + o * (0.01 + 0.001) + 1e-6 * (o * p + o * (o - 1) / 2)
@@ -40,7 +40,7 @@ def test_single_sequence_closed_form():
 
 def test_identical_batch_finishes_together():
     b, p, o = 4, 100, 20
-    e = SimEngine("e", "toy", toy(sat=4))
+    e = BatchingEngine("e", "toy", toy(sat=4))
     times = run_standalone(e, [(0.0, p, o)] * b)
     expected = b * p / 10_000.0 + sum(0.01 + 0.001 * b + 1e-6 * b * (p + q) for q in range(o))
     assert times == pytest.approx([expected] * b, rel=1e-12)
@@ -48,12 +48,12 @@ def test_identical_batch_finishes_together():
 
 def test_join_at_next_boundary_and_batch_limit():
     # sat=1: the second job waits for the first to finish (no overlap).
-    e = SimEngine("e", "toy", toy(sat=1, per_ctx=0.0, prefill=1e12))
+    e = BatchingEngine("e", "toy", toy(sat=1, per_ctx=0.0, prefill=1e12))
     t1, t2 = run_standalone(e, [(0.0, 10, 10), (0.005, 10, 10)])
     assert t1 == pytest.approx(10 * 0.011)
     assert t2 == pytest.approx(t1 + 10 * 0.011)
     # sat=2: the second job joins at the first boundary after it arrives (t=0.011).
-    e = SimEngine("e", "toy", toy(sat=2, per_ctx=0.0, prefill=1e12))
+    e = BatchingEngine("e", "toy", toy(sat=2, per_ctx=0.0, prefill=1e12))
     t1, t2 = run_standalone(e, [(0.0, 10, 10), (0.005, 10, 10)])
     assert t1 == pytest.approx(0.011 + 9 * 0.012)
     assert t2 == pytest.approx(t1 + 0.011)
@@ -61,7 +61,7 @@ def test_join_at_next_boundary_and_batch_limit():
 
 def test_kv_capacity_limits_admission():
     # KV holds one 60-token sequence at a time although the batch could hold 4.
-    e = SimEngine("e", "toy", toy(sat=4, kv=100, per_ctx=0.0, prefill=1e12))
+    e = BatchingEngine("e", "toy", toy(sat=4, kv=100, per_ctx=0.0, prefill=1e12))
     t1, t2 = run_standalone(e, [(0.0, 50, 10), (0.0, 50, 10)])
     assert t2 == pytest.approx(2 * t1)
     with pytest.raises(Exception, match="KV capacity"):
@@ -70,7 +70,7 @@ def test_kv_capacity_limits_admission():
 
 def test_md1_waiting_time_matches_pollaczek_khinchine():
     # One slot, constant service D, Poisson arrivals: mean wait = rho D / (2 (1 - rho)).
-    e = SimEngine("e", "toy", toy(sat=1, per_ctx=0.0, prefill=1e12, base=0.009, per_seq=0.001))
+    e = BatchingEngine("e", "toy", toy(sat=1, per_ctx=0.0, prefill=1e12, base=0.009, per_seq=0.001))
     d = 10 * 0.010
     lam = 6.0  # rho = 0.6
     n = 20_000
@@ -106,7 +106,7 @@ def test_random_load_conserves_jobs_and_tokens():
     arr = np.sort(rng.uniform(0, 20, n))
     prompts = rng.integers(1, 2000, n)
     outs = rng.integers(1, 400, n)
-    e = SimEngine("e", "toy", toy(sat=32, kv=40_000))
+    e = BatchingEngine("e", "toy", toy(sat=32, kv=40_000))
     done = np.asarray(
         run_standalone(e, list(zip(arr.tolist(), prompts.tolist(), outs.tolist(), strict=True)))
     )

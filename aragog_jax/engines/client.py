@@ -1,8 +1,10 @@
-"""One long-lived HTTP client per engine; transport errors are mapped here, once.
+"""One long-lived HTTP client per engine: chat completions (one stream parser), probes.
 
 Every failure an engine can produce leaves this module as an
 :class:`~aragog_jax.errors.UpstreamError` (``UpstreamTimeout`` for timeouts) raised
-``from`` the transport exception, with a message naming the engine.
+``from`` the transport exception (mapped by :func:`aragog_jax.engines.http.transport_error`),
+with a message naming the engine. The server, the labeller and the profiler all call
+engines through :class:`EngineClient`.
 
 Whose fault is a 4xx? Only the statuses in :data:`REQUEST_FAULT_STATUSES` (400 bad
 request, e.g. a prompt over the context length; 413 too large; 422 unprocessable) say
@@ -23,19 +25,16 @@ from dataclasses import dataclass
 import aiohttp
 import msgspec
 
-from aragog_jax.errors import UpstreamError, UpstreamTimeout
-from aragog_jax.serving._wire import CHUNK_DECODER, COMPLETION_DECODER, ENCODER
+from aragog_jax.engines import gauges
+from aragog_jax.engines._wire import CHUNK_DECODER, COMPLETION_DECODER, ENCODER
+from aragog_jax.engines.http import TRANSPORT_ERRORS, LoopSessions, transport_error
+from aragog_jax.errors import EngineRejected, UpstreamError
 
 ORCA_REQUEST_HEADER = "endpoint-load-metrics-format"
 ORCA_RESPONSE_HEADER = "endpoint-load-metrics"
 
 #: Engine replies that blame the request, not the engine (see the module docstring).
 REQUEST_FAULT_STATUSES = frozenset({400, 413, 422})
-
-
-class EngineRejected(UpstreamError):
-    """The engine answered a status in REQUEST_FAULT_STATUSES: the request is at fault
-    (e.g. prompt too long)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,35 +109,29 @@ class EngineClient:
         self.url = url.rstrip("/")
         self.served_model = served_model
         self.limits = limits
-        self._session: aiohttp.ClientSession | None = None
+        self._sessions = LoopSessions(
+            max_connections=limits.max_connections,
+            timeout_s=limits.request_timeout_s,
+            connect_timeout_s=limits.connect_timeout_s,
+        )
         self._headers = {"Content-Type": "application/json"}
         if limits.orca:
             self._headers[ORCA_REQUEST_HEADER] = "JSON"
 
     async def open(self) -> None:
-        if self._session is not None:
-            return
-        connector = aiohttp.TCPConnector(
-            limit=self.limits.max_connections, limit_per_host=self.limits.max_connections
-        )
-        timeout = aiohttp.ClientTimeout(
-            total=self.limits.request_timeout_s,
-            sock_connect=self.limits.connect_timeout_s,
-        )
-        self._session = aiohttp.ClientSession(
-            connector=connector, timeout=timeout, raise_for_status=False
-        )
+        """Open the running event loop's session (one per loop; idempotent)."""
+        self._sessions.open()
 
     async def close(self) -> None:
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
+        """Close the running event loop's session."""
+        await self._sessions.aclose()
 
     @property
     def session(self) -> aiohttp.ClientSession:
-        if self._session is None:
+        session = self._sessions.current()
+        if session is None:
             raise RuntimeError(f"engine client {self.name!r} is not open")
-        return self._session
+        return session
 
     # -- chat --------------------------------------------------------------------------
 
@@ -151,23 +144,23 @@ class EngineClient:
         stream: bool = False,
         timeout_s: float | None = None,
         on_delta: Callable[[str], None] | None = None,
+        extra: dict | None = None,
     ) -> ChatResult:
         """One chat completion; raises UpstreamError / UpstreamTimeout / EngineRejected.
 
         ``on_delta`` (streams the call) is called with each piece of text as the engine
-        sends it, before the call returns; the returned text is the pieces joined."""
+        sends it, before the call returns; the returned text is the pieces joined.
+        ``extra`` adds engine-specific body fields (e.g. vLLM's ``ignore_eos``)."""
         stream = stream or on_delta is not None
-        body = self.chat_body(prompt, max_tokens=max_tokens, seed=seed, stream=stream)
-        # No timeout argument means the session's (the engine timeout); None would mean "none".
-        kw = (
-            {
-                "timeout": aiohttp.ClientTimeout(
-                    total=timeout_s, sock_connect=self.limits.connect_timeout_s
-                )
-            }
-            if timeout_s
-            else {}
+        body = self.chat_body(
+            prompt, max_tokens=max_tokens, seed=seed, stream=stream, **(extra or {})
         )
+        # No timeout argument means the session's (the engine timeout); None would mean "none".
+        kw = {}
+        if timeout_s:
+            kw["timeout"] = aiohttp.ClientTimeout(
+                total=timeout_s, sock_connect=self.limits.connect_timeout_s
+            )
         url = self.url + "/v1/chat/completions"
         try:
             async with self.session.post(
@@ -181,14 +174,10 @@ class EngineClient:
                 raw = await resp.read()
         except UpstreamError:
             raise
-        except (TimeoutError, aiohttp.ServerTimeoutError) as exc:
-            raise UpstreamTimeout(
-                f"engine {self.name}: no reply within {timeout_s or self.limits.request_timeout_s:g} s"
+        except TRANSPORT_ERRORS as exc:
+            raise transport_error(
+                exc, f"engine {self.name}", timeout_s or self.limits.request_timeout_s
             ) from exc
-        except aiohttp.ClientPayloadError as exc:
-            raise UpstreamError(f"engine {self.name}: truncated response: {exc}") from exc
-        except aiohttp.ClientError as exc:
-            raise UpstreamError(f"engine {self.name}: {type(exc).__name__}: {exc}") from exc
         try:
             reply = COMPLETION_DECODER.decode(raw)
         except (msgspec.DecodeError, msgspec.ValidationError) as exc:
@@ -288,7 +277,8 @@ class EngineClient:
 
     # -- probes ------------------------------------------------------------------------
 
-    async def _get_text(self, path: str) -> str:
+    async def get_text(self, path: str) -> str:
+        """``GET path`` within the probe timeout; the body of a 200 reply."""
         timeout = aiohttp.ClientTimeout(total=self.limits.probe_timeout_s)
         try:
             async with self.session.get(self.url + path, timeout=timeout) as resp:
@@ -297,18 +287,48 @@ class EngineClient:
                 return await resp.text()
         except UpstreamError:
             raise
-        except (TimeoutError, aiohttp.ServerTimeoutError) as exc:
-            raise UpstreamTimeout(
-                f"engine {self.name}: GET {path}: no reply within {self.limits.probe_timeout_s:g} s"
-            ) from exc
-        except aiohttp.ClientError as exc:
-            raise UpstreamError(
-                f"engine {self.name}: GET {path}: {type(exc).__name__}: {exc}"
+        except TRANSPORT_ERRORS as exc:
+            raise transport_error(
+                exc, f"engine {self.name}: GET {path}", self.limits.probe_timeout_s
             ) from exc
 
     async def health(self) -> None:
         """Raise UpstreamError unless ``GET /health`` answers 200."""
-        await self._get_text("/health")
+        await self.get_text("/health")
 
     async def metrics_text(self) -> str:
-        return await self._get_text("/metrics")
+        return await self.get_text("/metrics")
+
+    async def get_json(self, path: str) -> object:
+        """``GET path`` decoded as JSON (raises UpstreamError for a malformed body)."""
+        text = await self.get_text(path)
+        try:
+            return json.loads(text)
+        except ValueError as exc:
+            raise UpstreamError(f"engine {self.name}: GET {path}: malformed JSON: {exc}") from exc
+
+    async def reported_slots(self) -> gauges.ReportedSlots | None:
+        """The most sequences the engine says it runs at once, or None when it says nothing
+        (the sources and their order are in :mod:`aragog_jax.engines.gauges`)."""
+
+        async def ask(path: str, parse) -> gauges.ReportedSlots | None:
+            try:
+                return parse(await self.get_json(path))
+            except UpstreamError:
+                return None
+
+        for path, parse in (
+            ("/server_info?config_format=json", gauges.slots_from_vllm_server_info),
+            ("/get_server_info", gauges.slots_from_sglang_server_info),
+        ):
+            found = await ask(path, parse)
+            if found is not None:
+                return found
+        try:
+            kv = gauges.kv_capacity_from_metrics(await self.metrics_text())
+        except UpstreamError:
+            return None
+        if not kv:
+            return None
+        context = await ask("/v1/models", lambda m: gauges.max_model_len(m, self.served_model))
+        return gauges.slots_from_kv(kv, context or 0)

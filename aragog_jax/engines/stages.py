@@ -18,8 +18,9 @@ shape instead::
 * ``state``: a :class:`StageState` with the request ``input``, the upstream ``outputs``
   by stage name, and the rendered ``prompt``.
 
-Both the server's executor and the labeller run stages through :func:`run_stage`, so a
-router is trained on exactly what is served. Engine errors raised inside a function
+Both the server's executor and the labeller build a stage's view with
+:func:`stage_state` and run it with :func:`run_stage`, so a router is trained on exactly
+what is served. Engine errors raised inside a function
 propagate unchanged (the executor fails the stage over to another engine); any other
 exception becomes a :class:`StageFunctionError` naming the stage and the function.
 """
@@ -32,8 +33,8 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 
 from aragog_jax._imports import load_callable
+from aragog_jax.engines.client import ChatResult, EngineClient
 from aragog_jax.errors import AragogError, SpecError, StageFunctionError, UpstreamError
-from aragog_jax.serving._client import ChatResult, EngineClient
 from aragog_jax.spec import StageSpec, WorkflowSpec
 
 StageFunction = Callable[[StageSpec, str, "LM", "StageState"], Awaitable[str]]
@@ -60,6 +61,12 @@ class StageState:
     input: str
     outputs: Mapping[str, str]  # upstream stage name -> its output text
     prompt: str  # the stage's template rendered with ``input`` and ``outputs``
+
+
+def stage_state(stage: StageSpec, text: str, upstream: Mapping[str, str]) -> StageState:
+    """What ``stage`` sees of a request with input ``text`` and upstream outputs by name:
+    the one place a stage's prompt is rendered (the server and the labeller call it)."""
+    return StageState(text, upstream, render_prompt(stage.prompt, text, upstream))
 
 
 @dataclass

@@ -1,5 +1,7 @@
 """A continuous-batching engine on a virtual clock, built from an engine profile.
 
+The simulator drives it on virtual time; the emulated engine drives it on wall time.
+
 The model (what a vLLM-style engine does, at iteration granularity):
 
 * Sequences wait in a FIFO queue and join the running batch at an iteration boundary
@@ -10,7 +12,7 @@ The model (what a vLLM-style engine does, at iteration granularity):
   prompts of the sequences that joined at that boundary. Its duration is
   ``decode_base_s + decode_per_seq_s * b + decode_per_ctx_token_s * ctx`` plus
   ``prefill_tokens / prefill_tokens_per_s``, where b is the running batch and ctx the
-  context tokens it holds (see :mod:`aragog_jax.perf`).
+  context tokens it holds (:func:`aragog_jax.engines.model.decode_step_s`).
 * A sequence that joins at iteration j with a prompt of p tokens and o output tokens
   produces its first token at the end of iteration j (the prefill iteration) and its
   last at the end of iteration j + o - 1; during iteration i it holds p + (i - j)
@@ -30,13 +32,14 @@ import math
 from collections import deque
 from typing import Any
 
+from aragog_jax.engines.model import decode_step_s
 from aragog_jax.errors import SpecError
 from aragog_jax.spec import EngineProfile
 
 INF = math.inf
 
 
-class SimEngine:
+class BatchingEngine:
     """One engine. The driver calls :meth:`submit`, and :meth:`on_event` at ``next_time``.
 
     Attributes:
@@ -124,10 +127,8 @@ class SimEngine:
     def _span(self, k: int) -> float:
         """Seconds from t_b to the end of the k-th iteration (k >= 1) with the batch fixed."""
         b = self.b
-        a = (
-            self._base
-            + self._per_seq * b
-            + self._per_ctx * (self._sum_p - self._sum_j + b * self.i_b)
+        a = decode_step_s(
+            self._base, self._per_seq, self._per_ctx, b, self._sum_p - self._sum_j + b * self.i_b
         )
         return self._prefill_s + k * a + self._per_ctx * b * k * (k - 1) * 0.5
 
@@ -135,10 +136,8 @@ class SimEngine:
         """Smallest k >= 1 with t_b + T(k) >= now (the batch is running)."""
         dt = now - self.t_b
         b = self.b
-        a = (
-            self._base
-            + self._per_seq * b
-            + self._per_ctx * (self._sum_p - self._sum_j + b * self.i_b)
+        a = decode_step_s(
+            self._base, self._per_seq, self._per_ctx, b, self._sum_p - self._sum_j + b * self.i_b
         )
         c = self._per_ctx * b
         rem = dt - self._prefill_s
@@ -242,7 +241,7 @@ class SimEngine:
         return done
 
 
-def run_standalone(engine: SimEngine, jobs: list[tuple[float, int, int]]) -> list[float]:
+def run_standalone(engine: BatchingEngine, jobs: list[tuple[float, int, int]]) -> list[float]:
     """Feed ``(arrival_time, prompt_tokens, output_tokens)`` jobs straight into one engine.
 
     Returns the completion time of every job, in input order. For tests and for
