@@ -10,7 +10,15 @@ import textwrap
 import pytest
 
 from aragog_jax.errors import SpecError
-from aragog_jax.spec import load_fleet, load_models, load_profile, load_workflow, shipped_workflows
+from aragog_jax.spec import (
+    WORKFLOWS_DIR,
+    load_fleet,
+    load_models,
+    load_profile,
+    load_workflow,
+    resolve_workflow,
+    shipped_workflows,
+)
 
 GOOD_STAGE = """
 [[stage]]
@@ -77,6 +85,17 @@ def test_broken_workflow_names_file_field_value(tmp_path, catalog, kind):
 def test_missing_file(tmp_path):
     with pytest.raises(SpecError, match="workflow file not found"):
         load_workflow(tmp_path / "nope.toml")
+
+
+def test_resolve_workflow_takes_a_file_or_a_shipped_name_and_names_what_is_missing(tmp_path):
+    wf = tmp_path / "mine.toml"
+    wf.write_text("")
+    assert resolve_workflow(wf) == wf and resolve_workflow(str(wf)) == wf
+    assert resolve_workflow("self_refine_squad") == WORKFLOWS_DIR / "self_refine_squad.toml"
+    for missing in (tmp_path / "nope.toml", "no_such_workflow"):
+        with pytest.raises(SpecError, match="workflow file not found") as info:
+            resolve_workflow(missing)
+        assert str(missing) in str(info.value) and "self_refine_squad" in str(info.value)
 
 
 def test_shipped_workflows_load(catalog):
