@@ -52,6 +52,7 @@ import numpy as np
 from aragog_jax._cli import run_cli
 from aragog_jax.engines.model import decode_step_s
 from aragog_jax.errors import SpecError
+from aragog_jax.perf._fit import sig
 from aragog_jax.perf._model import profile_to_toml as render_profile_toml
 from aragog_jax.spec import (
     DEFAULT_MODELS,
@@ -171,11 +172,6 @@ def prefill_tokens_per_s(
     return hw.peak_flops * a.mfu_prefill * tp / (2 * model.num_params)
 
 
-def _sig(x: float, digits: int = 6) -> float:
-    """Round to significant digits so files are stable and readable."""
-    return float(f"{x:.{digits}g}")
-
-
 def derive_profile(
     model: ModelSpec,
     tp: int,
@@ -193,9 +189,9 @@ def derive_profile(
     if tp < 1:
         raise SpecError(f"tensor_parallel must be >= 1, got {tp}")
     dm = decode_model(model, tp, hw, a)
-    dm = DecodeModel(_sig(dm.base_s), _sig(dm.per_seq_s), _sig(dm.per_ctx_token_s))
+    dm = DecodeModel(sig(dm.base_s), sig(dm.per_seq_s), sig(dm.per_ctx_token_s))
     kv_cap = kv_capacity_tokens(model, tp, hw, a)
-    prefill = _sig(prefill_tokens_per_s(model, tp, hw, a))
+    prefill = sig(prefill_tokens_per_s(model, tp, hw, a))
     ctx = a.typical_context_tokens
     max_batch = min(a.max_num_seqs, kv_cap // ctx)
     if max_batch < 1:
@@ -209,7 +205,7 @@ def derive_profile(
     peak = tput(max_batch)
     sat = next(n for n in range(1, max_batch + 1) if tput(n) >= (1.0 - a.saturation_margin) * peak)
     points = sorted({2**k for k in range(int(math.log2(max_batch)) + 1)} | {sat, max_batch})
-    curve = [CurvePoint(n, _sig(tput(n))) for n in points]
+    curve = [CurvePoint(n, sig(tput(n))) for n in points]
     ttft = dm.iteration_s(1, a.typical_prompt_tokens) + a.typical_prompt_tokens / prefill
     notes = notes or (
         f"Derived by aragog_jax.perf.derive from the model card (profiles/models.toml) and {hw.name} "
@@ -229,8 +225,8 @@ def derive_profile(
         decode_per_ctx_token_s=dm.per_ctx_token_s,
         curve=curve,
         num_gpus=tp,
-        ttft_s=_sig(ttft),
-        itl_s=_sig(dm.iteration_s(1, ctx)),
+        ttft_s=sig(ttft),
+        itl_s=sig(dm.iteration_s(1, ctx)),
         engine_version=kind,
         notes=notes,
     )
@@ -391,7 +387,7 @@ def fit_assumptions(
             if lam > 1e9:
                 break
     fitted = replace(
-        a0, **{f: _sig(float(np.exp(v)), 3) for f, v in zip(FIT_FIELDS, theta, strict=True)}
+        a0, **{f: sig(float(np.exp(v)), 3) for f, v in zip(FIT_FIELDS, theta, strict=True)}
     )
     pred = tuple(predict_point(pt, by_name[pt.model], hw, fitted) for pt in points)
     err = np.log(np.asarray(pred) / np.exp(values))
