@@ -19,7 +19,7 @@ its stack is in:
   unpacking the decision);
 * ``round: kernel``: JAX dispatch under the scheduler (``jax/``, ``jaxlib``);
 * ``executor``: the executor and the scheduler port (run state, dispatch, completion);
-* ``engine client``: the engine call (``serving/_client``, aiohttp's client);
+* ``engine client``: the engine call (``engines/client``, ``engines/http``, aiohttp's client);
 * ``monitor``: the load monitor;
 * ``event loop``: asyncio's machinery (tasks, futures, handles, selectors);
 * ``other``: anything else (logging, metrics, GC...).
@@ -64,8 +64,8 @@ TEXT = "Write a function that reverses a string."
 PARTS = (
     ("round", r"^(scheduler/|kernels/)"),
     ("routing", r"^(router/|serving/_routing)"),
-    ("engine client", r"^(serving/_client|aiohttp/(client|connector))"),
-    ("monitor", r"^serving/_monitor"),
+    ("engine client", r"^(engines/(client|http|_wire|stages)|aiohttp/(client|connector))"),
+    ("monitor", r"^(serving/_monitor|engines/gauges)"),
     ("executor", r"^serving/(_executor|_sched)"),
     ("handler", r"^(serving/|msgspec)"),
     ("metrics", r"^prometheus_client/"),
