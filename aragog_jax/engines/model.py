@@ -199,22 +199,3 @@ def placeholder_profile(
         notes=note,
     )
 
-
-__all__ = [
-    "KV_FULL",
-    "UNPROFILED_SATURATION",
-    "Curve",
-    "check_curve",
-    "curve_arrays",
-    "curve_tokens_per_s",
-    "curve_value",
-    "decode_iteration_s",
-    "decode_step_s",
-    "free_slots",
-    "interp_curve",
-    "iteration_s",
-    "placeholder_profile",
-    "prefill_s",
-    "profile_curve",
-    "steady_tokens_per_s",
-]
