@@ -198,4 +198,3 @@ def placeholder_profile(
         curve=[CurvePoint(k, 100.0 * k**0.5) for k in points],
         notes=note,
     )
-
