@@ -127,6 +127,11 @@ class EngineClient:
         await self._sessions.aclose()
 
     @property
+    def closed(self) -> bool:
+        """No open session in the running event loop (never opened there, or closed)."""
+        return self._sessions.current() is None
+
+    @property
     def session(self) -> aiohttp.ClientSession:
         session = self._sessions.current()
         if session is None:

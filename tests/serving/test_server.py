@@ -674,7 +674,7 @@ def test_a_part_that_fails_to_close_does_not_keep_the_others_open(tmp_path):
         real_close, clients[0].close = clients[0].close, broken_close
         with pytest.raises(RuntimeError, match="socket already gone"):
             await s.stop(drain_s=0.1)
-        other_closed = clients[1]._session is None
+        other_closed = clients[1].closed
         await real_close()
         try:
             async with aiohttp.ClientSession() as http:
