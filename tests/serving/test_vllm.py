@@ -66,6 +66,30 @@ async def _runs(http, n, text="q"):
     return await asyncio.gather(*(one(i) for i in range(n)))
 
 
+def test_unprofiled_engines_report_their_slots(vllm_engines):
+    """What vLLM 0.32 reports of its capacity: by default only the KV cache
+    (``vllm:cache_config_info``) and ``max_model_len`` (``/v1/models``), so the slots are the
+    sequences that fit at full context; with its development endpoints, ``max_num_seqs``.
+    First in this file: a later test kills an engine."""
+    engines, _ = vllm_engines
+    by_name = {e.name: e for e in engines}
+
+    async def ask(name: str):
+        client = EngineClient(name, by_name[name].url, name, ClientLimits(probe_timeout_s=60.0))
+        await client.open()
+        try:
+            return await client.reported_slots(), await client.metrics_text()
+        finally:
+            await client.close()
+
+    default, metrics = asyncio.run(ask("tiny-a"))
+    kv = kv_capacity_from_metrics(metrics)
+    assert kv > 0, "vLLM exports vllm:cache_config_info"
+    assert default.slots == kv // 1024 and "KV capacity" in default.source
+    dev, _ = asyncio.run(ask("tiny-b"))
+    assert dev.slots == 4 and "max_num_seqs" in dev.source  # --max-num-seqs 4
+
+
 def test_monitor_reads_real_gauges_moving(vllm_engines):
     engines, _ = vllm_engines
 
@@ -283,26 +307,3 @@ def test_engine_killed_mid_run_fails_over_and_accounts_for_every_request(vllm_en
             for stage in body["receipt"]["stages"]:
                 for a in stage["failed_attempts"]:
                     assert a["engine"] == "vllm-a"
-
-
-def test_unprofiled_engines_report_their_slots(vllm_engines):
-    """What vLLM 0.32 reports of its capacity: by default only the KV cache
-    (``vllm:cache_config_info``) and ``max_model_len`` (``/v1/models``), so the slots are the
-    sequences that fit at full context; with its development endpoints, ``max_num_seqs``."""
-    engines, _ = vllm_engines
-    by_name = {e.name: e for e in engines}
-
-    async def ask(name: str):
-        client = EngineClient(name, by_name[name].url, name, ClientLimits(probe_timeout_s=60.0))
-        await client.open()
-        try:
-            return await client.reported_slots(), await client.metrics_text()
-        finally:
-            await client.close()
-
-    default, metrics = asyncio.run(ask("tiny-a"))
-    kv = kv_capacity_from_metrics(metrics)
-    assert kv > 0, "vLLM exports vllm:cache_config_info"
-    assert default.slots == kv // 1024 and "KV capacity" in default.source
-    dev, _ = asyncio.run(ask("tiny-b"))
-    assert dev.slots == 4 and "max_num_seqs" in dev.source  # --max-num-seqs 4
