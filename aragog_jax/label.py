@@ -144,7 +144,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 async def _label(args, progress) -> dict:
-    from aragog_jax.data._label import (
+    from aragog_jax.data import (
         EngineTarget,
         Labeller,
         LabelSettings,

@@ -9,7 +9,7 @@ concurrency within ``--saturation-margin`` of the best throughput) and writes th
 profile format the simulator, scheduler and emulated engine read (``kind =
 "measured"``, with the engine's version and the date). Next to it,
 ``PROFILE.report.json`` holds every measurement and the git SHA. The method is
-documented in :mod:`aragog_jax.perf._measure`.
+documented in :mod:`aragog_jax.perf._measure` (the sweep) and :mod:`aragog_jax.perf._fit`.
 """
 
 from __future__ import annotations
@@ -119,7 +119,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from aragog_jax.perf._measure import ProfileSettings, measured_profile_to_toml, profile_engine
+    from aragog_jax.perf import ProfileSettings, measured_profile_to_toml, profile_engine
     from aragog_jax.spec import load_profile
 
     if args.tensor_parallel < 1:

@@ -1,4 +1,4 @@
-"""Accuracy datasets (format, label rule) and the synthetic generator."""
+"""Accuracy datasets (format, label rule), the synthetic generator and the labeller."""
 
 from aragog_jax.data._dataset import (
     FORMAT,
@@ -8,6 +8,13 @@ from aragog_jax.data._dataset import (
     load_dataset,
     read_meta,
     save_dataset,
+)
+from aragog_jax.data._label import (
+    EngineTarget,
+    Labeller,
+    LabelSettings,
+    load_inputs,
+    load_scorer,
 )
 from aragog_jax.data._scores import (
     DEFAULT_PUBLISHED_SCORES,
@@ -29,6 +36,9 @@ __all__ = [
     "FORMAT",
     "SPLITS",
     "AccuracyDataset",
+    "EngineTarget",
+    "LabelSettings",
+    "Labeller",
     "PublishedScores",
     "Ratio",
     "SynthParams",
@@ -36,6 +46,8 @@ __all__ = [
     "generate",
     "load_published_scores",
     "load_dataset",
+    "load_inputs",
+    "load_scorer",
     "read_meta",
     "save_dataset",
     "stage_roles",
