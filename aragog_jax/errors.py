@@ -69,3 +69,34 @@ class OverloadedError(AragogError):
 
 class DeadlineExceededError(AragogError):
     """A request ran past its deadline."""
+
+
+# ---- the server's request errors (each maps to one HTTP status) ----------------------
+
+
+class NotFound(AragogError):
+    """Unknown workflow, route or round: 404."""
+
+
+class BadRequest(AragogError):
+    """The request is malformed: 400; ``field`` names the offending field when known."""
+
+    def __init__(self, message: str, field: str | None = None):
+        super().__init__(message)
+        self.field = field
+
+
+class Unauthorized(AragogError):
+    """Missing or wrong API key: 401."""
+
+
+class ShuttingDown(AragogError):
+    """The server is draining: 503."""
+
+
+class RequestTimeout(AragogError):
+    """The request body did not arrive within ``body_timeout_s``: 408."""
+
+
+class PayloadTooLarge(AragogError):
+    """The request body is over ``max_body_bytes``: 413."""

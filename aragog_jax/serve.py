@@ -21,6 +21,8 @@ log = logging.getLogger("aragog_jax.serving")
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from aragog_jax.scheduler import DEFAULT_BEAM_WIDTH  # the scheduler's; loads JAX
+
     ap = argparse.ArgumentParser(
         prog="python -m aragog_jax.serve",
         description=__doc__,
@@ -59,7 +61,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="scheduling policy (default aragog: beam search over the live load)",
     )
     ap.add_argument(
-        "--beam-width", type=int, default=4, help="beam width of the aragog policy (default 4)"
+        "--beam-width",
+        type=int,
+        default=DEFAULT_BEAM_WIDTH,
+        help="beam width of the aragog policy (default %(default)s)",
     )
     ap.add_argument(
         "--keep-rounds",

@@ -64,6 +64,8 @@ def _enable_compile_cache(where: str) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from aragog_jax.scheduler import DEFAULT_BEAM_WIDTH  # the scheduler's; loads JAX
+
     p = argparse.ArgumentParser(
         prog="python -m aragog_jax.simulate",
         description="Simulate a GPU fleet serving one workflow and compare scheduling policies "
@@ -134,7 +136,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=0.05,
         help="least virtual seconds between scheduling rounds, the server loop's period (default 0.05)",
     )
-    p.add_argument("--beam", type=int, default=4, help="beam width of aragog (default 4)")
+    p.add_argument(
+        "--beam",
+        type=int,
+        default=DEFAULT_BEAM_WIDTH,
+        help="beam width of aragog (default %(default)s)",
+    )
     p.add_argument("--arrival", choices=("poisson", "gamma"), default="poisson")
     p.add_argument(
         "--cv",

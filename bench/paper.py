@@ -1397,7 +1397,7 @@ def simulator_speed(ds_dir: Path, rate: float, st: Settings) -> dict:
     import jax
     import numpy as np
 
-    from aragog_jax.scheduler import COMPILED, pad_round
+    from aragog_jax.scheduler import COMPILED, DEFAULT_BEAM_WIDTH, pad_round
     from aragog_jax.sim import RunConfig, build_masks, load_setup, simulate
     from aragog_jax.sim._setup import per_workflow_config, selection_rows
 
@@ -1448,12 +1448,12 @@ def simulator_speed(ds_dir: Path, rate: float, st: Settings) -> dict:
         np.zeros((num_engines, 64), dtype=np.int32),
         num_models,
     )
-    jax.block_until_ready(COMPILED(empty, 4))
+    jax.block_until_ready(COMPILED(empty, DEFAULT_BEAM_WIDTH))
     reps = []
     for _ in range(5):
         t0 = time.perf_counter()
         for _ in range(200):
-            jax.block_until_ready(COMPILED(empty, 4))
+            jax.block_until_ready(COMPILED(empty, DEFAULT_BEAM_WIDTH))
         reps.append((time.perf_counter() - t0) / 200)
     out["empty_kernel_call_us"] = float(min(reps) * 1e6)
     return out

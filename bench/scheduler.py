@@ -26,6 +26,8 @@ compare numbers from one run with each other.
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import functools
 import gc
 import itertools
 import json
@@ -41,7 +43,13 @@ import numpy as np
 from aragog_jax._provenance import git_sha
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from aragog_jax.scheduler import COMPILED, EngineInfo, LoadVector, RoundArrays, Scheduler
+from aragog_jax.scheduler import (
+    COMPILED,
+    EngineInfo,
+    LoadVector,
+    RoundArrays,
+    Scheduler,
+)
 from aragog_jax.scheduler._random import random_round
 from aragog_jax.scheduler._round import twin_round
 from aragog_jax.space import load_space
@@ -80,6 +88,15 @@ def reference_round(arrays: RoundArrays, beam: int):
     return lambda: twin_round(arrays, beam)[1]
 
 
+def _ms_stats(name: str, times: list[float]) -> dict:
+    """Median, minimum and 90th percentile of per-call seconds, in milliseconds."""
+    return {
+        f"{name}_ms": 1e3 * statistics.median(times),
+        f"{name}_ms_min": 1e3 * min(times),
+        f"{name}_ms_p90": 1e3 * float(np.percentile(times, 90)),
+    }
+
+
 def compare(
     arrays: RoundArrays, beam: int, jit_time: float, ref_time: float, ref_reps: int = 3
 ) -> dict:
@@ -90,9 +107,7 @@ def compare(
     assert np.array_equal(np.asarray(result.engine), twin.engine), "kernel and twin disagree"
     jit_ms, ref_ms = 1e3 * statistics.median(jit_t), 1e3 * statistics.median(ref_t)
     return {
-        "jit_ms": jit_ms,
-        "jit_ms_min": 1e3 * min(jit_t),
-        "jit_ms_p90": 1e3 * float(np.percentile(jit_t, 90)),
+        **_ms_stats("jit", jit_t),
         "reference_ms": ref_ms,
         "speedup": ref_ms / jit_ms,
         "beam_steps": int(result.num_steps),
@@ -102,10 +117,16 @@ def compare(
     }
 
 
+@functools.cache
+def decomposition_space():
+    """The shipped decomposition workflow over the qwen family (C = 243), one object."""
+    return load_space("decomposition_strategyqa", "qwen")
+
+
 def schedule_round_setup():
     """A scheduler with 1,024 ready stages of the decomposition workflow and a load with 64
     free slots; returns (scheduler, load, add) where ``add(n)`` appends n new requests."""
-    space = load_space("decomposition_strategyqa", "qwen")
+    space = decomposition_space()
     names = {
         "Qwen2.5-7B-Instruct": "qwen2.5-7b-instruct_h100_tp1.toml",
         "Qwen2.5-14B-Instruct": "qwen2.5-14b-instruct_h100_tp1.toml",
@@ -145,24 +166,66 @@ def schedule_round_setup():
     return sched, load, add
 
 
+class _Capture:
+    """Wraps a scheduler's policy and keeps the last round's kernel inputs, so the kernel
+    alone can be timed on exactly the round ``schedule()`` just ran."""
+
+    def __init__(self, inner) -> None:
+        self.inner = inner
+        self.name = inner.name
+        self.beam_width = inner.beam_width
+        self.compiled = inner.compiled
+        self.arrays: RoundArrays | None = None
+
+    def admit(self, space, mask):
+        return self.inner.admit(space, mask)
+
+    def assign(self, arrays: RoundArrays):
+        self.arrays = arrays
+        return self.inner.assign(arrays)
+
+
+def _timed(fn) -> float:
+    gc.collect()
+    gc.disable()
+    t = time.perf_counter()
+    fn()
+    elapsed = time.perf_counter() - t
+    gc.enable()
+    return elapsed
+
+
+def _summary(sched_t: list[float], kernel_t: list[float]) -> dict:
+    s_ms, k_ms = 1e3 * statistics.median(sched_t), 1e3 * statistics.median(kernel_t)
+    return {
+        **_ms_stats("schedule", sched_t),
+        **_ms_stats("kernel", kernel_t),
+        "host_ms": s_ms - k_ms,
+        "schedule_over_kernel": s_ms / k_ms,
+        "reps": len(sched_t),
+    }
+
+
 def schedule_round_bench(quick: bool) -> dict:
-    """The whole Scheduler.schedule in steady state: 1,024 ready stages every round.
+    """The whole Scheduler.schedule in steady state: 1,024 ready stages every round, next
+    to the kernel alone on the same round's inputs (timed right after it).
 
     Between timed rounds the assigned stages finish (their successors become ready)
     until 1,022 stages are ready, and new requests top the queue up to 1,024.
     """
     sched, load, add = schedule_round_setup()
+    capture = sched.policy = _Capture(sched.policy)
     sched.warmup(max_items=1024)
-    times, sizes = [], []
+    sched_t, kernel_t, sizes = [], [], []
     for rep in range(1 + (20 if quick else 100)):
-        gc.collect()
-        gc.disable()
-        t = time.perf_counter()
-        plan = sched.schedule(load)
-        elapsed = time.perf_counter() - t
-        gc.enable()
+        box = []
+        elapsed = _timed(lambda: box.append(sched.schedule(load)))
+        plan = box[0]
+        kernel = jit_round(capture.arrays, capture.beam_width)
+        kernel()  # the kernel's first call on these buffers, as schedule() made it
         if rep:
-            times.append(elapsed)
+            sched_t.append(elapsed)
+            kernel_t.append(_timed(kernel))
         sizes.append(len(plan.assignments) + len(plan.skipped))
         for a in plan.assignments:
             if (
@@ -176,11 +239,114 @@ def schedule_round_bench(quick: bool) -> dict:
         "in_flight_requests": sched.num_in_flight,
         "free_slots": int(load.free_slots().sum()),
         "assigned": len(plan.assignments),
-        "schedule_ms": 1e3 * statistics.median(times),
-        "schedule_ms_min": 1e3 * min(times),
-        "schedule_ms_p90": 1e3 * float(np.percentile(times, 90)),
-        "reps": len(times),
+        **_summary(sched_t, kernel_t),
     }
+
+
+def small_round_bench(num_ready: int, quick: bool) -> dict:
+    """Rounds with ``num_ready`` ready stages (every one placed; they finish before the
+    next round and new requests keep ``num_ready`` ready), next to one kernel call in the
+    smallest bucket with nothing to place (the kernel's empty-call time)."""
+    sched, _, _ = schedule_round_setup()
+    engines = sched.engines
+    load = LoadVector.idle(engines)
+    space = decomposition_space()
+    for rid in list(sched.request_ids()):
+        sched.cancel(rid)
+    sched.warmup(max_items=16)
+    ids = itertools.count(10**6)
+    rng = np.random.default_rng(1)
+
+    def top_up() -> None:
+        while sched.num_ready < num_ready:
+            sched.add_request(next(ids), space, rng.random(space.num_configs) < 0.3)
+
+    capture = sched.policy = _Capture(sched.policy)
+    top_up()
+    for a in sched.schedule(load).assignments:  # one round to learn its buckets
+        sched.on_stage_finished(a.request_id, a.stage)
+    arrays = capture.arrays
+    # The same buckets with nothing to place: the kernel's empty-call time.
+    empty = dataclasses.replace(
+        arrays,
+        item_viable=np.zeros_like(arrays.item_viable),
+        item_valid=np.zeros_like(arrays.item_valid),
+        free_slots=np.zeros_like(arrays.free_slots),
+        num_items=0,
+    )
+    kernel = jit_round(empty, capture.beam_width)
+    sched_t, kernel_t, placed = [], [], []
+    for rep in range(1 + (200 if quick else 1000)):
+        top_up()
+        # One request at the front keeps the queue short: finished requests leave it.
+        box = []
+        elapsed = _timed(lambda: box.append(sched.schedule(load)))
+        if rep:
+            sched_t.append(elapsed)
+            kernel_t.append(_timed(kernel))
+        placed.append(len(box[0].assignments))
+        for a in box[0].assignments:
+            sched.on_stage_finished(a.request_id, a.stage)
+    return {
+        "ready_stages": num_ready,
+        "placed_per_round": float(np.mean(placed)),
+        "in_flight_requests": sched.num_in_flight,
+        **_summary(sched_t, kernel_t),
+    }
+
+
+def profile_rounds(quick: bool, top: int = 15) -> dict:
+    """cProfile of ``Scheduler.schedule`` at 1,024 and at 1 ready stage: the functions with
+    the most own time, in microseconds per round (profiling overhead included)."""
+    import cProfile
+    import pstats
+
+    out = {}
+    for name, num_ready in (("r1024", 1024), ("r1", 1)):
+        if num_ready == 1024:
+            sched, load, add = schedule_round_setup()
+        else:
+            sched, _, _ = schedule_round_setup()
+            load = LoadVector.idle(sched.engines)
+            space = decomposition_space()
+            for rid in list(sched.request_ids()):
+                sched.cancel(rid)
+            ids = itertools.count(10**6)
+
+            def add(n: int, space=space, ids=ids) -> None:
+                for _ in range(n):
+                    sched.add_request(next(ids), space, np.ones(space.num_configs, dtype=bool))
+
+        sched.warmup(max_items=1024)
+        rounds = 20 if num_ready == 1024 else 300
+        rounds = rounds if quick else 3 * rounds
+        prof = cProfile.Profile()
+        for _ in range(rounds + 1):
+            add(max(0, num_ready - sched.num_ready))
+            prof.enable()
+            plan = sched.schedule(load)
+            prof.disable()
+            for a in plan.assignments:
+                if sched.num_ready >= num_ready - 2 and num_ready > 1:
+                    break
+                sched.on_stage_finished(a.request_id, a.stage)
+        stats = pstats.Stats(prof).stats
+        total = sum(v[2] for v in stats.values())
+        rows = sorted(stats.items(), key=lambda kv: -kv[1][2])[:top]
+        out[name] = {
+            "rounds": rounds,
+            "total_us_per_round": 1e6 * total / rounds,
+            "top_own_time": [
+                {
+                    "function": f"{Path(f).name}:{line}({fn})",
+                    "calls_per_round": v[1] / rounds,
+                    "own_us_per_round": 1e6 * v[2] / rounds,
+                    "cum_us_per_round": 1e6 * v[3] / rounds,
+                }
+                for (f, line, fn), v in rows
+            ],
+        }
+    return out
 
 
 def optimality(num_instances: int, beam: int = 4) -> dict:
@@ -234,73 +400,68 @@ def main(argv=None) -> int:
         help="headline, adversarial, sub-linearity, optimality (< 1 min)",
     )
     p.add_argument("--json", type=Path, default=None, help="write the results here")
+    p.add_argument(
+        "--profile", action="store_true", help="also cProfile schedule() at 1,024 and 1 ready stage"
+    )
+    p.add_argument(
+        "--only-schedule",
+        action="store_true",
+        help="only the schedule() cases (schedule_round, small_rounds, --profile)",
+    )
     args = p.parse_args(argv)
     quick = args.quick
     jit_time, ref_time = (0.5, 0.3) if quick else (1.5, 1.0)
     t0 = time.perf_counter()
     print(f"device: {jax.devices()[0]}  jax {jax.__version__}  {platform.machine()}", flush=True)
 
-    h = HEADLINE
-    headline_arrays = make_round(
-        h["num_items"], h["num_configs"], h["num_engines"], h["total_free"]
-    )
-    headline = {**h, **compare(headline_arrays, h["beam"], jit_time, ref_time)}
-    print(f"headline: {headline}", flush=True)
-    adversarial = {
-        **h,
-        "blocked_share": 0.9,
-        **compare(
-            make_round(
-                h["num_items"],
-                h["num_configs"],
-                h["num_engines"],
-                h["total_free"],
-                blocked_share=0.9,
-            ),
+    headline = adversarial = one_slot = sublinear = opt = None
+    if not args.only_schedule:
+        h = HEADLINE
+
+        def case(**kw) -> dict:
+            arrays = make_round(
+                h["num_items"], h["num_configs"], h["num_engines"], h["total_free"], **kw
+            )
+            return {**h, **kw, **compare(arrays, h["beam"], jit_time, ref_time)}
+
+        headline = case()
+        print(f"headline: {headline}", flush=True)
+        adversarial = case(blocked_share=0.9)
+        print(f"adversarial: {adversarial}", flush=True)
+        one_slot = case(blocked_share=0.9, blocked_slots=1)
+        print(f"adversarial_one_slot: {one_slot}", flush=True)
+        small = compare(
+            make_round(128, h["num_configs"], h["num_engines"], h["total_free"]),
             h["beam"],
             jit_time,
             ref_time,
-        ),
-    }
-    print(f"adversarial: {adversarial}", flush=True)
-    one_slot = {
-        **h,
-        "blocked_share": 0.9,
-        "blocked_slots": 1,
-        **compare(
-            make_round(
-                h["num_items"],
-                h["num_configs"],
-                h["num_engines"],
-                h["total_free"],
-                blocked_share=0.9,
-                blocked_slots=1,
-            ),
-            h["beam"],
-            jit_time,
-            ref_time,
-        ),
-    }
-    print(f"adversarial_one_slot: {one_slot}", flush=True)
-    small = compare(
-        make_round(128, h["num_configs"], h["num_engines"], h["total_free"]),
-        h["beam"],
-        jit_time,
-        ref_time,
-    )
-    sublinear = {
-        "r128_ms": small["jit_ms"],
-        "r1024_ms": headline["jit_ms"],
-        "ratio": headline["jit_ms"] / small["jit_ms"],
-    }
-    print(f"sublinear: {sublinear}", flush=True)
+        )
+        sublinear = {
+            "r128_ms": small["jit_ms"],
+            "r1024_ms": headline["jit_ms"],
+            "ratio": headline["jit_ms"] / small["jit_ms"],
+        }
+        print(f"sublinear: {sublinear}", flush=True)
     sched_round = schedule_round_bench(quick)
     print(f"schedule_round: {sched_round}", flush=True)
-    opt = optimality(1000)
-    print(f"optimality: {opt}", flush=True)
-
+    small = {f"r{k}": small_round_bench(k, quick) for k in (1, 2, 4)}
+    for k, row in small.items():
+        print(f"small_round {k}: {row}", flush=True)
+    profile = profile_rounds(quick) if args.profile else None
+    if profile:
+        for k, row in profile.items():
+            print(f"profile {k}: {row['total_us_per_round']:.0f} us/round", flush=True)
+            for f in row["top_own_time"]:
+                print(
+                    f"  {f['own_us_per_round']:8.1f} us own {f['cum_us_per_round']:8.1f} cum "
+                    f"{f['calls_per_round']:6.1f} calls  {f['function']}",
+                    flush=True,
+                )
     grid = []
-    if not quick:
+    if not args.only_schedule:
+        opt = optimality(1000)
+        print(f"optimality: {opt}", flush=True)
+    if not quick and not args.only_schedule:
         for r, c, m, b in itertools.product(GRID_R, GRID_C, GRID_M, GRID_B):
             row = {"num_items": r, "num_configs": c, "num_engines": m, "beam": b}
             row.update(compare(make_round(r, c, m, 64), b, 0.3, 0.3, ref_reps=2))
@@ -327,6 +488,8 @@ def main(argv=None) -> int:
         "adversarial_one_slot": one_slot,
         "sublinear": sublinear,
         "schedule_round": sched_round,
+        "small_rounds": small,
+        "profile": profile,
         "optimality": opt,
         "grid": grid,
         "wall_s": time.perf_counter() - t0,

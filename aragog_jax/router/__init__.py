@@ -3,7 +3,8 @@
 Public names:
 
 * :class:`Router` / :class:`RouteResult` -- load a checkpoint against a space, compile per
-  bucket, route texts or features to admission masks.
+  bucket, route texts or features to admission masks; :class:`TextRouter` -- the protocol
+  the server and the simulator use (``Router`` satisfies it).
 * :class:`HashedNgramFeaturizer`, :class:`EmbeddingsFeaturizer`, :func:`make_featurizer`.
 * :class:`RouterModelConfig`, :class:`TrainConfig`, :func:`fit_router` -- training.
 * :func:`calibrate`, :func:`clopper_pearson_upper`, :func:`routing_report` -- calibration.
@@ -38,6 +39,7 @@ from aragog_jax.router._featurize import (
     make_featurizer,
 )
 from aragog_jax.router._model import RouterModelConfig, init_params
+from aragog_jax.router._protocol import TextRouter
 from aragog_jax.router._router import DEFAULT_BUCKETS, Router, RouteResult
 from aragog_jax.router._train import FitResult, TrainConfig, fit_router, plot_sweep
 
@@ -66,6 +68,7 @@ __all__ = [
     "Router",
     "RouterCheckpoint",
     "RouterModelConfig",
+    "TextRouter",
     "TrainConfig",
     "admitted_masks",
     "calibrate",

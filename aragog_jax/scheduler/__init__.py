@@ -18,6 +18,7 @@ from aragog_jax.scheduler._load import (
     EngineLoad,
     LoadVector,
 )
+from aragog_jax.scheduler._plan import Assignment, Plan, RoundRecord, Skipped, round_flexibility
 from aragog_jax.scheduler._policy import (
     BRUTE_FORCE_MAX_ITEMS,
     DEFAULT_BEAM_WIDTH,
@@ -32,7 +33,7 @@ from aragog_jax.scheduler._policy import (
 from aragog_jax.scheduler._random import random_replay
 from aragog_jax.scheduler._replay import replay_round
 from aragog_jax.scheduler._round import COMPILED, CompiledRounds, RoundArrays, pad_round
-from aragog_jax.scheduler._scheduler import Assignment, Plan, Scheduler, Skipped, round_flexibility
+from aragog_jax.scheduler._scheduler import Scheduler
 
 __all__ = [
     "BRUTE_FORCE_MAX_ITEMS",
@@ -53,6 +54,7 @@ __all__ = [
     "Policy",
     "PolicyName",
     "RoundArrays",
+    "RoundRecord",
     "Scheduler",
     "Skipped",
     "make_policy",

@@ -161,6 +161,27 @@ class LoadVector:
     def names(self) -> tuple[str, ...]:
         return tuple(e.name for e in self.engines)
 
+    def in_order(self, names: tuple[str, ...]) -> LoadVector:
+        """This load with its engines in the order ``names`` (a scheduler's engines).
+
+        Raises :class:`SchedulerError` when it does not give each of them exactly once.
+        """
+        have = self.names
+        if have == names:
+            return self
+        unknown = sorted(set(have) - set(names))
+        if unknown:
+            raise SchedulerError(
+                f"load vector names unknown engines {unknown}; engines are {list(names)}"
+            )
+        missing = sorted(set(names) - set(have))
+        if missing or len(have) != len(set(have)):
+            raise SchedulerError(
+                f"load vector must give each engine once; missing {missing}, got {list(have)}"
+            )
+        by_name = {e.name: e for e in self.engines}
+        return LoadVector(tuple(by_name[n] for n in names))
+
     def free_slots(self) -> np.ndarray:
         """int32[E]."""
         return np.array([e.free_slots for e in self.engines], dtype=np.int32)

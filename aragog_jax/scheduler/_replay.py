@@ -38,9 +38,9 @@ import numpy as np
 
 from aragog_jax.errors import SchedulerError
 from aragog_jax.scheduler._load import UTILITY_SCALE, EngineLoad, LoadVector, check_curve
+from aragog_jax.scheduler._plan import round_flexibility
 from aragog_jax.scheduler._policy import Policy
 from aragog_jax.scheduler._round import MIN_SLOTS, RoundArrays, pad_round
-from aragog_jax.scheduler._scheduler import round_flexibility
 from aragog_jax.space import bucket_size
 
 _ENGINE_FIELDS = {"name", "model", "free_slots", "load", "curve"}

@@ -155,6 +155,40 @@ class CompiledRounds:
                     self._cache[key] = exe
         return exe
 
+    def warm(
+        self,
+        beam_width: int,
+        engine_model: np.ndarray,
+        num_models: int,
+        *,
+        cfg_bucket: int,
+        slot_bucket: int,
+        item_buckets: tuple[int, int],
+    ) -> int:
+        """Compile every item bucket from ``item_buckets[0]`` to ``item_buckets[1]`` (powers
+        of two from MIN_ITEMS) for rounds of these engines; returns the number of buckets."""
+        lo, hi = item_buckets
+        num_engines = len(engine_model)
+        r_b = bucket_size(max(lo, MIN_ITEMS))
+        buckets = 0
+        while True:
+            arrays = pad_round(
+                np.zeros((0, cfg_bucket), dtype=bool),
+                np.zeros((0, cfg_bucket), dtype=model_dtype(num_models)),
+                np.zeros(0, dtype=np.int32),
+                engine_model,
+                np.zeros(num_engines, dtype=np.int32),
+                np.zeros((num_engines, slot_bucket), dtype=np.int32),
+                num_models,
+                item_bucket=r_b,
+                cfg_bucket=cfg_bucket,
+            )
+            self.compile(arrays, beam_width)
+            buckets += 1
+            if r_b >= hi:
+                return buckets
+            r_b *= 2
+
     @property
     def buckets(self) -> tuple[tuple, ...]:
         return tuple(self._cache)

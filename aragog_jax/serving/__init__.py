@@ -10,7 +10,7 @@ from aragog_jax.serving._emulated import EmulatedEngine, deterministic_text
 from aragog_jax.serving._fake import FakeEngine
 from aragog_jax.serving._fleet import DEFAULT_FLEET, FleetRuntime, load_runtime
 from aragog_jax.serving._loopback import LoopbackServer
-from aragog_jax.serving._monitor import EngineLoad, EngineLoadState, LoadMonitor
+from aragog_jax.serving._monitor import EngineLoadState, EngineReading, LoadMonitor
 from aragog_jax.serving._server import ServeOptions, Server, status_of
 
 __all__ = [
@@ -18,7 +18,7 @@ __all__ = [
     "BreakerState",
     "CircuitBreaker",
     "EmulatedEngine",
-    "EngineLoad",
+    "EngineReading",
     "EngineLoadState",
     "FakeEngine",
     "FleetRuntime",

@@ -32,7 +32,6 @@ import time
 import uuid
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Any
 
 from aragog_jax.engines.client import ClientLimits, EngineClient
 from aragog_jax.engines.stages import run_stage, stage_state
@@ -45,12 +44,13 @@ from aragog_jax.errors import (
     StageFunctionError,
     UpstreamError,
 )
+from aragog_jax.scheduler import DEFAULT_BEAM_WIDTH, Assignment, Plan
 from aragog_jax.serving._breaker import BreakerState, CircuitBreaker
 from aragog_jax.serving._fleet import FleetRuntime, WorkflowRuntime
 from aragog_jax.serving._metrics import ServerMetrics
 from aragog_jax.serving._monitor import EngineLoadState, LoadMonitor
 from aragog_jax.serving._routing import Routed, RouterWorker
-from aragog_jax.serving._sched import Assignment, SchedulerPort
+from aragog_jax.serving._sched import SchedulerPort
 from aragog_jax.serving._wire import Attempt, Receipt, StageReceipt
 from aragog_jax.spec import StageSpec
 
@@ -104,7 +104,7 @@ class Run:
     # Stage tasks dispatched but not yet started. A task cancelled before its first step
     # never runs its body, so its engine slot is given back by _finish instead.
     unstarted: dict[asyncio.Task, Assignment] = field(default_factory=dict)
-    rounds: list[Any] = field(default_factory=list)
+    rounds: list[Plan] = field(default_factory=list)
     done: asyncio.Future | None = None
     events: asyncio.Queue | None = None  # StageFinished / OutputDelta, then None (streamed runs)
     streamed_chars: int = 0  # output text already handed to the client (no failover after)
@@ -139,7 +139,7 @@ class Executor:
         *,
         keep_rounds: int = 256,
         policy: str = "aragog",
-        beam_width: int = 4,
+        beam_width: int = DEFAULT_BEAM_WIDTH,
     ):
         self.fleet = fleet
         self.settings = fleet.settings
@@ -164,7 +164,7 @@ class Executor:
         self._kick_scheduled = False
         self._unrouted: list[Run] = []  # runs admitted since the last round, in admission order
         self._seed = itertools.count()
-        self.recent_rounds: deque[Any] = deque(maxlen=keep_rounds)
+        self.recent_rounds: deque[Plan] = deque(maxlen=keep_rounds)
         self.counts = {"completed": 0, "failed": 0, "expired": 0, "cancelled": 0}
 
     # -- lifecycle ----------------------------------------------------------------------
@@ -188,6 +188,11 @@ class Executor:
             await close_part(f"the router of {name}", worker.aclose(), failures)
         if failures:
             raise failures[0]
+
+    def warm_up(self, max_items: int, min_items: int = 1) -> float:
+        """Compile the scheduling round for rounds of ``min_items`` to ``max_items`` ready
+        stages (start-up; see :meth:`SchedulerPort.warm_up`); returns the seconds."""
+        return self.sched.warm_up(max_items, min_items)
 
     @property
     def num_in_flight(self) -> int:
@@ -343,7 +348,7 @@ class Executor:
         self._kick_scheduled = False
         if self._unrouted:
             self._route_admitted()
-        if not self.sched.num_pending:
+        if not self.sched.num_ready:
             self.metrics.meta_queue.set(0)
             return
         t0 = time.perf_counter()
@@ -351,20 +356,16 @@ class Executor:
         self.metrics.scheduling_s.observe(time.perf_counter() - t0)
         # Taken after the round, so its cost counts as the stages' queueing, not engine time.
         now = time.monotonic()
-        if plan.record is not None:
-            self.recent_rounds.append(plan.record)
+        if plan.num_items:
+            self.recent_rounds.append(plan)
         for a in plan.assignments:
-            run = self.runs.get(a.run_id)
+            run = self.runs.get(a.request_id)
             if run is None or run.finished:
                 continue
-            if (
-                run.replay
-                and plan.record is not None
-                and (not run.rounds or run.rounds[-1] is not plan.record)
-            ):
-                run.rounds.append(plan.record)
+            if run.replay and (not run.rounds or run.rounds[-1] is not plan):
+                run.rounds.append(plan)
             self._dispatch(run, a, plan.round_id, now)
-        self.metrics.meta_queue.set(self.sched.num_pending)
+        self.metrics.meta_queue.set(self.sched.num_ready)
 
     def export_load(self) -> None:
         """Copy the monitor's view into the engine gauges (when /metrics is scraped)."""
@@ -375,7 +376,7 @@ class Executor:
             m.engine_in_flight.labels(ld.engine).set(ld.in_flight)
             m.engine_kv.labels(ld.engine).set(ld.kv_usage)
             m.engine_healthy.labels(ld.engine).set(1.0 if ld.healthy else 0.0)
-        m.meta_queue.set(self.sched.num_pending)
+        m.meta_queue.set(self.sched.num_ready)
         m.in_flight.set(len(self.runs))
 
     def _dispatch(self, run: Run, a: Assignment, round_id: int, now: float) -> None:
@@ -394,7 +395,7 @@ class Executor:
         del run.unstarted[
             asyncio.current_task()
         ]  # from here on this task gives its slot back itself
-        sid = a.stage_id
+        sid = a.stage
         stage = run.wf.spec.stage[sid]
         left = run.deadline - time.monotonic()
         # The session's default timeout is the engine timeout; only a nearer deadline needs its own.
@@ -422,13 +423,11 @@ class Executor:
             # The workflow's own code failed, not the engine: no failover, the run fails (500).
             log.error("workflow %s run %s: %s", run.wf.name, run.id, exc, exc_info=exc.__cause__)
             self.metrics.dispatches.labels(a.engine, st.model, "function_error").inc()
-            self.sched.release(run.id, sid, a.engine)
             self._finish(run, "failed", exc)
             self.kick()
             return
         except EngineRejected as exc:
             self.metrics.dispatches.labels(a.engine, st.model, "rejected").inc()
-            self.sched.release(run.id, sid, a.engine)
             self._finish(run, "failed", UpstreamError(f"stage {stage.name!r}: {exc}"))
             self.kick()
             return
@@ -442,7 +441,6 @@ class Executor:
             st.orca = res.last.orca
         self.metrics.dispatches.labels(a.engine, st.model, "ok").inc()
         if run.finished:
-            self.sched.release(run.id, sid, a.engine)
             self.kick()
             return
         queue_s = t_disp - run.ready_at.get(sid, t_disp)
@@ -461,7 +459,7 @@ class Executor:
         )
         run.outputs[sid] = res.text
         run.receipts[sid] = rec
-        newly_ready = self.sched.finished(run.id, sid, a.engine)
+        newly_ready = self.sched.finished(run.id, sid)
         for r in newly_ready:
             run.ready_at[r] = now
         if streams and not run.streamed_chars and res.text:
@@ -482,14 +480,13 @@ class Executor:
         """A dispatched stage was cancelled (its run ended): counted, and a round may use
         the engine slot it gave back."""
         self.metrics.dispatches.labels(a.engine, st.model, "cancelled").inc()
-        self.sched.release(run.id, a.stage_id, a.engine)
         self.kick()
 
     def _on_engine_fault(
         self, run: Run, a: Assignment, st: EngineLoadState, exc: UpstreamError
     ) -> None:
         now = time.monotonic()
-        sid = a.stage_id
+        sid = a.stage
         if st.breaker.on_failure(now, str(exc)):
             log.warning("engine %s marked unhealthy: %s", st.name, exc)
         self.metrics.dispatches.labels(a.engine, st.model, "error").inc()
@@ -506,7 +503,6 @@ class Executor:
                 ),
             )
         if run.finished:
-            self.sched.release(run.id, sid, a.engine)
             self.kick()
             return
         run.failovers += 1

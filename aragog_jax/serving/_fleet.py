@@ -23,7 +23,7 @@ from aragog_jax.engines.fleet import FleetEngine, load_engine_fleet
 from aragog_jax.engines.model import placeholder_profile
 from aragog_jax.engines.stages import StageFunction, load_stage_functions
 from aragog_jax.errors import AragogError, SpecError
-from aragog_jax.router import Router, load_checkpoint, shipped_router
+from aragog_jax.router import Router, TextRouter, load_checkpoint, shipped_router
 from aragog_jax.space import ConfigSpace, build_space
 from aragog_jax.spec import (
     PROFILES_DIR,
@@ -47,7 +47,7 @@ class WorkflowRuntime:
     spec: WorkflowSpec
     space: ConfigSpace
     servable: np.ndarray  # bool[C]: every stage's model has at least one engine
-    router: Router | None = None  # compiled
+    router: TextRouter | None = None  # compiled
     router_path: str = ""
     stage_index: dict[str, int] = field(default_factory=dict)
     # Stages that run a Python coroutine.

@@ -67,8 +67,9 @@ class ScrapedLoad:
 
 
 @dataclass(frozen=True, slots=True)
-class EngineLoad:
-    """One engine's load as the scheduler sees it."""
+class EngineReading:
+    """What the monitor read of one engine's load (the port turns it into the scheduler's
+    :class:`~aragog_jax.scheduler.EngineLoad`)."""
 
     engine: str
     model: str
@@ -97,7 +98,7 @@ class EngineLoadState:
         self.num_dispatched = 0  # own requests sent to the engine (monotonic)
         self.num_returned = 0  # own requests that came back, however they ended (monotonic)
 
-    def snapshot(self, now: float, stale_after_s: float) -> EngineLoad:
+    def snapshot(self, now: float, stale_after_s: float) -> EngineReading:
         cap = self.breaker.slots(now)
         healthy = self.breaker.state is not BreakerState.OPEN
         sc = self.scraped
@@ -119,7 +120,7 @@ class EngineLoadState:
                 if self.orca.kv_usage is not None:
                     kv = self.orca.kv_usage
                 source = "metrics+orca"
-            return EngineLoad(
+            return EngineReading(
                 self.name,
                 self.model,
                 int(running),
@@ -131,7 +132,7 @@ class EngineLoadState:
                 source,
                 age,
             )
-        return EngineLoad(
+        return EngineReading(
             self.name,
             self.model,
             self.in_flight,
@@ -185,7 +186,7 @@ class LoadMonitor:
                 pass
         self._tasks = []
 
-    def snapshot(self, now: float | None = None) -> list[EngineLoad]:
+    def snapshot(self, now: float | None = None) -> list[EngineReading]:
         now = time.monotonic() if now is None else now
         return [s.snapshot(now, self.stale_after_s) for s in self.states.values()]
 

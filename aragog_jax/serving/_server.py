@@ -31,21 +31,28 @@ from aiohttp import web
 
 from aragog_jax.errors import (
     AragogError,
+    BadRequest,
     DeadlineExceededError,
+    NotFound,
     NoViableConfigurationError,
     OverloadedError,
+    PayloadTooLarge,
+    RequestTimeout,
+    ShuttingDown,
     SpecError,
     StageFunctionError,
+    Unauthorized,
     UpstreamError,
     UpstreamTimeout,
 )
+from aragog_jax.scheduler import DEFAULT_BEAM_WIDTH
 from aragog_jax.serving._conn import ConnLimits, GuardedRunner
 from aragog_jax.serving._emulated import EmulatedEngine
 from aragog_jax.serving._executor import Executor, OutputDelta, Run, close_part
 from aragog_jax.serving._fleet import FleetRuntime, size_unprofiled
 from aragog_jax.serving._loopback import LoopbackServer
 from aragog_jax.serving._metrics import ServerMetrics
-from aragog_jax.serving._sched import LATE_ITEM_BUCKETS, WARM_ITEM_BUCKETS
+from aragog_jax.serving._sched import LATE_ITEMS, WARM_ITEMS
 from aragog_jax.serving._wire import (
     ENCODER,
     FRONT_CHAT_DECODER,
@@ -92,32 +99,6 @@ WORKFLOW_MODEL_PREFIX = "workflow:"
 # request -> the Run admitted for it (a typed key where aiohttp has them: 3.12+ warns on str keys)
 RUN_KEY = web.RequestKey("aragog_run", Run) if hasattr(web, "RequestKey") else "aragog_run"
 RETRY_AFTER_S = 1
-
-
-class NotFound(AragogError):
-    """Unknown workflow or route."""
-
-
-class BadRequest(AragogError):
-    def __init__(self, message: str, field: str | None = None):
-        super().__init__(message)
-        self.field = field
-
-
-class Unauthorized(AragogError):
-    pass
-
-
-class ShuttingDown(AragogError):
-    """The server is draining: 503."""
-
-
-class RequestTimeout(AragogError):
-    """The request body did not arrive within ``body_timeout_s``: 408."""
-
-
-class PayloadTooLarge(AragogError):
-    """The request body is over ``max_body_bytes``: 413."""
 
 
 _STATUS: list[tuple[type[BaseException], int, str]] = [
@@ -211,7 +192,7 @@ class ServeOptions:
     drain_s: float = 30.0  # graceful shutdown: how long in-flight requests may finish
     keep_rounds: int = 256  # scheduling rounds kept for GET /v1/rounds/{id}
     policy: str = "aragog"  # scheduling policy (aragog_jax.scheduler.make_policy)
-    beam_width: int = 4
+    beam_width: int = DEFAULT_BEAM_WIDTH
     warm_up: bool = True  # compile the scheduling round for common sizes at start-up
     # After start-up, collect once, move every live object (modules, compiled router and
     # scheduler, fleet) to the collector's permanent generation (gc.freeze) and raise the
@@ -296,16 +277,16 @@ class Server:
             )
         loop = asyncio.get_running_loop()
         if self.options.warm_up:
-            took = await loop.run_in_executor(None, self.executor.sched.warm_up, WARM_ITEM_BUCKETS)
+            took = await loop.run_in_executor(None, self.executor.warm_up, WARM_ITEMS)
             for worker in self.executor.routers.values():
                 await loop.run_in_executor(None, worker.warm_up, self.settings.max_queue)
             log.info(
                 "scheduler compiled for rounds of up to %d stages in %.1f s",
-                max(WARM_ITEM_BUCKETS),
+                WARM_ITEMS,
                 took,
             )
             self._late_warm = loop.run_in_executor(
-                None, self.executor.sched.warm_up, LATE_ITEM_BUCKETS
+                None, self.executor.warm_up, LATE_ITEMS, 2 * WARM_ITEMS
             )
             self._late_warm.add_done_callback(self._warm_done)
         await self.executor.open()
@@ -324,7 +305,7 @@ class Server:
         else:
             log.info(
                 "scheduler compiled for rounds of up to %d stages in %.1f s more",
-                max(LATE_ITEM_BUCKETS),
+                LATE_ITEMS,
                 fut.result(),
             )
 
@@ -541,9 +522,9 @@ class Server:
                 "round_id",
             )
         rid = int(raw)
-        for rec in reversed(self.executor.recent_rounds):
-            if rec.round_id == rid:
-                doc = rec.plan.decision() if request.path.endswith("/decision") else rec.replay()
+        for plan in reversed(self.executor.recent_rounds):
+            if plan.round_id == rid:
+                doc = plan.decision() if request.path.endswith("/decision") else plan.to_replay()
                 return web.Response(body=ENCODER.encode(doc), content_type="application/json")
         raise NotFound(f"round {rid} is not among the last {self.options.keep_rounds} rounds kept")
 

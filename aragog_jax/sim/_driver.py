@@ -31,7 +31,15 @@ import numpy as np
 
 from aragog_jax.engines.batching import BatchingEngine
 from aragog_jax.errors import AragogError
-from aragog_jax.scheduler import COMPILED, EngineInfo, EngineLoad, LoadVector, Policy, Scheduler
+from aragog_jax.scheduler import (
+    COMPILED,
+    DEFAULT_BEAM_WIDTH,
+    EngineInfo,
+    EngineLoad,
+    LoadVector,
+    Policy,
+    Scheduler,
+)
 from aragog_jax.sim._setup import Setup
 from aragog_jax.sim._workload import arrival_times, sample_inputs
 
@@ -66,7 +74,7 @@ class RunConfig:
     rate: float
     num_requests: int = 0
     duration_s: float = 60.0
-    beam_width: int = 4
+    beam_width: int = DEFAULT_BEAM_WIDTH
     arrival: str = "poisson"
     cv: float = 2.0
     seed: int = 0

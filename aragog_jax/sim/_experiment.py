@@ -64,6 +64,7 @@ import numpy as np
 from aragog_jax._provenance import git_sha
 from aragog_jax.errors import AragogError
 from aragog_jax.router import Router
+from aragog_jax.scheduler import DEFAULT_BEAM_WIDTH
 from aragog_jax.sim._driver import RunConfig, RunResult, simulate
 from aragog_jax.sim._metrics import latency_stats, pct_change
 from aragog_jax.sim._setup import ROUTERS_DIR, Setup, per_workflow_config, selection_rows
@@ -98,7 +99,7 @@ class SweepConfig:
     num_requests: int = 0  # 0: every arrival within duration_s
     duration_s: float = 60.0
     round_interval_s: float = 0.05
-    beam_width: int = 4
+    beam_width: int = DEFAULT_BEAM_WIDTH
     arrival: str = "poisson"
     cv: float = 2.0
     seed: int = 0

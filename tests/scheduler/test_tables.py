@@ -2,7 +2,7 @@
 
 Compaction: the scheduler hands every request the next row of its tables and compacts
 them (live rows to the front, in order) when a request arrives and the tables are full;
-``_MIN_ROWS`` (256) is the smallest capacity. The tests drive requests through add /
+``MIN_ROWS`` (256) is the smallest capacity. The tests drive requests through add /
 schedule / finish / fail / cancel and check after every step that the scheduler behaves
 exactly like a *fresh* scheduler that holds only the live requests: the fresh one is
 rebuilt by replaying the live requests' own history (their rounds forced through a
@@ -32,7 +32,7 @@ from aragog_jax.errors import NoViableConfigurationError
 from aragog_jax.kernels import BeamResult
 from aragog_jax.schedule import main as schedule_main
 from aragog_jax.scheduler import LoadVector, Plan, Scheduler, make_policy
-from aragog_jax.scheduler import _scheduler as scheduler_module
+from aragog_jax.scheduler import _tables as tables_module
 from aragog_jax.scheduler._replay import replay_round
 from aragog_jax.space import ConfigSpace, load_space
 
@@ -55,7 +55,7 @@ FANOUT = space(
     [("plan", ()), ("s1", ("plan",)), ("s2", ("plan",)), ("agg", ("s1", "s2"))], name="fanout"
 )
 TOY_SPACES = (ONE, CHAIN, FANOUT)
-SMALL_ROWS = 2  # _MIN_ROWS while the subject scheduler runs: the 3rd arrival compacts
+SMALL_ROWS = 2  # MIN_ROWS while the subject scheduler runs: the 3rd arrival compacts
 
 
 def _random_mask(sp: ConfigSpace, seed: int) -> np.ndarray:
@@ -138,19 +138,19 @@ class Harness:
     @contextlib.contextmanager
     def _subject(self):
         """Small tables (when asked) and a compaction counter while the subject runs."""
-        original = Scheduler._compact
+        original = tables_module.RowTables.compact
         harness = self
 
-        def counting(sched: Scheduler) -> None:
-            if sched is harness.sched:
+        def counting(tables: tables_module.RowTables, live) -> None:
+            if tables is harness.sched.tables:
                 harness.compactions += 1
-                harness.dropped_rows += sched._num_rows - sched.num_in_flight
-            original(sched)
+                harness.dropped_rows += tables.num_rows - harness.sched.num_in_flight
+            original(tables, live)
 
         with pytest.MonkeyPatch.context() as mp:
             if self.small_rows is not None:
-                mp.setattr(scheduler_module, "_MIN_ROWS", self.small_rows)
-            mp.setattr(Scheduler, "_compact", counting)
+                mp.setattr(tables_module, "MIN_ROWS", self.small_rows)
+            mp.setattr(tables_module.RowTables, "compact", counting)
             yield
 
     # ---- operations ------------------------------------------------------------------
@@ -566,13 +566,15 @@ def test_a_space_attached_later_keeps_earlier_requests_intact():
     for sched in both:
         sched.on_stage_failed(failed.request_id, 0, failed.engine)  # 14B excluded for it
     for sched in both:
-        assert sched._viable_tab.shape[1] == (32 if sched is lazy else 256)  # the widening is real
+        assert sched.tables.viable.shape[1] == (
+            32 if sched is lazy else 256
+        )  # the widening is real
     before = _snapshot(lazy, ["o1", "o2", "o3"])
     items = ready_items(lazy, FLEET)
     assert items == [("o1", 0), ("o2", 0), ("o3", 0)]
 
     add("f1", FANOUT, np.ones(FANOUT.num_configs, dtype=bool))  # 4 stages, 81 configurations
-    assert lazy._viable_tab.shape[1] == 128 and lazy._ready_tab.shape[1] == 4
+    assert lazy.tables.viable.shape[1] == 128 and lazy.tables.ready.shape[1] == 4
     _assert_same(before, _snapshot(lazy, ["o1", "o2", "o3"]))
     assert ready_items(lazy, FLEET) == [*items, ("f1", 0)]
     plan = round_(_load([0, 2, 2, 2]))  # 3 slots, all 7B: o1, o3 and f1's plan stage
@@ -588,7 +590,7 @@ def test_a_space_attached_later_keeps_earlier_requests_intact():
 
     trio_mask = mask_where(TRIO, agg=["32B"])
     add("t1", TRIO, trio_mask)  # 5 stages, 243 configurations
-    assert lazy._viable_tab.shape[1] == 256 and lazy._ready_tab.shape[1] == 5
+    assert lazy.tables.viable.shape[1] == 256 and lazy.tables.ready.shape[1] == 5
     _assert_same(before, _snapshot(lazy, ["o1", "o2", "o3", "f1"]))
     np.testing.assert_array_equal(lazy.viable_mask("t1"), trio_mask)
     assert ready_items(lazy, FLEET) == [*items, ("t1", 0), ("t1", 1), ("t1", 2), ("t1", 3)]

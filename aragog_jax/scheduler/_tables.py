@@ -1,0 +1,244 @@
+"""The scheduler's row tables: every in-flight request's viable mask and ready flags as
+rows of packed NumPy arrays, so a round gathers its items with a few vectorised calls
+instead of a Python pass over the queue.
+
+Rows are handed out in arrival order and never reused before a compaction (which keeps
+their order), so row order is FIFO order. Within a row, ready flags are stored by rank
+position (deepest stage first, then lower index), so the row-major nonzeros of the ready
+table are the round's items in scheduling order. Registered configuration spaces map
+their model ids to the scheduler's and add one row per stage to the column table
+(model per configuration at that stage), which a round gathers per item.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from aragog_jax.scheduler._round import MIN_CONFIGS, MIN_ITEMS, RoundArrays
+from aragog_jax.space import ConfigSpace, bucket_size
+
+#: Smallest row-table capacity (rows are per in-flight request).
+MIN_ROWS = 256
+
+
+@dataclass(eq=False)
+class SpaceInfo:
+    """A registered configuration space, with model ids mapped to the scheduler's."""
+
+    space: ConfigSpace
+    configs: np.ndarray  # int[C, S] scheduler model ids (-1: model served by no engine)
+    columns: np.ndarray  # int[S, C] the same, one contiguous row per stage
+    served: np.ndarray  # bool[C] every stage's model has an engine
+    downstream: tuple[tuple[int, ...], ...]
+    stage_rank: np.ndarray  # int[S] position in "deepest first, then lower index"
+    num_configs: int
+    space_id: int  # row of the tables' rank -> stage table
+    stage_base: int  # row of stage 0 in the tables' configuration-column table
+
+
+class RowTables:
+    """Row allocator and packed per-request tables (see the module docstring).
+
+    ``row_req[row]`` is the object attached at ``row`` (the scheduler's request); a
+    compaction builds a new list, so a plan's record can keep the old one.
+    """
+
+    def __init__(self, model_index: dict[str, int], cfg_dtype: type[np.signedinteger]) -> None:
+        self.model_index = model_index
+        self.cfg_dtype = cfg_dtype
+        self.cfg_bucket = MIN_CONFIGS
+        self.max_stages = 1
+        self.num_rows = 0
+        self.row_req: list[Any] = []
+        self.infos: list[SpaceInfo] = []
+        self._by_space: dict[int, SpaceInfo] = {}
+        self.viable = np.zeros((MIN_ROWS, self.cfg_bucket), dtype=bool)  # row -> viable mask
+        self.ready = np.zeros((MIN_ROWS, 1), dtype=bool)  # row, rank position -> ready
+        self.row_space = np.zeros(MIN_ROWS, dtype=np.int32)  # row -> SpaceInfo.space_id
+        self.rank_stage = np.zeros((0, 1), dtype=np.int32)  # space id, rank position -> stage
+        self.stage_base = np.zeros(0, dtype=np.int32)  # space id -> row of its stage 0
+        self.columns = np.zeros((0, self.cfg_bucket), dtype=cfg_dtype)  # (space, stage) -> models
+
+    # ---- spaces ----------------------------------------------------------------------
+
+    def register(self, space: ConfigSpace) -> SpaceInfo:
+        """The space's info, registering it (and widening the tables) on first use."""
+        info = self._by_space.get(id(space))
+        if info is not None and info.space is space:
+            return info
+        lookup = np.array([self.model_index.get(m, -1) for m in space.model_names], dtype=np.int32)
+        configs = lookup[space.configs]
+        downstream: list[list[int]] = [[] for _ in range(space.num_stages)]
+        for d, ups in enumerate(space.upstream):
+            for u in ups:
+                downstream[u].append(d)
+        order = sorted(range(space.num_stages), key=lambda s: (-int(space.stage_depth[s]), s))
+        rank = np.empty(space.num_stages, dtype=np.int64)
+        rank[order] = np.arange(space.num_stages)
+        info = SpaceInfo(
+            space=space,
+            configs=configs.astype(self.cfg_dtype),
+            columns=np.ascontiguousarray(configs.T.astype(self.cfg_dtype)),
+            served=(configs >= 0).all(axis=1),
+            downstream=tuple(tuple(d) for d in downstream),
+            stage_rank=rank,
+            num_configs=space.num_configs,
+            space_id=len(self.infos),
+            stage_base=self.columns.shape[0],
+        )
+        self._by_space[id(space)] = info
+        self.infos.append(info)
+        self.cfg_bucket = max(self.cfg_bucket, bucket_size(space.num_configs))
+        self.max_stages = max(self.max_stages, space.num_stages)
+        # Widen the row tables to the new bucket / stage count (new cells: False).
+        self.viable = _widened(self.viable, self.cfg_bucket, False)
+        self.ready = _widened(self.ready, self.max_stages, False)
+        rank_stage = np.zeros((len(self.infos), self.max_stages), dtype=np.int32)
+        rank_stage[: self.rank_stage.shape[0], : self.rank_stage.shape[1]] = self.rank_stage
+        rank_stage[info.space_id, : space.num_stages] = order
+        self.rank_stage = rank_stage
+        self.stage_base = np.append(self.stage_base, np.int32(info.stage_base)).astype(np.int32)
+        columns = np.full(
+            (self.columns.shape[0] + space.num_stages, self.cfg_bucket), -1, dtype=self.cfg_dtype
+        )
+        columns[: self.columns.shape[0], : self.columns.shape[1]] = self.columns
+        columns[info.stage_base :, : space.num_configs] = info.columns
+        self.columns = columns
+        return info
+
+    # ---- rows ------------------------------------------------------------------------
+
+    def attach(
+        self,
+        req: Any,
+        info: SpaceInfo,
+        admitted: np.ndarray,
+        ready: Sequence[int],
+        live: Iterable[Any],
+    ) -> int:
+        """Give ``req`` the next row (the back of the FIFO order) and fill it; returns the
+        row. ``live`` lists the attached requests in FIFO order, each with a ``row``
+        attribute (used when the tables are full and compact)."""
+        if self.num_rows == self.viable.shape[0]:
+            self.compact(live)
+        row = self.num_rows
+        self.num_rows += 1
+        self.row_req.append(req)
+        self.viable[row] = False
+        self.viable[row, : info.num_configs] = admitted
+        self.ready[row] = False
+        self.ready[row, info.stage_rank[list(ready)]] = True
+        self.row_space[row] = info.space_id
+        return row
+
+    def detach(self, row: int) -> None:
+        """The request at ``row`` left the queue: its row never yields an item again."""
+        self.ready[row] = False
+
+    def compact(self, live: Iterable[Any]) -> None:
+        """Move the rows of the ``live`` requests (FIFO order, each with a ``row``
+        attribute, updated here) to the front, in order, into tables sized for twice as
+        many (rows are only handed out at the back)."""
+        reqs = list(live)
+        keep = np.array([r.row for r in reqs], dtype=np.int64)
+        cap = max(MIN_ROWS, 2 * bucket_size(len(reqs) + 1))
+        self.viable = _resized(self.viable, keep, cap)
+        self.ready = _resized(self.ready, keep, cap)
+        self.row_space = _resized(self.row_space, keep, cap)
+        self.row_req = reqs  # a new list: records keep the old one
+        for i, req in enumerate(reqs):
+            req.row = i
+        self.num_rows = len(reqs)
+
+    def viable_row(self, row: int, num_configs: int) -> np.ndarray:
+        """bool[C] view of a row's viable mask (valid until the next attach or register,
+        which may reallocate the table)."""
+        return self.viable[row, :num_configs]
+
+    @property
+    def num_ready(self) -> int:
+        return int(np.count_nonzero(self.ready[: self.num_rows]))
+
+    # ---- a round's items -------------------------------------------------------------
+
+    def items(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(rows, space ids, stages) of every ready stage: FIFO across requests (row
+        order), rank order within one (the row-major nonzeros of the ready table)."""
+        rows, pos = np.nonzero(self.ready[: self.num_rows])
+        space_ids = self.row_space[rows]
+        return rows, space_ids, self.rank_stage[space_ids, pos]
+
+    def gather_viable(self, rows: np.ndarray) -> np.ndarray:
+        """bool[R, C] padded viable masks of the items (a fresh array: the plan's record
+        keeps it)."""
+        r_b = bucket_size(max(rows.size, MIN_ITEMS))
+        out = np.zeros((r_b, self.viable.shape[1]), dtype=bool)
+        np.take(self.viable, rows, axis=0, out=out[: rows.size], mode="clip")
+        return out
+
+    def gather_models(
+        self, space_ids: np.ndarray, stages: np.ndarray, shape: tuple[int, int]
+    ) -> np.ndarray:
+        """int[R, C] model per configuration at each item's stage, padded with -1."""
+        out = np.full(shape, -1, dtype=self.cfg_dtype)
+        np.take(
+            self.columns,
+            self.stage_base[space_ids] + stages,
+            axis=0,
+            out=out[: stages.size],
+            mode="clip",
+        )
+        return out
+
+    def round_arrays(
+        self,
+        rows: np.ndarray,
+        space_ids: np.ndarray,
+        stages: np.ndarray,
+        item_viable: np.ndarray,
+        engine_model: np.ndarray,
+        free: np.ndarray,
+        gain: np.ndarray,
+    ) -> RoundArrays:
+        """Padded kernel inputs of the items (from :meth:`items`, viable masks from
+        :meth:`gather_viable`); items of one request are consecutive and share a request
+        slot."""
+        n = rows.size
+        r_b, c_b = item_viable.shape
+        item_cfg_model = self.gather_models(space_ids, stages, (r_b, c_b))
+        first = np.ones(n, dtype=bool)
+        first[1:] = rows[1:] != rows[:-1]
+        item_req = np.full(r_b, -1, dtype=np.int32)
+        np.cumsum(first, dtype=np.int32, out=item_req[:n])
+        item_req[:n] -= 1
+        item_valid = np.zeros(r_b, dtype=bool)
+        item_valid[:n] = True
+        return RoundArrays(
+            item_viable=item_viable,
+            item_cfg_model=item_cfg_model,
+            item_req=item_req,
+            item_valid=item_valid,
+            engine_model=engine_model,
+            free_slots=free,
+            gain=gain,
+            num_models=len(self.model_index),
+            num_items=n,
+        )
+
+
+def _widened(table: np.ndarray, width: int, fill: Any) -> np.ndarray:
+    if table.shape[1] == width:
+        return table
+    wide = np.full((table.shape[0], width), fill, dtype=table.dtype)
+    wide[:, : table.shape[1]] = table
+    return wide
+
+
+def _resized(table: np.ndarray, keep: np.ndarray, cap: int) -> np.ndarray:
+    out = np.zeros((cap, *table.shape[1:]), dtype=table.dtype)
+    out[: keep.size] = table[keep]
+    return out

@@ -1,0 +1,88 @@
+"""The scheduler's pieces behind their small interfaces: the curve cache keyed by engine,
+plans with round ids, index-based stage queries, the ready count, and warm-up ranges."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from aragog_jax.scheduler import CompiledRounds, EngineLoad, LoadVector, Scheduler, make_policy
+from aragog_jax.scheduler._cache import CurveCache
+from aragog_jax.scheduler._policy import BeamPolicy
+
+from ._kit import engines, space
+
+DAG = [("a", ()), ("b", ("a",)), ("c", ("a",)), ("d", ("b", "c"))]
+FLEET = engines({"e7": ("7B", 100.0, 8), "e14": ("14B", 60.0, 4), "e32": ("32B", 30.0, 4)})
+
+
+def _with_curve(load: LoadVector, e: int, curve) -> LoadVector:
+    engs = list(load.engines)
+    old = engs[e]
+    engs[e] = EngineLoad(old.name, old.model, old.saturation_batch, curve, running=old.running)
+    return LoadVector(tuple(engs))
+
+
+def test_curve_cache_is_keyed_by_engine_and_follows_a_new_curve():
+    """Rows equal the direct computation; an engine whose curve changes (a new tuple with
+    other values, or an equal tuple that is another object) gets rows of the curve it has."""
+    load = LoadVector.observe(FLEET, {"e7": {"running": 3}, "e32": {"running": 1}})
+    cache = CurveCache(len(FLEET), 100_000)
+    np.testing.assert_array_equal(cache.gain_table(load, 64), load.gain_table(64))
+    steeper = _with_curve(load, 0, ((0.0, 0.0), (8.0, 1600.0)))
+    np.testing.assert_array_equal(cache.gain_table(steeper, 64), steeper.gain_table(64))
+    assert not np.array_equal(steeper.gain_table(64), load.gain_table(64))
+    same_values = _with_curve(load, 0, tuple(tuple(p) for p in FLEET[0].curve))
+    np.testing.assert_array_equal(cache.gain_table(same_values, 64), load.gain_table(64))
+    counts = np.array([2, 0, 1])
+    assert cache.utilization(load, counts) == load.utilization(counts)
+    assert cache.utilization(steeper, counts) == steeper.utilization(counts)
+    assert cache.utilization(load, np.zeros(3, dtype=np.int64)) == 0.0
+
+
+def test_plans_carry_round_ids_and_dump_the_replay_and_decision():
+    sched = Scheduler(FLEET, "aragog", spaces=[space(DAG)])
+    sched.add_request("r", space(DAG))
+    plans = [sched.schedule(LoadVector.idle(FLEET)) for _ in range(3)]
+    assert [p.round_id for p in plans] == [0, 1, 2]
+    assert [p.num_items for p in plans] == [1, 0, 0]
+    dump = plans[0].dump()
+    assert dump == {
+        "round_id": 0,
+        "policy": "aragog",
+        "round": plans[0].to_replay(),
+        "decision": plans[0].decision(),
+    }
+    assert dump["decision"]["assignments"][0]["stage"] == 0
+
+
+def test_stage_queries_are_indices_and_the_ready_count_follows_every_transition():
+    sp = space(DAG)
+    sched = Scheduler(FLEET, "aragog", spaces=[sp])
+    sched.add_request("r", sp)
+    sched.add_request("q", sp)
+    assert sched.ready_stages("r") == [0] and sched.unstarted_stages("r") == [0, 1, 2, 3]
+    assert sched.is_queued("r") and sched.space_of("r") is sp and sched.num_ready == 2
+    plan = sched.schedule(LoadVector.idle(FLEET))
+    assert sched.num_ready == 2 - len(plan.assignments) == 0
+    sched.on_stage_finished("r", 0)
+    assert sched.ready_stages("r") == [1, 2] and sched.num_ready == 2
+    assert sched.unstarted_stages("r") == [1, 2, 3]
+    (a, *_) = [a for a in sched.schedule(LoadVector.idle(FLEET)).assignments if a.request_id == "r"]
+    assert sched.num_ready == int(np.count_nonzero(sched.tables.ready))
+    sched.on_stage_failed("r", a.stage, a.engine)
+    assert a.stage in sched.ready_stages("r")
+    assert sched.num_ready == int(np.count_nonzero(sched.tables.ready))
+    sched.cancel("q")
+    sched.cancel("r")
+    assert not sched.is_queued("r") and sched.num_ready == 0
+
+
+def test_warmup_compiles_the_item_buckets_of_its_range_only():
+    compiled = CompiledRounds()
+    policy = BeamPolicy(2, compiled=compiled)
+    sched = Scheduler(FLEET, policy, spaces=[space(DAG)])
+    assert sched.warmup(64, min_items=32) == 2
+    assert sorted(key[0][0] for key in compiled.buckets) == [32, 64]
+    assert sched.warmup(16) == 1
+    assert sorted(key[0][0] for key in compiled.buckets) == [16, 32, 64]
+    assert Scheduler(FLEET, make_policy("brute_force")).warmup(64) == 0
