@@ -13,14 +13,20 @@
   walks past them.
 * ``schedule_round``: the whole ``Scheduler.schedule`` (state machine, array assembly,
   kernels, commits) on 1,024 ready stages of the shipped decomposition workflow
-  (C = 243) over 9 engines with shipped H100 profiles.
+  (C = 243) over 9 engines with shipped H100 profiles, next to the kernel alone on the
+  same round's inputs (``schedule_over_kernel``; target 1.5).
+* ``small_rounds``: rounds with 1, 2 and 4 ready stages, next to one kernel call in the
+  same buckets with nothing to place (the kernel's empty-call time).
+* ``profile`` (``--profile``): cProfile of ``schedule()`` at 1,024 and at 1 ready stage.
+  ``--only-schedule`` runs only these three.
 * ``sublinear``: headline sizes at R = 128 and R = 1024; ``ratio`` = time(1024) /
   time(128) (8 would be linear).
 * ``grid``: R x C x M x B; ``optimality``: U of beam (B = 4) and greedy over U of brute
   force on seeded small instances (mean and 5th percentile of the ratio).
 
 Compilation is excluded; every jitted call ends on the host. The machine is shared:
-compare numbers from one run with each other.
+compare numbers from one run with each other. The schedule() cases count the process's CPU
+time (every thread), not wall time, so that other processes on the cores do not count.
 """
 
 from __future__ import annotations
@@ -123,10 +129,9 @@ def decomposition_space():
     return load_space("decomposition_strategyqa", "qwen")
 
 
-def schedule_round_setup():
-    """A scheduler with 1,024 ready stages of the decomposition workflow and a load with 64
-    free slots; returns (scheduler, load, add) where ``add(n)`` appends n new requests."""
-    space = decomposition_space()
+@functools.cache
+def h100_engines() -> tuple[EngineInfo, ...]:
+    """9 engines: 3 replicas each of Qwen2.5 7B, 14B (H100 TP1) and 32B (TP2), shipped profiles."""
     names = {
         "Qwen2.5-7B-Instruct": "qwen2.5-7b-instruct_h100_tp1.toml",
         "Qwen2.5-14B-Instruct": "qwen2.5-14b-instruct_h100_tp1.toml",
@@ -139,6 +144,14 @@ def schedule_round_setup():
         for m, f in names.items()
         for i in range(3)
     ]
+    return tuple(engines)
+
+
+def schedule_round_setup():
+    """A scheduler with 1,024 ready stages of the decomposition workflow and a load with 64
+    free slots; returns (scheduler, load, add) where ``add(n)`` appends n new requests."""
+    space = decomposition_space()
+    engines = h100_engines()
     rng = np.random.default_rng(0)
     sched = Scheduler(engines, "aragog", beam_width=4, spaces=[space])
     ids = itertools.count()
@@ -186,11 +199,13 @@ class _Capture:
 
 
 def _timed(fn) -> float:
+    """CPU seconds of the process (every thread, XLA's included) for one ``fn()``: on a
+    shared machine wall time also counts the time other processes hold the cores."""
     gc.collect()
     gc.disable()
-    t = time.perf_counter()
+    t = time.process_time()
     fn()
-    elapsed = time.perf_counter() - t
+    elapsed = time.process_time() - t
     gc.enable()
     return elapsed
 
@@ -244,15 +259,13 @@ def schedule_round_bench(quick: bool) -> dict:
 
 
 def small_round_bench(num_ready: int, quick: bool) -> dict:
-    """Rounds with ``num_ready`` ready stages (every one placed; they finish before the
-    next round and new requests keep ``num_ready`` ready), next to one kernel call in the
-    smallest bucket with nothing to place (the kernel's empty-call time)."""
-    sched, _, _ = schedule_round_setup()
-    engines = sched.engines
-    load = LoadVector.idle(engines)
+    """Rounds with ``num_ready`` ready stages (every one placed; its request then leaves
+    and a new one keeps ``num_ready`` ready), next to one kernel call in the same buckets
+    with nothing to place (the kernel's empty-call time)."""
     space = decomposition_space()
-    for rid in list(sched.request_ids()):
-        sched.cancel(rid)
+    engines = h100_engines()
+    sched = Scheduler(engines, "aragog", spaces=[space])
+    load = LoadVector.idle(engines)
     sched.warmup(max_items=16)
     ids = itertools.count(10**6)
     rng = np.random.default_rng(1)
@@ -264,7 +277,7 @@ def small_round_bench(num_ready: int, quick: bool) -> dict:
     capture = sched.policy = _Capture(sched.policy)
     top_up()
     for a in sched.schedule(load).assignments:  # one round to learn its buckets
-        sched.on_stage_finished(a.request_id, a.stage)
+        sched.cancel(a.request_id)
     arrays = capture.arrays
     # The same buckets with nothing to place: the kernel's empty-call time.
     empty = dataclasses.replace(
@@ -276,9 +289,8 @@ def small_round_bench(num_ready: int, quick: bool) -> dict:
     )
     kernel = jit_round(empty, capture.beam_width)
     sched_t, kernel_t, placed = [], [], []
-    for rep in range(1 + (200 if quick else 1000)):
+    for rep in range(1 + (100 if quick else 1000)):
         top_up()
-        # One request at the front keeps the queue short: finished requests leave it.
         box = []
         elapsed = _timed(lambda: box.append(sched.schedule(load)))
         if rep:
@@ -286,7 +298,7 @@ def small_round_bench(num_ready: int, quick: bool) -> dict:
             kernel_t.append(_timed(kernel))
         placed.append(len(box[0].assignments))
         for a in box[0].assignments:
-            sched.on_stage_finished(a.request_id, a.stage)
+            sched.cancel(a.request_id)
     return {
         "ready_stages": num_ready,
         "placed_per_round": float(np.mean(placed)),
@@ -297,7 +309,7 @@ def small_round_bench(num_ready: int, quick: bool) -> dict:
 
 def profile_rounds(quick: bool, top: int = 15) -> dict:
     """cProfile of ``Scheduler.schedule`` at 1,024 and at 1 ready stage: the functions with
-    the most own time, in microseconds per round (profiling overhead included)."""
+    the most own CPU time, in microseconds per round (profiling overhead included)."""
     import cProfile
     import pstats
 
@@ -306,28 +318,29 @@ def profile_rounds(quick: bool, top: int = 15) -> dict:
         if num_ready == 1024:
             sched, load, add = schedule_round_setup()
         else:
-            sched, _, _ = schedule_round_setup()
-            load = LoadVector.idle(sched.engines)
             space = decomposition_space()
-            for rid in list(sched.request_ids()):
-                sched.cancel(rid)
+            sched = Scheduler(h100_engines(), "aragog", spaces=[space])
+            load = LoadVector.idle(sched.engines)
             ids = itertools.count(10**6)
 
             def add(n: int, space=space, ids=ids) -> None:
                 for _ in range(n):
                     sched.add_request(next(ids), space, np.ones(space.num_configs, dtype=bool))
 
-        sched.warmup(max_items=1024)
+        sched.warmup(max_items=num_ready)
         rounds = 20 if num_ready == 1024 else 300
         rounds = rounds if quick else 3 * rounds
-        prof = cProfile.Profile()
+        prof = cProfile.Profile(time.process_time)
         for _ in range(rounds + 1):
             add(max(0, num_ready - sched.num_ready))
             prof.enable()
             plan = sched.schedule(load)
             prof.disable()
             for a in plan.assignments:
-                if sched.num_ready >= num_ready - 2 and num_ready > 1:
+                if num_ready == 1:
+                    sched.cancel(a.request_id)  # a new request keeps one stage ready
+                    continue
+                if sched.num_ready >= num_ready - 2:
                     break
                 sched.on_stage_finished(a.request_id, a.stage)
         stats = pstats.Stats(prof).stats

@@ -63,23 +63,33 @@ class CurveCache:
         return out
 
     def utilization(self, load: LoadVector, counts: np.ndarray) -> float:
-        """``load.utilization(counts)``: U of the engines' assigned counts."""
+        """``load.utilization(counts)``: U of the engines' assigned counts.
+
+        An engine with no assignment adds f(load + 0.0) - f(load) = 0.0 exactly, so only
+        the engines with one are looked up; the sum runs over all of them in engine
+        order, as ``load.utilization`` does.
+        """
         cap = load.capacity()
         if cap <= 0:
             return 0.0
-        extra = np.asarray(counts, dtype=np.float64)
-        after = np.empty(len(load.engines))
-        before = np.empty(len(load.engines))
-        for e, (eng, x) in enumerate(zip(load.engines, extra.tolist(), strict=True)):
+        gain = np.zeros(len(load.engines))
+        engines = load.engines
+        for e, x in zip(np.flatnonzero(counts).tolist(), counts[counts > 0].tolist(), strict=True):
+            eng = engines[e]
             self._engine(e, eng.curve)
             table = self._values[e]
-            for out, dx in ((after, x), (before, 0.0)):
-                key = (eng.load, dx)
-                value = table.get(key)
-                if value is None:
-                    if len(table) >= CACHE_SIZE:
-                        table.clear()
-                    value = table[key] = curve_value(eng.curve, eng.load + np.float64(dx))
-                out[e] = value
-        gain = after - before
+            ld = eng.load
+            gain[e] = self._value(table, eng.curve, ld, float(x)) - self._value(
+                table, eng.curve, ld, 0.0
+            )
         return float(gain.sum() / cap)
+
+    @staticmethod
+    def _value(table: dict, curve: Curve, load: int, dx: float) -> float:
+        key = (load, dx)
+        value = table.get(key)
+        if value is None:
+            if len(table) >= CACHE_SIZE:
+                table.clear()
+            value = table[key] = curve_value(curve, load + np.float64(dx))
+        return value

@@ -38,7 +38,7 @@ from aragog_jax.scheduler._cache import CurveCache
 from aragog_jax.scheduler._load import UTILITY_SCALE, EngineInfo, LoadVector
 from aragog_jax.scheduler._plan import Assignment, Plan, RoundRecord
 from aragog_jax.scheduler._policy import DEFAULT_BEAM_WIDTH, Policy, make_policy
-from aragog_jax.scheduler._round import MIN_ITEMS, MIN_SLOTS, model_dtype
+from aragog_jax.scheduler._round import MIN_ITEMS, MIN_SLOTS, RoundArrays, model_dtype
 from aragog_jax.scheduler._tables import RowTables, SpaceInfo
 from aragog_jax.space import ConfigSpace, bucket_size
 
@@ -111,6 +111,19 @@ class _Request:
                 f"it is {_STATUS[self.status[s]]}, not running"
             )
 
+    def expect_engine(self, s: int, engine: str, engine_index: dict[str, int]) -> int:
+        """The index of ``engine``, which must be the one stage ``s`` runs on."""
+        names = list(engine_index)
+        e = engine_index.get(engine)
+        if e is None:
+            raise SchedulerError(f"on_stage_failed: unknown engine {engine!r}; engines are {names}")
+        if self.engine[s] != e:
+            raise SchedulerError(
+                f"request {self.request_id!r} stage {self.space.stage_names[s]!r} runs on "
+                f"{names[self.engine[s]]!r}, not {engine!r}"
+            )
+        return e
+
     def committed(self, engines: Sequence[EngineInfo]) -> dict[str, str]:
         """Stage name -> model of every running or done stage."""
         names = self.space.stage_names
@@ -130,6 +143,29 @@ class _Request:
         for s, m in self.excluded:
             viable &= configs[:, s] != m
         return viable
+
+
+def _checked_engines(engines: Sequence[EngineInfo]) -> tuple[EngineInfo, ...]:
+    engines = tuple(engines)
+    if not engines:
+        raise SchedulerError("a scheduler needs at least one engine")
+    names = [e.name for e in engines]
+    dup = sorted({n for n in names if names.count(n) > 1})
+    if dup:
+        raise SchedulerError(f"duplicate engine names {dup}")
+    return engines
+
+
+def _checked_mask(request_id: Hashable, space: ConfigSpace, mask: np.ndarray | None) -> np.ndarray:
+    if mask is None:
+        return np.ones(space.num_configs, dtype=bool)
+    mask = np.asarray(mask)
+    if mask.shape != (space.num_configs,) or mask.dtype != np.bool_:
+        raise SchedulerError(
+            f"request {request_id!r}: mask must be bool[{space.num_configs}] for workflow "
+            f"{space.workflow!r}, got {mask.dtype}{list(mask.shape)}"
+        )
+    return mask
 
 
 class Scheduler:
@@ -156,20 +192,15 @@ class Scheduler:
         spaces: Sequence[ConfigSpace] = (),
         utility_scale: int = UTILITY_SCALE,
     ) -> None:
-        engines = tuple(engines)
-        if not engines:
-            raise SchedulerError("a scheduler needs at least one engine")
+        engines = _checked_engines(engines)
         names = [e.name for e in engines]
-        dup = sorted({n for n in names if names.count(n) > 1})
-        if dup:
-            raise SchedulerError(f"duplicate engine names {dup}")
         self.engines = engines
         self.engine_names = tuple(names)
         self._engine_index = {n: i for i, n in enumerate(names)}
         self.model_names = tuple(dict.fromkeys(e.model for e in engines))
         model_index = {m: i for i, m in enumerate(self.model_names)}
         self._engine_model = np.array([model_index[e.model] for e in engines], dtype=np.int32)
-        self._engine_model_ids = self._engine_model.tolist()  # Python ints for per-commit compares
+        self._engine_models = tuple(e.model for e in engines)
         self.policy: Policy = (
             make_policy(policy, beam_width=beam_width, per_workflow=per_workflow)
             if isinstance(policy, str)
@@ -237,21 +268,16 @@ class Scheduler:
 
     def unstarted_stages(self, request_id: Hashable) -> list[int]:
         """Indices of the request's stages that are waiting or ready."""
-        status = self._get(request_id).status
-        return [s for s, st in enumerate(status) if st <= READY]
+        return [s for s, st in enumerate(self._get(request_id).status) if st <= READY]
 
     def viable_mask(self, request_id: Hashable) -> np.ndarray:
         """bool[C] configurations the request can still realise (a copy)."""
         return self._viable(self._get(request_id)).copy()
 
     def warmup(self, max_items: int = 1024, *, min_items: int = MIN_ITEMS) -> int:
-        """Compile the round for every item bucket from ``min_items`` up to ``max_items``
-        (call at start-up).
-
-        Uses the configuration bucket of the spaces registered so far (pass ``spaces``
-        to the constructor). Later rounds in these buckets never trace or compile.
-        Returns the number of buckets ready; 0 for policies without a compiled kernel.
-        """
+        """Compile the round for the item buckets ``min_items``..``max_items`` in the
+        configuration bucket of the spaces registered so far (start-up: later rounds in
+        them never trace); returns how many (0: the policy has no compiled kernel)."""
         compiled = getattr(self.policy, "compiled", None)
         if compiled is None:
             return 0
@@ -278,14 +304,7 @@ class Scheduler:
         if request_id in self._queue or request_id in self._finished:
             raise SchedulerError(f"request {request_id!r} was already added")
         info = self.tables.register(space)
-        if mask is None:
-            mask = np.ones(space.num_configs, dtype=bool)
-        mask = np.asarray(mask)
-        if mask.shape != (space.num_configs,) or mask.dtype != np.bool_:
-            raise SchedulerError(
-                f"request {request_id!r}: mask must be bool[{space.num_configs}] for workflow "
-                f"{space.workflow!r}, got {mask.dtype}{list(mask.shape)}"
-            )
+        mask = _checked_mask(request_id, space, mask)
         admitted = (
             np.asarray(self.policy.admit(space, mask & info.served), dtype=bool) & info.served
         )
@@ -310,7 +329,7 @@ class Scheduler:
         round_id = self._num_rounds
         self._num_rounds += 1
         tables = self.tables
-        rows, space_ids, stages = tables.items()
+        rows, pos, space_ids, stages = tables.items()
         n = rows.size
         policy = str(self.policy.name)
         if n == 0:
@@ -319,6 +338,8 @@ class Scheduler:
             return Plan((), 0.0, 1.0, policy, empty, round_id=round_id)
         item_viable = tables.gather_viable(rows)
         free = load.free_slots()
+        placed = None
+        steps = 0
         if free.any():
             k_b = max(self._slot_bucket, bucket_size(max(int(free.max()), MIN_SLOTS)))
             gain = self._curves.gain_table(load, k_b)
@@ -328,39 +349,17 @@ class Scheduler:
             result = self.policy.assign(arrays)
             engine = np.asarray(result.engine)[:n]
             steps = int(result.num_steps)
+            placed = np.flatnonzero(engine >= 0)
         else:  # nothing can be placed: no kernel, no commit
             engine = np.full(n, -1, dtype=np.int32)
-            steps = 0
-        assignments = []
-        row_req = tables.row_req
-        # Requests with an assignment -> their first placed item.
-        first_placed: dict[_Request, int] = {}
-        for i in np.flatnonzero(engine >= 0).tolist():
-            req, s, e = row_req[rows[i]], int(stages[i]), int(engine[i])
-            self._commit(req, s, e)
-            first_placed.setdefault(req, i)
-            assignments.append(
-                Assignment(
-                    req.request_id,
-                    s,
-                    req.space.stage_names[s],
-                    self.engine_names[e],
-                    self.engines[e].model,
-                )
-            )
-        if assignments:
-            counts = np.bincount(engine[engine >= 0], minlength=len(self.engines))
+        if placed is not None and placed.size:
+            assignments, flexibility = self._commit(arrays, rows, pos, stages, engine, placed)
+            counts = np.bincount(engine[placed], minlength=len(self.engines))
             utilization = self._curves.utilization(load, counts)
-            # round_flexibility(arrays, engine) without re-deriving the narrowed masks: a
-            # request's committed mask is its round mask narrowed by every placed item's
-            # model, which is what round_flexibility computes (same counts, same order).
-            before = item_viable[list(first_placed.values())].sum(axis=1)
-            after = tables.viable[[req.row for req in first_placed]].sum(axis=1)
-            flexibility = float(np.mean(after / np.maximum(before, 1)))
         else:  # Σ_e [f_e(load_e + 0) - f_e(load_e)] is exactly 0.0
-            utilization, flexibility = 0.0, 1.0
+            assignments, utilization, flexibility = (), 0.0, 1.0
         record = self._record(load, rows, stages, item_viable, engine)
-        return Plan(tuple(assignments), utilization, flexibility, policy, record, steps, round_id)
+        return Plan(assignments, utilization, flexibility, policy, record, steps, round_id)
 
     def on_stage_finished(self, request_id: Hashable, stage: int | str) -> bool:
         """A dispatched stage returned. Returns True when the request is now done."""
@@ -382,7 +381,7 @@ class Scheduler:
             if req.status[d] == WAITING and all(req.status[u] == DONE for u in space.upstream[d]):
                 req.status[d] = READY
                 req.ready.append(d)
-                self.tables.ready[req.row, rank[d]] = True
+                self.tables.mark_ready(req.row, int(rank[d]))
         req.ready.sort(key=rank.__getitem__)
         return False
 
@@ -396,23 +395,14 @@ class Scheduler:
         req = self._get(request_id)
         s = req.stage_index(stage)
         req.expect_running(s, "fail")
-        e = self._engine_index.get(engine)
-        if e is None:
-            raise SchedulerError(
-                f"on_stage_failed: unknown engine {engine!r}; engines are {list(self.engine_names)}"
-            )
-        if req.engine[s] != e:
-            raise SchedulerError(
-                f"request {request_id!r} stage {req.space.stage_names[s]!r} runs on "
-                f"{self.engine_names[req.engine[s]]!r}, not {engine!r}"
-            )
+        e = req.expect_engine(s, engine, self._engine_index)
         model = int(self._engine_model[e])
         req.excluded.add((s, model))
         req.status[s] = READY
         req.engine[s] = -1
         req.ready.append(s)
         req.ready.sort(key=req.info.stage_rank.__getitem__)
-        self.tables.ready[req.row, req.info.stage_rank[s]] = True
+        self.tables.mark_ready(req.row, int(req.info.stage_rank[s]))
         viable = req.recompute_viable(self._engine_model)
         self._viable(req)[:] = viable
         if not viable.any():
@@ -446,17 +436,33 @@ class Scheduler:
         self.tables.detach(req.row)
         req.row = -1
 
-    def _commit(self, req: _Request, s: int, e: int) -> None:
-        req.status[s] = RUNNING
-        req.engine[s] = e
-        req.ready.remove(s)
-        info = req.info
-        self.tables.ready[req.row, info.stage_rank[s]] = False
-        viable = self.tables.viable[req.row, : info.num_configs]
-        viable &= info.columns[s] == self._engine_model_ids[e]
+    def _commit(
+        self,
+        arrays: RoundArrays,
+        rows: np.ndarray,
+        pos: np.ndarray,
+        stages: np.ndarray,
+        engine: np.ndarray,
+        placed: np.ndarray,
+    ) -> tuple[tuple[Assignment, ...], float]:
+        """Mark the placed items running, narrow their requests' masks (in the tables,
+        vectorised); returns the assignments and the round's F."""
+        p_rows = rows[placed]
+        model_ids = self._engine_model[engine[placed]]
+        flexibility = self.tables.commit(arrays, p_rows, pos[placed], placed, model_ids)
+        row_req = self.tables.row_req
+        names, models = self.engine_names, self._engine_models  # per engine
+        out = []
+        for row, s, e in zip(
+            p_rows.tolist(), stages[placed].tolist(), engine[placed].tolist(), strict=True
+        ):
+            req = row_req[row]
+            req.status[s] = RUNNING
+            req.engine[s] = e
+            req.ready.remove(s)
+            out.append(Assignment(req.request_id, s, req.info.stage_names[s], names[e], models[e]))
+        return tuple(out), flexibility
 
     def _record(self, load, rows, stages, viable, engine) -> RoundRecord:
-        row_req = self.tables.row_req
-        return RoundRecord(
-            load, self.model_names, self.utility_scale, row_req, rows, stages, viable, engine
-        )
+        tables, names, scale = self.tables, self.model_names, self.utility_scale
+        return RoundRecord(load, names, scale, tables.row_req, rows, stages, viable, engine)

@@ -35,6 +35,7 @@ class SpaceInfo:
     served: np.ndarray  # bool[C] every stage's model has an engine
     downstream: tuple[tuple[int, ...], ...]
     stage_rank: np.ndarray  # int[S] position in "deepest first, then lower index"
+    stage_names: tuple[str, ...]
     num_configs: int
     space_id: int  # row of the tables' rank -> stage table
     stage_base: int  # row of stage 0 in the tables' configuration-column table
@@ -53,6 +54,7 @@ class RowTables:
         self.cfg_bucket = MIN_CONFIGS
         self.max_stages = 1
         self.num_rows = 0
+        self.num_ready = 0  # True cells of ``ready``, kept by every write below
         self.row_req: list[Any] = []
         self.infos: list[SpaceInfo] = []
         self._by_space: dict[int, SpaceInfo] = {}
@@ -86,6 +88,7 @@ class RowTables:
             served=(configs >= 0).all(axis=1),
             downstream=tuple(tuple(d) for d in downstream),
             stage_rank=rank,
+            stage_names=tuple(space.stage_names),
             num_configs=space.num_configs,
             space_id=len(self.infos),
             stage_base=self.columns.shape[0],
@@ -132,12 +135,53 @@ class RowTables:
         self.viable[row, : info.num_configs] = admitted
         self.ready[row] = False
         self.ready[row, info.stage_rank[list(ready)]] = True
+        self.num_ready += len(ready)
         self.row_space[row] = info.space_id
         return row
 
     def detach(self, row: int) -> None:
         """The request at ``row`` left the queue: its row never yields an item again."""
+        self.num_ready -= int(np.count_nonzero(self.ready[row]))
         self.ready[row] = False
+
+    def mark_ready(self, row: int, pos: int) -> None:
+        """Rank position ``pos`` of ``row`` became ready (it was not)."""
+        self.ready[row, pos] = True
+        self.num_ready += 1
+
+    def commit(
+        self,
+        arrays: RoundArrays,
+        rows: np.ndarray,
+        pos: np.ndarray,
+        placed: np.ndarray,
+        models: np.ndarray,
+    ) -> float:
+        """Placed items leave the ready table and their requests' masks narrow; returns
+        the round's flexibility (``round_flexibility`` of the round).
+
+        Args:
+          arrays: the round's kernel inputs (from :meth:`round_arrays`).
+          rows, pos: int[p] row and rank position of every placed item (FIFO order).
+          placed: int[p] item index of every placed item.
+          models: int[p] model id each placed item runs on.
+
+        A request's items are consecutive and its row mask is the round's ``item_viable``
+        row (nothing changed it since :meth:`gather_viable`), so its committed mask is that
+        row narrowed by every placed item's model, which is what ``round_flexibility``
+        computes (same counts, same order).
+        """
+        chosen = models.astype(arrays.item_cfg_model.dtype)
+        kept = arrays.item_viable[placed] & (arrays.item_cfg_model[placed] == chosen[:, None])
+        first = np.ones(placed.size, dtype=bool)
+        first[1:] = rows[1:] != rows[:-1]
+        starts = np.flatnonzero(first)
+        narrowed = np.logical_and.reduceat(kept, starts, axis=0)
+        self.ready[rows, pos] = False
+        self.num_ready -= rows.size
+        self.viable[rows[starts]] = narrowed
+        before = arrays.item_viable[placed[starts]].sum(axis=1)
+        return float(np.mean(narrowed.sum(axis=1) / np.maximum(before, 1)))
 
     def compact(self, live: Iterable[Any]) -> None:
         """Move the rows of the ``live`` requests (FIFO order, each with a ``row``
@@ -159,18 +203,15 @@ class RowTables:
         which may reallocate the table)."""
         return self.viable[row, :num_configs]
 
-    @property
-    def num_ready(self) -> int:
-        return int(np.count_nonzero(self.ready[: self.num_rows]))
-
     # ---- a round's items -------------------------------------------------------------
 
-    def items(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(rows, space ids, stages) of every ready stage: FIFO across requests (row
-        order), rank order within one (the row-major nonzeros of the ready table)."""
+    def items(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """(rows, rank positions, space ids, stages) of every ready stage: FIFO across
+        requests (row order), rank order within one (the row-major nonzeros of the ready
+        table)."""
         rows, pos = np.nonzero(self.ready[: self.num_rows])
         space_ids = self.row_space[rows]
-        return rows, space_ids, self.rank_stage[space_ids, pos]
+        return rows, pos, space_ids, self.rank_stage[space_ids, pos]
 
     def gather_viable(self, rows: np.ndarray) -> np.ndarray:
         """bool[R, C] padded viable masks of the items (a fresh array: the plan's record
