@@ -31,12 +31,19 @@ from aragog_jax.scheduler._policy import (
 )
 from aragog_jax.scheduler._random import random_replay
 from aragog_jax.scheduler._replay import replay_round
-from aragog_jax.scheduler._round import COMPILED, CompiledRounds, RoundArrays, pad_round
+from aragog_jax.scheduler._round import (
+    COMPILED,
+    COMPILED_PAPER,
+    CompiledRounds,
+    RoundArrays,
+    pad_round,
+)
 from aragog_jax.scheduler._scheduler import Assignment, Plan, Scheduler, Skipped, round_flexibility
 
 __all__ = [
     "BRUTE_FORCE_MAX_ITEMS",
     "COMPILED",
+    "COMPILED_PAPER",
     "DEFAULT_BEAM_WIDTH",
     "KV_FULL",
     "UTILITY_SCALE",
