@@ -66,16 +66,19 @@ WORKFLOWS = (
 )
 FAMILIES = ("qwen", "llama")
 #: Equal fleet: every policy on the 8-GPU fleet.
+#: The scarcity reservation (issue 18) and the rule it is judged against: ``aragog``
+#: runs the paper's rule while ``aragog_jax.scheduler.SCARCITY_DEFAULT`` is False.
+CANDIDATE, BASE_RULE = "aragog-scarce", "aragog"
 EQUAL_POLICIES = (
     "aragog",
-    "aragog-paper",
+    CANDIDATE,
     "aragog-oracle",
     "per_input",
     "per_input-router",
     "per_workflow",
 )
 #: Paper accounting: the policies that run the router serve on 7 GPUs.
-ROUTED_POLICIES = ("aragog", "aragog-paper", "per_input-router")
+ROUTED_POLICIES = ("aragog", CANDIDATE, "per_input-router")
 ABLATION_POLICIES = ("aragog", "per_input", "per_workflow")
 BEAM_WORKFLOWS = ("self_refine_humaneval", "voting_mmlu_pro")
 #: Beam widths and per-round optimality: the paper's two ablation workflows on Qwen, and
@@ -187,11 +190,7 @@ def paper_accounting(equal: dict, routed: dict) -> dict:
 
     pols = {
         "aragog": routed["policies"]["aragog"],
-        **(
-            {"aragog-paper": routed["policies"]["aragog-paper"]}
-            if "aragog-paper" in routed["policies"]
-            else {}
-        ),
+        **({CANDIDATE: routed["policies"][CANDIDATE]} if CANDIDATE in routed["policies"] else {}),
         "per_input": equal["policies"]["per_input"],
         "per_input-router": routed["policies"]["per_input-router"],
         "per_workflow": equal["policies"]["per_workflow"],
@@ -245,12 +244,12 @@ def task_ablation(
 def task_optimality(st: Settings, wf: str, fam: str, rate: float) -> dict:
     """Per-round optimality (the paper's Fig. 10) on rounds captured from the simulator.
 
-    Aragog (B = 4, router masks, the default rule) runs at ``rate`` (the case's highest
-    rate); every round's kernel inputs are recorded. Every k-th round (k spreads
+    Aragog (B = 4, router masks, the scarcity reservation) runs at ``rate`` (the case's
+    highest rate); every round's kernel inputs are recorded. Every k-th round (k spreads
     ``opt_rounds`` over the run) is trimmed to its FIFO prefix of at most
     ``opt_max_items`` ready items, whole requests only (the exhaustive search is
-    exponential in the items), and solved under both rules (``aragog``: the scarcity
-    reservation; ``aragog-paper``: the paper's) by beam widths 1, 2, 4, 8 and by brute
+    exponential in the items), and solved under both rules (``aragog-scarce``: the
+    scarcity reservation; ``aragog``: the paper's) by beam widths 1, 2, 4, 8 and by brute
     force over that rule's search space. A round is *contested* when its search space
     holds more than one complete assignment (brute force examines more than one leaf):
     only there can the width matter. ``reservation_changed`` counts the trimmed rounds
@@ -258,14 +257,14 @@ def task_optimality(st: Settings, wf: str, fam: str, rate: float) -> dict:
     """
     import numpy as np
 
-    from aragog_jax.scheduler import COMPILED, COMPILED_PAPER, BeamPolicy, pad_round
+    from aragog_jax.scheduler import COMPILED_PAPER, COMPILED_SCARCE, BeamPolicy, pad_round
     from aragog_jax.scheduler._round import twin_round
     from aragog_jax.sim import RunConfig, build_masks, load_setup, simulate
     from aragog_jax.sim._setup import per_workflow_config, selection_rows
 
     class Recorder(BeamPolicy):
         def __init__(self) -> None:
-            super().__init__(4)
+            super().__init__(4, compiled=COMPILED_SCARCE)
             self.rounds: list = []
 
         def assign(self, arrays):
@@ -291,7 +290,7 @@ def task_optimality(st: Settings, wf: str, fam: str, rate: float) -> dict:
     captured = rec.rounds
     step = max(1, len(captured) // st.opt_rounds)
     widths = (1, 2, 4, 8)
-    rules = {"aragog": (True, COMPILED), "aragog-paper": (False, COMPILED_PAPER)}
+    rules = {CANDIDATE: (True, COMPILED_SCARCE), BASE_RULE: (False, COMPILED_PAPER)}
     ratios = {r: {b: [] for b in widths} for r in rules}
     contested = {r: {b: [] for b in widths} for r in rules}
     items_kept, items_full, leaves = [], [], {r: [] for r in rules}
@@ -333,7 +332,7 @@ def task_optimality(st: Settings, wf: str, fam: str, rate: float) -> dict:
                 ratios[name][b].append(r)
                 if int(brute.num_steps) > 1:
                     contested[name][b].append(r)
-        if len(plans) == 2 and plans["aragog"] != plans["aragog-paper"]:
+        if len(plans) == 2 and plans[CANDIDATE] != plans[BASE_RULE]:
             changed += 1
 
     def stats(v: list[float]) -> dict:
@@ -894,7 +893,7 @@ def _plot_optimality(opt: dict, path: Path) -> None:
 
     fig, axes = plt.subplots(1, len(opt), figsize=(5 * len(opt), 3.8), squeeze=False)
     for ax, (key, o) in zip(axes[0], opt.items(), strict=True):
-        for b, v in o["rules"]["aragog"]["ratios"].items():
+        for b, v in o["rules"][CANDIDATE]["ratios"].items():
             if not v:
                 continue
             x = np.sort(np.asarray(v))
@@ -947,6 +946,16 @@ def _gain(block: dict, base: str) -> float:
     )
 
 
+def _rule_gain(block: dict) -> float:
+    """Max throughput of the scarcity reservation against the paper's rule (%)."""
+    from aragog_jax.sim._metrics import pct_change
+
+    pols = block["policies"]
+    if CANDIDATE not in pols:
+        return float("nan")
+    return pct_change(pols[CANDIDATE]["max_throughput"], pols[BASE_RULE]["max_throughput"])
+
+
 def _thr(block: dict, p: str) -> str:
     d = block["policies"].get(p)
     return f"{d['max_throughput']:.1f}" if d else "-"
@@ -956,15 +965,15 @@ def main_table(results: dict, acc: str) -> list[str]:
     L = []
     if acc == "paper":
         L.append(
-            "| case | max thr (req/s): aragog 7 GPUs / aragog-paper 7 / per-input 8 / per-input-router 7 / "
-            "per-workflow 8 | gain vs per-input | vs per-input-router | vs per-workflow | vs aragog-paper | "
+            f"| case | max thr (req/s): aragog 7 GPUs / {CANDIDATE} 7 / per-input 8 / per-input-router 7 / "
+            f"per-workflow 8 | gain vs per-input | vs per-input-router | vs per-workflow | {CANDIDATE} vs aragog | "
             "accuracy drop (points) |"
         )
         L.append("|---|---|---|---|---|---|---|")
     else:
         L.append(
-            "| case | max thr (req/s): aragog / aragog-paper / aragog-oracle / per-input / per-input-router / "
-            "per-workflow | gain vs per-input | vs per-input-router | vs per-workflow | vs aragog-paper | "
+            f"| case | max thr (req/s): aragog / {CANDIDATE} / aragog-oracle / per-input / per-input-router / "
+            f"per-workflow | gain vs per-input | vs per-input-router | vs per-workflow | {CANDIDATE} vs aragog | "
             "aragog-oracle vs per-input | accuracy drop (points) |"
         )
         L.append("|---|---|---|---|---|---|---|---|")
@@ -974,7 +983,7 @@ def main_table(results: dict, acc: str) -> list[str]:
         thr = " / ".join(
             _thr(b, p)
             for p in (
-                ("aragog", "aragog-paper", "per_input", "per_input-router", "per_workflow")
+                ("aragog", CANDIDATE, "per_input", "per_input-router", "per_workflow")
                 if acc == "paper"
                 else EQUAL_POLICIES
             )
@@ -984,7 +993,7 @@ def main_table(results: dict, acc: str) -> list[str]:
             _cell(_gain(b, "per_input"), "thr_vs_per_input"),
             _cell(_gain(b, "per_input-router"), None),
             _cell(_gain(b, "per_workflow"), "thr_vs_per_workflow"),
-            _cell(_gain(b, "aragog-paper"), None),
+            _cell(_rule_gain(b), None),
         ]
         if acc == "equal":
             from aragog_jax.sim._metrics import pct_change
@@ -1037,43 +1046,45 @@ def _rule_checks(b: dict, p: str) -> dict:
 
 
 def scarcity_table(results: dict) -> list[str]:
-    """aragog (scarcity reservation) beside aragog-paper, case by case, both accountings."""
+    """The scarcity reservation (CANDIDATE) beside the paper's rule (BASE_RULE), case by
+    case, both accountings."""
     rows = [
         (key, acc, r[acc])
         for acc in ("paper", "equal")
         for key, r in results["main"].items()
-        if "aragog-paper" in r[acc]["policies"]
+        if CANDIDATE in r[acc]["policies"]
     ]
     if not rows:
         return []
     L = [
-        "## Scarcity reservation (aragog) vs the paper's rule (aragog-paper)",
+        f"## Scarcity reservation ({CANDIDATE}) vs the paper's rule ({BASE_RULE})",
         "",
-        "Issue 18's bar for the default policy, per case and accounting: max throughput >= aragog-paper's and >= "
+        f"Issue 18's bar for making {CANDIDATE} the default, per case and accounting: max throughput >= "
+        f"{BASE_RULE}'s (the paper's rule) and >= "
         "the same-router per-input baseline's (per_input-router); P95 at its highest sustained rate <= per-input's "
-        "at that rate; accuracy within 2 points of c_max. Cells: aragog / aragog-paper; a check mark says the bar "
+        f"at that rate; accuracy within 2 points of c_max. Cells: {CANDIDATE} / {BASE_RULE}; a check mark says the bar "
         "holds.",
         "",
         "| case | accounting | max thr (req/s) | vs per-input-router | vs per-input | highest sustained rate | "
-        "P95 there (s) / per-input's | accuracy drop (points) | aragog vs aragog-paper (thr) |",
+        f"P95 there (s) / per-input's | accuracy drop (points) | {CANDIDATE} vs {BASE_RULE} (thr) |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
     from aragog_jax.sim._metrics import pct_change
 
-    wins = {"aragog": 0, "aragog-paper": 0}
+    wins = {CANDIDATE: 0, BASE_RULE: 0}
     for key, acc, b in rows:
-        c = {p: _rule_checks(b, p) for p in ("aragog", "aragog-paper")}
-        beats = c["aragog"]["thr"] >= c["aragog-paper"]["thr"]
+        c = {p: _rule_checks(b, p) for p in (CANDIDATE, BASE_RULE)}
+        beats = c[CANDIDATE]["thr"] >= c[BASE_RULE]["thr"]
         for p in c:
             ok = c[p]["ok"]
-            if ok["thr_pir"] and ok["p95"] and ok["acc"] and (p != "aragog" or beats):
+            if ok["thr_pir"] and ok["p95"] and ok["acc"] and (p != CANDIDATE or beats):
                 wins[p] += 1
 
         def mark(flag: bool) -> str:
             return " ✓" if flag else ""
 
         def both(fn) -> str:
-            return " / ".join(fn(c[p]) for p in ("aragog", "aragog-paper"))
+            return " / ".join(fn(c[p]) for p in (CANDIDATE, BASE_RULE))
 
         L.append(
             f"| {key} | {'paper (7 vs 8 GPUs)' if acc == 'paper' else 'equal 8 GPUs'} | "
@@ -1088,14 +1099,14 @@ def scarcity_table(results: dict) -> list[str]:
             + both(lambda x: f"{x['p95']:.1f} / {x['p95_pi']:.1f}" + mark(x["ok"]["p95"]))
             + " | "
             + both(lambda x: f"{x['drop']:.2f}" + mark(x["ok"]["acc"]))
-            + f" | {_fmt(pct_change(c['aragog']['thr'], c['aragog-paper']['thr']), True)}"
+            + f" | {_fmt(pct_change(c[CANDIDATE]['thr'], c[BASE_RULE]['thr']), True)}"
             + mark(beats)
             + " |"
         )
     L += [
         "",
-        f"Rows meeting every bar: aragog {wins['aragog']} of {len(rows)} (including max throughput >= "
-        f"aragog-paper's), aragog-paper {wins['aragog-paper']} of {len(rows)}.",
+        f"Rows meeting every bar: {CANDIDATE} {wins[CANDIDATE]} of {len(rows)} (including max throughput >= "
+        f"{BASE_RULE}'s), {BASE_RULE} {wins[BASE_RULE]} of {len(rows)}.",
         "",
     ]
     return L

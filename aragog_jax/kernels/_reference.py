@@ -111,7 +111,7 @@ def beam_assign(
     free_slots,
     gain,
     beam_width: int,
-    reserve: bool = True,
+    reserve: bool = False,
 ) -> BeamResult:
     """Pure-Python twin of :func:`aragog_jax.kernels.beam_assign` (same ranking rule).
 
@@ -195,7 +195,7 @@ def brute_force_assign(
     engine_model,
     free_slots,
     gain,
-    reserve: bool = True,
+    reserve: bool = False,
 ) -> BeamResult:
     """Exhaustive search over the same space as the beam (skip only when nothing fits).
 

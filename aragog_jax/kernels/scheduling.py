@@ -26,7 +26,7 @@ Candidates are ranked by U (higher first), then F (higher first), then by their 
 ``engine = num_engines``). Beams are kept in rank order, so "lower index" means "the
 better parent, then the lower engine id": the search is deterministic.
 
-**Scarcity reservation** (``reserve=True``; beyond the paper, DESIGN §5). An item is
+**Scarcity reservation** (``reserve=True``, policy ``aragog-scarce``; beyond the paper, DESIGN §5). An item is
 *inflexible* on model m when every viable configuration of its request (with a served
 model at its stage) uses m there: ``kept[i, m] == num_viable[i] > 0``; every other item
 is *flexible*. A flexible item may take a slot of model m only while m keeps more free
@@ -39,7 +39,7 @@ parameter: the reservation is the count of inflexible items queued in the round,
 never leaves a slot idle that the round could fill, because every item counted in it is
 placed on m when its turn comes (its request's configurations all use m there, so no
 narrowing by a sibling's choice removes m). Flexibility is judged on the request's mask
-at the start of the round. ``reserve=False`` is the paper's rule (``aragog-paper``).
+at the start of the round. ``reserve=False`` is the paper's rule (``aragog``, ``aragog-paper``).
 """
 
 from __future__ import annotations
@@ -165,7 +165,7 @@ def beam_assign(
     free_slots: Int[Array, " engine"],
     gain: Int[Array, "engine slot"],
     beam_width: int,
-    reserve: bool = True,
+    reserve: bool = False,
 ) -> BeamResult:
     """Beam search over the ready items in FIFO order (DESIGN §5), width ``beam_width``.
 
@@ -380,7 +380,7 @@ def schedule_round(
     gain: Int[Array, "engine slot"],
     num_models: int,
     beam_width: int,
-    reserve: bool = True,
+    reserve: bool = False,
 ) -> tuple[StageScores, BeamResult]:
     """One scheduling round: :func:`score_stages` then :func:`beam_assign`."""
     scores = score_stages(item_viable, item_cfg_model, num_models)

@@ -6,17 +6,20 @@ Decision rules:
 
 * ``aragog`` — admit the router's mask; assign by the beam search of DESIGN §5 with
   width ``beam_width`` (default 4): items in FIFO order, every beam extended with every
-  allowed engine that has an unreserved free slot, an item skipped only when none has;
-  ranked by the forecast throughput gain U (resolution ``1 / utility_scale`` of fleet
-  capacity, default 1e-5), then flexibility F (sum of kept shares, resolution 2**-14),
-  then the lowest candidate index. The greedy line always survives, so it is never worse
-  than ``greedy``. *Scarcity reservation* (beyond the paper): an item whose request can
-  use only one model m at its stage is inflexible; a flexible item may take a slot of m
-  only while m keeps more free slots than the inflexible-on-m items after it in the
-  round, so scarce engines serve the work that needs them and flexible stages go to
-  the other engines or wait for them. No parameter: the reservation is a count.
-* ``aragog-paper`` — ``aragog`` without the reservation: the paper's rule, kept so every
-  report compares the two.
+  allowed engine that has a free slot, an item skipped only when none has; ranked by the
+  forecast throughput gain U (resolution ``1 / utility_scale`` of fleet capacity,
+  default 1e-5), then flexibility F (sum of kept shares, resolution 2**-14), then the
+  lowest candidate index. The greedy line always survives, so it is never worse than
+  ``greedy``. This is the paper's rule while ``SCARCITY_DEFAULT`` is False (it becomes
+  ``aragog-scarce``'s once that wins on the calibrated world, issue 18).
+* ``aragog-paper`` — always the paper's rule, so every report can compare the two.
+* ``aragog-scarce`` — ``aragog`` with the *scarcity reservation* (beyond the paper): an
+  item whose request can use only one model m at its stage is inflexible; a flexible
+  item may take a slot of m only while m keeps more free slots than the inflexible-on-m
+  items after it in the round (it is skipped when every allowed free slot is reserved),
+  so scarce engines serve the work that needs them and flexible stages go to the other
+  engines or wait for them. No parameter: the reservation is a count, and it never
+  idles a slot the round could fill.
 * ``greedy`` — ``aragog`` with ``beam_width = 1``.
 * ``per_input`` — admit only the request's cheapest admitted configuration by FLOPs
   (the first admitted one: spaces sort configurations by ascending FLOPs); assign each
@@ -42,6 +45,7 @@ from aragog_jax.kernels import BeamResult
 from aragog_jax.scheduler._round import (
     COMPILED,
     COMPILED_PAPER,
+    COMPILED_SCARCE,
     CompiledRounds,
     RoundArrays,
     twin_round,
@@ -57,6 +61,7 @@ BRUTE_FORCE_MAX_ITEMS = 10
 class PolicyName(enum.StrEnum):
     ARAGOG = "aragog"
     ARAGOG_PAPER = "aragog-paper"
+    ARAGOG_SCARCE = "aragog-scarce"
     GREEDY = "greedy"
     PER_INPUT = "per_input"
     PER_WORKFLOW = "per_workflow"
@@ -83,7 +88,8 @@ class Policy(Protocol):
 
 class BeamPolicy:
     """``aragog`` (and ``greedy`` with ``beam_width = 1``; ``aragog-paper`` with
-    ``compiled=COMPILED_PAPER``): the jitted beam search."""
+    ``compiled=COMPILED_PAPER``, ``aragog-scarce`` with ``COMPILED_SCARCE``): the jitted
+    beam search."""
 
     def __init__(
         self,
@@ -194,6 +200,8 @@ def make_policy(
         return BeamPolicy(beam_width)
     if name == PolicyName.ARAGOG_PAPER:
         return BeamPolicy(beam_width, name=PolicyName.ARAGOG_PAPER, compiled=COMPILED_PAPER)
+    if name == PolicyName.ARAGOG_SCARCE:
+        return BeamPolicy(beam_width, name=PolicyName.ARAGOG_SCARCE, compiled=COMPILED_SCARCE)
     if name == PolicyName.GREEDY:
         return BeamPolicy(1, name=PolicyName.GREEDY)
     if name == PolicyName.PER_INPUT:

@@ -10,7 +10,13 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from aragog_jax.kernels import _reference as reference
-from aragog_jax.scheduler import COMPILED, COMPILED_PAPER, RoundArrays, pad_round
+from aragog_jax.scheduler import (
+    COMPILED,
+    COMPILED_PAPER,
+    COMPILED_SCARCE,
+    RoundArrays,
+    pad_round,
+)
 from aragog_jax.scheduler._random import random_round
 from aragog_jax.scheduler._round import twin_round
 
@@ -36,10 +42,6 @@ def _twin(arrays: RoundArrays, beam_width: int):
     return twin_round(arrays, beam_width)
 
 
-def _brute(arrays: RoundArrays):
-    return twin_round(arrays, None)[1]
-
-
 @pytest.mark.parametrize(("num_items", "num_configs", "num_engines", "beam"), GRID)
 def test_kernels_equal_twins(num_items, num_configs, num_engines, beam):
     for seed in range(3):
@@ -58,11 +60,11 @@ def test_kernels_equal_twins(num_items, num_configs, num_engines, beam):
 
 
 @pytest.mark.parametrize(("num_items", "num_configs", "num_engines", "beam"), GRID[::3])
-def test_paper_rule_kernel_equals_its_twin(num_items, num_configs, num_engines, beam):
+def test_scarce_rule_kernel_equals_its_twin(num_items, num_configs, num_engines, beam):
     for seed in range(3):
         arrays = _instance(seed, num_items, num_configs, num_engines)
-        _, result = COMPILED_PAPER(arrays, beam)
-        _, twin = twin_round(arrays, beam, reserve=False)
+        _, result = COMPILED_SCARCE(arrays, beam)
+        _, twin = twin_round(arrays, beam, reserve=True)
         np.testing.assert_array_equal(result.engine, twin.engine)
         assert int(result.utility) == int(twin.utility)
         assert int(result.flex) == int(twin.flex)
@@ -77,8 +79,9 @@ def test_beam_never_worse_than_greedy(num_items, num_configs, num_engines, beam)
         assert (int(wide.utility), int(wide.flex)) >= (int(greedy.utility), int(greedy.flex))
 
 
+@pytest.mark.parametrize("reserve", [False, True], ids=["paper", "scarce"])
 @pytest.mark.parametrize("seed", range(40))
-def test_beam_never_better_than_brute_force(seed):
+def test_beam_never_better_than_brute_force(seed, reserve):
     rng = np.random.default_rng(seed)
     arrays = _instance(
         seed,
@@ -87,8 +90,8 @@ def test_beam_never_better_than_brute_force(seed):
         int(rng.integers(1, 4)),
         total_free=int(rng.integers(1, 6)),
     )
-    _, beam = COMPILED(arrays, 4)
-    brute = _brute(arrays)
+    _, beam = (COMPILED_SCARCE if reserve else COMPILED_PAPER)(arrays, 4)
+    brute = twin_round(arrays, None, reserve=reserve)[1]
     assert (int(beam.utility), int(beam.flex)) <= (int(brute.utility), int(brute.flex))
     # Brute force's assignment is feasible under the same rules: its U is what it claims.
     placed = brute.engine >= 0
@@ -135,7 +138,7 @@ def _check_fifo(arrays: RoundArrays, engine: np.ndarray) -> None:
 def test_fifo_skip_rule_and_consistency(num_items, num_configs, num_engines, beam):
     for seed in range(4):
         arrays = _instance(seed, num_items, num_configs, num_engines, max_ready=4)
-        for compiled in (COMPILED, COMPILED_PAPER):
+        for compiled in (COMPILED_PAPER, COMPILED_SCARCE):
             _, result = compiled(arrays, beam)
             _check_fifo(arrays, result.engine)
 
@@ -211,8 +214,8 @@ def test_reservation_property(seed, num_items, num_configs, num_engines, beam, s
         blocked_slots=int(rng.integers(0, 3)),
         max_ready=2,
     )
-    scores, result = COMPILED(arrays, beam)
-    _, twin = twin_round(arrays, beam)
+    scores, result = COMPILED_SCARCE(arrays, beam)
+    _, twin = twin_round(arrays, beam, reserve=True)
     np.testing.assert_array_equal(result.engine, twin.engine)
     assert (int(result.utility), int(result.flex)) == (int(twin.utility), int(twin.flex))
     _check_reservation(arrays, np.asarray(result.engine))
@@ -241,7 +244,7 @@ def test_scarce_slot_goes_to_the_request_that_needs_it():
     for beam in (1, 4):
         _, paper = COMPILED_PAPER(arrays, beam)
         assert paper.engine[:2].tolist() == [0, -1]
-        _, scarce = COMPILED(arrays, beam)
+        _, scarce = COMPILED_SCARCE(arrays, beam)
         assert scarce.engine[:2].tolist() == [-1, 0]
         assert int(scarce.utility) == int(paper.utility) == 5  # the same slot, filled
     for rule in (True, False):
@@ -277,7 +280,7 @@ def test_padding_rows_never_change_real_rows():
     np.testing.assert_array_equal(r3.engine, r2.engine)
 
 
-@pytest.mark.parametrize("compiled", [COMPILED, COMPILED_PAPER], ids=["aragog", "aragog-paper"])
+@pytest.mark.parametrize("compiled", [COMPILED_PAPER, COMPILED_SCARCE], ids=["paper", "scarce"])
 def test_search_stops_once_nothing_can_be_placed(compiled):
     arrays = _instance(1, 512, 27, 9, total_free=8, blocked_share=0.0, max_ready=1)
     _, result = compiled(arrays, 4)
