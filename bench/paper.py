@@ -1527,6 +1527,12 @@ experiment named shows each):
   largest model in the lines above measure it).
 * *Beam width barely changes throughput* (Beam width table), while per-round optimality
   on captured rounds shows what the wider beam buys per round.
+* *A reservation computed from one round's queue does not move the scarce cases.*
+  `aragog-scarce` keeps a scarce model's free slots for the queued items that can only
+  use it; on self_refine_squad-llama and voting_mmlu_pro-llama it gave the paper rule's
+  throughput and latency at every rate in both accountings (`bench/results/scarcity/`),
+  because within a round the paper's rule already leaves those slots to them. The P95 gap
+  to per-input is the router's masks: per_input-router, with the same masks, has it too.
 
 **Defects** (of this reproduction, not of Aragog; fixed here, or still open):
 
