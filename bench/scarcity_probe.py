@@ -24,7 +24,7 @@ def main(argv: list[str]) -> int:
         print("usage: scarcity_probe.py WORKFLOW FAMILY RATE DURATION", file=sys.stderr)
         return 2
     wf, fam, rate, duration = argv[0], argv[1], float(argv[2]), float(argv[3])
-    from aragog_jax.kernels import _reference as reference
+    from aragog_jax.kernels import reference
     from aragog_jax.scheduler import COMPILED_PAPER, COMPILED_SCARCE, BeamPolicy
     from aragog_jax.sim import RunConfig, build_masks, load_setup, simulate
 

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from aragog_jax.kernels import _reference as reference
+from aragog_jax.kernels import reference
 from aragog_jax.scheduler import (
     COMPILED,
     COMPILED_PAPER,
