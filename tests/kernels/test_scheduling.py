@@ -148,9 +148,9 @@ def _check_reservation(arrays: RoundArrays, engine: np.ndarray) -> None:
 
     Walking the items in FIFO order: a flexible item (its request can use more than one
     model at its stage, judged on the round-start mask) is placed on model m only while m
-    has more free slots left than inflexible-on-m items after it; an inflexible item is
-    placed whenever its model has a slot left; and a model that refused a flexible item
-    it allows ends the round full (a reservation never idles a slot).
+    has more free slots left than inflexible-on-m items after it, and an inflexible item
+    is placed whenever its model has a slot left. That a reservation never idles a slot
+    is :func:`_check_fifo` (a skipped item's allowed engines are all full at the end).
     """
     n = arrays.num_items
     scores = reference.score_stages(arrays.item_viable, arrays.item_cfg_model, arrays.num_models)
@@ -164,25 +164,15 @@ def _check_reservation(arrays: RoundArrays, engine: np.ndarray) -> None:
     left = np.array(
         [int(arrays.free_slots[em == m].sum()) for m in range(arrays.num_models)], dtype=np.int64
     )
-    refused = np.zeros(arrays.num_models, dtype=bool)
     for i in range(n):
         after = np.bincount(only[i + 1 :][only[i + 1 :] >= 0], minlength=arrays.num_models)
-        allowed_models = {m for m in range(arrays.num_models) if kept[i, m] > 0}
         if engine[i] >= 0:
             m = int(em[engine[i]])
             if only[i] < 0:
                 assert left[m] > after[m], f"flexible item {i} took a slot reserved on model {m}"
             left[m] -= 1
-        else:
-            if only[i] >= 0:
-                assert left[only[i]] == 0, f"inflexible item {i} skipped with a slot left"
-            else:
-                refused[[m for m in allowed_models if left[m] > 0]] = True
-    final = arrays.free_slots.astype(np.int64) - np.bincount(
-        engine[engine >= 0], minlength=len(arrays.free_slots)
-    )
-    for m in np.flatnonzero(refused):
-        assert final[em == m].sum() == 0, f"model {m} refused a flexible item and kept a slot idle"
+        elif only[i] >= 0:
+            assert left[only[i]] == 0, f"inflexible item {i} skipped with a slot left"
 
 
 @settings(
