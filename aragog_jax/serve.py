@@ -57,7 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument(
         "--policy",
         default="aragog",
-        choices=["aragog", "greedy", "per_input"],
+        choices=["aragog", "aragog-paper", "aragog-scarce", "greedy", "per_input"],
         help="scheduling policy (default aragog: beam search over the live load)",
     )
     ap.add_argument(

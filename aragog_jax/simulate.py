@@ -69,7 +69,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m aragog_jax.simulate",
         description="Simulate a GPU fleet serving one workflow and compare scheduling policies "
-        "(aragog, aragog-oracle, greedy, per_input, per_input-router, per_workflow) over a sweep of arrival rates.",
+        "(aragog, aragog-paper, aragog-scarce, aragog-oracle, greedy, per_input, per_input-router, "
+        "per_workflow) over a sweep of arrival rates.",
     )
     p.add_argument(
         "--workflow",

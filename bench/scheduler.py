@@ -24,6 +24,10 @@
 * ``grid``: R x C x M x B; ``optimality``: U of beam (B = 4) and greedy over U of brute
   force on seeded small instances (mean and 5th percentile of the ratio).
 
+Every kernel case also times the scarcity reservation (``aragog-scarce``) on the same
+round in the same run: ``scarce_jit_ms`` and ``rule_ratio`` = scarce_jit_ms / jit_ms
+(the reservation's cost per round against the default ``aragog``).
+
 Compilation is excluded; every jitted call ends on the host. The machine is shared:
 compare numbers from one run with each other. The schedule() cases count the process's CPU
 time (every thread), not wall time, so that other processes on the cores do not count.
@@ -51,6 +55,7 @@ from aragog_jax._provenance import git_sha
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from aragog_jax.scheduler import (
     COMPILED,
+    COMPILED_SCARCE,
     EngineInfo,
     LoadVector,
     RoundArrays,
@@ -79,8 +84,8 @@ def make_round(num_items, num_configs, num_engines, total_free=64, seed=0, **kw)
     return arrays
 
 
-def jit_round(arrays: RoundArrays, beam: int):
-    exe = COMPILED.compile(arrays, beam)
+def jit_round(arrays: RoundArrays, beam: int, compiled=COMPILED):
+    exe = compiled.compile(arrays, beam)
     args = arrays.kernel_args()
 
     def run():
@@ -107,6 +112,7 @@ def compare(
     arrays: RoundArrays, beam: int, jit_time: float, ref_time: float, ref_reps: int = 3
 ) -> dict:
     jit_t = time_fn(jit_round(arrays, beam), jit_time)
+    scarce_t = time_fn(jit_round(arrays, beam, COMPILED_SCARCE), jit_time)
     ref_t = time_fn(reference_round(arrays, beam), ref_time, min_reps=ref_reps)
     _, result = COMPILED(arrays, beam)
     twin = reference_round(arrays, beam)()
@@ -116,6 +122,8 @@ def compare(
         **_ms_stats("jit", jit_t),
         "reference_ms": ref_ms,
         "speedup": ref_ms / jit_ms,
+        "scarce_jit_ms": 1e3 * statistics.median(scarce_t),
+        "rule_ratio": 1e3 * statistics.median(scarce_t) / jit_ms,
         "beam_steps": int(result.num_steps),
         "placed": int((np.asarray(result.engine) >= 0).sum()),
         "jit_reps": len(jit_t),

@@ -37,13 +37,47 @@ def _round_items(item_req, item_valid):
         prev = req
 
 
+def _inflexible_model(kept, num_viable, i):
+    """The model item i's request must use at its stage (-1: it has a choice)."""
+    n = int(num_viable[i])
+    for m in range(len(kept[i])):
+        if n > 0 and int(kept[i][m]) == n:
+            return m
+    return -1
+
+
+def _reservations(kept, num_viable, items, num_models):
+    """Per (item, first) of ``items``: inflexible items after it in the round, per model."""
+    only = [_inflexible_model(kept, num_viable, i) for i, _ in items]
+    out = []
+    for t in range(len(items)):
+        after = [0] * num_models
+        for m in only[t + 1 :]:
+            if m >= 0:
+                after[m] += 1
+        out.append((after, only[t] < 0))
+    return out
+
+
 def _extensions(
-    beam, i, first, kept, num_viable, item_viable, item_cfg_model, engine_model, free_slots, gain
+    beam,
+    i,
+    first,
+    kept,
+    num_viable,
+    item_viable,
+    item_cfg_model,
+    engine_model,
+    free_slots,
+    gain,
+    reservation=None,
 ):
     """Feasible (engine, util, flex, mask) extensions of one partial assignment at item i.
 
     ``beam`` is (util, flex, used, mask, choice); ``mask`` is the request's running
-    viable mask (None: not narrowed yet in this round).
+    viable mask (None: not narrowed yet in this round). ``reservation`` is (inflexible
+    items after i per model, i is flexible), or None for the paper's rule: a flexible
+    item may use model m only while m has more free slots left than that count.
     """
     util, flex, used, mask, _ = beam
     cfgm = item_cfg_model[i]
@@ -52,9 +86,14 @@ def _extensions(
         kept_row = kept[i]
     else:
         kept_row = [int(np.count_nonzero(mask & (cfgm == m))) for m in range(len(kept[i]))]
+    left = {}
+    for e, m in enumerate(engine_model):
+        left[m] = left.get(m, 0) + free_slots[e] - used[e]
     out = []
     for e, m in enumerate(engine_model):
         k = int(kept_row[m])
+        if reservation is not None and reservation[1] and left[m] <= reservation[0][m]:
+            continue  # the slot is reserved for an inflexible item later in the round
         if k > 0 and free_slots[e] - used[e] > 0:
             share = (k * SHARE_SCALE) // max(int(num_viable[i]), 1)
             out.append((e, util + int(gain[e][used[e]]), flex + share, mask & (cfgm == m)))
@@ -72,6 +111,7 @@ def beam_assign(
     free_slots,
     gain,
     beam_width: int,
+    reserve: bool = False,
 ) -> BeamResult:
     """Pure-Python twin of :func:`aragog_jax.kernels.beam_assign` (same ranking rule).
 
@@ -91,7 +131,9 @@ def beam_assign(
     beams = [(0, 0, [0] * num_engines, None, {})]
     greedy = 0  # index of the greedy line in ``beams``
     steps = 0
-    for i, first in _round_items(item_req, item_valid):
+    items = list(_round_items(item_req, item_valid))
+    reservations = _reservations(kept, num_viable, items, kept.shape[1])
+    for (i, first), res in zip(items, reservations, strict=True):
         cands = []
         for b, beam in enumerate(beams):
             ext, mask = _extensions(
@@ -105,6 +147,7 @@ def beam_assign(
                 engine_model,
                 free_slots,
                 gain,
+                res if reserve else None,
             )
             util, flex, used, _, choice = beam
             if not ext:
@@ -152,6 +195,7 @@ def brute_force_assign(
     engine_model,
     free_slots,
     gain,
+    reserve: bool = False,
 ) -> BeamResult:
     """Exhaustive search over the same space as the beam (skip only when nothing fits).
 
@@ -166,6 +210,7 @@ def brute_force_assign(
     free_slots = [int(f) for f in np.asarray(free_slots)]
     gain = np.asarray(gain).tolist()
     items = list(_round_items(item_req, item_valid))
+    reservations = _reservations(kept, num_viable, items, kept.shape[1])
     best: list = [None]
     leaves = [0]
 
@@ -188,6 +233,7 @@ def brute_force_assign(
             engine_model,
             free_slots,
             gain,
+            reservations[t] if reserve else None,
         )
         util, flex, used, _, choice = beam
         if not ext:

@@ -25,6 +25,21 @@ Candidates are ranked by U (higher first), then F (higher first), then by their 
 ``beam * (num_engines + 1) + engine`` (lower first; the skip candidate of a beam is
 ``engine = num_engines``). Beams are kept in rank order, so "lower index" means "the
 better parent, then the lower engine id": the search is deterministic.
+
+**Scarcity reservation** (``reserve=True``, policy ``aragog-scarce``; beyond the paper, DESIGN §5). An item is
+*inflexible* on model m when every viable configuration of its request (with a served
+model at its stage) uses m there: ``kept[i, m] == num_viable[i] > 0``; every other item
+is *flexible*. A flexible item may take a slot of model m only while m keeps more free
+slots in that partial assignment than there are inflexible-on-m items after it in the
+round's FIFO order: those slots are reserved for the requests that cannot run anywhere
+else, i.e. a flexible placement is charged the whole slot it would take from them. A
+flexible item whose every allowed free slot is reserved is skipped this round (it waits
+for an abundant engine instead of queueing scarce work behind it). The rule has no
+parameter: the reservation is the count of inflexible items queued in the round, and it
+never leaves a slot idle that the round could fill, because every item counted in it is
+placed on m when its turn comes (its request's configurations all use m there, so no
+narrowing by a sibling's choice removes m). Flexibility is judged on the request's mask
+at the start of the round. ``reserve=False`` is the paper's rule (``aragog``, ``aragog-paper``).
 """
 
 from __future__ import annotations
@@ -65,6 +80,30 @@ class StageScores(NamedTuple):
     def share(self):
         """float[item, model]: share of the request's viable configurations kept."""
         return self.kept / self.num_viable[:, None].clip(1)
+
+
+class BeamState(NamedTuple):
+    """Loop state of :func:`beam_assign`'s ``while_loop`` (one step per compact item).
+
+    Attributes:
+      step: int32[] compact position of the next item.
+      greedy: int32[] rank of the greedy line (the B = 1 search) among the beams.
+      util: int32[beam] U of every beam.
+      flex: int32[beam] F of every beam.
+      alive: bool[beam] the beam exists (only beam 0 before the first step).
+      used: int32[beam, engine] slots each beam has used on each engine.
+      mask: bool[beam, cfg] running viable mask of the current request in each beam.
+      hist: int32[item, 2, beam] per step: parent beam, engine (-1: none).
+    """
+
+    step: Int[Array, ""]
+    greedy: Int[Array, ""]
+    util: Int[Array, " beam"]
+    flex: Int[Array, " beam"]
+    alive: Bool[Array, " beam"]
+    used: Int[Array, "beam engine"]
+    mask: Bool[Array, "beam cfg"]
+    hist: Int[Array, "item 2 beam"]
 
 
 class BeamResult(NamedTuple):
@@ -126,6 +165,7 @@ def beam_assign(
     free_slots: Int[Array, " engine"],
     gain: Int[Array, "engine slot"],
     beam_width: int,
+    reserve: bool = False,
 ) -> BeamResult:
     """Beam search over the ready items in FIFO order (DESIGN §5), width ``beam_width``.
 
@@ -158,6 +198,9 @@ def beam_assign(
         engine); at most ``gain.shape[1]``.
       gain: int32[engine, slot] quantised gain of adding the (k+1)-th sequence.
       beam_width: B, static.
+      reserve: static; True applies the scarcity reservation of the module docstring
+        (a flexible item never takes a slot an inflexible item after it in the round
+        needs), False is the paper's rule.
 
     Returns:
       :class:`BeamResult` of the best beam.
@@ -188,12 +231,24 @@ def beam_assign(
     model_ids = jnp.arange(num_models, dtype=item_cfg_model.dtype)
     engine_ids = jnp.arange(num_engines, dtype=jnp.int32)
 
-    def cond(state):
-        j, _, _, _, alive, used, _, _ = state
-        can = alive[:, None] & (free_slots[None, :] - used > 0) & (last_use[None, :] >= j)
-        return (j < num_live) & jnp.any(can)
+    # ---- scarcity reservation (module docstring): per compact position, the inflexible
+    # items after it on each model, and whether the item itself is flexible.
+    engine_of_model = (engine_model[:, None] == jnp.arange(num_models)[None, :]).astype(jnp.int32)
+    free_model = jnp.sum(free_slots[:, None] * engine_of_model, axis=0)  # [model]
+    only = (kept == num_viable[:, None]) & (num_viable[:, None] > 0)  # [item, model]
+    inflex_c = (only[safe_order] & (steps < num_live)[:, None]).astype(jnp.int32)
+    reserved_after = jnp.sum(inflex_c, axis=0)[None, :] - jnp.cumsum(inflex_c, axis=0)
+    flexible_c = ~jnp.any(inflex_c > 0, axis=1)
 
-    def body(state):
+    def cond(state: BeamState):
+        can = (
+            state.alive[:, None]
+            & (free_slots[None, :] - state.used > 0)
+            & (last_use[None, :] >= state.step)
+        )
+        return (state.step < num_live) & jnp.any(can)
+
+    def body(state: BeamState) -> BeamState:
         j, greedy, util, flex, alive, used, mask, hist = state
         i = safe_order[j]
         # Slice rows here, not inside the cond branches: a branch that closes over a
@@ -213,6 +268,14 @@ def beam_assign(
 
         kept_b = lax.cond(first, kept_first, kept_joint)  # [beam, engine]
         ok = alive[:, None] & (kept_b > 0) & (free_slots[None, :] - used > 0)
+        if reserve:
+            # Free slots of each model left in each beam, against the reservation of the
+            # inflexible items after this one; inflexible items use the reserved slots.
+            left = free_model[None, :] - jnp.sum(
+                used[:, :, None] * engine_of_model[None, :, :], axis=1
+            )  # [beam, model]
+            unreserved = jnp.take(left > reserved_after[j][None, :], engine_model, axis=1)
+            ok = ok & (unreserved | ~flexible_c[j])
         skip_ok = alive & ~jnp.any(ok, axis=1)
         step_gain = gain[engine_ids[None, :], jnp.minimum(used, num_slots - 1)]
         share = (kept_b * SHARE_SCALE) // jnp.maximum(num_viable[i], 1)
@@ -250,29 +313,30 @@ def beam_assign(
             return base & keep
 
         new_mask = lax.cond(next_same_c[j], narrow, lambda: mask)
-        return (
-            j + 1,
-            new_greedy,
-            cand_util[top],
-            cand_flex[top],
-            new_alive,
-            new_used,
-            new_mask,
-            new_hist,
+        return BeamState(
+            step=j + 1,
+            greedy=new_greedy,
+            util=cand_util[top],
+            flex=cand_flex[top],
+            alive=new_alive,
+            used=new_used,
+            mask=new_mask,
+            hist=new_hist,
         )
 
     zero = jnp.zeros((), jnp.int32)
-    init = (
-        zero,
-        zero,
-        jnp.zeros((width,), jnp.int32),
-        jnp.zeros((width,), jnp.int32),
-        jnp.arange(width) == 0,
-        jnp.zeros((width, num_engines), jnp.int32),
-        jnp.zeros((width, num_cfg), bool),
-        jnp.zeros((num_items, 2, width), jnp.int32),  # per step: parent beam, engine (-1: none)
+    init = BeamState(
+        step=zero,
+        greedy=zero,
+        util=jnp.zeros((width,), jnp.int32),
+        flex=jnp.zeros((width,), jnp.int32),
+        alive=jnp.arange(width) == 0,
+        used=jnp.zeros((width, num_engines), jnp.int32),
+        mask=jnp.zeros((width, num_cfg), bool),
+        hist=jnp.zeros((num_items, 2, width), jnp.int32),
     )
-    num_steps, _, util, flex, _, _, _, hist = lax.while_loop(cond, body, init)
+    final = lax.while_loop(cond, body, init)
+    num_steps, util, flex, hist = final.step, final.util, final.flex, final.hist
 
     # Back-pointers of the best beam (beam 0: beams are kept in rank order).
     def trace_back(t, carry):
@@ -316,6 +380,7 @@ def schedule_round(
     gain: Int[Array, "engine slot"],
     num_models: int,
     beam_width: int,
+    reserve: bool = False,
 ) -> tuple[StageScores, BeamResult]:
     """One scheduling round: :func:`score_stages` then :func:`beam_assign`."""
     scores = score_stages(item_viable, item_cfg_model, num_models)
@@ -330,5 +395,6 @@ def schedule_round(
         free_slots,
         gain,
         beam_width,
+        reserve,
     )
     return scores, result

@@ -32,14 +32,25 @@ from aragog_jax.scheduler._policy import (
 )
 from aragog_jax.scheduler._random import random_replay
 from aragog_jax.scheduler._replay import replay_round
-from aragog_jax.scheduler._round import COMPILED, CompiledRounds, RoundArrays, pad_round
+from aragog_jax.scheduler._round import (
+    COMPILED,
+    COMPILED_PAPER,
+    COMPILED_SCARCE,
+    SCARCITY_DEFAULT,
+    CompiledRounds,
+    RoundArrays,
+    pad_round,
+)
 from aragog_jax.scheduler._scheduler import Scheduler
 
 __all__ = [
     "BRUTE_FORCE_MAX_ITEMS",
     "COMPILED",
+    "COMPILED_PAPER",
+    "COMPILED_SCARCE",
     "DEFAULT_BEAM_WIDTH",
     "KV_FULL",
+    "SCARCITY_DEFAULT",
     "UTILITY_SCALE",
     "Assignment",
     "BeamPolicy",

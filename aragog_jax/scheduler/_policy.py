@@ -10,8 +10,17 @@ Decision rules:
   forecast throughput gain U (resolution ``1 / utility_scale`` of fleet capacity,
   default 1e-5), then flexibility F (sum of kept shares, resolution 2**-14), then the
   lowest candidate index. The greedy line always survives, so it is never worse than
-  ``greedy``.
-* ``greedy`` — the same with ``beam_width = 1``.
+  ``greedy``. This is the paper's rule while ``SCARCITY_DEFAULT`` is False (it becomes
+  ``aragog-scarce``'s once that wins on the calibrated world, issue 18).
+* ``aragog-paper`` — always the paper's rule, so every report can compare the two.
+* ``aragog-scarce`` — ``aragog`` with the *scarcity reservation* (beyond the paper): an
+  item whose request can use only one model m at its stage is inflexible; a flexible
+  item may take a slot of m only while m keeps more free slots than the inflexible-on-m
+  items after it in the round (it is skipped when every allowed free slot is reserved),
+  so scarce engines serve the work that needs them and flexible stages go to the other
+  engines or wait for them. No parameter: the reservation is a count, and it never
+  idles a slot the round could fill.
+* ``greedy`` — ``aragog`` with ``beam_width = 1``.
 * ``per_input`` — admit only the request's cheapest admitted configuration by FLOPs
   (the first admitted one: spaces sort configurations by ascending FLOPs); assign each
   stage FIFO to the engine of that configuration's model with the largest gain (B = 1).
@@ -33,7 +42,14 @@ import numpy as np
 
 from aragog_jax.errors import SchedulerError, SpecError
 from aragog_jax.kernels import BeamResult
-from aragog_jax.scheduler._round import COMPILED, CompiledRounds, RoundArrays, twin_round
+from aragog_jax.scheduler._round import (
+    COMPILED,
+    COMPILED_PAPER,
+    COMPILED_SCARCE,
+    CompiledRounds,
+    RoundArrays,
+    twin_round,
+)
 from aragog_jax.space import ConfigSpace
 
 #: Default beam width (the paper's B).
@@ -44,6 +60,8 @@ BRUTE_FORCE_MAX_ITEMS = 10
 
 class PolicyName(enum.StrEnum):
     ARAGOG = "aragog"
+    ARAGOG_PAPER = "aragog-paper"
+    ARAGOG_SCARCE = "aragog-scarce"
     GREEDY = "greedy"
     PER_INPUT = "per_input"
     PER_WORKFLOW = "per_workflow"
@@ -69,7 +87,9 @@ class Policy(Protocol):
 
 
 class BeamPolicy:
-    """``aragog`` (and ``greedy`` with ``beam_width = 1``): the jitted beam search."""
+    """``aragog`` (and ``greedy`` with ``beam_width = 1``; ``aragog-paper`` with
+    ``compiled=COMPILED_PAPER``, ``aragog-scarce`` with ``COMPILED_SCARCE``): the jitted
+    beam search."""
 
     def __init__(
         self,
@@ -178,6 +198,10 @@ def make_policy(
     """
     if name == PolicyName.ARAGOG:
         return BeamPolicy(beam_width)
+    if name == PolicyName.ARAGOG_PAPER:
+        return BeamPolicy(beam_width, name=PolicyName.ARAGOG_PAPER, compiled=COMPILED_PAPER)
+    if name == PolicyName.ARAGOG_SCARCE:
+        return BeamPolicy(beam_width, name=PolicyName.ARAGOG_SCARCE, compiled=COMPILED_SCARCE)
     if name == PolicyName.GREEDY:
         return BeamPolicy(1, name=PolicyName.GREEDY)
     if name == PolicyName.PER_INPUT:

@@ -70,13 +70,14 @@ class RoundArrays:
             self.gain,
         )
 
-    def bucket_key(self, beam_width: int) -> tuple:
+    def bucket_key(self, beam_width: int, reserve: bool = False) -> tuple:
         return (
             self.item_viable.shape,
             self.gain.shape,
             str(self.item_cfg_model.dtype),
             self.num_models,
             beam_width,
+            reserve,
         )
 
 
@@ -127,22 +128,25 @@ def pad_round(
 class CompiledRounds:
     """Ahead-of-time compiled ``schedule_round`` executables, one per bucket.
 
-    ``num_traces`` counts traces of the wrapped function; tests assert that a second
-    round in a bucket does not add one.
+    ``reserve`` fixes the ranking rule of every executable it holds: True is the
+    scarcity reservation (``aragog-scarce``), False the paper's rule (``aragog``,
+    ``aragog-paper``); see ``aragog_jax.kernels.scheduling``. ``num_traces`` counts traces of the wrapped
+    function; tests assert that a second round in a bucket does not add one.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, *, reserve: bool = False) -> None:
+        self.reserve = bool(reserve)
         self._cache: dict[tuple, Any] = {}
         self._lock = threading.Lock()
         self.num_traces = 0
 
     def _fn(self, *args, num_models: int, beam_width: int):
         self.num_traces += 1  # runs at trace time only
-        return schedule_round(*args, num_models, beam_width)
+        return schedule_round(*args, num_models, beam_width, self.reserve)
 
     def compile(self, arrays: RoundArrays, beam_width: int):
         """The executable for ``arrays``' bucket, compiling it on first use."""
-        key = arrays.bucket_key(beam_width)
+        key = arrays.bucket_key(beam_width, self.reserve)
         exe = self._cache.get(key)
         if exe is None:
             with self._lock:
@@ -198,14 +202,25 @@ class CompiledRounds:
         return self.compile(arrays, beam_width)(*arrays.kernel_args())
 
 
-#: Shared by every scheduler in the process: executables depend only on the bucket.
-COMPILED = CompiledRounds()
+#: Whether the default ``aragog`` policy applies the scarcity reservation. It stays the
+#: paper's rule until the reservation wins on the calibrated world in every case of
+#: ``bench/results/paper.md`` (issue 18's bar); ``aragog-scarce`` runs it meanwhile.
+SCARCITY_DEFAULT = False
+#: Shared by every scheduler in the process: executables depend only on the bucket and
+#: the rule. COMPILED_PAPER runs the paper's rule, COMPILED_SCARCE the reservation, and
+#: COMPILED (the default policy's) is one of the two.
+COMPILED_PAPER = CompiledRounds(reserve=False)
+COMPILED_SCARCE = CompiledRounds(reserve=True)
+COMPILED = COMPILED_SCARCE if SCARCITY_DEFAULT else COMPILED_PAPER
 
 
-def twin_round(arrays: RoundArrays, beam_width: int | None) -> tuple[StageScores, BeamResult]:
+def twin_round(
+    arrays: RoundArrays, beam_width: int | None, *, reserve: bool = SCARCITY_DEFAULT
+) -> tuple[StageScores, BeamResult]:
     """The same round with the kernels' twins (``aragog_jax.kernels._reference``).
 
-    ``beam_width=None`` runs the exhaustive search instead of the beam.
+    ``beam_width=None`` runs the exhaustive search instead of the beam; ``reserve`` as
+    :class:`CompiledRounds`.
     """
     scores = reference.score_stages(arrays.item_viable, arrays.item_cfg_model, arrays.num_models)
     args = (
@@ -220,5 +235,5 @@ def twin_round(arrays: RoundArrays, beam_width: int | None) -> tuple[StageScores
         arrays.gain,
     )
     if beam_width is None:
-        return scores, reference.brute_force_assign(*args)
-    return scores, reference.beam_assign(*args, beam_width)
+        return scores, reference.brute_force_assign(*args, reserve=reserve)
+    return scores, reference.beam_assign(*args, beam_width, reserve)

@@ -5,6 +5,10 @@ Policies (``POLICIES``):
 * ``aragog``: beam search (width ``beam_width``) over the router's masks when a
   checkpoint exists for the workflow × family, else oracle masks (the summary says
   which); routing time of the real jitted router is charged per request.
+* ``aragog-paper``: ``aragog`` with the paper's rule (no scarcity reservation, see
+  ``aragog_jax.scheduler``; the same as ``aragog`` while that is the default), over the
+  same router masks, routing time charged.
+* ``aragog-scarce``: ``aragog`` with the scarcity reservation, same masks and charge.
 * ``aragog-oracle``: beam search over the oracle masks (the accurate set from the
   dataset), no routing time.
 * ``greedy``: beam width 1 over the same masks as ``aragog``, routing time charged.
@@ -73,16 +77,27 @@ from aragog_jax.sim._setup import ROUTERS_DIR, Setup, per_workflow_config, selec
 #: filled by then: the first half covers the pipeline fill of multi-stage requests).
 WINDOW_START = 0.5
 
-POLICIES = ("aragog", "aragog-oracle", "greedy", "per_input", "per_input-router", "per_workflow")
+POLICIES = (
+    "aragog",
+    "aragog-paper",
+    "aragog-scarce",
+    "aragog-oracle",
+    "greedy",
+    "per_input",
+    "per_input-router",
+    "per_workflow",
+)
 _SCHEDULER_POLICY = {
     "aragog": "aragog",
+    "aragog-paper": "aragog-paper",
+    "aragog-scarce": "aragog-scarce",
     "aragog-oracle": "aragog",
     "greedy": "greedy",
     "per_input": "per_input",
     "per_input-router": "per_input",
     "per_workflow": "per_workflow",
 }
-_USES_ROUTER = {"aragog", "greedy", "per_input-router"}
+_USES_ROUTER = {"aragog", "aragog-paper", "aragog-scarce", "greedy", "per_input-router"}
 #: Policies that run one fixed configuration per request (no admitted-set histogram).
 _FIXED = {"per_input", "per_input-router", "per_workflow"}
 #: A policy sustains a rate when its throughput is at least this share of the rate.
@@ -634,7 +649,15 @@ def compare(policies: dict) -> dict:
     if "aragog" not in policies:
         return out
     a = policies["aragog"]
-    for base in ("per_input", "per_input-router", "per_workflow", "greedy", "aragog-oracle"):
+    for base in (
+        "per_input",
+        "per_input-router",
+        "per_workflow",
+        "greedy",
+        "aragog-oracle",
+        "aragog-paper",
+        "aragog-scarce",
+    ):
         if base not in policies:
             continue
         b = policies[base]
