@@ -55,7 +55,8 @@ def summary_lines(report: dict) -> list[str]:
         f"training  {report['train']['epochs']} epochs (best {report['train']['best_epoch']}, "
         f"val loss {report['train']['best_val_loss']:.4f}) in {report['train']['seconds']:.1f} s",
         f"calibrate eps={c['epsilon']} confidence={c['confidence']} guarantee={c['guarantee']}: "
-        f"{c['num_admissible_configs']} admissible configurations, level {c['level']:.4g}, policy bound "
+        f"{c['num_admissible_configs']} admissible configurations, "
+        f"{'logit threshold' if c['guarantee'] == 'scheduled' else 'level'} {c['level']:.4g}, policy bound "
         f"{c['policy_bound'] if c['policy_bound'] is None else round(c['policy_bound'], 4)}",
         f"test      accuracy vs c_max: cheapest admitted {t['delta_cheapest_points']:+.2f} pts, random admitted "
         f"{t['delta_random_points']:+.2f} pts (c_max {100 * t['acc_cmax']:.1f}%)",
@@ -67,7 +68,19 @@ def summary_lines(report: dict) -> list[str]:
             for r in report["epsilon_sweep"]
         ),
     ]
-    if c["num_admissible_configs"] == 0:
+    hidden = report["model"].get("hidden") or []
+    if report["splits"]["train"] < 6000 and len(hidden) > 1:
+        lines.append(
+            f"hint      {report['splits']['train']:,} training inputs: one hidden layer (--hidden 64) kept "
+            "more flexibility than six below 10k labelled inputs (bench/results/guarantee.md)"
+        )
+    if c["num_admissible_configs"] == 0 and c["guarantee"] == "scheduled":
+        lines.append(
+            f"warning   no configuration besides c_max passed the bound: at eps={c['epsilon']} the "
+            f"calibration split needs at least {c['min_policy_inputs']} inputs (it has {c['num_policy_inputs']}) "
+            f"and few enough errors; use a larger dataset or a larger --epsilon"
+        )
+    elif c["num_admissible_configs"] == 0:
         lines.append(
             f"warning   no configuration besides c_max passed the bound: at eps={c['epsilon']} a configuration needs "
             f"at least {c['min_admitted_inputs']} admitted, all-accurate calibration inputs among "
@@ -210,8 +223,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--guarantee",
         choices=GUARANTEES,
         default=d.guarantee,
-        help="config: each admitted configuration; cheapest: also the cheapest admitted one; any: also every "
-        "admitted one at once (default %(default)s)",
+        help="scheduled: whatever admitted configuration the scheduler runs (every admitted one at once, "
+        "risk control over nested sets on the whole calibration split); config: each admitted configuration "
+        "alone; cheapest: config plus the cheapest admitted one; any: config plus every admitted one "
+        "(default %(default)s)",
     )
     g.add_argument(
         "--sweep",

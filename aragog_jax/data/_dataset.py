@@ -11,6 +11,11 @@ On disk a dataset is a directory::
                     "tokens": [[input, output], ...]   (one pair per stage)}
     scores.npy     float16[N, C]: score in [0, 1] of configuration c (the space's
                    documented order, ascending FLOPs) on input n. Binary metrics use 0/1.
+    labelled.npy   optional bool[N, C]: which (input, configuration) pairs were labelled
+                   (``python -m aragog_jax.label --sample K`` labels a sample of the
+                   configurations; a failed call leaves a pair unlabelled). Absent: every
+                   pair is labelled. Training learns from labelled pairs only and
+                   calibration counts only them (:mod:`aragog_jax.router`).
 
 Every file is written atomically (:mod:`aragog_jax._files`) and ``meta.json`` last, after
 removing the old one first: a directory whose writer was killed has either its old
@@ -58,6 +63,8 @@ class AccuracyDataset:
       tokens: int32[N, S, 2] per-stage (input, output) tokens.
       scores: float32[N, C] per-configuration score.
       meta: the meta.json dict.
+      labelled: bool[N, C] pairs that were labelled, or None when every pair was (the
+        score of an unlabelled pair is a placeholder, not a measurement).
     """
 
     ids: list[str]
@@ -66,6 +73,7 @@ class AccuracyDataset:
     tokens: np.ndarray
     scores: np.ndarray
     meta: dict = field(default_factory=dict)
+    labelled: np.ndarray | None = None
 
     @property
     def num_inputs(self) -> int:
@@ -79,6 +87,12 @@ class AccuracyDataset:
 
     def labels(self, c_max: int, tol: float = 0.0) -> np.ndarray:
         return accurate_labels(self.scores, c_max, tol)
+
+    def labelled_mask(self) -> np.ndarray:
+        """bool[N, C]: the labelled pairs (all True when the dataset labels every pair)."""
+        if self.labelled is None:
+            return np.ones(self.scores.shape, dtype=bool)
+        return self.labelled
 
     def check_space(self, space: ConfigSpace, where: str = "dataset") -> None:
         """Raise DatasetError unless this dataset was made for ``space``."""
@@ -96,8 +110,9 @@ def save_dataset(
 ) -> Path:
     """Write ``ds`` as a dataset directory; byte-identical for identical content.
 
-    ``extra`` arrays (e.g. the labeller's ``labelled``) are saved as ``NAME.npy`` with the
-    dataset, before ``meta.json`` marks it complete.
+    ``extra`` arrays are saved as ``NAME.npy`` with the dataset, before ``meta.json``
+    marks it complete; ``ds.labelled`` is saved as ``labelled.npy`` unless ``extra``
+    names one.
     """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -121,7 +136,13 @@ def save_dataset(
         }
         lines.append(json.dumps(row, ensure_ascii=False) + "\n")
     atomic_write(out / "inputs.jsonl", "".join(lines))
-    for name, arr in {"scores": ds.scores.astype(np.float16), **(extra or {})}.items():
+    arrays = {"scores": ds.scores.astype(np.float16)}
+    if ds.labelled is not None:
+        arrays["labelled"] = np.asarray(ds.labelled, dtype=bool)
+    else:
+        remove_durably(out / "labelled.npy")  # a stale one would mark pairs unlabelled
+    arrays.update(extra or {})
+    for name, arr in arrays.items():
         with atomic_writer(out / f"{name}.npy") as f:
             np.save(f, arr)
     atomic_write(out / "meta.json", json.dumps(meta, indent=2, sort_keys=True) + "\n")
@@ -202,7 +223,23 @@ def load_dataset(path: str | Path, space: ConfigSpace | None = None) -> Accuracy
         raise DatasetError(
             f"{inputs_path}: tokens: every row needs one [input, output] pair per stage"
         ) from exc
-    ds = AccuracyDataset(ids=ids, texts=texts, splits=splits, tokens=tok, scores=scores, meta=meta)
+    labelled = None
+    labelled_path = path / "labelled.npy"
+    if labelled_path.is_file():
+        try:
+            labelled = np.load(labelled_path, allow_pickle=False)
+        except (ValueError, EOFError, OSError) as exc:
+            raise DatasetError(
+                f"{labelled_path}: not a readable .npy array ({type(exc).__name__}: {exc})"
+            ) from exc
+        if labelled.dtype != np.bool_ or labelled.shape != scores.shape:
+            raise DatasetError(
+                f"{labelled_path}: {labelled.dtype}{list(labelled.shape)}, expected "
+                f"bool{list(scores.shape)} (one flag per input and configuration)"
+            )
+    ds = AccuracyDataset(
+        ids=ids, texts=texts, splits=splits, tokens=tok, scores=scores, meta=meta, labelled=labelled
+    )
     if space is not None:
         ds.check_space(space, where=str(path))
     return ds

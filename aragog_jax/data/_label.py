@@ -41,8 +41,9 @@ Splits and the configuration sample are seeded too.
 **Output.** An accuracy dataset (:mod:`aragog_jax.data._dataset` format, ``source =
 "labelled"``) in ``DIR``: the score of configuration c on input n is the scorer applied
 to the output of the workflow's last sink stage. Configurations outside the sample, or
-whose calls or scorer failed, have score 0 and ``labelled.npy[n, c] = False`` (so the
-router never learns to admit them: conservative). Inputs whose ``c_max`` could not be
+whose calls or scorer failed, have score 0 and ``labelled.npy[n, c] = False``: training
+learns from the labelled pairs only and calibration counts only them (a configuration
+never labelled is never admitted). Inputs whose ``c_max`` could not be
 scored are left out (no reference to label against) and listed in the report.
 """
 
@@ -940,8 +941,9 @@ class Labeller:
             tokens=np.stack(token_rows),
             scores=np.stack(score_rows),
             meta=meta,
+            labelled=np.stack(label_rows),
         )
-        save_dataset(ds, self.out, extra={"labelled": np.stack(label_rows)})
+        save_dataset(ds, self.out)
         res = LabelResult(
             out=self.out,
             dataset=ds,

@@ -75,7 +75,7 @@ class TrainConfig:
     param_dtype: str = "float32"
     epsilon: float = 0.02
     confidence: float = 0.95
-    guarantee: str = "cheapest"
+    guarantee: str = "scheduled"
     policy_fraction: float = 0.4
     sweep: tuple[float, ...] = field(default=DEFAULT_SWEEP)
 
@@ -112,12 +112,19 @@ class TrainConfig:
         return d
 
 
-def class_weights(labels: np.ndarray, max_weight: float) -> tuple[np.ndarray, np.ndarray]:
+def class_weights(
+    labels: np.ndarray, max_weight: float, labelled: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """Per-configuration weights so positives and negatives weigh equally (capped).
+
+    ``labelled`` (bool[N, C]) restricts the class rates to the labelled pairs.
 
     Returns ``(w_pos float32[C], w_neg float32[C])``; a class absent from a column gets 0.
     """
-    p = labels.mean(axis=0)
+    if labelled is None:
+        p = labels.mean(axis=0)
+    else:
+        p = (labels & labelled).sum(axis=0) / np.maximum(labelled.sum(axis=0), 1)
     w_pos = np.where(p > 0, 0.5 / np.maximum(p, 1e-12), 0.0)
     w_neg = np.where(p < 1, 0.5 / np.maximum(1.0 - p, 1e-12), 0.0)
     return np.minimum(w_pos, max_weight).astype(np.float32), np.minimum(w_neg, max_weight).astype(
@@ -125,12 +132,14 @@ def class_weights(labels: np.ndarray, max_weight: float) -> tuple[np.ndarray, np
     )
 
 
-def _loss(params, x, y, w_pos, w_neg, configs):
+def _loss(params, x, y, m, w_pos, w_neg, configs):
+    """Class-weighted BCE averaged over the labelled pairs ``m`` (bool[N, C]) only: an
+    unlabelled pair's placeholder score must not teach the router anything."""
     logits = K.router_logits(params, x, configs)
     yf = y.astype(jnp.float32)
     bce = optax.sigmoid_binary_cross_entropy(logits, yf)
-    w = yf * w_pos[None, :] + (1.0 - yf) * w_neg[None, :]
-    return (bce * w).mean()
+    w = (yf * w_pos[None, :] + (1.0 - yf) * w_neg[None, :]) * m.astype(jnp.float32)
+    return (bce * w).sum() / jnp.maximum(m.sum().astype(jnp.float32), 1.0)
 
 
 def train_params(
@@ -142,6 +151,8 @@ def train_params(
     cfg: TrainConfig,
     configs: np.ndarray | None = None,
     progress: bool = True,
+    m_train: np.ndarray | None = None,
+    m_val: np.ndarray | None = None,
 ) -> tuple[dict, dict]:
     """Train with AdamW on class-weighted BCE; stop when validation loss stalls.
 
@@ -150,6 +161,8 @@ def train_params(
       model_cfg: architecture; cfg: optimisation settings.
       configs: int32[C, S] for the factorised head.
       progress: show a tqdm bar on stderr.
+      m_train, m_val: bool[N, C] labelled pairs (None: all); the loss and the class
+        weights use labelled pairs only.
 
     Returns:
       ``(params, history)``: the best parameters (NumPy) and a dict with per-epoch losses,
@@ -158,15 +171,17 @@ def train_params(
     from tqdm.auto import tqdm
 
     t0 = time.perf_counter()
-    w_pos, w_neg = class_weights(y_train, cfg.max_class_weight)
+    m_train = np.ones(y_train.shape, bool) if m_train is None else np.asarray(m_train, bool)
+    m_val = np.ones(y_val.shape, bool) if m_val is None else np.asarray(m_val, bool)
+    w_pos, w_neg = class_weights(y_train, cfg.max_class_weight, m_train)
     params = init_params(model_cfg, jax.random.PRNGKey(cfg.seed))
     opt = optax.adamw(cfg.learning_rate, weight_decay=cfg.weight_decay)
     opt_state = opt.init(params)
     cfg_arr = None if configs is None else jnp.asarray(configs, jnp.int32)
     w_pos_j, w_neg_j = jnp.asarray(w_pos), jnp.asarray(w_neg)
 
-    def step(params, opt_state, xb, yb):
-        loss, grads = jax.value_and_grad(_loss)(params, xb, yb, w_pos_j, w_neg_j, cfg_arr)
+    def step(params, opt_state, xb, yb, mb):
+        loss, grads = jax.value_and_grad(_loss)(params, xb, yb, mb, w_pos_j, w_neg_j, cfg_arr)
         updates, opt_state = opt.update(grads, opt_state, params)
         return optax.apply_updates(params, updates), opt_state, loss
 
@@ -177,13 +192,13 @@ def train_params(
             return step(*args)
 
     step_standard = jax.jit(step_standard, donate_argnums=(0, 1))
-    val_loss_fn = jax.jit(lambda p, x, y: _loss(p, x, y, w_pos_j, w_neg_j, cfg_arr))
+    val_loss_fn = jax.jit(lambda p, x, y, m: _loss(p, x, y, m, w_pos_j, w_neg_j, cfg_arr))
 
     n = x_train.shape[0]
     bs = min(cfg.batch_size, n)
     num_batches = max(1, n // bs)
     rng = np.random.default_rng(cfg.seed)
-    x_val_j, y_val_j = jnp.asarray(x_val), jnp.asarray(y_val)
+    x_val_j, y_val_j, m_val_j = jnp.asarray(x_val), jnp.asarray(y_val), jnp.asarray(m_val)
     best = (np.inf, 0, jax.tree.map(np.asarray, params))
     history: dict = {"train_loss": [], "val_loss": []}
     bar = tqdm(
@@ -198,10 +213,14 @@ def train_params(
         perm = rng.permutation(n)[: num_batches * bs].reshape(num_batches, bs)
         losses = []
         for idx in perm:
-            params, opt_state, loss = step_standard(params, opt_state, x_train[idx], y_train[idx])
+            params, opt_state, loss = step_standard(
+                params, opt_state, x_train[idx], y_train[idx], m_train[idx]
+            )
             losses.append(loss)
         train_loss = float(np.mean([float(v) for v in losses]))
-        val_loss = float(val_loss_fn(params, x_val_j, y_val_j)) if x_val.shape[0] else train_loss
+        val_loss = (
+            float(val_loss_fn(params, x_val_j, y_val_j, m_val_j)) if x_val.shape[0] else train_loss
+        )
         history["train_loss"].append(round(train_loss, 5))
         history["val_loss"].append(round(val_loss, 5))
         if val_loss < best[0] - 1e-5:
@@ -263,6 +282,7 @@ def fit_router(
                 f"dataset split {s!r} is empty; the router needs train, calibration and test inputs"
             )
     labels = dataset.labels(space.c_max)
+    lab = dataset.labelled_mask()
     feats = featurizer(dataset.texts)
     t_feat = time.perf_counter() - t0
 
@@ -280,41 +300,49 @@ def fit_router(
     )
     configs = space.configs if cfg.head == "factorised" else None
     params, history = train_params(
-        feats[tr_i], labels[tr_i], feats[val_i], labels[val_i], model_cfg, cfg, configs, progress
+        feats[tr_i],
+        labels[tr_i],
+        feats[val_i],
+        labels[val_i],
+        model_cfg,
+        cfg,
+        configs,
+        progress,
+        m_train=lab[tr_i],
+        m_val=lab[val_i],
     )
     params = cast_params(params, cfg.param_dtype)
 
-    cal_logits = logits_np(params, feats[idx["calibration"]], configs)
-    cal = calibrate(
-        cal_logits,
-        labels[idx["calibration"]],
-        space.c_max,
-        epsilon=cfg.epsilon,
+    cal_i = idx["calibration"]
+    cal_logits = logits_np(params, feats[cal_i], configs)
+    cal_kw = dict(
         confidence=cfg.confidence,
         guarantee=cfg.guarantee,
         policy_fraction=cfg.policy_fraction,
         seed=cfg.seed,
+        labelled=lab[cal_i],
     )
+    cal = calibrate(cal_logits, labels[cal_i], space.c_max, epsilon=cfg.epsilon, **cal_kw)
     test_logits = logits_np(params, feats[idx["test"]], configs)
     y_test, s_test = labels[idx["test"]], dataset.scores[idx["test"]]
+    lab_test = lab[idx["test"]]
     test = routing_report(
-        admitted_masks(test_logits, cal.thresholds, space.c_max), s_test, y_test, space.c_max
+        admitted_masks(test_logits, cal.thresholds, space.c_max),
+        s_test,
+        y_test,
+        space.c_max,
+        lab_test,
     )
-    oracle = routing_report(y_test, s_test, y_test, space.c_max)
+    oracle = routing_report(y_test & lab_test, s_test, y_test, space.c_max, lab_test)
     sweep = []
     for eps in cfg.sweep:
-        c2 = calibrate(
-            cal_logits,
-            labels[idx["calibration"]],
-            space.c_max,
-            epsilon=eps,
-            confidence=cfg.confidence,
-            guarantee=cfg.guarantee,
-            policy_fraction=cfg.policy_fraction,
-            seed=cfg.seed,
-        )
+        c2 = calibrate(cal_logits, labels[cal_i], space.c_max, epsilon=eps, **cal_kw)
         r = routing_report(
-            admitted_masks(test_logits, c2.thresholds, space.c_max), s_test, y_test, space.c_max
+            admitted_masks(test_logits, c2.thresholds, space.c_max),
+            s_test,
+            y_test,
+            space.c_max,
+            lab_test,
         )
         sweep.append(
             {

@@ -120,7 +120,9 @@ def test_guarantee_holds_on_held_out_data_from_another_generator_seed():
         ds,
         space,
         HashedNgramFeaturizer(dim=512),
-        small_config(hidden=(32,), max_epochs=8, epsilon=eps, confidence=0.99, sweep=()),
+        small_config(
+            hidden=(32,), max_epochs=8, epsilon=eps, confidence=0.99, sweep=(), guarantee="cheapest"
+        ),
         progress=False,
     )
     cal = res.calibration
