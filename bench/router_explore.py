@@ -29,16 +29,14 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from bench.router_yardstick import routing_p50_ms, training_draw  # noqa: E402
-
 from aragog_jax._provenance import git_sha  # noqa: E402
 from aragog_jax.router import (  # noqa: E402
     HashedNgramFeaturizer,
-    Router,
     TrainConfig,
     fit_router,
     save_checkpoint,
 )
+from bench.router_yardstick import routing_p50_ms, training_draw  # noqa: E402
 
 
 @dataclass(frozen=True)

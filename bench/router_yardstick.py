@@ -31,8 +31,6 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from bench._timing import time_fn  # noqa: E402
-
 from aragog_jax._provenance import git_sha  # noqa: E402
 from aragog_jax.router import (  # noqa: E402
     ROUTERS_DIR,
@@ -44,6 +42,7 @@ from aragog_jax.router import (  # noqa: E402
     routing_report,
 )
 from aragog_jax.router._train import logits_np  # noqa: E402
+from bench._timing import time_fn  # noqa: E402
 
 WORKFLOWS = (
     "self_refine_humaneval",

@@ -587,7 +587,9 @@ def test_latents_regenerate_the_draw():
     gen = ds.meta["generator"]
     assert lat.threshold == gen["threshold"]
     assert list(lat.stage_roles) == gen["stage_roles"]
-    assert {m: round(float(a), 6) for m, a in zip(space.model_names, lat.skill)} == gen["skill"]
+    assert {
+        m: round(float(a), 6) for m, a in zip(space.model_names, lat.skill, strict=True)
+    } == gen["skill"]
     again = synth_latents(space, workflow, 3000, seed=11, family="llama")
     np.testing.assert_array_equal(lat.difficulty, again.difficulty)
     np.testing.assert_array_equal(lat.critical_role, again.critical_role)
