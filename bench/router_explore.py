@@ -50,14 +50,17 @@ class Variant:
     dim: int = 1024
     learning_rate: float = 3e-4
     max_class_weight: float = 10.0
+    weight_decay: float = 1e-4
 
     def featurizer(self) -> HashedNgramFeaturizer:
         return HashedNgramFeaturizer(
             dim=self.dim, word_ngrams=self.word_ngrams, char_ngrams=self.char_ngrams
         )
 
-    def train_config(self, max_epochs: int) -> TrainConfig:
+    def train_config(self, max_epochs: int, patience: int) -> TrainConfig:
         return TrainConfig(
+            patience=patience,
+            weight_decay=self.weight_decay,
             hidden=self.hidden,
             head=self.head,
             learning_rate=self.learning_rate,
@@ -79,21 +82,24 @@ class Variant:
             "feature_dim": self.dim,
             "learning_rate": self.learning_rate,
             "max_class_weight": self.max_class_weight,
+            "weight_decay": self.weight_decay,
         }
 
 
 #: The shipped design first, then one change at a time.
 VARIANTS = {
     "shipped_6x64": Variant(),
-    "6x128": Variant(hidden=(128,) * 6),
-    "3x256": Variant(hidden=(256,) * 3),
     "2x512": Variant(hidden=(512,) * 2),
+    "6x128": Variant(hidden=(128,) * 6),
+    "6x64_bigrams": Variant(word_ngrams=(1, 2)),
+    "6x64_char4": Variant(char_ngrams=(4,)),
+    "6x64_factorised": Variant(head="factorised"),
+    "6x64_wd1e-2": Variant(weight_decay=1e-2),
+    "6x64_unweighted": Variant(max_class_weight=1.0),
+    "3x256": Variant(hidden=(256,) * 3),
+    "2x128": Variant(hidden=(128,) * 2),
     "6x256": Variant(hidden=(256,) * 6),
     "6x64_lr1e-3": Variant(learning_rate=1e-3),
-    "6x64_bigrams": Variant(word_ngrams=(1, 2)),
-    "6x64_char4": Variant(word_ngrams=(1,), char_ngrams=(4,)),
-    "6x64_factorised": Variant(head="factorised"),
-    "6x64_unweighted": Variant(max_class_weight=1.0),
 }
 DEFAULT_PAIRS = ("voting_mmlu_pro/llama", "text_to_sql_bird/llama", "self_refine_squad/llama")
 
@@ -155,6 +161,7 @@ def main(argv=None) -> int:
         "--variants", default=",".join(VARIANTS), help="variant names, comma-separated"
     )
     parser.add_argument("--max-epochs", type=int, default=60, help="default %(default)s")
+    parser.add_argument("--patience", type=int, default=6, help="default %(default)s")
     parser.add_argument("--yardstick", help="router_yardstick.json, for shares of the yardstick")
     parser.add_argument("--data-dir", type=Path, help="dataset cache (bench/router_yardstick.py)")
     parser.add_argument("--out", default="bench/results/router_explore.json")
@@ -166,15 +173,19 @@ def main(argv=None) -> int:
     unknown = [v for v in names if v not in VARIANTS]
     if unknown:
         parser.error(f"--variants: unknown {', '.join(unknown)} (known: {', '.join(VARIANTS)})")
-    yard = {}
-    if args.yardstick:
-        for r in json.loads(Path(args.yardstick).read_text())["rows"]:
-            yard[f"{r['workflow']}/{r['family']}"] = r["yardstick"]["flexibility_kept"]
+
+    def yardsticks() -> dict[str, float]:
+        """Yardstick flexibility per pair (re-read: a yardstick run may be filling the file)."""
+        if not args.yardstick or not Path(args.yardstick).exists():
+            return {}
+        rows = json.loads(Path(args.yardstick).read_text())["rows"]
+        return {f"{r['workflow']}/{r['family']}": r["yardstick"]["flexibility_kept"] for r in rows}
+
     out = Path(args.out)
     rows: list[dict] = []
     if out.exists():  # resume: keep rows already measured at this epoch budget
         prev = json.loads(out.read_text())
-        if prev.get("max_epochs") == args.max_epochs:
+        if (prev.get("max_epochs"), prev.get("patience")) == (args.max_epochs, args.patience):
             rows = prev["rows"]
     done = {(r["pair"], r["variant"]) for r in rows}
     tmp = tempfile.TemporaryDirectory()
@@ -193,7 +204,12 @@ def main(argv=None) -> int:
             v = VARIANTS[name]
             feat = feats.setdefault(v.featurizer(), CachedFeaturizer(v.featurizer()))
             res = fit_router(
-                ds, space, feat, v.train_config(args.max_epochs), family=fam, progress=False
+                ds,
+                space,
+                feat,
+                v.train_config(args.max_epochs, args.patience),
+                family=fam,
+                progress=False,
             )
             path = save_checkpoint(res.checkpoint, ckpt_dir / wf / fam / f"{name}.npz")
             t = res.report["test"]
@@ -210,6 +226,7 @@ def main(argv=None) -> int:
                 "params_kib": round(path.stat().st_size / 1024, 1),
                 "routing_p50_ms": routing_p50_ms(path, probe),
             }
+            yard = yardsticks()
             if pair in yard:
                 row["share_of_yardstick"] = t["flexibility_kept"] / yard[pair]
             rows.append(row)
@@ -228,13 +245,19 @@ def main(argv=None) -> int:
                 "git_sha": git_sha(),
                 "argv": sys.argv[1:],
                 "max_epochs": args.max_epochs,
+                "patience": args.patience,
                 "machine": "shared 2-core CPU (other jobs running); p50s comparable within this run only",
                 "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                 "rows": rows,
             }
             out.parent.mkdir(parents=True, exist_ok=True)
             out.write_text(json.dumps(result, indent=2) + "\n")
+    yard = yardsticks()
+    for r in rows:
+        if r["pair"] in yard:
+            r["share_of_yardstick"] = r["flexibility_kept"] / yard[r["pair"]]
     if rows:
+        out.write_text(json.dumps(json.loads(out.read_text()) | {"rows": rows}, indent=2) + "\n")
         plot(rows, out.with_suffix(".png"))
     print(f"wrote {out}")
     return 0
