@@ -39,10 +39,8 @@ from aragog_jax.router import (  # noqa: E402
     admitted_masks,
     calibrate,
     load_checkpoint,
-    make_featurizer,
     routing_report,
 )
-from aragog_jax.router._train import logits_np  # noqa: E402
 
 WORKFLOWS = (
     "self_refine_humaneval",
@@ -72,11 +70,9 @@ def training_draw(
     """
     from aragog_jax.data import generate, load_dataset, save_dataset, synth_latents
     from aragog_jax.space import load_space
-    from aragog_jax.space._load import resolve_workflow
-    from aragog_jax.spec import load_models, load_workflow
 
     space = load_space(workflow, family)
-    wf = load_workflow(resolve_workflow(workflow), load_models())
+    wf = space.spec
     cached = None if data_dir is None else Path(data_dir) / workflow / family
     if cached is not None and (cached / "scores.npy").exists():
         ds = load_dataset(cached, space)
@@ -168,15 +164,9 @@ def evaluate_pair(
         ckpt = load_checkpoint(path)
         ckpt.check_space(space)
         settings = settings or calibration_settings(ckpt.meta)
-        feat = make_featurizer(ckpt.meta.featurizer, ckpt.meta.featurizer_config)
-        configs = space.configs if ckpt.model_config.head == "factorised" else None
-        logits = logits_np(ckpt.params, feat([ds.texts[i] for i in test_i]), configs)
-        rep = routing_report(
-            admitted_masks(logits, np.asarray(ckpt.thresholds), space.c_max),
-            s_test,
-            y_test,
-            space.c_max,
-        )
+        test_texts = [ds.texts[i] for i in test_i]
+        mask = Router(ckpt, space).compile((512,)).route_texts(test_texts).mask
+        rep = routing_report(mask, s_test, y_test, space.c_max)
         entry = {
             "checkpoint": str(path),
             "hidden": list(ckpt.model_config.hidden),
