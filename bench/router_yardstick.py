@@ -41,14 +41,8 @@ from aragog_jax.router import (  # noqa: E402
     load_checkpoint,
     routing_report,
 )
+from aragog_jax.spec import shipped_workflows  # noqa: E402
 
-WORKFLOWS = (
-    "self_refine_humaneval",
-    "self_refine_squad",
-    "text_to_sql_bird",
-    "voting_mmlu_pro",
-    "decomposition_strategyqa",
-)
 FAMILIES = ("qwen", "llama", "mixed")
 #: The routers' training draw (scripts/train_routers.sh).
 NUM_INPUTS, SEED = 60000, 1000
@@ -289,7 +283,7 @@ def main(argv=None) -> int:
     pairs = (
         [tuple(p.split("/")) for p in args.pairs.split(",")]
         if args.pairs
-        else [(w, f) for w in WORKFLOWS for f in FAMILIES]
+        else [(p.stem, f) for p in shipped_workflows() for f in FAMILIES]
     )
     out = Path(args.out)
     rows = []
