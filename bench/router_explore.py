@@ -165,8 +165,8 @@ def markdown(rows: list[dict]) -> str:
     base = {r["pair"]: r for r in rows if r["variant"] == "shipped_6x64"}
     lines = [
         "| pair | variant | flexibility kept (of oracle) | of yardstick | Δacc cheapest (pts) "
-        "| epochs | routing CPU p50 (ms) | vs shipped |",
-        "|---|---|---|---|---|---|---|---|",
+        "| epochs | MLP kFLOP / request | routing CPU p50 (ms) | vs shipped |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         b = base.get(r["pair"])
@@ -179,7 +179,8 @@ def markdown(rows: list[dict]) -> str:
         )
         lines.append(
             f"| {r['pair']} | {r['variant']} | {100 * r['flexibility_kept']:.1f}% | {share} "
-            f"| {r['delta_cheapest_points']:+.2f} | {r['epochs']} | {'' if cpu is None else f'{cpu:.3f}'} "
+            f"| {r['delta_cheapest_points']:+.2f} | {r['epochs']} | {r.get('kflops_per_request', 0):.0f} "
+            f"| {'' if cpu is None else f'{cpu:.3f}'} "
             f"| {ratio} |"
         )
     return "\n".join(lines)
@@ -274,6 +275,7 @@ def main(argv=None) -> int:
                 "epochs": res.report["train"]["epochs"],
                 "train_seconds": res.report["train"]["seconds"],
                 "params_kib": round(path.stat().st_size / 1024, 1),
+                "kflops_per_request": res.checkpoint.model_config.flops_per_request() / 1e3,
                 "checkpoint": str(path),
             }
             p50 = routing_p50_ms(path, probe)
