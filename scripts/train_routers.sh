@@ -12,11 +12,13 @@
 # on the test split. Shipped routers are deliberately small (six hidden layers of width
 # 64, float16 parameters, about 200 KiB each); the 6x512 architecture is the benchmark
 # target (bench/router.py) and `python -m aragog_jax.train` defaults to it.
+# HIDDEN=128,128 scripts/train_routers.sh trains another width/depth into OUT.
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/_env.sh"
 NUM_INPUTS="${NUM_INPUTS:-60000}"
 SEED="${SEED:-1000}"
 OUT="${OUT:-profiles/routers}"
+HIDDEN="${HIDDEN:-64,64,64,64,64,64}"   # the shipped design; bench/router_explore.py compares others
 WORKFLOWS=(self_refine_humaneval self_refine_squad text_to_sql_bird voting_mmlu_pro decomposition_strategyqa)
 FAMILIES=(qwen llama mixed)
 if [ "$#" -ge 1 ]; then WORKFLOWS=("$1"); fi
@@ -29,7 +31,7 @@ for wf in "${WORKFLOWS[@]}"; do
     python -m aragog_jax.synth --workflow "$wf" --family "$fam" --num-inputs "$NUM_INPUTS" --seed "$SEED" \
       --out "$TMP/$wf-$fam" --quiet
     python -m aragog_jax.train --workflow "$wf" --family "$fam" --dataset "$TMP/$wf-$fam" \
-      --out "$OUT/$wf/$fam.npz" --hidden 64,64,64,64,64,64 --lr 3e-4 --param-dtype float16 --word-ngrams 1 \
+      --out "$OUT/$wf/$fam.npz" --hidden "$HIDDEN" --lr 3e-4 --param-dtype float16 --word-ngrams 1 \
       --epsilon 0.02 --confidence 0.95 --guarantee cheapest --seed 0 --quiet
     rm -rf "$TMP/$wf-$fam"
   done

@@ -24,9 +24,12 @@ from aragog_jax.data._scores import (
 )
 from aragog_jax.data._synth import (
     DEFAULT_TARGET_ACCURACY,
+    SynthLatents,
     SynthParams,
     generate,
+    latent_accuracy,
     stage_roles,
+    synth_latents,
     viability_stats,
 )
 
@@ -41,9 +44,11 @@ __all__ = [
     "Labeller",
     "PublishedScores",
     "Ratio",
+    "SynthLatents",
     "SynthParams",
     "accurate_labels",
     "generate",
+    "latent_accuracy",
     "load_published_scores",
     "load_dataset",
     "load_inputs",
@@ -51,5 +56,6 @@ __all__ = [
     "read_meta",
     "save_dataset",
     "stage_roles",
+    "synth_latents",
     "viability_stats",
 ]

@@ -316,38 +316,64 @@ def _published_calibration(
     )
 
 
-def generate(
+@dataclass(frozen=True)
+class SynthLatents:
+    """The generator's latent variables for one draw, without the luck terms.
+
+    What a router could at best know about an input: its difficulty and its critical
+    role, plus the dataset's constants (every model's skill and the score threshold).
+    The luck terms (module docstring, step 2) are left out: they are the irreducible part.
+
+    Attributes:
+      difficulty: float64[N] ``d[n]``.
+      critical_role: int64[N] ``r[n]``, a role id of ``stage_roles``.
+      stage_roles: role id per stage (:func:`stage_roles`).
+      skill: float64[M] ``a[m]`` per model of the space's pool.
+      threshold: ``tau``, the quality above which the workflow's answer is right.
+      params: the generator knobs of the draw.
+    """
+
+    difficulty: np.ndarray
+    critical_role: np.ndarray
+    stage_roles: tuple[int, ...]
+    skill: np.ndarray
+    threshold: float
+    params: SynthParams
+
+    @property
+    def num_roles(self) -> int:
+        return max(self.stage_roles) + 1
+
+    def stage_difficulty_offset(self, role: int) -> np.ndarray:
+        """float64[S] ``h[n, s] - d[n]`` of an input whose critical role is ``role``."""
+        is_crit = (np.asarray(self.stage_roles) == role).astype(np.float64)
+        return self.params.critical_offset * (is_crit - 1.0 / self.num_roles)
+
+
+@dataclass(frozen=True)
+class _Draw:
+    """Steps 1-3 of one draw: the latents plus what the scores and the texts need."""
+
+    latents: SynthLatents
+    length: np.ndarray
+    k: np.ndarray  # float64[N, S, M] per-stage skills, luck included
+    sinks: list[int]
+    order: list[int]
+    target: float
+    num_right: int
+    calib_meta: dict
+
+
+def _draw(
     space: ConfigSpace,
     workflow: WorkflowSpec,
-    num_inputs: int = 200,
-    seed: int = 0,
-    *,
-    family: str | None = None,
-    target: float | None = None,
-    params: SynthParams | None = None,
-    published: PublishedScores | Literal["shipped"] | None = "shipped",
-) -> AccuracyDataset:
-    """A synthetic accuracy dataset for ``workflow`` over ``space``'s model pool.
-
-    Args:
-      space: the configuration space (``build_space(workflow, pool)``).
-      workflow: the workflow the space was built from.
-      num_inputs: N, number of inputs (>= 1).
-      seed: seeds every random stream (with the workflow name).
-      family: family name, used to look up ``workflow.target_accuracy`` and stored in meta.
-      target: c_max accuracy to calibrate to; overrides the workflow's figure.
-      params: generator knobs; default :class:`SynthParams()`.
-      published: the published single-model scores that set each model's skill
-        (``"shipped"``: ``profiles/datasets/published_scores.toml``; None: the size curve
-        for every pool).
-
-    Returns:
-      An :class:`AccuracyDataset` with binary float32 scores[N, C] where ``c_max`` is right
-      on exactly ``round(target * N)`` inputs.
-    """
-    p = params or SynthParams()
-    if published == "shipped":
-        published = _shipped_scores()
+    num_inputs: int,
+    seed: int,
+    family: str | None,
+    target: float | None,
+    p: SynthParams,
+    published: PublishedScores | None,
+) -> _Draw:
     if space.workflow != workflow.name or list(space.stage_names) != workflow.stage_names:
         raise DatasetError(f"space is for workflow {space.workflow!r}, not {workflow.name!r}")
     n = int(num_inputs)
@@ -383,7 +409,6 @@ def generate(
             k0[:, s, m] = (
                 -h[:, s] + model_luck + p.role_luck_sd * role_luck[roles[s]] + p.stage_luck_sd * own
             )
-
     # 3-4. quality and calibrated threshold (c_max at skill 0), then the skills
     order = [int(s) for s in space.topo_order]
     sinks = [s for s in range(num_stages) if int(space.stage_depth[s]) == 0]
@@ -428,11 +453,72 @@ def generate(
             },
             "uniform_target": {name: round(float(t), 6) for name, t in targets.items()},
         }
-    k = k0 + skill[None, None, :]
+    latents = SynthLatents(
+        difficulty=difficulty,
+        critical_role=critical,
+        stage_roles=tuple(roles),
+        skill=skill,
+        threshold=tau,
+        params=p,
+    )
+    return _Draw(
+        latents=latents,
+        length=length,
+        k=k0 + skill[None, None, :],
+        sinks=sinks,
+        order=order,
+        target=tgt,
+        num_right=num_right,
+        calib_meta=calib_meta,
+    )
+
+
+def generate(
+    space: ConfigSpace,
+    workflow: WorkflowSpec,
+    num_inputs: int = 200,
+    seed: int = 0,
+    *,
+    family: str | None = None,
+    target: float | None = None,
+    params: SynthParams | None = None,
+    published: PublishedScores | Literal["shipped"] | None = "shipped",
+) -> AccuracyDataset:
+    """A synthetic accuracy dataset for ``workflow`` over ``space``'s model pool.
+
+    Args:
+      space: the configuration space (``build_space(workflow, pool)``).
+      workflow: the workflow the space was built from.
+      num_inputs: N, number of inputs (>= 1).
+      seed: seeds every random stream (with the workflow name).
+      family: family name, used to look up ``workflow.target_accuracy`` and stored in meta.
+      target: c_max accuracy to calibrate to; overrides the workflow's figure.
+      params: generator knobs; default :class:`SynthParams()`.
+      published: the published single-model scores that set each model's skill
+        (``"shipped"``: ``profiles/datasets/published_scores.toml``; None: the size curve
+        for every pool).
+
+    Returns:
+      An :class:`AccuracyDataset` with binary float32 scores[N, C] where ``c_max`` is right
+      on exactly ``round(target * N)`` inputs.
+    """
+    p = params or SynthParams()
+    if published == "shipped":
+        published = _shipped_scores()
+    draw = _draw(space, workflow, num_inputs, seed, family, target, p, published)
+    lat, k, tgt, num_right = draw.latents, draw.k, draw.target, draw.num_right
+    n, wf, num_stages = lat.difficulty.shape[0], workflow.name, space.num_stages
+    difficulty, critical, length, tau = (
+        lat.difficulty,
+        lat.critical_role,
+        draw.length,
+        lat.threshold,
+    )
+    roles, num_roles, skill = list(lat.stage_roles), lat.num_roles, lat.skill
     scores = np.empty((n, space.num_configs), dtype=np.float32)
     for lo in range(0, space.num_configs, _CONFIG_CHUNK):
         cfg = space.configs[lo : lo + _CONFIG_CHUNK]
-        scores[:, lo : lo + cfg.shape[0]] = _quality(space, k, sinks, order, p, cfg) > tau
+        scores[:, lo : lo + cfg.shape[0]] = _quality(space, k, draw.sinks, draw.order, p, cfg) > tau
 
     # 5. text, 6. tokens, 7. splits
     texts = _texts(workflow, seed, difficulty, critical, length, num_roles, p)
@@ -473,7 +559,7 @@ def generate(
             "threshold": tau,
             "c_max_accuracy": num_right / n,
             "stage_roles": roles,
-            **calib_meta,
+            **draw.calib_meta,
             "skill": {
                 name: round(float(a), 6) for name, a in zip(space.model_names, skill, strict=True)
             },
@@ -487,6 +573,99 @@ def generate(
         scores=scores,
         meta=meta,
     )
+
+
+def synth_latents(
+    space: ConfigSpace,
+    workflow: WorkflowSpec,
+    num_inputs: int = 200,
+    seed: int = 0,
+    *,
+    family: str | None = None,
+    target: float | None = None,
+    params: SynthParams | None = None,
+    published: PublishedScores | Literal["shipped"] | None = "shipped",
+) -> SynthLatents:
+    """The latent variables of the draw :func:`generate` makes with the same arguments.
+
+    Regenerated from the seed (the draw is deterministic), so a dataset written earlier
+    needs no extra file: its inputs ``i`` and the latents' row ``i`` are the same input.
+    Skips the scores, texts and tokens, so it costs a fraction of :func:`generate`.
+    """
+    p = params or SynthParams()
+    if published == "shipped":
+        published = _shipped_scores()
+    return _draw(space, workflow, num_inputs, seed, family, target, p, published).latents
+
+
+def latent_accuracy(
+    space: ConfigSpace,
+    latents: SynthLatents,
+    num_samples: int = 1 << 15,
+    seed: int = 0,
+) -> np.ndarray:
+    """The Bayes-optimal router: ``P(y[n, c] = 1 | d[n], r[n])``, the luck integrated out.
+
+    ``y[n, c]`` is the accurate label (c scores at least what c_max scores), so for
+    binary scores ``y = 1`` iff ``Q_c > tau`` or ``Q_cmax <= tau``. The workflow quality
+    is translation-equivariant (means, maxima and the repair rule commute with adding a
+    constant to every skill), so ``Q_c(d) = Q_c(0) - d`` and, with ``A_c = Q_c(0) - tau``
+    and ``B = Q_cmax(0) - tau`` per luck draw, ``y = 0`` iff ``A_c <= d < B``. One set of
+    ``num_samples`` luck draws per critical role gives the empirical distribution of
+    ``(A_c, B)``; every input's failure probability is then two binary searches per
+    configuration, exact for that sample (no grid in d).
+
+    Args:
+      space: the configuration space the latents were drawn for.
+      latents: from :func:`synth_latents`.
+      num_samples: K luck draws per role (the probabilities are multiples of 1/K).
+      seed: seeds the luck draws (independent of the dataset's seed).
+
+    Returns:
+      float64[N, C] probabilities; ``c_max``'s column is 1.
+    """
+    p = latents.params
+    num_stages, num_models = space.num_stages, space.num_models
+    if latents.skill.shape != (num_models,) or len(latents.stage_roles) != num_stages:
+        raise DatasetError(
+            f"latents are for {len(latents.stage_roles)} stages and {latents.skill.shape[0]} "
+            f"models, the space has {num_stages} and {num_models}"
+        )
+    order = [int(s) for s in space.topo_order]
+    sinks = [s for s in range(num_stages) if int(space.stage_depth[s]) == 0]
+    roles = np.asarray(latents.stage_roles)
+    d = latents.difficulty
+    out = np.ones((d.shape[0], space.num_configs), dtype=np.float64)
+    for role in range(latents.num_roles):
+        rows = np.flatnonzero(latents.critical_role == role)
+        if rows.size == 0:
+            continue
+        rng = _rng(seed, space.workflow, "latent-accuracy", str(role))
+        model_luck = rng.standard_normal((num_samples, 1, num_models))
+        role_luck = rng.standard_normal((num_samples, latents.num_roles, num_models))[:, roles]
+        stage_luck = rng.standard_normal((num_samples, num_stages, num_models))
+        k = (
+            latents.skill[None, None, :]
+            - latents.stage_difficulty_offset(role)[None, :, None]
+            + p.model_luck_sd * model_luck
+            + p.role_luck_sd * role_luck
+            + p.stage_luck_sd * stage_luck
+        )
+        cmax_cfg = space.configs[space.c_max : space.c_max + 1]
+        b = _quality(space, k, sinks, order, p, cmax_cfg)[:, 0] - latents.threshold
+        dr = d[rows]
+        for lo in range(0, space.num_configs, _CONFIG_CHUNK // 16):
+            cfg = space.configs[lo : lo + _CONFIG_CHUNK // 16]
+            a = _quality(space, k, sinks, order, p, cfg) - latents.threshold
+            for j in range(cfg.shape[0]):
+                # Draws with A_c > B are accurate at every d; the others fail on [A_c, B).
+                can_fail = a[:, j] <= b
+                fails = np.searchsorted(
+                    np.sort(a[can_fail, j]), dr, side="right"
+                ) - np.searchsorted(np.sort(b[can_fail]), dr, side="right")
+                out[rows, lo + j] = 1.0 - fails / num_samples
+    out[:, space.c_max] = 1.0
+    return out
 
 
 # ----------------------------------------------------------------------------- statistics

@@ -15,10 +15,12 @@ from aragog_jax.data import (
     DEFAULT_TARGET_ACCURACY,
     AccuracyDataset,
     generate,
+    latent_accuracy,
     load_dataset,
     load_published_scores,
     save_dataset,
     stage_roles,
+    synth_latents,
     viability_stats,
 )
 from aragog_jax.errors import DatasetError, SpecError
@@ -570,3 +572,68 @@ def test_published_scores_errors_name_the_field(tmp_path):
         load_published_scores(path)
     with pytest.raises(SpecError, match="file not found"):
         load_published_scores(tmp_path / "missing.toml")
+
+
+# ----------------------------------------------------------------------------- latents
+
+
+def test_latents_regenerate_the_draw():
+    """synth_latents reproduces generate's draw: same threshold and skills, and the labels
+    follow from difficulty and role the way the generator's model says (harder inputs are
+    right less often; a small model is right more often when its stage is not critical)."""
+    workflow, space = _wf_space("self_refine_squad", "llama")
+    ds = generate(space, workflow, 3000, seed=11, family="llama")
+    lat = synth_latents(space, workflow, 3000, seed=11, family="llama")
+    gen = ds.meta["generator"]
+    assert lat.threshold == gen["threshold"]
+    assert list(lat.stage_roles) == gen["stage_roles"]
+    assert {
+        m: round(float(a), 6) for m, a in zip(space.model_names, lat.skill, strict=True)
+    } == gen["skill"]
+    again = synth_latents(space, workflow, 3000, seed=11, family="llama")
+    np.testing.assert_array_equal(lat.difficulty, again.difficulty)
+    np.testing.assert_array_equal(lat.critical_role, again.critical_role)
+    other = synth_latents(space, workflow, 3000, seed=12, family="llama")
+    assert not np.array_equal(lat.difficulty, other.difficulty)
+    right = ds.scores[:, space.c_max] > 0.5
+    easy = lat.difficulty < np.median(lat.difficulty)
+    assert right[easy].mean() > right[~easy].mean() + 0.2
+
+
+def test_latent_accuracy_is_calibrated_and_beats_the_marginal():
+    """The yardstick's P(accurate | difficulty, role) matches the labels' frequencies in
+    every probability bin (a wrong luck model or a sign error in d breaks this) and has a
+    lower log loss than each configuration's marginal rate."""
+    workflow, space = _wf_space("self_refine_squad", "llama")
+    n = 6000
+    ds = generate(space, workflow, n, seed=5, family="llama")
+    lat = synth_latents(space, workflow, n, seed=5, family="llama")
+    prob = latent_accuracy(space, lat, num_samples=1 << 13)
+    labels = ds.labels(space.c_max)
+    assert prob.shape == labels.shape and (prob[:, space.c_max] == 1).all()
+    assert ((prob >= 0) & (prob <= 1)).all()
+    p, y = prob.ravel(), labels.ravel()
+    edges = np.array([0.0, 0.5, 0.8, 0.9, 0.95, 0.99, 0.999, 1.0 + 1e-9])
+    which = np.digitize(p, edges) - 1
+    for b in range(len(edges) - 1):
+        sel = which == b
+        if sel.sum() < 500:
+            continue
+        # binomial noise of the bin's mean plus a little Monte-Carlo error
+        tol = 4 * np.sqrt(p[sel].mean() * (1 - p[sel].mean()) / sel.sum()) + 0.004
+        assert abs(y[sel].mean() - p[sel].mean()) <= tol, (edges[b], y[sel].mean(), p[sel].mean())
+
+    def log_loss(q):
+        q = np.clip(q, 1e-4, 1 - 1e-4)
+        return -np.mean(y * np.log(q) + (~y) * np.log(1 - q))
+
+    marginal = np.broadcast_to(labels.mean(axis=0), labels.shape).ravel()
+    assert log_loss(p) < 0.8 * log_loss(marginal)
+
+
+def test_latent_accuracy_rejects_latents_of_another_space():
+    workflow, space = _wf_space("self_refine_squad", "llama")
+    lat = synth_latents(space, workflow, 50, seed=0, family="llama")
+    wf2, space2 = _wf_space("voting_mmlu_pro", "llama")
+    with pytest.raises(DatasetError, match="latents are for"):
+        latent_accuracy(space2, lat, num_samples=64)
