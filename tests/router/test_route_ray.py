@@ -5,9 +5,7 @@ Runs on a real local Ray cluster (2 CPUs, loopback), one per module (``ray_clust
 
 from __future__ import annotations
 
-import gc
 import json
-import time
 
 import numpy as np
 import pytest
@@ -15,7 +13,8 @@ import ray
 
 from aragog_jax import route as route_cli
 from aragog_jax._cli import run_cli
-from aragog_jax.route_ray import plan_jsonl, route_on_ray
+from aragog_jax.errors import DatasetError
+from aragog_jax.route_ray import route_on_ray
 from aragog_jax.router import BatchRouter, Router
 
 pytestmark = pytest.mark.ray
@@ -90,59 +89,7 @@ def test_ray_job_parquet_in_and_out_matches_the_local_job(tiny, ray_cluster, tmp
     assert first["admitted"][-1] == space.config_to_models(space.c_max)
 
 
-def test_ray_job_resumes_after_a_failed_shard_without_losses_or_duplicates(
-    tiny, ray_cluster, tmp_path, capsys
-):
-    _, ds, _, ckpt, _ = tiny
-    inp = _write_input(tmp_path / "in.jsonl", ds.texts[:2000], bad_every=301)
-    common = ("--router", ckpt, "--input", inp)
-    ray_args = ("--ray", "--concurrency", 2, "--shard-rows", 250, "--chunk-size", 64)
-    assert _route(*common, "--output", tmp_path / "ref.jsonl") == 1
-    out, parts = tmp_path / "out.jsonl", tmp_path / "out.parts"
-    num_shards = len(plan_jsonl(inp, 250))
-    assert num_shards == 9  # 2,000 rows + 28 malformed lines
-
-    # Shard 5 cannot write its error file (a directory squats on its temporary name): its
-    # actor raises, the job fails and the driver says how to resume.
-    (parts / "errors-00005.jsonl.tmp").mkdir(parents=True)
-    assert _route(*common, "--output", out, *ray_args) == 1
-    err = capsys.readouterr().err
-    assert "the Ray job failed" in err and "run the same command again to resume" in err
-    assert not out.exists() and not (parts / "done-00005.json").exists()
-    # The failed dataset's actors go away (a rerun in a new driver would not wait for them).
-    gc.collect()
-    deadline = time.monotonic() + 120
-    while ray.available_resources().get("CPU", 0) < 2 and time.monotonic() < deadline:
-        time.sleep(0.5)
-    finished = {p.name: p.stat().st_mtime_ns for p in parts.glob("part-*.jsonl")}
-    finished = {
-        name: t
-        for name, t in finished.items()
-        if (parts / name.replace("part", "done").replace(".jsonl", ".json")).exists()
-    }
-    # What a crash can leave: a torn temporary part, and a part without its done mark.
-    (parts / "errors-00005.jsonl.tmp").rmdir()
-    (parts / "part-00005.jsonl.tmp").write_bytes(b'{"id": "q1", "num_adm')
-    (parts / "part-00005.jsonl").write_bytes(b'{"id": "stale"}\n')
-
-    assert _route(*common, "--output", out, *ray_args) == 1
-    err = capsys.readouterr().err
-    assert f"of {num_shards} shards" in err
-    assert out.read_bytes() == (tmp_path / "ref.jsonl").read_bytes()
-    assert (tmp_path / "out.errors.jsonl").read_bytes() == (
-        tmp_path / "ref.errors.jsonl"
-    ).read_bytes()
-    assert not parts.exists()
-    assert len(finished) >= 1  # shards finished before the failure were kept, not redone:
-    rows = [json.loads(x)["id"] for x in out.read_text().splitlines()]
-    assert len(rows) == len(set(rows)) == 2000
-
-    # Another shard size (other part names) on the same output is refused.
-    assert _route(*common, "--output", out, "--ray", "--shard-rows", 100) == 2
-    assert "belongs to a job" in capsys.readouterr().err
-
-
-def test_ray_job_skips_finished_shards(tiny, ray_cluster, tmp_path):
+def test_ray_job_resumes_skipping_finished_shards_only(tiny, ray_cluster, tmp_path):
     _, ds, _, ckpt, _ = tiny
     inp = _write_input(tmp_path / "in.jsonl", ds.texts[:1000])
     out = tmp_path / "out.jsonl"
@@ -158,13 +105,21 @@ def test_ray_job_skips_finished_shards(tiny, ray_cluster, tmp_path):
     (parts / "part-00001.jsonl").write_bytes(sentinel)
     (parts / "errors-00001.jsonl").write_bytes(b"")
     (parts / "done-00001.json").write_bytes(b'{"rows": 1, "errors": 0}')
+    # and what a shard killed mid-write leaves: a torn temporary part, a part without its mark
+    (parts / "part-00002.jsonl.tmp").write_bytes(b'{"id": "q1", "num_adm')
+    (parts / "part-00003.jsonl").write_bytes(b'{"id": "stale"}\n')
     again = route_on_ray(ckpt, inp, out, **kw)
     assert (again.shards_run, again.rows_run, again.rows) == (3, 700, 701)
     lines = out.read_bytes().splitlines(keepends=True)
     assert lines[300] == sentinel  # shard 1 was not routed again
     assert b"".join(lines[:300] + lines[301:]) == b"".join(
         ref.splitlines(keepends=True)[:300] + ref.splitlines(keepends=True)[600:]
-    )
+    )  # the other shards routed once each, the stale part replaced
+    assert not parts.exists()
+    # the same command again does nothing; another shard size on this output is refused
+    assert route_on_ray(ckpt, inp, out, **kw).shards_run == 0
+    with pytest.raises(DatasetError, match="belongs to a job"):
+        route_on_ray(ckpt, inp, out, **{**kw, "shard_rows": 100})
 
 
 def test_batch_router_in_map_batches_over_read_json(tiny, ray_cluster, tmp_path):
