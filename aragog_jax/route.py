@@ -29,6 +29,11 @@ Malformed lines (bad JSON, missing ``text``, wrong types) go to ``OUT.errors.jso
 ``{"line": N, "reason": "..."}``; every valid line is still routed; the job then exits
 with status 1 and a one-line summary. Blank lines are skipped. User mistakes (missing
 files, a checkpoint for another space) exit with status 2.
+
+Past one machine, ``--ray [--ray-address ADDR] [--concurrency N]`` runs the same job on a
+Ray cluster with Ray Data (the ``ray`` extra): same output rows and error lines, resumable
+by shard of ``--shard-rows`` input lines (:mod:`aragog_jax.route_ray`, whose
+:func:`~aragog_jax.route_ray.route_on_ray` is the Python API).
 """
 
 from __future__ import annotations
@@ -47,6 +52,7 @@ import numpy as np
 from aragog_jax._cli import run_cli
 from aragog_jax._files import atomic_write, atomic_writer
 from aragog_jax.errors import DatasetError
+from aragog_jax.route_ray import DEFAULT_SHARD_ROWS
 
 PROGRESS_FORMAT = "aragog-route-progress/1"
 
@@ -97,8 +103,12 @@ def _read_chunks(
             yield batch, nbytes
 
 
-def _parse(batch: list[tuple[int, bytes]]) -> tuple[list, list[str], list[bytes]]:
-    """Split a raw batch into (ids, texts) of valid rows and error lines (encoded)."""
+def parse_lines(batch: list[tuple[int, bytes]]) -> tuple[list, list[str], list[bytes]]:
+    """Split ``[(line_number, raw_line), ...]`` into ``(ids, texts, error_lines)``.
+
+    Blank lines are skipped; a malformed line becomes one encoded
+    ``{"line": N, "reason": ...}`` error line. Shared by the local and the Ray job.
+    """
     ids, texts, errors = [], [], []
     for lineno, raw in batch:
         if not raw.strip():
@@ -121,14 +131,12 @@ def _jsonl_chunks(
 ) -> Iterator[tuple[list, list[str], list[bytes], int, int]]:
     """``(ids, texts, error_lines, lines_consumed, bytes_consumed)`` per chunk of a JSONL file."""
     for batch, nbytes in _read_chunks(path, start, chunk):
-        ids, texts, errors = _parse(batch)
+        ids, texts, errors = parse_lines(batch)
         yield ids, texts, errors, len(batch), nbytes
 
 
-def _parquet_chunks(
-    path: Path, start: int, chunk: int
-) -> Iterator[tuple[list, list[str], list[bytes], int, int]]:
-    """Same as :func:`_jsonl_chunks` for a Parquet file (``line`` = 1-based row number)."""
+def open_parquet(path: Path):
+    """Open an input Parquet file and check its ``id`` and ``text`` columns (DatasetError if not)."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -149,8 +157,19 @@ def _parquet_chunks(
         raise DatasetError(
             f"--input {path}: column 'id' has type {id_t}, expected string or integer"
         )
-    row = 0
-    for rb in pf.iter_batches(batch_size=chunk, columns=["id", "text"]):
+    return pf
+
+
+def parquet_chunks(
+    pf, start: int, chunk: int, row_groups: Sequence[int] | None = None, first_row: int = 0
+) -> Iterator[tuple[list, list[str], list[bytes], int, int]]:
+    """Same as :func:`_jsonl_chunks` for an open Parquet file (``line`` = 1-based row number).
+
+    ``row_groups`` restricts the read to those row groups, whose first row is ``first_row``
+    (the Ray job reads one shard of row groups per task).
+    """
+    row = first_row
+    for rb in pf.iter_batches(batch_size=chunk, columns=["id", "text"], row_groups=row_groups):
         lo = row
         row += rb.num_rows
         if row <= start:
@@ -182,7 +201,7 @@ class _JsonlOut:
         self.router, self.admitted = router, admitted
 
     def write(self, ids: list, mask: np.ndarray, prog: Progress) -> None:
-        data = _encode_rows(ids, mask, self.admitted, self.router)
+        data = encode_rows(ids, mask, self.admitted, self.router)
         self.f.write(data)
         self.f.flush()
         os.fsync(self.f.fileno())
@@ -204,23 +223,11 @@ class _ParquetOut:
         self.path, self.router, self.admitted = path, router, admitted
 
     def write(self, ids: list, mask: np.ndarray, prog: Progress) -> None:
-        import pyarrow as pa
         import pyarrow.parquet as pq
 
         if not ids:
             return
-        counts = mask.sum(axis=1).astype(np.int32)
-        _, cols = np.nonzero(mask)
-        admitted = pa.ListArray.from_arrays(
-            pa.array(np.concatenate([[0], np.cumsum(counts)]).astype(np.int32)),
-            pa.array(cols.astype(np.int32)),
-        )
-        if self.admitted == "models":
-            table_ = [self.router.space.config_to_models(c) for c in range(self.router.num_configs)]
-            admitted = pa.array([[table_[c] for c in row.values.to_numpy()] for row in admitted])
-        table = pa.table(
-            {"id": pa.array(ids), "num_admitted": pa.array(counts), "admitted": admitted}
-        )
+        table = parquet_table(ids, mask, self.admitted, self.router)
         with atomic_writer(
             self.path / f"part-{prog.output_parts:05d}.parquet"
         ) as f:  # via part-NNNNN.parquet.tmp
@@ -231,8 +238,28 @@ class _ParquetOut:
         pass
 
 
-def _encode_rows(ids: list, mask: np.ndarray, admitted: str, router) -> bytes:
-    """Newline-delimited JSON output rows (one ``encode_lines`` call per chunk)."""
+def parquet_table(ids: list, mask: np.ndarray, admitted: str, router):
+    """The output rows of one chunk as a ``pyarrow.Table`` (``id``, ``num_admitted``, ``admitted``)."""
+    import pyarrow as pa
+
+    counts = mask.sum(axis=1).astype(np.int32)
+    _, cols = np.nonzero(mask)
+    admitted_col = pa.ListArray.from_arrays(
+        pa.array(np.concatenate([[0], np.cumsum(counts)]).astype(np.int32)),
+        pa.array(cols.astype(np.int32)),
+    )
+    if admitted == "models":
+        table_ = [router.space.config_to_models(c) for c in range(router.num_configs)]
+        admitted_col = pa.array(
+            [[table_[c] for c in row.values.to_numpy()] for row in admitted_col]
+        )
+    return pa.table(
+        {"id": pa.array(ids), "num_admitted": pa.array(counts), "admitted": admitted_col}
+    )
+
+
+def encode_rows(ids: list, mask: np.ndarray, admitted: str, router) -> bytes:
+    """The output rows of one chunk as newline-delimited JSON (one ``encode_lines`` call)."""
     if not ids:
         return b""
     counts = mask.sum(axis=1)
@@ -254,14 +281,19 @@ def _encode_rows(ids: list, mask: np.ndarray, admitted: str, router) -> bytes:
     return _encoder.encode_lines(rows)
 
 
+def check_fresh_output(out: Path, progress: Path) -> None:
+    """Refuse to write into a non-empty ``out`` that has no progress file (not ours to resume)."""
+    if out.exists() and (any(out.iterdir()) if out.is_dir() else out.stat().st_size > 0):
+        raise DatasetError(
+            f"{out} exists but {progress.name} does not, so the job cannot resume safely; "
+            f"remove {out} or choose another --output"
+        )
+
+
 def _load_progress(path: Path, out: Path, err: Path, router: str, inp: str) -> Progress:
     fresh = Progress(format=PROGRESS_FORMAT, router=router, input=inp)
     if not path.exists():
-        if out.exists() and (any(out.iterdir()) if out.is_dir() else out.stat().st_size > 0):
-            raise DatasetError(
-                f"{out} exists but {path.name} does not, so the job cannot resume safely; "
-                f"remove {out} or choose another --output"
-            )
+        check_fresh_output(out, path)
         return fresh
     try:
         prog = msgspec.json.decode(path.read_bytes(), type=Progress)
@@ -329,7 +361,36 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--embeddings-url", help="override the embeddings endpoint of an openai-embeddings router"
     )
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    ray = parser.add_argument_group(
+        "Ray", "run the job on a Ray cluster with Ray Data (pip install 'aragog_jax[ray]')"
+    )
+    ray.add_argument(
+        "--ray",
+        action="store_true",
+        help="route on Ray Data: shards of the input go to --concurrency actors, one compiled router "
+        "each; same output rows and errors as the local job; resumable by shard",
+    )
+    ray.add_argument(
+        "--ray-address",
+        help="Ray cluster to join (e.g. ray://head:10001 or auto; default: RAY_ADDRESS, else a local one)",
+    )
+    ray.add_argument(
+        "--concurrency", type=int, help="routing actors with --ray (default: the cluster's CPUs)"
+    )
+    ray.add_argument(
+        "--shard-rows",
+        type=int,
+        default=DEFAULT_SHARD_ROWS,
+        help="input lines per shard with --ray: the unit of work, output files and resumption "
+        "(default %(default)s)",
+    )
     args = parser.parse_args(argv)
+    if not args.ray and (args.ray_address or args.concurrency is not None):
+        raise DatasetError("--ray-address and --concurrency need --ray")
+    if args.ray:
+        from aragog_jax.route_ray import main_ray
+
+        return main_ray(args)
 
     from tqdm.auto import tqdm
 
@@ -353,6 +414,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise DatasetError(
                 "Parquet input/output needs pyarrow: pip install 'aragog_jax[parquet]'"
             ) from exc
+    parquet_file = open_parquet(inp) if parquet_in else None  # bad input: fail before any write
 
     space = None
     if args.workflow or args.family:
@@ -379,11 +441,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     t0 = time.perf_counter()
     rows0 = prog.rows
     if parquet_in:
-        import pyarrow.parquet as pq
-
-        chunks = _parquet_chunks(inp, prog.input_lines, args.chunk_size)
+        chunks = parquet_chunks(parquet_file, prog.input_lines, args.chunk_size)
         bar_total, bar_unit, bar_done = (
-            pq.ParquetFile(inp).metadata.num_rows,
+            parquet_file.metadata.num_rows,
             "row",
             prog.input_lines,
         )

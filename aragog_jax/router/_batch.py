@@ -30,16 +30,31 @@ class BatchRouter:
       checkpoint: router checkpoint path.
       batch_size: the bucket compiled at construction (smaller batches are padded).
       admitted: ``indices`` (int32 arrays of configuration indices) or ``mask`` (the bool[C] row).
+      workflow, family: check the checkpoint against this space (default: the one it stores),
+        as ``python -m aragog_jax.route --workflow/--family`` does.
+      featurizer_overrides: e.g. ``base_url=...`` for an openai-embeddings router.
     """
 
     def __init__(
-        self, checkpoint: str | Path, batch_size: int = 4096, admitted: str = "indices"
+        self,
+        checkpoint: str | Path,
+        batch_size: int = 4096,
+        admitted: str = "indices",
+        workflow: str | None = None,
+        family: str | None = None,
+        **featurizer_overrides,
     ) -> None:
+        from aragog_jax.router._checkpoint import load_checkpoint
         from aragog_jax.router._router import Router
 
         if admitted not in ("indices", "mask"):
             raise DatasetError(f"admitted must be 'indices' or 'mask', got {admitted!r}")
-        self.router = Router.load(checkpoint).compile((int(batch_size),))
+        space = None
+        if workflow or family:
+            space = load_checkpoint(checkpoint).space(workflow, family)
+        self.router = Router.load(checkpoint, space, **featurizer_overrides).compile(
+            (int(batch_size),)
+        )
         self.admitted = admitted
 
     def __call__(self, batch: dict) -> dict:

@@ -1,0 +1,524 @@
+"""Batch offline routing on a Ray cluster (Ray Data): the route job past one machine.
+
+    python -m aragog_jax.route --ray [--ray-address ADDR] --router CKPT --input IN --output OUT
+
+or from Python::
+
+    from aragog_jax.route_ray import route_on_ray
+    summary = route_on_ray("profiles/routers/voting_mmlu_pro/qwen.npz", "in.jsonl", "out.parquet",
+                           concurrency=8, batch_size=4096)
+
+Same inputs, outputs, errors and exit statuses as the local job (:mod:`aragog_jax.route`):
+the same output rows in the same order, malformed lines reported in ``OUT.errors.jsonl``
+with the same line numbers and reasons.
+
+How it runs. The driver splits the input into *shards* of about ``shard_rows`` input
+lines (JSONL: byte ranges cut at line ends, found by one pass over the file; Parquet:
+runs of whole row groups). The shards are a Ray Dataset (one block each), mapped with
+``map_batches(ShardRouter, concurrency=N, batch_size=1)``: each of the N actors loads the
+checkpoint and compiles one :class:`~aragog_jax.router.BatchRouter` once, in its
+constructor, then for each shard it reads its lines, parses them with the local job's
+parser, routes them ``batch_size`` rows per device call and writes the shard's output
+under a name fixed by the shard's index. Ray's progress bars show the shards going
+through; the job ends with a throughput line.
+
+Why shards and not ``ray.data.read_json``: the error file names input line numbers, and
+Ray's readers neither keep line numbers nor name their output blocks deterministically;
+shards cut by the driver give both, and make the job resumable.
+
+Files. ``OUT.parts/`` holds, per shard ``k``, ``errors-k.jsonl`` then the part (JSONL:
+``part-k.jsonl`` there; Parquet: ``OUT.parquet/part-k.parquet``, the same directory layout
+the local job writes) and last ``done-k.json`` (its row and error counts), each written
+atomically (temp file + rename). When every shard is done the driver concatenates the
+error parts into ``OUT.errors.jsonl`` and, for JSONL, the parts into ``OUT.jsonl``, then
+marks ``OUT.progress.json`` done and removes ``OUT.parts/``.
+
+Resumability. A shard counts as written only once its ``done-k.json`` exists, so a rerun
+of the same command after any failure (a killed actor, a lost node, the driver
+interrupted) skips the finished shards and rewrites the others from the start: no row is
+lost or written twice. ``OUT.progress.json`` records the router, the input and the shard
+size, and a rerun with another shard size or router is refused (exit 2).
+
+The cluster needs ``aragog_jax`` importable on every node (``pip install 'aragog_jax[ray]'``)
+and the checkpoint, input and output paths visible at the same paths on every node (a
+shared file system), since actors read and write them directly.
+"""
+
+from __future__ import annotations
+
+import shutil
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import msgspec
+import numpy as np
+
+from aragog_jax._files import atomic_write, atomic_writer
+from aragog_jax.errors import DatasetError
+
+PROGRESS_FORMAT = "aragog-route-ray/1"
+#: Default input lines per shard (the unit of work, of output files and of resumption).
+DEFAULT_SHARD_ROWS = 65536
+_READ_BYTES = 1 << 24
+
+
+class Shard(msgspec.Struct, frozen=True):
+    """One unit of work: input lines ``first_line + 1 .. first_line + num_lines`` (1-based).
+
+    ``start``/``stop`` are byte offsets (JSONL) or a row-group range (Parquet).
+    """
+
+    index: int
+    first_line: int
+    num_lines: int
+    start: int
+    stop: int
+
+
+class RayProgress(msgspec.Struct):
+    format: str
+    router: str
+    input: str
+    shard_rows: int
+    admitted: str
+    num_shards: int
+    rows: int = 0
+    errors: int = 0
+    done: bool = False
+
+
+class ShardDone(msgspec.Struct):
+    rows: int
+    errors: int
+
+
+class RaySummary(msgspec.Struct):
+    """What :func:`route_on_ray` did: rows routed and malformed lines in the whole output,
+    shards run by this call (the rest were already done), and its wall time."""
+
+    rows: int
+    errors: int
+    num_shards: int
+    shards_run: int
+    rows_run: int
+    seconds: float
+    output: str
+    errors_path: str
+
+
+def plan_jsonl(path: Path, shard_rows: int) -> list[Shard]:
+    """Cut a JSONL file into shards of ``shard_rows`` lines (the last may be shorter).
+
+    One pass over the file counting newlines with NumPy; a last line without a newline
+    counts as a line, as in the local job.
+    """
+    cuts = [(0, 0)]  # (byte offset, lines before it)
+    lines = pos = 0
+    next_cut = shard_rows
+    last = b"\n"
+    with open(path, "rb") as f:
+        while buf := f.read(_READ_BYTES):
+            newlines = np.flatnonzero(np.frombuffer(buf, np.uint8) == 10)
+            while next_cut <= lines + len(newlines):
+                cuts.append((pos + int(newlines[next_cut - lines - 1]) + 1, next_cut))
+                next_cut += shard_rows
+            lines += len(newlines)
+            pos += len(buf)
+            last = buf[-1:]
+    if last != b"\n":
+        lines += 1
+    if cuts[-1] != (pos, lines):
+        cuts.append((pos, lines))
+    return [
+        Shard(index=k, first_line=a_line, num_lines=b_line - a_line, start=a, stop=b)
+        for k, ((a, a_line), (b, b_line)) in enumerate(zip(cuts, cuts[1:], strict=False))
+    ]
+
+
+def plan_parquet(path: Path, shard_rows: int) -> list[Shard]:
+    """Cut a Parquet file into shards of whole row groups, about ``shard_rows`` rows each."""
+    from aragog_jax.route import open_parquet
+
+    meta = open_parquet(path).metadata
+    shards: list[Shard] = []
+    first = rg = row = 0
+    for g in range(meta.num_row_groups):
+        row += meta.row_group(g).num_rows
+        if row - first >= shard_rows or g == meta.num_row_groups - 1:
+            shards.append(Shard(len(shards), first, row - first, rg, g + 1))
+            first, rg = row, g + 1
+    return shards
+
+
+class _Paths:
+    """Where a job's files live, derived from ``--output`` as in the local job."""
+
+    def __init__(self, output: Path):
+        self.out = output
+        self.parquet = output.suffix == ".parquet"
+        stem = output.name.removesuffix(".parquet" if self.parquet else ".jsonl")
+        self.errors = output.with_name(stem + ".errors.jsonl")
+        self.progress = output.with_name(stem + ".progress.json")
+        self.parts = output.with_name(stem + ".parts")
+
+    def part(self, k: int) -> Path:
+        if self.parquet:
+            return self.out / f"part-{k:05d}.parquet"
+        return self.parts / f"part-{k:05d}.jsonl"
+
+    def shard_errors(self, k: int) -> Path:
+        return self.parts / f"errors-{k:05d}.jsonl"
+
+    def done(self, k: int) -> Path:
+        return self.parts / f"done-{k:05d}.json"
+
+
+class ShardRouter:
+    """The Ray Data actor: one compiled router per actor, then one shard per call.
+
+    ``__call__`` takes a batch of shard rows (``index``, ``first_line``, ``num_lines``,
+    ``start``, ``stop`` columns) and returns ``index``, ``rows``, ``errors`` per shard,
+    after writing the shard's files.
+    """
+
+    def __init__(
+        self,
+        router: str,
+        input: str,
+        output: str,
+        batch_size: int,
+        admitted: str,
+        workflow: str | None,
+        family: str | None,
+        overrides: dict,
+    ) -> None:
+        from aragog_jax.router import BatchRouter
+
+        # Compiled once here, never per batch (the point of a callable class in map_batches).
+        self.batch = BatchRouter(
+            router, batch_size, admitted="mask", workflow=workflow, family=family, **overrides
+        )
+        self.input, self.paths = Path(input), _Paths(Path(output))
+        self.batch_size, self.admitted = batch_size, admitted
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        shards = [
+            Shard(*(int(batch[f][i]) for f in Shard.__struct_fields__))
+            for i in range(len(batch["index"]))
+        ]
+        done = [self._run(s) for s in shards]
+        return {
+            "index": np.array([s.index for s in shards], np.int64),
+            "rows": np.array([d.rows for d in done], np.int64),
+            "errors": np.array([d.errors for d in done], np.int64),
+        }
+
+    def _chunks(self, shard: Shard):
+        from aragog_jax.route import open_parquet, parquet_chunks, parse_lines
+
+        if self.input.suffix == ".parquet":
+            rgs = list(range(shard.start, shard.stop))
+            pf = open_parquet(self.input)
+            for ids, texts, errors, _, _ in parquet_chunks(
+                pf, 0, self.batch_size, rgs, shard.first_line
+            ):
+                yield ids, texts, errors
+            return
+        with open(self.input, "rb") as f:
+            f.seek(shard.start)
+            lineno, pos, raw_batch = shard.first_line, shard.start, []
+            while pos < shard.stop:
+                raw = f.readline()
+                if not raw:
+                    break
+                pos += len(raw)
+                lineno += 1
+                raw_batch.append((lineno, raw))
+                if len(raw_batch) >= self.batch_size:
+                    yield parse_lines(raw_batch)
+                    raw_batch = []
+            if raw_batch:
+                yield parse_lines(raw_batch)
+
+    def _run(self, shard: Shard) -> ShardDone:
+        from aragog_jax.route import encode_rows, parquet_table
+
+        router = self.batch.router
+        rows, error_lines, pieces = 0, [], []
+        for ids, texts, errors in self._chunks(shard):
+            error_lines.extend(errors)
+            if not ids:
+                continue
+            mask = self.batch({"id": ids, "text": texts})["admitted"]
+            rows += len(ids)
+            if self.paths.parquet:
+                pieces.append(parquet_table(ids, mask, self.admitted, router))
+            else:
+                pieces.append(encode_rows(ids, mask, self.admitted, router))
+        k = shard.index
+        atomic_write(self.paths.shard_errors(k), b"".join(error_lines))
+        if self.paths.parquet:
+            import pyarrow as pa
+            import pyarrow.parquet as pq
+
+            if pieces:  # a shard of malformed lines only writes no part, as locally
+                with atomic_writer(self.paths.part(k)) as f:
+                    pq.write_table(pa.concat_tables(pieces), f)
+        else:
+            atomic_write(self.paths.part(k), b"".join(pieces))
+        done = ShardDone(rows=rows, errors=len(error_lines))
+        atomic_write(self.paths.done(k), msgspec.json.encode(done))
+        return done
+
+
+def _check_progress(paths: _Paths, want: RayProgress) -> RayProgress:
+    from aragog_jax.route import check_fresh_output
+
+    if not paths.progress.exists():
+        check_fresh_output(paths.out, paths.progress)
+        return want
+    try:
+        prog = msgspec.json.decode(paths.progress.read_bytes(), type=RayProgress)
+    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+        raise DatasetError(
+            f"{paths.progress}: not the progress file of a Ray routing job ({exc}); "
+            f"remove it and {paths.out} to start over"
+        ) from exc
+    mine = (want.format, want.router, want.input, want.shard_rows, want.admitted)
+    theirs = (prog.format, prog.router, prog.input, prog.shard_rows, prog.admitted)
+    if mine != theirs:
+        raise DatasetError(
+            f"{paths.progress}: belongs to a job with router {prog.router!r}, input "
+            f"{prog.input!r}, shard rows {prog.shard_rows}, admitted {prog.admitted!r}; "
+            f"remove it and {paths.out} to start over"
+        )
+    return prog
+
+
+def _assemble(paths: _Paths, shards: Sequence[Shard], prog: RayProgress) -> None:
+    """Concatenate the shards' error parts (and JSONL parts) in input order; mark done."""
+    rows = errors = 0
+    for s in shards:
+        d = msgspec.json.decode(paths.done(s.index).read_bytes(), type=ShardDone)
+        rows, errors = rows + d.rows, errors + d.errors
+    sources = [(paths.errors, [paths.shard_errors(s.index) for s in shards])]
+    if not paths.parquet:
+        sources.append((paths.out, [paths.part(s.index) for s in shards]))
+    for target, parts in sources:
+        with atomic_writer(target) as f:
+            for part in parts:
+                with open(part, "rb") as src:
+                    shutil.copyfileobj(src, f, 1 << 20)
+    prog.rows, prog.errors, prog.done = rows, errors, True
+    atomic_write(paths.progress, msgspec.json.encode(prog))
+    shutil.rmtree(paths.parts)
+
+
+def route_on_ray(
+    router: str | Path,
+    input: str | Path,
+    output: str | Path,
+    *,
+    concurrency: int | None = None,
+    batch_size: int = 4096,
+    shard_rows: int = DEFAULT_SHARD_ROWS,
+    admitted: str = "indices",
+    workflow: str | None = None,
+    family: str | None = None,
+    embeddings_url: str | None = None,
+    address: str | None = None,
+    progress_bars: bool = True,
+) -> RaySummary:
+    """Route ``input`` (JSONL or ``.parquet``) to ``output`` on Ray Data; resumable.
+
+    Args:
+      router: router checkpoint (.npz).
+      input: JSONL file (``{"id", "text"}`` per line) or Parquet file (``id``, ``text``).
+      output: JSONL file, or a ``.parquet`` path written as a directory of part files.
+      concurrency: routing actors (default: the cluster's CPUs); one compiled router each.
+      batch_size: rows per device call (the one bucket each actor compiles).
+      shard_rows: input lines per shard (the unit of output files and of resumption).
+      admitted: ``indices`` or ``models``, as ``--admitted``.
+      workflow, family, embeddings_url: as the local job's flags.
+      address: Ray cluster address when Ray is not initialised yet (default: start a
+        local one, or join ``RAY_ADDRESS``); an already initialised Ray is used as it is.
+      progress_bars: Ray Data's progress bars on stderr.
+
+    Returns:
+      :class:`RaySummary`; ``errors > 0`` means malformed lines (see ``errors_path``).
+
+    Raises:
+      DatasetError: user mistakes (missing input, a progress file of another job, bad
+        sizes); any Ray error from a failed shard propagates, with every finished shard
+        kept for the rerun.
+    """
+    try:
+        import ray
+    except ImportError as exc:
+        raise DatasetError("--ray needs Ray: pip install 'aragog_jax[ray]'") from exc
+    from aragog_jax.router import load_checkpoint
+
+    if batch_size < 1 or shard_rows < 1:
+        raise DatasetError(
+            f"--chunk-size and --shard-rows must be positive, got {batch_size} and {shard_rows}"
+        )
+    if concurrency is not None and concurrency < 1:
+        raise DatasetError(f"--concurrency must be positive, got {concurrency}")
+    if admitted not in ("indices", "models"):
+        raise DatasetError(f"admitted must be 'indices' or 'models', got {admitted!r}")
+    inp, out = Path(input).resolve(), Path(output).resolve()
+    if not inp.is_file():
+        raise DatasetError(f"--input {input}: no such file")
+    paths = _Paths(out)
+    if (inp.suffix == ".parquet" or paths.parquet) and not _has_pyarrow():
+        raise DatasetError("Parquet input/output needs pyarrow: pip install 'aragog_jax[parquet]'")
+    ckpt = Path(router).resolve()
+    # The checkpoint (and the space asked for) is checked here, once, before any actor starts.
+    meta = load_checkpoint(ckpt)
+    if workflow or family:
+        meta.space(workflow, family)
+    want = RayProgress(
+        format=PROGRESS_FORMAT,
+        router=str(ckpt),
+        input=str(inp),
+        shard_rows=shard_rows,
+        admitted=admitted,
+        num_shards=0,
+    )
+    prog = _check_progress(paths, want)
+    if prog.done:
+        shutil.rmtree(paths.parts, ignore_errors=True)  # if a crash came between the two
+        return RaySummary(
+            prog.rows, prog.errors, prog.num_shards, 0, 0, 0.0, str(out), str(paths.errors)
+        )
+
+    t0 = time.perf_counter()
+    shards = (plan_parquet if inp.suffix == ".parquet" else plan_jsonl)(inp, shard_rows)
+    prog.num_shards = len(shards)
+    paths.parts.mkdir(parents=True, exist_ok=True)
+    if paths.parquet:
+        paths.out.mkdir(parents=True, exist_ok=True)
+    atomic_write(paths.progress, msgspec.json.encode(prog))
+    todo = [s for s in shards if not paths.done(s.index).exists()]
+    rows_run = 0
+    if todo:
+        if not ray.is_initialized():
+            ray.init(address=address, log_to_driver=False, include_dashboard=False)
+        if concurrency is None:
+            concurrency = max(1, int(ray.cluster_resources().get("CPU", 1)))
+        ctx = ray.data.DataContext.get_current()
+        ctx.enable_progress_bars = progress_bars
+        ds = ray.data.from_items(
+            [msgspec.structs.asdict(s) for s in todo], override_num_blocks=len(todo)
+        )
+        overrides = {"base_url": embeddings_url} if embeddings_url else {}
+        routed = ds.map_batches(
+            ShardRouter,
+            fn_constructor_args=(
+                str(ckpt),
+                str(inp),
+                str(out),
+                batch_size,
+                admitted,
+                workflow,
+                family,
+                overrides,
+            ),
+            batch_size=1,
+            batch_format="numpy",
+            concurrency=min(concurrency, len(todo)),
+            num_cpus=1,
+        )
+        for batch in routed.iter_batches(batch_size=None, batch_format="numpy"):
+            rows_run += int(batch["rows"].sum())
+    _assemble(paths, shards, prog)
+    return RaySummary(
+        rows=prog.rows,
+        errors=prog.errors,
+        num_shards=len(shards),
+        shards_run=len(todo),
+        rows_run=rows_run,
+        seconds=time.perf_counter() - t0,
+        output=str(out),
+        errors_path=str(paths.errors),
+    )
+
+
+def _has_pyarrow() -> bool:
+    try:
+        import pyarrow  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def main_ray(args) -> int:
+    """``python -m aragog_jax.route --ray``: run :func:`route_on_ray` from parsed flags."""
+    import ray
+
+    try:
+        summary = _route_from_args(args)
+    except ray.exceptions.RayError as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        print(
+            f"error: the Ray job failed ({first}); finished shards are kept: run the same "
+            "command again to resume",
+            file=sys.stderr,
+        )
+        return 1
+    return _report(summary)
+
+
+def _route_from_args(args) -> RaySummary:
+    return route_on_ray(
+        args.router,
+        args.input,
+        args.output,
+        concurrency=args.concurrency,
+        batch_size=args.chunk_size,
+        shard_rows=args.shard_rows,
+        admitted=args.admitted,
+        workflow=args.workflow,
+        family=args.family,
+        embeddings_url=args.embeddings_url,
+        address=args.ray_address,
+        progress_bars=not args.quiet,
+    )
+
+
+def _report(summary: RaySummary) -> int:
+    if summary.shards_run == 0 and summary.seconds == 0.0:
+        print(
+            f"already complete: {summary.rows:,} rows routed, {summary.errors:,} malformed lines "
+            f"in {summary.errors_path}",
+            file=sys.stderr,
+        )
+    else:
+        dt = summary.seconds
+        print(
+            f"routed {summary.rows_run:,} rows in {dt:.2f} s "
+            f"({summary.rows_run / max(dt, 1e-9):,.0f} rows/s) on Ray, {summary.shards_run} of "
+            f"{summary.num_shards} shards, to {summary.output}",
+            file=sys.stderr,
+        )
+    if summary.errors:
+        print(
+            f"error: {summary.errors:,} malformed input lines (see {summary.errors_path}); "
+            f"{summary.rows:,} valid rows were routed",
+            file=sys.stderr,
+        )
+        return 1
+    return 0
+
+
+__all__ = [
+    "DEFAULT_SHARD_ROWS",
+    "RaySummary",
+    "Shard",
+    "ShardRouter",
+    "plan_jsonl",
+    "plan_parquet",
+    "route_on_ray",
+]
