@@ -42,3 +42,23 @@ def test_ruff_lint_is_clean():
 def test_import_contracts_are_kept():
     res = _run(_tool("lint-imports"), "--no-cache")
     assert res.returncode == 0, f"lint-imports:\n{res.stdout[-4000:]}{res.stderr}"
+
+
+def test_no_package_imports_another_packages_private_module():
+    """``aragog_jax.<pkg>._x`` is private to ``<pkg>``: other packages use what ``<pkg>``
+    exports. Root-level helpers (``aragog_jax._files``, ``_cli``, ...) are shared by all."""
+    import grimp  # import-linter's graph library (always installed with it)
+    graph = grimp.build_graph("aragog_jax")
+    bad = []
+    for module in sorted(graph.modules):
+        for imported in sorted(graph.find_modules_directly_imported_by(module)):
+            parts = imported.split(".")
+            private = [
+                i for i, p in enumerate(parts) if p.startswith("_") and not p.startswith("__")
+            ]
+            if not private:
+                continue
+            owner = ".".join(parts[: private[0]])
+            if owner != "aragog_jax" and module != owner and not module.startswith(owner + "."):
+                bad.append(f"{module} imports {imported}")
+    assert not bad, "private modules imported across packages:\n" + "\n".join(bad)
