@@ -48,6 +48,7 @@ def test_no_package_imports_another_packages_private_module():
     """``aragog_jax.<pkg>._x`` is private to ``<pkg>``: other packages use what ``<pkg>``
     exports. Root-level helpers (``aragog_jax._files``, ``_cli``, ...) are shared by all."""
     import grimp  # import-linter's graph library (always installed with it)
+
     graph = grimp.build_graph("aragog_jax")
     bad = []
     for module in sorted(graph.modules):
