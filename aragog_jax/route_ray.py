@@ -56,25 +56,22 @@ import msgspec
 import numpy as np
 
 from aragog_jax._files import atomic_write, atomic_writer
+from aragog_jax._routeio import (
+    Shard,
+    check_fresh_output,
+    encode_rows,
+    open_parquet,
+    parquet_chunks,
+    parquet_table,
+    parse_lines,
+    plan_jsonl,
+    plan_parquet,
+)
 from aragog_jax.errors import DatasetError
 
 PROGRESS_FORMAT = "aragog-route-ray/1"
 #: Default input lines per shard (the unit of work, of output files and of resumption).
 DEFAULT_SHARD_ROWS = 65536
-_READ_BYTES = 1 << 24
-
-
-class Shard(msgspec.Struct, frozen=True):
-    """One unit of work: input lines ``first_line + 1 .. first_line + num_lines`` (1-based).
-
-    ``start``/``stop`` are byte offsets (JSONL) or a row-group range (Parquet).
-    """
-
-    index: int
-    first_line: int
-    num_lines: int
-    start: int
-    stop: int
 
 
 class RayProgress(msgspec.Struct):
@@ -106,50 +103,6 @@ class RaySummary(msgspec.Struct):
     seconds: float
     output: str
     errors_path: str
-
-
-def plan_jsonl(path: Path, shard_rows: int) -> list[Shard]:
-    """Cut a JSONL file into shards of ``shard_rows`` lines (the last may be shorter).
-
-    One pass over the file counting newlines with NumPy; a last line without a newline
-    counts as a line, as in the local job.
-    """
-    cuts = [(0, 0)]  # (byte offset, lines before it)
-    lines = pos = 0
-    next_cut = shard_rows
-    last = b"\n"
-    with open(path, "rb") as f:
-        while buf := f.read(_READ_BYTES):
-            newlines = np.flatnonzero(np.frombuffer(buf, np.uint8) == 10)
-            while next_cut <= lines + len(newlines):
-                cuts.append((pos + int(newlines[next_cut - lines - 1]) + 1, next_cut))
-                next_cut += shard_rows
-            lines += len(newlines)
-            pos += len(buf)
-            last = buf[-1:]
-    if last != b"\n":
-        lines += 1
-    if cuts[-1] != (pos, lines):
-        cuts.append((pos, lines))
-    return [
-        Shard(index=k, first_line=a_line, num_lines=b_line - a_line, start=a, stop=b)
-        for k, ((a, a_line), (b, b_line)) in enumerate(zip(cuts, cuts[1:], strict=False))
-    ]
-
-
-def plan_parquet(path: Path, shard_rows: int) -> list[Shard]:
-    """Cut a Parquet file into shards of whole row groups, about ``shard_rows`` rows each."""
-    from aragog_jax.route import open_parquet
-
-    meta = open_parquet(path).metadata
-    shards: list[Shard] = []
-    first = rg = row = 0
-    for g in range(meta.num_row_groups):
-        row += meta.row_group(g).num_rows
-        if row - first >= shard_rows or g == meta.num_row_groups - 1:
-            shards.append(Shard(len(shards), first, row - first, rg, g + 1))
-            first, rg = row, g + 1
-    return shards
 
 
 class _Paths:
@@ -216,8 +169,6 @@ class ShardRouter:
         }
 
     def _chunks(self, shard: Shard):
-        from aragog_jax.route import open_parquet, parquet_chunks, parse_lines
-
         if self.input.suffix == ".parquet":
             rgs = list(range(shard.start, shard.stop))
             pf = open_parquet(self.input)
@@ -243,8 +194,6 @@ class ShardRouter:
                 yield parse_lines(raw_batch)
 
     def _run(self, shard: Shard) -> ShardDone:
-        from aragog_jax.route import encode_rows, parquet_table
-
         router = self.batch.router
         rows, error_lines, pieces = 0, [], []
         for ids, texts, errors in self._chunks(shard):
@@ -274,8 +223,6 @@ class ShardRouter:
 
 
 def _check_progress(paths: _Paths, want: RayProgress) -> RayProgress:
-    from aragog_jax.route import check_fresh_output
-
     if not paths.progress.exists():
         check_fresh_output(paths.out, paths.progress)
         return want

@@ -186,7 +186,7 @@ def task_main(st: Settings, wf: str, fam: str) -> dict:
 
 def paper_accounting(equal: dict, routed: dict) -> dict:
     """The paper's rule from the two arms: router-running policies on 7 GPUs, the others on 8."""
-    from aragog_jax.sim._experiment import compare
+    from aragog_jax.sim._summary import compare
 
     pols = {
         "aragog": routed["policies"]["aragog"],
@@ -793,7 +793,7 @@ def plot_case(key: str, res: dict, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from aragog_jax.sim._experiment import sustains
+    from aragog_jax.sim._summary import sustains
 
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.2), sharey=True)
     for ax, (acc, title) in zip(
@@ -1018,8 +1018,8 @@ def _rule_checks(b: dict, p: str) -> dict:
     """Issue 18's bar for policy ``p`` in one accounting block ``b``: max throughput vs
     per-input and per-input-router, P95 at p's highest sustained rate vs per-input's at
     that rate, and the accuracy drop."""
-    from aragog_jax.sim._experiment import highest_sustained_index
     from aragog_jax.sim._metrics import pct_change
+    from aragog_jax.sim._summary import highest_sustained_index
 
     pols = b["policies"]
     d = pols[p]

@@ -17,8 +17,9 @@ import re
 from pathlib import Path
 
 import dspy
+from aragog_jax.dspy._placeholder import CHARS_PER_TOKEN
 from aragog_jax.dspy._run import TRACE_FORMAT
-from aragog_jax.dspy._trace import CHARS_PER_TOKEN, TracedProgram
+from aragog_jax.dspy._trace import TracedProgram
 
 
 def _toml_str(s: str) -> str:

@@ -26,13 +26,8 @@ import pydantic
 
 import dspy
 from aragog_jax._imports import load_callable
-from aragog_jax.dspy._trace import (
-    TracedCall,
-    TracedProgram,
-    json_object,
-    parse_input,
-    program_fingerprint,
-)
+from aragog_jax.dspy._program import json_object, parse_input, program_fingerprint
+from aragog_jax.dspy._trace import TracedCall, TracedProgram
 from aragog_jax.errors import (
     AragogError,
     ProgramTraceError,

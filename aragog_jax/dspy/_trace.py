@@ -25,23 +25,20 @@ at the ``output_tokens`` estimate, ``default_output_tokens``).
 
 from __future__ import annotations
 
-import dataclasses
-import enum
-import hashlib
-import inspect
 import json
-import types
-import typing
 from dataclasses import dataclass, field
 from typing import Any
 
 import dspy
+from aragog_jax.dspy._placeholder import TraceEngine
+from aragog_jax.dspy._program import (
+    parse_input,
+    program_arguments,
+    program_fingerprint,
+    stage_names,
+)
 from aragog_jax.errors import ProgramTraceError
-from dspy.lm15 import Message, Response, TextPart, Usage
 
-#: Characters per token of the placeholder trace's estimate (the same rule the loopback
-#: fake engine reports usage with).
-CHARS_PER_TOKEN = 4
 #: A value shorter than this is never read as embedded in a formatted text (too likely
 #: to occur there by chance).
 MIN_EMBED_CHARS = 4
@@ -190,173 +187,6 @@ class TracedProgram:
         )
 
 
-# -- the program ----------------------------------------------------------------------------
-
-
-def program_arguments(program: dspy.Module) -> list[str]:
-    """The names of ``program.forward``'s parameters (its inputs)."""
-    # From the class: reading ``program.forward`` on the instance makes DSPy warn.
-    params = list(inspect.signature(type(program).forward).parameters.values())[1:]
-    names = [p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
-    if any(p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD) for p in params) or not names:
-        raise ProgramTraceError(
-            f"{type(program).__name__}.forward must take named parameters (e.g. forward(self, question)); "
-            f"got ({', '.join(str(p) for p in params)})"
-        )
-    return names
-
-
-def json_object(text: str, keys: list[str]) -> dict[str, Any]:
-    """``text`` as a JSON object with exactly ``keys``; ValueError saying what it is instead."""
-    try:
-        obj = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"expected a JSON object with keys {keys}, got {text[:60]!r}") from exc
-    if not isinstance(obj, dict) or set(obj) != set(keys):
-        raise ValueError(
-            f"expected a JSON object with keys {keys}, got "
-            f"{sorted(obj) if isinstance(obj, dict) else type(obj).__name__}"
-        )
-    return obj
-
-
-def parse_input(text: str, arguments: list[str], where: str = "input") -> dict[str, Any]:
-    """A request's input text -> the program's keyword arguments.
-
-    A program with one parameter takes the text itself; one with several takes a JSON
-    object with one key per parameter.
-    """
-    if len(arguments) == 1:
-        return {arguments[0]: text}
-    try:
-        return json_object(text, arguments)
-    except ValueError as exc:
-        raise ProgramTraceError(
-            f"{where}: the program takes {', '.join(arguments)}: {exc}"
-        ) from exc
-
-
-def program_fingerprint(program: dspy.Module) -> str:
-    """A digest of what the program's predictors send: names, signatures (instructions,
-    fields, types) and demos. Serving a workflow checks it against the traced one."""
-    h = hashlib.sha256()
-    for name, pred in program.named_predictors():
-        sig = pred.signature
-        h.update(name.encode() + b"\0" + sig.instructions.encode() + b"\0")
-        for fname, f in {**sig.input_fields, **sig.output_fields}.items():
-            h.update(f"{fname}:{f.annotation!r}:{f.json_schema_extra!r}\0".encode())
-        demos = [d.toDict() if hasattr(d, "toDict") else d for d in pred.demos]
-        h.update(json.dumps(demos, sort_keys=True, default=str).encode())
-    return h.hexdigest()[:16]
-
-
-def stage_names(predictor_names: list[str]) -> list[str]:
-    """Stage names for a sequence of predictor calls: the predictor's name without the
-    ``.predict`` of a wrapping module (ChainOfThought), ``_2``, ``_3``, ... for repeats."""
-    out: list[str] = []
-    seen: dict[str, int] = {}
-    for p in predictor_names:
-        base = p[: -len(".predict")] if p.endswith(".predict") else p
-        seen[base] = seen.get(base, 0) + 1
-        out.append(base if seen[base] == 1 else f"{base}_{seen[base]}")
-    return out
-
-
-# -- placeholder outputs --------------------------------------------------------------------
-
-
-def _digest(*parts: object) -> int:
-    return int.from_bytes(
-        hashlib.blake2b("\0".join(map(str, parts)).encode(), digest_size=8).digest(), "little"
-    )
-
-
-def placeholder_value(annotation: Any, key: str, where: str) -> Any:
-    """A value of type ``annotation`` unique to ``key`` (strings and numbers) or chosen by it."""
-    origin = typing.get_origin(annotation)
-    args = typing.get_args(annotation)
-    h = _digest(key)
-    if annotation is str or annotation is Any:
-        return f"<{key}>"
-    if annotation is bool:
-        return bool(h & 1)
-    if annotation is int:
-        return 1000 + h % 9_000_000
-    if annotation is float:
-        return 1000.5 + h % 9_000_000
-    if origin is typing.Literal:
-        return args[h % len(args)]
-    if origin in (typing.Union, types.UnionType):
-        return placeholder_value(next(a for a in args if a is not type(None)), key, where)
-    if origin in (list, tuple, set, frozenset) or annotation in (list, tuple):
-        item = args[0] if args else str
-        return [placeholder_value(item, f"{key}.{i}", where) for i in range(2)]
-    if origin is dict or annotation is dict:
-        val = args[1] if len(args) == 2 else str
-        return {"k0": placeholder_value(val, f"{key}.k0", where)}
-    if isinstance(annotation, type) and issubclass(annotation, enum.Enum):
-        members = list(annotation)
-        return members[h % len(members)]
-    model_fields = getattr(annotation, "model_fields", None)
-    if isinstance(model_fields, dict):  # a pydantic model
-        return annotation(
-            **{
-                n: placeholder_value(f.annotation, f"{key}.{n}", where)
-                for n, f in model_fields.items()
-            }
-        )
-    raise ProgramTraceError(
-        f"{where}: cannot make a placeholder value of type {annotation!r}; trace with a real LM (--lm)"
-    )
-
-
-class _TraceEngine:
-    """The LM seen while tracing: answers every predictor call with its placeholder
-    outputs (formatted by the active adapter, so DSPy parses them as it would a reply) or
-    forwards to a real ``dspy.LM``; records the token counts of each call."""
-
-    def __init__(self, real: dspy.BaseLM | None):
-        self.real = real
-        self.example = 0
-        self.usage: list[tuple[int, int, int]] = []  # (call index, input tokens, output tokens)
-
-    def complete(self, request):
-        index = len(dspy.settings.trace)  # the call this LM call belongs to (recorded when it ends)
-        if self.real is not None:
-            resp = self.real(dataclasses.replace(request, model=self.real.model))
-            self.usage.append((index, resp.usage.input_tokens or 0, resp.usage.output_tokens or 0))
-            return resp
-        pred = dspy.settings.caller_modules[-1]
-        sig = pred.signature
-        outputs = {
-            name: placeholder_value(
-                f.annotation,
-                f"e{self.example}.c{index}.{name}",
-                f"output field {name!r} of {sig.__name__}",
-            )
-            for name, f in sig.output_fields.items()
-        }
-        adapter = dspy.settings.adapter or dspy.ChatAdapter()
-        text = adapter.format_assistant_message_content(sig, outputs)
-        prompt = (request.system if isinstance(request.system, str) else "") + "".join(
-            m.text or "" for m in request.messages
-        )
-        self.usage.append((index, len(prompt) // CHARS_PER_TOKEN, 0))
-        return Response(
-            id=None,
-            model="placeholder",
-            message=Message.assistant((TextPart(text),)),
-            finish_reason="stop",
-            usage=Usage(0, 0),
-        )
-
-    def stream(self, request):
-        raise ProgramTraceError("streaming is not supported while tracing")
-
-    def close(self) -> None:
-        pass
-
-
 # -- tracing --------------------------------------------------------------------------------
 
 
@@ -372,7 +202,7 @@ def _run_once(
     program: dspy.Module,
     kwargs: dict,
     lm: dspy.BaseLM,
-    engine: _TraceEngine,
+    engine: TraceEngine,
     names_of: dict[int, str],
 ) -> _Run:
     engine.usage = []
@@ -525,7 +355,7 @@ def trace_program(
         raise ProgramTraceError(
             f"{type(program).__name__} has no predictors (dspy.Predict and modules wrapping one)"
         )
-    engine = _TraceEngine(lm)
+    engine = TraceEngine(lm)
     trace_lm = dspy.LM("aragog-trace/program", engine=engine, cache=False, num_retries=0)
     runs = []
     # A predictor's own LM (predictor.lm) would win over the context's: set it aside, so

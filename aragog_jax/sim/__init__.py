@@ -16,13 +16,10 @@ from aragog_jax.sim._experiment import (
     SweepConfig,
     auto_rates,
     build_masks,
-    latency_at_rates,
     merge_sweeps,
     refine_rates,
     run_dense,
     run_sweep,
-    summarize_run,
-    write_summary,
 )
 from aragog_jax.sim._setup import (
     Setup,
@@ -31,6 +28,7 @@ from aragog_jax.sim._setup import (
     per_workflow_config,
     selection_rows,
 )
+from aragog_jax.sim._summary import latency_at_rates, summarize_run, write_summary
 from aragog_jax.sim._workload import arrival_times, sample_inputs
 
 __all__ = [

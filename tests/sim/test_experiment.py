@@ -9,15 +9,9 @@ import pytest
 from aragog_jax.data import AccuracyDataset
 from aragog_jax.errors import AragogError
 from aragog_jax.sim import SweepConfig, constrained_variant, load_setup, run_sweep
-from aragog_jax.sim._experiment import (
-    Masks,
-    highest_sustained_index,
-    latency_at_rates,
-    merge_sweeps,
-    refine_rates,
-    run_dense,
-)
+from aragog_jax.sim._experiment import Masks, merge_sweeps, refine_rates, run_dense
 from aragog_jax.sim._setup import selection_rows
+from aragog_jax.sim._summary import highest_sustained_index, latency_at_rates
 from aragog_jax.space import build_space
 from aragog_jax.spec import family_pool, load_models, load_workflow
 from aragog_jax.spec._load import WORKFLOWS_DIR
