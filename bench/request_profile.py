@@ -12,7 +12,7 @@ its stack is in:
 
 * ``http server``: aiohttp's protocol, parser and response writing (``aiohttp/web_*``,
   ``http_*``, ``streams``);
-* ``handler``: the OpenAI front's handler, validation and the receipt (``serving/_server``,
+* ``handler``: the OpenAI front's handler, validation and the receipt (``serving/_server``, ``_api``,
   ``_wire``, ``_openai``, msgspec);
 * ``routing``: the router and its worker (``router/``, ``serving/_routing``);
 * ``round: host``: the scheduler outside JAX (``scheduler/``: packing the ready stages,
@@ -66,7 +66,7 @@ PARTS = (
     ("routing", r"^(router/|serving/_routing)"),
     ("engine client", r"^(engines/(client|http|_wire|stages)|aiohttp/(client|connector))"),
     ("monitor", r"^(serving/_monitor|engines/gauges)"),
-    ("executor", r"^serving/(_executor|_sched)"),
+    ("executor", r"^serving/(_executor|_intake|_dispatch|_runs|_sched)"),
     ("handler", r"^(serving/|msgspec)"),
     ("metrics", r"^prometheus_client/"),
     ("http server", r"^aiohttp/"),

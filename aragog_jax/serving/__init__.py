@@ -11,7 +11,8 @@ from aragog_jax.serving._fake import FakeEngine
 from aragog_jax.serving._fleet import DEFAULT_FLEET, FleetRuntime, load_runtime
 from aragog_jax.serving._loopback import LoopbackServer
 from aragog_jax.serving._monitor import EngineLoadState, EngineReading, LoadMonitor
-from aragog_jax.serving._server import ServeOptions, Server, status_of
+from aragog_jax.serving._server import ServeOptions, Server
+from aragog_jax.serving._status import status_of
 
 __all__ = [
     "DEFAULT_FLEET",

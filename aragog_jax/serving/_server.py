@@ -1,6 +1,7 @@
-"""The front door: aiohttp routes, admission, security, and the server's lifecycle.
+"""The front door: the aiohttp app, its guard (security, limits, errors), and the server's
+lifecycle. The route handlers are in :mod:`._api`, SSE streaming in :mod:`._sse`.
 
-Errors map to HTTP statuses in one place (:func:`status_of`): schema errors 400 (naming
+Errors map to HTTP statuses in one place (:func:`~._status.status_of`): schema errors 400 (naming
 the field), bad or missing key 401, unknown workflow or route 404, wrong method 405,
 body not received in time 408, body too large 413, meta-queue full 429 (with
 ``Retry-After``), a workflow's stage function raised 500, engine failure 502, no viable
@@ -15,56 +16,49 @@ the run: :meth:`Executor.cancel`.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import gc
 import hmac
-import ipaddress
 import logging
-import re
 import time
-import uuid
-from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
-import msgspec
 from aiohttp import web
 
-from aragog_jax.errors import (
-    AragogError,
-    BadRequest,
-    DeadlineExceededError,
-    NotFound,
-    NoViableConfigurationError,
-    OverloadedError,
-    PayloadTooLarge,
-    RequestTimeout,
-    ShuttingDown,
-    SpecError,
-    StageFunctionError,
-    Unauthorized,
-    UpstreamError,
-    UpstreamTimeout,
-)
+from aragog_jax.errors import AragogError, PayloadTooLarge, Unauthorized
 from aragog_jax.scheduler import DEFAULT_BEAM_WIDTH
+from aragog_jax.serving._api import RUN_KEY, WORKFLOW_MODEL_PREFIX, Api
 from aragog_jax.serving._conn import ConnLimits, GuardedRunner
 from aragog_jax.serving._emulated import EmulatedEngine
-from aragog_jax.serving._executor import Executor, OutputDelta, Run, close_part
+from aragog_jax.serving._executor import Executor, close_part
 from aragog_jax.serving._fleet import FleetRuntime, size_unprofiled
 from aragog_jax.serving._loopback import LoopbackServer
 from aragog_jax.serving._metrics import ServerMetrics
 from aragog_jax.serving._sched import LATE_ITEMS, WARM_ITEMS
-from aragog_jax.serving._wire import (
-    ENCODER,
-    FRONT_CHAT_DECODER,
-    RUN_REQUEST_DECODER,
-    DeltaEvent,
-    DoneEvent,
-    ErrorEvent,
-    RunResponse,
-    StageEvent,
-    WorkflowInfo,
-    error_body,
+from aragog_jax.serving._status import (
+    ECHO_CHARS,
+    REJECTIONS,
+    RETRY_AFTER_S,
+    clip,
+    error_response,
+    is_loopback,
+    schema_error,
+    status_of,
 )
+from aragog_jax.serving._wire import error_body
+
+__all__ = [
+    "ECHO_CHARS",
+    "RETRY_AFTER_S",
+    "RUN_KEY",
+    "WORKFLOW_MODEL_PREFIX",
+    "ServeOptions",
+    "Server",
+    "clip",
+    "error_response",
+    "is_loopback",
+    "schema_error",
+    "status_of",
+]
 
 log = logging.getLogger("aragog_jax.serving")
 
@@ -93,98 +87,6 @@ def _untune_gc() -> None:
     if _gc_tuned_by == 0:
         gc.unfreeze()
         gc.set_threshold(*_gc_saved_threshold)
-
-
-WORKFLOW_MODEL_PREFIX = "workflow:"
-# request -> the Run admitted for it (a typed key where aiohttp has them: 3.12+ warns on str keys)
-RUN_KEY = web.RequestKey("aragog_run", Run) if hasattr(web, "RequestKey") else "aragog_run"
-RETRY_AFTER_S = 1
-
-
-_STATUS: list[tuple[type[BaseException], int, str]] = [
-    (BadRequest, 400, "invalid_request_error"),
-    (SpecError, 400, "invalid_request_error"),
-    (Unauthorized, 401, "authentication_error"),
-    (NotFound, 404, "not_found_error"),
-    (RequestTimeout, 408, "request_timeout"),
-    (PayloadTooLarge, 413, "payload_too_large"),
-    (OverloadedError, 429, "overloaded_error"),
-    (ShuttingDown, 503, "unavailable"),
-    (UpstreamTimeout, 504, "upstream_timeout"),
-    (UpstreamError, 502, "upstream_error"),
-    (NoViableConfigurationError, 503, "no_viable_configuration"),
-    (DeadlineExceededError, 504, "deadline_exceeded"),
-    (StageFunctionError, 500, "stage_function_error"),
-    (AragogError, 503, "unavailable"),
-]
-
-
-#: Errors that refuse a request before a run is admitted (aragog_requests_rejected_total);
-#: the others end an admitted run (aragog_requests_total{status}).
-_REJECTIONS = (
-    BadRequest,
-    SpecError,
-    Unauthorized,
-    NotFound,
-    RequestTimeout,
-    PayloadTooLarge,
-    OverloadedError,
-    ShuttingDown,
-)
-
-#: Names and ids from a request are clipped to this many characters in error messages.
-ECHO_CHARS = 80
-
-
-def clip(text: str, limit: int = ECHO_CHARS) -> str:
-    """``text`` for an error message: at most ``limit`` characters, marked when cut."""
-    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
-
-
-def status_of(exc: BaseException) -> tuple[int, str]:
-    for cls, status, kind in _STATUS:
-        if isinstance(exc, cls):
-            return status, kind
-    return 500, "internal_error"
-
-
-def error_response(exc: BaseException) -> web.Response:
-    status, kind = status_of(exc)
-    headers = {"Retry-After": str(RETRY_AFTER_S)} if status == 429 else None
-    resp = web.Response(
-        status=status,
-        body=error_body(str(exc), kind, status, getattr(exc, "field", None)),
-        content_type="application/json",
-        headers=headers,
-    )
-    if status == 408:
-        resp.force_close()  # the rest of the body may still be coming
-    return resp
-
-
-def is_loopback(host: str) -> bool:
-    """Whether binding ``host`` keeps the server on this machine."""
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:  # a host name other than localhost, or "" (every interface)
-        return False
-
-
-_FIELD_RE = re.compile(r"at `\$\.?([^`]*)`")
-_MISSING_RE = re.compile(r"(?:missing required field|unknown field) `([^`]+)`")
-
-
-def schema_error(exc: msgspec.MsgspecError) -> BadRequest:
-    msg = str(exc)
-    m = _MISSING_RE.search(msg) or _FIELD_RE.search(msg)
-    field = m.group(1) if m else None
-    if isinstance(exc, msgspec.ValidationError):
-        return BadRequest(
-            f"invalid request: {msg}" + (f" (field {field!r})" if field else ""), field
-        )
-    return BadRequest(f"malformed JSON: {msg}", None)
 
 
 @dataclass
@@ -230,6 +132,7 @@ class Server:
             keepalive_timeout_s=st.keepalive_timeout_s,
             max_connections=st.max_connections,
         )
+        self.api = Api(self)
         self.app = self._make_app()
 
     # -- lifecycle ------------------------------------------------------------------------
@@ -380,15 +283,15 @@ class Server:
             client_max_size=self.settings.max_body_bytes, middlewares=[self._guard]
         )
         r = app.router
-        r.add_get("/health", self.health)
-        r.add_get("/ready", self.ready)
-        r.add_get("/metrics", self.prom)
-        r.add_get("/v1/workflows", self.list_workflows)
-        r.add_post("/v1/workflows/{name}/runs", self.run_workflow)
-        r.add_get("/v1/models", self.list_models)
-        r.add_post("/v1/chat/completions", self.chat)
-        r.add_get("/v1/rounds/{round_id}", self.get_round)
-        r.add_get("/v1/rounds/{round_id}/decision", self.get_round)
+        r.add_get("/health", self.api.health)
+        r.add_get("/ready", self.api.ready)
+        r.add_get("/metrics", self.api.prom)
+        r.add_get("/v1/workflows", self.api.list_workflows)
+        r.add_post("/v1/workflows/{name}/runs", self.api.run_workflow)
+        r.add_get("/v1/models", self.api.list_models)
+        r.add_post("/v1/chat/completions", self.api.chat)
+        r.add_get("/v1/rounds/{round_id}", self.api.get_round)
+        r.add_get("/v1/rounds/{round_id}/decision", self.api.get_round)
         return app
 
     @web.middleware
@@ -403,7 +306,7 @@ class Server:
                 raise PayloadTooLarge(f"request body over {self.settings.max_body_bytes} bytes")
             return await handler(request)
         except AragogError as exc:
-            if isinstance(exc, _REJECTIONS):
+            if isinstance(exc, REJECTIONS):
                 self._rejected(*status_of(exc))
             return error_response(exc)
         except web.HTTPRequestEntityTooLarge:  # a chunked body over client_max_size
@@ -458,253 +361,3 @@ class Server:
             content_type="application/json",
             headers=headers,
         )
-
-    async def health(self, request: web.Request) -> web.Response:
-        return web.json_response({"status": "ok"})
-
-    async def ready(self, request: web.Request) -> web.Response:
-        ex = self.executor
-        ok, why = ex.ready() if ex is not None and self.state == "serving" else (False, self.state)
-        if ok and self.compiling:
-            ok, why = False, "compiling the scheduling round for large rounds"
-        routers = {
-            n: ("compiled" if w.router is not None else "admit-all")
-            for n, w in self.fleet.workflows.items()
-        }
-        return web.json_response(
-            {"ready": ok, "detail": why, "routers": routers}, status=200 if ok else 503
-        )
-
-    async def prom(self, request: web.Request) -> web.Response:
-        if self.executor is not None:
-            self.executor.export_load()
-        return web.Response(body=self.metrics.render(), content_type="text/plain", charset="utf-8")
-
-    def _workflow(self, name: str):
-        wf = self.fleet.workflows.get(name)
-        if wf is None:
-            raise NotFound(
-                f"unknown workflow {clip(name)!r} (known: {', '.join(sorted(self.fleet.workflows))})"
-            )
-        return wf
-
-    async def list_workflows(self, request: web.Request) -> web.Response:
-        data = [
-            WorkflowInfo(
-                name=w.name,
-                description=w.spec.description,
-                stages=list(w.space.stage_names),
-                num_configs=w.space.num_configs,
-                router="trained" if w.router is not None else "admit-all",
-                model=WORKFLOW_MODEL_PREFIX + w.name,
-            )
-            for w in self.fleet.workflows.values()
-        ]
-        return web.Response(
-            body=ENCODER.encode({"object": "list", "data": data}), content_type="application/json"
-        )
-
-    async def list_models(self, request: web.Request) -> web.Response:
-        data = [
-            {"id": WORKFLOW_MODEL_PREFIX + n, "object": "model", "created": 0, "owned_by": "aragog"}
-            for n in self.fleet.workflows
-        ]
-        return web.json_response({"object": "list", "data": data})
-
-    async def get_round(self, request: web.Request) -> web.Response:
-        """A recent scheduling round in the round-replay CLI's input format
-        (``/v1/rounds/{id}/decision``: what the scheduler decided)."""
-        raw = request.match_info["round_id"]
-        # Plain ASCII decimal only: int() would also take "1_0", " 1 " and other scripts' digits.
-        if not (raw.isascii() and raw.isdigit() and len(raw) <= 18):
-            raise BadRequest(
-                f"round id must be a non-negative decimal integer, got {clip(raw, 24)!r}",
-                "round_id",
-            )
-        rid = int(raw)
-        for plan in reversed(self.executor.recent_rounds):
-            if plan.round_id == rid:
-                doc = plan.decision() if request.path.endswith("/decision") else plan.to_replay()
-                return web.Response(body=ENCODER.encode(doc), content_type="application/json")
-        raise NotFound(f"round {rid} is not among the last {self.options.keep_rounds} rounds kept")
-
-    async def _read(self, request: web.Request, decoder):
-        if request.content.is_eof():  # the usual case: the whole body came with the head
-            raw = await request.read()
-        else:
-            try:
-                async with asyncio.timeout(self.settings.body_timeout_s):
-                    raw = await request.read()
-            except TimeoutError as exc:
-                raise RequestTimeout(
-                    f"request body not received within {self.settings.body_timeout_s:g} s"
-                ) from exc
-        try:
-            return decoder.decode(raw)
-        except msgspec.MsgspecError as exc:
-            raise schema_error(exc) from exc
-
-    def _admit(self, request: web.Request, workflow: str, text: str, **kw) -> Run:
-        """Admit a run for ``request``; the guard cancels it if the client goes away."""
-        if self.state != "serving" or self.executor is None:
-            raise ShuttingDown(f"server is {self.state}; not accepting new requests")
-        run = request[RUN_KEY] = self.executor.admit(workflow, text, **kw)
-        return run
-
-    async def run_workflow(self, request: web.Request) -> web.StreamResponse:
-        wf = self._workflow(request.match_info["name"])
-        body = await self._read(request, RUN_REQUEST_DECODER)
-        run = self._admit(
-            request,
-            wf.name,
-            _workflow_input(body.input, "input"),
-            deadline_s=body.deadline_s,
-            replay=body.replay,
-            stream=body.stream,
-        )
-        if body.stream:
-            return await self._stream_run(request, run)
-        res = await self.executor.wait(run)
-        return web.Response(
-            body=ENCODER.encode(
-                RunResponse(id=res.id, workflow=wf.name, output=res.output, receipt=res.receipt)
-            ),
-            content_type="application/json",
-        )
-
-    async def _sse(
-        self, request: web.Request, run: Run, frames: AsyncIterator[bytes]
-    ) -> web.StreamResponse:
-        """Send ``frames`` as server-sent events; a client that goes away cancels the run."""
-        resp = web.StreamResponse(
-            headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
-        )
-        await resp.prepare(request)
-        try:
-            async with contextlib.aclosing(frames):
-                async for frame in frames:
-                    await resp.write(frame)
-        except ConnectionResetError:  # a write found the connection gone: end quietly
-            self.executor.cancel(run, "client disconnected")
-            return resp
-        await resp.write_eof()
-        return resp
-
-    async def _stream_run(self, request: web.Request, run: Run) -> web.StreamResponse:
-        return await self._sse(request, run, _run_frames(run))
-
-    # -- OpenAI-compatible ------------------------------------------------------------------
-
-    async def chat(self, request: web.Request) -> web.StreamResponse:
-        body = await self._read(request, FRONT_CHAT_DECODER)
-        if not body.model.startswith(WORKFLOW_MODEL_PREFIX):
-            raise NotFound(
-                f"model {clip(body.model)!r}: use 'workflow:<name>' (see GET /v1/models)"
-            )
-        wf = self._workflow(body.model[len(WORKFLOW_MODEL_PREFIX) :])
-        users = [m for m in body.messages if m.role == "user"]
-        if not users:
-            raise BadRequest("messages: needs a user message (the workflow input)", "messages")
-        run = self._admit(
-            request, wf.name, _workflow_input(users[-1].text(), "messages"), stream=body.stream
-        )
-        created = int(time.time())
-        cid = f"chatcmpl-{uuid.uuid4().hex[:24]}"
-        if not body.stream:
-            res = await self.executor.wait(run)
-            usage = _usage(res.receipt)
-            payload = {
-                "id": cid,
-                "object": "chat.completion",
-                "created": created,
-                "model": body.model,
-                "choices": [
-                    {
-                        "index": 0,
-                        "message": {"role": "assistant", "content": res.output},
-                        "finish_reason": "stop",
-                    }
-                ],
-                "usage": usage,
-                "aragog": {"id": res.id, "receipt": res.receipt},
-            }
-            return web.Response(body=ENCODER.encode(payload), content_type="application/json")
-        return await self._sse(request, run, _chat_frames(run, cid, created, body.model))
-
-
-async def _run_frames(run: Run) -> AsyncIterator[bytes]:
-    """Workflow-run events: ``stage`` per finished stage, ``delta`` per piece of the output
-    stage's text as its engine produces it, then ``done`` (output and receipt) or ``error``."""
-    while (item := await run.events.get()) is not None:
-        if isinstance(item, OutputDelta):
-            yield (
-                b"event: delta\ndata: "
-                + ENCODER.encode(DeltaEvent(run.id, item.stage, item.text))
-                + b"\n\n"
-            )
-        else:
-            yield (
-                b"event: stage\ndata: "
-                + ENCODER.encode(StageEvent(run.id, item.stage, item.text, item.receipt))
-                + b"\n\n"
-            )
-    exc = run.done.exception()
-    if exc is None:
-        res = run.done.result()
-        yield (
-            b"event: done\ndata: "
-            + ENCODER.encode(DoneEvent(run.id, res.output, res.receipt))
-            + b"\n\n"
-        )
-    else:
-        status, _ = status_of(exc)
-        yield (
-            b"event: error\ndata: " + ENCODER.encode(ErrorEvent(run.id, status, str(exc))) + b"\n\n"
-        )
-
-
-async def _chat_frames(run: Run, cid: str, created: int, model: str) -> AsyncIterator[bytes]:
-    """OpenAI ``chat.completion.chunk`` frames: the role, one chunk per piece of the output
-    stage's text as its engine produces it, a last chunk with ``finish_reason``, ``usage``
-    and the receipt (``aragog``, as in the non-streamed reply), then ``[DONE]``. A run
-    that fails ends with one ``{"error": ...}`` frame and no ``[DONE]``."""
-
-    def chunk(delta: dict, finish: str | None = None, **extra) -> bytes:
-        c = {
-            "id": cid,
-            "object": "chat.completion.chunk",
-            "created": created,
-            "model": model,
-            "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
-            **extra,
-        }
-        return b"data: " + ENCODER.encode(c) + b"\n\n"
-
-    yield chunk({"role": "assistant", "content": ""})
-    while (item := await run.events.get()) is not None:
-        if isinstance(item, OutputDelta):
-            yield chunk({"content": item.text})
-    exc = run.done.exception()
-    if exc is not None:
-        status, kind = status_of(exc)
-        err = {"message": str(exc), "type": kind, "code": status, "field": None}
-        yield b"data: " + ENCODER.encode({"error": err, "aragog": {"id": run.id}}) + b"\n\n"
-        return
-    res = run.done.result()
-    yield chunk(
-        {}, "stop", usage=_usage(res.receipt), aragog={"id": res.id, "receipt": res.receipt}
-    )
-    yield b"data: [DONE]\n\n"
-
-
-def _workflow_input(text: str, field: str) -> str:
-    """The one rule for a workflow's input, for runs and chat alike: some non-whitespace text."""
-    if not text.strip():
-        raise BadRequest(f"{field}: the workflow input must contain non-whitespace text", field)
-    return text
-
-
-def _usage(receipt) -> dict:
-    p = sum(s.prompt_tokens for s in receipt.stages)
-    c = sum(s.completion_tokens for s in receipt.stages)
-    return {"prompt_tokens": p, "completion_tokens": c, "total_tokens": p + c}
