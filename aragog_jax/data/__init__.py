@@ -9,29 +9,18 @@ from aragog_jax.data._dataset import (
     read_meta,
     save_dataset,
 )
-from aragog_jax.data._label import (
-    EngineTarget,
-    Labeller,
-    LabelSettings,
-    load_inputs,
-    load_scorer,
-)
+from aragog_jax.data._inputs import load_inputs, load_scorer
+from aragog_jax.data._label import Labeller, LabelSettings
+from aragog_jax.data._label_state import EngineTarget
+from aragog_jax.data._latents import SynthLatents, latent_accuracy, synth_latents
 from aragog_jax.data._scores import (
     DEFAULT_PUBLISHED_SCORES,
     PublishedScores,
     Ratio,
     load_published_scores,
 )
-from aragog_jax.data._synth import (
-    DEFAULT_TARGET_ACCURACY,
-    SynthLatents,
-    SynthParams,
-    generate,
-    latent_accuracy,
-    stage_roles,
-    synth_latents,
-    viability_stats,
-)
+from aragog_jax.data._synth import generate, viability_stats
+from aragog_jax.data._synth_model import DEFAULT_TARGET_ACCURACY, SynthParams, stage_roles
 
 __all__ = [
     "DEFAULT_PUBLISHED_SCORES",

@@ -17,15 +17,10 @@ import pytest
 
 from aragog_jax._cli import run_cli
 from aragog_jax.data import load_dataset
-from aragog_jax.data._label import (
-    EngineTarget,
-    Labeller,
-    LabelSettings,
-    load_inputs,
-    load_scorer,
-    make_plan,
-    sample_configs,
-)
+from aragog_jax.data._inputs import load_inputs, load_scorer
+from aragog_jax.data._label import Labeller, LabelSettings
+from aragog_jax.data._label_state import EngineTarget
+from aragog_jax.data._plan import make_plan, sample_configs
 from aragog_jax.data.scorers import contains_answer, exact_match, normalize
 from aragog_jax.errors import AragogError, DatasetError
 from aragog_jax.label import main as label_main
