@@ -211,7 +211,14 @@ def test_engine_recovery_is_detected(tmp_path):
 def test_graceful_shutdown_drains_in_flight(tmp_path):
     async def fn(s, http):
         running = asyncio.create_task(_post(http, "/v1/workflows/chain/runs", {"input": "x"}))
-        await asyncio.sleep(0.1)
+        # Stop only once the request is admitted (in flight): a request still unread on its
+        # connection when the listener closes is refused, not drained (a loaded CI machine
+        # once took longer than a fixed 0.1 s to read it).
+        for _ in range(500):
+            if s.executor.num_in_flight:
+                break
+            await asyncio.sleep(0.01)
+        assert s.executor.num_in_flight == 1
         stopping = asyncio.create_task(s.stop(drain_s=5.0))
         await asyncio.sleep(0.05)
         try:
