@@ -71,6 +71,7 @@ PARTS = (
     ("metrics", r"^prometheus_client/"),
     ("http server", r"^aiohttp/"),
 )
+PART_RX = tuple((part, re.compile(pat)) for part, pat in PARTS)
 JAX = re.compile(r"^(jax|jaxlib)/")
 LOOP = re.compile(r"^(asyncio/|selectors\.py|uvloop/)")
 FRAME = re.compile(r"^(.*) \((.*?)(?::\d+)?\)$")
@@ -79,8 +80,7 @@ FRAME = re.compile(r"^(.*) \((.*?)(?::\d+)?\)$")
 def classify(stack: list[str]) -> str:
     """The part of the request path one sampled stack (root first) belongs to."""
     files = [(m.group(2) if (m := FRAME.match(f)) else f) for f in stack]
-    for part, pat in PARTS:
-        rx = re.compile(pat)
+    for part, rx in PART_RX:
         for depth, path in enumerate(files):
             if rx.search(path):
                 if part == "round":
