@@ -21,7 +21,7 @@ the space was scored.
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -307,7 +307,27 @@ class Router:
         prob = probs[0] if len(probs) == 1 else np.concatenate(probs)
         return RouteResult(mask, prob, 1.0, time.perf_counter() - t0)
 
-    def _route_budgeted(self, features: np.ndarray, budget_s: float, t0: float) -> RouteResult:
+    def route_progressive(self, features: np.ndarray) -> Iterator[RouteResult]:
+        """Route ``features`` cheapest-first in chunks, yielding the admitted set found so far.
+
+        Monotone pruning without a fill-in: after each chunk of configurations (``chunk``,
+        ascending FLOPs) the mask is ``c_max`` plus every scored configuration the router
+        admits, so each yielded mask contains the previous one, every one is a subset of
+        :meth:`route_features`' mask, and the last (``fraction_completed`` 1.0) equals it.
+        A caller may stop after any step and use what it has: under the ``scheduled``
+        and ``any`` guarantees (``calibrate``) a subset of an admitted set that keeps
+        ``c_max`` is covered, since the loss bounded is "some admitted configuration is
+        inaccurate", which a smaller set never raises. The first step is yielded before
+        any chunk is scored (``c_max`` only, fraction 0), so a consumer has a mask at once.
+
+        Args:
+          features: float32[R, D], R at most the largest bucket.
+
+        Yields:
+          :class:`RouteResult` per step (``prob`` NaN where not scored yet; the arrays are
+          fresh copies a consumer may keep).
+        """
+        t0 = time.perf_counter()
         if not self._trunk:
             self.compile(self.buckets or DEFAULT_BUCKETS, budgeted=True)
         features = np.asarray(features, np.float32)
@@ -320,15 +340,15 @@ class Router:
         b = self._bucket(num_r)
         padded = np.zeros((b, features.shape[1]), np.float32)
         padded[:num_r] = features
+        mask = np.zeros((num_r, num_c), bool)
+        mask[:, self.space.c_max] = True
+        prob = np.full((num_r, num_c), np.nan, np.float32)
+        scored = 0
+        yield RouteResult(mask.copy(), prob.copy(), 0.0, time.perf_counter() - t0)
         hidden = self._trunk[b](self._params["hidden"], padded)
-        mask = np.zeros((b, num_c), bool)
-        prob = np.full((b, num_c), np.nan, np.float32)
-        evaluated = np.zeros(num_c, bool)
-        deadline = t0 + budget_s
         for lo in range(0, num_c, self.chunk):
-            start = min(
-                lo, num_c - self.chunk
-            )  # the last chunk overlaps instead of running off the end
+            # the last chunk overlaps instead of running off the end
+            start = min(lo, num_c - self.chunk)
             m, p = self._chunk_fn[b](
                 self._params["head"],
                 hidden,
@@ -337,16 +357,28 @@ class Router:
                 np.int32(start),
                 self._configs,
             )
-            mask[:, start : start + self.chunk] = np.asarray(m)
-            prob[:, start : start + self.chunk] = np.asarray(p)
-            evaluated[start : start + self.chunk] = True
-            if time.perf_counter() >= deadline:
-                break
-        fraction = float(evaluated.mean())
-        if fraction < 1.0:
-            mask = np.array(self._complete[b](mask, evaluated, self._dominates))
+            mask[:, start : start + self.chunk] |= np.asarray(m)[:num_r]
+            prob[:, start : start + self.chunk] = np.asarray(p)[:num_r]
+            scored = min(num_c, lo + self.chunk)
+            yield RouteResult(mask.copy(), prob.copy(), scored / num_c, time.perf_counter() - t0)
+
+    def _route_budgeted(self, features: np.ndarray, budget_s: float, t0: float) -> RouteResult:
+        deadline = t0 + budget_s
+        steps = self.route_progressive(features)
+        next(steps)  # c_max only
+        res = next(steps)  # at least one chunk is always scored
+        while res.fraction_completed < 1.0 and time.perf_counter() < deadline:
+            res = next(steps)
+        mask = res.mask
+        if res.fraction_completed < 1.0:
+            evaluated = np.zeros(self.num_configs, bool)
+            evaluated[: round(res.fraction_completed * self.num_configs)] = True
+            b = self._bucket(mask.shape[0])
+            padded = np.zeros((b, mask.shape[1]), bool)
+            padded[: mask.shape[0]] = mask
+            mask = np.array(self._complete[b](padded, evaluated, self._dominates))[: mask.shape[0]]
             mask[:, self.space.c_max] = True
-        return RouteResult(mask[:num_r], prob[:num_r], fraction, time.perf_counter() - t0)
+        return RouteResult(mask, res.prob, res.fraction_completed, time.perf_counter() - t0)
 
     def route_texts(self, texts: Sequence[str], budget_s: float | None = None) -> RouteResult:
         """Featurise and route; ``elapsed`` includes featurisation."""

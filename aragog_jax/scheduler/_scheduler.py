@@ -5,7 +5,10 @@ object; no method awaits or blocks on I/O):
 
 1. ``add_request(request_id, space, mask)`` — once, when the router has produced the
    request's admitted mask. The request joins the back of the meta-queue; its source
-   stages become ready.
+   stages become ready. With ``held=True`` (routing overlapped with queueing: the request
+   joins at arrival with the admitted set found so far, at least ``c_max``) its stages
+   wait until ``release(request_id)``; ``widen_mask(request_id, mask)`` grows its admitted
+   set as the router finds more, before or after release, whatever stages have started.
 2. ``schedule(load) -> Plan`` — whenever some engine may have free slots and some stage
    is ready (after arrivals and stage completions). It assigns ready stages to engines;
    each assignment commits the stage's model into the request's viable mask and marks
@@ -63,12 +66,18 @@ class _Request:
         "excluded",
         "ready",
         "num_done",
+        "routed",
+        "held",
     )
 
-    def __init__(self, request_id: Hashable, info: SpaceInfo, admitted: np.ndarray) -> None:
+    def __init__(
+        self, request_id: Hashable, info: SpaceInfo, admitted: np.ndarray, routed: np.ndarray
+    ) -> None:
         self.request_id = request_id
         self.info = info
         self.admitted = admitted
+        self.routed = routed  # the router's mask as given (widen_mask only grows it)
+        self.held = False  # stages wait for release() (they are not in the ready table)
         self.row = -1
         space = info.space
         self.status = [READY if not ups else WAITING for ups in space.upstream]
@@ -263,8 +272,13 @@ class Scheduler:
         return {n: _STATUS[s] for n, s in zip(req.space.stage_names, req.status, strict=True)}
 
     def ready_stages(self, request_id: Hashable) -> list[int]:
-        """Indices of the request's ready stages, ascending."""
-        return sorted(self._get(request_id).ready)
+        """Indices of the request's ready stages, ascending (none while it is held)."""
+        req = self._get(request_id)
+        return [] if req.held else sorted(req.ready)
+
+    def is_held(self, request_id: Hashable) -> bool:
+        """True while the request's stages wait for :meth:`release`."""
+        return self._get(request_id).held
 
     def unstarted_stages(self, request_id: Hashable) -> list[int]:
         """Indices of the request's stages that are waiting or ready."""
@@ -293,13 +307,19 @@ class Scheduler:
     # ---- transitions -----------------------------------------------------------------
 
     def add_request(
-        self, request_id: Hashable, space: ConfigSpace, mask: np.ndarray | None = None
+        self,
+        request_id: Hashable,
+        space: ConfigSpace,
+        mask: np.ndarray | None = None,
+        *,
+        held: bool = False,
     ) -> None:
         """Append a request to the meta-queue with its admitted mask (bool[C]; None: all).
 
-        Configurations that use a model no engine serves are dropped. Raises
-        :class:`SchedulerError` for a duplicate id or a malformed mask and
-        :class:`NoViableConfigurationError` when nothing admitted can run.
+        Configurations that use a model no engine serves are dropped. With ``held`` the
+        request keeps its FIFO position but none of its stages is scheduled until
+        :meth:`release`. Raises :class:`SchedulerError` for a duplicate id or a malformed
+        mask and :class:`NoViableConfigurationError` when nothing admitted can run.
         """
         if request_id in self._queue or request_id in self._finished:
             raise SchedulerError(f"request {request_id!r} was already added")
@@ -313,9 +333,53 @@ class Scheduler:
                 f"request {request_id!r}: no admitted configuration of {space.workflow!r} can run on engines "
                 f"serving {list(self.model_names)}"
             )
-        req = _Request(request_id, info, admitted)
-        req.row = self.tables.attach(req, info, admitted, req.ready, self._queue.values())
+        req = _Request(request_id, info, admitted, mask.copy())
+        req.held = bool(held)
+        ready = () if req.held else req.ready
+        req.row = self.tables.attach(req, info, admitted, ready, self._queue.values())
         self._queue[request_id] = req
+
+    def release(self, request_id: Hashable) -> list[int]:
+        """A held request's ready stages become schedulable (at its FIFO position); returns
+        them. A request that is not held is left as it is (returns [])."""
+        req = self._get(request_id)
+        if not req.held:
+            return []
+        req.held = False
+        rank = req.info.stage_rank
+        for s in req.ready:
+            self.tables.mark_ready(req.row, int(rank[s]))
+        return sorted(req.ready)
+
+    def widen_mask(self, request_id: Hashable, mask: np.ndarray) -> None:
+        """Grow a queued request's router mask to ``mask`` (routing found more).
+
+        ``mask`` must contain every configuration of the mask the request was added (or
+        last widened) with, else :class:`SchedulerError`: widening never removes one. The
+        viable mask is recomputed from the new admitted set and the models already chosen
+        for started stages (and the failed pairs), exactly as after a failure, so it only
+        grows and stays consistent with what runs. A policy that admits one configuration
+        (``per_input``) re-picks it from the wider set only while no stage has started;
+        after that its configuration is fixed, as it would be once routed.
+        """
+        req = self._get(request_id)
+        space, info = req.space, req.info
+        mask = _checked_mask(request_id, space, mask)
+        dropped = np.flatnonzero(req.routed & ~mask)
+        if dropped.size:
+            raise SchedulerError(
+                f"widen_mask: request {request_id!r}: the new mask drops configurations "
+                f"{dropped[:8].tolist()} it was admitted with (a mask may only grow)"
+            )
+        req.routed = mask.copy()
+        widened = np.asarray(self.policy.admit(space, mask & info.served), dtype=bool) & info.served
+        if (req.admitted & ~widened).any():  # a re-pick, not a superset (per_input)
+            if any(e >= 0 for e in req.engine):
+                return
+        else:
+            widened |= req.admitted
+        req.admitted = widened
+        self._viable(req)[:] = req.recompute_viable(self._engine_model)
 
     def schedule(self, load: LoadVector) -> Plan:
         """Plan one round: assign ready stages to engines with free slots.

@@ -101,6 +101,29 @@ def test_budget_zero_scores_one_chunk_and_completes_by_dominance(tiny):
     assert router.num_traces == traces
 
 
+def test_progressive_routing_grows_from_cmax_to_the_full_mask(tiny):
+    """Each step's admitted set contains the previous one and is inside the full mask (no
+    dominance fill-in): a consumer may stop after any step and stay within what the
+    router admits."""
+    space, ds, _, ckpt, _ = tiny
+    router = Router.load(ckpt, space, chunk=8).compile(BUCKETS, budgeted=True)
+    texts = ds.texts[:20]
+    full = router.route_texts(texts)
+    steps = list(router.route_progressive(router.featurizer(texts)))
+    assert len(steps) == 1 + -(-space.num_configs // 8)
+    only_cmax = np.zeros_like(full.mask)
+    only_cmax[:, space.c_max] = True
+    np.testing.assert_array_equal(steps[0].mask, only_cmax)
+    assert steps[0].fraction_completed == 0.0
+    for prev, cur in zip(steps[:-1], steps[1:], strict=True):
+        assert (cur.mask >= prev.mask).all() and (cur.mask <= full.mask).all()
+        assert cur.fraction_completed > prev.fraction_completed
+    assert steps[-1].fraction_completed == 1.0
+    np.testing.assert_array_equal(steps[-1].mask, full.mask)
+    sizes = [int(s.mask.sum()) for s in steps]
+    assert len(set(sizes)) > 2  # some step is strictly between c_max alone and the full set
+
+
 def test_checkpoint_round_trip(tiny, tmp_path):
     space, _, _, ckpt_path, res = tiny
     ck = load_checkpoint(ckpt_path)
