@@ -67,6 +67,18 @@ def build_parser() -> argparse.ArgumentParser:
         help="beam width of the aragog policy (default %(default)s)",
     )
     ap.add_argument(
+        "--routing-budget-ms",
+        type=float,
+        default=50.0,
+        help=(
+            "a router off the event loop (an embeddings endpoint) routes while its request "
+            "waits in the meta-queue: the request's stages wait for it at most this long, then "
+            "run with the configurations admitted so far (c_max at least) once they reach the "
+            "head of the queue; receipts say how far routing got (default %(default)g; 0: "
+            "never wait). Routers on the loop (hashed n-grams) always finish first"
+        ),
+    )
+    ap.add_argument(
         "--keep-rounds",
         type=int,
         default=256,
@@ -96,6 +108,7 @@ async def _serve(args: argparse.Namespace) -> int:
         keep_rounds=args.keep_rounds,
         policy=args.policy,
         beam_width=args.beam_width,
+        routing_budget_s=args.routing_budget_ms / 1000.0,
     )
     server = Server(fleet, options)
     try:
@@ -175,6 +188,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise SpecError(f"--time-scale must be > 0, got {args.time_scale}")
     if args.beam_width < 1:
         raise SpecError(f"--beam-width must be >= 1, got {args.beam_width}")
+    if not 0 <= args.routing_budget_ms < float("inf"):
+        raise SpecError(
+            f"--routing-budget-ms must be a finite number >= 0, got {args.routing_budget_ms}"
+        )
     logging.basicConfig(
         level=args.log_level, format="%(asctime)s %(levelname)s %(message)s", stream=sys.stderr
     )

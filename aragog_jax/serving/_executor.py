@@ -45,7 +45,7 @@ from aragog_jax.scheduler import DEFAULT_BEAM_WIDTH, Plan
 from aragog_jax.serving._breaker import BreakerState, CircuitBreaker
 from aragog_jax.serving._dispatch import MAX_ATTEMPTS_PER_STAGE, StageDispatcher
 from aragog_jax.serving._fleet import FleetRuntime
-from aragog_jax.serving._intake import Intake
+from aragog_jax.serving._intake import DEFAULT_ROUTING_BUDGET_S, Intake
 from aragog_jax.serving._metrics import ServerMetrics
 from aragog_jax.serving._monitor import EngineLoadState, LoadMonitor
 from aragog_jax.serving._routing import RouterWorker
@@ -84,6 +84,7 @@ class Executor:
         keep_rounds: int = 256,
         policy: str = "aragog",
         beam_width: int = DEFAULT_BEAM_WIDTH,
+        routing_budget_s: float = DEFAULT_ROUTING_BUDGET_S,
     ):
         self.fleet = fleet
         self.settings = fleet.settings
@@ -108,7 +109,14 @@ class Executor:
         self._kick_scheduled = False
         self.recent_rounds: deque[Plan] = deque(maxlen=keep_rounds)
         self.counts = {"completed": 0, "failed": 0, "expired": 0, "cancelled": 0}
-        self.intake = Intake(self.routers, self.sched, metrics, finish=self.finish, kick=self.kick)
+        self.intake = Intake(
+            self.routers,
+            self.sched,
+            metrics,
+            finish=self.finish,
+            kick=self.kick,
+            budget_s=routing_budget_s,
+        )
         self.dispatcher = StageDispatcher(
             self.engines,
             self.sched,
@@ -253,6 +261,8 @@ class Executor:
                 continue
             if run.replay and (not run.rounds or run.rounds[-1] is not plan):
                 run.rounds.append(plan)
+            if run.overlap is not None:
+                self.intake.dispatched(run, now)  # routing stops at the first dispatch
             self.dispatcher.dispatch(run, a, plan.round_id, now)
         self.metrics.meta_queue.set(self.sched.num_ready)
 

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from aragog_jax.scheduler import Assignment, Plan
 from aragog_jax.serving._fleet import WorkflowRuntime
 from aragog_jax.serving._routing import Routed
-from aragog_jax.serving._wire import Attempt, Receipt, StageReceipt
+from aragog_jax.serving._wire import Attempt, Receipt, RoutingReceipt, StageReceipt
 from aragog_jax.spec import StageSpec
 
 log = logging.getLogger("aragog_jax.serving")
@@ -43,6 +43,18 @@ class OutputDelta:
     text: str
 
 
+@dataclass(slots=True)
+class Overlap:
+    """A run routed off the loop while it waits in the meta-queue (see :mod:`._intake`)."""
+
+    budget_s: float  # how long its stages wait for the router before running with c_max+
+    held: bool = True  # its stages wait for the router (until complete or the budget)
+    in_intake: bool = True  # not yet through a round's intake (queued there, in order)
+    queued: bool = False  # in the scheduler's meta-queue
+    used_s: float | None = None  # set when the mask was fixed: routing completed or stopped
+    timer: asyncio.TimerHandle | None = None  # the budget's end
+
+
 @dataclass
 class Run:
     id: str
@@ -67,6 +79,7 @@ class Run:
     timer: asyncio.TimerHandle | None = None
     status: str = "routing"  # routing, queued, completed, failed, expired, cancelled
     failovers: int = 0
+    overlap: Overlap | None = None  # routed off the loop, overlapped with queueing
 
     @property
     def finished(self) -> bool:
@@ -88,15 +101,29 @@ def receipt_of(run: Run) -> Receipt:
     wf = run.wf
     stages = [run.receipts[s] for s in range(wf.space.num_stages) if s in run.receipts]
     routed = run.routed
+    routing = None
+    routing_s = routed.routing_s if routed else 0.0
+    if routed is not None:
+        ov = run.overlap
+        if ov is not None and ov.used_s is not None:
+            routing_s = ov.used_s
+        routing = RoutingReceipt(
+            complete=routed.complete,
+            fraction=routed.fraction,
+            used_s=routing_s,
+            admitted=routed.num_admitted,
+            budget_s=None if ov is None else ov.budget_s,
+        )
     return Receipt(
         workflow=wf.name,
         num_configs=wf.space.num_configs,
         num_admitted=routed.num_admitted if routed else 0,
         router=routed.router if routed else ("trained" if wf.router is not None else "admit-all"),
-        routing_s=routed.routing_s if routed else 0.0,
+        routing_s=routing_s,
         total_s=time.monotonic() - run.t0,
         stages=stages,
         configuration={r.stage: r.model for r in stages},
         failovers=run.failovers,
         rounds=[r.dump() for r in run.rounds],
+        routing=routing,
     )

@@ -59,12 +59,26 @@ class SchedulerPort:
 
     # -- transitions ----------------------------------------------------------------------
 
-    def add(self, run_id: str, wf: WorkflowRuntime, mask: np.ndarray) -> list[int]:
-        """Queue a routed run; returns its ready stages.
+    def add(
+        self, run_id: str, wf: WorkflowRuntime, mask: np.ndarray, *, held: bool = False
+    ) -> list[int]:
+        """Queue a routed run; returns its ready stages (none while ``held``: its stages
+        wait for :meth:`release`).
 
         Raises NoViableConfigurationError when nothing admitted can run on this fleet."""
-        self.sched.add_request(run_id, wf.space, np.asarray(mask, dtype=bool))
+        self.sched.add_request(run_id, wf.space, np.asarray(mask, dtype=bool), held=held)
         return self.sched.ready_stages(run_id)
+
+    def release(self, run_id: str) -> list[int]:
+        """A held run's stages become schedulable; returns them."""
+        if not self.sched.is_queued(run_id):
+            return []
+        return self.sched.release(run_id)
+
+    def widen(self, run_id: str, mask: np.ndarray) -> None:
+        """Routing found more: grow a queued run's admitted set (never shrinks it)."""
+        if self.sched.is_queued(run_id):
+            self.sched.widen_mask(run_id, np.asarray(mask, dtype=bool))
 
     def finished(self, run_id: str, sid: int) -> list[int]:
         """A stage returned; returns the stages that became ready."""

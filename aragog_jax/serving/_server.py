@@ -31,6 +31,7 @@ from aragog_jax.serving._conn import ConnLimits, GuardedRunner
 from aragog_jax.serving._emulated import EmulatedEngine
 from aragog_jax.serving._executor import Executor, close_part
 from aragog_jax.serving._fleet import FleetRuntime, size_unprofiled
+from aragog_jax.serving._intake import DEFAULT_ROUTING_BUDGET_S
 from aragog_jax.serving._loopback import LoopbackServer
 from aragog_jax.serving._metrics import ServerMetrics
 from aragog_jax.serving._sched import LATE_ITEMS, WARM_ITEMS
@@ -96,6 +97,9 @@ class ServeOptions:
     policy: str = "aragog"  # scheduling policy (aragog_jax.scheduler.make_policy)
     beam_width: int = DEFAULT_BEAM_WIDTH
     warm_up: bool = True  # compile the scheduling round for common sizes at start-up
+    # A router off the loop (embeddings endpoint): how long a request's stages wait for it
+    # before running with the configurations admitted so far (aragog_jax.serving._intake).
+    routing_budget_s: float = DEFAULT_ROUTING_BUDGET_S
     # After start-up, collect once, move every live object (modules, compiled router and
     # scheduler, fleet) to the collector's permanent generation (gc.freeze) and raise the
     # young-generation threshold to GC_THRESHOLD_0; stop() undoes both (the last stop, when
@@ -161,6 +165,7 @@ class Server:
             keep_rounds=self.options.keep_rounds,
             policy=self.options.policy,
             beam_width=self.options.beam_width,
+            routing_budget_s=self.options.routing_budget_s,
         )
         # Bind before the slow part, so a busy port fails at once; until "serving",
         # requests get 503 and /ready says "starting".

@@ -73,10 +73,29 @@ class StageReceipt(msgspec.Struct, frozen=True):
     engine_calls: int = 1  # chat calls the stage made (a stage function may make several)
 
 
+class RoutingReceipt(msgspec.Struct, frozen=True):
+    """How much routing the run waited for (routing overlapped with queueing).
+
+    A router on the event loop routes before the run is queued: always complete, no
+    budget. A router off the loop (``in_thread``) routes while the run waits in the
+    meta-queue: its stages wait for the router at most ``budget_s``, then run with the
+    configurations admitted so far (``c_max`` at least) once they reach the head of the
+    queue, and routing stops at the first dispatch.
+    """
+
+    complete: bool  # every configuration was scored before the run's first stage ran
+    fraction: float  # share of the configurations scored when the mask was fixed
+    used_s: float  # routing time until the mask was fixed (completion or first dispatch)
+    admitted: int  # configurations admitted in the set the run used (c_max included)
+    budget_s: float | None = (
+        None  # how long its stages could wait for the router (None: on the loop)
+    )
+
+
 class Receipt(msgspec.Struct, frozen=True):
     workflow: str
     num_configs: int
-    num_admitted: int  # configurations the router admitted for this input
+    num_admitted: int  # configurations the router admitted for this input (the set used)
     router: str  # "trained" or "admit-all"
     routing_s: float
     total_s: float
@@ -84,6 +103,7 @@ class Receipt(msgspec.Struct, frozen=True):
     configuration: dict[str, str] = {}  # stage -> model actually used
     failovers: int = 0
     rounds: list[Any] = []  # round-replay dumps (only when requested)
+    routing: RoutingReceipt | None = None
 
 
 class RunResponse(msgspec.Struct, frozen=True):

@@ -57,6 +57,12 @@ def test_bad_beam_width_is_exit_2(capsys):
     assert "--beam-width must be >= 1" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("value", ["-1", "nan", "inf"])
+def test_bad_routing_budget_is_exit_2(capsys, value):
+    assert run_cli(main, ["--routing-budget-ms", value]) == 2
+    assert "--routing-budget-ms must be a finite number >= 0" in capsys.readouterr().err
+
+
 def test_api_keys_env_naming_an_unset_variable_is_exit_2(tmp_path, capsys, monkeypatch):
     """Auth never fails open: the configured key source is empty, so the server does not start."""
     from ._fleetkit import write_fleet

@@ -553,13 +553,13 @@ def test_router_in_a_worker_thread_routes_and_serves(tmp_path):
         fleet = _qwen_router_fleet(tmp_path, urls, models)
         router = fleet.workflows["self_refine_humaneval"].router
         threads: list[bool] = []
-        route_texts = router.route_texts
+        featurize = router.featurizer
 
-        def recording(texts, budget_s=None):
+        def recording(texts):
             threads.append(threading.current_thread() is threading.main_thread())
-            return route_texts(texts, budget_s)
+            return featurize(texts)
 
-        router.route_texts = recording
+        router.featurizer = recording
         s = Server(fleet, ServeOptions(warm_up=False))
         url = await s.start()
         s.executor.routers["self_refine_humaneval"].in_thread = True
