@@ -107,7 +107,7 @@ class Intake:
                 return False
             self._enqueue(run, time.monotonic())
         if routed.complete:
-            self._fix(run, routed.routing_s)
+            self._fix(run, time.monotonic() - run.t0)
             self._release(run)
             return False
         if not ov.held:

@@ -85,7 +85,9 @@ class RoutingReceipt(msgspec.Struct, frozen=True):
 
     complete: bool  # every configuration was scored before the run's first stage ran
     fraction: float  # share of the configurations scored when the mask was fixed
-    used_s: float  # routing time until the mask was fixed (completion or first dispatch)
+    used_s: (
+        float  # arrival -> mask fixed (routing complete or first dispatch); on the loop: the call
+    )
     admitted: int  # configurations admitted in the set the run used (c_max included)
     budget_s: float | None = (
         None  # how long its stages could wait for the router (None: on the loop)

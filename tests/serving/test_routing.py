@@ -50,3 +50,19 @@ def test_admit_all_workflow_needs_no_warm_up_and_admits_every_servable_configura
     assert all(
         (r.mask == wf.servable).all() and r.num_admitted == wf.space.num_configs for r in routed
     )
+
+
+def test_warm_up_of_a_router_off_the_loop_compiles_its_progressive_path(tmp_path):
+    """A router off the loop scores in chunks (routing overlapped with queueing): warm-up
+    compiles that path too, so the first request does not trace it."""
+    models = ["Qwen2.5-7B-Instruct", "Qwen2.5-14B-Instruct", "Qwen2.5-32B-Instruct"]
+    fleet = _qwen_router_fleet(tmp_path, ["http://127.0.0.1:9"] * 3, models)
+    wf = fleet.workflows["self_refine_humaneval"]
+    worker = RouterWorker(wf)
+    worker.in_thread = True
+    assert worker.warm_up(8) == 2
+    traces = wf.router.num_traces
+    steps = list(wf.router.route_progressive(wf.router.featurizer(["a", "b", "c"])))
+    assert steps[-1].fraction_completed == 1.0 and wf.router.num_traces == traces
+    first = worker.provisional()
+    assert first.mask.sum() == 1 and first.mask[wf.space.c_max] and not first.complete
