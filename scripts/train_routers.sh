@@ -32,7 +32,7 @@ for wf in "${WORKFLOWS[@]}"; do
       --out "$TMP/$wf-$fam" --quiet
     python -m aragog_jax.train --workflow "$wf" --family "$fam" --dataset "$TMP/$wf-$fam" \
       --out "$OUT/$wf/$fam.npz" --hidden "$HIDDEN" --lr 3e-4 --param-dtype float16 --word-ngrams 1 \
-      --epsilon 0.02 --confidence 0.95 --guarantee cheapest --seed 0 --quiet
+      --epsilon 0.02 --confidence 0.95 --guarantee scheduled --seed 0 --quiet
     rm -rf "$TMP/$wf-$fam"
   done
 done
