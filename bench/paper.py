@@ -1112,14 +1112,28 @@ def _miss_reasons(r: dict, acc: str, c: dict) -> str:
         else:
             i, rate = c["index"], c["rate"]
             engines = r["routed"]["engines"] if acc == "paper" else r["equal"]["engines"]
-            share_a = _largest_engine_share(pols["aragog"]["per_rate"][i], engines)
-            share_pi = _largest_engine_share(
-                pols["per_input"]["per_rate"][i], r["equal"]["engines"]
-            )
+
+            def share(d: dict | None, eng: list[dict]) -> str:
+                if d is None or _p95_at(d, i, rate) != _p95_at(d, i, rate):
+                    return "n/a"
+                return f"{100 * _largest_engine_share(d['per_rate'][i], eng):.0f}%"
+
+            o95 = _p95_at(ora, i, rate)
+            gap = c["p95"] - c["p95_pi"]
+            if not math.isfinite(o95):
+                verdict = "no exact-mask run on this fleet"
+            elif o95 <= c["p95_pi"]:
+                verdict = f"with exact masks aragog meets it ({_secs(o95)}): the router's masks are the reason"
+            else:
+                verdict = (
+                    f"with exact masks aragog misses it too ({_secs(o95)}); the router's masks account for "
+                    f"{100 * (c['p95'] - o95) / gap:.0f}% of the gap"
+                )
             out.append(
-                f"P95 at {rate:g} req/s: aragog-oracle {_secs(_p95_at(ora, i, rate))}, per-input-router "
-                f"{_secs(_p95_at(pir, i, rate))}; largest model's output-token share {100 * share_a:.0f}% "
-                f"(aragog) vs {100 * share_pi:.0f}% (per-input)"
+                f"P95 at {rate:g} req/s: {verdict} (per-input-router, the same masks without load awareness: "
+                f"{_secs(_p95_at(pir, i, rate))}; output-token share on the largest model: aragog "
+                f"{share(pols['aragog'], engines)}, aragog-oracle {share(ora, engines)}, per-input "
+                f"{share(pols['per_input'], r['equal']['engines'])})"
             )
     if not c["ok"]["acc"]:
         odrop = 100.0 * (ora["c_max_accuracy"] - ora["accuracy"]) if ora else float("nan")

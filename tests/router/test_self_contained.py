@@ -5,9 +5,11 @@ checkpoints (no stored workflow) still load through the shipped workflow they na
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 
+import msgspec
 import pytest
 
 from aragog_jax import route as route_cli
@@ -171,8 +173,14 @@ def test_serve_takes_an_unlisted_workflow_from_its_router_checkpoint(own, tmp_pa
     assert rt.workflows["my_flow"].space.fingerprint() == load_checkpoint(ckpt).meta.fingerprint
 
 
-def test_old_checkpoints_without_a_stored_workflow_still_load():
-    path = shipped_router("self_refine_humaneval", "qwen")
+def test_old_checkpoints_without_a_stored_workflow_still_load(tmp_path):
+    # The shipped routers store their workflow since the scheduled-guarantee retrain; an
+    # old checkpoint is the same file without it.
+    shipped = load_checkpoint(shipped_router("self_refine_humaneval", "qwen"))
+    old = dataclasses.replace(
+        shipped, meta=msgspec.structs.replace(shipped.meta, workflow_spec=None)
+    )
+    path = save_checkpoint(old, tmp_path / "old.npz")
     ck = load_checkpoint(path)
     assert ck.meta.workflow_spec is None  # written before workflows were stored
     assert ck.space().fingerprint() == ck.meta.fingerprint
