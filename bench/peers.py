@@ -61,6 +61,7 @@ SERVED = "bench-model"  # the backend's served model name
 MODEL = "Qwen2.5-7B-Instruct"  # a catalog model for aragog_jax's workflow spec
 TEXT = "Write a function that reverses a string."
 FRONTS = ("direct", "aragog_jax", "vllm-router", "litellm")
+BASE = "aragog_jax@base"  # --baseline: the same server from another checkout
 
 
 # -- processes ----------------------------------------------------------------------------
@@ -432,6 +433,13 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="smoke run: 1 round of 1.5 s per cell; not a comparison",
     )
+    ap.add_argument(
+        "--baseline",
+        type=Path,
+        default=None,
+        help="another checkout of this repository (e.g. `git archive main | tar -x -C DIR`): "
+        "its server joins the rounds as front aragog_jax@base, so before/after share conditions",
+    )
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "peers.json")
     ap.add_argument("--_backend", dest="backend", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
@@ -467,6 +475,14 @@ def main(argv: list[str] | None = None) -> int:
                 procs.append(proc)
                 urls["aragog_jax"] = (url, proc.pid)
                 peers["aragog_jax"] = git_sha()[:12]
+            if args.baseline is not None:
+                if not (args.baseline / "aragog_jax" / "serve.py").exists():
+                    ap.error(f"--baseline {args.baseline}: no aragog_jax/serve.py there")
+                proc, url = _start_server(_write_aragog_fleet(tmp, backend), tree=args.baseline)
+                procs.append(proc)
+                urls[BASE] = (url, proc.pid)
+                peers[BASE] = str(args.baseline)
+                fronts.insert(fronts.index("aragog_jax") + 1 if "aragog_jax" in fronts else 1, BASE)
             for name in ("vllm-router", "litellm"):
                 if name not in fronts:
                     continue

@@ -15,8 +15,10 @@
   kernels, commits) on 1,024 ready stages of the shipped decomposition workflow
   (C = 243) over 9 engines with shipped H100 profiles, next to the kernel alone on the
   same round's inputs (``schedule_over_kernel``; target 1.5).
-* ``small_rounds``: rounds with 1, 2 and 4 ready stages, next to one kernel call in the
-  same buckets with nothing to place (the kernel's empty-call time).
+* ``small_rounds``: rounds with 1 to 32 ready stages, with the host path for rounds of at
+  most ``SMALL_ROUND_ITEMS`` items (``schedule_ms``) and without it
+  (``compiled_schedule_ms``; ratio ``host_over_compiled``), interleaved, next to one kernel
+  call in the same buckets with nothing to place (the kernel's empty-call time).
 * ``profile`` (``--profile``): cProfile of ``schedule()`` at 1,024 and at 1 ready stage.
   ``--only-schedule`` runs only these three.
 * ``sublinear``: headline sizes at R = 128 and R = 1024; ``ratio`` = time(1024) /
@@ -56,6 +58,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from aragog_jax.scheduler import (
     COMPILED,
     COMPILED_SCARCE,
+    SMALL_ROUND_ITEMS,
+    BeamPolicy,
     EngineInfo,
     LoadVector,
     RoundArrays,
@@ -68,6 +72,8 @@ from aragog_jax.spec import PROFILES_DIR, load_profile
 from bench._timing import time_fn  # noqa: E402
 
 HEADLINE = {"num_items": 1024, "num_configs": 243, "num_engines": 9, "beam": 4, "total_free": 64}
+#: Round sizes of the ``small_rounds`` case (host path vs compiled kernel).
+SMALL_SIZES = (1, 2, 4, 8, 16, 32)
 GRID_R, GRID_C, GRID_M, GRID_B = (16, 128, 1024), (27, 243, 4096), (3, 6, 9), (1, 4, 8)
 
 
@@ -206,25 +212,35 @@ class _Capture:
         return self.inner.assign(arrays)
 
 
-def _timed(fn) -> float:
-    """CPU seconds of the process (every thread, XLA's included) for one ``fn()``: on a
-    shared machine wall time also counts the time other processes hold the cores."""
+def _timed(fn) -> tuple[float, float]:
+    """(CPU seconds of the process, every thread, XLA's included; wall seconds) of one
+    ``fn()``: on a shared machine wall time also counts the time other processes hold the
+    cores, while process CPU also counts XLA's pool threads spinning after a kernel
+    returned (while the host code that follows runs): the two bracket the cost."""
     gc.collect()
     gc.disable()
+    w = time.perf_counter()
     t = time.process_time()
     fn()
     elapsed = time.process_time() - t
+    wall = time.perf_counter() - w
     gc.enable()
-    return elapsed
+    return elapsed, wall
 
 
-def _summary(sched_t: list[float], kernel_t: list[float]) -> dict:
-    s_ms, k_ms = 1e3 * statistics.median(sched_t), 1e3 * statistics.median(kernel_t)
+def _summary(sched_t: list[tuple], kernel_t: list[tuple]) -> dict:
+    s_cpu, s_wall = zip(*sched_t, strict=True)
+    k_cpu, k_wall = zip(*kernel_t, strict=True)
+    s_ms, k_ms = 1e3 * statistics.median(s_cpu), 1e3 * statistics.median(k_cpu)
+    sw_ms, kw_ms = 1e3 * statistics.median(s_wall), 1e3 * statistics.median(k_wall)
     return {
-        **_ms_stats("schedule", sched_t),
-        **_ms_stats("kernel", kernel_t),
+        **_ms_stats("schedule", s_cpu),
+        **_ms_stats("kernel", k_cpu),
         "host_ms": s_ms - k_ms,
         "schedule_over_kernel": s_ms / k_ms,
+        "schedule_wall_ms": sw_ms,
+        "kernel_wall_ms": kw_ms,
+        "schedule_over_kernel_wall": sw_ms / kw_ms,
         "reps": len(sched_t),
     }
 
@@ -268,25 +284,32 @@ def schedule_round_bench(quick: bool) -> dict:
 
 def small_round_bench(num_ready: int, quick: bool) -> dict:
     """Rounds with ``num_ready`` ready stages (every one placed; its request then leaves
-    and a new one keeps ``num_ready`` ready), next to one kernel call in the same buckets
-    with nothing to place (the kernel's empty-call time)."""
+    and a new one keeps ``num_ready`` ready), with the host path for small rounds (the
+    default ``aragog`` policy: ``schedule_ms``) and without it (``small_items=0``, every
+    round through the compiled kernel: ``compiled_schedule_ms``), interleaved round by
+    round on the same requests, next to one kernel call in the same buckets with nothing
+    to place (the kernel's empty-call time)."""
     space = decomposition_space()
     engines = h100_engines()
-    sched = Scheduler(engines, "aragog", spaces=[space])
     load = LoadVector.idle(engines)
-    sched.warmup(max_items=16)
+    scheds, rngs = [], []
+    for small in (SMALL_ROUND_ITEMS, 0):
+        sched = Scheduler(engines, BeamPolicy(4, small_items=small), spaces=[space])
+        sched.warmup(max_items=max(16, num_ready))
+        sched.policy = _Capture(sched.policy)
+        scheds.append(sched)
+        rngs.append(np.random.default_rng(1))
     ids = itertools.count(10**6)
-    rng = np.random.default_rng(1)
 
-    def top_up() -> None:
+    def top_up(sched, rng) -> None:
         while sched.num_ready < num_ready:
             sched.add_request(next(ids), space, rng.random(space.num_configs) < 0.3)
 
-    capture = sched.policy = _Capture(sched.policy)
-    top_up()
-    for a in sched.schedule(load).assignments:  # one round to learn its buckets
-        sched.cancel(a.request_id)
-    arrays = capture.arrays
+    for sched, rng in zip(scheds, rngs, strict=True):
+        top_up(sched, rng)
+        for a in sched.schedule(load).assignments:  # one round to learn its buckets
+            sched.cancel(a.request_id)
+    arrays = scheds[1].policy.arrays
     # The same buckets with nothing to place: the kernel's empty-call time.
     empty = dataclasses.replace(
         arrays,
@@ -295,24 +318,34 @@ def small_round_bench(num_ready: int, quick: bool) -> dict:
         free_slots=np.zeros_like(arrays.free_slots),
         num_items=0,
     )
-    kernel = jit_round(empty, capture.beam_width)
-    sched_t, kernel_t, placed = [], [], []
+    kernel = jit_round(empty, 4)
+    times: list[list[float]] = [[], [], []]
+    placed = []
     for rep in range(1 + (100 if quick else 1000)):
-        top_up()
-        box = []
-        elapsed = _timed(lambda: box.append(sched.schedule(load)))
+        plans = []
+        for k, (sched, rng) in enumerate(zip(scheds, rngs, strict=True)):
+            top_up(sched, rng)
+            box = []
+            elapsed = _timed(lambda sched=sched, box=box: box.append(sched.schedule(load)))
+            if rep:
+                times[k].append(elapsed)
+            plans.append(box[0])
+            for a in box[0].assignments:
+                sched.cancel(a.request_id)
         if rep:
-            sched_t.append(elapsed)
-            kernel_t.append(_timed(kernel))
-        placed.append(len(box[0].assignments))
-        for a in box[0].assignments:
-            sched.cancel(a.request_id)
-    return {
+            times[2].append(_timed(kernel))
+        assert [len(p.assignments) for p in plans] == [len(plans[0].assignments)] * 2
+        placed.append(len(plans[0].assignments))
+    out = {
         "ready_stages": num_ready,
         "placed_per_round": float(np.mean(placed)),
-        "in_flight_requests": sched.num_in_flight,
-        **_summary(sched_t, kernel_t),
+        "in_flight_requests": scheds[0].num_in_flight,
+        "host_path": num_ready <= SMALL_ROUND_ITEMS,
+        **_summary(times[0], times[2]),
+        **_ms_stats("compiled_schedule", [c for c, _ in times[1]]),
     }
+    out["host_over_compiled"] = out["schedule_ms"] / out["compiled_schedule_ms"]
+    return out
 
 
 def profile_rounds(quick: bool, top: int = 15) -> dict:
@@ -465,7 +498,7 @@ def main(argv=None) -> int:
         print(f"sublinear: {sublinear}", flush=True)
     sched_round = schedule_round_bench(quick)
     print(f"schedule_round: {sched_round}", flush=True)
-    small = {f"r{k}": small_round_bench(k, quick) for k in (1, 2, 4)}
+    small = {f"r{k}": small_round_bench(k, quick) for k in SMALL_SIZES}
     for k, row in small.items():
         print(f"small_round {k}: {row}", flush=True)
     profile = profile_rounds(quick) if args.profile else None

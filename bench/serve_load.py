@@ -175,11 +175,21 @@ def _write_fleet(
 LOOP = "auto"  # --loop of the server processes
 
 
-def _start_server(fleet: Path, ready_timeout_s: float = 180.0) -> tuple[subprocess.Popen, str]:
+def _start_server(
+    fleet: Path, ready_timeout_s: float = 180.0, *, tree: Path | None = None
+) -> tuple[subprocess.Popen, str]:
+    """``python -m aragog_jax.serve`` on ``fleet`` (from the checkout ``tree`` when given:
+    another version of the package, measured side by side)."""
+    run = ["-m", "aragog_jax.serve"]
+    if tree is not None:
+        run = [
+            "-c",
+            f"import runpy, sys; sys.path.insert(0, {str(tree)!r}); "
+            "runpy.run_module('aragog_jax.serve', run_name='__main__', alter_sys=True)",
+        ]
     cmd = [
         sys.executable,
-        "-m",
-        "aragog_jax.serve",
+        *run,
         "--fleet",
         str(fleet),
         "--log-level",

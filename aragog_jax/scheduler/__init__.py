@@ -42,6 +42,7 @@ from aragog_jax.scheduler._round import (
     pad_round,
 )
 from aragog_jax.scheduler._scheduler import Scheduler
+from aragog_jax.scheduler._small import SMALL_ROUND_ITEMS, small_round
 
 __all__ = [
     "BRUTE_FORCE_MAX_ITEMS",
@@ -51,6 +52,7 @@ __all__ = [
     "DEFAULT_BEAM_WIDTH",
     "KV_FULL",
     "SCARCITY_DEFAULT",
+    "SMALL_ROUND_ITEMS",
     "UTILITY_SCALE",
     "Assignment",
     "BeamPolicy",
@@ -73,4 +75,5 @@ __all__ = [
     "random_replay",
     "replay_round",
     "round_flexibility",
+    "small_round",
 ]

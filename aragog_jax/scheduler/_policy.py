@@ -50,6 +50,7 @@ from aragog_jax.scheduler._round import (
     RoundArrays,
     twin_round,
 )
+from aragog_jax.scheduler._small import SMALL_ROUND_ITEMS, small_round
 from aragog_jax.space import ConfigSpace
 
 #: Default beam width (the paper's B).
@@ -89,7 +90,9 @@ class Policy(Protocol):
 class BeamPolicy:
     """``aragog`` (and ``greedy`` with ``beam_width = 1``; ``aragog-paper`` with
     ``compiled=COMPILED_PAPER``, ``aragog-scarce`` with ``COMPILED_SCARCE``): the jitted
-    beam search."""
+    beam search, or for a round of at most ``small_items`` ready items the same search on
+    the host (``scheduler._small``: the same result without the compiled call's fixed
+    cost; 0 turns it off)."""
 
     def __init__(
         self,
@@ -97,17 +100,21 @@ class BeamPolicy:
         *,
         name: PolicyName = PolicyName.ARAGOG,
         compiled: CompiledRounds = COMPILED,
+        small_items: int = SMALL_ROUND_ITEMS,
     ) -> None:
         if int(beam_width) < 1:
             raise SchedulerError(f"beam_width must be >= 1, got {beam_width}")
         self.name = name
         self.beam_width = int(beam_width)
         self.compiled = compiled
+        self.small_items = int(small_items)
 
     def admit(self, space: ConfigSpace, mask: np.ndarray) -> np.ndarray:
         return mask
 
     def assign(self, arrays: RoundArrays) -> BeamResult:
+        if arrays.num_items <= self.small_items:
+            return small_round(arrays, self.beam_width, self.compiled.reserve)
         return self.compiled(arrays, self.beam_width)[1]
 
 

@@ -1,0 +1,171 @@
+"""Small rounds on the host: the compiled round's decision in plain Python.
+
+A jitted round costs about half a millisecond on CPU even with nothing to place (XLA's
+dispatch, argument transfer and result copy), while a round with a few ready stages is a
+few dozen candidate comparisons. :func:`small_round` runs ``score_stages`` +
+``beam_assign`` (``aragog_jax.kernels.scheduling``) for such a round with NumPy counts
+and Python integers and returns exactly what the compiled round returns: the same
+engine per item, utility, flexibility and ``num_steps`` (the vectorised pre-filter, the
+compaction, the ``while_loop``'s stop rule, the ranking by (-U, -F, candidate index),
+the greedy line's survival, the joint narrowing of a request's later stages and, with
+``reserve``, the scarcity reservation). ``tests/scheduler/test_small.py`` checks the
+equality against the compiled round on random rounds (hypothesis).
+
+``BeamPolicy`` takes this path for rounds of at most ``SMALL_ROUND_ITEMS`` items, a
+threshold measured by ``bench/scheduler.py`` (``small_rounds``: schedule() per round
+size with and without the host path, in one run).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from aragog_jax.kernels import SHARE_SCALE, BeamResult
+from aragog_jax.scheduler._round import RoundArrays
+
+#: Largest round (ready items) that :class:`BeamPolicy` runs on the host instead of the
+#: compiled kernel; ``bench/results/scheduler_small.json`` measures the crossover.
+SMALL_ROUND_ITEMS = 16
+
+
+def _scores(viable: np.ndarray, cfgm: np.ndarray, num_models: int) -> np.ndarray:
+    """int[n, M] ``kept``: viable configurations per (item, model), as ``score_stages``
+    (configurations whose model id is outside 0..M-1 count for no model)."""
+    n = viable.shape[0]
+    ids = cfgm.astype(np.intp)
+    hit = viable & (ids >= 0) & (ids < num_models)
+    flat = (ids + (np.arange(n, dtype=np.intp) * num_models)[:, None])[hit]
+    return np.bincount(flat, minlength=n * num_models).reshape(n, num_models)
+
+
+def _reservations(reserve, kept, num_viable, order):
+    """Per compact item: inflexible items after it per model, and whether it is
+    flexible (the scarcity reservation; ([], []) for the paper's rule)."""
+    if not reserve:
+        return [], []
+    num_models = len(kept[0]) if kept else 0
+    inflex = [
+        [num_viable[i] > 0 and kept[i][m] == num_viable[i] for m in range(num_models)]
+        for i in order
+    ]
+    after = [sum(col) for col in zip(*inflex, strict=True)] if inflex else []
+    reserved_after, flexible = [], []
+    for row in inflex:
+        after = [a - int(x) for a, x in zip(after, row, strict=True)]
+        reserved_after.append(after)
+        flexible.append(not any(row))
+    return reserved_after, flexible
+
+
+def small_round(arrays: RoundArrays, beam_width: int, reserve: bool = False) -> BeamResult:
+    """The compiled round's :class:`BeamResult` for ``arrays`` (any item count; meant for
+    a few items), computed on the host. ``reserve`` as ``CompiledRounds``."""
+    n = arrays.num_items
+    num_rows = arrays.item_viable.shape[0]
+    viable = arrays.item_viable[:n]
+    cfgm = arrays.item_cfg_model[:n]
+    num_models = arrays.num_models
+    em = arrays.engine_model.tolist()
+    free = arrays.free_slots.tolist()
+    num_engines = len(em)
+    num_cand = num_engines + 1
+    engines = range(num_engines)
+    width = beam_width
+    engine = np.full(num_rows, -1, dtype=np.int32)
+    # A search adds at most n sequences to an engine: only the first n gains are read
+    # (past the last slot the kernel reads the last one).
+    gain = arrays.gain[:, :n].tolist()
+    if len(gain[0]) < n:
+        gain = [row + row[-1:] * (n - len(row)) for row in gain]
+
+    kept = _scores(viable, cfgm, num_models).tolist()
+    num_viable = [sum(row) for row in kept]
+    kept_e = [[row[m] for m in em] for row in kept]
+    # Pre-filter and compaction: items with an allowed engine that has a free slot.
+    order = [
+        i
+        for i in range(n)
+        if arrays.item_valid[i] and any(kept_e[i][e] > 0 and free[e] > 0 for e in engines)
+    ]
+    num_live = len(order)
+    last_use = [-1] * num_engines
+    for j, i in enumerate(order):
+        for e in engines:
+            if kept_e[i][e] > 0:
+                last_use[e] = j
+    req = arrays.item_req[:n].tolist()
+    first_c = [j == 0 or req[order[j]] != req[order[j - 1]] for j in range(num_live)]
+    next_same = [j + 1 < num_live and not first_c[j + 1] for j in range(num_live)]
+    reserved_after, flexible = _reservations(reserve, kept, num_viable, order)
+
+    # A beam: (util, flex, used per engine, running mask of the request, choices).
+    beams: list[tuple[int, int, list[int], np.ndarray | None, tuple]] = [
+        (0, 0, [0] * num_engines, None, ())
+    ]
+    greedy = 0
+    j = 0
+    while j < num_live:
+        # The compiled loop's stop rule: some beam has a free slot on an engine that a
+        # remaining item allows.
+        open_engines = [e for e in engines if last_use[e] >= j]
+        if not any(free[e] > used[e] for _, _, used, _, _ in beams for e in open_engines):
+            break
+        i = order[j]
+        first = first_c[j]
+        row_models = cfgm[i]
+        nv = max(num_viable[i], 1)
+        if first:
+            allowed = [(e, k, k * SHARE_SCALE // nv) for e, k in enumerate(kept_e[i]) if k > 0]
+        else:
+            valid_cfg = (row_models >= 0) & (row_models < num_models)
+            ids = row_models.astype(np.intp)
+        check = reserve and flexible[j]
+        cands = []
+        for b, (util, flex, used, mask, _) in enumerate(beams):
+            if not first:
+                per_model = np.bincount(ids[mask & valid_cfg], minlength=num_models).tolist()
+                allowed = [
+                    (e, k, k * SHARE_SCALE // nv) for e in engines if (k := per_model[em[e]]) > 0
+                ]
+            if check:  # free slots per model left in this beam, against the reservation
+                left = [f - u for f, u in zip(free, used, strict=True)]
+                left = [sum(left[e] for e in engines if em[e] == m) for m in range(num_models)]
+                res = reserved_after[j]
+            base = b * num_cand
+            placed_any = False
+            for e, _, share in allowed:
+                if free[e] > used[e] and not (check and left[em[e]] <= res[em[e]]):
+                    cands.append((-(util + gain[e][used[e]]), -(flex + share), base + e))
+                    placed_any = True
+            if not placed_any:
+                cands.append((-util, -flex, base + num_engines))
+        cands.sort()
+        pos = 0
+        while cands[pos][2] // num_cand != greedy:
+            pos += 1
+        top = cands[:width]
+        if pos >= width:
+            top[-1] = cands[pos]
+        greedy = min(pos, width - 1)
+        viable_row = viable[i] if next_same[j] and first else None
+        new_beams = []
+        for neg_util, neg_flex, cand in top:
+            parent, e = divmod(cand, num_cand)
+            _, _, used, mask, choice = beams[parent]
+            if e < num_engines:
+                used = list(used)
+                used[e] += 1
+                choice = (*choice, (i, e))
+            if next_same[j]:
+                mask = viable_row if first else mask
+                if e < num_engines:
+                    mask = mask & (row_models == em[e])
+            new_beams.append((-neg_util, -neg_flex, used, mask, choice))
+        beams = new_beams
+        j += 1
+    util, flex, _, _, choice = beams[0]
+    for i, e in choice:
+        engine[i] = e
+    return BeamResult(
+        engine=engine, utility=np.int32(util), flex=np.int32(flex), num_steps=np.int32(j)
+    )

@@ -1,0 +1,197 @@
+"""The host path for small rounds returns exactly what the compiled round returns."""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from aragog_jax.errors import NoViableConfigurationError
+from aragog_jax.scheduler import (
+    COMPILED_PAPER,
+    COMPILED_SCARCE,
+    BeamPolicy,
+    LoadVector,
+    RoundArrays,
+    Scheduler,
+    pad_round,
+    small_round,
+)
+from aragog_jax.scheduler._random import random_round
+from tests.scheduler._kit import engines, space
+
+
+def _assert_same(arrays: RoundArrays, beam: int, reserve: bool) -> None:
+    compiled = COMPILED_SCARCE if reserve else COMPILED_PAPER
+    _, want = compiled(arrays, beam)
+    got = small_round(arrays, beam, reserve)
+    np.testing.assert_array_equal(got.engine, np.asarray(want.engine))
+    assert (int(got.utility), int(got.flex), int(got.num_steps)) == (
+        int(want.utility),
+        int(want.flex),
+        int(want.num_steps),
+    )
+
+
+@pytest.mark.slow
+@settings(
+    max_examples=150, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow]
+)
+@given(
+    seed=st.integers(0, 2**31 - 1),
+    num_items=st.integers(1, 24),
+    num_configs=st.sampled_from((1, 4, 27, 100)),
+    num_engines=st.sampled_from((3, 9)),
+    beam=st.sampled_from((1, 2, 4)),
+    reserve=st.booleans(),
+    blocked=st.sampled_from((0.0, 0.0, 0.5, 0.9)),
+    free_per_item=st.sampled_from((0.0, 0.3, 1.0, 3.0)),
+    max_ready=st.integers(1, 3),
+)
+def test_small_round_equals_compiled_round(
+    seed,
+    num_items,
+    num_configs,
+    num_engines,
+    beam,
+    reserve,
+    blocked,
+    free_per_item,
+    max_ready,
+):
+    """Random loads (free slots, curves, engine loads), masks and configurations, with
+    and without scarce blocked models, several ready stages per request (joint
+    narrowing), both ranking rules: engines, U, F and steps equal the kernel's. (Three
+    models, fixed buckets: a dozen executables, shared with tests/kernels.)"""
+    rng = np.random.default_rng(seed)
+    arrays, _ = random_round(
+        rng,
+        num_items=num_items,
+        num_configs=num_configs,
+        num_engines=num_engines,
+        total_free=int(rng.poisson(free_per_item * num_items)),
+        max_ready=max_ready,
+        blocked_share=blocked,
+        blocked_slots=int(rng.integers(0, 3)),
+        item_bucket=32,
+        cfg_bucket=128,
+        slot_bucket=128,
+    )
+    _assert_same(arrays, beam, reserve)
+
+
+def test_ties_break_as_the_kernel_does():
+    """Equal gains and shares everywhere: only the candidate index orders them, and the
+    greedy line's replacement of the last survivor decides (same buckets as the random
+    rounds: no extra executables)."""
+    viable = np.ones((5, 4), dtype=bool)
+    cfgm = np.array([[0, 0, 1, 1]] * 5, dtype=np.int8)
+    arrays = pad_round(
+        viable,
+        cfgm,
+        np.array([0, 0, 1, 2, 2], dtype=np.int32),
+        np.array([0, 1, 0], dtype=np.int32),
+        np.array([2, 1, 1], dtype=np.int32),
+        np.full((3, 128), 7, dtype=np.int32),
+        3,
+        item_bucket=32,
+        cfg_bucket=128,
+    )
+    for beam, reserve in itertools.product((1, 2, 4), (False, True)):
+        _assert_same(arrays, beam, reserve)
+
+
+def test_padding_and_unknown_model_ids_count_for_nothing():
+    """Viable cells whose model id is outside 0..M-1 (junk in padding columns) are not
+    counted, as in score_stages."""
+    viable = np.ones((3, 6), dtype=bool)
+    cfgm = np.array([[0, 1, -1, 5, 1, 0]] * 3, dtype=np.int8)
+    arrays = pad_round(
+        viable,
+        cfgm,
+        np.array([0, 1, 1], dtype=np.int32),
+        np.array([0, 1, 2], dtype=np.int32),
+        np.array([1, 1, 0], dtype=np.int32),
+        np.array([[3] * 128, [5] * 128, [1] * 128], dtype=np.int32),
+        3,
+        item_bucket=32,
+        cfg_bucket=128,
+    )
+    for reserve in (False, True):
+        _assert_same(arrays, 4, reserve)
+
+
+FANOUT = [
+    ("plan", ()),
+    ("a", ("plan",)),
+    ("b", ("plan",)),
+    ("c", ("plan",)),
+    ("join", ("a", "b", "c")),
+]
+
+
+@pytest.mark.parametrize("policy", ["aragog-paper", "aragog-scarce"])
+def test_scheduler_plans_equal_with_and_without_the_host_path(policy):
+    """Two schedulers in lockstep (host path for rounds <= 16 items vs never): the same
+    plans, steps and masks through arrivals, finishes, failures and cancels."""
+    sp = space(FANOUT)
+    fleet = engines({"e7": ("7B", 100.0, 4), "e14": ("14B", 60.0, 3), "e32": ("32B", 30.0, 2)})
+    scheds = []
+    for small in (16, 0):
+        base = Scheduler(fleet, policy, spaces=[sp]).policy
+        beam = BeamPolicy(
+            base.beam_width, name=base.name, compiled=base.compiled, small_items=small
+        )
+        scheds.append(Scheduler(fleet, beam, spaces=[sp]))
+    rng = np.random.default_rng(3)
+    running: list[tuple[int, str, str]] = []
+    ids = itertools.count()
+    host_rounds = 0
+    for _ in range(60):
+        for _ in range(int(rng.integers(0, 3))):
+            r = next(ids)
+            mask = rng.random(sp.num_configs) < 0.4
+            mask[int(rng.integers(sp.num_configs))] = True
+            for s in scheds:
+                s.add_request(r, sp, mask)
+        busy = {e.name: 0 for e in fleet}
+        for _, _, e in running:
+            busy[e] += 1
+        load = LoadVector.observe(fleet, {n: {"running": b} for n, b in busy.items()})
+        host_rounds += 0 < scheds[0].num_ready <= 16
+        a, b = (s.schedule(load) for s in scheds)
+        assert a.assignments == b.assignments
+        assert (a.search_steps, a.utilization, a.flexibility) == (
+            b.search_steps,
+            b.utilization,
+            b.flexibility,
+        )
+        assert a.skipped == b.skipped
+        running += [(x.request_id, x.stage_name, x.engine) for x in a.assignments]
+        rng.shuffle(running)
+        cut = int(rng.integers(0, len(running) + 1))
+        done, running = running[:cut], running[cut:]
+        for r, stage, e in done:
+            if not scheds[0].is_queued(r):
+                continue  # its request failed for good earlier in this loop
+            fail = rng.random() < 0.15
+            outcomes = [_report(s, r, stage, e, fail) for s in scheds]
+            assert outcomes[0] == outcomes[1]
+            if outcomes[0] == "gone":
+                running = [x for x in running if x[0] != r]
+        for r in scheds[0].request_ids():
+            np.testing.assert_array_equal(scheds[0].viable_mask(r), scheds[1].viable_mask(r))
+    assert host_rounds > 20
+
+
+def _report(sched: Scheduler, r, stage: str, engine: str, fail: bool) -> str:
+    if not fail:
+        return "done" if sched.on_stage_finished(r, stage) else "finished"
+    try:
+        sched.on_stage_failed(r, stage, engine)
+    except NoViableConfigurationError:
+        return "gone"
+    return "failed"
