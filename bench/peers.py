@@ -250,10 +250,10 @@ async def closed_loop(
 
 
 def _cell(front: str, url: str, case: str, conc: int, duration_s: float, pid: int | None) -> dict:
-    calls = 3 if case == "chain3" and front != "aragog_jax" else 1
+    calls = 3 if case == "chain3" and not front.startswith("aragog_jax") else 1
     model = (
         f"workflow:{'single' if case == 'single' else 'chain3'}"
-        if front == "aragog_jax"
+        if front.startswith("aragog_jax")
         else SERVED
     )
     c0 = _tree_cpu_s(pid) if pid else 0.0
