@@ -28,6 +28,10 @@ aragog_jax runs it as one workflow request (three scheduling decisions); the pee
 which have no workflows, see the three calls sent one after the other by the client,
 as an agent framework would. Its added latency is per stage: (front − direct) / 3.
 
+``--baseline DIR`` adds front ``aragog_jax@base``: the same server from another checkout
+(``git archive main | tar -x -C DIR``), measured in the same interleaved rounds, so a
+change's before and after share the machine's conditions (``peers_fastround.md``).
+
 Peers that are not installed are left out with the reason (run scripts/install_peers.sh).
 The result JSON carries the git SHA, the load average and the machine.
 """
