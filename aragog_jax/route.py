@@ -60,7 +60,7 @@ from aragog_jax._routeio import (
     parquet_table,
 )
 from aragog_jax.errors import DatasetError
-from aragog_jax.route_ray import DEFAULT_SHARD_ROWS
+from aragog_jax.route_ray import DEFAULT_MAX_RETRIES, DEFAULT_SHARD_ROWS
 
 PROGRESS_FORMAT = "aragog-route-progress/1"
 
@@ -218,6 +218,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         type=int,
         default=DEFAULT_SHARD_ROWS,
         help="input lines per shard with --ray: the unit of work, output files and resumption "
+        "(default %(default)s)",
+    )
+    ray.add_argument(
+        "--max-retries",
+        type=int,
+        default=DEFAULT_MAX_RETRIES,
+        help="with --ray: restarts of a routing actor that dies (a crash, the OOM killer, a lost node) "
+        "and retries of the shard it was routing, before the job fails naming the shard "
         "(default %(default)s)",
     )
     args = parser.parse_args(argv)
