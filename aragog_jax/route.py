@@ -32,7 +32,8 @@ files, a checkpoint for another space) exit with status 2.
 
 Past one machine, ``--ray [--ray-address ADDR] [--concurrency N]`` runs the same job on a
 Ray cluster with Ray Data (the ``ray`` extra): same output rows and error lines, resumable
-by shard of ``--shard-rows`` input lines (:mod:`aragog_jax.route_ray`, whose
+by shard of ``--shard-rows`` input lines; a failed shard is one ``error:`` line naming it
+(exit status 1) and the rerun resumes (:mod:`aragog_jax.route_ray`, whose
 :func:`~aragog_jax.route_ray.route_on_ray` is the Python API).
 """
 

@@ -15,7 +15,8 @@ with the same line numbers and reasons.
 How it runs. The driver splits the input into *shards* of about ``shard_rows`` input
 lines (JSONL: byte ranges cut at line ends, found by one pass over the file; Parquet:
 runs of whole row groups). The shards are a Ray Dataset (one block each), mapped with
-``map_batches(ShardRouter, concurrency=N, batch_size=1)``: each of the N actors loads the
+``map_batches(ShardRouter, compute=ActorPoolStrategy(size=N), batch_size=1)``: each of the
+N actors loads the
 checkpoint and compiles one :class:`~aragog_jax.router.BatchRouter` once, in its
 constructor, then for each shard it reads its lines, parses them with the local job's
 parser, routes them ``batch_size`` rows per device call and writes the shard's output
@@ -33,11 +34,21 @@ atomically (temp file + rename). When every shard is done the driver concatenate
 error parts into ``OUT.errors.jsonl`` and, for JSONL, the parts into ``OUT.jsonl``, then
 marks ``OUT.progress.json`` done and removes ``OUT.parts/``.
 
+Failures. A shard that raises (an unreadable file, a full disk) is returned by its actor
+as a failure, not raised: the other shards run on, and the driver then raises
+:class:`~aragog_jax.errors.JobError` naming every failed shard, its input lines and the
+exception (the CLI: one ``error:`` line, exit status 1). An actor that dies (a crash, the
+OOM killer, a lost node) is restarted and the shard it was routing retried at most
+``max_retries`` times (Ray Data's default, forever, hangs the job on a shard that kills
+its actor every time); then Ray aborts the job and the driver names the shard that was
+started ``max_retries + 1`` times (each actor counts its starts of a shard in
+``attempts-k``).
+
 Resumability. A shard counts as written only once its ``done-k.json`` exists, so a rerun
-of the same command after any failure (a killed actor, a lost node, the driver
-interrupted) skips the finished shards and rewrites the others from the start: no row is
-lost or written twice. ``OUT.progress.json`` records the router, the input and the shard
-size, and a rerun with another shard size or router is refused (exit 2).
+of the same command after any failure (a failed shard, a killed actor, a lost node, the
+driver interrupted) skips the finished shards and rewrites the others from the start: no
+row is lost or written twice. ``OUT.progress.json`` records the router, the input and
+the shard size, and a rerun with another shard size or router is refused (exit 2).
 
 The cluster needs ``aragog_jax`` importable on every node (``pip install 'aragog_jax[ray]'``)
 and the checkpoint, input and output paths visible at the same paths on every node (a
@@ -48,6 +59,7 @@ from __future__ import annotations
 
 import re
 import shutil
+import socket
 import sys
 import time
 from collections.abc import Mapping, Sequence
@@ -463,12 +475,28 @@ def _join(ray, address: str | None) -> None:
     """Start or join Ray (an already initialised Ray is used as it is)."""
     if ray.is_initialized():
         return
+    _check_reachable(address)
     try:
         ray.init(address=address, log_to_driver=False, include_dashboard=False)
     except (ConnectionError, ValueError, RuntimeError) as exc:
         where = f"--ray-address {address}" if address else "RAY_ADDRESS or a local Ray"
         raise JobError(
             f"{where}: cannot start or join the Ray cluster: {_first_line(exc)}"
+        ) from exc
+
+
+def _check_reachable(address: str | None) -> None:
+    """Refuse a ``HOST:PORT`` address nothing listens on at once (``ray.init`` would retry
+    for minutes); ``auto``, ``ray://`` and other forms are left to Ray."""
+    m = re.fullmatch(r"([\w.-]+):(\d+)", address or "")
+    if m is None:
+        return
+    try:
+        socket.create_connection((m.group(1), int(m.group(2))), timeout=10).close()
+    except OSError as exc:
+        raise JobError(
+            f"--ray-address {address}: no Ray cluster there ({exc}); start one with "
+            "ray start --head, or give the address it printed"
         ) from exc
 
 

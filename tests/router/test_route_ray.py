@@ -9,7 +9,15 @@ import contextlib
 import json
 import logging
 import os
+import re
+import shutil
 import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -226,3 +234,84 @@ def test_batch_router_in_map_batches_over_read_json(tiny, ray_cluster, tmp_path)
     assert len(got) == len(texts)
     for i, m in enumerate(want):
         np.testing.assert_array_equal(got[f"q{i}"], m)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def ray_head():
+    """A Ray cluster started the README's way, ``ray start --head`` (loopback, 2 CPUs, its
+    own temp dir and ports), in the foreground (``--block``) so that signalling that one
+    process stops it: ``ray stop`` would stop every Ray cluster on the machine."""
+    tmp = tempfile.mkdtemp(prefix="rayhead", dir="/tmp")  # short: Ray's socket paths
+    log = open(os.path.join(tmp, "start.log"), "w+")  # noqa: SIM115
+    cmd = [
+        sys.executable,
+        "-c",
+        "from ray.scripts.scripts import main; main()",
+        "start",
+        "--head",
+        "--block",
+        "--port=0",
+        "--node-ip-address=127.0.0.1",
+        "--num-cpus=2",
+        "--include-dashboard=false",
+        f"--ray-client-server-port={_free_port()}",
+        f"--temp-dir={tmp}",
+        "--disable-usage-stats",
+    ]
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
+    try:
+        deadline = time.monotonic() + 120
+        started = Path(log.name)
+        while not (m := re.search(r"--address='[^':]+:(\d+)'", started.read_text())):
+            assert proc.poll() is None, started.read_text()[-2000:]
+            assert time.monotonic() < deadline, "ray start did not come up in 120 s"
+            time.sleep(0.5)
+        yield f"127.0.0.1:{m.group(1)}"
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        log.close()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+@pytest.mark.slow
+def test_ray_address_joins_a_cluster_started_with_ray_start(tiny, ray_head, tmp_path):
+    """The README's commands: the CLI, its own driver process, joins ``ray start --head``
+    with ``--ray-address``; JSONL in, Parquet out, the local job's rows and error lines. A
+    wrong address is one line and exit 2 at once (``ray.init`` alone retries for minutes)."""
+    pq = pytest.importorskip("pyarrow.parquet")
+    _, ds, _, ckpt, _ = tiny
+    inp = _write_input(tmp_path / "in.jsonl", ds.texts[:1000], bad_every=300)
+    assert _route("--router", ckpt, "--input", inp, "--output", tmp_path / "local.parquet") == 1
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+
+    def cli(address, out):
+        args = ["--ray", "--ray-address", address, "--concurrency", "2", "--shard-rows", "400"]
+        cmd = [sys.executable, "-m", "aragog_jax.route", *args, "--router", str(ckpt)]
+        cmd += ["--input", str(inp), "--output", str(out), "--quiet"]
+        return subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
+
+    run = cli(ray_head, tmp_path / "ray.parquet")
+    assert run.returncode == 1, run.stderr[-3000:]  # 1: the malformed lines
+    assert "rows/s) on Ray, 3 of 3 shards" in run.stderr
+    got, want = pq.read_table(tmp_path / "ray.parquet"), pq.read_table(tmp_path / "local.parquet")
+    assert got.equals(want) and got.num_rows == 1000
+    errors = (tmp_path / "ray.errors.jsonl").read_bytes()
+    assert errors == (tmp_path / "local.errors.jsonl").read_bytes() and errors.count(b"\n") == 3
+
+    closed = f"127.0.0.1:{_free_port()}"
+    run = cli(closed, tmp_path / "nowhere.parquet")
+    assert run.returncode == 2
+    assert run.stderr.startswith(f"error: --ray-address {closed}: no Ray cluster there (")
+    assert len(run.stderr.splitlines()) == 1
