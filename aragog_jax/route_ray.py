@@ -57,6 +57,7 @@ shared file system), since actors read and write them directly.
 
 from __future__ import annotations
 
+import logging
 import re
 import shutil
 import socket
@@ -82,6 +83,8 @@ from aragog_jax._routeio import (
     plan_parquet,
 )
 from aragog_jax.errors import DatasetError, JobError
+
+_log = logging.getLogger(__name__)
 
 PROGRESS_FORMAT = "aragog-route-ray/1"
 #: Default input lines per shard (the unit of work, of output files and of resumption).
@@ -203,6 +206,8 @@ class ShardRouter:
                 done.append(self._run(s))
                 failures.append("")
             except Exception as exc:  # any failure is the shard's, reported by the driver
+                # The traceback stays in this worker's Ray log; the driver gets one line.
+                _log.exception("shard %d failed", s.index)
                 done.append(ShardDone(rows=0, errors=0))
                 failures.append(f"{type(exc).__name__}: {_first_line(exc)}")
         return {
