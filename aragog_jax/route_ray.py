@@ -15,13 +15,12 @@ with the same line numbers and reasons.
 How it runs. The driver splits the input into *shards* of about ``shard_rows`` input
 lines (JSONL: byte ranges cut at line ends, found by one pass over the file; Parquet:
 runs of whole row groups). The shards are a Ray Dataset (one block each), mapped with
-``map_batches(ShardRouter, compute=ActorPoolStrategy(size=N), batch_size=1)``: each of the
-N actors loads the
-checkpoint and compiles one :class:`~aragog_jax.router.BatchRouter` once, in its
-constructor, then for each shard it reads its lines, parses them with the local job's
-parser, routes them ``batch_size`` rows per device call and writes the shard's output
-under a name fixed by the shard's index. Ray's progress bars show the shards going
-through; the job ends with a throughput line.
+``map_batches(ShardRouter, compute=ActorPoolStrategy(size=N), batch_size=1)``: each of
+the N actors loads the checkpoint and compiles one :class:`~aragog_jax.router.BatchRouter`
+once, in its constructor, then for each shard it reads its lines, parses them with the
+local job's parser, routes them ``batch_size`` rows per device call and writes the
+shard's output under a name fixed by the shard's index. Ray's progress bars show the
+shards going through; the job ends with a throughput line.
 
 Why shards and not ``ray.data.read_json``: the error file names input line numbers, and
 Ray's readers neither keep line numbers nor name their output blocks deterministically;
