@@ -100,3 +100,16 @@ class RequestTimeout(AragogError):
 
 class PayloadTooLarge(AragogError):
     """The request body is over ``max_body_bytes``: 413."""
+
+
+class JobError(AragogError):
+    """A batch job on a cluster (``route --ray``) could not start or did not finish: the
+    cluster cannot be joined, or units of work (shards) failed or kept killing their worker.
+
+    ``failures`` names the failed units (empty when none ran). The finished ones are kept,
+    so rerunning the same command resumes with the rest.
+    """
+
+    def __init__(self, message: str, failures: tuple = ()):
+        super().__init__(message)
+        self.failures = tuple(failures)

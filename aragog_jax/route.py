@@ -32,7 +32,8 @@ files, a checkpoint for another space) exit with status 2.
 
 Past one machine, ``--ray [--ray-address ADDR] [--concurrency N]`` runs the same job on a
 Ray cluster with Ray Data (the ``ray`` extra): same output rows and error lines, resumable
-by shard of ``--shard-rows`` input lines (:mod:`aragog_jax.route_ray`, whose
+by shard of ``--shard-rows`` input lines; a failed shard is one ``error:`` line naming it
+(exit status 1) and the rerun resumes (:mod:`aragog_jax.route_ray`, whose
 :func:`~aragog_jax.route_ray.route_on_ray` is the Python API).
 """
 
@@ -60,7 +61,7 @@ from aragog_jax._routeio import (
     parquet_table,
 )
 from aragog_jax.errors import DatasetError
-from aragog_jax.route_ray import DEFAULT_SHARD_ROWS
+from aragog_jax.route_ray import DEFAULT_MAX_RETRIES, DEFAULT_SHARD_ROWS
 
 PROGRESS_FORMAT = "aragog-route-progress/1"
 
@@ -218,6 +219,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         type=int,
         default=DEFAULT_SHARD_ROWS,
         help="input lines per shard with --ray: the unit of work, output files and resumption "
+        "(default %(default)s)",
+    )
+    ray.add_argument(
+        "--max-retries",
+        type=int,
+        default=DEFAULT_MAX_RETRIES,
+        help="with --ray: restarts of a routing actor that dies (a crash, the OOM killer, a lost node) "
+        "and retries of the shard it was routing, before the job fails naming the shard "
         "(default %(default)s)",
     )
     args = parser.parse_args(argv)

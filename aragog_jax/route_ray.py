@@ -15,12 +15,12 @@ with the same line numbers and reasons.
 How it runs. The driver splits the input into *shards* of about ``shard_rows`` input
 lines (JSONL: byte ranges cut at line ends, found by one pass over the file; Parquet:
 runs of whole row groups). The shards are a Ray Dataset (one block each), mapped with
-``map_batches(ShardRouter, concurrency=N, batch_size=1)``: each of the N actors loads the
-checkpoint and compiles one :class:`~aragog_jax.router.BatchRouter` once, in its
-constructor, then for each shard it reads its lines, parses them with the local job's
-parser, routes them ``batch_size`` rows per device call and writes the shard's output
-under a name fixed by the shard's index. Ray's progress bars show the shards going
-through; the job ends with a throughput line.
+``map_batches(ShardRouter, compute=ActorPoolStrategy(size=N), batch_size=1)``: each of
+the N actors loads the checkpoint and compiles one :class:`~aragog_jax.router.BatchRouter`
+once, in its constructor, then for each shard it reads its lines, parses them with the
+local job's parser, routes them ``batch_size`` rows per device call and writes the
+shard's output under a name fixed by the shard's index. Ray's progress bars show the
+shards going through; the job ends with a throughput line.
 
 Why shards and not ``ray.data.read_json``: the error file names input line numbers, and
 Ray's readers neither keep line numbers nor name their output blocks deterministically;
@@ -33,11 +33,21 @@ atomically (temp file + rename). When every shard is done the driver concatenate
 error parts into ``OUT.errors.jsonl`` and, for JSONL, the parts into ``OUT.jsonl``, then
 marks ``OUT.progress.json`` done and removes ``OUT.parts/``.
 
+Failures. A shard that raises (an unreadable file, a full disk) is returned by its actor
+as a failure, not raised: the other shards run on, and the driver then raises
+:class:`~aragog_jax.errors.JobError` naming every failed shard, its input lines and the
+exception (the CLI: one ``error:`` line, exit status 1). An actor that dies (a crash, the
+OOM killer, a lost node) is restarted and the shard it was routing retried at most
+``max_retries`` times (Ray Data's default, forever, hangs the job on a shard that kills
+its actor every time); then Ray aborts the job and the driver names the shard that was
+started ``max_retries + 1`` times (each actor counts its starts of a shard in
+``attempts-k``).
+
 Resumability. A shard counts as written only once its ``done-k.json`` exists, so a rerun
-of the same command after any failure (a killed actor, a lost node, the driver
-interrupted) skips the finished shards and rewrites the others from the start: no row is
-lost or written twice. ``OUT.progress.json`` records the router, the input and the shard
-size, and a rerun with another shard size or router is refused (exit 2).
+of the same command after any failure (a failed shard, a killed actor, a lost node, the
+driver interrupted) skips the finished shards and rewrites the others from the start: no
+row is lost or written twice. ``OUT.progress.json`` records the router, the input and
+the shard size, and a rerun with another shard size or router is refused (exit 2).
 
 The cluster needs ``aragog_jax`` importable on every node (``pip install 'aragog_jax[ray]'``)
 and the checkpoint, input and output paths visible at the same paths on every node (a
@@ -46,11 +56,15 @@ shared file system), since actors read and write them directly.
 
 from __future__ import annotations
 
+import logging
+import re
 import shutil
+import socket
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import msgspec
 import numpy as np
@@ -67,11 +81,15 @@ from aragog_jax._routeio import (
     plan_jsonl,
     plan_parquet,
 )
-from aragog_jax.errors import DatasetError
+from aragog_jax.errors import DatasetError, JobError
+
+_log = logging.getLogger(__name__)
 
 PROGRESS_FORMAT = "aragog-route-ray/1"
 #: Default input lines per shard (the unit of work, of output files and of resumption).
 DEFAULT_SHARD_ROWS = 65536
+#: Default restarts of a dead routing actor, and retries of the shard it was routing.
+DEFAULT_MAX_RETRIES = 3
 
 
 class RayProgress(msgspec.Struct):
@@ -89,6 +107,20 @@ class RayProgress(msgspec.Struct):
 class ShardDone(msgspec.Struct):
     rows: int
     errors: int
+
+
+class ShardFailure(msgspec.Struct, frozen=True):
+    """A shard that did not finish: its index, its input lines (1-based, inclusive) and why."""
+
+    index: int
+    first_line: int
+    last_line: int
+    reason: str
+
+    def describe(self, unit: str) -> str:
+        return (
+            f"shard {self.index} (input {unit} {self.first_line}-{self.last_line}): {self.reason}"
+        )
 
 
 class RaySummary(msgspec.Struct):
@@ -127,13 +159,19 @@ class _Paths:
     def done(self, k: int) -> Path:
         return self.parts / f"done-{k:05d}.json"
 
+    def attempts(self, k: int) -> Path:
+        return self.parts / f"attempts-{k:05d}"
+
 
 class ShardRouter:
     """The Ray Data actor: one compiled router per actor, then one shard per call.
 
     ``__call__`` takes a batch of shard rows (``index``, ``first_line``, ``num_lines``,
-    ``start``, ``stop`` columns) and returns ``index``, ``rows``, ``errors`` per shard,
-    after writing the shard's files.
+    ``start``, ``stop`` columns) and returns ``index``, ``rows``, ``errors`` and
+    ``failure`` per shard, after writing the shard's files. A shard that raises is
+    returned with ``failure`` set to the exception's one-line description (and no done
+    mark) instead of raising: Ray Data would abort the whole job and drop the shard's
+    name; the other shards still run and the driver reports every failed one.
     """
 
     def __init__(
@@ -161,11 +199,21 @@ class ShardRouter:
             Shard(*(int(batch[f][i]) for f in Shard.__struct_fields__))
             for i in range(len(batch["index"]))
         ]
-        done = [self._run(s) for s in shards]
+        done, failures = [], []
+        for s in shards:
+            try:
+                done.append(self._run(s))
+                failures.append("")
+            except Exception as exc:  # any failure is the shard's, reported by the driver
+                # The traceback stays in this worker's Ray log; the driver gets one line.
+                _log.exception("shard %d failed", s.index)
+                done.append(ShardDone(rows=0, errors=0))
+                failures.append(f"{type(exc).__name__}: {_first_line(exc)}")
         return {
             "index": np.array([s.index for s in shards], np.int64),
             "rows": np.array([d.rows for d in done], np.int64),
             "errors": np.array([d.errors for d in done], np.int64),
+            "failure": np.array(failures, dtype=object),
         }
 
     def _chunks(self, shard: Shard):
@@ -194,6 +242,10 @@ class ShardRouter:
                 yield parse_lines(raw_batch)
 
     def _run(self, shard: Shard) -> ShardDone:
+        # Counted before any work, so a shard that kills its actor (a crash, the OOM
+        # killer) is named by the driver once Ray stops retrying it.
+        count = self.paths.attempts(shard.index)
+        atomic_write(count, str(int(count.read_text()) + 1 if count.exists() else 1))
         router = self.batch.router
         rows, error_lines, pieces = 0, [], []
         for ids, texts, errors in self._chunks(shard):
@@ -277,6 +329,8 @@ def route_on_ray(
     embeddings_url: str | None = None,
     address: str | None = None,
     progress_bars: bool = True,
+    max_retries: int = DEFAULT_MAX_RETRIES,
+    ray_remote_args: Mapping[str, Any] | None = None,
 ) -> RaySummary:
     """Route ``input`` (JSONL or ``.parquet``) to ``output`` on Ray Data; resumable.
 
@@ -292,14 +346,21 @@ def route_on_ray(
       address: Ray cluster address when Ray is not initialised yet (default: start a
         local one, or join ``RAY_ADDRESS``); an already initialised Ray is used as it is.
       progress_bars: Ray Data's progress bars on stderr.
+      max_retries: how many times a routing actor that dies (a crash, the OOM killer, a
+        lost node) is restarted, and a shard it was routing retried on it; past that the
+        job fails naming the shard. 0: the first death fails the job.
+      ray_remote_args: extra options for each routing actor, as ``map_batches`` takes
+        them (``num_gpus``, ``resources``, ``memory``, ``runtime_env``, ...).
 
     Returns:
       :class:`RaySummary`; ``errors > 0`` means malformed lines (see ``errors_path``).
 
     Raises:
       DatasetError: user mistakes (missing input, a progress file of another job, bad
-        sizes); any Ray error from a failed shard propagates, with every finished shard
-        kept for the rerun.
+        sizes).
+      JobError: the cluster cannot be joined (``failures`` empty), or shards failed:
+        ``failures`` holds a :class:`ShardFailure` per shard that raised or kept killing
+        its actor; every finished shard is kept, and the same call again resumes.
     """
     try:
         import ray
@@ -313,6 +374,8 @@ def route_on_ray(
         )
     if concurrency is not None and concurrency < 1:
         raise DatasetError(f"--concurrency must be positive, got {concurrency}")
+    if max_retries < 0:
+        raise DatasetError(f"--max-retries must be 0 or more, got {max_retries}")
     if admitted not in ("indices", "models"):
         raise DatasetError(f"admitted must be 'indices' or 'models', got {admitted!r}")
     inp, out = Path(input).resolve(), Path(output).resolve()
@@ -351,8 +414,9 @@ def route_on_ray(
     todo = [s for s in shards if not paths.done(s.index).exists()]
     rows_run = 0
     if todo:
-        if not ray.is_initialized():
-            ray.init(address=address, log_to_driver=False, include_dashboard=False)
+        for s in todo:  # attempts count from this run on
+            paths.attempts(s.index).unlink(missing_ok=True)
+        _join(ray, address)
         if concurrency is None:
             concurrency = max(1, int(ray.cluster_resources().get("CPU", 1)))
         ctx = ray.data.DataContext.get_current()
@@ -375,11 +439,29 @@ def route_on_ray(
             ),
             batch_size=1,
             batch_format="numpy",
-            concurrency=min(concurrency, len(todo)),
-            num_cpus=1,
+            compute=ray.data.ActorPoolStrategy(size=min(concurrency, len(todo))),
+            **{
+                "num_cpus": 1,
+                # Ray Data restarts a dead actor and retries its task forever by default:
+                # a shard that kills its actor every time would hang the job. Bounded.
+                "max_restarts": max_retries,
+                "max_task_retries": max_retries,
+                **(ray_remote_args or {}),
+            },
         )
-        for batch in routed.iter_batches(batch_size=None, batch_format="numpy"):
-            rows_run += int(batch["rows"].sum())
+        failures = []
+        try:
+            for batch in routed.iter_batches(batch_size=None, batch_format="numpy"):
+                ok = batch["failure"] == ""
+                rows_run += int(batch["rows"][ok].sum())
+                failures += [
+                    _failure(shards[int(k)], str(why))
+                    for k, why in zip(batch["index"][~ok], batch["failure"][~ok], strict=True)
+                ]
+        except ray.exceptions.RayError as exc:
+            failures += _died(paths, shards, todo, max_retries, exc)
+        if failures:
+            raise _job_error(paths, shards, failures, inp.suffix == ".parquet")
     _assemble(paths, shards, prog)
     return RaySummary(
         rows=prog.rows,
@@ -393,6 +475,98 @@ def route_on_ray(
     )
 
 
+def _join(ray, address: str | None) -> None:
+    """Start or join Ray (an already initialised Ray is used as it is)."""
+    if ray.is_initialized():
+        return
+    _check_reachable(address)
+    try:
+        ray.init(address=address, log_to_driver=False, include_dashboard=False)
+    except (ConnectionError, ValueError, RuntimeError) as exc:
+        where = f"--ray-address {address}" if address else "RAY_ADDRESS or a local Ray"
+        raise JobError(
+            f"{where}: cannot start or join the Ray cluster: {_first_line(exc)}"
+        ) from exc
+
+
+def _check_reachable(address: str | None) -> None:
+    """Refuse a ``HOST:PORT`` address nothing listens on at once (``ray.init`` would retry
+    for minutes); ``auto``, ``ray://`` and other forms are left to Ray."""
+    m = re.fullmatch(r"([\w.-]+):(\d+)", address or "")
+    if m is None:
+        return
+    try:
+        socket.create_connection((m.group(1), int(m.group(2))), timeout=10).close()
+    except OSError as exc:
+        raise JobError(
+            f"--ray-address {address}: no Ray cluster there ({exc}); start one with "
+            "ray start --head, or give the address it printed"
+        ) from exc
+
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
+def _lines(exc: BaseException) -> list[str]:
+    return [ln.strip() for ln in _ANSI.sub("", str(exc)).splitlines() if ln.strip()]
+
+
+def _clip(text: str, limit: int = 300) -> str:
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _first_line(exc: BaseException) -> str:
+    return _clip((_lines(exc) or [""])[0])
+
+
+def _ray_reason(exc: BaseException) -> str:
+    """A Ray error on one line: its last line, which names the remote exception
+    (``module.Error: message``) when there is one, else the error's own."""
+    text = (_lines(exc) or [""])[-1]
+    if not re.match(r"[\w.]+: ", text):
+        text = f"{type(exc).__name__}: {text}"
+    return _clip(text)
+
+
+def _failure(shard: Shard, reason: str) -> ShardFailure:
+    return ShardFailure(
+        shard.index, shard.first_line + 1, shard.first_line + shard.num_lines, reason
+    )
+
+
+def _died(paths: _Paths, shards, todo, max_retries: int, exc: Exception) -> list[ShardFailure]:
+    """The shards to blame when Ray aborted the job (an actor died past its retries, or
+    could not start): those started ``max_retries + 1`` times, else every unfinished one."""
+    why = _ray_reason(exc)
+    started = {}
+    for s in todo:
+        count = paths.attempts(s.index)
+        if not paths.done(s.index).exists() and count.exists():
+            started[s.index] = int(count.read_text())
+    killers = [k for k, n in started.items() if n > max_retries]
+    if killers:
+        return [
+            _failure(shards[k], f"killed its routing actor {started[k]} times (last: {why})")
+            for k in killers
+        ]
+    return [_failure(s, why) for s in todo if not paths.done(s.index).exists()]
+
+
+def _job_error(paths: _Paths, shards, failures: list[ShardFailure], parquet: bool) -> JobError:
+    failures.sort(key=lambda f: f.index)
+    kept = sum(paths.done(s.index).exists() for s in shards)
+    first = failures[0].describe("rows" if parquet else "lines")
+    more = (
+        f" (and {len(failures) - 1} more: shards {', '.join(str(f.index) for f in failures[1:])})"
+    )
+    return JobError(
+        f"{len(failures)} of {len(shards)} shards failed: {first}"
+        f"{more if len(failures) > 1 else ''}; the {kept} finished shards are kept in "
+        f"{paths.parts}: run the same command again to resume",
+        failures,
+    )
+
+
 def _has_pyarrow() -> bool:
     try:
         import pyarrow  # noqa: F401
@@ -402,18 +576,17 @@ def _has_pyarrow() -> bool:
 
 
 def main_ray(args) -> int:
-    """``python -m aragog_jax.route --ray``: run :func:`route_on_ray` from parsed flags."""
-    import ray
+    """``python -m aragog_jax.route --ray``: run :func:`route_on_ray` from parsed flags.
 
+    Failed shards: one ``error:`` line naming the first and why, exit status 1 (the rest
+    of the job is kept for the rerun); user mistakes raise for ``run_cli`` (status 2).
+    """
     try:
         summary = _route_from_args(args)
-    except ray.exceptions.RayError as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        print(
-            f"error: the Ray job failed ({first}); finished shards are kept: run the same "
-            "command again to resume",
-            file=sys.stderr,
-        )
+    except JobError as exc:
+        if not exc.failures:
+            raise
+        print(f"error: {exc}", file=sys.stderr)
         return 1
     return _report(summary)
 
@@ -432,6 +605,7 @@ def _route_from_args(args) -> RaySummary:
         embeddings_url=args.embeddings_url,
         address=args.ray_address,
         progress_bars=not args.quiet,
+        max_retries=args.max_retries,
     )
 
 
@@ -461,9 +635,11 @@ def _report(summary: RaySummary) -> int:
 
 
 __all__ = [
+    "DEFAULT_MAX_RETRIES",
     "DEFAULT_SHARD_ROWS",
     "RaySummary",
     "Shard",
+    "ShardFailure",
     "ShardRouter",
     "plan_jsonl",
     "plan_parquet",

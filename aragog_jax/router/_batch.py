@@ -7,7 +7,7 @@ dependency of this package, the callable below only speaks NumPy dicts::
     ds = ray.data.read_json("s3://bucket/inputs/")            # rows with "id" and "text"
     out = ds.map_batches(
         BatchRouter, fn_constructor_args=("profiles/routers/voting_mmlu_pro/qwen.npz",),
-        batch_size=4096, concurrency=8, batch_format="numpy",
+        batch_size=4096, compute=ray.data.ActorPoolStrategy(size=8), batch_format="numpy",
     )
     out.write_json("s3://bucket/routed/")
 

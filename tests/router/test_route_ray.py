@@ -5,7 +5,19 @@ Runs on a real local Ray cluster (2 CPUs, loopback), one per module (``ray_clust
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,7 +25,7 @@ import ray
 
 from aragog_jax import route as route_cli
 from aragog_jax._cli import run_cli
-from aragog_jax.errors import DatasetError
+from aragog_jax.errors import DatasetError, JobError
 from aragog_jax.route_ray import route_on_ray
 from aragog_jax.router import BatchRouter, Router
 
@@ -35,6 +47,67 @@ def _route(*args):
     return run_cli(route_cli.main, [*map(str, args), "--quiet"])
 
 
+@contextlib.contextmanager
+def _deadline(seconds: float):
+    """Fail (instead of hanging CI) if the block runs past ``seconds``: SIGALRM raises in
+    the main thread, which unwinds Ray Data's iterator and so stops its execution."""
+
+    def expired(signum, frame):
+        raise TimeoutError(f"still running after {seconds} s: the job hangs")
+
+    old = signal.signal(signal.SIGALRM, expired)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, old)
+
+
+@contextlib.contextmanager
+def _ray_data_log():
+    """The messages Ray Data logs (it logs deprecations; it does not warn)."""
+    records: list[str] = []
+    handler = logging.Handler(logging.WARNING)
+    handler.emit = lambda r: records.append(r.getMessage())
+    logger = logging.getLogger("ray.data")
+    logger.addHandler(handler)
+    try:
+        yield records
+    finally:
+        logger.removeHandler(handler)
+
+
+#: Kills the routing actor (``os._exit``, as a crash or the OOM killer would) when it
+#: starts routing the shard ``DIE_ON_SHARD`` names; loaded by the actor's interpreter at
+#: start-up from the PYTHONPATH given in its runtime_env, so only that run's actors die.
+_DIE_ON_SHARD = """
+import os
+
+import aragog_jax.route_ray as route_ray
+
+_chunks = route_ray.ShardRouter._chunks
+
+
+def _die_on_shard(self, shard):
+    if shard.index == int(os.environ["DIE_ON_SHARD"]):
+        os._exit(1)
+    return _chunks(self, shard)
+
+
+route_ray.ShardRouter._chunks = _die_on_shard
+"""
+
+
+def _killing_shard(tmp_path, index: int) -> dict:
+    """``ray_remote_args`` whose actors die when they start routing shard ``index``."""
+    hook = tmp_path / "die_on_shard"
+    hook.mkdir()
+    (hook / "sitecustomize.py").write_text(_DIE_ON_SHARD)
+    env = {"DIE_ON_SHARD": str(index), "PYTHONPATH": f"{hook}{os.pathsep}${{PYTHONPATH}}"}
+    return {"runtime_env": {"env_vars": env}}
+
+
 def test_ray_job_matches_the_local_job_on_50k_rows(tiny, ray_cluster, tmp_path, capsys):
     _, ds, _, ckpt, _ = tiny
     texts = [ds.texts[i % len(ds.texts)] + f" #{i}" for i in range(50_000)]
@@ -44,7 +117,11 @@ def test_ray_job_matches_the_local_job_on_50k_rows(tiny, ray_cluster, tmp_path, 
     assert _route(*common, "--output", local) == 1
     capsys.readouterr()
     ray_args = ("--ray", "--concurrency", 2, "--shard-rows", 12_000)
-    assert _route(*common, "--output", on_ray, *ray_args) == 1
+    with _ray_data_log() as logged:
+        assert _route(*common, "--output", on_ray, *ray_args) == 1
+    assert not [
+        m for m in logged if "deprecated" in m
+    ]  # map_batches(compute=...), not concurrency=
     err = capsys.readouterr().err
     assert "routed 50,000 rows" in err and "rows/s) on Ray, 5 of 5 shards" in err
     assert "malformed input lines" in err
@@ -89,32 +166,49 @@ def test_ray_job_parquet_in_and_out_matches_the_local_job(tiny, ray_cluster, tmp
     assert first["admitted"][-1] == space.config_to_models(space.c_max)
 
 
-def test_ray_job_resumes_skipping_finished_shards_only(tiny, ray_cluster, tmp_path):
+def test_failed_shards_are_named_kept_and_a_rerun_finishes(tiny, ray_cluster, tmp_path, capsys):
+    """A shard that kills its actor fails the job naming it (Ray Data 2.52 alone would
+    restart the actor and retry the shard forever); one that raises is named on one line
+    (exit 1) while the others finish; each rerun skips the finished shards, and the output
+    is the local job's, no row lost or doubled."""
     _, ds, _, ckpt, _ = tiny
     inp = _write_input(tmp_path / "in.jsonl", ds.texts[:1000])
-    out = tmp_path / "out.jsonl"
+    assert _route("--router", ckpt, "--input", inp, "--output", tmp_path / "local.jsonl") == 0
+    out, parts = tmp_path / "out.jsonl", tmp_path / "out.parts"
     kw = dict(concurrency=1, batch_size=64, shard_rows=300, progress_bars=False)
-    first = route_on_ray(ckpt, inp, out, **kw)
-    assert (first.rows, first.errors, first.num_shards, first.shards_run) == (1000, 0, 4, 4)
-    ref = out.read_bytes()
-    out.unlink()
-    (tmp_path / "out.progress.json").unlink()
-    parts = tmp_path / "out.parts"
-    parts.mkdir()  # as a crash leaves it: shard 1 done (its part a sentinel row), no others
-    sentinel = b'{"id":"kept","num_admitted":0,"admitted":[]}\n'
-    (parts / "part-00001.jsonl").write_bytes(sentinel)
-    (parts / "errors-00001.jsonl").write_bytes(b"")
-    (parts / "done-00001.json").write_bytes(b'{"rows": 1, "errors": 0}')
-    # and what a shard killed mid-write leaves: a torn temporary part, a part without its mark
-    (parts / "part-00002.jsonl.tmp").write_bytes(b'{"id": "q1", "num_adm')
-    (parts / "part-00003.jsonl").write_bytes(b'{"id": "stale"}\n')
-    again = route_on_ray(ckpt, inp, out, **kw)
-    assert (again.shards_run, again.rows_run, again.rows) == (3, 700, 701)
-    lines = out.read_bytes().splitlines(keepends=True)
-    assert lines[300] == sentinel  # shard 1 was not routed again
-    assert b"".join(lines[:300] + lines[301:]) == b"".join(
-        ref.splitlines(keepends=True)[:300] + ref.splitlines(keepends=True)[600:]
-    )  # the other shards routed once each, the stale part replaced
+
+    # 1. shard 2 (lines 601-900) kills its actor: with no retries the job fails at once
+    with _deadline(120), pytest.raises(JobError) as failed:
+        route_on_ray(
+            ckpt, inp, out, **kw, max_retries=0, ray_remote_args=_killing_shard(tmp_path, 2)
+        )
+    assert [(f.index, f.first_line, f.last_line) for f in failed.value.failures] == [(2, 601, 900)]
+    assert "shard 2 (input lines 601-900): killed its routing actor 1 times" in str(failed.value)
+    done = sorted(p.name for p in parts.glob("done-*.json"))
+    assert "done-00002.json" not in done and not out.exists()
+    assert f"the {len(done)} finished shards are kept" in str(failed.value)
+    kept = {p: os.stat(p) for p in parts.glob("part-*.jsonl")}  # of the finished shards
+
+    # 2. rerun from the CLI: shard 3's part cannot be written (a directory where its
+    # temporary file goes), a stale part of shard 2 (written, never marked done) is redone
+    (parts / "part-00003.jsonl.tmp").mkdir()
+    (parts / "part-00002.jsonl").write_bytes(b'{"id": "stale"}\n')
+    ray_args = ("--ray", "--concurrency", 1, "--shard-rows", 300, "--chunk-size", 64)
+    capsys.readouterr()
+    assert _route("--router", ckpt, "--input", inp, "--output", out, *ray_args) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: 1 of 4 shards failed: shard 3 (input lines 901-1000): ")
+    assert "IsADirectoryError" in err and "the 3 finished shards are kept" in err
+    assert len(err.splitlines()) == 1 and "Traceback" not in err
+    assert (parts / "done-00002.json").exists() and not (parts / "done-00003.json").exists()
+    for p, st in kept.items():  # not routed again: the same file, untouched
+        assert (os.stat(p).st_ino, os.stat(p).st_mtime_ns) == (st.st_ino, st.st_mtime_ns)
+
+    # 3. fixed, the same command finishes the last shard only; the first two never reran
+    (parts / "part-00003.jsonl.tmp").rmdir()
+    assert _route("--router", ckpt, "--input", inp, "--output", out, *ray_args) == 0
+    assert "routed 100 rows" in capsys.readouterr().err
+    assert out.read_bytes() == (tmp_path / "local.jsonl").read_bytes()
     assert not parts.exists()
     # the same command again does nothing; another shard size on this output is refused
     assert route_on_ray(ckpt, inp, out, **kw).shards_run == 0
@@ -132,7 +226,7 @@ def test_batch_router_in_map_batches_over_read_json(tiny, ray_cluster, tmp_path)
         fn_constructor_args=(str(ckpt),),
         fn_constructor_kwargs={"batch_size": 256, "admitted": "mask"},
         batch_size=256,
-        concurrency=1,
+        compute=ray.data.ActorPoolStrategy(size=1),
         batch_format="numpy",
     )
     got = {r["id"]: np.asarray(r["admitted"]) for r in routed.take_all()}
@@ -140,3 +234,84 @@ def test_batch_router_in_map_batches_over_read_json(tiny, ray_cluster, tmp_path)
     assert len(got) == len(texts)
     for i, m in enumerate(want):
         np.testing.assert_array_equal(got[f"q{i}"], m)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def ray_head():
+    """A Ray cluster started the README's way, ``ray start --head`` (loopback, 2 CPUs, its
+    own temp dir and ports), in the foreground (``--block``) so that signalling that one
+    process stops it: ``ray stop`` would stop every Ray cluster on the machine."""
+    tmp = tempfile.mkdtemp(prefix="rayhead", dir="/tmp")  # short: Ray's socket paths
+    log = open(os.path.join(tmp, "start.log"), "w+")  # noqa: SIM115
+    cmd = [
+        sys.executable,
+        "-c",
+        "from ray.scripts.scripts import main; main()",
+        "start",
+        "--head",
+        "--block",
+        "--port=0",
+        "--node-ip-address=127.0.0.1",
+        "--num-cpus=2",
+        "--include-dashboard=false",
+        f"--ray-client-server-port={_free_port()}",
+        f"--temp-dir={tmp}",
+        "--disable-usage-stats",
+    ]
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
+    try:
+        deadline = time.monotonic() + 120
+        started = Path(log.name)
+        while not (m := re.search(r"--address='[^':]+:(\d+)'", started.read_text())):
+            assert proc.poll() is None, started.read_text()[-2000:]
+            assert time.monotonic() < deadline, "ray start did not come up in 120 s"
+            time.sleep(0.5)
+        yield f"127.0.0.1:{m.group(1)}"
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        log.close()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+@pytest.mark.slow
+def test_ray_address_joins_a_cluster_started_with_ray_start(tiny, ray_head, tmp_path):
+    """The README's commands: the CLI, its own driver process, joins ``ray start --head``
+    with ``--ray-address``; JSONL in, Parquet out, the local job's rows and error lines. A
+    wrong address is one line and exit 2 at once (``ray.init`` alone retries for minutes)."""
+    pq = pytest.importorskip("pyarrow.parquet")
+    _, ds, _, ckpt, _ = tiny
+    inp = _write_input(tmp_path / "in.jsonl", ds.texts[:1000], bad_every=300)
+    assert _route("--router", ckpt, "--input", inp, "--output", tmp_path / "local.parquet") == 1
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+
+    def cli(address, out):
+        args = ["--ray", "--ray-address", address, "--concurrency", "2", "--shard-rows", "400"]
+        cmd = [sys.executable, "-m", "aragog_jax.route", *args, "--router", str(ckpt)]
+        cmd += ["--input", str(inp), "--output", str(out), "--quiet"]
+        return subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
+
+    run = cli(ray_head, tmp_path / "ray.parquet")
+    assert run.returncode == 1, run.stderr[-3000:]  # 1: the malformed lines
+    assert "rows/s) on Ray, 3 of 3 shards" in run.stderr
+    got, want = pq.read_table(tmp_path / "ray.parquet"), pq.read_table(tmp_path / "local.parquet")
+    assert got.equals(want) and got.num_rows == 1000
+    errors = (tmp_path / "ray.errors.jsonl").read_bytes()
+    assert errors == (tmp_path / "local.errors.jsonl").read_bytes() and errors.count(b"\n") == 3
+
+    closed = f"127.0.0.1:{_free_port()}"
+    run = cli(closed, tmp_path / "nowhere.parquet")
+    assert run.returncode == 2
+    assert run.stderr.startswith(f"error: --ray-address {closed}: no Ray cluster there (")
+    assert len(run.stderr.splitlines()) == 1
