@@ -56,7 +56,7 @@ from aragog_jax.serving._emulated import EmulatedEngine
 from aragog_jax.serving._fleet import FleetRuntime, WorkflowRuntime, size_unprofiled
 from aragog_jax.serving._loopback import LoopbackServer
 from aragog_jax.serving._monitor import EngineLoadState, LoadMonitor
-from aragog_jax.serving._sched import LATE_ITEMS, SchedulerPort
+from aragog_jax.serving._sched import LATE_ITEMS, WARM_ITEMS, SchedulerPort
 
 log = logging.getLogger("aragog_jax.serving")
 
@@ -65,7 +65,7 @@ LEASE_S = 10.0
 #: A replica's long poll waits this long for its mailbox (and renews its lease as often).
 POLL_S = 2.0
 #: A call to the host that does not answer within this (plus the poll) means it is down.
-CALL_TIMEOUT_S = 10.0
+CALL_TIMEOUT_S = 30.0
 
 
 class SchedulerUnavailable(AragogError):
@@ -153,6 +153,7 @@ class SchedulerHost:
         self._running: dict[str, dict[int, str]] = {}  # run id -> {stage: engine}
         self._round: asyncio.Future | None = None
         self._reaper: asyncio.Task | None = None
+        self._late_warm: asyncio.Future | None = None
         self.num_rounds = 0
         self.num_calls = 0
 
@@ -183,8 +184,12 @@ class SchedulerHost:
             client = EngineClient(e.name, self.urls[e.name], e.served_model, limits)
             await client.open()
             self.engines[e.name] = EngineLoadState(client, e.model, CircuitBreaker())
-        if self.warm:
-            await asyncio.get_running_loop().run_in_executor(None, self.port.warm_up, LATE_ITEMS)
+        if self.warm:  # as the single-process server: small rounds now, larger ones behind
+            loop = asyncio.get_running_loop()
+            await loop.run_in_executor(None, self.port.warm_up, WARM_ITEMS)
+            self._late_warm = loop.run_in_executor(
+                None, self.port.warm_up, LATE_ITEMS, 2 * WARM_ITEMS
+            )
         self.monitor = LoadMonitor(
             list(self.engines.values()), poll_s=st.metrics_poll_s, on_change=self._kick
         )
@@ -201,6 +206,8 @@ class SchedulerHost:
             await st.client.close()
         for srv in self._emulated:
             await srv.stop()
+        if self._late_warm is not None:
+            await asyncio.wait([self._late_warm], timeout=30)  # a compile cannot be interrupted
 
     # -- the one call ---------------------------------------------------------------------
 
@@ -223,7 +230,7 @@ class SchedulerHost:
                 await asyncio.wait_for(box.wake.wait(), wait_s)
             except TimeoutError:
                 pass
-            box.seen = time.monotonic()
+        box.seen = time.monotonic()
         reply = Reply(self.epoch, box.plans, box.failures, self.port.num_ready)
         box.plans, box.failures = [], []
         return reply
@@ -347,9 +354,17 @@ class SchedulerHost:
     # -- leases ---------------------------------------------------------------------------
 
     async def _reap(self) -> None:
+        period = self.lease_s / 4
+        last = time.monotonic()
         while True:
-            await asyncio.sleep(self.lease_s / 4)
-            self.expire(time.monotonic())
+            await asyncio.sleep(period)
+            now = time.monotonic()
+            lag = now - last - period
+            if lag > 0.05:  # this loop was busy (a round compiling): nobody could call
+                for box in self._boxes.values():
+                    box.seen += lag
+            last = now
+            self.expire(now)
 
     def expire(self, now: float) -> list[str]:
         """Drop the replicas whose lease ran out (their runs leave the meta-queue)."""
@@ -531,12 +546,16 @@ class RemotePort:
             log.warning("scheduler reachable again (epoch %s)", reply.epoch)
             self.down = ""
         if reply.reset or (self.epoch is not None and reply.epoch != self.epoch):
-            why = "its lease ran out" if reply.reset else "it restarted"
-            stale = [r for r, e in self._epoch_of.items() if e != reply.epoch or reply.reset]
-            stale = [r for r in stale if not any(ev[0] == "add" and ev[1] == r for ev in events)]
-            self._fail_runs(stale, f"the scheduler lost this request ({why})")
-            if reply.reset:
+            if reply.reset:  # nothing of this call was applied: every run here is lost
+                stale = list(self._space)
                 self.replica = f"replica-{uuid.uuid4().hex[:12]}"  # a new lease from now on
+            else:  # a new host applied this call's adds; it never saw the ones before
+                added = {ev[1] for ev in events if ev[0] == "add"}
+                stale = [
+                    r for r, e in self._epoch_of.items() if e != reply.epoch and r not in added
+                ]
+            why = "this replica's lease ran out" if reply.reset else "the scheduler restarted"
+            self._fail_runs(stale, f"the scheduler lost this request ({why})")
         self.epoch = reply.epoch
         for ev in events:
             if ev[0] == "add" and ev[1] in self._epoch_of:
