@@ -240,15 +240,14 @@ def deploy(cfg: RayServeConfig, *, host: str | None = None, port: int | None = N
 
 
 def ingress_replicas() -> list:
-    """The live ingress replicas' actor handles (for stats and fault injection)."""
+    """The ingress replicas' actor handles (for stats and fault injection)."""
     import ray
-    from ray.util.state import list_actors
 
-    out = []
-    for a in list_actors(filters=[("state", "=", "ALIVE")]):
-        if a.class_name.startswith(f"ServeReplica:{APP_NAME}:ingress"):
-            out.append(ray.get_actor(a.name, namespace="serve"))
-    return out
+    return [
+        ray.get_actor(a["name"], namespace=a["namespace"])
+        for a in ray.util.list_named_actors(all_namespaces=True)
+        if a["name"].startswith(f"SERVE_REPLICA::{APP_NAME}#ingress#")
+    ]
 
 
 def main_ray(args) -> int:
