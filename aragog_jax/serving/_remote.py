@@ -495,16 +495,21 @@ class RemotePort:
         if run_id in self._space:
             self._forget(run_id)
             self._events.append(("cancel", run_id))
+            self._flush_soon()  # no round may follow (a queued run's client hung up)
 
     def unviable(self, healthy_models: set[str]) -> list[str]:
         return []  # the host sweeps with its own engines' health
 
     def round(self, snapshot) -> None:
         """Send this turn's events (one call; the host runs the round). Plans arrive later."""
+        self._flush_soon()
+        return None
+
+    def _flush_soon(self) -> None:
+        """Send the events at the end of this loop turn (one call in flight at a time)."""
         if self._events and not self._flushing and not self._closed:
             self._flushing = True
             self._flusher = asyncio.get_running_loop().create_task(self._flush())
-        return None
 
     # -- the calls ------------------------------------------------------------------------
 
@@ -518,8 +523,9 @@ class RemotePort:
             while self._events and not self._closed:
                 events, self._events = self._events, []
                 reply = await self._call(events, 0.0)
-                if reply is not None:
-                    self._deliver(reply)
+                if reply is None:
+                    break  # down: what is left goes once the long poll gets through again
+                self._deliver(reply)
         finally:
             self._flushing = False
 
@@ -530,6 +536,7 @@ class RemotePort:
                 await asyncio.sleep(min(1.0, self.poll_s))
             else:
                 self._deliver(reply)
+                self._flush_soon()
 
     async def _call(self, events: list[Event], wait_s: float) -> Reply | None:
         self.num_calls += 1

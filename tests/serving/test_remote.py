@@ -27,13 +27,13 @@ class CountingLink(LocalLink):
         return await super().exchange(replica, events, wait_s)
 
 
-async def _cluster(tmp_path, engines, fn, *, replicas=2, lease_s=10.0):
+async def _cluster(tmp_path, engines, fn, *, replicas=2, lease_s=10.0, engine_timeout_s=2.0):
     fakes, urls = [], []
     for name, (model, fake) in engines.items():
         srv = LoopbackServer(fake.app, handler_cancellation=True)
         fakes.append(srv)
         urls.append((name, model, await srv.start()))
-    settings = {"port": 0, "metrics_poll_s": 0.05, "engine_timeout_s": 2.0}
+    settings = {"port": 0, "metrics_poll_s": 0.05, "engine_timeout_s": engine_timeout_s}
     path = write_fleet(tmp_path, urls, server=settings)
     host = SchedulerHost(load_runtime(path), lease_s=lease_s, warm_up=False)
     await host.open()
@@ -148,3 +148,68 @@ def test_scheduler_down_fails_in_flight_and_refuses_new_with_503(tmp_path):
 
     engines = fake_pair()
     asyncio.run(_cluster(tmp_path, engines, body))
+
+
+def test_restarted_scheduler_fails_what_the_old_one_held_then_serves(tmp_path):
+    """A new host (new epoch) never saw the runs queued with the old one: the replica fails
+    them with 503 at its first answer from the new one, and new requests complete."""
+
+    async def body(host, servers, https, links):
+        for _, (_, fake) in engines.items():
+            fake.mode = "hang"
+        task = asyncio.ensure_future(_run(https[0]))
+        for _ in range(200):
+            await asyncio.sleep(0.01)
+            if host.stats()["in_flight"]:
+                break
+        new = SchedulerHost(host.fleet, warm_up=False)
+        await new.open()
+        try:
+            links[0].host = new  # the scheduler deployment restarted
+            port = servers[0].executor.sched
+            await port._call([], 0.0)
+            status, body_, _ = await task
+            assert status == 503, body_
+            assert "the scheduler restarted" in body_["error"]["message"]
+            for _, (_, fake) in engines.items():
+                fake.mode = "ok"
+            status, body_, _ = await _run(https[0])
+            assert status == 200, body_
+            assert new.stats()["rounds"] >= 1 and new.stats()["runs"] == 0
+        finally:
+            await new.close()
+
+    engines = fake_pair()
+    asyncio.run(_cluster(tmp_path, engines, body))
+
+
+def test_a_queued_run_whose_client_left_leaves_the_host_at_once(tmp_path):
+    """A run cancelled while it waits in the meta-queue (no round follows) still reaches
+    the host: its cancel is sent without waiting for another request."""
+
+    async def body(host, servers, https, links):
+        for _, (_, fake) in engines.items():
+            fake.mode = "hang"
+        # fill every engine slot, so the next run waits in the meta-queue
+        first = [asyncio.ensure_future(_run(https[0], text=f"f{i}")) for i in range(40)]
+        for _ in range(300):
+            await asyncio.sleep(0.01)
+            if host.stats()["ready"]:
+                break
+        assert host.stats()["ready"] > 0
+        runs_before = host.stats()["runs"]
+        ex = servers[0].executor
+        waiting = [r for r in ex.runs.values() if not r.tasks]
+        assert waiting
+        ex.cancel(waiting[0], "client disconnected")
+        for _ in range(30):  # well within the long poll's 2 s
+            await asyncio.sleep(0.01)
+            if host.stats()["runs"] == runs_before - 1:
+                break
+        assert host.stats()["runs"] == runs_before - 1
+        for t in first:
+            t.cancel()
+        await asyncio.gather(*first, return_exceptions=True)
+
+    engines = fake_pair()
+    asyncio.run(_cluster(tmp_path, engines, body, engine_timeout_s=30.0))
