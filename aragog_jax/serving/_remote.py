@@ -52,8 +52,7 @@ from aragog_jax.engines.client import ClientLimits, EngineClient
 from aragog_jax.errors import AragogError, NoViableConfigurationError
 from aragog_jax.scheduler import DEFAULT_BEAM_WIDTH, Plan
 from aragog_jax.serving._breaker import BreakerState, CircuitBreaker
-from aragog_jax.serving._emulated import EmulatedEngine
-from aragog_jax.serving._fleet import FleetRuntime, WorkflowRuntime, size_unprofiled
+from aragog_jax.serving._fleet import FleetRuntime, WorkflowRuntime, start_engines
 from aragog_jax.serving._loopback import LoopbackServer
 from aragog_jax.serving._monitor import EngineLoadState, LoadMonitor
 from aragog_jax.serving._sched import LATE_ITEMS, WARM_ITEMS, SchedulerPort
@@ -159,21 +158,8 @@ class SchedulerHost:
 
     async def open(self) -> None:
         st = self.fleet.settings
-        for e in self.fleet.engines:
-            if e.emulated:
-                eng = EmulatedEngine(
-                    e.name,
-                    e.model,
-                    e.profile,
-                    time_scale=st.time_scale,
-                    served_model_name=e.served_model,
-                )
-                srv = LoopbackServer(eng.app)
-                self.urls[e.name] = await srv.start()
-                self._emulated.append(srv)
-            else:
-                self.urls[e.name] = e.spec.url
-        await size_unprofiled(self.fleet.engines)
+        self.urls, emulated = await start_engines(self.fleet)
+        self._emulated = [srv for _, srv in emulated.values()]
         self.port = SchedulerPort(self.fleet, self.policy, self.beam_width)
         limits = ClientLimits(
             request_timeout_s=st.engine_timeout_s,

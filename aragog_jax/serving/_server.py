@@ -30,7 +30,7 @@ from aragog_jax.serving._api import RUN_KEY, WORKFLOW_MODEL_PREFIX, Api
 from aragog_jax.serving._conn import ConnLimits, GuardedRunner
 from aragog_jax.serving._emulated import EmulatedEngine
 from aragog_jax.serving._executor import Executor, close_part
-from aragog_jax.serving._fleet import FleetRuntime, size_unprofiled
+from aragog_jax.serving._fleet import FleetRuntime, start_engines
 from aragog_jax.serving._intake import DEFAULT_ROUTING_BUDGET_S
 from aragog_jax.serving._loopback import LoopbackServer
 from aragog_jax.serving._metrics import ServerMetrics
@@ -153,7 +153,7 @@ class Server:
             urls = await remote.engine_urls()
             port = RemotePort(remote.exchange)
         else:
-            urls = await self._start_engines()
+            urls, self.emulated = await start_engines(self.fleet)
         self.executor = Executor(
             self.fleet,
             urls,
@@ -201,26 +201,6 @@ class Server:
             self._gc_tuned = True
         self.state = "serving"
         return self.url
-
-    async def _start_engines(self) -> dict[str, str]:
-        """Start the emulated engines on loopback; returns every engine's URL."""
-        urls: dict[str, str] = {}
-        for e in self.fleet.engines:
-            if e.emulated:
-                eng = EmulatedEngine(
-                    e.name,
-                    e.model,
-                    e.profile,
-                    time_scale=self.settings.time_scale,
-                    served_model_name=e.served_model,
-                )
-                srv = LoopbackServer(eng.app)
-                urls[e.name] = await srv.start()
-                self.emulated[e.name] = (eng, srv)
-            else:
-                urls[e.name] = e.spec.url
-        await size_unprofiled(self.fleet.engines)
-        return urls
 
     def _warm_done(self, fut: asyncio.Future) -> None:
         if fut.cancelled():

@@ -61,6 +61,18 @@ async def _cluster(tmp_path, engines, fn, *, replicas=2, lease_s=10.0, engine_ti
             await f.stop()
 
 
+async def _hang_one(host, engines, http):
+    """Engines that never answer, and one run on them: returns once it holds a slot."""
+    for _, (_, fake) in engines.items():
+        fake.mode = "hang"
+    task = asyncio.ensure_future(_run(http))
+    for _ in range(200):
+        await asyncio.sleep(0.01)
+        if host.stats()["in_flight"]:
+            break
+    return task
+
+
 async def _run(http, wf="fan", text="hi"):
     return await post_json(http, f"/v1/workflows/{wf}/runs", {"input": text})
 
@@ -89,13 +101,7 @@ def test_dead_replica_lease_drops_its_runs(tmp_path):
     engine slots of their running stages come back (nothing leaks in the host)."""
 
     async def body(host, servers, https, links):
-        for _, (_, fake) in engines.items():
-            fake.mode = "hang"
-        task = asyncio.ensure_future(_run(https[0]))
-        for _ in range(200):
-            await asyncio.sleep(0.01)
-            if host.stats()["in_flight"]:
-                break
+        task = await _hang_one(host, engines, https[0])
         assert host.stats()["runs"] == 1 and host.stats()["in_flight"] >= 1
         # the replica "dies": its port stops calling (no more heartbeats)
         port = servers[0].executor.sched
@@ -121,13 +127,7 @@ def test_dead_replica_lease_drops_its_runs(tmp_path):
 
 def test_scheduler_down_fails_in_flight_and_refuses_new_with_503(tmp_path):
     async def body(host, servers, https, links):
-        for _, (_, fake) in engines.items():
-            fake.mode = "hang"
-        task = asyncio.ensure_future(_run(https[0]))
-        for _ in range(200):
-            await asyncio.sleep(0.01)
-            if host.stats()["in_flight"]:
-                break
+        task = await _hang_one(host, engines, https[0])
 
         async def dead(replica, events, wait_s):
             raise ConnectionError("scheduler actor died")
@@ -155,13 +155,7 @@ def test_restarted_scheduler_fails_what_the_old_one_held_then_serves(tmp_path):
     them with 503 at its first answer from the new one, and new requests complete."""
 
     async def body(host, servers, https, links):
-        for _, (_, fake) in engines.items():
-            fake.mode = "hang"
-        task = asyncio.ensure_future(_run(https[0]))
-        for _ in range(200):
-            await asyncio.sleep(0.01)
-            if host.stats()["in_flight"]:
-                break
+        task = await _hang_one(host, engines, https[0])
         new = SchedulerHost(host.fleet, warm_up=False)
         await new.open()
         try:
@@ -213,3 +207,13 @@ def test_a_queued_run_whose_client_left_leaves_the_host_at_once(tmp_path):
 
     engines = fake_pair()
     asyncio.run(_cluster(tmp_path, engines, body, engine_timeout_s=30.0))
+
+
+def test_serve_ray_flags_are_checked_before_ray_starts(capsys):
+    from aragog_jax import serve
+    from aragog_jax._cli import run_cli
+
+    assert run_cli(serve.main, ["--ray", "--replicas", "0"]) == 2
+    assert "--replicas must be >= 1, got 0" in capsys.readouterr().err
+    assert run_cli(serve.main, ["--ray", "--replica-cpus", "-1"]) == 2
+    assert "--replica-cpus must be >= 0" in capsys.readouterr().err

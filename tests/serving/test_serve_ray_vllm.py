@@ -9,26 +9,9 @@ import time
 import aiohttp
 import pytest
 
-from ._fleetkit import write_fleet
+from ._fleetkit import CHAIN, write_fleet
 
 pytestmark = [pytest.mark.vllm, pytest.mark.slow, pytest.mark.ray]
-
-CHAIN = """
-name = "chain"
-
-[[stage]]
-name = "draft"
-input_tokens = 10
-output_tokens = 8
-prompt = "Draft: {input}"
-
-[[stage]]
-name = "polish"
-upstream = ["draft"]
-input_tokens = 20
-output_tokens = 8
-prompt = "Polish {draft} for {input}"
-"""
 
 
 def test_two_replicas_on_two_vllm_engines_every_request_accounted(
