@@ -11,6 +11,9 @@ One Serve application, two deployments:
   rounds: one batched call per round over the ready stages of every replica. It also
   runs the fleet's emulated engines (so every replica dispatches to the same ones).
 
+The scheduler is a Serve deployment rather than a bare actor so that one
+``serve.run`` deploys, health-checks and restarts both parts, and so that replicas
+reach it through a ``DeploymentHandle`` that follows it across restarts.
 Replicas talk to the scheduler through its deployment handle with one call per event-
 loop turn (routed runs added, stages finished or failed, runs ended, in order) that
 returns their assignments, plus one long poll each for assignments made on another
