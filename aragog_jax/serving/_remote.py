@@ -64,7 +64,7 @@ LEASE_S = 10.0
 #: A replica's long poll waits this long for its mailbox (and renews its lease as often).
 POLL_S = 2.0
 #: A call to the host that does not answer within this (plus the poll) means it is down.
-CALL_TIMEOUT_S = 30.0
+CALL_TIMEOUT_S = 120.0
 
 
 class SchedulerUnavailable(AragogError):

@@ -193,3 +193,51 @@ def test_replica_killed_mid_run_loses_nothing(ray_serving):
     fakes.set(delay_s=0.0)
     st = _settled(timeout_s=20.0)
     assert (st["runs"], st["in_flight"], st["ready"]) == (0, 0, 0), st
+
+
+def test_scheduler_killed_fails_in_flight_with_503_then_serves_again(ray_serving):
+    """Kill the scheduler replica with runs in flight: they end with 503 (never hang), and
+    once Serve has restarted it requests complete again. Last: the others need it whole."""
+    import ray
+
+    url, fakes = ray_serving
+    fakes.set(mode="ok", delay_s=1.0)
+
+    async def go():
+        async with aiohttp.ClientSession(base_url=url) as http:
+            tasks = [
+                asyncio.ensure_future(_post(http, "/v1/workflows/chain/runs", {"input": f"s{i}"}))
+                for i in range(6)
+            ]
+            for _ in range(100):
+                await asyncio.sleep(0.05)
+                if (await asyncio.to_thread(_scheduler_stats))["in_flight"] >= 2:
+                    break
+            (name,) = [
+                a["name"]
+                for a in ray.util.list_named_actors(all_namespaces=True)
+                if a["name"].startswith("SERVE_REPLICA::aragog#scheduler#")
+            ]
+            ray.kill(ray.get_actor(name, namespace="serve"), no_restart=False)
+            return await asyncio.gather(*tasks)
+
+    results = asyncio.run(go())
+    failed = [b for s, b in results if s != 200]
+    assert failed, results  # they were in flight on the killed scheduler
+    for s, b in results:
+        assert s in (200, 503), (s, b)
+        if s == 503:
+            assert "scheduler" in b["error"]["message"], b
+    fakes.set(delay_s=0.0)
+
+    async def again():
+        async with aiohttp.ClientSession(base_url=url) as http:
+            deadline = time.monotonic() + 120
+            while True:
+                status, body = await _post(http, "/v1/workflows/chain/runs", {"input": "back"})
+                if status == 200 or time.monotonic() > deadline:
+                    return status, body
+                await asyncio.sleep(1.0)
+
+    status, body = asyncio.run(again())
+    assert status == 200, body
