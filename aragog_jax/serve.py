@@ -1,5 +1,8 @@
 """Serve agentic workflows: ``python -m aragog_jax.serve [--fleet FLEET.toml]``.
 
+With ``--ray [--replicas N] [--ray-address ADDR]`` it serves on Ray Serve: N ingress
+replicas and one scheduler deployment (:mod:`aragog_jax.serve_ray`).
+
 Without ``--fleet`` it runs the embedded default: one emulated engine per model of the
 Qwen family on loopback (profiles/fleets/qwen_4gpu.toml, time-scaled so a demo request
 returns in about a second), every shipped workflow and its shipped router.
@@ -89,6 +92,32 @@ def build_parser() -> argparse.ArgumentParser:
         default="auto",
         choices=["auto", "asyncio", "uvloop"],
         help="event loop: uvloop when installed (auto, the default), or the standard asyncio loop",
+    )
+    ray = ap.add_argument_group(
+        "Ray Serve",
+        "serve on a Ray cluster: N ingress replicas and one scheduler (pip install 'aragog_jax[ray]')",
+    )
+    ray.add_argument(
+        "--ray",
+        action="store_true",
+        help="serve with Ray Serve (aragog_jax.serve_ray) instead of one process",
+    )
+    ray.add_argument(
+        "--replicas",
+        type=int,
+        default=2,
+        help="ingress replicas (HTTP, routing, engine calls) with --ray (default %(default)s)",
+    )
+    ray.add_argument(
+        "--ray-address",
+        metavar="ADDR",
+        help="Ray cluster to join (e.g. 127.0.0.1:6379 after `ray start --head`); default: a local one",
+    )
+    ray.add_argument(
+        "--replica-cpus",
+        type=float,
+        default=1.0,
+        help="Ray CPUs reserved per ingress replica with --ray (default %(default)s; 0 for none)",
     )
     ap.add_argument(
         "--log-level",
@@ -186,6 +215,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.time_scale is not None and args.time_scale <= 0:
         raise SpecError(f"--time-scale must be > 0, got {args.time_scale}")
+    if args.replicas < 1:
+        raise SpecError(f"--replicas must be >= 1, got {args.replicas}")
+    if args.replica_cpus < 0:
+        raise SpecError(f"--replica-cpus must be >= 0, got {args.replica_cpus}")
     if args.beam_width < 1:
         raise SpecError(f"--beam-width must be >= 1, got {args.beam_width}")
     if not 0 <= args.routing_budget_ms < float("inf"):
@@ -199,6 +232,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.getLogger("jax._src.xla_bridge").setLevel(
         max(logging.WARNING, logging.getLogger().level)
     )
+    if args.ray:
+        from aragog_jax.serve_ray import main_ray
+
+        return main_ray(args)
     return _run(_serve(args), args.loop)
 
 

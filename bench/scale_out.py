@@ -1,6 +1,18 @@
-"""Scale-out benchmark: the batch routing job on Ray Data (1 and 2 actors) vs the local job.
+"""Scale-out benchmark: the batch routing job on Ray Data (1 and 2 actors) vs the local job,
+and serving on Ray Serve (1, 2 and 4 ingress replicas) vs the single-process server.
 
     python bench/scale_out.py [--rows 300000] [--out bench/results/scale_out.json]
+    python bench/scale_out.py --part serve [--replicas 1,2,4] [--duration-s 10]
+
+Serving half (``--part serve``, or ``all``): instant fake engines (one per Qwen model, in
+their own process) behind the single-process server (``python -m aragog_jax.serve``, its
+own process), then behind ``serve --ray`` with 1, 2 and 4 ingress replicas and one
+scheduler deployment on a local Ray cluster started here (``ray.init(num_cpus=2)``).
+Each gets a warm-up, then ``--concurrency`` closed-loop clients for ``--duration-s``
+(bench/serve_load.py's client, the 3-stage chain workflow): stage dispatches per second
+and the overhead per dispatch (a receipt's total time minus its engine time, per stage:
+HTTP, relay, routing, scheduling round trips and bookkeeping). A part run alone keeps
+the other part's figures in the JSON.
 
 One run routes the same generated JSONL input with a shipped router three ways, in this
 order: the local job (``python -m aragog_jax.route``, in process), then ``--ray`` with
@@ -49,7 +61,30 @@ def main() -> None:
     ap.add_argument("--rows", type=int, default=300_000)
     ap.add_argument("--shard-rows", type=int, default=32_768)
     ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "scale_out.json"))
+    ap.add_argument("--part", choices=["all", "route", "serve"], default="all")
+    ap.add_argument("--replicas", default="1,2,4")
+    ap.add_argument("--concurrency", type=int, default=32)
+    ap.add_argument("--duration-s", type=float, default=10.0)
     args = ap.parse_args()
+    out = Path(args.out)
+    result = json.loads(out.read_text()) if out.exists() else {}
+    if "route" in result:  # written before the serving half existed
+        result.setdefault("git_sha_route", result.get("git_sha"))
+    if args.part in ("all", "route"):
+        result.update(bench_route(args))
+    if args.part in ("all", "serve"):
+        result.update(bench_serve(args))
+    from aragog_jax._provenance import git_sha
+
+    result["git_sha"] = git_sha(ROOT)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    md = "\n".join(markdown_route(result) + markdown_serve(result))
+    out.with_suffix(".md").write_text(md)
+    print(md)
+
+
+def bench_route(args) -> dict:
 
     import ray
 
@@ -102,15 +137,9 @@ def main() -> None:
         finally:
             ray.shutdown()
     one, two = rows[1]["rows_per_s"], rows[2]["rows_per_s"]
-    result = {
-        "git_sha": git_sha(ROOT),
-        "machine": {
-            "platform": platform.platform(),
-            "cpus": os.cpu_count(),
-            "load_avg_before": load_before,
-            "load_avg_after": os.getloadavg(),
-            "shared": True,
-        },
+    return {
+        "git_sha_route": git_sha(ROOT),
+        "machine": _machine(load_before),
         "router": str(ckpt.relative_to(ROOT)),
         "input_rows": args.rows,
         "shard_rows": args.shard_rows,
@@ -118,15 +147,30 @@ def main() -> None:
         "ray_2_vs_1_actor": two / one,
         "ray_1_actor_vs_local": one / rows[0]["rows_per_s"],
     }
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
-    md = [
+
+
+def _machine(load_before) -> dict:
+    return {
+        "platform": platform.platform(),
+        "cpus": os.cpu_count(),
+        "load_avg_before": load_before,
+        "load_avg_after": os.getloadavg(),
+        "shared": True,
+    }
+
+
+def markdown_route(result: dict) -> list[str]:
+    if "route" not in result:
+        return []
+    rows, m = result["route"], result["machine"]
+    one, two = rows[1]["rows_per_s"], rows[2]["rows_per_s"]
+    return [
         "# Scale-out: batch routing on Ray Data",
         "",
-        f"`python bench/scale_out.py --rows {args.rows}` at `{result['git_sha']}`; "
-        f"{os.cpu_count()} CPUs, shared with other jobs (load average "
-        f"{load_before[0]:.1f} before, {result['machine']['load_avg_after'][0]:.1f} after): "
+        f"`python bench/scale_out.py --part route --rows {result['input_rows']}` at "
+        f"`{result.get('git_sha_route', result['git_sha'])}`; "
+        f"{m['cpus']} CPUs, shared with other jobs (load average "
+        f"{m['load_avg_before'][0]:.1f} before, {m['load_avg_after'][0]:.1f} after): "
         "compare within this table only.",
         "",
         "| mode | actors | seconds (compile and start-up included) | rows/s |",
@@ -137,12 +181,151 @@ def main() -> None:
         ),
         "",
         f"2 actors vs 1: x{two / one:.2f} for one added core (ideal x2.00; this machine has "
-        f"{os.cpu_count()} cores, shared, so scaling is capped by them). 1 actor vs the local "
+        f"{m['cpus']} cores, shared, so scaling is capped by them). 1 actor vs the local "
         f"job: x{one / rows[0]['rows_per_s']:.2f} (Ray's start-up and per-shard writes).",
         "",
     ]
-    out.with_suffix(".md").write_text("\n".join(md))
-    print("\n".join(md))
+
+
+# -- serving on Ray Serve -------------------------------------------------------------------
+
+
+def _serve_load():
+    sys.path.insert(0, str(ROOT / "bench"))
+    import serve_load
+
+    return serve_load
+
+
+def _closed(sl, url: str, args) -> dict:
+    """Warm-up, then the measured closed loop; dispatches/s and overhead per dispatch."""
+    import asyncio
+
+    import numpy as np
+
+    asyncio.run(sl.closed_loop(url, args.concurrency, 3.0, 10**6, 1, 60.0))  # not reported
+    tally, wall = asyncio.run(
+        sl.closed_loop(url, args.concurrency, args.duration_s, 10**6, 7, 60.0)
+    )
+    over = tally.overhead_after_herd or tally.overhead
+    return {
+        "outcomes": tally.outcomes,
+        "requests": tally.sent,
+        "stage_dispatches": tally.stages,
+        "seconds": wall,
+        "dispatches_per_s": tally.stages / wall,
+        "overhead_per_dispatch_ms_p50": float(np.median(over)) * 1e3 if over else None,
+        "overhead_per_dispatch_ms_mean": float(np.mean(over)) * 1e3 if over else None,
+    }
+
+
+def bench_serve(args) -> dict:
+    import ray
+    from ray import serve
+
+    from aragog_jax._provenance import git_sha
+    from aragog_jax.serve_ray import APP_NAME, RayServeConfig, deploy, free_port
+
+    sl = _serve_load()
+    load_before = os.getloadavg()
+    models = sl._family_models("qwen")
+    profile_of = sl._profiles_by_model()
+    rows = []
+    fakes, lines = sl._spawn(
+        [
+            sys.executable,
+            str(ROOT / "bench" / "serve_load.py"),
+            "--_fake-engines",
+            ",".join(models),
+        ],
+        r"^ready",
+    )
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            engines = [
+                (f"fake-{i}", ln.split()[1], ln.split()[0], profile_of[ln.split()[1]])
+                for i, ln in enumerate(lines[:-1])
+            ]
+            fleet = sl._write_fleet(
+                Path(tmp), engines, max_queue=1024, deadline_s=60.0, time_scale=1.0
+            )
+            server, url = sl._start_server(fleet)
+            try:
+                rows.append({"mode": "single process", "replicas": 0, **_closed(sl, url, args)})
+            finally:
+                sl._stop(server)
+            print(
+                f"single process: {rows[-1]['dispatches_per_s']:,.0f} dispatches/s", file=sys.stderr
+            )
+            ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+            port = free_port()
+            try:
+                for n in [int(x) for x in args.replicas.split(",")]:
+                    cfg = RayServeConfig(
+                        fleet=str(fleet), replicas=n, replica_cpus=0, scheduler_cpus=0
+                    )
+                    url = deploy(cfg, host="127.0.0.1", port=port)
+                    rows.append({"mode": "Ray Serve", "replicas": n, **_closed(sl, url, args)})
+                    print(
+                        f"ray x{n}: {rows[-1]['dispatches_per_s']:,.0f} dispatches/s",
+                        file=sys.stderr,
+                    )
+                    serve.delete(APP_NAME)
+            finally:
+                serve.shutdown()
+                ray.shutdown()
+    finally:
+        sl._stop(fakes)
+    return {
+        "git_sha_serve": git_sha(ROOT),
+        "machine_serve": _machine(load_before),
+        "serve": rows,
+        "serve_concurrency": args.concurrency,
+        "serve_duration_s": args.duration_s,
+    }
+
+
+def markdown_serve(result: dict) -> list[str]:
+    if "serve" not in result:
+        return []
+    rows, m = result["serve"], result["machine_serve"]
+    single = rows[0]["dispatches_per_s"]
+    ray_rows = [r for r in rows if r["replicas"]]
+    out = [
+        "# Scale-out: serving on Ray Serve",
+        "",
+        f"`python bench/scale_out.py --part serve --concurrency {result['serve_concurrency']} "
+        f"--duration-s {result['serve_duration_s']:g}` at `{result['git_sha_serve']}`; instant "
+        f"fake engines, the 3-stage chain workflow, closed loop; {m['cpus']} CPUs shared with "
+        f"other jobs (load average {m['load_avg_before'][0]:.1f} before, "
+        f"{m['load_avg_after'][0]:.1f} after): compare within this table only.",
+        "",
+        "| mode | ingress replicas | requests | stage dispatches/s "
+        "| overhead per dispatch p50 (ms) | vs single process |",
+        "|---|---:|---:|---:|---:|---:|",
+        *(
+            f"| {r['mode']} | {r['replicas'] or '-'} | {r['requests']:,} | "
+            f"{r['dispatches_per_s']:,.0f} | {r['overhead_per_dispatch_ms_p50']:.2f} | "
+            f"x{r['dispatches_per_s'] / single:.2f} |"
+            for r in rows
+        ),
+        "",
+    ]
+    if len(ray_rows) > 1:
+        base = ray_rows[0]
+        per = [
+            f"{r['replicas']} vs {base['replicas']}: x{r['dispatches_per_s'] / base['dispatches_per_s']:.2f}"
+            for r in ray_rows[1:]
+        ]
+        out += [
+            f"Replicas ({'; '.join(per)}). The machine has {m['cpus']} cores shared by every "
+            "replica, the scheduler, Serve's proxy and controller, the fake engines and the "
+            "load generator, so adding replicas adds no core here: the ratio per added core "
+            "cannot be measured above x1 on this machine, and what the table shows is the "
+            "cost of the extra processes. Outcomes other than 200 are in the JSON.",
+            "",
+        ]
+    return out
 
 
 if __name__ == "__main__":

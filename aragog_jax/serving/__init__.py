@@ -11,6 +11,15 @@ from aragog_jax.serving._fake import FakeEngine
 from aragog_jax.serving._fleet import DEFAULT_FLEET, FleetRuntime, load_runtime
 from aragog_jax.serving._loopback import LoopbackServer
 from aragog_jax.serving._monitor import EngineLoadState, EngineReading, LoadMonitor
+from aragog_jax.serving._remote import (
+    LEASE_S,
+    LocalLink,
+    RemotePort,
+    Reply,
+    SchedulerHost,
+    SchedulerLink,
+    SchedulerUnavailable,
+)
 from aragog_jax.serving._server import ServeOptions, Server
 from aragog_jax.serving._status import status_of
 
@@ -25,6 +34,13 @@ __all__ = [
     "FleetRuntime",
     "LoadMonitor",
     "LoopbackServer",
+    "LEASE_S",
+    "LocalLink",
+    "RemotePort",
+    "Reply",
+    "SchedulerHost",
+    "SchedulerLink",
+    "SchedulerUnavailable",
     "ServeOptions",
     "Server",
     "deterministic_text",

@@ -34,6 +34,7 @@ import logging
 import time
 import uuid
 from collections import deque
+from typing import TYPE_CHECKING
 
 from aragog_jax.engines.client import ClientLimits, EngineClient
 from aragog_jax.errors import (
@@ -58,6 +59,9 @@ from aragog_jax.serving._runs import (
     receipt_of,
 )
 from aragog_jax.serving._sched import SchedulerPort
+
+if TYPE_CHECKING:
+    from aragog_jax.serving._remote import RemotePort
 
 __all__ = [
     "MAX_ATTEMPTS_PER_STAGE",
@@ -85,6 +89,7 @@ class Executor:
         policy: str = "aragog",
         beam_width: int = DEFAULT_BEAM_WIDTH,
         routing_budget_s: float = DEFAULT_ROUTING_BUDGET_S,
+        port: RemotePort | None = None,
     ):
         self.fleet = fleet
         self.settings = fleet.settings
@@ -101,7 +106,11 @@ class Executor:
         self.monitor = LoadMonitor(
             list(self.engines.values()), poll_s=self.settings.metrics_poll_s, on_change=self.kick
         )
-        self.sched = SchedulerPort(fleet, policy, beam_width)
+        # In process (the default), or batched to the scheduler deployment (serve --ray),
+        # whose own load monitor then watches the engines (this one is not started).
+        self.sched = port if port is not None else SchedulerPort(fleet, policy, beam_width)
+        self.sched.attach(self.apply_plan, self._fail_run)
+        self._monitoring = port is None
         self.routers = {name: RouterWorker(wf) for name, wf in fleet.workflows.items()}
         self.runs: dict[str, Run] = {}
         self.num_accepted = 0
@@ -133,8 +142,10 @@ class Executor:
     async def open(self) -> None:
         for st in self.engines.values():
             await st.client.open()
-        await self.monitor.poll_once()
-        self.monitor.start()
+        if self._monitoring:
+            await self.monitor.poll_once()
+            self.monitor.start()
+        await self.sched.open()
 
     async def close(self) -> None:
         """End what is left (503) and close the monitor, engine clients and router sessions;
@@ -143,6 +154,7 @@ class Executor:
         await close_part("the load monitor", self.monitor.stop(), failures)
         for run in list(self.runs.values()):
             self.finish(run, "cancelled", AragogError("server shutting down"))
+        await close_part("the scheduler port", self.sched.close(), failures)
         for st in self.engines.values():
             await close_part(f"the client of engine {st.name}", st.client.close(), failures)
         for name, worker in self.routers.items():
@@ -182,6 +194,7 @@ class Executor:
         """Accept a run or raise OverloadedError (bounded meta-queue)."""
         if self.draining:
             raise AragogError("server is shutting down; not accepting new requests")
+        self.sched.check()
         if len(self.runs) >= self.settings.max_queue:
             raise OverloadedError(f"meta-queue full ({self.settings.max_queue} requests in flight)")
         wf = self.fleet.workflows[workflow]
@@ -245,12 +258,15 @@ class Executor:
         self._kick_scheduled = False
         if self.intake.pending:
             self.intake.route_admitted()
-        if not self.sched.num_ready:
-            self.metrics.meta_queue.set(0)
-            return
         t0 = time.perf_counter()
-        plan = self.sched.schedule(self.monitor.snapshot())
-        self.metrics.scheduling_s.observe(time.perf_counter() - t0)
+        plan = self.sched.round(self.monitor.snapshot)  # None: nothing ready, or not here
+        if plan is not None:
+            self.metrics.scheduling_s.observe(time.perf_counter() - t0)
+            self.apply_plan(plan)
+        self.metrics.meta_queue.set(self.sched.num_ready)
+
+    def apply_plan(self, plan: Plan) -> None:
+        """Dispatch a round's assignments of this server's runs (others' are skipped)."""
         # Taken after the round, so its cost counts as the stages' queueing, not engine time.
         now = time.monotonic()
         if plan.num_items:
@@ -264,7 +280,12 @@ class Executor:
             if run.overlap is not None:
                 self.intake.dispatched(run, now)  # routing stops at the first dispatch
             self.dispatcher.dispatch(run, a, plan.round_id, now)
-        self.metrics.meta_queue.set(self.sched.num_ready)
+
+    def _fail_run(self, run_id: str, exc: AragogError) -> None:
+        """The scheduler ended a run (remote port: unviable, or the scheduler is gone)."""
+        run = self.runs.get(run_id)
+        if run is not None:
+            self.finish(run, "failed", exc)
 
     def export_load(self) -> None:
         """Copy the monitor's view into the engine gauges (when /metrics is scraped)."""

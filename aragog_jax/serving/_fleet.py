@@ -24,6 +24,8 @@ from aragog_jax.engines.model import placeholder_profile
 from aragog_jax.engines.stages import StageFunction, load_stage_functions
 from aragog_jax.errors import AragogError, SpecError
 from aragog_jax.router import Router, TextRouter, load_checkpoint, shipped_router
+from aragog_jax.serving._emulated import EmulatedEngine
+from aragog_jax.serving._loopback import LoopbackServer
 from aragog_jax.space import ConfigSpace, build_space
 from aragog_jax.spec import (
     PROFILES_DIR,
@@ -66,6 +68,31 @@ class FleetRuntime:
     family: str
     source: str  # fleet file path or "embedded default"
     api_keys: frozenset[str] = frozenset()
+
+
+async def start_engines(
+    fleet: FleetRuntime,
+) -> tuple[dict[str, str], dict[str, tuple[EmulatedEngine, LoopbackServer]]]:
+    """Start the fleet's emulated engines on loopback and size its unprofiled real ones;
+    returns every engine's URL and the emulated ones' (engine, server), to stop later."""
+    urls: dict[str, str] = {}
+    emulated: dict[str, tuple[EmulatedEngine, LoopbackServer]] = {}
+    for e in fleet.engines:
+        if e.emulated:
+            eng = EmulatedEngine(
+                e.name,
+                e.model,
+                e.profile,
+                time_scale=fleet.settings.time_scale,
+                served_model_name=e.served_model,
+            )
+            srv = LoopbackServer(eng.app)
+            urls[e.name] = await srv.start()
+            emulated[e.name] = (eng, srv)
+        else:
+            urls[e.name] = e.spec.url
+    await size_unprofiled(fleet.engines)
+    return urls, emulated
 
 
 async def size_unprofiled(engines: list[FleetEngine], probe_timeout_s: float = 2.0) -> None:

@@ -1,5 +1,11 @@
 """The executor's one door into the scheduler (:class:`aragog_jax.scheduler.Scheduler`).
 
+Two implementations share one interface: :class:`SchedulerPort` (here) holds the
+scheduler in the server's own process; :class:`~._remote.RemotePort` batches the same
+calls to a scheduler in another process (``serve --ray``). The executor sees only the
+interface: ``add``, ``finished``, ``failed``, ``cancel``, ``unviable``, ``round``,
+``num_ready``, ``check``, ``attach``, ``open``/``close`` and ``warm_up``.
+
 The executor speaks in run ids, stage indices and engine names, as the scheduler does.
 This port adds only what the server needs and the scheduler does not know: the
 scheduler's engines built from the fleet, the load monitor's snapshot turned into a
@@ -11,6 +17,7 @@ configuration left on the engines that are healthy now.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 
 import numpy as np
 
@@ -44,6 +51,20 @@ class SchedulerPort:
         )
         spaces = [w.space for w in fleet.workflows.values()]
         self.sched = Scheduler(self.infos, policy, beam_width=beam_width, spaces=spaces)
+
+    # -- the port interface's lifecycle (nothing to do in process) ---------------------
+
+    def attach(self, on_plan, on_fail) -> None:
+        """Where plans and failures decided elsewhere go (a local round returns its plan)."""
+
+    def check(self) -> None:
+        """Raise when new runs cannot be scheduled (never, in process)."""
+
+    async def open(self) -> None:
+        pass
+
+    async def close(self) -> None:
+        pass
 
     def warm_up(self, max_items: int, min_items: int = 1) -> float:
         """Compile the round for the item buckets from ``min_items`` to ``max_items``
@@ -142,6 +163,12 @@ class SchedulerPort:
                 )
             )
         return LoadVector(tuple(out))
+
+    def round(self, snapshot: Callable[[], list[EngineReading]]) -> Plan | None:
+        """One round when stages are ready (None when none are)."""
+        if not self.sched.num_ready:
+            return None
+        return self.schedule(snapshot())
 
     def schedule(self, loads: list[EngineReading]) -> Plan:
         """One round on the monitor's snapshot (assigned stages are running on return)."""

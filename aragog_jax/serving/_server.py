@@ -30,10 +30,11 @@ from aragog_jax.serving._api import RUN_KEY, WORKFLOW_MODEL_PREFIX, Api
 from aragog_jax.serving._conn import ConnLimits, GuardedRunner
 from aragog_jax.serving._emulated import EmulatedEngine
 from aragog_jax.serving._executor import Executor, close_part
-from aragog_jax.serving._fleet import FleetRuntime, size_unprofiled
+from aragog_jax.serving._fleet import FleetRuntime, start_engines
 from aragog_jax.serving._intake import DEFAULT_ROUTING_BUDGET_S
 from aragog_jax.serving._loopback import LoopbackServer
 from aragog_jax.serving._metrics import ServerMetrics
+from aragog_jax.serving._remote import RemotePort, SchedulerLink
 from aragog_jax.serving._sched import LATE_ITEMS, WARM_ITEMS
 from aragog_jax.serving._status import (
     ECHO_CHARS,
@@ -108,6 +109,10 @@ class ServeOptions:
     # threshold (700) the allocation bursts of one busy loop turn trigger ~40 young
     # collections a second that keep scanning live runs: about 4% of the loop's time.
     tune_gc: bool = True
+    # serve --ray: the scheduler is a SchedulerHost elsewhere, reached through this link
+    # (``exchange`` and ``engine_urls`` coroutines; see :mod:`._remote`). The host runs the
+    # emulated engines, the load monitor and the rounds; this server runs everything else.
+    remote: SchedulerLink | None = None
 
 
 class Server:
@@ -142,22 +147,13 @@ class Server:
     # -- lifecycle ------------------------------------------------------------------------
 
     async def start(self) -> str:
-        urls: dict[str, str] = {}
-        for e in self.fleet.engines:
-            if e.emulated:
-                eng = EmulatedEngine(
-                    e.name,
-                    e.model,
-                    e.profile,
-                    time_scale=self.settings.time_scale,
-                    served_model_name=e.served_model,
-                )
-                srv = LoopbackServer(eng.app)
-                urls[e.name] = await srv.start()
-                self.emulated[e.name] = (eng, srv)
-            else:
-                urls[e.name] = e.spec.url
-        await size_unprofiled(self.fleet.engines)
+        remote = self.options.remote
+        port = None
+        if remote is not None:
+            urls = await remote.engine_urls()
+            port = RemotePort(remote.exchange)
+        else:
+            urls, self.emulated = await start_engines(self.fleet)
         self.executor = Executor(
             self.fleet,
             urls,
@@ -166,6 +162,7 @@ class Server:
             policy=self.options.policy,
             beam_width=self.options.beam_width,
             routing_budget_s=self.options.routing_budget_s,
+            port=port,
         )
         # Bind before the slow part, so a busy port fails at once; until "serving",
         # requests get 503 and /ready says "starting".
@@ -185,9 +182,10 @@ class Server:
             )
         loop = asyncio.get_running_loop()
         if self.options.warm_up:
-            took = await loop.run_in_executor(None, self.executor.warm_up, WARM_ITEMS)
             for worker in self.executor.routers.values():
                 await loop.run_in_executor(None, worker.warm_up, self.settings.max_queue)
+        if self.options.warm_up and remote is None:  # else the rounds compile in the host
+            took = await loop.run_in_executor(None, self.executor.warm_up, WARM_ITEMS)
             log.info(
                 "scheduler compiled for rounds of up to %d stages in %.1f s",
                 WARM_ITEMS,
