@@ -9,7 +9,8 @@ transport is one coroutine, ``exchange(replica, events, wait_s) -> Reply``, whic
 :mod:`._ray` carries over a Serve deployment handle (and tests call directly).
 
 Batching: a replica's port records what its executor tells the scheduler (a routed run
-added, a stage finished or failed, a run ended) as events, in order, and sends every
+added, held or not; a held run released or its admitted set widened, when routing
+overlaps queueing; a stage finished or failed; a run ended) as events, in order, and sends every
 event of one event-loop turn in one ``exchange``. The host applies a call's events,
 then runs one round (calls arriving in the same turn of its loop share it) over the
 ready stages of all replicas, and files each round's plan in the mailbox of every
@@ -71,8 +72,9 @@ class SchedulerUnavailable(AragogError):
     """The scheduler cannot be reached (serve --ray): 503."""
 
 
-# Events, in the order the executor made them: ("add", run_id, workflow, mask),
-# ("finished", run_id, stage), ("failed", run_id, stage, engine), ("cancel", run_id).
+# Events, in the order the executor made them: ("add", run_id, workflow, mask, held),
+# ("release", run_id), ("widen", run_id, mask), ("finished", run_id, stage),
+# ("failed", run_id, stage, engine), ("cancel", run_id).
 Event = tuple
 
 
@@ -230,7 +232,7 @@ class SchedulerHost:
             if kind == "add":
                 wf: WorkflowRuntime = self.fleet.workflows[ev[2]]
                 try:
-                    sched.add(run_id, wf, ev[3])
+                    sched.add(run_id, wf, ev[3], held=ev[4])
                 except NoViableConfigurationError as exc:
                     box.failures.append((run_id, str(exc)))
                     continue
@@ -240,6 +242,10 @@ class SchedulerHost:
                 continue  # already dropped (its replica's lease ran out, or it failed here)
             elif kind == "cancel":
                 self._drop(run_id)
+            elif kind == "release":
+                sched.release(run_id)
+            elif kind == "widen":
+                sched.widen(run_id, ev[2])
             elif kind == "finished":
                 sid = ev[2]
                 engine = self._running.get(run_id, {}).get(sid)
@@ -446,14 +452,30 @@ class RemotePort:
 
     # -- transitions (recorded; sent at the next round) ------------------------------------
 
-    def add(self, run_id: str, wf: WorkflowRuntime, mask: np.ndarray) -> list[int]:
+    def add(
+        self, run_id: str, wf: WorkflowRuntime, mask: np.ndarray, *, held: bool = False
+    ) -> list[int]:
         self.check()
         up = wf.space.upstream
         self._space[run_id] = up
         self._done[run_id] = set()
         self._epoch_of[run_id] = self.epoch
-        self._events.append(("add", run_id, wf.name, np.asarray(mask, dtype=bool)))
+        self._events.append(("add", run_id, wf.name, np.asarray(mask, dtype=bool), held))
+        return [] if held else [s for s, ups in enumerate(up) if not ups]
+
+    def release(self, run_id: str) -> list[int]:
+        """A held run's stages become schedulable (at the host with this turn's events);
+        returns them: its first stages, as nothing of a held run has started."""
+        up = self._space.get(run_id)
+        if up is None:
+            return []
+        self._events.append(("release", run_id))
         return [s for s, ups in enumerate(up) if not ups]
+
+    def widen(self, run_id: str, mask: np.ndarray) -> None:
+        """Routing found more: the host grows the queued run's admitted set."""
+        if run_id in self._space:
+            self._events.append(("widen", run_id, np.asarray(mask, dtype=bool)))
 
     def finished(self, run_id: str, sid: int) -> list[int]:
         up = self._space.get(run_id)

@@ -215,3 +215,52 @@ def test_on_loop_router_receipt_is_complete_without_a_budget(tmp_path):
     assert rec.routing.complete is True and rec.routing.budget_s is None
     assert rec.routing.used_s == rec.routing_s > 0
     assert rec.routing.admitted == rec.num_admitted
+
+
+def test_overlap_through_a_remote_scheduler(tmp_path):
+    """serve --ray's port carries routing overlapped with queueing to the scheduler host:
+    a run queued held with c_max, widened and released there. Inside the budget the run
+    waits for the router and runs inside its full admitted set; past it, on c_max."""
+    from aragog_jax.serving import load_runtime
+    from aragog_jax.serving._remote import LocalLink, SchedulerHost
+
+    async def go():
+        fakes = [FakeEngine(m, delay_s=0.05) for m in MODELS]
+        srvs = [LoopbackServer(f.app) for f in fakes]
+        urls = [await s.start() for s in srvs]
+        _qwen_router_fleet(tmp_path, urls, MODELS)
+        host = SchedulerHost(load_runtime(tmp_path / "fleet.toml"), warm_up=False)
+        await host.open()
+        await asyncio.get_running_loop().run_in_executor(None, host.port.warm_up, 16)
+        out = {}
+        try:
+            for budget_s in (5.0, 0.02):
+                fleet = load_runtime(tmp_path / "fleet.toml", router_buckets=(1, 8))
+                router = _slow_featurizer(0.2, aembed=True)(fleet)
+                s = Server(
+                    fleet,
+                    ServeOptions(warm_up=False, routing_budget_s=budget_s, remote=LocalLink(host)),
+                )
+                await s.start()
+                try:
+                    text = f"def r{int(budget_s * 100)}(x): return x"
+                    res = await s.executor.wait(s.executor.admit(WF, text))
+                    out[budget_s] = (res, router.route_texts([text]).mask[0], router)
+                finally:
+                    await s.stop(drain_s=2.0)
+            return out, host.stats()
+        finally:
+            await host.close()
+            for srv in srvs:
+                await srv.stop()
+
+    out, stats = asyncio.run(go())
+    res, full, router = out[5.0]
+    rec = res.receipt
+    assert rec.routing.complete is True and rec.num_admitted == int(full.sum()) > 1
+    assert full[router.space.index_of(rec.configuration)]
+    res, full, router = out[0.02]
+    rec = res.receipt
+    assert rec.routing.complete is False and rec.routing.admitted == 1
+    assert rec.configuration == _cmax_models(router)
+    assert stats["runs"] == stats["in_flight"] == 0

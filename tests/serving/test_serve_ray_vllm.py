@@ -28,9 +28,7 @@ def test_two_replicas_on_two_vllm_engines_every_request_accounted(
     ]
     settings = {"port": 0, "metrics_poll_s": 0.2, "engine_timeout_s": 60.0}
     path = write_fleet(tmp_path, eng, server=settings, workflows={"chain": CHAIN})
-    cfg = RayServeConfig(
-        fleet=str(path), replicas=2, replica_cpus=0, scheduler_cpus=0
-    )
+    cfg = RayServeConfig(fleet=str(path), replicas=2, replica_cpus=0, scheduler_cpus=0)
     url = deploy(cfg, host="127.0.0.1", port=0)
     try:
 
