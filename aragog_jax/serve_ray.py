@@ -106,7 +106,14 @@ def _deployments():
     from ray import serve
     from starlette.responses import Response, StreamingResponse
 
-    @serve.deployment(name="scheduler", num_replicas=1, health_check_period_s=2)
+    # No access log line per call: the scheduler answers one exchange per replica per
+    # loop turn, and Serve's INFO line for each cost CPU and buried everything else.
+    @serve.deployment(
+        name="scheduler",
+        num_replicas=1,
+        health_check_period_s=2,
+        logging_config={"enable_access_log": False},
+    )
     class SchedulerDeployment:
         async def __init__(self, cfg: RayServeConfig):
             _quiet_jax()
@@ -186,7 +193,7 @@ def _deployments():
 
             return StreamingResponse(chunks(), status_code=resp.status, headers=out)
 
-        def check_health(self) -> None:
+        async def check_health(self) -> None:  # async: Serve warns about sync ones on its loop
             if self.server.state != "serving":
                 raise RuntimeError(f"server is {self.server.state}")
 

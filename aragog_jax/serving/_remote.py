@@ -379,6 +379,7 @@ class SchedulerHost:
     def stats(self) -> dict[str, int]:
         return {
             "replicas": len(self._boxes),
+            "busy_replicas": sum(1 for box in self._boxes.values() if box.runs),
             "runs": len(self._owner),
             "ready": self.port.num_ready,
             "rounds": self.num_rounds,
