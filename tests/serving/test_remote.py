@@ -112,6 +112,7 @@ def test_dead_replica_lease_drops_its_runs(tmp_path):
         assert host.expire(time.monotonic()) == [port.replica]
         assert host.stats() | {"calls": 0, "rounds": 0} == {
             "replicas": 1,
+            "busy_replicas": 0,
             "runs": 0,
             "ready": 0,
             "rounds": 0,
