@@ -462,7 +462,7 @@ class RemotePort:
         self._done[run_id] = set()
         self._epoch_of[run_id] = self.epoch
         self._events.append(("add", run_id, wf.name, np.asarray(mask, dtype=bool), held))
-        return [] if held else [s for s, ups in enumerate(up) if not ups]
+        return [] if held else _first_stages(up)
 
     def release(self, run_id: str) -> list[int]:
         """A held run's stages become schedulable (at the host with this turn's events);
@@ -471,7 +471,7 @@ class RemotePort:
         if up is None:
             return []
         self._events.append(("release", run_id))
-        return [s for s, ups in enumerate(up) if not ups]
+        return _first_stages(up)
 
     def widen(self, run_id: str, mask: np.ndarray) -> None:
         """Routing found more: the host grows the queued run's admitted set."""
@@ -598,3 +598,8 @@ class RemotePort:
             self._on_fail(run_id, NoViableConfigurationError(why))
         for plan in reply.plans:
             self._on_plan(plan)
+
+
+def _first_stages(upstream: tuple[tuple[int, ...], ...]) -> list[int]:
+    """The stages with nothing upstream: what a run that has not started can dispatch."""
+    return [s for s, ups in enumerate(upstream) if not ups]
