@@ -222,8 +222,16 @@ class StageDispatcher:
             if st.breaker.poll(now) is not BreakerState.OPEN
         }
 
-    def _sweep_unviable(self, healthy_models: set[str]) -> None:
-        for run_id in self.sched.unviable(healthy_models):
+    def recheck(self, run: Run) -> None:
+        """Routing completed for a queued run: fail it if an engine went down while it
+        was routing and nothing it admits can run on the healthy ones (the sweep after
+        that engine's failure skipped it, as routing might still have admitted more)."""
+        healthy_models = self._healthy_models(time.monotonic())
+        if len(healthy_models) < len({st.model for st in self.engines.values()}):
+            self._sweep_unviable(healthy_models, [run.id])
+
+    def _sweep_unviable(self, healthy_models: set[str], run_ids: list[str] | None = None) -> None:
+        for run_id in self.sched.unviable(healthy_models, run_ids):
             run = self.runs.get(run_id)
             if run is not None and not run.finished:
                 self._finish(

@@ -118,14 +118,6 @@ class Executor:
         self._kick_scheduled = False
         self.recent_rounds: deque[Plan] = deque(maxlen=keep_rounds)
         self.counts = {"completed": 0, "failed": 0, "expired": 0, "cancelled": 0}
-        self.intake = Intake(
-            self.routers,
-            self.sched,
-            metrics,
-            finish=self.finish,
-            kick=self.kick,
-            budget_s=routing_budget_s,
-        )
         self.dispatcher = StageDispatcher(
             self.engines,
             self.sched,
@@ -135,6 +127,15 @@ class Executor:
             finish=self.finish,
             complete=self.complete,
             kick=self.kick,
+        )
+        self.intake = Intake(
+            self.routers,
+            self.sched,
+            metrics,
+            finish=self.finish,
+            kick=self.kick,
+            settled=self.dispatcher.recheck,
+            budget_s=routing_budget_s,
         )
 
     # -- lifecycle ----------------------------------------------------------------------

@@ -16,6 +16,11 @@ until its first stage is dispatched (it reached the head of the queue). Then rou
 stops for it and it runs with the admitted set found so far, which only grew from
 ``c_max``. The receipt says how far routing got (``RoutingReceipt``).
 
+While its routing goes on a queued run is *unsettled* (``SchedulerPort.settle`` ends it):
+the sweep after an engine goes down spares it, as routing may still admit a
+configuration off that engine's model, and it is judged once, on its final mask, when
+routing completes.
+
 Why stopping early keeps the accuracy guarantee: the partial set is ``c_max`` plus
 configurations the router admits (no fill-in), a subset of the calibrated admitted set
 that keeps ``c_max``. The default guarantee (``scheduled``; also ``any``) bounds the rate
@@ -54,9 +59,11 @@ class Intake:
         *,
         finish: Callable[[Run, str, AragogError], None],
         kick: Callable[[], None],
+        settled: Callable[[Run], None] = lambda run: None,
         budget_s: float = DEFAULT_ROUTING_BUDGET_S,
     ):
         self.budget_s = float(budget_s)
+        self._settled = settled  # routing completed for a queued run: re-judge its viability
         self.routers = routers
         self.sched = sched
         self.metrics = metrics
@@ -109,6 +116,8 @@ class Intake:
         if routed.complete:
             self._fix(run, time.monotonic() - run.t0)
             self._release(run)
+            if ov.queued:
+                self._settled(run)
             return False
         if not ov.held:
             self.kick()  # a released run may fit somewhere it did not
@@ -135,7 +144,10 @@ class Intake:
             self._fix(run, now - run.t0)
 
     def _fix(self, run: Run, used_s: float) -> None:
+        """Routing is over for the run: its mask is final."""
         run.overlap.used_s = used_s
+        if run.overlap.queued:
+            self.sched.settle(run.id)
         self.metrics.routing_s.observe(used_s)
         self.metrics.admitted.observe(run.routed.num_admitted)
 
@@ -145,7 +157,9 @@ class Intake:
         if run.finished or ov.queued or not run.routed.mask.any():
             return  # c_max is not servable: it joins once routing admits something that is
         try:
-            ready = self.sched.add(run.id, run.wf, run.routed.mask, held=ov.held)
+            ready = self.sched.add(
+                run.id, run.wf, run.routed.mask, held=ov.held, settled=ov.used_s is not None
+            )
         except NoViableConfigurationError as exc:
             self._finish(run, "failed", exc)
             return

@@ -72,8 +72,9 @@ class SchedulerUnavailable(AragogError):
     """The scheduler cannot be reached (serve --ray): 503."""
 
 
-# Events, in the order the executor made them: ("add", run_id, workflow, mask, held),
-# ("release", run_id), ("widen", run_id, mask), ("finished", run_id, stage),
+# Events, in the order the executor made them: ("add", run_id, workflow, mask, held,
+# settled), ("release", run_id), ("widen", run_id, mask), ("settle", run_id),
+# ("finished", run_id, stage),
 # ("failed", run_id, stage, engine), ("cancel", run_id).
 Event = tuple
 
@@ -227,12 +228,13 @@ class SchedulerHost:
         now = time.monotonic()
         sched = self.port
         lost_engine = False
+        settled: list[str] = []  # runs whose routing completed in these events
         for ev in events:
             kind, run_id = ev[0], ev[1]
             if kind == "add":
                 wf: WorkflowRuntime = self.fleet.workflows[ev[2]]
                 try:
-                    sched.add(run_id, wf, ev[3], held=ev[4])
+                    sched.add(run_id, wf, ev[3], held=ev[4], settled=ev[5])
                 except NoViableConfigurationError as exc:
                     box.failures.append((run_id, str(exc)))
                     continue
@@ -246,6 +248,9 @@ class SchedulerHost:
                 sched.release(run_id)
             elif kind == "widen":
                 sched.widen(run_id, ev[2])
+            elif kind == "settle":
+                sched.settle(run_id)
+                settled.append(run_id)
             elif kind == "finished":
                 sid = ev[2]
                 engine = self._running.get(run_id, {}).get(sid)
@@ -266,13 +271,15 @@ class SchedulerHost:
                         run_id,
                         f"no admitted configuration can run on the healthy engines after {engine} failed",
                     )
-        if lost_engine:
-            healthy = {
-                s.model
-                for s in self.engines.values()
-                if s.breaker.poll(now) is not BreakerState.OPEN
-            }
-            for run_id in sched.unviable(healthy):
+        if not (lost_engine or settled):
+            return
+        healthy = {
+            s.model for s in self.engines.values() if s.breaker.poll(now) is not BreakerState.OPEN
+        }
+        if lost_engine or len(healthy) < len({s.model for s in self.engines.values()}):
+            # After an engine is lost every queued run is judged; a run whose routing just
+            # completed is judged once (earlier sweeps skip it: routing could still widen).
+            for run_id in sched.unviable(healthy, None if lost_engine else settled):
                 self._fail(
                     run_id,
                     f"no admitted configuration can run on the healthy engines ({sorted(healthy)})",
@@ -454,14 +461,20 @@ class RemotePort:
     # -- transitions (recorded; sent at the next round) ------------------------------------
 
     def add(
-        self, run_id: str, wf: WorkflowRuntime, mask: np.ndarray, *, held: bool = False
+        self,
+        run_id: str,
+        wf: WorkflowRuntime,
+        mask: np.ndarray,
+        *,
+        held: bool = False,
+        settled: bool = True,
     ) -> list[int]:
         self.check()
         up = wf.space.upstream
         self._space[run_id] = up
         self._done[run_id] = set()
         self._epoch_of[run_id] = self.epoch
-        self._events.append(("add", run_id, wf.name, np.asarray(mask, dtype=bool), held))
+        self._events.append(("add", run_id, wf.name, np.asarray(mask, dtype=bool), held, settled))
         return [] if held else _first_stages(up)
 
     def release(self, run_id: str) -> list[int]:
@@ -477,6 +490,11 @@ class RemotePort:
         """Routing found more: the host grows the queued run's admitted set."""
         if run_id in self._space:
             self._events.append(("widen", run_id, np.asarray(mask, dtype=bool)))
+
+    def settle(self, run_id: str) -> None:
+        """Routing for the run is over: the host judges its viability from now on."""
+        if run_id in self._space:
+            self._events.append(("settle", run_id))
 
     def finished(self, run_id: str, sid: int) -> list[int]:
         up = self._space.get(run_id)
@@ -506,7 +524,7 @@ class RemotePort:
             self._events.append(("cancel", run_id))
             self._flush_soon()  # no round may follow (a queued run's client hung up)
 
-    def unviable(self, healthy_models: set[str]) -> list[str]:
+    def unviable(self, healthy_models: set[str], run_ids=None) -> list[str]:
         return []  # the host sweeps with its own engines' health
 
     def round(self, snapshot) -> None:

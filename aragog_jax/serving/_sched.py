@@ -3,7 +3,8 @@
 Two implementations share one interface: :class:`SchedulerPort` (here) holds the
 scheduler in the server's own process; :class:`~._remote.RemotePort` batches the same
 calls to a scheduler in another process (``serve --ray``). The executor sees only the
-interface: ``add``, ``finished``, ``failed``, ``cancel``, ``unviable``, ``round``,
+interface: ``add``, ``release``, ``widen``, ``settle``, ``finished``, ``failed``,
+``cancel``, ``unviable``, ``round``,
 ``num_ready``, ``check``, ``attach``, ``open``/``close`` and ``warm_up``.
 
 The executor speaks in run ids, stage indices and engine names, as the scheduler does.
@@ -17,7 +18,7 @@ configuration left on the engines that are healthy now.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 import numpy as np
 
@@ -51,6 +52,9 @@ class SchedulerPort:
         )
         spaces = [w.space for w in fleet.workflows.values()]
         self.sched = Scheduler(self.infos, policy, beam_width=beam_width, spaces=spaces)
+        # Queued runs whose routing is still going (their mask may widen): never unviable
+        # yet, as routing may still admit a configuration the healthy engines can run.
+        self._unsettled: set[str] = set()
 
     # -- the port interface's lifecycle (nothing to do in process) ---------------------
 
@@ -81,13 +85,22 @@ class SchedulerPort:
     # -- transitions ----------------------------------------------------------------------
 
     def add(
-        self, run_id: str, wf: WorkflowRuntime, mask: np.ndarray, *, held: bool = False
+        self,
+        run_id: str,
+        wf: WorkflowRuntime,
+        mask: np.ndarray,
+        *,
+        held: bool = False,
+        settled: bool = True,
     ) -> list[int]:
         """Queue a routed run; returns its ready stages (none while ``held``: its stages
-        wait for :meth:`release`).
+        wait for :meth:`release`). ``settled=False``: routing is still going, the mask may
+        widen until :meth:`settle`.
 
         Raises NoViableConfigurationError when nothing admitted can run on this fleet."""
         self.sched.add_request(run_id, wf.space, np.asarray(mask, dtype=bool), held=held)
+        if not settled:
+            self._unsettled.add(run_id)
         return self.sched.ready_stages(run_id)
 
     def release(self, run_id: str) -> list[int]:
@@ -101,12 +114,17 @@ class SchedulerPort:
         if self.sched.is_queued(run_id):
             self.sched.widen_mask(run_id, np.asarray(mask, dtype=bool))
 
+    def settle(self, run_id: str) -> None:
+        """Routing for the run is over: its mask is final (:meth:`unviable` judges it)."""
+        self._unsettled.discard(run_id)
+
     def finished(self, run_id: str, sid: int) -> list[int]:
         """A stage returned; returns the stages that became ready."""
         if not self.sched.is_queued(run_id):
             return []
         before = self.sched.ready_stages(run_id)
         if self.sched.on_stage_finished(run_id, sid):
+            self._unsettled.discard(run_id)
             return []
         return [s for s in self.sched.ready_stages(run_id) if s not in before]
 
@@ -122,13 +140,17 @@ class SchedulerPort:
 
     def cancel(self, run_id: str) -> None:
         """The run ended: it leaves the meta-queue (if it is still there)."""
+        self._unsettled.discard(run_id)
         if self.sched.is_queued(run_id):
             self.sched.cancel(run_id)
 
-    def unviable(self, healthy_models: set[str]) -> list[str]:
-        """Queued runs none of whose viable configurations avoid unhealthy models."""
+    def unviable(self, healthy_models: set[str], run_ids: Iterable[str] | None = None) -> list[str]:
+        """Queued runs (of ``run_ids``, default all) whose routing is over and none of
+        whose viable configurations avoid unhealthy models."""
         out = []
-        for run_id in list(self.sched.request_ids()):
+        for run_id in list(self.sched.request_ids() if run_ids is None else run_ids):
+            if run_id in self._unsettled or not self.sched.is_queued(run_id):
+                continue
             space = self.sched.space_of(run_id)
             viable = self.sched.viable_mask(run_id)
             ok_model = np.array([m in healthy_models for m in space.model_names], dtype=bool)

@@ -264,3 +264,111 @@ def test_overlap_through_a_remote_scheduler(tmp_path):
     assert rec.routing.complete is False and rec.routing.admitted == 1
     assert rec.configuration == _cmax_models(router)
     assert stats["runs"] == stats["in_flight"] == 0
+
+
+def test_a_run_still_routing_is_not_failed_for_an_engine_lost_meanwhile(tmp_path):
+    """The unviable sweep (after an engine goes down) judges a run only once its routing
+    is over: while it routes, its mask may still widen to a configuration off the lost
+    model. When routing completes the run is judged once, on its final mask."""
+    from aragog_jax.serving._sched import SchedulerPort
+
+    fleet = _qwen_router_fleet(tmp_path, ["http://127.0.0.1:9"] * 3, MODELS)
+    wf = fleet.workflows[WF]
+    space = wf.space
+    port = SchedulerPort(fleet)
+    cmax = np.zeros(space.num_configs, dtype=bool)
+    cmax[space.c_max] = True
+    lost = set(_cmax_models(wf.router).values())
+    assert len(lost) == 1  # c_max runs every stage on the largest model
+    healthy = set(MODELS) - lost
+    off_lost = next(
+        c for c in range(space.num_configs) if lost.isdisjoint(space.config_to_models(c).values())
+    )
+    wider = cmax.copy()
+    wider[off_lost] = True
+
+    port.add("routing", wf, cmax, held=True, settled=False)
+    port.add("routed", wf, cmax)  # routing over: only c_max admitted
+    port.add("narrow", wf, cmax, settled=False)  # released while routing: c_max's stage may run
+    assert port.unviable(healthy) == ["routed"]
+    port.widen("routing", wider)
+    port.settle("routing")
+    port.settle("narrow")
+    assert port.unviable(healthy, ["routing", "narrow"]) == ["narrow"]
+    assert port.unviable(set(MODELS)) == []
+
+
+def test_routing_holds_off_the_sweep_until_it_completes(tmp_path):
+    """Through the executor: c_max's engine goes down while a run is held for a 300 ms
+    router. The sweep spares the run while it routes (the old sweep failed it: its mask
+    was c_max alone, on the lost model); routing then admits configurations off that
+    model and the run completes on one of them."""
+    text = "def z(x): return x - 1"
+
+    async def fn(s, router):
+        ex = s.executor
+        run = ex.admit(WF, text)
+        lost = set(_cmax_models(router).values())
+        while not run.overlap.queued:
+            await asyncio.sleep(0.002)
+        for st in ex.engines.values():
+            if st.model in lost:
+                st.breaker.on_failure(time.monotonic(), "down for the test")
+        during = ex.sched.unviable(set(MODELS) - lost)
+        res = await ex.wait(run)
+        return during, res, lost, router
+
+    during, res, lost, router = asyncio.run(
+        _serving(tmp_path, 5.0, _slow_featurizer(0.3, aembed=True), fn)
+    )
+    space = router.space
+    full = router.route_texts([text]).mask[0]
+    assert any(lost.isdisjoint(space.config_to_models(c).values()) for c in np.flatnonzero(full))
+    assert during == []
+    rec = res.receipt
+    assert rec.routing.complete is True
+    assert lost.isdisjoint(rec.configuration.values())
+
+
+def test_the_scheduler_host_judges_a_run_when_its_routing_settles(tmp_path):
+    """serve --ray: the host learns from a ``settle`` event that a run's routing is over,
+    and judges that run then against the engines it holds healthy."""
+    from aragog_jax.serving import load_runtime
+    from aragog_jax.serving._remote import SchedulerHost
+
+    async def go():
+        srvs = [LoopbackServer(FakeEngine(m).app) for m in MODELS]
+        urls = [await s.start() for s in srvs]
+        _qwen_router_fleet(tmp_path, urls, MODELS)
+        fleet = load_runtime(tmp_path / "fleet.toml")
+        space = fleet.workflows[WF].space
+        lost = set(space.config_to_models(space.c_max).values())
+        cmax = np.zeros(space.num_configs, dtype=bool)
+        cmax[space.c_max] = True
+        wider = cmax.copy()
+        off = [
+            c
+            for c in range(space.num_configs)
+            if lost.isdisjoint(space.config_to_models(c).values())
+        ]
+        wider[off[0]] = True
+        host = SchedulerHost(fleet, warm_up=False)
+        await host.open()
+        try:
+            added = [("add", "x", WF, cmax, True, False), ("add", "w", WF, wider, True, False)]
+            first = await host.exchange("r1", added, 0.0)
+            for st in host.engines.values():
+                if st.model in lost:
+                    st.breaker.on_failure(time.monotonic(), "down for the test")
+            second = await host.exchange("r1", [("settle", "x"), ("settle", "w")], 0.0)
+            return first, second, host.stats()
+        finally:
+            await host.close()
+            for srv in srvs:
+                await srv.stop()
+
+    first, second, stats = asyncio.run(go())
+    assert first.failures == []
+    assert [run_id for run_id, _ in second.failures] == ["x"]
+    assert "no admitted configuration can run on the healthy engines" in second.failures[0][1]
+    assert stats["runs"] == 1
