@@ -76,6 +76,11 @@ OTHER_RULE = PAPER_RULE if SCARCITY_DEFAULT else CANDIDATE
 DEFAULT_RULE = CANDIDATE if SCARCITY_DEFAULT else PAPER_RULE
 RULE_KEYS = {DEFAULT_RULE: "aragog", OTHER_RULE: OTHER_RULE}
 RULE_NAMES = {CANDIDATE: "scarcity reservation", PAPER_RULE: "paper's rule"}
+#: Diagnostic arms over the yardstick router's calibrated masks (``bench/_yardstick.py``:
+#: the best calibrated router the synthetic data allows): the default rule and
+#: per-input-router on them. They run every rate of the grid in both fleets but place no
+#: knee rates and do not enter the rate every policy sustains (``DIAGNOSTIC_POLICIES``).
+YARDSTICK_POLICIES = ("aragog-yardstick", "per_input-yardstick")
 #: Equal fleet: every policy on the 8-GPU fleet.
 EQUAL_POLICIES = (
     "aragog",
@@ -84,11 +89,12 @@ EQUAL_POLICIES = (
     "per_input",
     "per_input-router",
     "per_workflow",
+    *YARDSTICK_POLICIES,
 )
 #: Paper accounting: the policies that run the router serve on 7 GPUs; aragog-oracle
-#: (Aragog with exact masks) too, so the router's share of any gap is measured on the
-#: same fleet.
-ROUTED_POLICIES = ("aragog", OTHER_RULE, "aragog-oracle", "per_input-router")
+#: (Aragog with exact masks) and the yardstick arms too, so the router's share of any gap
+#: is measured on the same fleet.
+ROUTED_POLICIES = ("aragog", OTHER_RULE, "aragog-oracle", "per_input-router", *YARDSTICK_POLICIES)
 ABLATION_POLICIES = ("aragog", "per_input", "per_workflow")
 BEAM_WORKFLOWS = ("self_refine_humaneval", "voting_mmlu_pro")
 #: Beam widths and per-round optimality: the paper's two ablation workflows on Qwen, and
@@ -171,19 +177,48 @@ def _ds(st: Settings, wf: str, fam: str) -> Path:
 # --- tasks (each runs in a worker process; returns JSON-able dicts) -------------------
 
 
+def yardstick_masks(setup, route_cost_s: float):
+    """``build_masks`` of ``setup`` (the shipped router's masks, the oracle's) plus the
+    yardstick router's calibrated masks for every row of its dataset (``bench/_yardstick.py``:
+    calibrated like the shipped router on its training draw's calibration split)."""
+    from aragog_jax.sim import build_masks
+    from bench._yardstick import NUM_INPUTS, SEED, calibrated_yardstick, dataset_masks
+
+    wf, fam = setup.space.workflow, setup.family
+    ys = calibrated_yardstick(wf, fam)
+    mask = dataset_masks(
+        ys, setup.space, setup.workflow, setup.dataset, where=f"{wf}/{fam} dataset"
+    )
+    cal = ys.settings
+    source = (
+        f"yardstick (P(accurate | difficulty, role), {ys.num_samples} luck draws per role; calibrated on the "
+        f"routers' training draw ({NUM_INPUTS} inputs, seed {SEED}): {cal['guarantee']}, epsilon "
+        f"{cal['epsilon']}, confidence {cal['confidence']}, level {ys.level:.2f}, policy bound "
+        f"{ys.policy_bound:.4f})"
+    )
+    return replace(build_masks(setup, None, route_cost_s), yardstick=mask, yardstick_source=source)
+
+
 def task_main(st: Settings, wf: str, fam: str) -> dict:
     """One case, both accountings on one shared rate grid."""
-    from aragog_jax.sim import load_setup, run_dense, write_summary
+    from aragog_jax.sim import build_masks, load_setup, run_dense, write_summary
     from aragog_jax.sim._setup import FLEETS_DIR
 
     key = f"{wf}-{fam}"
     s8 = load_setup(wf, fam, gpus=8, dataset=_ds(st, wf, fam))
     s7 = load_setup(wf, fam, fleet=FLEETS_DIR / f"{fam}_7gpu.toml", dataset=_ds(st, wf, fam))
+    m8 = yardstick_masks(s8, st.route_cost_s)
+    m7 = replace(
+        build_masks(s7, None, st.route_cost_s),
+        yardstick=m8.yardstick,
+        yardstick_source=m8.yardstick_source,
+    )
     eq, routed = run_dense(
         [(s8, EQUAL_POLICIES), (s7, ROUTED_POLICIES)],
         st.sweep(EQUAL_POLICIES),
         progress=False,
         keep_runs=True,
+        masks=[m8, m7],
     )
     out = Path(st.plots) / key
     write_summary(eq, out / "equal_fleet")
@@ -202,7 +237,7 @@ def paper_accounting(equal: dict, routed: dict) -> dict:
         "aragog": routed["policies"]["aragog"],
         **{
             p: routed["policies"][p]
-            for p in (OTHER_RULE, "aragog-oracle")
+            for p in (OTHER_RULE, "aragog-oracle", *YARDSTICK_POLICIES)
             if p in routed["policies"]
         },
         "per_input": equal["policies"]["per_input"],
@@ -1084,10 +1119,32 @@ def _secs(x: float) -> str:
     return f"{x:.1f} s" if math.isfinite(x) else "n/a"
 
 
+def _share(x: float) -> str:
+    """A fraction as a whole percentage ('n/a' when undefined)."""
+    return f"{100 * x:.0f}%" if math.isfinite(x) else "n/a"
+
+
+def _yardstick_p95(b: dict, c: dict) -> dict:
+    """P95 at aragog's highest sustained rate (``c``: ``_rule_checks`` of aragog in block
+    ``b``) with the yardstick router's masks, for aragog-yardstick and per_input-yardstick,
+    and the share of aragog's P95 gap to per-input that the yardstick's masks close."""
+    pols = b["policies"]
+    i, rate = c["index"], c["rate"]
+    ys = _p95_at(pols.get("aragog-yardstick"), i, rate)
+    gap = c["p95"] - c["p95_pi"]
+    return {
+        "aragog": ys,
+        "per_input": _p95_at(pols.get("per_input-yardstick"), i, rate),
+        "closed": (c["p95"] - ys) / gap if gap > 0 and math.isfinite(ys) else float("nan"),
+        "meets": math.isfinite(ys) and ys <= c["p95_pi"],
+    }
+
+
 def _miss_reasons(r: dict, acc: str, c: dict) -> str:
     """The measured reason for every bar the default misses in one row (``c``:
     ``_rule_checks`` of aragog): the same figures for aragog-oracle (exact masks, same
-    fleet) and per_input-router (same masks, no load awareness)."""
+    fleet), aragog-yardstick (the best calibrated router's masks, same fleet) and
+    per_input-router / per_input-yardstick (the same masks, no load awareness)."""
     from aragog_jax.sim._metrics import pct_change
 
     b = r[acc]
@@ -1119,6 +1176,7 @@ def _miss_reasons(r: dict, acc: str, c: dict) -> str:
                 return f"{100 * _largest_engine_share(d['per_rate'][i], eng):.0f}%"
 
             o95 = _p95_at(ora, i, rate)
+            y = _yardstick_p95(b, c)
             gap = c["p95"] - c["p95_pi"]
             if not math.isfinite(o95):
                 verdict = "no exact-mask run on this fleet"
@@ -1129,11 +1187,19 @@ def _miss_reasons(r: dict, acc: str, c: dict) -> str:
                     f"with exact masks aragog misses it too ({_secs(o95)}); the router's masks account for "
                     f"{100 * (c['p95'] - o95) / gap:.0f}% of the gap"
                 )
+            if "aragog-yardstick" not in pols:
+                yverdict = ""
+            else:
+                yverdict = (
+                    f"; with the yardstick's calibrated masks (the best router meeting the same guarantee) "
+                    f"aragog {'meets' if y['meets'] else 'misses'} it ({_secs(y['aragog'])}, "
+                    f"{_share(y['closed'])} of the gap closed; per-input-yardstick {_secs(y['per_input'])})"
+                )
             out.append(
-                f"P95 at {rate:g} req/s: {verdict} (per-input-router, the same masks without load awareness: "
-                f"{_secs(_p95_at(pir, i, rate))}; output-token share on the largest model: aragog "
-                f"{share(pols['aragog'], engines)}, aragog-oracle {share(ora, engines)}, per-input "
-                f"{share(pols['per_input'], r['equal']['engines'])})"
+                f"P95 at {rate:g} req/s: {verdict}{yverdict} (per-input-router, the same masks without load "
+                f"awareness: {_secs(_p95_at(pir, i, rate))}; output-token share on the largest model: aragog "
+                f"{share(pols['aragog'], engines)}, aragog-yardstick {share(pols.get('aragog-yardstick'), engines)}, "
+                f"aragog-oracle {share(ora, engines)}, per-input {share(pols['per_input'], r['equal']['engines'])})"
             )
     if not c["ok"]["acc"]:
         odrop = 100.0 * (ora["c_max_accuracy"] - ora["accuracy"]) if ora else float("nan")
@@ -1163,8 +1229,11 @@ def done_when_table(results: dict) -> list[str]:
         + " Bars per case and accounting: max throughput >= aragog-paper's and >= the same-router per-input "
         "baseline's (per_input-router); P95 at aragog's highest sustained rate <= per-input's at that rate; "
         "accuracy within 2 points of c_max. A check mark says the bar holds; the last column gives the measured "
-        "reason for each miss: the same figures with exact masks (aragog-oracle, on the same fleet as aragog) and "
-        "for per-input with the router's masks.",
+        "reason for each miss: the same figures with exact masks (aragog-oracle, on the same fleet as aragog), "
+        "with the yardstick router's calibrated masks (aragog-yardstick: the router that knows each input's latent "
+        "difficulty and role, calibrated with the same procedure, epsilon, confidence and guarantee on the same "
+        "split as the shipped router; `bench/_yardstick.py`), and for per-input with the router's and the "
+        "yardstick's masks.",
         "",
         "| case | accounting | max thr (req/s) | vs aragog-paper | vs per-input-router | highest sustained rate | "
         "P95 there: aragog / per-input (s) | accuracy drop (points) | measured reason for a miss |",
@@ -1196,6 +1265,25 @@ def done_when_table(results: dict) -> list[str]:
         f"accuracy {misses['acc']}.",
         "",
     ]
+    closed = []
+    for key, acc, r in rows:
+        c = _rule_checks(r[acc], "aragog")
+        if c["ok"]["p95"] or c["index"] is None or "aragog-yardstick" not in r[acc]["policies"]:
+            continue
+        y = _yardstick_p95(r[acc], c)
+        closed.append(
+            f"{key} {'paper' if acc == 'paper' else 'equal'} {_share(y['closed'])} "
+            f"({c['p95']:.1f} → {y['aragog']:.1f} s vs per-input {c['p95_pi']:.1f} s"
+            + (", meets it)" if y["meets"] else ")")
+        )
+    if closed:
+        met_y = sum(x.endswith("meets it)") for x in closed)
+        L += [
+            "Share of the P95 gap (aragog's P95 minus per-input's, at aragog's highest sustained rate) that the "
+            f"yardstick router's masks close, per missed row (aragog-yardstick meets the bar in {met_y} of "
+            f"{len(closed)}): " + "; ".join(closed) + ".",
+            "",
+        ]
     return L
 
 

@@ -36,7 +36,8 @@ from aragog_jax.router import (  # noqa: E402
     fit_router,
     save_checkpoint,
 )
-from bench.router_yardstick import routing_p50_ms, training_draw  # noqa: E402
+from bench._yardstick import training_draw  # noqa: E402
+from bench.router_yardstick import routing_p50_ms  # noqa: E402
 
 
 @dataclass(frozen=True)

@@ -37,47 +37,22 @@ from aragog_jax.router import (  # noqa: E402
     ROUTERS_DIR,
     Router,
     admitted_masks,
-    calibrate,
     load_checkpoint,
     routing_report,
 )
 from aragog_jax.spec import shipped_workflows  # noqa: E402
+from bench._yardstick import (  # noqa: E402
+    NUM_INPUTS,
+    NUM_SAMPLES,
+    SEED,
+    calibrate_yardstick,
+    calibration_settings,
+    training_draw,
+)
 
 FAMILIES = ("qwen", "llama", "mixed")
-#: The routers' training draw (scripts/train_routers.sh).
-NUM_INPUTS, SEED = 60000, 1000
 #: Target share of the yardstick's flexibility (issue 18).
 TARGET_SHARE = 0.85
-
-
-def training_draw(
-    workflow: str,
-    family: str,
-    num_inputs: int = NUM_INPUTS,
-    seed: int = SEED,
-    data_dir: Path | None = None,
-):
-    """``(space, dataset, latents)`` of the routers' training draw for one pair.
-
-    With ``data_dir``, the dataset is read from ``data_dir/<workflow>/<family>`` when an
-    earlier call wrote it there (drawing 60,000 inputs takes a while), else drawn and saved.
-    """
-    from aragog_jax.data import generate, load_dataset, save_dataset, synth_latents
-    from aragog_jax.space import load_space
-
-    space = load_space(workflow, family)
-    wf = space.spec
-    cached = None if data_dir is None else Path(data_dir) / workflow / family
-    if cached is not None and (cached / "scores.npy").exists():
-        ds = load_dataset(cached, space)
-    else:
-        ds = generate(space, wf, num_inputs=num_inputs, seed=seed, family=family)
-        if cached is not None:
-            save_dataset(ds, cached)
-    if ds.num_inputs != num_inputs or ds.meta.get("seed") != seed:
-        raise ValueError(f"{cached}: holds {ds.num_inputs} inputs of seed {ds.meta.get('seed')}")
-    lat = synth_latents(space, wf, num_inputs=num_inputs, seed=seed, family=family)
-    return space, ds, lat
 
 
 def routing_p50_ms(ckpt: Path, text: str, min_time: float = 1.0) -> dict:
@@ -104,25 +79,6 @@ def routing_p50_ms(ckpt: Path, text: str, min_time: float = 1.0) -> dict:
     return {"wall": 1e3 * statistics.median(wall), "cpu": 1e3 * statistics.median(cpu)}
 
 
-def calibration_settings(meta) -> dict:
-    """The calibration arguments a checkpoint was made with (``calibrate``'s keywords)."""
-    cal, tr = meta.calibration, meta.training
-    return {
-        "epsilon": float(cal.get("epsilon", 0.02)),
-        "confidence": float(cal.get("confidence", 0.95)),
-        "guarantee": str(cal.get("guarantee", "cheapest")),
-        "policy_fraction": float(tr.get("policy_fraction", 0.4)),
-        "seed": int(tr.get("seed", 0)),
-    }
-
-
-def yardstick_logits(prob: np.ndarray, num_samples: int) -> np.ndarray:
-    """Logits of the yardstick's probabilities, kept finite (half a draw from 0 and 1)."""
-    eps = 0.5 / num_samples
-    p = np.clip(prob, eps, 1.0 - eps)
-    return np.log(p / (1.0 - p)).astype(np.float32)
-
-
 def evaluate_pair(
     workflow: str,
     family: str,
@@ -131,15 +87,11 @@ def evaluate_pair(
     time_routing: bool,
     data_dir: Path | None = None,
 ) -> dict:
-    from aragog_jax.data import latent_accuracy
-
     t0 = time.perf_counter()
     space, ds, lat = training_draw(workflow, family, data_dir=data_dir)
     cal_i, test_i = ds.split_index("calibration"), ds.split_index("test")
     labels = ds.labels(space.c_max)
-    y_cal, y_test, s_test = labels[cal_i], labels[test_i], ds.scores[test_i]
-    prob = latent_accuracy(space, lat, num_samples=num_samples)
-    ylog = yardstick_logits(prob, num_samples)
+    y_test, s_test = labels[test_i], ds.scores[test_i]
     oracle = routing_report(y_test, s_test, y_test, space.c_max)
     row: dict = {
         "workflow": workflow,
@@ -175,17 +127,17 @@ def evaluate_pair(
             entry["routing_p50_ms"], entry["routing_cpu_p50_ms"] = p50["wall"], p50["cpu"]
         row["routers"][name] = entry
     settings = settings or calibration_settings(type("M", (), {"calibration": {}, "training": {}}))
-    cal = calibrate(ylog[cal_i], y_cal, space.c_max, **settings)
+    ys, ylog = calibrate_yardstick(space, ds, lat, settings, num_samples)
     yrep = routing_report(
-        admitted_masks(ylog[test_i], cal.thresholds, space.c_max), s_test, y_test, space.c_max
+        admitted_masks(ylog[test_i], ys.thresholds, space.c_max), s_test, y_test, space.c_max
     )
     row["calibration"] = settings
     row["yardstick"] = {
         "flexibility_kept": yrep["flexibility_kept"],
         "delta_cheapest_points": yrep["delta_cheapest_points"],
         "admitted_mean": yrep["admitted_mean"],
-        "level": cal.level,
-        "policy_bound": cal.policy_bound,
+        "level": ys.level,
+        "policy_bound": ys.policy_bound,
         "num_samples": num_samples,
     }
     for entry in row["routers"].values():
@@ -266,7 +218,10 @@ def main(argv=None) -> int:
         help=f"router set(s) laid out as DIR/<workflow>/<family>.npz (default shipped={ROUTERS_DIR})",
     )
     parser.add_argument(
-        "--num-samples", type=int, default=1 << 15, help="luck draws per role (default %(default)s)"
+        "--num-samples",
+        type=int,
+        default=NUM_SAMPLES,
+        help="luck draws per role (default %(default)s)",
     )
     parser.add_argument("--no-timing", action="store_true", help="skip the routing p50")
     parser.add_argument(

@@ -16,6 +16,12 @@ Policies (``POLICIES``):
   paper's best case for per-input routing), fixed at arrival, no routing time.
 * ``per_input-router``: the cheapest configuration the same trained router admits,
   fixed at arrival, routing time charged: what a deployment would compare against.
+* ``aragog-yardstick`` / ``per_input-yardstick``: ``aragog`` / ``per_input-router`` over
+  the yardstick router's calibrated masks (the best calibrated router the synthetic
+  data allows; ``bench/_yardstick.py`` builds them into :class:`Masks`), routing time
+  charged as for the trained router. Diagnostic: they run at every rate of the grid but
+  place no knee rates and do not enter the rate every policy sustains
+  (``DIAGNOSTIC_POLICIES``), so adding them leaves the other policies' figures unchanged.
 * ``per_workflow``: one configuration for every request: the cheapest whose accuracy
   matches ``c_max`` within ``workflow_tolerance`` (default 0.02, the same 2-point budget
   Aragog's accuracy is judged by), picked on the calibration split (topped up from the
@@ -50,6 +56,7 @@ from aragog_jax.scheduler import DEFAULT_BEAM_WIDTH
 from aragog_jax.sim._driver import RunConfig, RunResult, simulate
 from aragog_jax.sim._setup import ROUTERS_DIR, Setup, per_workflow_config, selection_rows
 from aragog_jax.sim._summary import (
+    DIAGNOSTIC_POLICIES,
     SUSTAINED_SHARE,
     admitted_hist,
     aggregate,
@@ -68,6 +75,8 @@ POLICIES = (
     "per_input",
     "per_input-router",
     "per_workflow",
+    "aragog-yardstick",
+    "per_input-yardstick",
 )
 _SCHEDULER_POLICY = {
     "aragog": "aragog",
@@ -78,10 +87,23 @@ _SCHEDULER_POLICY = {
     "per_input": "per_input",
     "per_input-router": "per_input",
     "per_workflow": "per_workflow",
+    "aragog-yardstick": "aragog",
+    "per_input-yardstick": "per_input",
 }
-_USES_ROUTER = {"aragog", "aragog-paper", "aragog-scarce", "greedy", "per_input-router"}
+#: Policies charged the routing time per request.
+_USES_ROUTER = {
+    "aragog",
+    "aragog-paper",
+    "aragog-scarce",
+    "greedy",
+    "per_input-router",
+    "aragog-yardstick",
+    "per_input-yardstick",
+}
+#: Policies over the yardstick router's masks (:attr:`Masks.yardstick`).
+_USES_YARDSTICK = {"aragog-yardstick", "per_input-yardstick"}
 #: Policies that run one fixed configuration per request (no admitted-set histogram).
-_FIXED = {"per_input", "per_input-router", "per_workflow"}
+_FIXED = {"per_input", "per_input-router", "per_workflow", "per_input-yardstick"}
 
 
 @dataclass(frozen=True)
@@ -163,6 +185,21 @@ class Masks:
     oracle: np.ndarray  # bool[N, C]
     source: str  # "router:<path>" or "oracle (no router checkpoint)"
     route_cost_s: float
+    yardstick: np.ndarray | None = None  # bool[N, C] the yardstick router's masks, if built
+    yardstick_source: str = ""
+
+    def for_policy(self, policy: str) -> tuple[np.ndarray, str]:
+        """The masks ``policy`` schedules over, and where they come from."""
+        if policy in _USES_YARDSTICK:
+            if self.yardstick is None:
+                raise AragogError(
+                    f"policy {policy!r} needs the yardstick router's masks (Masks.yardstick; "
+                    "bench/paper.py builds them with bench/_yardstick.py)"
+                )
+            return self.yardstick, self.yardstick_source
+        if policy in _USES_ROUTER:
+            return self.router, self.source
+        return self.oracle, "oracle"
 
 
 def build_masks(setup: Setup, router: str | None, route_cost_s: float | None) -> Masks:
@@ -244,7 +281,7 @@ def run_sweep(
     runs: dict[str, list[RunResult]] = {}
     for p in sweep.policies:
         use_router = p in _USES_ROUTER
-        mask = masks.router if use_router else masks.oracle
+        mask, source = masks.for_policy(p)
         per_rate = []
         for rate in rates:
             cfg = RunConfig(
@@ -273,9 +310,7 @@ def run_sweep(
                 bar.set_postfix(policy=p, rate=f"{rate:g}")
         policies[p] = {
             "per_rate": per_rate,
-            "masks": ("oracle" if not use_router else masks.source)
-            if p != "per_workflow"
-            else f"config {pwf}",
+            "masks": source if p != "per_workflow" else f"config {pwf}",
             "admitted": admitted_hist(mask[setup.rows]) if p not in _FIXED else None,
         }
         policies[p].update(aggregate(per_rate))
@@ -387,6 +422,17 @@ def merge_sweeps(a: dict, b: dict) -> dict:
     return out
 
 
+def knee_curves(summaries: list[dict]) -> list[list[dict]]:
+    """The per-rate curves whose knees :func:`run_dense` refines: every policy of every
+    summary but the ``DIAGNOSTIC_POLICIES``."""
+    return [
+        d["per_rate"]
+        for summ in summaries
+        for p, d in summ["policies"].items()
+        if p not in DIAGNOSTIC_POLICIES
+    ]
+
+
 def run_dense(
     arms: list[tuple[Setup, tuple[str, ...]]],
     sweep: SweepConfig,
@@ -411,7 +457,7 @@ def run_dense(
         run_sweep(s, replace(base, policies=pols), progress=progress, keep_runs=keep_runs, masks=m)
         for (s, pols), m in zip(arms, masks, strict=True)
     ]
-    curves = [d["per_rate"] for summ in first for d in summ["policies"].values()]
+    curves = knee_curves(first)
     extra = refine_rates(coarse, curves, per_knee=sweep.per_knee, min_rates=sweep.min_rates)
     out = []
     for (s, pols), m, summ in zip(arms, masks, first, strict=True):

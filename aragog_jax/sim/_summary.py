@@ -190,18 +190,24 @@ def admitted_hist(mask: np.ndarray) -> dict:
 
 
 LATENCY_KEYS = ("mean", "p25", "p50", "p95")
+#: Policies run only to explain others' figures (masks no deployment has): they place no
+#: knee rates (``refine_rates`` in ``run_dense``) and do not enter the highest rate every
+#: policy sustains.
+DIAGNOSTIC_POLICIES = frozenset({"aragog-yardstick", "per_input-yardstick"})
 
 
 def latency_at_rates(policies: dict) -> dict:
     """Every policy's latency (mean, P25, P50, P95) at two rates of a shared grid: the
-    highest rate every policy sustains (``common``) and the highest rate aragog
+    highest rate every policy sustains (``common``; ``DIAGNOSTIC_POLICIES`` aside) and the
+    highest rate aragog
     sustains (``aragog``), with aragog's change vs each baseline in percent. Empty when
     the policies do not share one rate grid or no such rate exists (``None`` entries)."""
     grids = {tuple(round(r["rate"], 6) for r in d["per_rate"]) for d in policies.values()}
     if len(grids) != 1 or not policies:
         return {}
     n = len(next(iter(grids)))
-    every = [i for i in range(n) if all(sustains(d["per_rate"][i]) for d in policies.values())]
+    judged = [d for p, d in policies.items() if p not in DIAGNOSTIC_POLICIES]
+    every = [i for i in range(n) if all(sustains(d["per_rate"][i]) for d in judged)]
     at = {"common": every[-1] if every else None}
     if "aragog" in policies:
         at["aragog"] = highest_sustained_index(policies["aragog"]["per_rate"])

@@ -9,7 +9,7 @@ import pytest
 from aragog_jax.data import AccuracyDataset
 from aragog_jax.errors import AragogError
 from aragog_jax.sim import SweepConfig, constrained_variant, load_setup, run_sweep
-from aragog_jax.sim._experiment import Masks, merge_sweeps, refine_rates, run_dense
+from aragog_jax.sim._experiment import Masks, knee_curves, merge_sweeps, refine_rates, run_dense
 from aragog_jax.sim._setup import selection_rows
 from aragog_jax.sim._summary import highest_sustained_index, latency_at_rates
 from aragog_jax.space import build_space
@@ -216,3 +216,66 @@ def test_every_shipped_workflow_has_a_constrained_space(name, ties):
     for a, b in ties.items():
         i, j = small.stage_names.index(a), small.stage_names.index(b)
         assert (small.configs[:, i] == small.configs[:, j]).all()
+
+
+def test_yardstick_policies_schedule_over_the_yardstick_masks_and_are_charged_routing(setup):
+    rng = np.random.default_rng(1)
+    n, c = setup.labels.shape
+    router = rng.random((n, c)) < 0.3
+    yard = rng.random((n, c)) < 0.3
+    router[:, setup.space.c_max] = yard[:, setup.space.c_max] = True
+    masks = Masks(
+        router=router,
+        oracle=setup.labels,
+        source="router:test",
+        route_cost_s=0.002,
+        yardstick=yard,
+        yardstick_source="yardstick:test",
+    )
+    pols = ("per_input-router", "per_input-yardstick", "aragog-yardstick")
+    summ = run_sweep(
+        setup,
+        _sweep(policies=pols, rates=(3.0,)),
+        progress=False,
+        keep_runs=True,
+        masks=masks,
+    )
+    for pol, mask in (("per_input-router", router), ("per_input-yardstick", yard)):
+        res = summ["_runs"][pol][0]
+        done = res.config_idx >= 0
+        assert (res.config_idx[done] == np.argmax(mask[res.rows[done]], axis=1)).all()
+    res = summ["_runs"]["aragog-yardstick"][0]
+    done = res.config_idx >= 0
+    assert done.any() and yard[res.rows[done], res.config_idx[done]].all()  # only admitted ones
+    for p in ("per_input-yardstick", "aragog-yardstick"):
+        assert summ["_runs"][p][0].route_s[0] == 0.002
+        assert summ["policies"][p]["masks"] == "yardstick:test"
+    assert summ["policies"]["per_input-yardstick"]["admitted"] is None  # a fixed configuration
+    assert summ["policies"]["aragog-yardstick"]["admitted"]["mean"] == pytest.approx(
+        yard[setup.rows].sum(axis=1).mean()
+    )
+    with pytest.raises(AragogError, match="yardstick router's masks"):
+        run_sweep(
+            setup,
+            _sweep(policies=("aragog-yardstick",), rates=(3.0,)),
+            progress=False,
+            masks=Masks(router, setup.labels, "router:test", 0.0),
+        )
+
+
+def test_diagnostic_policies_neither_place_knees_nor_move_the_common_rate():
+    rates = (1.0, 2.0, 4.0, 8.0)
+    pols = {
+        "aragog": {"per_rate": _curve(rates, [1.0, 2.0, 4.0, 7.5])},
+        "per_input": {"per_rate": _curve(rates, [1.0, 2.0, 4.0, 3.0])},
+        "aragog-yardstick": {"per_rate": _curve(rates, [0.5, 0.5, 0.5, 0.5])},  # sustains none
+    }
+    out = latency_at_rates(pols)
+    assert out["common"]["rate"] == 4.0  # without the diagnostic arm it would be None
+    assert out["common"]["sustained"]["aragog-yardstick"] is False  # still reported
+    assert "aragog-yardstick" in out["aragog"]["aragog_change_pct"]
+    summ = [{"policies": pols}]
+    assert [id(c) for c in knee_curves(summ)] == [
+        id(pols["aragog"]["per_rate"]),
+        id(pols["per_input"]["per_rate"]),
+    ]
