@@ -264,6 +264,8 @@ def run_sweep(
             raise AragogError(f"unknown policy {p!r} (known: {', '.join(POLICIES)})")
     t0 = time.perf_counter()
     masks = masks if masks is not None else build_masks(setup, sweep.router, sweep.route_cost_s)
+    for p in sweep.policies:
+        masks.for_policy(p)  # a policy without its masks is refused before any run
     rates = sweep.rates or auto_rates(setup, sweep.num_rates)
     sel_rows, sel_note = selection_rows(setup.dataset)
     pwf = per_workflow_config(
