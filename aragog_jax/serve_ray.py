@@ -13,11 +13,16 @@ One Serve application, two deployments:
 
 The scheduler is a Serve deployment rather than a bare actor so that one
 ``serve.run`` deploys, health-checks and restarts both parts, and so that replicas
-reach it through a ``DeploymentHandle`` that follows it across restarts.
-Replicas talk to the scheduler through its deployment handle with one call per event-
-loop turn (routed runs added, stages finished or failed, runs ended, in order) that
-returns their assignments, plus one long poll each for assignments made on another
-replica's call; never a call per stage (see :mod:`aragog_jax.serving._remote`).
+find it through a ``DeploymentHandle`` that follows it across restarts. Replicas talk
+to the scheduler with one call per event-loop turn (routed runs added, stages finished
+or failed, runs ended, in order) that returns their assignments, plus one long poll
+each for assignments made on another replica's call; never a call per stage (see
+:mod:`aragog_jax.serving._remote`). Those calls go over keep-alive HTTP to the
+scheduler replica's :class:`~aragog_jax.serving.ExchangeServer` (on its node's IP; the
+handle hands out its URL and token, and again after a failed call, so a restarted
+scheduler is found): a Serve handle call costs several times a plain HTTP call on the
+same path (Serve's router, a streaming actor call, the replica's thread hop), and one is
+on the way of every stage (``bench/scale_out.py --profile``).
 
 Why the ingress relays to an in-replica aiohttp server: Serve's HTTP proxy hands a
 deployment either a Starlette request (``__call__``) or an ASGI scope (``serve.ingress``),
@@ -43,6 +48,7 @@ from __future__ import annotations
 
 import logging
 import socket
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -52,7 +58,9 @@ from aragog_jax.errors import SpecError
 from aragog_jax.scheduler import DEFAULT_BEAM_WIDTH
 from aragog_jax.serving import (
     LEASE_S,
-    Reply,
+    ExchangeServer,
+    HttpLink,
+    Latencies,
     SchedulerHost,
     ServeOptions,
     Server,
@@ -106,8 +114,8 @@ def _deployments():
     from ray import serve
     from starlette.responses import Response, StreamingResponse
 
-    # No access log line per call: the scheduler answers one exchange per replica per
-    # loop turn, and Serve's INFO line for each cost CPU and buried everything else.
+    # No access log line per call (the scheduler's only calls are the replicas' look-ups
+    # and stats; Serve's INFO line for each cost CPU and buried everything else).
     @serve.deployment(
         name="scheduler",
         num_replicas=1,
@@ -116,6 +124,8 @@ def _deployments():
     )
     class SchedulerDeployment:
         async def __init__(self, cfg: RayServeConfig):
+            import ray
+
             _quiet_jax()
             self.host = SchedulerHost(
                 cfg.load(),
@@ -125,39 +135,40 @@ def _deployments():
                 warm_up=cfg.warm_up,
             )
             await self.host.open()
+            # on the node's address, so replicas on other nodes reach it
+            self.server = ExchangeServer(self.host, bind=ray.util.get_node_ip_address())
+            await self.server.start()
 
-        async def exchange(self, replica: str, events: list, wait_s: float) -> Reply:
-            return await self.host.exchange(replica, events, wait_s)
-
-        def engine_urls(self) -> dict[str, str]:
-            return dict(self.host.urls)
+        def endpoint(self) -> tuple[str, str]:
+            """Where the replicas call this scheduler: (base URL, token)."""
+            return self.server.endpoint
 
         def stats(self) -> dict[str, int]:
             return self.host.stats()
 
-    class HandleLink:
-        """A replica's way to the scheduler: its deployment handle."""
+        def timings(self) -> dict:
+            return self.host.timings()
 
-        def __init__(self, handle):
-            self.handle = handle
-
-        async def engine_urls(self) -> dict[str, str]:
-            return await self.handle.engine_urls.remote()
-
-        async def exchange(self, replica: str, events: list, wait_s: float) -> Reply:
-            return await self.handle.exchange.remote(replica, events, wait_s)
+        async def __del__(self):  # Serve's graceful stop of this replica
+            await self.server.stop()
+            await self.host.close()
 
     @serve.deployment(name="ingress", health_check_period_s=2)
     class Ingress:
         async def __init__(self, scheduler, cfg: RayServeConfig):
             _quiet_jax()
+
+            async def locate() -> tuple[str, str]:
+                return await scheduler.endpoint.remote()
+
             fleet = cfg.load(host="127.0.0.1", port=0)
+            self.link = HttpLink(locate)
             options = ServeOptions(
                 keep_rounds=cfg.keep_rounds,
                 policy=cfg.policy,
                 beam_width=cfg.beam_width,
                 warm_up=cfg.warm_up,
-                remote=HandleLink(scheduler),
+                remote=self.link,
             )
             self.server = Server(fleet, options)
             url = await self.server.start()
@@ -167,9 +178,11 @@ def _deployments():
                 timeout=aiohttp.ClientTimeout(total=None),
                 connector=aiohttp.TCPConnector(limit=0),
             )
+            self.relay_s = Latencies()  # __call__ of a plain (not streamed) reply
 
         async def __call__(self, request):
             """Relay the request to this replica's server; stream the reply back."""
+            t0 = time.perf_counter()
             path = request.url.path + (f"?{request.url.query}" if request.url.query else "")
             headers = [(k, v) for k, v in request.headers.items() if k.lower() not in _HOP]
             body = await request.body()
@@ -182,6 +195,7 @@ def _deployments():
                     data = await resp.read()
                 finally:
                     resp.release()
+                self.relay_s.add(time.perf_counter() - t0)
                 return Response(data, status_code=resp.status, headers=out)
 
             async def chunks():
@@ -204,6 +218,18 @@ def _deployments():
                 "calls": ex.sched.num_calls,
                 "runs": ex.num_in_flight,
             }
+
+        def timings(self) -> dict:
+            """Where a request's time goes in this replica (``scale_out.py --profile``)."""
+            return {
+                "relay": self.relay_s.summary(),
+                "exchange": self.server.executor.sched.exchange_s.summary(),
+            }
+
+        async def __del__(self):  # Serve's graceful stop of this replica
+            await self.server.stop()
+            await self.http.close()
+            await self.link.close()
 
     return SchedulerDeployment, Ingress
 

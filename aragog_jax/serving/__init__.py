@@ -13,6 +13,9 @@ from aragog_jax.serving._loopback import LoopbackServer
 from aragog_jax.serving._monitor import EngineLoadState, EngineReading, LoadMonitor
 from aragog_jax.serving._remote import (
     LEASE_S,
+    ExchangeServer,
+    HttpLink,
+    Latencies,
     LocalLink,
     RemotePort,
     Reply,
@@ -30,8 +33,11 @@ __all__ = [
     "EmulatedEngine",
     "EngineReading",
     "EngineLoadState",
+    "ExchangeServer",
     "FakeEngine",
     "FleetRuntime",
+    "HttpLink",
+    "Latencies",
     "LoadMonitor",
     "LoopbackServer",
     "LEASE_S",

@@ -6,7 +6,9 @@ executors reach it through :class:`RemotePort`, which has the interface of the i
 :class:`~._sched.SchedulerPort`; :class:`SchedulerHost` holds the one real
 ``SchedulerPort``, the load monitor and the rounds. Nothing here knows Ray: the
 transport is one coroutine, ``exchange(replica, events, wait_s) -> Reply``, which
-:mod:`._ray` carries over a Serve deployment handle (and tests call directly).
+:class:`ExchangeServer` and :class:`HttpLink` carry over keep-alive HTTP
+(:mod:`aragog_jax.serve_ray` finds the server through the scheduler deployment's
+handle), and tests also call directly (:class:`LocalLink`).
 
 Batching: a replica's port records what its executor tells the scheduler (a routed run
 added, held or not; a held run released or its admitted set widened, when routing
@@ -40,14 +42,20 @@ Consistency (what happens when a part dies; no request is lost silently):
 from __future__ import annotations
 
 import asyncio
+import hmac
 import logging
+import pickle
+import secrets
 import time
 import uuid
+from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
+import aiohttp
 import numpy as np
+from aiohttp import web
 
 from aragog_jax.engines.client import ClientLimits, EngineClient
 from aragog_jax.errors import AragogError, NoViableConfigurationError
@@ -72,6 +80,30 @@ class SchedulerUnavailable(AragogError):
     """The scheduler cannot be reached (serve --ray): 503."""
 
 
+class Latencies:
+    """The last ``keep`` durations of one step (seconds) and how many there were: what
+    ``bench/scale_out.py --profile`` reads from the parts of ``serve --ray``."""
+
+    def __init__(self, keep: int = 4096):
+        self.recent: deque[float] = deque(maxlen=keep)
+        self.count = 0
+
+    def add(self, seconds: float) -> None:
+        self.recent.append(seconds)
+        self.count += 1
+
+    def summary(self) -> dict[str, float]:
+        if not self.recent:
+            return {"count": self.count}
+        xs = np.sort(np.fromiter(self.recent, dtype=np.float64))
+        return {
+            "count": self.count,
+            "p50_ms": float(np.median(xs)) * 1e3,
+            "p90_ms": float(xs[int(0.9 * (len(xs) - 1))]) * 1e3,
+            "mean_ms": float(xs.mean()) * 1e3,
+        }
+
+
 # Events, in the order the executor made them: ("add", run_id, workflow, mask, held,
 # settled), ("release", run_id), ("widen", run_id, mask), ("settle", run_id),
 # ("finished", run_id, stage),
@@ -94,7 +126,7 @@ Exchange = Callable[[str, list[Event], float], Awaitable[Reply]]
 
 
 class SchedulerLink(Protocol):
-    """How a replica's server reaches the host (:mod:`._ray`: a Serve deployment handle)."""
+    """How a replica's server reaches the host (:class:`HttpLink`, :class:`LocalLink`)."""
 
     async def engine_urls(self) -> dict[str, str]: ...
 
@@ -112,6 +144,103 @@ class LocalLink:
 
     async def exchange(self, replica: str, events: list[Event], wait_s: float) -> Reply:
         return await self.host.exchange(replica, list(events), wait_s)
+
+
+class ExchangeServer:
+    """A host's ``exchange`` over HTTP, on its own event loop: ``POST /exchange`` carries a
+    pickled ``(replica, events, wait_s)`` and answers the pickled :class:`Reply`;
+    ``GET /engines`` the engine URLs (JSON). Every call shows the server's random
+    token (``Authorization: Bearer``), checked before anything is unpickled: only what
+    was told the token (over the cluster's own channel: ``serve --ray`` hands it out
+    through the scheduler deployment's handle) can call. A plain keep-alive HTTP call
+    costs a replica far less than a Serve handle call (bench/results/scale_out_profile.md).
+
+    A replica that hangs up (its call timed out, or it is closing) cancels its call's
+    wait; plans leave the mailbox only into a reply, so a cancelled wait loses nothing
+    (a reply lost on the way is a failed call: the replica fails its runs with 503)."""
+
+    def __init__(self, host: SchedulerHost, bind: str = "127.0.0.1", port: int = 0):
+        self.host = host
+        self.token = secrets.token_hex(16)
+        app = web.Application(client_max_size=64 * 1024**2)
+        app.router.add_post("/exchange", self._exchange)
+        app.router.add_get("/engines", self._engines)
+        self.server = LoopbackServer(app, host=bind, port=port, handler_cancellation=True)
+
+    async def start(self) -> str:
+        """Listen; returns the base URL."""
+        return await self.server.start()
+
+    async def stop(self) -> None:
+        await self.server.stop()
+
+    @property
+    def endpoint(self) -> tuple[str, str]:
+        """What a replica needs to call: (base URL, token)."""
+        return self.server.url, self.token
+
+    def _allowed(self, request: web.Request) -> bool:
+        shown = request.headers.get("Authorization", "").encode()
+        return hmac.compare_digest(shown, f"Bearer {self.token}".encode())
+
+    async def _exchange(self, request: web.Request) -> web.Response:
+        if not self._allowed(request):
+            return web.Response(status=403, text="wrong or missing scheduler token")
+        replica, events, wait_s = pickle.loads(await request.read())
+        reply = await self.host.exchange(replica, events, wait_s)
+        return web.Response(body=pickle.dumps(reply, protocol=pickle.HIGHEST_PROTOCOL))
+
+    async def _engines(self, request: web.Request) -> web.Response:
+        if not self._allowed(request):
+            return web.Response(status=403, text="wrong or missing scheduler token")
+        return web.json_response(dict(self.host.urls))
+
+
+class HttpLink:
+    """A replica's way to a host behind an :class:`ExchangeServer`: keep-alive HTTP calls.
+
+    ``locate()`` says where the host is, as (base URL, token); it is asked again after a
+    call fails, so a host that restarted elsewhere (``serve --ray``: a new scheduler
+    replica, a new port and token) is found by the next call. Close it when done."""
+
+    def __init__(self, locate: Callable[[], Awaitable[tuple[str, str]]]):
+        self._locate = locate
+        self._where: tuple[str, str] | None = None
+        self._http: aiohttp.ClientSession | None = None
+
+    async def _endpoint(self) -> tuple[aiohttp.ClientSession, str, dict[str, str]]:
+        if self._where is None:
+            self._where = tuple(await self._locate())
+        if self._http is None:
+            self._http = aiohttp.ClientSession(
+                timeout=aiohttp.ClientTimeout(total=None),  # RemotePort bounds every call
+                connector=aiohttp.TCPConnector(limit=0),
+            )
+        url, token = self._where
+        return self._http, url, {"Authorization": f"Bearer {token}"}
+
+    async def engine_urls(self) -> dict[str, str]:
+        http, url, auth = await self._endpoint()
+        async with http.get(f"{url}/engines", headers=auth) as r:
+            r.raise_for_status()
+            return await r.json()
+
+    async def exchange(self, replica: str, events: list[Event], wait_s: float) -> Reply:
+        try:
+            http, url, auth = await self._endpoint()
+            body = pickle.dumps((replica, events, wait_s), protocol=pickle.HIGHEST_PROTOCOL)
+            async with http.post(f"{url}/exchange", data=body, headers=auth) as r:
+                if r.status != 200:
+                    raise ConnectionError(f"the scheduler answered HTTP {r.status}")
+                return pickle.loads(await r.read())
+        except BaseException:
+            self._where = None  # find it again: it may have restarted elsewhere
+            raise
+
+    async def close(self) -> None:
+        if self._http is not None:
+            await self._http.close()
+            self._http = None
 
 
 @dataclass
@@ -158,6 +287,8 @@ class SchedulerHost:
         self._late_warm: asyncio.Future | None = None
         self.num_rounds = 0
         self.num_calls = 0
+        self.service = Latencies()  # a call with events: applying them and its round
+        self.round_s = Latencies()  # one round's decision (the scheduler's batched call)
 
     async def open(self) -> None:
         st = self.fleet.settings
@@ -209,20 +340,32 @@ class SchedulerHost:
         box = self._boxes.get(replica)
         if box is None:
             box = self._boxes[replica] = _Mailbox()
-        box.seen = time.monotonic()
+        box.seen = t0 = time.monotonic()
         if events:
             self._apply(replica, box, events)
             await self._round_soon()
-        if wait_s > 0 and not (box.plans or box.failures):
-            box.wake.clear()
-            try:
-                await asyncio.wait_for(box.wake.wait(), wait_s)
-            except TimeoutError:
-                pass
+            self.service.add(time.monotonic() - t0)
+        if wait_s > 0:
+            await self._wait(box, t0 + wait_s)
         box.seen = time.monotonic()
         reply = Reply(self.epoch, box.plans, box.failures, self.port.num_ready)
         box.plans, box.failures = [], []
         return reply
+
+    @staticmethod
+    async def _wait(box: _Mailbox, until: float) -> None:
+        """A long poll: until the mailbox has something or ``until`` (monotonic) passes.
+        A wake-up that finds it empty again (the replica's own call with events took the
+        plan first) keeps waiting: answering it would only cost a call to renew it."""
+        while not (box.plans or box.failures):
+            left = until - time.monotonic()
+            if left <= 0:
+                return
+            box.wake.clear()
+            try:
+                await asyncio.wait_for(box.wake.wait(), left)
+            except TimeoutError:
+                return
 
     def _apply(self, replica: str, box: _Mailbox, events: list[Event]) -> None:
         now = time.monotonic()
@@ -328,7 +471,9 @@ class SchedulerHost:
     def _run_round(self) -> None:
         fut, self._round = self._round, None
         try:
+            t0 = time.perf_counter()
             plan = self.port.round(self.monitor.snapshot)
+            self.round_s.add(time.perf_counter() - t0)
             if plan is not None:
                 self._file(plan)
         finally:
@@ -394,6 +539,10 @@ class SchedulerHost:
             "in_flight": sum(st.in_flight for st in self.engines.values()),
         }
 
+    def timings(self) -> dict[str, dict[str, float]]:
+        """Where a call's time goes in the host (``bench/scale_out.py --profile``)."""
+        return {"service": self.service.summary(), "round": self.round_s.summary()}
+
 
 class RemotePort:
     """The executor's scheduler port when the scheduler is a :class:`SchedulerHost`
@@ -413,6 +562,7 @@ class RemotePort:
         self.replica = replica or f"replica-{uuid.uuid4().hex[:12]}"
         self.num_ready = 0  # over all replicas, as of the last reply
         self.num_calls = 0
+        self.exchange_s = Latencies()  # calls with events, as this replica waits for them
         self.epoch: str | None = None
         self.down: str = ""  # why the scheduler is unreachable ("" when it answers)
         self._events: list[Event] = []
@@ -567,6 +717,7 @@ class RemotePort:
 
     async def _call(self, events: list[Event], wait_s: float) -> Reply | None:
         self.num_calls += 1
+        t0 = time.perf_counter()
         try:
             reply = await asyncio.wait_for(
                 self._exchange(self.replica, events, wait_s), wait_s + self.call_timeout_s
@@ -576,6 +727,8 @@ class RemotePort:
         except Exception as exc:  # noqa: BLE001 - whatever the transport raises: down
             self._lost(f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__)
             return None
+        if events:
+            self.exchange_s.add(time.perf_counter() - t0)
         if self.down:
             log.warning("scheduler reachable again (epoch %s)", reply.epoch)
             self.down = ""
