@@ -149,6 +149,9 @@ def _deployments():
         def timings(self) -> dict:
             return self.host.timings()
 
+        def runs_by_replica(self) -> dict[str, int]:
+            return self.host.runs_by_replica()
+
         async def __del__(self):  # Serve's graceful stop of this replica
             await self.server.stop()
             await self.host.close()
@@ -162,7 +165,9 @@ def _deployments():
                 return await scheduler.endpoint.remote()
 
             fleet = cfg.load(host="127.0.0.1", port=0)
-            self.link = HttpLink(locate)
+            # the lease id at the scheduler is this replica's Serve id (its actor's name ends
+            # with it), so the scheduler's books and Ray's actors can be matched
+            self.link = HttpLink(locate, name=serve.get_replica_context().replica_id.unique_id)
             options = ServeOptions(
                 keep_rounds=cfg.keep_rounds,
                 policy=cfg.policy,
@@ -275,15 +280,17 @@ def deploy(cfg: RayServeConfig, *, host: str | None = None, port: int | None = N
     return f"http://{host}:{port}"
 
 
-def ingress_replicas() -> list:
-    """The ingress replicas' actor handles (for stats and fault injection)."""
+def ingress_replicas() -> dict:
+    """The live ingress replicas' actor handles by Serve replica id, which is also each
+    one's lease id at the scheduler (``runs_by_replica``): for fault injection."""
     import ray
 
-    return [
-        ray.get_actor(a["name"], namespace=a["namespace"])
+    prefix = f"SERVE_REPLICA::{APP_NAME}#ingress#"
+    return {
+        a["name"][len(prefix) :]: ray.get_actor(a["name"], namespace=a["namespace"])
         for a in ray.util.list_named_actors(all_namespaces=True)
-        if a["name"].startswith(f"SERVE_REPLICA::{APP_NAME}#ingress#")
-    ]
+        if a["name"].startswith(prefix)
+    }
 
 
 def main_ray(args) -> int:

@@ -126,7 +126,8 @@ Exchange = Callable[[str, list[Event], float], Awaitable[Reply]]
 
 
 class SchedulerLink(Protocol):
-    """How a replica's server reaches the host (:class:`HttpLink`, :class:`LocalLink`)."""
+    """How a replica's server reaches the host (:class:`HttpLink`, :class:`LocalLink`).
+    A link may have a ``name``: the replica's lease id at the host (default: a random one)."""
 
     async def engine_urls(self) -> dict[str, str]: ...
 
@@ -203,8 +204,11 @@ class HttpLink:
     call fails, so a host that restarted elsewhere (``serve --ray``: a new scheduler
     replica, a new port and token) is found by the next call. Close it when done."""
 
-    def __init__(self, locate: Callable[[], Awaitable[tuple[str, str]]]):
+    def __init__(
+        self, locate: Callable[[], Awaitable[tuple[str, str]]], *, name: str | None = None
+    ):
         self._locate = locate
+        self.name = name  # the replica's lease id at the host (None: a random one)
         self._where: tuple[str, str] | None = None
         self._http: aiohttp.ClientSession | None = None
 
@@ -538,6 +542,10 @@ class SchedulerHost:
             "calls": self.num_calls,
             "in_flight": sum(st.in_flight for st in self.engines.values()),
         }
+
+    def runs_by_replica(self) -> dict[str, int]:
+        """Runs in flight per replica lease id (tests pick a replica to kill by it)."""
+        return {replica: len(box.runs) for replica, box in self._boxes.items()}
 
     def timings(self) -> dict[str, dict[str, float]]:
         """Where a call's time goes in the host (``bench/scale_out.py --profile``)."""

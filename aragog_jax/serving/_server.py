@@ -151,7 +151,7 @@ class Server:
         port = None
         if remote is not None:
             urls = await remote.engine_urls()
-            port = RemotePort(remote.exchange)
+            port = RemotePort(remote.exchange, replica=getattr(remote, "name", None))
         else:
             urls, self.emulated = await start_engines(self.fleet)
         self.executor = Executor(
