@@ -146,8 +146,8 @@ def _deployments():
         def stats(self) -> dict[str, int]:
             return self.host.stats()
 
-        def timings(self) -> dict:
-            return self.host.timings()
+        def timings(self, since: dict[str, int] | None = None) -> dict:
+            return self.host.timings(since)
 
         def runs_by_replica(self) -> dict[str, int]:
             return self.host.runs_by_replica()
@@ -224,12 +224,12 @@ def _deployments():
                 "runs": ex.num_in_flight,
             }
 
-        def timings(self) -> dict:
-            """Where a request's time goes in this replica (``scale_out.py --profile``)."""
-            return {
-                "relay": self.relay_s.summary(),
-                "exchange": self.server.executor.sched.exchange_s.summary(),
-            }
+        def timings(self, since: dict[str, int] | None = None) -> dict:
+            """Where a request's time goes in this replica (``scale_out.py --profile``):
+            per step, the count and the percentiles after the counts in ``since``."""
+            since = since or {}
+            parts = {"relay": self.relay_s, "exchange": self.server.executor.sched.exchange_s}
+            return {k: lat.summary(since.get(k, 0)) for k, lat in parts.items()}
 
         async def __del__(self):  # Serve's graceful stop of this replica
             await self.server.stop()

@@ -92,10 +92,12 @@ class Latencies:
         self.recent.append(seconds)
         self.count += 1
 
-    def summary(self) -> dict[str, float]:
-        if not self.recent:
+    def summary(self, since: int = 0) -> dict[str, float]:
+        """Count, and percentiles of those recorded after the first ``since`` (still kept)."""
+        kept = list(self.recent)[-(self.count - since) :] if self.count > since else []
+        if not kept:
             return {"count": self.count}
-        xs = np.sort(np.fromiter(self.recent, dtype=np.float64))
+        xs = np.sort(np.asarray(kept, dtype=np.float64))
         return {
             "count": self.count,
             "p50_ms": float(np.median(xs)) * 1e3,
@@ -547,9 +549,12 @@ class SchedulerHost:
         """Runs in flight per replica lease id (tests pick a replica to kill by it)."""
         return {replica: len(box.runs) for replica, box in self._boxes.items()}
 
-    def timings(self) -> dict[str, dict[str, float]]:
-        """Where a call's time goes in the host (``bench/scale_out.py --profile``)."""
-        return {"service": self.service.summary(), "round": self.round_s.summary()}
+    def timings(self, since: dict[str, int] | None = None) -> dict[str, dict[str, float]]:
+        """Where a call's time goes in the host (``bench/scale_out.py --profile``): per
+        step, the count and the percentiles after the counts in ``since``."""
+        since = since or {}
+        parts = {"service": self.service, "round": self.round_s}
+        return {k: lat.summary(since.get(k, 0)) for k, lat in parts.items()}
 
 
 class RemotePort:
