@@ -267,14 +267,14 @@ def test_long_poll_sleeps_on_when_its_replicas_own_call_took_the_plan(tmp_path):
         await asyncio.sleep(0.01)
         wf = host.fleet.workflows["chain"]
         mask = np.ones(len(wf.space.configs), dtype=bool)
-        reply = await host.exchange("r", [("add", "run-1", "chain", mask, False)], 0.0)
+        reply = await host.exchange("r", [("add", "run-1", "chain", mask, False, True)], 0.0)
         assert [a.request_id for p in reply.plans for a in p.assignments] == ["run-1"]
         await asyncio.sleep(0.2)
         assert not poll.done(), poll.result()
         await host.exchange("r", [("cancel", "run-1")], 0.0)  # a failure wakes it with news
         host._fail("nothing", "x")  # no owner: nobody's mailbox
         assert not poll.done()
-        await host.exchange("r", [("add", "run-2", "chain", mask, False)], 0.0)
+        await host.exchange("r", [("add", "run-2", "chain", mask, False, True)], 0.0)
         host._fail("run-2", "engines gone")
         reply = await asyncio.wait_for(poll, 1.0)
         assert reply.failures == [("run-2", "engines gone")] and not reply.plans
