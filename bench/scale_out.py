@@ -30,6 +30,7 @@ only.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -237,18 +238,12 @@ def _closed(sl, url: str, args) -> dict:
     }
 
 
-def bench_serve(args) -> dict:
-    import ray
-    from ray import serve
-
-    from aragog_jax._provenance import git_sha
-    from aragog_jax.serve_ray import APP_NAME, RayServeConfig, deploy, free_port
-
-    sl = _serve_load()
-    load_before = os.getloadavg()
+@contextlib.contextmanager
+def _fake_fleet(sl):
+    """Instant fake engines (one per Qwen model, in their own process) and a fleet file
+    of them with bench/serve_load.py's chain workflow; yields the fleet's path."""
     models = sl._family_models("qwen")
     profile_of = sl._profiles_by_model()
-    rows = []
     fakes, lines = sl._spawn(
         [
             sys.executable,
@@ -264,36 +259,45 @@ def bench_serve(args) -> dict:
                 (f"fake-{i}", ln.split()[1], ln.split()[0], profile_of[ln.split()[1]])
                 for i, ln in enumerate(lines[:-1])
             ]
-            fleet = sl._write_fleet(
+            yield sl._write_fleet(
                 Path(tmp), engines, max_queue=1024, deadline_s=60.0, time_scale=1.0
             )
-            server, url = sl._start_server(fleet)
-            try:
-                rows.append({"mode": "single process", "replicas": 0, **_closed(sl, url, args)})
-            finally:
-                sl._stop(server)
-            print(
-                f"single process: {rows[-1]['dispatches_per_s']:,.0f} dispatches/s", file=sys.stderr
-            )
-            ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-            port = free_port()
-            try:
-                for n in [int(x) for x in args.replicas.split(",")]:
-                    cfg = RayServeConfig(
-                        fleet=str(fleet), replicas=n, replica_cpus=0, scheduler_cpus=0
-                    )
-                    url = deploy(cfg, host="127.0.0.1", port=port)
-                    rows.append({"mode": "Ray Serve", "replicas": n, **_closed(sl, url, args)})
-                    print(
-                        f"ray x{n}: {rows[-1]['dispatches_per_s']:,.0f} dispatches/s",
-                        file=sys.stderr,
-                    )
-                    serve.delete(APP_NAME)
-            finally:
-                serve.shutdown()
-                ray.shutdown()
     finally:
         sl._stop(fakes)
+
+
+def bench_serve(args) -> dict:
+    import ray
+    from ray import serve
+
+    from aragog_jax._provenance import git_sha
+    from aragog_jax.serve_ray import APP_NAME, RayServeConfig, deploy, free_port
+
+    sl = _serve_load()
+    load_before = os.getloadavg()
+    rows = []
+    with _fake_fleet(sl) as fleet:
+        server, url = sl._start_server(fleet)
+        try:
+            rows.append({"mode": "single process", "replicas": 0, **_closed(sl, url, args)})
+        finally:
+            sl._stop(server)
+        print(f"single process: {rows[-1]['dispatches_per_s']:,.0f} dispatches/s", file=sys.stderr)
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+        port = free_port()
+        try:
+            for n in [int(x) for x in args.replicas.split(",")]:
+                cfg = RayServeConfig(fleet=str(fleet), replicas=n, replica_cpus=0, scheduler_cpus=0)
+                url = deploy(cfg, host="127.0.0.1", port=port)
+                rows.append({"mode": "Ray Serve", "replicas": n, **_closed(sl, url, args)})
+                print(
+                    f"ray x{n}: {rows[-1]['dispatches_per_s']:,.0f} dispatches/s",
+                    file=sys.stderr,
+                )
+                serve.delete(APP_NAME)
+        finally:
+            serve.shutdown()
+            ray.shutdown()
     return {
         "git_sha_serve": git_sha(ROOT),
         "machine_serve": _machine(load_before),
@@ -422,61 +426,40 @@ def bench_profile(args) -> dict:
     sl = _serve_load()
     load_before = os.getloadavg()
     dur = args.duration_s
-    models = sl._family_models("qwen")
-    profile_of = sl._profiles_by_model()
-    fakes, lines = sl._spawn(
-        [
-            sys.executable,
-            str(ROOT / "bench" / "serve_load.py"),
-            "--_fake-engines",
-            ",".join(models),
-        ],
-        r"^ready",
-    )
     result: dict = {}
-    try:
-        with tempfile.TemporaryDirectory() as tmp:
-            engines = [
-                (f"fake-{i}", ln.split()[1], ln.split()[0], profile_of[ln.split()[1]])
-                for i, ln in enumerate(lines[:-1])
-            ]
-            fleet = sl._write_fleet(
-                Path(tmp), engines, max_queue=1024, deadline_s=60.0, time_scale=1.0
-            )
-            server, url = sl._start_server(fleet)
-            try:
-                asyncio.run(_sequential(url, 2.0))  # warm-up
-                single = asyncio.run(_sequential(url, dur))
-            finally:
-                sl._stop(server)
-            print(f"single process: {len(single)} requests", file=sys.stderr)
-            ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-            try:
-                port = free_port()
-                cfg = RayServeConfig(fleet=str(fleet), replicas=1, replica_cpus=0, scheduler_cpus=0)
-                url = deploy(cfg, host="127.0.0.1", port=port)
-                asyncio.run(_sequential(url, 3.0))  # warm-up (not in the timings below)
-                ingress = serve.get_deployment_handle("ingress", APP_NAME)
-                sched = serve.get_deployment_handle("scheduler", APP_NAME)
-                t_before = ingress.timings.remote().result()
-                h_before = sched.timings.remote().result()
-                on_ray = asyncio.run(_sequential(url, dur))
-                counts = {k: v["count"] for k, v in t_before.items()}
-                t_after = ingress.timings.remote(counts).result()
-                counts = {k: v["count"] for k, v in h_before.items()}
-                h_after = sched.timings.remote(counts).result()
-                print(f"ray: {len(on_ray)} requests", file=sys.stderr)
-                serve.delete(APP_NAME)
-                echo = serve.run(_floors(200), name="floor", route_prefix="/echo")
-                asyncio.run(_sequential(url, 1.0, "/echo"))
-                bare = asyncio.run(_sequential(url, dur, "/echo"))
-                transports = echo.transports.remote(300).result()
-                serve.delete("floor")
-            finally:
-                serve.shutdown()
-                ray.shutdown()
-    finally:
-        sl._stop(fakes)
+    with _fake_fleet(sl) as fleet:
+        server, url = sl._start_server(fleet)
+        try:
+            asyncio.run(_sequential(url, 2.0))  # warm-up
+            single = asyncio.run(_sequential(url, dur))
+        finally:
+            sl._stop(server)
+        print(f"single process: {len(single)} requests", file=sys.stderr)
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+        try:
+            port = free_port()
+            cfg = RayServeConfig(fleet=str(fleet), replicas=1, replica_cpus=0, scheduler_cpus=0)
+            url = deploy(cfg, host="127.0.0.1", port=port)
+            asyncio.run(_sequential(url, 3.0))  # warm-up (not in the timings below)
+            ingress = serve.get_deployment_handle("ingress", APP_NAME)
+            sched = serve.get_deployment_handle("scheduler", APP_NAME)
+            t_before = ingress.timings.remote().result()
+            h_before = sched.timings.remote().result()
+            on_ray = asyncio.run(_sequential(url, dur))
+            counts = {k: v["count"] for k, v in t_before.items()}
+            t_after = ingress.timings.remote(counts).result()
+            counts = {k: v["count"] for k, v in h_before.items()}
+            h_after = sched.timings.remote(counts).result()
+            print(f"ray: {len(on_ray)} requests", file=sys.stderr)
+            serve.delete(APP_NAME)
+            echo = serve.run(_floors(200), name="floor", route_prefix="/echo")
+            asyncio.run(_sequential(url, 1.0, "/echo"))
+            bare = asyncio.run(_sequential(url, dur, "/echo"))
+            transports = echo.transports.remote(300).result()
+            serve.delete("floor")
+        finally:
+            serve.shutdown()
+            ray.shutdown()
     calls = t_after["exchange"]["count"] - t_before["exchange"]["count"]
     services = h_after["service"]["count"] - h_before["service"]["count"]
     per_req = calls / len(on_ray)
