@@ -13,7 +13,11 @@ one front per peer pointed at it, all started once and left running:
   (``/v1/chat/completions``, ``model = "workflow:single"``): routing, a scheduling round,
   the engine call and the receipt, per request;
 * ``vllm-router``: the Rust load balancer (round robin over the one backend);
-* ``litellm``: the LiteLLM proxy with the backend as an ``openai/`` model.
+* ``litellm``: the LiteLLM proxy with the backend as an ``openai/`` model;
+* ``aiohttp-proxy``: the floor of aragog_jax's own transport: an aiohttp server (uvloop)
+  whose one handler reads the body and posts it unchanged to the backend through one
+  pooled aiohttp client session, then answers the backend's bytes: one aiohttp
+  request/response pair on each side and nothing else (no parsing, no routing, no round).
 
 A closed-loop client (``--concurrency`` clients, each sending the next request when the
 previous one ends) measures each front for ``--duration-s`` seconds per cell; rounds
@@ -64,7 +68,7 @@ PEERS = ROOT / ".venv-peers"
 SERVED = "bench-model"  # the backend's served model name
 MODEL = "Qwen2.5-7B-Instruct"  # a catalog model for aragog_jax's workflow spec
 TEXT = "Write a function that reverses a string."
-FRONTS = ("direct", "aragog_jax", "vllm-router", "litellm")
+FRONTS = ("direct", "aragog_jax", "aiohttp-proxy", "vllm-router", "litellm")
 BASE = "aragog_jax@base"  # --baseline: the same server from another checkout
 
 
@@ -107,6 +111,43 @@ def _backend_main() -> None:
         await asyncio.Event().wait()
 
     asyncio.run(go())
+
+
+def _proxy_main(backend: str) -> None:
+    """Child process: the aiohttp pass-through (front ``aiohttp-proxy``); prints its URL."""
+    from aiohttp import web
+
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - the package depends on uvloop where it builds
+        uvloop = None
+
+    async def go():
+        session = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=4096, limit_per_host=4096)
+        )
+        target = backend + "/v1/chat/completions"
+        headers = {"Content-Type": "application/json"}
+
+        async def chat(request: web.Request) -> web.Response:
+            body = await request.read()
+            async with session.post(target, data=body, headers=headers) as r:
+                raw = await r.read()
+                return web.Response(body=raw, status=r.status, content_type="application/json")
+
+        app = web.Application()
+        app.router.add_post("/v1/chat/completions", chat)
+        runner = web.AppRunner(app, access_log=None)
+        await runner.setup()
+        port = _free_port()
+        await web.TCPSite(runner, "127.0.0.1", port).start()
+        print(f"http://127.0.0.1:{port}", flush=True)
+        await asyncio.Event().wait()
+
+    if uvloop is not None:
+        uvloop.run(go())
+    else:
+        asyncio.run(go())
 
 
 def _write_aragog_fleet(tmp: Path, backend: str) -> Path:
@@ -446,9 +487,13 @@ def main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "peers.json")
     ap.add_argument("--_backend", dest="backend", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--_proxy", dest="proxy", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.backend:
         _backend_main()
+        return 0
+    if args.proxy:
+        _proxy_main(args.proxy)
         return 0
     if args.quick:
         args.rounds, args.duration_s = 1, 1.5
@@ -487,6 +532,11 @@ def main(argv: list[str] | None = None) -> int:
                 urls[BASE] = (url, proc.pid)
                 peers[BASE] = str(args.baseline)
                 fronts.insert(fronts.index("aragog_jax") + 1 if "aragog_jax" in fronts else 1, BASE)
+            if "aiohttp-proxy" in fronts:
+                proc, lines = _spawn([sys.executable, __file__, "--_proxy", backend], r"^http://")
+                procs.append(proc)
+                urls["aiohttp-proxy"] = (lines[-1].strip(), proc.pid)
+                peers["aiohttp-proxy"] = f"aiohttp {aiohttp.__version__}"
             for name in ("vllm-router", "litellm"):
                 if name not in fronts:
                     continue

@@ -1,7 +1,17 @@
-"""Where a request's time goes in the live server: a sampled CPU profile, by part.
+"""Where a request's time goes in the live server: timestamps along one request's path at
+1 client, and a sampled CPU profile by part at 1/32/128 clients.
 
     bash scripts/install_peers.sh py-spy        # the profiler, in .venv-peers/py-spy (once)
     python bench/request_profile.py             # writes bench/results/request_profile.{json,md}
+    python bench/request_profile.py --trace-only --duration-s 4   # the timestamps only, printed
+
+First the timestamps: the server runs under ``bench/_trace.py`` (wrappers that stamp
+``time.perf_counter()`` at each step of a request's path: HTTP in, handler, admit, the
+round, dispatch, the engine call's send / response head / body, completion, handler
+wake-up, response written; nothing in the package knows of it, so an untraced server pays
+nothing), one closed-loop client sends ``--duration-s`` of requests, and each gap's p50 is
+reported; the backend is called directly, before and after in the same run, as the floor
+of the engine call. Then, on an untraced server:
 
 The setup of ``bench/peers.py`` (one instant OpenAI-compatible backend, ``python -m
 aragog_jax.serve`` with a one-stage workflow on one ``kind = "vllm"`` engine, a closed-loop
@@ -49,7 +59,7 @@ import aiohttp
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from peers import PEERS, _stop, _tree_cpu_s, _write_aragog_fleet  # noqa: E402
+from peers import PEERS, SERVED, _stop, _tree_cpu_s, _write_aragog_fleet  # noqa: E402
 from serve_load import _cpu_model, _spawn, _start_server  # noqa: E402
 
 from aragog_jax._provenance import git_sha  # noqa: E402
@@ -177,6 +187,95 @@ def profile_cell(pyspy: Path, pid: int, url: str, conc: int, duration_s: float, 
     }
 
 
+#: The points ``bench/_trace.py`` stamps along a one-stage request, in path order, and what
+#: the gap ending at each one is.
+POINTS = (
+    ("recv", None),
+    ("handler", "HTTP in: bytes received -> handler starts (aiohttp parse, middleware)"),
+    ("admitted", "handler: body decode, validation, admit (run record, deadline timer)"),
+    ("round", "waiting for the round (loop turn after admit)"),
+    ("routed", "routing and intake (router batch, meta-queue add)"),
+    ("planned", "the round: scheduler decision (host path / kernel)"),
+    ("dispatched", "plan applied: dispatch bookkeeping"),
+    ("task", "stage task created -> running (loop turn)"),
+    ("call", "stage setup: prompt render, LM wrapper"),
+    ("sent", "engine client: body encode, pooled connection, request written"),
+    ("headers", "engine: backend's time + response head parsed"),
+    ("replied", "engine client: body read and decoded"),
+    ("completed", "stage receipt, scheduler finish, run complete"),
+    ("resumed", "handler wakes up (loop turn)"),
+    ("response", "handler: receipt and response body encoded"),
+    ("finishing", "handler returned -> aiohttp finishes the response (middleware)"),
+    ("prepared", "HTTP out: response head prepared"),
+    ("written", "HTTP out: response written"),
+)
+
+
+async def _direct_loop(url: str, n: int) -> list[float]:
+    """``n`` sequential chat calls straight to the backend (seconds each)."""
+    body = {"model": SERVED, "messages": [{"role": "user", "content": TEXT}], "max_tokens": 16}
+    out = []
+    async with aiohttp.ClientSession() as http:
+        for _ in range(n):
+            t = time.perf_counter()
+            async with http.post(url + "/v1/chat/completions", json=body) as r:
+                await r.read()
+            out.append(time.perf_counter() - t)
+    return out
+
+
+def trace_cell(url: str, backend: str, duration_s: float) -> dict:
+    """One client for ``duration_s`` against the traced server: per-gap p50 along the
+    request's path, and the backend called directly in the same run (the floor)."""
+
+    async def go():
+        await closed_loop(url, 1, 1.0)  # warm
+        async with aiohttp.ClientSession() as http, http.get(url + "/_trace") as r:
+            await r.read()
+        direct_a = await _direct_loop(backend, 200)
+        wall = await closed_loop(url, 1, duration_s)
+        direct_b = await _direct_loop(backend, 200)
+        async with aiohttp.ClientSession() as http, http.get(url + "/_trace") as r:
+            recs = await r.json()
+        return wall, direct_a + direct_b, recs
+
+    wall, direct, recs = asyncio.run(go())
+    names = [p for p, _ in POINTS]
+    full = [r for r in recs if all(p in r for p in names)]
+    gaps = {}
+    for prev, (point, label) in zip(names, POINTS[1:], strict=False):
+        gaps[point] = {
+            "label": label,
+            "p50_ms": round(1e3 * float(np.median([r[point] - r[prev] for r in full])), 4),
+        }
+    inside = [r["written"] - r["recv"] for r in full]
+    engine = [r["headers"] - r["sent"] for r in full]
+    return {
+        "requests": wall["completed"],
+        "traced": len(full),
+        "latency_p50_ms": wall["p50_ms"],
+        "direct_p50_ms": round(1e3 * float(np.median(direct)), 4),
+        "inside_server_p50_ms": round(1e3 * float(np.median(inside)), 4),
+        "engine_sent_to_headers_p50_ms": round(1e3 * float(np.median(engine)), 4),
+        "gaps": gaps,
+    }
+
+
+def trace_markdown(t: dict) -> list[str]:
+    L = [
+        f"One client, {t['traced']} traced requests: client-side latency p50 "
+        f"{t['latency_p50_ms']} ms, of which inside the server (bytes in -> response written) "
+        f"{t['inside_server_p50_ms']} ms; the backend called directly in the same run: "
+        f"{t['direct_p50_ms']} ms per call (client + backend, the floor of the engine call).",
+        "",
+        "| step (gap ending at the point) | p50 ms |",
+        "|---|---|",
+    ]
+    for point, g in t["gaps"].items():
+        L.append(f"| {g['label']} (`{point}`) | {g['p50_ms']:.3f} |")
+    return L
+
+
 def markdown(doc: dict) -> str:
     cells = doc["cells"]
     parts = sorted({p for c in cells for p in c["parts_ms_per_request"]})
@@ -216,24 +315,39 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--concurrency", type=int, nargs="+", default=[1, 32, 128])
     ap.add_argument("--duration-s", type=float, default=8.0, help="seconds per concurrency")
     ap.add_argument("--rate", type=int, default=997, help="py-spy samples per second")
+    ap.add_argument(
+        "--trace-only",
+        action="store_true",
+        help="only the timestamped 1-client breakdown (no py-spy; prints, writes nothing)",
+    )
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "request_profile.json")
     args = ap.parse_args(argv)
     pyspy = PEERS / "py-spy" / "bin" / "py-spy"
-    if not pyspy.exists():
+    if not args.trace_only and not pyspy.exists():
         print(f"error: {pyspy} missing; run: bash scripts/install_peers.sh py-spy", file=sys.stderr)
         return 2
     load_before = round(os.getloadavg()[0], 2)
+    cells = []
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
         backend, lines = _spawn(
             [sys.executable, str(Path(__file__).with_name("peers.py")), "--_backend"], r"^http://"
         )
         try:
-            fleet = _write_aragog_fleet(tmp, lines[-1].strip())
+            backend_url = lines[-1].strip()
+            fleet = _write_aragog_fleet(tmp, backend_url)
+            server, url = _start_server(fleet, traced=True)
+            try:
+                trace = trace_cell(url, backend_url, args.duration_s)
+            finally:
+                _stop(server)
+            print(json.dumps(trace), flush=True)
+            if args.trace_only:
+                print(trace_markdown(trace))
+                return 0
             server, url = _start_server(fleet)
             try:
                 asyncio.run(closed_loop(url, 4, 2.0))  # warm: connections, first rounds
-                cells = []
                 for conc in args.concurrency:
                     cell = profile_cell(pyspy, server.pid, url, conc, args.duration_s, args.rate)
                     print(json.dumps(cell), flush=True)
@@ -244,11 +358,13 @@ def main(argv: list[str] | None = None) -> int:
             _stop(backend)
     doc = {
         "git_sha": git_sha(),
+        "command": "python " + " ".join(["bench/request_profile.py", *(argv or sys.argv[1:])]),
         "machine": f"{_cpu_model()}, {os.cpu_count()} CPUs",
         "load_before": load_before,
         "load_after": round(os.getloadavg()[0], 2),
         "rate": args.rate,
         "duration_s": args.duration_s,
+        "trace_1_client": trace,
         "cells": cells,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)

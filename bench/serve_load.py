@@ -176,12 +176,19 @@ LOOP = "auto"  # --loop of the server processes
 
 
 def _start_server(
-    fleet: Path, ready_timeout_s: float = 180.0, *, tree: Path | None = None
+    fleet: Path,
+    ready_timeout_s: float = 180.0,
+    *,
+    tree: Path | None = None,
+    traced: bool = False,
 ) -> tuple[subprocess.Popen, str]:
     """``python -m aragog_jax.serve`` on ``fleet`` (from the checkout ``tree`` when given:
-    another version of the package, measured side by side)."""
+    another version of the package, measured side by side; ``traced``: with the
+    timestamps of ``bench/_trace.py``)."""
     run = ["-m", "aragog_jax.serve"]
-    if tree is not None:
+    if traced:
+        run = [str(Path(__file__).with_name("_trace.py")), str(tree or ROOT)]
+    elif tree is not None:
         run = [
             "-c",
             f"import runpy, sys; sys.path.insert(0, {str(tree)!r}); "

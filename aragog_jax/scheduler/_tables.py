@@ -181,7 +181,8 @@ class RowTables:
         self.num_ready -= rows.size
         self.viable[rows[starts]] = narrowed
         before = arrays.item_viable[placed[starts]].sum(axis=1)
-        return float(np.mean(narrowed.sum(axis=1) / np.maximum(before, 1)))
+        ratio = narrowed.sum(axis=1) / np.maximum(before, 1)
+        return float(ratio.sum() / ratio.size)  # np.mean's own sum and division, bit for bit
 
     def compact(self, live: Iterable[Any]) -> None:
         """Move the rows of the ``live`` requests (FIFO order, each with a ``row``

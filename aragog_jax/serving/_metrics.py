@@ -84,5 +84,16 @@ class ServerMetrics:
             registry=r,
         )
 
+        self._children: dict[tuple, object] = {}
+
+    def child(self, metric: Counter, *values: str) -> Counter:
+        """``metric.labels(*values)``, looked up once per label set (the hot path counts
+        every request and dispatch; ``labels`` validates and hashes its arguments each call)."""
+        key = (id(metric), values)
+        found = self._children.get(key)
+        if found is None:
+            found = self._children[key] = metric.labels(*values)
+        return found
+
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -695,3 +695,50 @@ def test_a_part_that_fails_to_close_does_not_keep_the_others_open(tmp_path):
 
     state, other_closed, listening = asyncio.run(go())
     assert state == "closed" and other_closed and not listening
+
+
+def test_a_stage_that_becomes_ready_is_dispatched_within_a_loop_turn(tmp_path):
+    """No timer or batching window between a stage becoming ready and its dispatch: a
+    ticker that yields to the loop (``sleep(0)``) advances at most a couple of times
+    between the draft returning and the polish being dispatched (a timer of even 1 ms
+    would let it spin hundreds of times), and the same from admission to the draft."""
+    engines = _two()
+
+    async def fn(s, http):
+        ex = s.executor
+        turns = 0
+        marks: list[tuple[str, int]] = []
+
+        async def ticker():
+            nonlocal turns
+            while True:
+                turns += 1
+                await asyncio.sleep(0)
+
+        finished, dispatch = ex.sched.finished, ex.dispatcher.dispatch
+
+        def on_finished(run_id, sid):
+            marks.append(("finished", turns))
+            return finished(run_id, sid)
+
+        def on_dispatch(run, a, round_id, now):
+            marks.append((f"dispatch {a.stage_name}", turns))
+            return dispatch(run, a, round_id, now)
+
+        ex.sched.finished, ex.dispatcher.dispatch = on_finished, on_dispatch
+        tick = asyncio.create_task(ticker())
+        try:
+            await asyncio.sleep(0)
+            run = ex.admit("chain", "reverse a string")
+            marks.append(("admitted", turns))
+            await ex.wait(run)
+        finally:
+            tick.cancel()
+        return marks
+
+    marks = asyncio.run(_serve(tmp_path, engines, fn))
+    names = [m for m, _ in marks]
+    assert names == ["admitted", "dispatch draft", "finished", "dispatch polish", "finished"]
+    at = dict(zip(names[:4], [t for _, t in marks[:4]], strict=True))
+    assert at["dispatch draft"] - at["admitted"] <= 2, marks
+    assert at["dispatch polish"] - at["finished"] <= 2, marks
