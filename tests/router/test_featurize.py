@@ -11,6 +11,8 @@ import threading
 import numpy as np
 import pytest
 from aiohttp import web
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from aragog_jax.errors import CheckpointError, UpstreamError, UpstreamTimeout
 from aragog_jax.router import EmbeddingsFeaturizer, HashedNgramFeaturizer, make_featurizer
@@ -109,6 +111,38 @@ def test_hashed_ngram_is_deterministic_batch_invariant_and_case_insensitive():
         uni(["hello world"]), uni(["world hello"])
     )  # the default is a bag of words
     assert f([]).shape == (0, 256)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    texts=st.lists(
+        st.one_of(
+            st.text(max_size=80),
+            st.text(alphabet="ab_ZÉ9 .,\n", max_size=60),
+            st.lists(st.sampled_from(["x", "Yy", "z_1", "é"]), max_size=40).map(" ".join),
+        ),
+        min_size=1,
+        max_size=F.SMALL_BATCH,
+    ),
+    dim=st.sampled_from([2, 64, 1024]),
+    seed=st.integers(0, 2**64 - 1),
+)
+def test_the_small_batch_path_is_bit_identical_to_the_vectorised_one(texts, dim, seed):
+    """One request's texts go through the per-word Python path (and its word cache); it
+    must give the very bits the batch path gives, so routing never depends on the batch a
+    request arrives in. Counts past the log1p table fall back to the batch path."""
+    f = HashedNgramFeaturizer(dim=dim, seed=seed)
+    want = f._vectorised(texts)
+    for _ in range(2):  # cold, then through the word cache
+        got = f(texts)
+        assert got.dtype == np.float32 and np.array_equal(got, want)
+
+
+def test_the_small_batch_path_handles_counts_past_its_table():
+    f = HashedNgramFeaturizer(dim=2)
+    text = " ".join(["same"] * (len(F._LOG1P) + 5) + ["other"])
+    assert np.array_equal(f([text]), f._vectorised([text]))
+    assert np.array_equal(f([text, "a b"]), f._vectorised([text, "a b"]))
 
 
 def test_featurizer_config_round_trip_and_validation():
