@@ -24,9 +24,8 @@ from aragog_jax.errors import (
     UpstreamError,
 )
 from aragog_jax.scheduler import Assignment
-from aragog_jax.serving._breaker import BreakerState
 from aragog_jax.serving._metrics import ServerMetrics
-from aragog_jax.serving._monitor import EngineLoadState
+from aragog_jax.serving._monitor import EngineLoadState, healthy_models
 from aragog_jax.serving._runs import OutputDelta, Run, StageFinished
 from aragog_jax.serving._sched import SchedulerPort
 from aragog_jax.serving._wire import Attempt, StageReceipt
@@ -190,7 +189,7 @@ class StageDispatcher:
             return
         run.failovers += 1
         self.metrics.child(self.metrics.failovers, run.wf.name).inc()
-        healthy_models = self._healthy_models(now)
+        healthy = healthy_models(self.engines.values(), now)
         viable = self.sched.failed(run.id, sid, a.engine)
         if len(attempts) >= MAX_ATTEMPTS_PER_STAGE:
             self._finish(
@@ -212,26 +211,17 @@ class StageDispatcher:
         else:
             run.ready_at[sid] = now
         # Other queued requests may have lost their last option too.
-        self._sweep_unviable(healthy_models)
+        self._sweep_unviable(healthy)
         self.kick()
-
-    def _healthy_models(self, now: float) -> set[str]:
-        return {
-            st.model
-            for st in self.engines.values()
-            if st.breaker.poll(now) is not BreakerState.OPEN
-        }
 
     def recheck(self, run: Run) -> None:
         """Routing completed for a queued run: fail it if an engine went down while it
         was routing and nothing it admits can run on the healthy ones (the sweep after
         that engine's failure skipped it, as routing might still have admitted more)."""
-        healthy_models = self._healthy_models(time.monotonic())
-        if len(healthy_models) < len({st.model for st in self.engines.values()}):
-            self._sweep_unviable(healthy_models, [run.id])
+        self._sweep_unviable(healthy_models(self.engines.values(), time.monotonic()), [run.id])
 
-    def _sweep_unviable(self, healthy_models: set[str], run_ids: list[str] | None = None) -> None:
-        for run_id in self.sched.unviable(healthy_models, run_ids):
+    def _sweep_unviable(self, healthy: set[str], run_ids: list[str] | None = None) -> None:
+        for run_id in self.sched.unviable(healthy, run_ids):
             run = self.runs.get(run_id)
             if run is not None and not run.finished:
                 self._finish(
@@ -239,6 +229,6 @@ class StageDispatcher:
                     "failed",
                     NoViableConfigurationError(
                         f"{run.wf.name}: no admitted configuration can run on the healthy engines "
-                        f"({sorted(healthy_models)})"
+                        f"({sorted(healthy)})"
                     ),
                 )

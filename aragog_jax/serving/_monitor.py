@@ -26,7 +26,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from aragog_jax.engines.client import EngineClient, OrcaReport
@@ -144,6 +144,11 @@ class EngineLoadState:
             "in_flight",
             age,
         )
+
+
+def healthy_models(engines: Iterable[EngineLoadState], now: float) -> set[str]:
+    """The models with at least one engine whose circuit breaker is not open at ``now``."""
+    return {st.model for st in engines if st.breaker.poll(now) is not BreakerState.OPEN}
 
 
 class LoadMonitor:

@@ -60,10 +60,10 @@ from aiohttp import web
 from aragog_jax.engines.client import ClientLimits, EngineClient
 from aragog_jax.errors import AragogError, NoViableConfigurationError
 from aragog_jax.scheduler import DEFAULT_BEAM_WIDTH, Plan
-from aragog_jax.serving._breaker import BreakerState, CircuitBreaker
+from aragog_jax.serving._breaker import CircuitBreaker
 from aragog_jax.serving._fleet import FleetRuntime, WorkflowRuntime, start_engines
 from aragog_jax.serving._loopback import LoopbackServer
-from aragog_jax.serving._monitor import EngineLoadState, LoadMonitor
+from aragog_jax.serving._monitor import EngineLoadState, LoadMonitor, healthy_models
 from aragog_jax.serving._sched import LATE_ITEMS, WARM_ITEMS, SchedulerPort
 
 log = logging.getLogger("aragog_jax.serving")
@@ -422,17 +422,14 @@ class SchedulerHost:
                     )
         if not (lost_engine or settled):
             return
-        healthy = {
-            s.model for s in self.engines.values() if s.breaker.poll(now) is not BreakerState.OPEN
-        }
-        if lost_engine or len(healthy) < len({s.model for s in self.engines.values()}):
-            # After an engine is lost every queued run is judged; a run whose routing just
-            # completed is judged once (earlier sweeps skip it: routing could still widen).
-            for run_id in sched.unviable(healthy, None if lost_engine else settled):
-                self._fail(
-                    run_id,
-                    f"no admitted configuration can run on the healthy engines ({sorted(healthy)})",
-                )
+        healthy = healthy_models(self.engines.values(), now)
+        # After an engine is lost every queued run is judged; a run whose routing just
+        # completed is judged once (earlier sweeps skip it: routing could still widen).
+        for run_id in sched.unviable(healthy, None if lost_engine else settled):
+            self._fail(
+                run_id,
+                f"no admitted configuration can run on the healthy engines ({sorted(healthy)})",
+            )
 
     def _fail(self, run_id: str, why: str) -> None:
         replica = self._owner.get(run_id)

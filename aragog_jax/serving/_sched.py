@@ -55,6 +55,7 @@ class SchedulerPort:
         # Queued runs whose routing is still going (their mask may widen): never unviable
         # yet, as routing may still admit a configuration the healthy engines can run.
         self._unsettled: set[str] = set()
+        self._models = frozenset(info.model for info in self.infos)
 
     # -- the port interface's lifecycle (nothing to do in process) ---------------------
 
@@ -147,6 +148,8 @@ class SchedulerPort:
     def unviable(self, healthy_models: set[str], run_ids: Iterable[str] | None = None) -> list[str]:
         """Queued runs (of ``run_ids``, default all) whose routing is over and none of
         whose viable configurations avoid unhealthy models."""
+        if healthy_models >= self._models:
+            return []  # every model can run: a queued run's viable set is never empty
         out = []
         for run_id in list(self.sched.request_ids() if run_ids is None else run_ids):
             if run_id in self._unsettled or not self.sched.is_queued(run_id):
