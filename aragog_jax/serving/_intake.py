@@ -48,8 +48,8 @@ DEFAULT_ROUTING_BUDGET_S = 0.05
 
 
 class Intake:
-    """Routes admitted runs and queues them; ending a run and asking for a round are the
-    executor's (callables)."""
+    """Routes admitted runs and queues them; ending a run, asking for a round and judging
+    a run whose routing completed are the executor's (callables)."""
 
     def __init__(
         self,
@@ -59,7 +59,7 @@ class Intake:
         *,
         finish: Callable[[Run, str, AragogError], None],
         kick: Callable[[], None],
-        settled: Callable[[Run], None] = lambda run: None,
+        settled: Callable[[Run], None],
         budget_s: float = DEFAULT_ROUTING_BUDGET_S,
     ):
         self.budget_s = float(budget_s)
