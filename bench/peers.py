@@ -68,6 +68,12 @@ PEERS = ROOT / ".venv-peers"
 SERVED = "bench-model"  # the backend's served model name
 MODEL = "Qwen2.5-7B-Instruct"  # a catalog model for aragog_jax's workflow spec
 TEXT = "Write a function that reverses a string."
+#: The backend's reported ``max_num_seqs``: vLLM's default for its OpenAI server on a GPU
+#: under 70 GiB (``EngineArgs.get_batch_defaults`` in vllm/engine/arg_utils.py of the
+#: vLLM the tests install: 256; 1024 on H100/H200-class GPUs). Without
+#: it an unprofiled engine would get the 16-slot placeholder and aragog_jax would hold
+#: 112 of 128 clients' calls in its queue while the peers pass them all through.
+BACKEND_MAX_NUM_SEQS = 256
 FRONTS = ("direct", "aragog_jax", "aiohttp-proxy", "vllm-router", "litellm")
 BASE = "aragog_jax@base"  # --baseline: the same server from another checkout
 
@@ -106,7 +112,10 @@ def _backend_main() -> None:
     from aragog_jax.serving import FakeEngine, LoopbackServer
 
     async def go():
-        srv = LoopbackServer(FakeEngine(SERVED).app)
+        # It reports vLLM's default capacity, as a real engine does on /server_info (or
+        # through /metrics' KV cache size): aragog_jax reads it and lets that many calls in,
+        # the peers do not limit at all (BACKEND_MAX_NUM_SEQS).
+        srv = LoopbackServer(FakeEngine(SERVED, max_num_seqs=BACKEND_MAX_NUM_SEQS).app)
         print(await srv.start(), flush=True)
         await asyncio.Event().wait()
 

@@ -23,7 +23,7 @@ its stack is in:
 * ``http server``: aiohttp's protocol, parser and response writing (``aiohttp/web_*``,
   ``http_*``, ``streams``);
 * ``handler``: the OpenAI front's handler, validation and the receipt (``serving/_server``, ``_api``,
-  ``_wire``, ``_openai``, msgspec);
+  ``_wire``, ``_openai``, msgspec; the floor's one handler in ``peers.py``);
 * ``routing``: the router and its worker (``router/``, ``serving/_routing``);
 * ``round: host``: the scheduler outside JAX (``scheduler/``: packing the ready stages,
   unpacking the decision);
@@ -36,6 +36,12 @@ its stack is in:
 
 The first part (in the order above) that any frame of a sampled stack is in decides it
 (JAX frames under the scheduler count as the kernel). CPU per request = active samples / rate / requests.
+
+The same is done, in the same run and at the same concurrencies, for ``bench/peers.py``'s
+``aiohttp-proxy``: the floor of an aiohttp front (one aiohttp server, one pooled aiohttp
+client, nothing else), so each part's cost can be read against what the transport alone
+pays for it (its ``http server``, ``engine client`` and loop are the same aiohttp and
+uvloop code as the server's).
 The wall-clock side comes from the receipts the client reads: ``routing_s`` and the
 stage's ``queue_s`` (ready → dispatched, i.e. waiting for and running the round) and
 ``run_s`` (engine call); the rest of the measured latency is HTTP in and out.
@@ -77,7 +83,7 @@ PARTS = (
     ("engine client", r"^(engines/(client|http|_wire|stages)|aiohttp/(client|connector))"),
     ("monitor", r"^(serving/_monitor|engines/gauges)"),
     ("executor", r"^serving/(_executor|_intake|_dispatch|_runs|_sched)"),
-    ("handler", r"^(serving/|msgspec)"),
+    ("handler", r"^(serving/|msgspec|peers\.py)"),
     ("metrics", r"^prometheus_client/"),
     ("http server", r"^aiohttp/"),
 )
@@ -115,9 +121,11 @@ def parse_raw(text: str) -> Counter:
     return parts
 
 
-async def closed_loop(url: str, concurrency: int, duration_s: float) -> dict:
+async def closed_loop(
+    url: str, concurrency: int, duration_s: float, model: str = "workflow:single"
+) -> dict:
     body = {
-        "model": "workflow:single",
+        "model": model,
         "messages": [{"role": "user", "content": TEXT}],
         "max_tokens": 16,
     }
@@ -154,7 +162,15 @@ async def closed_loop(url: str, concurrency: int, duration_s: float) -> dict:
     }
 
 
-def profile_cell(pyspy: Path, pid: int, url: str, conc: int, duration_s: float, rate: int) -> dict:
+def profile_cell(
+    pyspy: Path,
+    pid: int,
+    url: str,
+    conc: int,
+    duration_s: float,
+    rate: int,
+    model: str = "workflow:single",
+) -> dict:
     with tempfile.NamedTemporaryFile(suffix=".txt", delete=False) as f:
         out = Path(f.name)
     spy = subprocess.Popen(
@@ -166,7 +182,7 @@ def profile_cell(pyspy: Path, pid: int, url: str, conc: int, duration_s: float, 
     )
     time.sleep(0.5)  # attached before the load starts
     c0 = _tree_cpu_s(pid)
-    wall = asyncio.run(closed_loop(url, conc, duration_s))
+    wall = asyncio.run(closed_loop(url, conc, duration_s, model))
     cpu = _tree_cpu_s(pid) - c0
     _, err = spy.communicate(timeout=60)
     if spy.returncode != 0:
@@ -177,6 +193,7 @@ def profile_cell(pyspy: Path, pid: int, url: str, conc: int, duration_s: float, 
     total = sum(parts.values())
     return {
         "concurrency": conc,
+        "duration_s": duration_s,
         **wall,
         "cpu_ms_per_request": round(1e3 * cpu / n, 3),
         "samples": total,
@@ -329,7 +346,40 @@ def markdown(doc: dict) -> str:
             + " | ".join(f"{c['parts_ms_per_request'].get(p, 0.0):.3f}" for c in cells)
             + " |"
         )
+    if doc.get("floor_cells"):
+        L += ["", *floor_markdown(cells, doc["floor_cells"])]
     return "\n".join(L) + "\n"
+
+
+def floor_markdown(cells: list[dict], floor: list[dict]) -> list[str]:
+    """Each part's CPU per request in the server and in the aiohttp floor, side by side."""
+    parts = sorted(
+        {p for c in cells + floor for p in c["parts_ms_per_request"]},
+        key=lambda p: -max(c["parts_ms_per_request"].get(p, 0) for c in cells + floor),
+    )
+    L = [
+        "## Against the floor: the same profile of `aiohttp-proxy` in the same run",
+        "",
+        "Sampled CPU ms per request; `aragog` is the server above, `floor` the aiohttp "
+        "pass-through (`bench/peers.py`), `extra` their difference.",
+        "",
+        "| | " + " | ".join(f"{c['concurrency']} cl. aragog | floor | extra" for c in cells) + " |",
+        "|---|" + "---|---|---|" * len(cells),
+    ]
+
+    def row(label: str, get) -> str:
+        out = []
+        for a, f in zip(cells, floor, strict=True):
+            va, vf = get(a), get(f)
+            out.append(f"{va:.3f} | {vf:.3f} | {va - vf:+.3f}")
+        return f"| {label} | " + " | ".join(out) + " |"
+
+    L.append(row("requests/s", lambda c: c["completed"] / c["duration_s"]))
+    L.append(row("server CPU per request (ms, /proc)", lambda c: c["cpu_ms_per_request"]))
+    L.append(row("sampled CPU per request (ms)", lambda c: c["sampled_cpu_ms_per_request"]))
+    for p in parts:
+        L.append(row(p, lambda c, p=p: c["parts_ms_per_request"].get(p, 0.0)))
+    return L
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -358,7 +408,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {pyspy} missing; run: bash scripts/install_peers.sh py-spy", file=sys.stderr)
         return 2
     load_before = round(os.getloadavg()[0], 2)
-    cells = []
+    cells, floor_cells = [], []
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
         backend, lines = _spawn(
@@ -381,14 +431,31 @@ def main(argv: list[str] | None = None) -> int:
                 print("\n".join(trace_markdown(traces)))
                 return 0
             server, url = _start_server(fleet)
+            proxy, lines = _spawn(
+                [
+                    sys.executable,
+                    str(Path(__file__).with_name("peers.py")),
+                    "--_proxy",
+                    backend_url,
+                ],
+                r"^http://",
+            )
+            proxy_url = lines[-1].strip()
             try:
                 asyncio.run(closed_loop(url, 4, 2.0))  # warm: connections, first rounds
+                asyncio.run(closed_loop(proxy_url, 4, 1.0, SERVED))
                 for conc in args.concurrency:
                     cell = profile_cell(pyspy, server.pid, url, conc, args.duration_s, args.rate)
                     print(json.dumps(cell), flush=True)
                     cells.append(cell)
+                    cell = profile_cell(
+                        pyspy, proxy.pid, proxy_url, conc, args.duration_s, args.rate, SERVED
+                    )
+                    print("floor", json.dumps(cell), flush=True)
+                    floor_cells.append(cell)
             finally:
                 _stop(server)
+                _stop(proxy)
         finally:
             _stop(backend)
     doc = {
@@ -402,6 +469,7 @@ def main(argv: list[str] | None = None) -> int:
         "baseline": str(args.baseline) if args.baseline else None,
         "trace_1_client": traces,
         "cells": cells,
+        "floor_cells": floor_cells,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(doc, indent=1) + "\n")

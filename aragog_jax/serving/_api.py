@@ -8,8 +8,8 @@ the server owns the app, its guard and its lifecycle (:mod:`._server`).
 from __future__ import annotations
 
 import asyncio
+import os
 import time
-import uuid
 from typing import TYPE_CHECKING
 
 import msgspec
@@ -186,7 +186,7 @@ class Api:
             request, wf.name, _workflow_input(users[-1].text(), "messages"), stream=body.stream
         )
         created = int(time.time())
-        cid = f"chatcmpl-{uuid.uuid4().hex[:24]}"
+        cid = f"chatcmpl-{os.urandom(12).hex()}"
         if not body.stream:
             res = await self.executor.wait(run)
             usage = usage_of(res.receipt)

@@ -31,8 +31,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
-import uuid
 from collections import deque
 from typing import TYPE_CHECKING
 
@@ -206,7 +206,7 @@ class Executor:
             else min(deadline_s, self.settings.request_deadline_s)
         )
         run = Run(
-            id=f"run-{uuid.uuid4().hex[:20]}",
+            id=f"run-{os.urandom(10).hex()}",  # uuid4's randomness without its 5 us object
             wf=wf,
             input=text,
             t0=now,
@@ -218,15 +218,18 @@ class Executor:
         self.runs[run.id] = run
         run.timer = asyncio.get_running_loop().call_later(limit, self._expire, run)
         self.num_accepted += 1
-        self.metrics.in_flight.set(len(self.runs))
         self.intake.add(run)
         return run
 
     async def wait(self, run: Run) -> RunResult:
         """Wait for a run to end; raises the AragogError it ended with (504 past its deadline).
-        Cancelling the waiter (the client disconnected) cancels the run."""
+        Cancelling the waiter (the client disconnected) cancels the run.
+
+        ``run.done`` is awaited as it is, not shielded: the handler is its only waiter, so
+        the cancellation that also cancels the future loses nothing (:meth:`finish` and
+        :meth:`complete` skip a future that is done), and the run ends just below."""
         try:
-            return await asyncio.shield(run.done)
+            return await run.done
         except asyncio.CancelledError:
             self.cancel(run, "client disconnected")
             raise
@@ -264,7 +267,6 @@ class Executor:
         if plan is not None:
             self.metrics.scheduling_s.observe(time.perf_counter() - t0)
             self.apply_plan(plan)
-        self.metrics.meta_queue.set(self.sched.num_ready)
 
     def apply_plan(self, plan: Plan) -> None:
         """Dispatch a round's assignments of this server's runs (others' are skipped)."""
@@ -289,7 +291,9 @@ class Executor:
             self.finish(run, "failed", exc)
 
     def export_load(self) -> None:
-        """Copy the monitor's view into the engine gauges (when /metrics is scraped)."""
+        """Copy the monitor's view into the engine gauges, and the meta-queue depth and runs
+        in flight into theirs, when /metrics is scraped (the only time they are read: the
+        request path never sets a gauge)."""
         m = self.metrics
         for ld in self.monitor.snapshot():
             m.engine_running.labels(ld.engine).set(ld.running)
@@ -306,7 +310,8 @@ class Executor:
         wf = run.wf
         output = run.outputs[wf.space.output_stage]
         self._end(run, "completed")
-        run.done.set_result(RunResult(run.id, output, receipt_of(run)))
+        if not run.done.done():  # (cancelled: its handler went away in this loop turn)
+            run.done.set_result(RunResult(run.id, output, receipt_of(run)))
 
     def finish(self, run: Run, status: str, exc: AragogError) -> None:
         if run.finished:
@@ -337,6 +342,5 @@ class Executor:
         self.runs.pop(run.id, None)
         self.counts[status] = self.counts.get(status, 0) + 1
         self.metrics.child(self.metrics.requests, run.wf.name, status).inc()
-        self.metrics.in_flight.set(len(self.runs))
         if run.events is not None and status == "completed":
             run.events.put_nowait(None)
