@@ -42,6 +42,14 @@ The same is done, in the same run and at the same concurrencies, for ``bench/pee
 client, nothing else), so each part's cost can be read against what the transport alone
 pays for it (its ``http server``, ``engine client`` and loop are the same aiohttp and
 uvloop code as the server's).
+
+Last, *our code without HTTP*: a child process starts the same server in process with the
+same fleet and replaces its engine client's chat call by one that returns at once, then
+admits runs straight into the executor and awaits them (``--inprocess-requests`` of them,
+at 1 and 64 at a time). Its CPU per request is what aragog_jax's own Python costs a
+request (admission, routing, the round, dispatch, the stage wrapper, completion and the
+receipt) with no socket, no aiohttp and no backend: with the floor's CPU, the two parts
+a request pays.
 The wall-clock side comes from the receipts the client reads: ``routing_s`` and the
 stage's ``queue_s`` (ready → dispatched, i.e. waiting for and running the round) and
 ``run_s`` (engine call); the rest of the measured latency is HTTP in and out.
@@ -204,6 +212,60 @@ def profile_cell(
     }
 
 
+def _inprocess_main(fleet: str, n: int, concurrency: int) -> None:
+    """Child process: the server in process, its engine calls answered at once; prints one
+    JSON line with the CPU and wall time per request of ``n`` runs at ``concurrency``."""
+    import uvloop
+
+    from aragog_jax.engines import client as engine_client
+    from aragog_jax.serving._fleet import load_runtime
+    from aragog_jax.serving._server import Server
+
+    async def instant_chat(self, prompt, **kw):  # noqa: ANN001 - EngineClient.chat's shape
+        return engine_client.ChatResult("ok", 10, 5, "stop", None)
+
+    engine_client.EngineClient.chat = instant_chat
+
+    async def go() -> dict:
+        srv = Server(load_runtime(Path(fleet)))
+        await srv.start()
+        if srv._late_warm is not None:
+            await srv._late_warm  # the background compile would share the CPU
+        ex = srv.executor
+
+        async def worker(k: int) -> None:
+            for _ in range(k):
+                await ex.wait(ex.admit("single", TEXT))
+
+        await worker(200)  # warm
+        c0, t0 = time.process_time(), time.perf_counter()
+        await asyncio.gather(*(worker(n // concurrency) for _ in range(concurrency)))
+        cpu, wall = time.process_time() - c0, time.perf_counter() - t0
+        done = concurrency * (n // concurrency)
+        await srv.stop(0)
+        return {
+            "concurrency": concurrency,
+            "requests": done,
+            "cpu_us_per_request": round(1e6 * cpu / done, 1),
+            "wall_us_per_request": round(1e6 * wall / done, 1),
+        }
+
+    print(json.dumps(uvloop.run(go())), flush=True)
+
+
+def inprocess_cells(fleet: Path, n: int, concurrencies: tuple[int, ...] = (1, 64)) -> list[dict]:
+    """Our code without HTTP (see the module docstring), one child process per concurrency."""
+    out = []
+    for conc in concurrencies:
+        cmd = [sys.executable, __file__, "--_inprocess", str(fleet), str(n), str(conc)]
+        res = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=ROOT)
+        if res.returncode != 0:
+            raise RuntimeError(f"in-process cell failed: {res.stderr[-600:]}")
+        out.append(json.loads(res.stdout.strip().splitlines()[-1]))
+        print("in process", out[-1], flush=True)
+    return out
+
+
 #: The points ``bench/_trace.py`` stamps along a one-stage request, in path order, and what
 #: the gap ending at each one is.
 POINTS = (
@@ -348,6 +410,19 @@ def markdown(doc: dict) -> str:
         )
     if doc.get("floor_cells"):
         L += ["", *floor_markdown(cells, doc["floor_cells"])]
+    if doc.get("inprocess"):
+        L += [
+            "",
+            "## Our code without HTTP (the server in process, engine calls answered at once)",
+            "",
+            "| runs at a time | runs | CPU µs per request | wall µs per request |",
+            "|---|---|---|---|",
+            *(
+                f"| {c['concurrency']} | {c['requests']} | {c['cpu_us_per_request']} | "
+                f"{c['wall_us_per_request']} |"
+                for c in doc["inprocess"]
+            ),
+        ]
     return "\n".join(L) + "\n"
 
 
@@ -399,8 +474,19 @@ def main(argv: list[str] | None = None) -> int:
         help="another checkout (git archive main | tar -x -C DIR): its server is traced too, "
         "right after this one's, in the same run (before/after side by side)",
     )
+    ap.add_argument(
+        "--inprocess-requests",
+        type=int,
+        default=4000,
+        help="runs of the in-process part (our code without HTTP); 0 skips it",
+    )
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "request_profile.json")
+    ap.add_argument("--_inprocess", nargs=3, default=None, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
+    if args._inprocess:
+        fleet, n, conc = args._inprocess
+        _inprocess_main(fleet, int(n), int(conc))
+        return 0
     if args.baseline is not None and not (args.baseline / "aragog_jax" / "serve.py").exists():
         ap.error(f"--baseline {args.baseline}: no aragog_jax/serve.py there")
     pyspy = PEERS / "py-spy" / "bin" / "py-spy"
@@ -456,6 +542,9 @@ def main(argv: list[str] | None = None) -> int:
             finally:
                 _stop(server)
                 _stop(proxy)
+            inprocess = (
+                inprocess_cells(fleet, args.inprocess_requests) if args.inprocess_requests else []
+            )
         finally:
             _stop(backend)
     doc = {
@@ -470,6 +559,7 @@ def main(argv: list[str] | None = None) -> int:
         "trace_1_client": traces,
         "cells": cells,
         "floor_cells": floor_cells,
+        "inprocess": inprocess,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(doc, indent=1) + "\n")
