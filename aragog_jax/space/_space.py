@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 from dataclasses import dataclass, field
+from functools import cached_property
 
 import numpy as np
 
@@ -70,7 +71,7 @@ class ConfigSpace:
     def num_models(self) -> int:
         return len(self.model_names)
 
-    @property
+    @cached_property  # (read per stage completion on the server's hot path)
     def output_stage(self) -> int:
         """The stage whose text is the workflow's output: the last sink in file order."""
         return max(s for s in range(self.num_stages) if int(self.stage_depth[s]) == 0)
