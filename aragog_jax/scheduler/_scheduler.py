@@ -222,6 +222,7 @@ class Scheduler:
         )
         self._slot_bucket = bucket_size(max(max(e.saturation_batch for e in engines), MIN_SLOTS))
         self.tables = RowTables(model_index, model_dtype(len(self.model_names)))
+        self._engine_cfg_model = self._engine_model.astype(self.tables.cfg_dtype)
         self._curves = CurveCache(len(engines), self.utility_scale)
         self._num_rounds = 0
         for sp in spaces:
@@ -401,25 +402,26 @@ class Scheduler:
             empty = self._record(load, rows, stages, none, stages)
             return Plan((), 0.0, 1.0, policy, empty, round_id=round_id)
         item_viable = tables.gather_viable(rows)
-        free = load.free_slots()
-        placed = None
-        steps = 0
-        if free.any():
-            k_b = max(self._slot_bucket, bucket_size(max(int(free.max()), MIN_SLOTS)))
-            gain = self._curves.gain_table(load, k_b)
+        free_list = [e.free_slots for e in load.engines]
+        top = max(free_list)
+        if top > 0:
+            k_b = max(self._slot_bucket, bucket_size(max(top, MIN_SLOTS)))
+            curves = self._curves.round(load, k_b)
+            free = np.array(free_list, dtype=np.int32)
             arrays = tables.round_arrays(
-                rows, space_ids, stages, item_viable, self._engine_model, free, gain
+                rows, pos, space_ids, item_viable, self._engine_model, free, curves.gain
             )
             result = self.policy.assign(arrays)
             engine = np.asarray(result.engine)[:n]
-            steps = int(result.num_steps)
+            steps = int(np.asarray(result.num_steps))
             placed = np.flatnonzero(engine >= 0)
         else:  # nothing can be placed: no kernel, no commit
             engine = np.full(n, -1, dtype=np.int32)
+            steps, placed = 0, None
         if placed is not None and placed.size:
             assignments, flexibility = self._commit(arrays, rows, pos, stages, engine, placed)
             counts = np.bincount(engine[placed], minlength=len(self.engines))
-            utilization = self._curves.utilization(load, counts)
+            utilization = curves.utilization(counts)
         else:  # Σ_e [f_e(load_e + 0) - f_e(load_e)] is exactly 0.0
             assignments, utilization, flexibility = (), 0.0, 1.0
         record = self._record(load, rows, stages, item_viable, engine)
@@ -512,13 +514,15 @@ class Scheduler:
         """Mark the placed items running, narrow their requests' masks (in the tables,
         vectorised); returns the assignments and the round's F."""
         p_rows = rows[placed]
-        model_ids = self._engine_model[engine[placed]]
-        flexibility = self.tables.commit(arrays, p_rows, pos[placed], placed, model_ids)
+        p_engines = engine[placed]
+        flexibility = self.tables.commit(
+            arrays, p_rows, pos[placed], placed, self._engine_cfg_model[p_engines]
+        )
         row_req = self.tables.row_req
         names, models = self.engine_names, self._engine_models  # per engine
         out = []
         for row, s, e in zip(
-            p_rows.tolist(), stages[placed].tolist(), engine[placed].tolist(), strict=True
+            p_rows.tolist(), stages[placed].tolist(), p_engines.tolist(), strict=True
         ):
             req = row_req[row]
             req.status[s] = RUNNING

@@ -28,14 +28,35 @@ from aragog_jax.scheduler._round import RoundArrays
 SMALL_ROUND_ITEMS = 16
 
 
-def _scores(viable: np.ndarray, cfgm: np.ndarray, num_models: int) -> np.ndarray:
-    """int[n, M] ``kept``: viable configurations per (item, model), as ``score_stages``
-    (configurations whose model id is outside 0..M-1 count for no model)."""
-    n = viable.shape[0]
-    ids = cfgm.astype(np.intp)
-    hit = viable & (ids >= 0) & (ids < num_models)
-    flat = (ids + (np.arange(n, dtype=np.intp) * num_models)[:, None])[hit]
-    return np.bincount(flat, minlength=n * num_models).reshape(n, num_models)
+_UNPLACED: dict[int, np.ndarray] = {}
+
+
+def _unplaced(num_rows: int) -> np.ndarray:
+    """A fresh int32[num_rows] of -1 (a copy of a kept one: cheaper than ``np.full``)."""
+    row = _UNPLACED.get(num_rows)
+    if row is None:
+        row = _UNPLACED[num_rows] = np.full(num_rows, -1, dtype=np.int32)
+    return row.copy()
+
+
+_MODEL_IDS: dict[tuple[np.dtype, int], np.ndarray] = {}
+
+
+def _model_masks(cfgm: np.ndarray, num_models: int) -> np.ndarray:
+    """bool[n, M, C]: configuration c uses model m at item i's stage (an id outside
+    0..M-1 matches no model)."""
+    key = (cfgm.dtype, num_models)
+    ids = _MODEL_IDS.get(key)
+    if ids is None:  # int[M, 1] model ids, in the configurations' dtype when they fit
+        fits = num_models - 1 <= np.iinfo(cfgm.dtype).max
+        ids = _MODEL_IDS[key] = np.arange(num_models, dtype=cfgm.dtype if fits else None)[:, None]
+    return cfgm[:, None, :] == ids
+
+
+def _count(masks: np.ndarray) -> np.ndarray:
+    """int64[...]: True cells along the last axis (an exact count; a uint8 view summed
+    in int64 is the fast way to count bools)."""
+    return np.add.reduce(masks.view(np.uint8), axis=-1, dtype=np.int64)
 
 
 def _reservations(reserve, kept, num_viable, order):
@@ -63,7 +84,6 @@ def small_round(arrays: RoundArrays, beam_width: int, reserve: bool = False) -> 
     n = arrays.num_items
     num_rows = arrays.item_viable.shape[0]
     viable = arrays.item_viable[:n]
-    cfgm = arrays.item_cfg_model[:n]
     num_models = arrays.num_models
     em = arrays.engine_model.tolist()
     free = arrays.free_slots.tolist()
@@ -71,22 +91,22 @@ def small_round(arrays: RoundArrays, beam_width: int, reserve: bool = False) -> 
     num_cand = num_engines + 1
     engines = range(num_engines)
     width = beam_width
-    engine = np.full(num_rows, -1, dtype=np.int32)
     # A search adds at most n sequences to an engine: only the first n gains are read
     # (past the last slot the kernel reads the last one).
     gain = arrays.gain[:, :n].tolist()
     if len(gain[0]) < n:
         gain = [row + row[-1:] * (n - len(row)) for row in gain]
 
-    kept = _scores(viable, cfgm, num_models).tolist()
+    # score_stages: kept[i][m] = viable configurations of item i's request with model m
+    # at its stage.
+    model_masks = _model_masks(arrays.item_cfg_model[:n], num_models)
+    kept = _count(model_masks & viable[:, None, :]).tolist()
     num_viable = [sum(row) for row in kept]
     kept_e = [[row[m] for m in em] for row in kept]
     # Pre-filter and compaction: items with an allowed engine that has a free slot.
-    order = [
-        i
-        for i in range(n)
-        if arrays.item_valid[i] and any(kept_e[i][e] > 0 and free[e] > 0 for e in engines)
-    ]
+    valid = arrays.item_valid[:n].tolist()
+    open_now = [e for e in engines if free[e] > 0]
+    order = [i for i in range(n) if valid[i] and any(kept_e[i][e] > 0 for e in open_now)]
     num_live = len(order)
     last_use = [-1] * num_engines
     for j, i in enumerate(order):
@@ -112,20 +132,17 @@ def small_round(arrays: RoundArrays, beam_width: int, reserve: bool = False) -> 
             break
         i = order[j]
         first = first_c[j]
-        row_models = cfgm[i]
+        masks = model_masks[i]  # bool[M, C]
         nv = max(num_viable[i], 1)
         if first:
-            allowed = [(e, k, k * SHARE_SCALE // nv) for e, k in enumerate(kept_e[i]) if k > 0]
-        else:
-            valid_cfg = (row_models >= 0) & (row_models < num_models)
-            ids = row_models.astype(np.intp)
+            allowed = [(e, k * SHARE_SCALE // nv) for e, k in enumerate(kept_e[i]) if k > 0]
         check = reserve and flexible[j]
         cands = []
         for b, (util, flex, used, mask, _) in enumerate(beams):
-            if not first:
-                per_model = np.bincount(ids[mask & valid_cfg], minlength=num_models).tolist()
+            if not first:  # the request's mask as this beam narrowed it
+                per_model = _count(masks & mask).tolist()
                 allowed = [
-                    (e, k, k * SHARE_SCALE // nv) for e in engines if (k := per_model[em[e]]) > 0
+                    (e, k * SHARE_SCALE // nv) for e in engines if (k := per_model[em[e]]) > 0
                 ]
             if check:  # free slots per model left in this beam, against the reservation
                 left = [f - u for f, u in zip(free, used, strict=True)]
@@ -133,7 +150,7 @@ def small_round(arrays: RoundArrays, beam_width: int, reserve: bool = False) -> 
                 res = reserved_after[j]
             base = b * num_cand
             placed_any = False
-            for e, _, share in allowed:
+            for e, share in allowed:
                 if free[e] > used[e] and not (check and left[em[e]] <= res[em[e]]):
                     cands.append((-(util + gain[e][used[e]]), -(flex + share), base + e))
                     placed_any = True
@@ -147,7 +164,8 @@ def small_round(arrays: RoundArrays, beam_width: int, reserve: bool = False) -> 
         if pos >= width:
             top[-1] = cands[pos]
         greedy = min(pos, width - 1)
-        viable_row = viable[i] if next_same[j] and first else None
+        narrow = next_same[j]
+        viable_row = viable[i] if narrow and first else None
         new_beams = []
         for neg_util, neg_flex, cand in top:
             parent, e = divmod(cand, num_cand)
@@ -156,14 +174,15 @@ def small_round(arrays: RoundArrays, beam_width: int, reserve: bool = False) -> 
                 used = list(used)
                 used[e] += 1
                 choice = (*choice, (i, e))
-            if next_same[j]:
+            if narrow:
                 mask = viable_row if first else mask
                 if e < num_engines:
-                    mask = mask & (row_models == em[e])
+                    mask = mask & masks[em[e]]
             new_beams.append((-neg_util, -neg_flex, used, mask, choice))
         beams = new_beams
         j += 1
     util, flex, _, _, choice = beams[0]
+    engine = _unplaced(num_rows)
     for i, e in choice:
         engine[i] = e
     return BeamResult(
