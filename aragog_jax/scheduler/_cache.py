@@ -15,8 +15,6 @@ the same point (``curve_value``), so U is read off the row instead of recomputed
 
 from __future__ import annotations
 
-from typing import NamedTuple
-
 import numpy as np
 
 from aragog_jax.engines.model import Curve, curve_arrays
@@ -26,7 +24,7 @@ from aragog_jax.scheduler._load import LoadVector
 CACHE_SIZE = 16_384
 
 
-class RoundCurves(NamedTuple):
+class RoundCurves:
     """The curve side of one round (read-only arrays shared with later rounds).
 
     Attributes:
@@ -35,14 +33,27 @@ class RoundCurves(NamedTuple):
       capacity: ``LoadVector.capacity()``.
     """
 
-    gain: np.ndarray
-    values: np.ndarray
-    capacity: float
+    __slots__ = ("gain", "values", "capacity", "_utilization")
 
-    def utilization(self, counts: np.ndarray) -> float:
-        """``LoadVector.utilization(counts)`` for counts of at most K per engine: the same
-        per-engine differences (an engine with none adds f(load) - f(load) = 0.0 exactly),
-        summed in engine order by the same ``ndarray.sum``."""
+    def __init__(self, gain: np.ndarray, values: np.ndarray, capacity: float) -> None:
+        self.gain = gain
+        self.values = values
+        self.capacity = capacity
+        self._utilization: dict[tuple[int, ...], float] = {}
+
+    def utilization(self, counts: tuple[int, ...]) -> float:
+        """``LoadVector.utilization(counts)`` for counts (per engine) of at most K: the
+        same per-engine differences (an engine with none adds f(load) - f(load) = 0.0
+        exactly), summed in engine order by the same ``ndarray.sum``; remembered per
+        counts."""
+        u = self._utilization.get(counts)
+        if u is None:
+            if len(self._utilization) >= CACHE_SIZE:
+                self._utilization.clear()
+            u = self._utilization[counts] = self._compute(np.array(counts, dtype=np.int64))
+        return u
+
+    def _compute(self, counts: np.ndarray) -> float:
         if self.capacity <= 0:
             return 0.0
         values = self.values
@@ -122,5 +133,5 @@ class CurveCache:
 
     def utilization(self, load: LoadVector, counts: np.ndarray) -> float:
         """``load.utilization(counts)``: U of the engines' assigned counts."""
-        counts = np.asarray(counts, dtype=np.int64)
-        return self.round(load, max(int(counts.max(initial=0)), 1)).utilization(counts)
+        counts = tuple(np.asarray(counts, dtype=np.int64).tolist())
+        return self.round(load, max(max(counts, default=0), 1)).utilization(counts)

@@ -14,6 +14,7 @@ linear from (0, 0) to the first point when that point is above 0 sequences.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -157,8 +158,9 @@ class LoadVector:
             raise SchedulerError(f"load observations for unknown engines {unknown}")
         return cls(tuple(EngineLoad.observe(e, **observations.get(e.name, {})) for e in engines))
 
-    @property
+    @functools.cached_property
     def names(self) -> tuple[str, ...]:
+        """The engines' names, in order (computed once: a round asks every time)."""
         return tuple(e.name for e in self.engines)
 
     def in_order(self, names: tuple[str, ...]) -> LoadVector:

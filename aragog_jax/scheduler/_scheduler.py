@@ -37,11 +37,12 @@ from collections.abc import Hashable, Iterator, Sequence
 import numpy as np
 
 from aragog_jax.errors import NoViableConfigurationError, SchedulerError
-from aragog_jax.scheduler._cache import CurveCache
+from aragog_jax.scheduler._cache import CurveCache, RoundCurves
 from aragog_jax.scheduler._load import UTILITY_SCALE, EngineInfo, LoadVector
 from aragog_jax.scheduler._plan import Assignment, Plan, RoundRecord
-from aragog_jax.scheduler._policy import DEFAULT_BEAM_WIDTH, Policy, make_policy
+from aragog_jax.scheduler._policy import DEFAULT_BEAM_WIDTH, BeamPolicy, Policy, make_policy
 from aragog_jax.scheduler._round import MIN_ITEMS, MIN_SLOTS, RoundArrays, model_dtype
+from aragog_jax.scheduler._small import host_gains, host_inputs, host_search
 from aragog_jax.scheduler._tables import RowTables, SpaceInfo
 from aragog_jax.space import ConfigSpace, bucket_size
 
@@ -223,6 +224,7 @@ class Scheduler:
         self._slot_bucket = bucket_size(max(max(e.saturation_batch for e in engines), MIN_SLOTS))
         self.tables = RowTables(model_index, model_dtype(len(self.model_names)))
         self._engine_cfg_model = self._engine_model.astype(self.tables.cfg_dtype)
+        self._engine_model_list = self._engine_model.tolist()
         self._curves = CurveCache(len(engines), self.utility_scale)
         self._num_rounds = 0
         for sp in spaces:
@@ -401,12 +403,17 @@ class Scheduler:
             none = np.zeros((0, 0), dtype=bool)
             empty = self._record(load, rows, stages, none, stages)
             return Plan((), 0.0, 1.0, policy, empty, round_id=round_id)
-        item_viable = tables.gather_viable(rows)
         free_list = [e.free_slots for e in load.engines]
         top = max(free_list)
         if top > 0:
             k_b = max(self._slot_bucket, bucket_size(max(top, MIN_SLOTS)))
             curves = self._curves.round(load, k_b)
+            host = self.policy
+            if type(host).assign is BeamPolicy.assign and n <= host.small_items:
+                items = (rows, pos, space_ids, stages)
+                return self._host_round(load, round_id, items, free_list, curves)
+        item_viable = tables.gather_viable(rows)
+        if top > 0:
             free = np.array(free_list, dtype=np.int32)
             arrays = tables.round_arrays(
                 rows, pos, space_ids, item_viable, self._engine_model, free, curves.gain
@@ -421,7 +428,7 @@ class Scheduler:
         if placed is not None and placed.size:
             assignments, flexibility = self._commit(arrays, rows, pos, stages, engine, placed)
             counts = np.bincount(engine[placed], minlength=len(self.engines))
-            utilization = curves.utilization(counts)
+            utilization = curves.utilization(tuple(counts.tolist()))
         else:  # Σ_e [f_e(load_e + 0) - f_e(load_e)] is exactly 0.0
             assignments, utilization, flexibility = (), 0.0, 1.0
         record = self._record(load, rows, stages, item_viable, engine)
@@ -518,18 +525,81 @@ class Scheduler:
         flexibility = self.tables.commit(
             arrays, p_rows, pos[placed], placed, self._engine_cfg_model[p_engines]
         )
+        return self._start(
+            p_rows.tolist(), stages[placed].tolist(), p_engines.tolist()
+        ), flexibility
+
+    def _start(
+        self, rows: list[int], stages: list[int], engines: list[int]
+    ) -> tuple[Assignment, ...]:
+        """Mark the placed items (row, stage, engine) running in their requests; returns
+        their assignments."""
         row_req = self.tables.row_req
         names, models = self.engine_names, self._engine_models  # per engine
         out = []
-        for row, s, e in zip(
-            p_rows.tolist(), stages[placed].tolist(), p_engines.tolist(), strict=True
-        ):
+        for row, s, e in zip(rows, stages, engines, strict=True):
             req = row_req[row]
             req.status[s] = RUNNING
             req.engine[s] = e
             req.ready.remove(s)
             out.append(Assignment(req.request_id, s, req.info.stage_names[s], names[e], models[e]))
-        return tuple(out), flexibility
+        return tuple(out)
+
+    def _host_round(
+        self,
+        load: LoadVector,
+        round_id: int,
+        items: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray],
+        free: list[int],
+        curves: RoundCurves,
+    ) -> Plan:
+        """A small round of a :class:`BeamPolicy` on the host, straight from the tables:
+        what ``schedule`` gets from ``policy.assign`` (``small_round``) on the round's
+        padded arrays and commits from them, without building them (``host_search`` on the
+        items' rows; the commit one request at a time)."""
+        rows, pos, space_ids, stages = items
+        policy = self.policy
+        tables = self.tables
+        n = rows.size
+        viable = tables.viable[rows]  # bool[n, C] (a fresh copy: the record keeps it)
+        cfgm = tables.columns[tables.rank_column[space_ids, pos]]
+        model_masks, kept = host_inputs(viable, cfgm, len(self.model_names))
+        rows_l = rows.tolist()
+        choice, _, _, steps = host_search(
+            viable,
+            model_masks,
+            kept,
+            rows_l,  # a request's key: its row
+            [True] * n,
+            self._engine_model_list,
+            free,
+            host_gains(curves.gain, n),
+            policy.beam_width,
+            policy.compiled.reserve,
+        )
+        engine = [-1] * n
+        for i, e in choice:
+            engine[i] = e
+        if choice:
+            items = [i for i, _ in choice]
+            models = [self._engine_model_list[e] for _, e in choice]
+            flexibility = tables.commit_host(
+                viable, model_masks, rows_l, pos.tolist(), items, models
+            )
+            stages_l = stages.tolist()
+            assignments = self._start(
+                [rows_l[i] for i in items], [stages_l[i] for i in items], [e for _, e in choice]
+            )
+            counts = [0] * len(self.engines)
+            for _, e in choice:
+                counts[e] += 1
+            utilization = curves.utilization(tuple(counts))
+        else:
+            assignments, utilization, flexibility = (), 0.0, 1.0
+        record = self._record(load, rows, stages, viable, np.array(engine, dtype=np.int32))
+        return Plan(
+            assignments, utilization, flexibility, str(policy.name), record, steps, round_id
+        )
 
     def _record(self, load, rows, stages, viable, engine) -> RoundRecord:
         tables, names, scale = self.tables, self.model_names, self.utility_scale

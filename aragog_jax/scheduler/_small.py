@@ -78,33 +78,74 @@ def _reservations(reserve, kept, num_viable, order):
     return reserved_after, flexible
 
 
+def host_inputs(viable: np.ndarray, cfgm: np.ndarray, num_models: int):
+    """(model masks bool[n, M, C], kept[i][m]) of ``n`` items: ``score_stages`` on the
+    host (kept = viable configurations of item i's request with model m at its stage)."""
+    model_masks = _model_masks(cfgm, num_models)
+    return model_masks, _count(model_masks & viable[:, None, :]).tolist()
+
+
+def host_gains(gain: np.ndarray, n: int) -> list[list[int]]:
+    """The first ``n`` gains per engine as lists: a search adds at most n sequences to an
+    engine (past the last slot the kernel reads the last one)."""
+    rows = gain[:, :n].tolist()
+    if len(rows[0]) < n:
+        rows = [row + row[-1:] * (n - len(row)) for row in rows]
+    return rows
+
+
 def small_round(arrays: RoundArrays, beam_width: int, reserve: bool = False) -> BeamResult:
     """The compiled round's :class:`BeamResult` for ``arrays`` (any item count; meant for
     a few items), computed on the host. ``reserve`` as ``CompiledRounds``."""
     n = arrays.num_items
-    num_rows = arrays.item_viable.shape[0]
     viable = arrays.item_viable[:n]
-    num_models = arrays.num_models
-    em = arrays.engine_model.tolist()
-    free = arrays.free_slots.tolist()
+    model_masks, kept = host_inputs(viable, arrays.item_cfg_model[:n], arrays.num_models)
+    choice, util, flex, steps = host_search(
+        viable,
+        model_masks,
+        kept,
+        arrays.item_req[:n].tolist(),
+        arrays.item_valid[:n].tolist(),
+        arrays.engine_model.tolist(),
+        arrays.free_slots.tolist(),
+        host_gains(arrays.gain, n),
+        beam_width,
+        reserve,
+    )
+    engine = _unplaced(arrays.item_viable.shape[0])
+    for i, e in choice:
+        engine[i] = e
+    return BeamResult(
+        engine=engine, utility=np.int32(util), flex=np.int32(flex), num_steps=np.int32(steps)
+    )
+
+
+def host_search(
+    viable: np.ndarray,
+    model_masks: np.ndarray,
+    kept: list[list[int]],
+    req: list,
+    valid: list[bool],
+    em: list[int],
+    free: list[int],
+    gain: list[list[int]],
+    beam_width: int,
+    reserve: bool,
+) -> tuple[tuple[tuple[int, int], ...], int, int, int]:
+    """The beam search of :func:`small_round` on host inputs: ``viable`` bool[n, C] and
+    ``model_masks``, ``kept`` from :func:`host_inputs`; per item its request key ``req``
+    (equal for the consecutive items of one request) and ``valid``; per engine its model
+    ``em``, ``free`` slots and gains (:func:`host_gains`). Returns the best beam's
+    ((item, engine), ...) in item order, its U and F, and the steps run."""
+    n = len(kept)
+    num_models = model_masks.shape[1]
     num_engines = len(em)
     num_cand = num_engines + 1
     engines = range(num_engines)
     width = beam_width
-    # A search adds at most n sequences to an engine: only the first n gains are read
-    # (past the last slot the kernel reads the last one).
-    gain = arrays.gain[:, :n].tolist()
-    if len(gain[0]) < n:
-        gain = [row + row[-1:] * (n - len(row)) for row in gain]
-
-    # score_stages: kept[i][m] = viable configurations of item i's request with model m
-    # at its stage.
-    model_masks = _model_masks(arrays.item_cfg_model[:n], num_models)
-    kept = _count(model_masks & viable[:, None, :]).tolist()
     num_viable = [sum(row) for row in kept]
     kept_e = [[row[m] for m in em] for row in kept]
     # Pre-filter and compaction: items with an allowed engine that has a free slot.
-    valid = arrays.item_valid[:n].tolist()
     open_now = [e for e in engines if free[e] > 0]
     order = [i for i in range(n) if valid[i] and any(kept_e[i][e] > 0 for e in open_now)]
     num_live = len(order)
@@ -113,7 +154,6 @@ def small_round(arrays: RoundArrays, beam_width: int, reserve: bool = False) -> 
         for e in engines:
             if kept_e[i][e] > 0:
                 last_use[e] = j
-    req = arrays.item_req[:n].tolist()
     first_c = [j == 0 or req[order[j]] != req[order[j - 1]] for j in range(num_live)]
     next_same = [j + 1 < num_live and not first_c[j + 1] for j in range(num_live)]
     reserved_after, flexible = _reservations(reserve, kept, num_viable, order)
@@ -149,12 +189,14 @@ def small_round(arrays: RoundArrays, beam_width: int, reserve: bool = False) -> 
                 left = [sum(left[e] for e in engines if em[e] == m) for m in range(num_models)]
                 res = reserved_after[j]
             base = b * num_cand
-            placed_any = False
-            for e, share in allowed:
-                if free[e] > used[e] and not (check and left[em[e]] <= res[em[e]]):
-                    cands.append((-(util + gain[e][used[e]]), -(flex + share), base + e))
-                    placed_any = True
-            if not placed_any:
+            extended = [
+                (-(util + gain[e][used[e]]), -(flex + share), base + e)
+                for e, share in allowed
+                if free[e] > used[e] and not (check and left[em[e]] <= res[em[e]])
+            ]
+            if extended:
+                cands += extended
+            else:
                 cands.append((-util, -flex, base + num_engines))
         cands.sort()
         pos = 0
@@ -182,9 +224,4 @@ def small_round(arrays: RoundArrays, beam_width: int, reserve: bool = False) -> 
         beams = new_beams
         j += 1
     util, flex, _, _, choice = beams[0]
-    engine = _unplaced(num_rows)
-    for i, e in choice:
-        engine[i] = e
-    return BeamResult(
-        engine=engine, utility=np.int32(util), flex=np.int32(flex), num_steps=np.int32(j)
-    )
+    return choice, util, flex, j

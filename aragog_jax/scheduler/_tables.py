@@ -204,6 +204,51 @@ class RowTables:
         ratio = after / np.maximum(before, 1)
         return float(ratio.sum() / ratio.size)  # np.mean's own sum and division, bit for bit
 
+    def commit_host(
+        self,
+        viable: np.ndarray,
+        model_masks: np.ndarray,
+        rows: list[int],
+        pos: list[int],
+        items: list[int],
+        models: list[int],
+    ) -> float:
+        """:meth:`commit` for a round of a few items, one request at a time in Python.
+
+        Args:
+          viable: bool[n, C] the items' viable masks (rows of this table, gathered).
+          model_masks: bool[n, M, C] configuration c uses model m at item i's stage.
+          rows, pos: every item's row and rank position.
+          items, models: the placed items (ascending) and the model each runs on.
+
+        The same masks and the same F as :meth:`commit`: a request's mask narrowed by
+        each placed item's model, the ratios of viable counts after / before in item
+        order, averaged by ``ndarray.sum`` (one ratio: itself).
+        """
+        ratios: list[float] = []
+        prev, mask, before = -1, None, None
+        for i, m in zip(items, models, strict=True):
+            row = rows[i]
+            if row != prev:
+                if mask is not None:
+                    ratios.append(self._narrow(prev, mask, before))
+                before, mask = viable[i], viable[i] & model_masks[i, m]
+                prev = row
+            else:
+                mask = mask & model_masks[i, m]
+            self.ready[row, pos[i]] = False
+        ratios.append(self._narrow(prev, mask, before))
+        self.num_ready -= len(items)
+        if len(ratios) == 1:
+            return ratios[0]
+        ratio = np.array(ratios)
+        return float(ratio.sum() / ratio.size)
+
+    def _narrow(self, row: int, mask: np.ndarray, before: np.ndarray) -> float:
+        """Store ``row``'s narrowed mask; its share kept of the ``before`` mask."""
+        self.viable[row] = mask
+        return int(np.count_nonzero(mask)) / max(int(np.count_nonzero(before)), 1)
+
     def compact(self, live: Iterable[Any]) -> None:
         """Move the rows of the ``live`` requests (FIFO order, each with a ``row``
         attribute, updated here) to the front, in order, into tables sized for twice as

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import itertools
 
 import numpy as np
@@ -17,7 +18,9 @@ from aragog_jax.scheduler import (
     LoadVector,
     RoundArrays,
     Scheduler,
+    make_policy,
     pad_round,
+    replay_round,
     small_round,
 )
 from aragog_jax.scheduler._random import random_round
@@ -195,3 +198,80 @@ def _report(sched: Scheduler, r, stage: str, engine: str, fail: bool) -> str:
     except NoViableConfigurationError:
         return "gone"
     return "failed"
+
+
+class _ViaArrays(BeamPolicy):
+    """A BeamPolicy with its own ``assign``: schedule() builds the round's padded arrays
+    and commits from them, as for any policy (no host round straight from the tables)."""
+
+    def assign(self, arrays):
+        return super().assign(arrays)
+
+
+@pytest.mark.parametrize("policy", ["aragog-paper", "aragog-scarce"])
+def test_host_rounds_from_the_tables_equal_the_arrays_path_and_the_replay(policy):
+    """schedule()'s small rounds straight from the tables (``host_search`` + a commit one
+    request at a time, cached U) against the same scheduler through the padded arrays
+    (``small_round`` + the vectorised commit): the same plans, U, F, steps, skipped and
+    masks, round after round on two workflows and busy engines, and both equal to the
+    replay of the round (U and F recomputed from scratch). Rounds where one request
+    places several stages, and several requests each place some, both occur."""
+    chain = space([("draft", ()), ("polish", ("draft",))], name="chain")
+    fan = space(FANOUT, name="fan")
+    fleet = engines(
+        {
+            "e7": ("7B", 100.0, 3),
+            "e7b": ("7B", 80.0, 2),
+            "e14": ("14B", 60.0, 3),
+            "e32": ("32B", 30.0, 2),
+        }
+    )
+    base = make_policy(policy)
+    scheds = [
+        Scheduler(fleet, cls(4, name=base.name, compiled=base.compiled), spaces=[chain, fan])
+        for cls in (BeamPolicy, _ViaArrays)
+    ]
+    rng = np.random.default_rng(11)
+    running: list[tuple[int, str, str]] = []
+    ids = itertools.count()
+    grouped = shared = 0
+    for _ in range(150):
+        for _ in range(int(rng.integers(0, 3))):
+            r, sp = next(ids), (chain, fan)[int(rng.integers(2))]
+            mask = rng.random(sp.num_configs) < 0.5
+            mask[int(rng.integers(sp.num_configs))] = True
+            for s in scheds:
+                s.add_request(r, sp, mask)
+        busy = {e.name: int(rng.integers(0, e.saturation_batch + 1)) for e in fleet}
+        for _, _, e in running:
+            busy[e] += 1
+        load = LoadVector.observe(fleet, {n: {"running": b} for n, b in busy.items()})
+        a, b = (s.schedule(load) for s in scheds)
+        assert (a.assignments, a.utilization, a.flexibility, a.search_steps) == (
+            b.assignments,
+            b.utilization,
+            b.flexibility,
+            b.search_steps,
+        )
+        assert a.skipped == b.skipped and a.to_replay() == b.to_replay()
+        if a.assignments:
+            assert replay_round(a.to_replay(), make_policy(policy)) == a.decision()
+        per_request = collections.Counter(x.request_id for x in a.assignments)
+        grouped += any(k > 1 for k in per_request.values())
+        shared += len(per_request) > 1
+        running += [(x.request_id, x.stage_name, x.engine) for x in a.assignments]
+        rng.shuffle(running)
+        cut = int(rng.integers(0, len(running) + 1))
+        done, running = running[:cut], running[cut:]
+        for r, stage, e in done:
+            if not scheds[0].is_queued(r):
+                continue
+            fail = rng.random() < 0.1
+            outcomes = [_report(s, r, stage, e, fail) for s in scheds]
+            assert outcomes[0] == outcomes[1]
+            if outcomes[0] == "gone":
+                running = [x for x in running if x[0] != r]
+        for r in scheds[0].request_ids():
+            np.testing.assert_array_equal(scheds[0].viable_mask(r), scheds[1].viable_mask(r))
+        assert scheds[0].num_ready == scheds[1].num_ready
+    assert grouped > 5 and shared > 5
