@@ -11,6 +11,11 @@ the greedy line's survival, the joint narrowing of a request's later stages and,
 ``reserve``, the scarcity reservation). ``tests/scheduler/test_small.py`` checks the
 equality against the compiled round on random rounds (hypothesis).
 
+The search itself is :func:`host_search` on host inputs (per-item rows, Python lists):
+``small_round`` feeds it from a round's padded arrays, and ``Scheduler.schedule`` feeds it
+straight from its row tables for a :class:`BeamPolicy`'s small rounds (no padded arrays;
+``tests/scheduler/test_small.py`` checks both against each other and the round's replay).
+
 ``BeamPolicy`` takes this path for rounds of at most ``SMALL_ROUND_ITEMS`` items, a
 threshold measured by ``bench/scheduler.py`` (``small_rounds``: schedule() per round
 size with and without the host path, in one run).

@@ -173,21 +173,30 @@ def test_scheduler_plans_equal_with_and_without_the_host_path(policy):
             b.flexibility,
         )
         assert a.skipped == b.skipped
-        running += [(x.request_id, x.stage_name, x.engine) for x in a.assignments]
-        rng.shuffle(running)
-        cut = int(rng.integers(0, len(running) + 1))
-        done, running = running[:cut], running[cut:]
-        for r, stage, e in done:
-            if not scheds[0].is_queued(r):
-                continue  # its request failed for good earlier in this loop
-            fail = rng.random() < 0.15
-            outcomes = [_report(s, r, stage, e, fail) for s in scheds]
-            assert outcomes[0] == outcomes[1]
-            if outcomes[0] == "gone":
-                running = [x for x in running if x[0] != r]
-        for r in scheds[0].request_ids():
-            np.testing.assert_array_equal(scheds[0].viable_mask(r), scheds[1].viable_mask(r))
+        running = _finish_some(scheds, a, running, rng, 0.15)
     assert host_rounds > 20
+
+
+def _finish_some(scheds, plan, running: list, rng, fail_rate: float) -> list:
+    """Dispatch ``plan`` in every scheduler (lockstep), then finish or fail a random part
+    of what runs in all of them alike (same outcomes, same masks); returns what still
+    runs."""
+    running = running + [(x.request_id, x.stage_name, x.engine) for x in plan.assignments]
+    rng.shuffle(running)
+    cut = int(rng.integers(0, len(running) + 1))
+    done, running = running[:cut], running[cut:]
+    for r, stage, e in done:
+        if not scheds[0].is_queued(r):
+            continue  # its request failed for good earlier in this loop
+        fail = rng.random() < fail_rate
+        outcomes = [_report(s, r, stage, e, fail) for s in scheds]
+        assert outcomes[0] == outcomes[1]
+        if outcomes[0] == "gone":
+            running = [x for x in running if x[0] != r]
+    for r in scheds[0].request_ids():
+        np.testing.assert_array_equal(scheds[0].viable_mask(r), scheds[1].viable_mask(r))
+    assert scheds[0].num_ready == scheds[1].num_ready
+    return running
 
 
 def _report(sched: Scheduler, r, stage: str, engine: str, fail: bool) -> str:
@@ -259,19 +268,5 @@ def test_host_rounds_from_the_tables_equal_the_arrays_path_and_the_replay(policy
         per_request = collections.Counter(x.request_id for x in a.assignments)
         grouped += any(k > 1 for k in per_request.values())
         shared += len(per_request) > 1
-        running += [(x.request_id, x.stage_name, x.engine) for x in a.assignments]
-        rng.shuffle(running)
-        cut = int(rng.integers(0, len(running) + 1))
-        done, running = running[:cut], running[cut:]
-        for r, stage, e in done:
-            if not scheds[0].is_queued(r):
-                continue
-            fail = rng.random() < 0.1
-            outcomes = [_report(s, r, stage, e, fail) for s in scheds]
-            assert outcomes[0] == outcomes[1]
-            if outcomes[0] == "gone":
-                running = [x for x in running if x[0] != r]
-        for r in scheds[0].request_ids():
-            np.testing.assert_array_equal(scheds[0].viable_mask(r), scheds[1].viable_mask(r))
-        assert scheds[0].num_ready == scheds[1].num_ready
+        running = _finish_some(scheds, a, running, rng, 0.1)
     assert grouped > 5 and shared > 5
