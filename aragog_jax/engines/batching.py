@@ -21,8 +21,9 @@ The model (what a vLLM-style engine does, at iteration granularity):
 Between two events (a completion or an admission) the batch is fixed, so iteration
 k after the last boundary takes ``A + c * k`` with c = decode_per_ctx_token_s * b: the
 engine jumps straight to the next event with the closed form
-``T(k) = prefill + k A + c k (k - 1) / 2`` instead of stepping through iterations. An
-event costs O(log b).
+``T(k) = prefill + k A + c k (k - 1) / 2`` instead of stepping through iterations. A and
+c are computed once per boundary, the running sequences are grouped by the iteration
+they finish in, and an event costs O(log b).
 """
 
 from __future__ import annotations
@@ -63,13 +64,16 @@ class BatchingEngine:
         "_prefill_rate",
         "t_b",
         "i_b",
-        "_run",
-        "_seq_no",
+        "_finish_iters",
+        "_finishing",
         "b",
         "_sum_p",
         "_sum_j",
         "kv_reserved",
         "_prefill_s",
+        "_step_s",
+        "_ctx_slope",
+        "_next_span",
         "waiting",
         "next_time",
         "_next_k",
@@ -93,15 +97,22 @@ class BatchingEngine:
         self._prefill_rate = profile.prefill_tokens_per_s
         self.t_b = 0.0  # time of the last processed boundary
         self.i_b = 0  # index of the iteration that starts at t_b
-        self._run: list[
-            tuple[int, int, Any, int, int, int]
-        ] = []  # (finish_iter, seq_no, job, prompt, reserve, join_iter)
-        self._seq_no = 0
+        # Running sequences by the iteration they finish in: a heap of the distinct finish
+        # iterations, and each one's (job, prompt, reserve, join_iter) in admission order,
+        # the order they leave in.
+        self._finish_iters: list[int] = []
+        self._finishing: dict[int, list[tuple[Any, int, int, int]]] = {}
         self.b = 0
         self._sum_p = 0  # sum of prompts of running sequences
         self._sum_j = 0  # sum of join iterations of running sequences
         self.kv_reserved = 0
         self._prefill_s = 0.0  # prefill seconds charged to iteration i_b
+        # The batch is fixed between two boundaries, so the first decode step after t_b
+        # (A) and the growth of each later one (c) are computed once per boundary
+        # (on_event), as is the span to the next boundary (_set_next).
+        self._step_s = 0.0  # A of the running batch (valid while b > 0)
+        self._ctx_slope = 0.0  # c = decode_per_ctx_token_s * b
+        self._next_span = 0.0  # _span(_next_k), so on_event does not recompute it
         self.waiting: deque[tuple[Any, int, int]] = deque()
         self.next_time = INF
         self._next_k = 0  # iterations from t_b to next_time
@@ -126,20 +137,13 @@ class BatchingEngine:
     # -- closed-form iteration time ---------------------------------------------------
     def _span(self, k: int) -> float:
         """Seconds from t_b to the end of the k-th iteration (k >= 1) with the batch fixed."""
-        b = self.b
-        a = decode_step_s(
-            self._base, self._per_seq, self._per_ctx, b, self._sum_p - self._sum_j + b * self.i_b
-        )
-        return self._prefill_s + k * a + self._per_ctx * b * k * (k - 1) * 0.5
+        return self._prefill_s + k * self._step_s + self._ctx_slope * k * (k - 1) * 0.5
 
     def _first_boundary_after(self, now: float) -> int:
         """Smallest k >= 1 with t_b + T(k) >= now (the batch is running)."""
         dt = now - self.t_b
-        b = self.b
-        a = decode_step_s(
-            self._base, self._per_seq, self._per_ctx, b, self._sum_p - self._sum_j + b * self.i_b
-        )
-        c = self._per_ctx * b
+        a = self._step_s
+        c = self._ctx_slope
         rem = dt - self._prefill_s
         if rem <= a:
             k = 1
@@ -156,8 +160,11 @@ class BatchingEngine:
         return k
 
     def _set_next(self, k: int) -> None:
+        """The next boundary is k >= 1 iterations after t_b."""
         self._next_k = k
-        self.next_time = self.t_b + self._span(k) if k > 0 else self.t_b
+        span = self._span(k)
+        self._next_span = span
+        self.next_time = self.t_b + span
         self.version += 1
 
     # -- driver interface -------------------------------------------------------------
@@ -196,48 +203,67 @@ class BatchingEngine:
     def on_event(self, now: float) -> list[Any]:
         """Process the boundary at ``now`` (== ``next_time``); return the finished jobs."""
         k = self._next_k
-        if self.b > 0 and k > 0:
-            span = self._span(k)
-            self.busy_s += span
-            self.tokens_out += k * self.b
+        b = self.b
+        if b > 0 and k > 0:
+            self.busy_s += self._next_span
+            self.tokens_out += k * b
             self.i_b += k
+        i_b = self.i_b
         self.t_b = now
-        self._prefill_s = 0.0
         done: list[Any] = []
-        run = self._run
-        last = self.i_b - 1
-        while run and run[0][0] <= last:
-            _, _, job, p, reserve, j = heapq.heappop(run)
-            self.b -= 1
-            self._sum_p -= p
-            self._sum_j -= j
-            self.kv_reserved -= reserve
-            self.completed += 1
-            done.append(job)
+        iters, finishing = self._finish_iters, self._finishing
+        if iters and iters[0] < i_b:  # sequences whose last token was iteration i_b - 1
+            sum_p = sum_j = reserved = 0
+            while iters and iters[0] < i_b:
+                for job, p, reserve, j in finishing.pop(heapq.heappop(iters)):
+                    sum_p += p
+                    sum_j += j
+                    reserved += reserve
+                    done.append(job)
+            b -= len(done)
+            self._sum_p -= sum_p
+            self._sum_j -= sum_j
+            self.kv_reserved -= reserved
+            self.completed += len(done)
         # Admit waiting sequences FIFO while the batch and the KV cache have room.
         waiting = self.waiting
         prefill_tokens = 0
-        while waiting and self.b < self.max_batch:
-            job, p, o = waiting[0]
-            if self.kv_reserved + p + o > self.kv_capacity:
-                break
-            waiting.popleft()
-            self._seq_no += 1
-            heapq.heappush(run, (self.i_b + o - 1, self._seq_no, job, p, p + o, self.i_b))
-            self.b += 1
-            self._sum_p += p
-            self._sum_j += self.i_b
-            self.kv_reserved += p + o
-            prefill_tokens += p
+        if waiting and b < self.max_batch:
+            max_batch, capacity, reserved = self.max_batch, self.kv_capacity, self.kv_reserved
+            b0 = b
+            while waiting and b < max_batch:
+                job, p, o = waiting[0]
+                if reserved + p + o > capacity:
+                    break
+                waiting.popleft()
+                f = i_b + o - 1
+                seqs = finishing.get(f)
+                if seqs is None:
+                    finishing[f] = [(job, p, p + o, i_b)]
+                    heapq.heappush(iters, f)
+                else:
+                    seqs.append((job, p, p + o, i_b))
+                b += 1
+                reserved += p + o
+                prefill_tokens += p
+            self.kv_reserved = reserved
+            self._sum_p += prefill_tokens
+            self._sum_j += (b - b0) * i_b
+        self.b = b
         self._prefill_s = prefill_tokens / self._prefill_rate
-        if self.b == 0:
+        if b == 0:
             self._next_k = 0
             self.next_time = INF
             self.version += 1
         else:
             # Sequences still waiting (batch full or KV blocked) are retried at the next
             # completion boundary, the first moment anything frees up.
-            self._set_next(run[0][0] - self.i_b + 1)
+            # The batch is now fixed until the next boundary: A and c once for all of it.
+            self._step_s = decode_step_s(
+                self._base, self._per_seq, self._per_ctx, b, self._sum_p - self._sum_j + b * i_b
+            )
+            self._ctx_slope = self._per_ctx * b
+            self._set_next(iters[0] - i_b + 1)
         return done
 
 

@@ -21,6 +21,7 @@ function of its seed when the round cost is fixed.
 
 from __future__ import annotations
 
+import gc
 import heapq
 import math
 import time
@@ -141,7 +142,30 @@ def simulate(
       per_workflow_config: configuration index of the per_workflow policy.
       policy: a policy object to schedule with instead of ``cfg.policy``'s (e.g. one
         that records the rounds it is asked to assign).
+
+    Python's cyclic garbage collector is paused for the run (and restored after): the
+    event loop allocates a tuple or two per event, which triggers collections that scan
+    every object JAX and the process hold (a full one took 0.13-0.23 s on the headline
+    case, about once in ten runs, charged to whichever run it fell in) while the run
+    itself makes next to no cyclic garbage. Results do not depend on it.
     """
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        return _simulate(setup, cfg, masks, per_workflow_config, on_round, policy)
+    finally:
+        if enabled:
+            gc.enable()
+
+
+def _simulate(
+    setup: Setup,
+    cfg: RunConfig,
+    masks: np.ndarray,
+    per_workflow_config: int | None,
+    on_round: Callable[[float], None] | None,
+    policy: Policy | None,
+) -> RunResult:
     space = setup.space
     ds = setup.dataset
     wall0 = time.perf_counter()
@@ -171,36 +195,40 @@ def simulate(
         arrival = arrival[arrival <= cfg.duration_s]
         n = int(arrival.size)
     rows = sample_inputs(setup.rows, n, seed=cfg.seed)
-    tokens = ds.tokens  # [N_ds, S, 2]
-    queued = np.full(n, INF)
-    finish = np.full(n, INF)
-    config_idx = np.full(n, -1, dtype=np.int64)
-    num_admitted = np.zeros(n, dtype=np.int64)
+    # The event loop works on plain Python lists (numpy scalar indexing costs more than
+    # the work it indexes); they become the result's arrays at the end.
+    row_of = rows.tolist()
+    req_tokens = ds.tokens[rows].tolist()  # [n][S][(input, output)] of each request's row
+    queued = [INF] * n
+    finish = [INF] * n
+    config_idx = [-1] * n
+    num_admitted = [0] * n
     route_s = np.full(n, float(cfg.route_cost_s))
-    stage_models = np.full((n, num_stages), -1, dtype=np.int64)
+    stage_models = [[-1] * num_stages for _ in range(n)]  # model id that ran each stage
     stage_engine_counts: dict[str, dict[str, int]] = {s: {} for s in space.stage_names}
 
+    # Arrivals are already in time order, so they stay out of the heap: the loop takes the
+    # next one when it sorts before the heap's top by the heap's own key (t, kind, tie),
+    # i.e. before anything later and before any other kind at the same time but an
+    # engine boundary. The heap then holds only the few engine, round and poll events.
+    route_cost = cfg.route_cost_s
+    add_times = [t_arr + route_cost for t_arr in arrival.tolist()]
+    add_times.append(INF)  # sentinel: no more arrivals
+    next_add = 0
+    t_add = add_times[0]
     heap: list[tuple] = []
-    counter = 0
-    for i in range(n):
-        heap.append((float(arrival[i]) + cfg.route_cost_s, _ADD, i, i, 0))
     counter = n
-    heapq.heapify(heap)
-
-    def push_engine(e: int) -> None:
-        nonlocal counter
-        eng = engines[e]
-        if eng.next_time < INF:
-            counter += 1
-            heapq.heappush(heap, (eng.next_time, _ENGINE, counter, e, eng.version))
+    heappush, heappop = heapq.heappush, heapq.heappop
 
     poll = cfg.poll_interval_s
     snap = [(0, 0, 0.0)] * len(engines)
     sent_since = [0] * len(engines)
     if poll > 0:
         counter += 1
-        heapq.heappush(heap, (0.0, _POLL, counter, 0, 0))
+        heappush(heap, (0.0, _POLL, counter, 0, 0))
 
+    horizon = cfg.horizon_s
+    round_interval = cfg.round_interval_s
     round_busy = False
     last_round = -INF
     tick_pending = False
@@ -237,23 +265,33 @@ def simulate(
         return LoadVector(tuple(obs))
 
     def dispatch(plan_assignments, t: float) -> None:
+        nonlocal counter
         for a in plan_assignments:
             e = engine_index[a.engine]
             rid = a.request_id
             s = a.stage
-            stage_models[rid, s] = engine_model_id[e]
+            stage_models[rid][s] = engine_model_id[e]
             counts = stage_engine_counts[a.stage_name]
             counts[a.engine] = counts.get(a.engine, 0) + 1
-            row = rows[rid]
-            if engines[e].submit(t, (rid, s), int(tokens[row, s, 0]), int(tokens[row, s, 1])):
-                push_engine(e)
+            p, o = req_tokens[rid][s]
+            eng = engines[e]
+            if eng.submit(t, (rid, s), p, o) and eng.next_time < INF:
+                counter += 1
+                heappush(heap, (eng.next_time, _ENGINE, counter, e, eng.version))
             if poll > 0:
                 sent_since[e] += 1
 
-    while heap and remaining > 0:
-        t, kind, _, a, b = heapq.heappop(heap)
-        if t > cfg.horizon_s:
-            now = cfg.horizon_s
+    while remaining > 0:
+        if heap and (heap[0][0] < t_add or (heap[0][0] == t_add and heap[0][1] == _ENGINE)):
+            t, kind, _, a, b = heappop(heap)
+        elif t_add < INF:
+            t, kind, a = t_add, _ADD, next_add
+            next_add += 1
+            t_add = add_times[next_add]
+        else:
+            break  # nothing left to happen
+        if t > horizon:
+            now = horizon
             break
         now = t
         if kind == _ENGINE:
@@ -265,14 +303,14 @@ def simulate(
                 stage_times.append(t)
                 if sched.on_stage_finished(rid, s):
                     finish[rid] = t
-                    config_idx[rid] = cfg_lookup[tuple(int(m) for m in stage_models[rid])]
+                    config_idx[rid] = cfg_lookup[tuple(stage_models[rid])]
                     remaining -= 1
-            push_engine(a)
+            if eng.next_time < INF:
+                counter += 1
+                heappush(heap, (eng.next_time, _ENGINE, counter, a, eng.version))
             dirty = True
         elif kind == _ADD:
-            row = rows[a]
-            mask = masks[row]
-            sched.add_request(a, space, mask)
+            sched.add_request(a, space, masks[row_of[a]])
             queued[a] = t
             num_admitted[a] = int(np.count_nonzero(sched.viable_mask(a)))
             dirty = True
@@ -287,25 +325,33 @@ def simulate(
             snap = [(eng.b, len(eng.waiting), eng.kv_usage()) for eng in engines]
             sent_since = [0] * len(engines)
             dirty = True
-            idle = not heap and not round_busy and all(eng.next_time == INF for eng in engines)
+            idle = (
+                not heap
+                and t_add == INF
+                and not round_busy
+                and all(eng.next_time == INF for eng in engines)
+            )
             idle_polls = idle_polls + 1 if idle else 0
             if idle_polls > 3:
                 break  # nothing can move any more: reported as a stall below
             if remaining > 0:
                 counter += 1
-                heapq.heappush(heap, (t + poll, _POLL, counter, 0, 0))
-        if heap and heap[0][0] <= t:
+                heappush(heap, (t + poll, _POLL, counter, 0, 0))
+        if tick_pending or not dirty or round_busy:
+            # A pending tick means t < last_round + round_interval until the tick itself
+            # (which sorts after every other event at its instant) clears it: no round yet.
+            continue
+        if t_add <= t or (heap and heap[0][0] <= t):
             continue  # finish every event at this instant before planning
-        if dirty and not round_busy and sched.num_in_flight:
-            if t < last_round + cfg.round_interval_s:
-                if not tick_pending:
-                    tick_pending = True
-                    counter += 1
-                    heapq.heappush(heap, (last_round + cfg.round_interval_s, _TICK, counter, 0, 0))
+        if sched.num_in_flight:
+            if t < last_round + round_interval:
+                tick_pending = True
+                counter += 1
+                heappush(heap, (last_round + round_interval, _TICK, counter, 0, 0))
                 continue
             dirty = False
             load = load_vector()
-            if not load.free_slots().any():
+            if not any(e.free_slots for e in load.engines):
                 continue
             last_round = t
             num_buckets = len(COMPILED.buckets)
@@ -333,9 +379,9 @@ def simulate(
                 pending_plan = plan.assignments
                 round_busy = True
                 counter += 1
-                heapq.heappush(heap, (t + cost, _DISPATCH, counter, 0, 0))
+                heappush(heap, (t + cost, _DISPATCH, counter, 0, 0))
 
-    if remaining > 0 and now < cfg.horizon_s and (not heap or idle_polls > 3):
+    if remaining > 0 and now < cfg.horizon_s and ((not heap and t_add == INF) or idle_polls > 3):
         raise AragogError(
             f"simulation stalled with {remaining} requests unfinished (policy {cfg.policy})"
         )
@@ -343,10 +389,10 @@ def simulate(
         config=cfg,
         rows=rows,
         arrival=arrival,
-        queued=queued,
-        finish=finish,
-        config_idx=config_idx,
-        num_admitted=num_admitted,
+        queued=np.asarray(queued, dtype=np.float64),
+        finish=np.asarray(finish, dtype=np.float64),
+        config_idx=np.asarray(config_idx, dtype=np.int64),
+        num_admitted=np.asarray(num_admitted, dtype=np.int64),
         route_s=route_s,
         stage_completions=completions,
         rounds=rounds,
