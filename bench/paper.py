@@ -2112,6 +2112,37 @@ experiment named shows each):
 """
 
 
+def speed_case(ds_dir: Path, st: Settings):
+    """The headline case of the speed measurement: (setup, masks, per_workflow config)."""
+    from aragog_jax.sim import build_masks, load_setup
+    from aragog_jax.sim._setup import per_workflow_config, selection_rows
+
+    hs = load_setup("self_refine_humaneval", "qwen", gpus=8, dataset=ds_dir)
+    hm = build_masks(hs, None, st.route_cost_s)
+    pwf = per_workflow_config(
+        hs.dataset.scores[selection_rows(hs.dataset)[0]], hs.space.c_max, 0.02
+    )
+    return hs, hm, pwf
+
+
+def speed_config(
+    st: Settings, policy: str, rate: float, route_cost_s: float, round_cost_s: float | None = None
+):
+    """One run of the speed measurement (``round_cost_s`` None: each round's wall time)."""
+    from aragog_jax.sim import RunConfig
+
+    return RunConfig(
+        policy=policy,
+        rate=rate,
+        duration_s=st.duration_s,
+        round_interval_s=st.round_interval_s,
+        horizon_s=st.horizon_factor * st.duration_s,
+        route_cost_s=route_cost_s,
+        round_cost_s=round_cost_s,
+        seed=st.seed,
+    )
+
+
 def simulator_speed(ds_dir: Path, rate: float, st: Settings) -> dict:
     """Simulator speed on the headline case (qwen self_refine_humaneval, 8 GPUs, at
     ``rate``), everything compiled and warm, for aragog and per_workflow, with each round's
@@ -2126,25 +2157,12 @@ def simulator_speed(ds_dir: Path, rate: float, st: Settings) -> dict:
     import numpy as np
 
     from aragog_jax.scheduler import COMPILED, DEFAULT_BEAM_WIDTH, pad_round
-    from aragog_jax.sim import RunConfig, build_masks, load_setup, simulate
-    from aragog_jax.sim._setup import per_workflow_config, selection_rows
+    from aragog_jax.sim import simulate
 
-    hs = load_setup("self_refine_humaneval", "qwen", gpus=8, dataset=ds_dir)
-    hm = build_masks(hs, None, st.route_cost_s)
-    pwf = per_workflow_config(
-        hs.dataset.scores[selection_rows(hs.dataset)[0]], hs.space.c_max, 0.02
-    )
+    hs, hm, pwf = speed_case(ds_dir, st)
     out: dict = {}
     for pol in ("aragog", "per_workflow"):
-        cfg = RunConfig(
-            policy=pol,
-            rate=rate,
-            duration_s=st.duration_s,
-            round_interval_s=st.round_interval_s,
-            horizon_s=st.horizon_factor * st.duration_s,
-            route_cost_s=hm.route_cost_s,
-            seed=st.seed,
-        )
+        cfg = speed_config(st, pol, rate, hm.route_cost_s)
         simulate(hs, cfg, hm.router, per_workflow_config=pwf)  # compile every bucket it needs
         res = simulate(hs, cfg, hm.router, per_workflow_config=pwf)
         wall = np.asarray(res.round_wall_s)

@@ -1,0 +1,243 @@
+"""Where the simulator's time goes on the headline case, and before/after in one run.
+
+    python bench/sim_speed.py                          # this checkout
+    python bench/sim_speed.py --baseline ../main       # interleaved with another checkout
+
+The headline case of ``bench/paper.py --speed`` (qwen self_refine_humaneval, 8 GPUs,
+the top automatic rate, aragog and per_workflow). Per checkout, in a fresh process:
+
+* ``speed``: ``bench/paper.py``'s ``simulator_speed`` (stage completions per wall second
+  with each round's measured wall time charged, the scheduler's share, the empty kernel
+  call).
+* ``breakdown``: the same run with a fixed round cost (1 ms, bit-reproducible) repeated,
+  every call into the real scheduler timed: ``schedule()`` (the round), and the
+  bookkeeping calls (``add_request``, ``on_stage_finished``, ``viable_mask``, ...); the
+  rest is the simulator's own code (event loop, engine models, load vector). Medians
+  over the repeats, in microseconds per stage completion.
+* ``own``: the simulator's own code alone: the scheduler's answers of that run are
+  recorded once and replayed from a stub, so the run does everything but schedule
+  (CPU time, the least and the median of the repeats).
+* ``rounds``: rounds per stage completion, and the rounds that could not place anything
+  (nothing ready; ready stages but no assignment) with their wall time.
+
+With ``--baseline`` the two checkouts alternate ``--repeats`` times and the JSON holds
+both and their ratios. Written to ``bench/results/sim_speed.json`` (git SHAs, load average).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+FIXED_ROUND_COST_S = 0.001
+
+
+def _one(tree: Path, reps: int) -> dict:
+    """Measure the package of checkout ``tree`` with this checkout's bench code (run in
+    its own process)."""
+    sys.path.insert(0, str(tree))
+    # First, from tree (a namespace package: tree's portion leads its path, so every
+    # submodule comes from there).
+    import aragog_jax.sim._driver as driver
+
+    sys.path.insert(0, str(ROOT))  # bench.paper from this checkout
+    import numpy as np
+
+    from bench.paper import Settings, _ds, _jax_setup, simulator_speed, speed_case, speed_config
+
+    _jax_setup()
+    from aragog_jax._provenance import git_sha
+    from aragog_jax.sim import auto_rates, simulate
+
+    st = Settings()
+    ds = _ds(st, "self_refine_humaneval", "qwen")
+    hs, hm, pwf = speed_case(ds, st)
+    rate = auto_rates(hs, st.coarse_rates)[-1]
+    out: dict = {
+        "git_sha": git_sha(Path(driver.__file__).parent),
+        "driver": driver.__file__,
+        "rate": rate,
+        "speed": simulator_speed(ds, rate, st),
+    }
+    real = driver.Scheduler
+    timed = ("schedule", "add_request", "on_stage_finished", "viable_mask")
+    spent = dict.fromkeys(timed, 0.0)
+    log: dict = {"finished": [], "viable": [], "plans": []}
+    rounds: list[tuple[int, int, float]] = []  # (ready items, assignments, wall s)
+
+    class Timed(real):
+        """The real scheduler, every call from the driver timed (and its answers kept)."""
+
+        def schedule(self, load):
+            n = self.num_ready
+            t0 = time.perf_counter()
+            plan = super().schedule(load)
+            w = time.perf_counter() - t0
+            spent["schedule"] += w
+            rounds.append((n, len(plan.assignments), w))
+            log["plans"].append(plan)
+            return plan
+
+        def add_request(self, *args, **kw):
+            t0 = time.perf_counter()
+            super().add_request(*args, **kw)
+            spent["add_request"] += time.perf_counter() - t0
+
+        def on_stage_finished(self, request_id, stage):
+            t0 = time.perf_counter()
+            done = super().on_stage_finished(request_id, stage)
+            spent["on_stage_finished"] += time.perf_counter() - t0
+            log["finished"].append(done)
+            return done
+
+        def viable_mask(self, request_id):
+            t0 = time.perf_counter()
+            mask = super().viable_mask(request_id)
+            spent["viable_mask"] += time.perf_counter() - t0
+            log["viable"].append(mask)
+            return mask
+
+    class Replayed:
+        """The recorded answers of the run above, in the order the driver asked."""
+
+        def __init__(self, *args, **kw) -> None:
+            self._finished = iter(log["finished"])
+            self._viable = iter(log["viable"])
+            self._plans = iter(log["plans"])
+            self.num_in_flight = 0
+
+        def add_request(self, *args, **kw) -> None:
+            self.num_in_flight += 1
+
+        def on_stage_finished(self, request_id, stage) -> bool:
+            done = next(self._finished)
+            self.num_in_flight -= done
+            return done
+
+        def viable_mask(self, request_id):
+            return next(self._viable)
+
+        def schedule(self, load):
+            return next(self._plans)
+
+    for pol in ("aragog", "per_workflow"):
+        cfg = speed_config(st, pol, rate, hm.route_cost_s, FIXED_ROUND_COST_S)
+        simulate(hs, cfg, hm.router, per_workflow_config=pwf)  # compile every bucket
+        driver.Scheduler = Timed
+        rows = []
+        try:
+            for _ in range(reps):
+                for v in log.values():
+                    v.clear()
+                rounds.clear()
+                spent.update(dict.fromkeys(timed, 0.0))
+                res = simulate(hs, cfg, hm.router, per_workflow_config=pwf)
+                rows.append({"wall_s": res.sim_wall_s, **spent})
+            driver.Scheduler = Replayed
+            own = []
+            for _ in range(reps):
+                t0 = time.thread_time()
+                rep = simulate(hs, cfg, hm.router, per_workflow_config=pwf)
+                own.append(time.thread_time() - t0)
+            if not np.array_equal(rep.finish, res.finish):
+                raise RuntimeError("the replayed run differs from the recorded one")
+        finally:
+            driver.Scheduler = real
+        c = res.stage_completions
+        med = {k: float(np.median([r[k] for r in rows])) for k in rows[0]}
+        med["own_s"] = float(np.median([r["wall_s"] - sum(r[k] for k in timed) for r in rows]))
+        n, assigned, wall = (np.asarray(x, dtype=np.float64) for x in zip(*rounds, strict=True))
+        out[pol] = {
+            "stage_completions": c,
+            "rounds": res.rounds,
+            "rounds_per_completion": res.rounds / c,
+            "per_s": c / med["wall_s"],
+            "us_per_completion": {k: v / c * 1e6 for k, v in med.items()},
+            "own_cpu_us_per_completion": {
+                "min": min(own) / c * 1e6,
+                "median": float(np.median(own)) / c * 1e6,
+            },
+            "rounds_nothing_ready": int((n == 0).sum()),
+            "rounds_nothing_ready_wall_s": float(wall[n == 0].sum()),
+            "rounds_ready_but_unplaced": int(((n > 0) & (assigned == 0)).sum()),
+            "rounds_ready_but_unplaced_wall_s": float(wall[(n > 0) & (assigned == 0)].sum()),
+            "mean_ready_per_round": float(n.mean()),
+            "mean_assigned_per_round": float(assigned.mean()),
+        }
+    return out
+
+
+def _measure(tree: Path, reps: int) -> dict:
+    proc = subprocess.run(
+        [sys.executable, str(Path(__file__).resolve()), "--one", str(tree), "--repeats", str(reps)],
+        cwd=tree,
+        env={k: v for k, v in os.environ.items() if k != "PYTHONPATH"},
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if proc.returncode != 0:
+        raise SystemExit(f"sim_speed: the run in {tree} failed:\n{proc.stderr[-3000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--baseline", type=Path, help="another checkout to measure alongside")
+    ap.add_argument("--repeats", type=int, default=7, help="runs per measurement (default 7)")
+    ap.add_argument("--rounds", type=int, default=2, help="alternations with --baseline")
+    ap.add_argument("--out", type=Path, default=ROOT / "bench/results/sim_speed.json")
+    ap.add_argument("--note", default="", help="said in the JSON (e.g. what the baseline is)")
+    ap.add_argument("--one", type=Path, help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.repeats < 1 or args.rounds < 1:
+        print("sim_speed: --repeats and --rounds must be >= 1", file=sys.stderr)
+        return 2
+    if args.one is not None:
+        print(json.dumps(_one(args.one, args.repeats)))
+        return 0
+    if args.baseline is not None and not (args.baseline / "aragog_jax").is_dir():
+        print(f"sim_speed: --baseline {args.baseline}: not a checkout", file=sys.stderr)
+        return 2
+    trees = {"this": ROOT}
+    if args.baseline is not None:
+        trees = {"baseline": args.baseline.resolve(), "this": ROOT}
+    load = [os.getloadavg()[0]]
+    runs: dict[str, list[dict]] = {k: [] for k in trees}
+    for _ in range(args.rounds if args.baseline is not None else 1):
+        for name, tree in trees.items():
+            runs[name].append(_measure(tree, args.repeats))
+            load.append(os.getloadavg()[0])
+    result = {
+        "benchmark": "simulator speed breakdown, headline case (qwen self_refine_humaneval, 8 GPUs, top auto rate)",
+        "command": " ".join(["python bench/sim_speed.py", *sys.argv[1:]]),
+        "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "load_average_1m": load,
+        "note": "2-core machine shared with other jobs; compare within this file only. "
+        + args.note,
+        "runs": runs,
+    }
+    if args.baseline is not None:
+        best = {k: max(v, key=lambda r: r["aragog"]["per_s"]) for k, v in runs.items()}
+        result["ratio_this_over_baseline"] = {
+            pol: {
+                "per_s (fixed round cost)": best["this"][pol]["per_s"]
+                / best["baseline"][pol]["per_s"],
+                "own_cpu_min": best["this"][pol]["own_cpu_us_per_completion"]["min"]
+                / best["baseline"][pol]["own_cpu_us_per_completion"]["min"],
+            }
+            for pol in ("aragog", "per_workflow")
+        }
+    args.out.write_text(json.dumps(result, indent=1) + "\n")
+    print(json.dumps(result.get("ratio_this_over_baseline", runs["this"][-1]["aragog"]), indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
