@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import json
 
 import numpy as np
@@ -67,6 +68,27 @@ def test_policy_invariants(setup):
     res, _ = _run(setup, "aragog", masks=masks, rate=20.0)
     assert masks[res.rows, res.config_idx].all()
     assert len(np.unique(res.config_idx)) > 1  # it does use its freedom
+
+
+def test_gc_is_paused_during_a_run_and_restored(setup):
+    pwf = per_workflow_config(setup.dataset.scores[setup.rows], setup.space.c_max)
+    cfg = RunConfig(policy="aragog", rate=4.0, num_requests=10, seed=1, round_cost_s=0.001)
+    seen: list[bool] = []
+    simulate(
+        setup,
+        cfg,
+        setup.labels,
+        per_workflow_config=pwf,
+        on_round=lambda w: seen.append(gc.isenabled()),
+    )
+    assert seen and not any(seen)  # no collection during the event loop ...
+    assert gc.isenabled()  # ... and the collector is back on after it
+    gc.disable()
+    try:  # a caller that paused it keeps it paused
+        simulate(setup, cfg, setup.labels, per_workflow_config=pwf)
+        assert not gc.isenabled()
+    finally:
+        gc.enable()
 
 
 def test_single_request_closed_form(setup):
