@@ -17,21 +17,26 @@ engine fault like a 5xx, counts against its circuit breaker and the stage fails 
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
+from urllib.parse import urlsplit
 
 import aiohttp
 import msgspec
 
 from aragog_jax.engines import gauges
+from aragog_jax.engines._h1 import H1Pool
 from aragog_jax.engines._wire import CHUNK_DECODER, COMPLETION_DECODER, ENCODER
 from aragog_jax.engines.http import TRANSPORT_ERRORS, LoopSessions, transport_error
 from aragog_jax.errors import EngineRejected, UpstreamError
 
 ORCA_REQUEST_HEADER = "endpoint-load-metrics-format"
 ORCA_RESPONSE_HEADER = "endpoint-load-metrics"
+_ORCA_RESPONSE_KEY = ORCA_RESPONSE_HEADER.encode()
 
 #: Engine replies that blame the request, not the engine (see the module docstring).
 REQUEST_FAULT_STATUSES = frozenset({400, 413, 422})
@@ -117,14 +122,47 @@ class EngineClient:
         self._headers = {"Content-Type": "application/json"}
         if limits.orca:
             self._headers[ORCA_REQUEST_HEADER] = "JSON"
+        # The non-streaming chat call goes over a lean keep-alive pool (engines/_h1.py),
+        # one per event loop like the sessions; https engines stay on aiohttp.
+        parts = urlsplit(self.url)
+        self._h1_origin = (
+            (parts.hostname, parts.port or 80)
+            if parts.scheme == "http" and parts.hostname
+            else None
+        )
+        self._h1_path = parts.path + "/v1/chat/completions"
+        self._h1_pools: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, H1Pool] = (
+            weakref.WeakKeyDictionary()
+        )
+        self._h1_head = b""
 
     async def open(self) -> None:
         """Open the running event loop's session (one per loop; idempotent)."""
         self._sessions.open()
 
     async def close(self) -> None:
-        """Close the running event loop's session."""
+        """Close the running event loop's session and connection pool."""
+        pool = self._h1_pools.pop(asyncio.get_running_loop(), None)
+        if pool is not None:
+            pool.close()
         await self._sessions.aclose()
+
+    def _h1_pool(self) -> H1Pool:
+        """The running loop's keep-alive pool (opened with the session; see :meth:`chat`)."""
+        loop = asyncio.get_running_loop()
+        pool = self._h1_pools.get(loop)
+        if pool is None or pool.closed:
+            if self.closed:  # like the aiohttp path: open() first, in this loop
+                raise RuntimeError(f"engine client {self.name!r} is not open")
+            host, port = self._h1_origin
+            pool = self._h1_pools[loop] = H1Pool(
+                host,
+                port,
+                max_connections=self.limits.max_connections,
+                connect_timeout_s=self.limits.connect_timeout_s,
+            )
+            self._h1_head = pool.head(self._h1_path, self._headers)
+        return pool
 
     @property
     def closed(self) -> bool:
@@ -160,6 +198,8 @@ class EngineClient:
         body = self.chat_body(
             prompt, max_tokens=max_tokens, seed=seed, stream=stream, **(extra or {})
         )
+        if not stream and self._h1_origin is not None:
+            return await self._chat_h1(body, timeout_s or self.limits.request_timeout_s)
         # No timeout argument means the session's (the engine timeout); None would mean "none".
         kw = {}
         if timeout_s:
@@ -183,6 +223,23 @@ class EngineClient:
             raise transport_error(
                 exc, f"engine {self.name}", timeout_s or self.limits.request_timeout_s
             ) from exc
+        return self._chat_result(raw, orca)
+
+    async def _chat_h1(self, body: dict, timeout_s: float) -> ChatResult:
+        """:meth:`chat` without streaming over the lean keep-alive pool (``_h1``)."""
+        pool = self._h1_pool()
+        try:
+            resp = await pool.post(self._h1_head, ENCODER.encode(body), timeout_s)
+        except TRANSPORT_ERRORS as exc:
+            raise transport_error(exc, f"engine {self.name}", timeout_s) from exc
+        if resp.status >= 400:
+            raise self._status_error(resp.status, resp.body.decode("utf-8", "replace"))
+        orca_raw = resp.headers.get(_ORCA_RESPONSE_KEY)
+        orca = parse_orca(orca_raw.decode("latin-1"), time.monotonic()) if orca_raw else None
+        return self._chat_result(resp.body, orca)
+
+    def _chat_result(self, raw: bytes, orca: OrcaReport | None) -> ChatResult:
+        """A non-streamed reply's body as a :class:`ChatResult` (UpstreamError if malformed)."""
         try:
             reply = COMPLETION_DECODER.decode(raw)
         except (msgspec.DecodeError, msgspec.ValidationError) as exc:
@@ -231,9 +288,12 @@ class EngineClient:
         """Raise for an error reply: a status in REQUEST_FAULT_STATUSES is the request's
         fault (:class:`EngineRejected`), anything else >= 400 the engine's (UpstreamError)."""
         if resp.status >= 400:
-            detail = (await resp.text(errors="replace"))[:200].replace("\n", " ")
-            cls = EngineRejected if resp.status in REQUEST_FAULT_STATUSES else UpstreamError
-            raise cls(f"engine {self.name}: HTTP {resp.status}: {detail}")
+            raise self._status_error(resp.status, await resp.text(errors="replace"))
+
+    def _status_error(self, status: int, text: str) -> UpstreamError:
+        detail = text[:200].replace("\n", " ")
+        cls = EngineRejected if status in REQUEST_FAULT_STATUSES else UpstreamError
+        return cls(f"engine {self.name}: HTTP {status}: {detail}")
 
     async def _read_stream(
         self,

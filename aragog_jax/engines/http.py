@@ -33,7 +33,7 @@ def transport_error(exc: BaseException, what: str, timeout_s: float) -> Upstream
         return UpstreamTimeout(f"{what}: no reply within {timeout_s:g} s")
     if isinstance(exc, aiohttp.ClientPayloadError):
         return UpstreamError(f"{what}: truncated response: {exc}")
-    if isinstance(exc, aiohttp.ClientConnectionError):
+    if isinstance(exc, (aiohttp.ClientConnectionError, OSError)):
         return UpstreamError(
             f"{what}: unreachable (is the server up?): {type(exc).__name__}: {exc}"
         )
@@ -43,7 +43,7 @@ def transport_error(exc: BaseException, what: str, timeout_s: float) -> Upstream
 
 
 #: What :func:`transport_error` maps; anything else is a bug and propagates.
-TRANSPORT_ERRORS = (TimeoutError, aiohttp.ClientError, ValueError)
+TRANSPORT_ERRORS = (TimeoutError, aiohttp.ClientError, OSError, ValueError)
 
 
 class LoopSessions:
