@@ -18,9 +18,10 @@ The points, in the order a one-stage request passes them:
 * ``dispatched``: its stage task is created (``StageDispatcher.dispatch``);
 * ``task``: the stage task starts running (``StageDispatcher._run_stage``);
 * ``call``: the engine call starts (``EngineClient.chat``);
-* ``sent``: the request is written to the engine's connection (``ClientRequest.send``);
-* ``headers``: the engine's response head is parsed (``ClientResponse.start``);
-* ``replied``: the engine call returned, body read and decoded;
+* ``sent``: the request is written to the engine's connection (``_Conn.send`` in
+  ``engines/_h1.py``);
+* ``headers``: the engine's whole reply is parsed (``_Conn.on_message_complete``);
+* ``replied``: the engine call returned, its body decoded;
 * ``completed``: the run's result is set (``Executor.complete``);
 * ``resumed``: the handler has the result (``Executor.wait`` returned);
 * ``response``: the handler returns its response (receipt and body encoded);
@@ -81,8 +82,9 @@ def _wrap_sync(cls, name: str, before=None, after=None) -> None:
 
 
 def install() -> None:
-    from aiohttp import client_reqrep, web, web_protocol
+    from aiohttp import web, web_protocol
 
+    from aragog_jax.engines import _h1
     from aragog_jax.engines.client import EngineClient
     from aragog_jax.serving import _api, _dispatch, _executor, _intake, _sched, _server
 
@@ -146,13 +148,19 @@ def install() -> None:
         before=lambda self, *a, **kw: _stamp(CUR.get(), "call"),
         after=lambda self, out, *a, **kw: _stamp(CUR.get(), "replied"),
     )
-    _wrap_async(
-        client_reqrep.ClientRequest, "send", after=lambda self, out, *a: _stamp(CUR.get(), "sent")
-    )
-    _wrap_async(
-        client_reqrep.ClientResponse,
-        "start",
-        after=lambda self, out, *a: _stamp(CUR.get(), "headers"),
+    on_conn: dict[int, dict] = {}  # id(connection) -> the record of the call on it
+
+    def sent(self, out, *a):
+        rec = CUR.get()
+        if rec is not None:
+            _stamp(rec, "sent")
+            on_conn[id(self)] = rec
+
+    _wrap_sync(_h1._Conn, "send", after=sent)
+    _wrap_sync(
+        _h1._Conn,
+        "on_message_complete",
+        before=lambda self: _stamp(on_conn.pop(id(self), None), "headers"),
     )
     _wrap_sync(
         _executor.Executor,

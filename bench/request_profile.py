@@ -29,7 +29,8 @@ its stack is in:
   unpacking the decision);
 * ``round: kernel``: JAX dispatch under the scheduler (``jax/``, ``jaxlib``);
 * ``executor``: the executor and the scheduler port (run state, dispatch, completion);
-* ``engine client``: the engine call (``engines/client``, ``engines/http``, aiohttp's client);
+* ``engine client``: the engine call (``engines/client``, ``engines/_h1``, ``engines/http``,
+  httptools, aiohttp's client);
 * ``monitor``: the load monitor;
 * ``event loop``: asyncio's machinery (tasks, futures, handles, selectors);
 * ``other``: anything else (logging, metrics, GC...).
@@ -88,7 +89,7 @@ TEXT = "Write a function that reverses a string."
 PARTS = (
     ("round", r"^(scheduler/|kernels/)"),
     ("routing", r"^(router/|serving/_routing)"),
-    ("engine client", r"^(engines/(client|http|_wire|stages)|aiohttp/(client|connector))"),
+    ("engine client", r"^(engines/(client|_h1|http|_wire|stages)|httptools/|aiohttp/(client|connector))"),
     ("monitor", r"^(serving/_monitor|engines/gauges)"),
     ("executor", r"^serving/(_executor|_intake|_dispatch|_runs|_sched)"),
     ("handler", r"^(serving/|msgspec|peers\.py)"),
@@ -279,8 +280,8 @@ POINTS = (
     ("task", "stage task created -> running (loop turn)"),
     ("call", "stage setup: prompt render, LM wrapper"),
     ("sent", "engine client: body encode, pooled connection, request written"),
-    ("headers", "engine: backend's time + response head parsed"),
-    ("replied", "engine client: body read and decoded"),
+    ("headers", "engine: backend's time + reply parsed"),
+    ("replied", "engine client: reply decoded, call returns"),
     ("completed", "stage receipt, scheduler finish, run complete"),
     ("resumed", "handler wakes up (loop turn)"),
     ("response", "handler: receipt and response body encoded"),
