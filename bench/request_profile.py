@@ -89,7 +89,10 @@ TEXT = "Write a function that reverses a string."
 PARTS = (
     ("round", r"^(scheduler/|kernels/)"),
     ("routing", r"^(router/|serving/_routing)"),
-    ("engine client", r"^(engines/(client|_h1|http|_wire|stages)|httptools/|aiohttp/(client|connector))"),
+    (
+        "engine client",
+        r"^(engines/(client|_h1|http|_wire|stages)|httptools/|aiohttp/(client|connector))",
+    ),
     ("monitor", r"^(serving/_monitor|engines/gauges)"),
     ("executor", r"^serving/(_executor|_intake|_dispatch|_runs|_sched)"),
     ("handler", r"^(serving/|msgspec|peers\.py)"),
