@@ -22,6 +22,9 @@ from aragog_jax.scheduler._load import LoadVector
 
 #: Entries remembered per table (rows, round tables) before that table is cleared.
 CACHE_SIZE = 16_384
+#: Loads 0..LINE_POINTS-1 of an engine's curve are computed at once for host rounds (a
+#: row at a load past them is computed alone).
+LINE_POINTS = 4096
 
 
 class RoundCurves:
@@ -61,6 +64,40 @@ class RoundCurves:
         return float(gain.sum() / self.capacity)
 
 
+class HostCurves:
+    """The curve side of a round that runs on the host (``Scheduler``'s small rounds):
+    per engine its gain row and curve values as Python lists (read-only, shared with
+    later rounds).
+
+    Attributes:
+      gains: per engine, its row of ``LoadVector.gain_table(K, utility_scale)``.
+      values: per engine, f_e(load_e + k) for k = 0..K.
+      capacity: ``LoadVector.capacity()``.
+    """
+
+    __slots__ = ("gains", "values", "capacity")
+
+    def __init__(self, gains: list[list[int]], values: list[list[float]], capacity: float):
+        self.gains = gains
+        self.values = values
+        self.capacity = capacity
+
+    def utilization(self, counts: list[int]) -> float:
+        """:meth:`RoundCurves.utilization` of ``counts`` (per engine, at most K): the same
+        float64 differences, summed by ``ndarray.sum`` over an array of the same length
+        and order, divided by the same capacity. An engine with no count adds exactly
+        0.0, so with at most two engines assigned the sum is the one rounded addition of
+        their differences whatever the order, done here in Python."""
+        if self.capacity <= 0:
+            return 0.0
+        values = self.values
+        terms = [values[e][c] - values[e][0] for e, c in enumerate(counts) if c]
+        if len(terms) > 2:
+            gain = np.array([row[c] - row[0] for row, c in zip(values, counts, strict=True)])
+            return float(gain.sum() / self.capacity)
+        return sum(terms, 0.0) / self.capacity
+
+
 class CurveCache:
     """``load.gain_table`` and ``load.utilization`` with memory across rounds.
 
@@ -71,28 +108,24 @@ class CurveCache:
 
     def __init__(self, num_engines: int, utility_scale: int) -> None:
         self.utility_scale = int(utility_scale)
-        self._curves: list[Curve | None] = [None] * num_engines
+        self._curves: list[Curve | None] = [None] * num_engines  # the last load's
         self._capacity = 0.0
         self._rows: dict[tuple[int, int, int], np.ndarray] = {}  # (engine, load, K) -> values
         self._rounds: dict[tuple[tuple[int, ...], int], RoundCurves] = {}  # (loads, K)
+        self._host_rows: dict[tuple[int, int, int], tuple[list[int], list[float]]] = {}
+        self._hosts: dict[tuple[tuple[int, ...], int], HostCurves] = {}  # (loads, K)
+        self._lines: dict[int, tuple[list[int], list[float]]] = {}  # engine -> from load 0
 
     def _loads(self, load: LoadVector) -> tuple[int, ...]:
         """The engines' loads, after taking on any curve that changed."""
-        curves = self._curves
-        changed = False
-        loads = []
-        for e, eng in enumerate(load.engines):
-            curve = eng.curve
-            if curve is not curves[e]:
-                if curve != curves[e]:
-                    changed = True
-                curves[e] = curve
-            loads.append(eng.load)
-        if changed:
-            self._rows.clear()
-            self._rounds.clear()
+        engines = load.engines
+        curves = [eng.curve for eng in engines]
+        if curves != self._curves:  # element by element: the same object, or equal values
+            for table in (self._rows, self._rounds, self._host_rows, self._hosts, self._lines):
+                table.clear()
             self._capacity = load.capacity()
-        return tuple(loads)
+        self._curves = curves
+        return tuple([eng.load for eng in engines])
 
     def round(self, load: LoadVector, num_slots: int) -> RoundCurves:
         """The gain table and curve values of ``load`` for ``num_slots`` slots."""
@@ -113,6 +146,55 @@ class CurveCache:
         gain.flags.writeable = False
         hit = self._rounds[key] = RoundCurves(gain, values, cap)
         return hit
+
+    def host(self, load: LoadVector, num_slots: int) -> HostCurves:
+        """:meth:`round`'s gain rows and curve values as Python lists, engine by engine
+        (each row remembered per (engine, load, K): a round with other loads on a few
+        engines computes only theirs)."""
+        loads = self._loads(load)
+        key = (loads, num_slots)
+        hit = self._hosts.get(key)
+        if hit is not None:
+            return hit
+        if len(self._hosts) >= CACHE_SIZE:
+            self._hosts.clear()
+        rows = self._host_rows
+        gains, values = [], []
+        for e, ld in enumerate(loads):
+            row = rows.get((e, ld, num_slots))
+            if row is None:
+                if len(rows) >= CACHE_SIZE:
+                    rows.clear()
+                row = rows[(e, ld, num_slots)] = self._host_row(e, ld, num_slots)
+            gains.append(row[0])
+            values.append(row[1])
+        hit = self._hosts[key] = HostCurves(gains, values, self._capacity)
+        return hit
+
+    def _host_row(self, e: int, load: int, num_slots: int) -> tuple[list[int], list[float]]:
+        """One engine's (gain row, values) for :meth:`host`: :meth:`round`'s expression on
+        its one row (elementwise: the same integers), cut from the engine's line."""
+        end = load + num_slots + 1
+        if end > LINE_POINTS:  # a load past the line: this row alone
+            return self._gain_values(e, load + np.arange(end - load, dtype=np.float64))
+        line = self._lines.get(e)
+        if line is None or len(line[1]) < end:
+            size = min(LINE_POINTS, max(end, 2 * len(line[1]) if line else 256))
+            line = self._lines[e] = self._gain_values(e, np.arange(size, dtype=np.float64))
+        gains, values = line
+        return gains[load : end - 1], values[load:end]
+
+    def _gain_values(self, e: int, xs: np.ndarray) -> tuple[list[int], list[float]]:
+        """(gains, values) of engine e at the consecutive loads ``xs``: ``np.interp`` and
+        the gain expression are elementwise, so a row cut from a longer line equals the
+        row computed alone."""
+        cx, cy = curve_arrays(self._curves[e])
+        values = np.interp(xs, cx, cy)
+        cap = self._capacity
+        if cap <= 0:
+            return [0] * (xs.size - 1), values.tolist()
+        gain = np.rint(np.diff(values) / cap * self.utility_scale).astype(np.int32)
+        return gain.tolist(), values.tolist()
 
     def _values(self, e: int, load: int, num_slots: int) -> np.ndarray:
         """float64[num_slots + 1] f_e(load + k), ``gain_row``'s ``np.interp``."""

@@ -21,7 +21,7 @@ from aragog_jax.scheduler._round import RoundArrays
 from aragog_jax.space import ConfigSpace
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, init=False)
 class Assignment:
     """One ready stage sent to one engine (``stage`` is the index; ``stage_name`` and
     ``model`` are labels for people and receipts)."""
@@ -31,6 +31,15 @@ class Assignment:
     stage_name: str
     engine: str
     model: str
+
+    def __init__(
+        self, request_id: Hashable, stage: int, stage_name: str, engine: str, model: str
+    ) -> None:
+        # The instance dict filled at once: a frozen dataclass's generated __init__ sets
+        # each field through object.__setattr__ (a round builds one per dispatched stage).
+        self.__dict__.update(
+            request_id=request_id, stage=stage, stage_name=stage_name, engine=engine, model=model
+        )
 
 
 @dataclass(frozen=True)

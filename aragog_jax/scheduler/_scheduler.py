@@ -37,12 +37,12 @@ from collections.abc import Hashable, Iterator, Sequence
 import numpy as np
 
 from aragog_jax.errors import NoViableConfigurationError, SchedulerError
-from aragog_jax.scheduler._cache import CurveCache, RoundCurves
+from aragog_jax.scheduler._cache import CurveCache, HostCurves
 from aragog_jax.scheduler._load import UTILITY_SCALE, EngineInfo, LoadVector
 from aragog_jax.scheduler._plan import Assignment, Plan, RoundRecord
 from aragog_jax.scheduler._policy import DEFAULT_BEAM_WIDTH, BeamPolicy, Policy, make_policy
 from aragog_jax.scheduler._round import MIN_ITEMS, MIN_SLOTS, RoundArrays, model_dtype
-from aragog_jax.scheduler._small import host_gains, host_inputs, host_search
+from aragog_jax.scheduler._small import host_inputs, host_search
 from aragog_jax.scheduler._tables import RowTables, SpaceInfo
 from aragog_jax.space import ConfigSpace, bucket_size
 
@@ -407,11 +407,13 @@ class Scheduler:
         top = max(free_list)
         if top > 0:
             k_b = max(self._slot_bucket, bucket_size(max(top, MIN_SLOTS)))
-            curves = self._curves.round(load, k_b)
             host = self.policy
             if type(host).assign is BeamPolicy.assign and n <= host.small_items:
                 items = (rows, pos, space_ids, stages)
-                return self._host_round(load, round_id, items, free_list, curves)
+                return self._host_round(
+                    load, round_id, items, free_list, self._curves.host(load, k_b)
+                )
+            curves = self._curves.round(load, k_b)
         item_viable = tables.gather_viable(rows)
         if top > 0:
             free = np.array(free_list, dtype=np.int32)
@@ -551,7 +553,7 @@ class Scheduler:
         round_id: int,
         items: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray],
         free: list[int],
-        curves: RoundCurves,
+        curves: HostCurves,
     ) -> Plan:
         """A small round of a :class:`BeamPolicy` on the host, straight from the tables:
         what ``schedule`` gets from ``policy.assign`` (``small_round``) on the round's
@@ -573,7 +575,7 @@ class Scheduler:
             [True] * n,
             self._engine_model_list,
             free,
-            host_gains(curves.gain, n),
+            curves.gains,  # K >= every free count: a search reads gain[e][k] for k < free[e]
             policy.beam_width,
             policy.compiled.reserve,
         )
@@ -584,7 +586,7 @@ class Scheduler:
             items = [i for i, _ in choice]
             models = [self._engine_model_list[e] for _, e in choice]
             flexibility = tables.commit_host(
-                viable, model_masks, rows_l, pos.tolist(), items, models
+                viable, model_masks, kept, rows_l, pos.tolist(), items, models
             )
             stages_l = stages.tolist()
             assignments = self._start(
@@ -593,7 +595,7 @@ class Scheduler:
             counts = [0] * len(self.engines)
             for _, e in choice:
                 counts[e] += 1
-            utilization = curves.utilization(tuple(counts))
+            utilization = curves.utilization(counts)
         else:
             assignments, utilization, flexibility = (), 0.0, 1.0
         record = self._record(load, rows, stages, viable, np.array(engine, dtype=np.int32))

@@ -140,8 +140,12 @@ def host_search(
     """The beam search of :func:`small_round` on host inputs: ``viable`` bool[n, C] and
     ``model_masks``, ``kept`` from :func:`host_inputs`; per item its request key ``req``
     (equal for the consecutive items of one request) and ``valid``; per engine its model
-    ``em``, ``free`` slots and gains (:func:`host_gains`). Returns the best beam's
-    ((item, engine), ...) in item order, its U and F, and the steps run."""
+    ``em``, ``free`` slots and gains (``gain[e][k]`` for every ``k < min(free[e], n)``:
+    :func:`host_gains`, or a round's :class:`HostCurves` rows). Returns the best beam's
+    ((item, engine), ...) in item order, its U and F, and the steps run.
+
+    A beam is kept as (-U, -F, ...) and a candidate's rank is the tuple (-U, -F,
+    candidate index), which sorts as the kernel ranks."""
     n = len(kept)
     num_models = model_masks.shape[1]
     num_engines = len(em)
@@ -150,20 +154,20 @@ def host_search(
     width = beam_width
     num_viable = [sum(row) for row in kept]
     kept_e = [[row[m] for m in em] for row in kept]
+    allows = [[e for e, k in enumerate(row) if k > 0] for row in kept_e]  # engines per item
     # Pre-filter and compaction: items with an allowed engine that has a free slot.
-    open_now = [e for e in engines if free[e] > 0]
-    order = [i for i in range(n) if valid[i] and any(kept_e[i][e] > 0 for e in open_now)]
+    is_open = [f > 0 for f in free]
+    order = [i for i in range(n) if valid[i] and any(map(is_open.__getitem__, allows[i]))]
     num_live = len(order)
     last_use = [-1] * num_engines
     for j, i in enumerate(order):
-        for e in engines:
-            if kept_e[i][e] > 0:
-                last_use[e] = j
+        for e in allows[i]:
+            last_use[e] = j
     first_c = [j == 0 or req[order[j]] != req[order[j - 1]] for j in range(num_live)]
     next_same = [j + 1 < num_live and not first_c[j + 1] for j in range(num_live)]
     reserved_after, flexible = _reservations(reserve, kept, num_viable, order)
 
-    # A beam: (util, flex, used per engine, running mask of the request, choices).
+    # A beam: (-util, -flex, used per engine, running mask of the request, choices).
     beams: list[tuple[int, int, list[int], np.ndarray | None, tuple]] = [
         (0, 0, [0] * num_engines, None, ())
     ]
@@ -173,36 +177,47 @@ def host_search(
         # The compiled loop's stop rule: some beam has a free slot on an engine that a
         # remaining item allows.
         open_engines = [e for e in engines if last_use[e] >= j]
-        if not any(free[e] > used[e] for _, _, used, _, _ in beams for e in open_engines):
+        for _, _, used, _, _ in beams:
+            if any(free[e] > used[e] for e in open_engines):
+                break
+        else:
             break
         i = order[j]
         first = first_c[j]
         masks = model_masks[i]  # bool[M, C]
         nv = max(num_viable[i], 1)
-        if first:
-            allowed = [(e, k * SHARE_SCALE // nv) for e, k in enumerate(kept_e[i]) if k > 0]
+        if first:  # (engine, -share) of every allowed engine
+            row = kept_e[i]
+            allowed = [(e, -(row[e] * SHARE_SCALE // nv)) for e in allows[i]]
         check = reserve and flexible[j]
         cands = []
-        for b, (util, flex, used, mask, _) in enumerate(beams):
+        base = 0
+        for neg_util, neg_flex, used, mask, _ in beams:
             if not first:  # the request's mask as this beam narrowed it
                 per_model = _count(masks & mask).tolist()
                 allowed = [
-                    (e, k * SHARE_SCALE // nv) for e in engines if (k := per_model[em[e]]) > 0
+                    (e, -(k * SHARE_SCALE // nv)) for e in engines if (k := per_model[em[e]]) > 0
                 ]
             if check:  # free slots per model left in this beam, against the reservation
                 left = [f - u for f, u in zip(free, used, strict=True)]
                 left = [sum(left[e] for e in engines if em[e] == m) for m in range(num_models)]
                 res = reserved_after[j]
-            base = b * num_cand
-            extended = [
-                (-(util + gain[e][used[e]]), -(flex + share), base + e)
-                for e, share in allowed
-                if free[e] > used[e] and not (check and left[em[e]] <= res[em[e]])
-            ]
+                extended = [
+                    (neg_util - gain[e][used[e]], neg_flex + share, base + e)
+                    for e, share in allowed
+                    if free[e] > used[e] and left[em[e]] > res[em[e]]
+                ]
+            else:
+                extended = [
+                    (neg_util - gain[e][used[e]], neg_flex + share, base + e)
+                    for e, share in allowed
+                    if free[e] > used[e]
+                ]
             if extended:
                 cands += extended
             else:
-                cands.append((-util, -flex, base + num_engines))
+                cands.append((neg_util, neg_flex, base + num_engines))
+            base += num_cand
         cands.sort()
         pos = 0
         while cands[pos][2] // num_cand != greedy:
@@ -218,15 +233,15 @@ def host_search(
             parent, e = divmod(cand, num_cand)
             _, _, used, mask, choice = beams[parent]
             if e < num_engines:
-                used = list(used)
+                used = used.copy()
                 used[e] += 1
                 choice = (*choice, (i, e))
             if narrow:
                 mask = viable_row if first else mask
                 if e < num_engines:
                     mask = mask & masks[em[e]]
-            new_beams.append((-neg_util, -neg_flex, used, mask, choice))
+            new_beams.append((neg_util, neg_flex, used, mask, choice))
         beams = new_beams
         j += 1
-    util, flex, _, _, choice = beams[0]
-    return choice, util, flex, j
+    neg_util, neg_flex, _, _, choice = beams[0]
+    return choice, -neg_util, -neg_flex, j

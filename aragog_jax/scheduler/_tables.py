@@ -208,46 +208,52 @@ class RowTables:
         self,
         viable: np.ndarray,
         model_masks: np.ndarray,
+        kept: list[list[int]],
         rows: list[int],
         pos: list[int],
         items: list[int],
         models: list[int],
     ) -> float:
-        """:meth:`commit` for a round of a few items, one request at a time in Python.
+        """:meth:`commit` for a round of a few items, from the host search's inputs.
 
         Args:
           viable: bool[n, C] the items' viable masks (rows of this table, gathered).
           model_masks: bool[n, M, C] configuration c uses model m at item i's stage.
+          kept: kept[i][m], the True cells of ``viable[i] & model_masks[i, m]``.
           rows, pos: every item's row and rank position.
           items, models: the placed items (ascending) and the model each runs on.
 
         The same masks and the same F as :meth:`commit`: a request's mask narrowed by
         each placed item's model, the ratios of viable counts after / before in item
-        order, averaged by ``ndarray.sum`` (one ratio: itself).
+        order, averaged by ``ndarray.sum`` (one ratio: itself). A request with one placed
+        item keeps ``kept[i][m]`` of its configurations.
         """
-        ratios: list[float] = []
-        prev, mask, before = -1, None, None
-        for i, m in zip(items, models, strict=True):
-            row = rows[i]
-            if row != prev:
-                if mask is not None:
-                    ratios.append(self._narrow(prev, mask, before))
-                before, mask = viable[i], viable[i] & model_masks[i, m]
-                prev = row
-            else:
-                mask = mask & model_masks[i, m]
+        p = len(items)
+        p_rows = [rows[i] for i in items]
+        if p == 1:
+            i, m, row = items[0], models[0], p_rows[0]
+            self.viable[row] = viable[i] & model_masks[i, m]
             self.ready[row, pos[i]] = False
-        ratios.append(self._narrow(prev, mask, before))
-        self.num_ready -= len(items)
+            self.num_ready -= 1
+            return kept[i][m] / max(int(np.count_nonzero(viable[i])), 1)
+        starts = [k for k in range(p) if k == 0 or p_rows[k] != p_rows[k - 1]]
+        index = np.array(items)
+        narrowed = viable[index] & model_masks[index, models]
+        first = index if len(starts) == p else index[starts]
+        if len(starts) == p:  # one placed item per request: nothing to combine
+            after = [kept[i][m] for i, m in zip(items, models, strict=True)]
+        else:
+            narrowed = _and_groups(narrowed, np.array(starts))
+            after = np.add.reduce(narrowed.view(np.uint8), axis=1, dtype=np.int64).tolist()
+        before = np.add.reduce(viable[first].view(np.uint8), axis=1, dtype=np.int64).tolist()
+        self.viable[[p_rows[k] for k in starts]] = narrowed
+        self.ready[p_rows, [pos[i] for i in items]] = False
+        self.num_ready -= p
+        ratios = [a / max(b, 1) for a, b in zip(after, before, strict=True)]
         if len(ratios) == 1:
             return ratios[0]
         ratio = np.array(ratios)
         return float(ratio.sum() / ratio.size)
-
-    def _narrow(self, row: int, mask: np.ndarray, before: np.ndarray) -> float:
-        """Store ``row``'s narrowed mask; its share kept of the ``before`` mask."""
-        self.viable[row] = mask
-        return int(np.count_nonzero(mask)) / max(int(np.count_nonzero(before)), 1)
 
     def compact(self, live: Iterable[Any]) -> None:
         """Move the rows of the ``live`` requests (FIFO order, each with a ``row``

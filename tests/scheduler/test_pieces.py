@@ -39,6 +39,53 @@ def test_curve_cache_is_keyed_by_engine_and_follows_a_new_curve():
     assert cache.utilization(load, np.zeros(3, dtype=np.int64)) == 0.0
 
 
+def test_host_curves_equal_the_round_tables_and_the_load_vector():
+    """A host round's per-engine gain rows and U equal the round's gain table and
+    ``LoadVector.utilization`` exactly, for loads that share some engines' rows with an
+    earlier round, loads that grow an engine's line and loads past it, and after a curve
+    changes (every row recomputed)."""
+    cache = CurveCache(len(FLEET), 100_000)
+    rng = np.random.default_rng(5)
+    loads = [
+        LoadVector.observe(FLEET, {"e7": {"running": r7}, "e32": {"running": r32}})
+        for r7, r32 in ((3, 1), (3, 2), (0, 2), (7, 0), (300, 4050), (5000, 1))
+    ]
+    loads.append(_with_curve(loads[0], 1, ((0.0, 0.0), (4.0, 900.0))))
+    for load in loads:
+        host = cache.host(load, 64)
+        assert host is cache.host(load, 64)  # remembered per loads
+        table = cache.round(load, 64)
+        assert host.gains == load.gain_table(64).tolist() == table.gain.tolist()
+        assert host.capacity == load.capacity()
+        for counts in ([0, 0, 0], [1, 0, 0], [2, 1, 3], *rng.integers(0, 9, (20, 3)).tolist()):
+            want = load.utilization(np.array(counts))
+            assert host.utilization(counts) == want == table.utilization(tuple(counts))
+
+
+def test_assignments_are_frozen_values():
+    """Assignment's own __init__ (the fields set at once) keeps the dataclass's
+    behaviour: field order, equality, hash, repr, replace, pickling, and no writes."""
+    import dataclasses
+    import pickle
+
+    from aragog_jax.scheduler import Assignment
+
+    a = Assignment("r", 2, "b", "e7", "7B")
+    assert [f.name for f in dataclasses.fields(a)] == list(vars(a))
+    assert (a.request_id, a.stage, a.stage_name, a.engine, a.model) == ("r", 2, "b", "e7", "7B")
+    assert a == Assignment("r", 2, "b", "e7", "7B") != Assignment("r", 3, "b", "e7", "7B")
+    assert hash(a) == hash(Assignment("r", 2, "b", "e7", "7B"))
+    assert repr(a) == "Assignment(request_id='r', stage=2, stage_name='b', engine='e7', model='7B')"
+    assert dataclasses.replace(a, engine="e14").engine == "e14"
+    assert pickle.loads(pickle.dumps(a)) == a
+    try:
+        a.stage = 3
+    except dataclasses.FrozenInstanceError:
+        pass
+    else:
+        raise AssertionError("Assignment is writable")
+
+
 def test_plans_carry_round_ids_and_dump_the_replay_and_decision():
     sched = Scheduler(FLEET, "aragog", spaces=[space(DAG)])
     sched.add_request("r", space(DAG))

@@ -11,6 +11,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from aragog_jax.errors import NoViableConfigurationError
+from aragog_jax.kernels import SHARE_SCALE
 from aragog_jax.scheduler import (
     COMPILED_PAPER,
     COMPILED_SCARCE,
@@ -125,6 +126,50 @@ def test_padding_and_unknown_model_ids_count_for_nothing():
     )
     for reserve in (False, True):
         _assert_same(arrays, 4, reserve)
+
+
+def test_extreme_gains_and_shares_rank_as_the_kernel_does():
+    """The host search packs (-U, -F, index) into one integer: negative gains (a
+    falling curve), gains near the int32 range of the kernel's U, and F at its bound
+    (every item keeps all its configurations: a share of SHARE_SCALE each) rank exactly
+    as the compiled round ranks them (its own buckets: no extra executables)."""
+    n = 20
+    viable = np.ones((n, 4), dtype=bool)
+    cfgm = np.tile(np.array([0, 0, 1, 2], dtype=np.int8), (n, 1))
+    req = np.repeat(np.arange(n // 2), 2).astype(np.int32)
+    base = np.array([0, 1, 2, 0, 1, 2], dtype=np.int32)
+    k = np.arange(128)
+    for gains in (
+        np.stack([-(k % 7) - 1, -(k % 5) - 2, -k - 3, -(k % 3), 5 - k, -np.ones_like(k)]),
+        np.stack([(10**8 - k), 10**8 - 2 * k, k, 10**8 + k % 9, np.full_like(k, 10**8), -k]),
+    ):
+        for free in ([3, 2, 9, 1, 4, 2], [1, 1, 1, 0, 0, 1]):
+            arrays = pad_round(
+                viable,
+                cfgm,
+                req,
+                base,
+                np.array(free, dtype=np.int32),
+                gains.astype(np.int32),
+                3,
+                item_bucket=32,
+                cfg_bucket=128,
+            )
+            for beam, reserve in itertools.product((1, 4), (False, True)):
+                _assert_same(arrays, beam, reserve)
+    single = pad_round(  # one item per request, every one kept whole: F = n * SHARE_SCALE
+        np.ones((n, 4), dtype=bool),
+        np.zeros((n, 4), dtype=np.int8),
+        np.arange(n, dtype=np.int32),
+        base,
+        np.full(6, 10, dtype=np.int32),
+        np.tile(-np.arange(128, dtype=np.int32), (6, 1)),
+        3,
+        item_bucket=32,
+        cfg_bucket=128,
+    )
+    _assert_same(single, 4, False)
+    assert int(small_round(single, 4).flex) == n * SHARE_SCALE
 
 
 FANOUT = [
