@@ -140,8 +140,13 @@ class PerWorkflowPolicy(BeamPolicy):
     ) -> None:
         super().__init__(1, name=PolicyName.PER_WORKFLOW, compiled=compiled)
         self.configs = dict(configs)
+        # id(space) -> (space, its admitted mask): the space is kept, so its id is not reused.
+        self._admitted: dict[int, tuple[ConfigSpace, np.ndarray]] = {}
 
     def admit(self, space: ConfigSpace, mask: np.ndarray) -> np.ndarray:
+        hit = self._admitted.get(id(space))
+        if hit is not None and hit[0] is space:  # resolved once per space (a copy each time)
+            return hit[1].copy()
         if space.workflow not in self.configs:
             raise SchedulerError(
                 f"per_workflow policy has no configuration for workflow {space.workflow!r} "
@@ -164,6 +169,7 @@ class PerWorkflowPolicy(BeamPolicy):
                 )
         out = np.zeros(space.num_configs, dtype=bool)
         out[index] = True
+        self._admitted[id(space)] = (space, out.copy())
         return out
 
 

@@ -51,6 +51,26 @@ WAITING, READY, RUNNING, DONE = 0, 1, 2, 3
 _STATUS = ("waiting", "ready", "running", "done")
 #: Finished requests remembered for ``is_done`` / ``realised_config``.
 MAX_FINISHED = 65_536
+_BOOL = np.dtype(np.bool_)
+
+
+class _Shape:
+    """What the per-request bookkeeping reads of a registered space, as plain Python (a
+    request's lists start as copies of these; NumPy scalars cost more than the work)."""
+
+    __slots__ = ("info", "num_stages", "rank", "downstream", "status", "ready", "num_upstream")
+
+    def __init__(self, info: SpaceInfo) -> None:
+        space = info.space
+        self.info = info
+        self.num_stages = space.num_stages
+        self.rank = [int(r) for r in info.stage_rank]  # stage -> rank position
+        self.downstream = info.downstream
+        self.status = [READY if not ups else WAITING for ups in space.upstream]
+        self.ready = sorted(
+            (s for s, st in enumerate(self.status) if st == READY), key=self.rank.__getitem__
+        )
+        self.num_upstream = [len(ups) for ups in space.upstream]
 
 
 class _Request:
@@ -60,6 +80,7 @@ class _Request:
     __slots__ = (
         "request_id",
         "info",
+        "shape",
         "admitted",
         "row",
         "status",
@@ -67,28 +88,27 @@ class _Request:
         "excluded",
         "ready",
         "num_done",
+        "ups_left",
         "routed",
         "held",
     )
 
     def __init__(
-        self, request_id: Hashable, info: SpaceInfo, admitted: np.ndarray, routed: np.ndarray
+        self, request_id: Hashable, shape: _Shape, admitted: np.ndarray, routed: np.ndarray
     ) -> None:
         self.request_id = request_id
-        self.info = info
+        self.info = shape.info
+        self.shape = shape
         self.admitted = admitted
         self.routed = routed  # the router's mask as given (widen_mask only grows it)
         self.held = False  # stages wait for release() (they are not in the ready table)
         self.row = -1
-        space = info.space
-        self.status = [READY if not ups else WAITING for ups in space.upstream]
-        self.engine = [-1] * space.num_stages
+        self.status = shape.status.copy()
+        self.engine = [-1] * shape.num_stages
         self.excluded: set[tuple[int, int]] = set()  # (stage, scheduler model id)
-        self.ready = sorted(
-            (s for s in range(space.num_stages) if self.status[s] == READY),
-            key=info.stage_rank.__getitem__,
-        )
+        self.ready = shape.ready.copy()  # ready stages in rank order
         self.num_done = 0
+        self.ups_left = shape.num_upstream.copy()  # per stage: upstream stages not done
 
     @property
     def space(self) -> ConfigSpace:
@@ -169,6 +189,8 @@ def _checked_engines(engines: Sequence[EngineInfo]) -> tuple[EngineInfo, ...]:
 def _checked_mask(request_id: Hashable, space: ConfigSpace, mask: np.ndarray | None) -> np.ndarray:
     if mask is None:
         return np.ones(space.num_configs, dtype=bool)
+    if type(mask) is np.ndarray and mask.dtype is _BOOL and mask.shape == (space.num_configs,):
+        return mask
     mask = np.asarray(mask)
     if mask.shape != (space.num_configs,) or mask.dtype != np.bool_:
         raise SchedulerError(
@@ -218,9 +240,10 @@ class Scheduler:
         )
         self.utility_scale = int(utility_scale)
         self._queue: dict[Hashable, _Request] = {}  # insertion order = FIFO
-        self._finished: collections.OrderedDict[Hashable, dict[str, str]] = (
-            collections.OrderedDict()
-        )
+        # Finished request -> (stage names, engine per stage); its ids oldest first.
+        self._finished: dict[Hashable, tuple[tuple[str, ...], tuple[int, ...]]] = {}
+        self._finished_order: collections.deque[Hashable] = collections.deque()
+        self._shapes: dict[int, _Shape] = {}  # SpaceInfo.space_id -> its shape
         self._slot_bucket = bucket_size(max(max(e.saturation_batch for e in engines), MIN_SLOTS))
         self.tables = RowTables(model_index, model_dtype(len(self.model_names)))
         self._engine_cfg_model = self._engine_model.astype(self.tables.cfg_dtype)
@@ -264,8 +287,10 @@ class Scheduler:
 
     def realised_config(self, request_id: Hashable) -> dict[str, str]:
         """Stage name -> model name of every stage committed so far (all, once done)."""
-        if request_id in self._finished:
-            return dict(self._finished[request_id])
+        done = self._finished.get(request_id)
+        if done is not None:
+            names, engines = done
+            return {n: self._engine_models[e] for n, e in zip(names, engines, strict=True)}
         return self._get(request_id).committed(self.engines)
 
     def stage_status(self, request_id: Hashable) -> dict[str, str]:
@@ -327,16 +352,21 @@ class Scheduler:
         if request_id in self._queue or request_id in self._finished:
             raise SchedulerError(f"request {request_id!r} was already added")
         info = self.tables.register(space)
+        shape = self._shapes.get(info.space_id)
+        if shape is None:
+            shape = self._shapes[info.space_id] = _Shape(info)
         mask = _checked_mask(request_id, space, mask)
-        admitted = (
-            np.asarray(self.policy.admit(space, mask & info.served), dtype=bool) & info.served
-        )
-        if not admitted.any():
+        served = info.served
+        given = mask & served
+        admitted = self.policy.admit(space, given)
+        if admitted is not given:  # (a policy that passes the mask on keeps it: a subset)
+            admitted = np.asarray(admitted, dtype=bool) & served
+        if not np.count_nonzero(admitted):
             raise NoViableConfigurationError(
                 f"request {request_id!r}: no admitted configuration of {space.workflow!r} can run on engines "
                 f"serving {list(self.model_names)}"
             )
-        req = _Request(request_id, info, admitted, mask.copy())
+        req = _Request(request_id, shape, admitted, mask.copy())
         req.held = bool(held)
         ready = () if req.held else req.ready
         req.row = self.tables.attach(req, info, admitted, ready, self._queue.values())
@@ -438,26 +468,43 @@ class Scheduler:
 
     def on_stage_finished(self, request_id: Hashable, stage: int | str) -> bool:
         """A dispatched stage returned. Returns True when the request is now done."""
-        req = self._get(request_id)
-        s = req.stage_index(stage)
-        req.expect_running(s, "finish")
-        req.status[s] = DONE
+        req = self._queue.get(request_id)
+        if req is None:
+            req = self._get(request_id)  # raises
+        shape = req.shape
+        s = stage
+        if type(s) is not int or not 0 <= s < shape.num_stages:
+            s = req.stage_index(stage)
+        status = req.status
+        if status[s] != RUNNING:
+            req.expect_running(s, "finish")
+        status[s] = DONE
         req.num_done += 1
-        space = req.space
-        if req.num_done == space.num_stages:
+        if req.num_done == shape.num_stages:
+            # Every stage is done, so none is ready: its row holds no ready flag and
+            # ``_detach``'s clearing would find none.
             del self._queue[request_id]
-            self._detach(req)
-            self._finished[request_id] = req.committed(self.engines)
-            while len(self._finished) > MAX_FINISHED:
-                self._finished.popitem(last=False)
+            req.row = -1
+            finished = self._finished
+            finished[request_id] = (req.info.stage_names, tuple(req.engine))
+            order = self._finished_order
+            order.append(request_id)
+            while len(order) > MAX_FINISHED:
+                del finished[order.popleft()]
             return True
-        rank = req.info.stage_rank
-        for d in req.info.downstream[s]:
-            if req.status[d] == WAITING and all(req.status[u] == DONE for u in space.upstream[d]):
-                req.status[d] = READY
+        ups_left = req.ups_left
+        rank = shape.rank
+        added = False
+        for d in shape.downstream[s]:
+            left = ups_left[d] - 1
+            ups_left[d] = left
+            if not left and status[d] == WAITING:  # its last upstream stage finished
+                status[d] = READY
                 req.ready.append(d)
-                self.tables.mark_ready(req.row, int(rank[d]))
-        req.ready.sort(key=rank.__getitem__)
+                self.tables.mark_ready(req.row, rank[d])
+                added = True
+        if added:
+            req.ready.sort(key=rank.__getitem__)
         return False
 
     def on_stage_failed(self, request_id: Hashable, stage: int | str, engine: str) -> None:

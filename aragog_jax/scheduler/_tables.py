@@ -136,8 +136,10 @@ class RowTables:
         self.row_req.append(req)
         self.viable[row] = False
         self.viable[row, : info.num_configs] = admitted
-        self.ready[row] = False
-        self.ready[row, info.stage_rank[list(ready)]] = True
+        ready_row = self.ready[row]
+        ready_row[:] = False
+        for s in ready:  # (a stage or two: scalar writes beat a fancy index)
+            ready_row[info.stage_rank[s]] = True
         self.num_ready += len(ready)
         self.row_space[row] = info.space_id
         return row

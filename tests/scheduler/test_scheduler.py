@@ -335,3 +335,38 @@ def test_load_vector_from_profile_and_observations():
         LoadVector.observe([info], {"x": {}})
     with pytest.raises(SchedulerError, match="concurrency must strictly increase"):
         EngineInfo("e", "7B", 8, ((4, 1.0), (2, 2.0)))
+
+
+def test_finished_requests_are_forgotten_oldest_first(monkeypatch):
+    import aragog_jax.scheduler._scheduler as module
+
+    monkeypatch.setattr(module, "MAX_FINISHED", 2)
+    sp = space(FANOUT)
+    fleet = engines({"e7": ("7B", 100.0, 8)})
+    sched = Scheduler(fleet)
+    idle = LoadVector.idle(fleet)
+    for rid in ("A", "B", "C"):
+        sched.add_request(rid, sp)
+        while not sched.is_done(rid):
+            for a in sched.schedule(idle).assignments:
+                # the stage as an int, a NumPy int and a name: the same transition
+                stage = {"plan": a.stage, "s1": np.int64(a.stage), "s2": a.stage_name}.get(
+                    a.stage_name, a.stage
+                )
+                sched.on_stage_finished(rid, stage)
+    assert sched.realised_config("B") == dict.fromkeys(sp.stage_names, "7B")
+    assert sched.is_done("C")
+    with pytest.raises(SchedulerError, match="unknown request 'A'"):
+        sched.is_done("A")  # the oldest of three, over the limit of two
+    sched.add_request("A", sp)  # forgotten, so its id may come again
+    with pytest.raises(SchedulerError, match="already added"):
+        sched.add_request("C", sp)
+
+
+def test_per_workflow_admits_a_fresh_mask_every_time():
+    sp = space(ONE)
+    policy = make_policy("per_workflow", per_workflow={sp.workflow: 1})
+    first = policy.admit(sp, np.ones(sp.num_configs, dtype=bool))
+    first[:] = True  # a caller writing into its mask changes no later answer
+    again = policy.admit(sp, np.ones(sp.num_configs, dtype=bool))
+    assert np.flatnonzero(again).tolist() == [1]
