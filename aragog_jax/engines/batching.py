@@ -174,7 +174,9 @@ class BatchingEngine:
         Raises:
           SpecError: the sequence can never fit this engine's KV cache.
         """
-        output_tokens = max(1, int(output_tokens))
+        output_tokens = int(output_tokens)
+        if output_tokens < 1:
+            output_tokens = 1
         if prompt_tokens + output_tokens > self.kv_capacity:
             raise SpecError(
                 f"engine {self.name}: a sequence of {prompt_tokens}+{output_tokens} tokens exceeds "
