@@ -13,7 +13,7 @@ the top automatic rate, aragog and per_workflow). Per checkout, in a fresh proce
   every call into the real scheduler timed: ``schedule()`` (the round), and the
   bookkeeping calls (``add_request``, ``on_stage_finished``, ``viable_mask``, ...); the
   rest is the simulator's own code (event loop, engine models, load vector). Medians
-  over the repeats, in microseconds per stage completion.
+  over the repeats, in microseconds per stage completion and per call.
 * ``own``: the simulator's own code alone: the scheduler's answers of that run are
   recorded once and replayed from a stub, so the run does everything but schedule
   (CPU time, the least and the median of the repeats).
@@ -68,6 +68,7 @@ def _one(tree: Path, reps: int) -> dict:
     real = driver.Scheduler
     timed = ("schedule", "add_request", "on_stage_finished", "viable_mask")
     spent = dict.fromkeys(timed, 0.0)
+    calls = dict.fromkeys(timed, 0)
     log: dict = {"finished": [], "viable": [], "plans": []}
     rounds: list[tuple[int, int, float]] = []  # (ready items, assignments, wall s)
 
@@ -80,6 +81,7 @@ def _one(tree: Path, reps: int) -> dict:
             plan = super().schedule(load)
             w = time.perf_counter() - t0
             spent["schedule"] += w
+            calls["schedule"] += 1
             rounds.append((n, len(plan.assignments), w))
             log["plans"].append(plan)
             return plan
@@ -88,11 +90,13 @@ def _one(tree: Path, reps: int) -> dict:
             t0 = time.perf_counter()
             super().add_request(*args, **kw)
             spent["add_request"] += time.perf_counter() - t0
+            calls["add_request"] += 1
 
         def on_stage_finished(self, request_id, stage):
             t0 = time.perf_counter()
             done = super().on_stage_finished(request_id, stage)
             spent["on_stage_finished"] += time.perf_counter() - t0
+            calls["on_stage_finished"] += 1
             log["finished"].append(done)
             return done
 
@@ -100,6 +104,7 @@ def _one(tree: Path, reps: int) -> dict:
             t0 = time.perf_counter()
             mask = super().viable_mask(request_id)
             spent["viable_mask"] += time.perf_counter() - t0
+            calls["viable_mask"] += 1
             log["viable"].append(mask)
             return mask
 
@@ -137,6 +142,7 @@ def _one(tree: Path, reps: int) -> dict:
                     v.clear()
                 rounds.clear()
                 spent.update(dict.fromkeys(timed, 0.0))
+                calls.update(dict.fromkeys(timed, 0))
                 res = simulate(hs, cfg, hm.router, per_workflow_config=pwf)
                 rows.append({"wall_s": res.sim_wall_s, **spent})
             driver.Scheduler = Replayed
@@ -159,6 +165,8 @@ def _one(tree: Path, reps: int) -> dict:
             "rounds_per_completion": res.rounds / c,
             "per_s": c / med["wall_s"],
             "us_per_completion": {k: v / c * 1e6 for k, v in med.items()},
+            "us_per_call": {k: med[k] / calls[k] * 1e6 for k in timed if calls[k]},
+            "calls": dict(calls),
             "own_cpu_us_per_completion": {
                 "min": min(own) / c * 1e6,
                 "median": float(np.median(own)) / c * 1e6,
