@@ -160,15 +160,8 @@ class H1Pool:
         self._waiters: deque[asyncio.Future] = deque()
         self.closed = False
 
-    def head(self, path: str, headers: dict[str, str]) -> bytes:
-        """The request head up to ``Content-Length: `` for ``POST path`` (built once per
-        caller; :meth:`post` appends the length and the body)."""
-        lines = [f"POST {path} HTTP/1.1", f"Host: {self.host}:{self.port}"]
-        lines += [f"{k}: {v}" for k, v in headers.items()]
-        return ("\r\n".join(lines) + "\r\nContent-Length: ").encode("latin-1")
-
     async def post(self, head: bytes, body: bytes, timeout_s: float) -> H1Response:
-        """Send ``head`` (from :meth:`head`) with ``body``; the whole reply, or raise (see
+        """Send ``head`` (from :func:`request_head`) with ``body``; the whole reply, or raise (see
         the module docstring)."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout_s
@@ -185,7 +178,7 @@ class H1Pool:
             raise
         finally:
             timer.cancel()
-        if conn.reusable():
+        if conn.reusable() and not self.closed:
             conn.used_at = loop.time()
             self._idle.append(conn)
             self._wake()
@@ -262,9 +255,17 @@ class H1Pool:
                 return
 
 
+def request_head(host: str, port: int, path: str, headers: dict[str, str]) -> bytes:
+    """The head of ``POST path`` to ``host:port`` up to ``Content-Length: `` (built once
+    per caller; :meth:`H1Pool.post` appends the length and the body)."""
+    lines = [f"POST {path} HTTP/1.1", f"Host: {host}:{port}"]
+    lines += [f"{k}: {v}" for k, v in headers.items()]
+    return ("\r\n".join(lines) + "\r\nContent-Length: ").encode("latin-1")
+
+
 def _expire(reply: asyncio.Future) -> None:
     if not reply.done():
         reply.set_exception(TimeoutError())
 
 
-__all__ = ["IDLE_S", "H1Pool", "H1Response"]
+__all__ = ["IDLE_S", "H1Pool", "H1Response", "request_head"]

@@ -17,10 +17,8 @@ engine fault like a 5xx, counts against its circuit breaker and the stage fails 
 
 from __future__ import annotations
 
-import asyncio
 import json
 import time
-import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
 from urllib.parse import urlsplit
@@ -29,7 +27,7 @@ import aiohttp
 import msgspec
 
 from aragog_jax.engines import gauges
-from aragog_jax.engines._h1 import H1Pool
+from aragog_jax.engines._h1 import request_head
 from aragog_jax.engines._wire import CHUNK_DECODER, COMPLETION_DECODER, ENCODER
 from aragog_jax.engines.http import TRANSPORT_ERRORS, LoopSessions, transport_error
 from aragog_jax.errors import EngineRejected, UpstreamError
@@ -114,55 +112,36 @@ class EngineClient:
         self.url = url.rstrip("/")
         self.served_model = served_model
         self.limits = limits
-        self._sessions = LoopSessions(
-            max_connections=limits.max_connections,
-            timeout_s=limits.request_timeout_s,
-            connect_timeout_s=limits.connect_timeout_s,
-        )
-        self._headers = {"Content-Type": "application/json"}
-        if limits.orca:
-            self._headers[ORCA_REQUEST_HEADER] = "JSON"
-        # The non-streaming chat call goes over a lean keep-alive pool (engines/_h1.py),
-        # one per event loop like the sessions; https engines stay on aiohttp.
+        # The non-streaming chat call goes over a lean keep-alive pool (engines/_h1.py)
+        # that the sessions open and close per event loop; https engines stay on aiohttp.
         parts = urlsplit(self.url)
-        self._h1_origin = (
+        origin = (
             (parts.hostname, parts.port or 80)
             if parts.scheme == "http" and parts.hostname
             else None
         )
-        self._h1_path = parts.path + "/v1/chat/completions"
-        self._h1_pools: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, H1Pool] = (
-            weakref.WeakKeyDictionary()
+        self._sessions = LoopSessions(
+            max_connections=limits.max_connections,
+            timeout_s=limits.request_timeout_s,
+            connect_timeout_s=limits.connect_timeout_s,
+            keep_alive=origin,
         )
-        self._h1_head = b""
+        self._headers = {"Content-Type": "application/json"}
+        if limits.orca:
+            self._headers[ORCA_REQUEST_HEADER] = "JSON"
+        self._h1_head = (
+            request_head(*origin, parts.path + "/v1/chat/completions", self._headers)
+            if origin is not None
+            else None
+        )
 
     async def open(self) -> None:
         """Open the running event loop's session (one per loop; idempotent)."""
         self._sessions.open()
 
     async def close(self) -> None:
-        """Close the running event loop's session and connection pool."""
-        pool = self._h1_pools.pop(asyncio.get_running_loop(), None)
-        if pool is not None:
-            pool.close()
+        """Close the running event loop's session and keep-alive pool."""
         await self._sessions.aclose()
-
-    def _h1_pool(self) -> H1Pool:
-        """The running loop's keep-alive pool (opened with the session; see :meth:`chat`)."""
-        loop = asyncio.get_running_loop()
-        pool = self._h1_pools.get(loop)
-        if pool is None or pool.closed:
-            if self.closed:  # like the aiohttp path: open() first, in this loop
-                raise RuntimeError(f"engine client {self.name!r} is not open")
-            host, port = self._h1_origin
-            pool = self._h1_pools[loop] = H1Pool(
-                host,
-                port,
-                max_connections=self.limits.max_connections,
-                connect_timeout_s=self.limits.connect_timeout_s,
-            )
-            self._h1_head = pool.head(self._h1_path, self._headers)
-        return pool
 
     @property
     def closed(self) -> bool:
@@ -198,7 +177,7 @@ class EngineClient:
         body = self.chat_body(
             prompt, max_tokens=max_tokens, seed=seed, stream=stream, **(extra or {})
         )
-        if not stream and self._h1_origin is not None:
+        if not stream and self._h1_head is not None:
             return await self._chat_h1(body, timeout_s or self.limits.request_timeout_s)
         # No timeout argument means the session's (the engine timeout); None would mean "none".
         kw = {}
@@ -227,7 +206,9 @@ class EngineClient:
 
     async def _chat_h1(self, body: dict, timeout_s: float) -> ChatResult:
         """:meth:`chat` without streaming over the lean keep-alive pool (``_h1``)."""
-        pool = self._h1_pool()
+        pool = self._sessions.pool()
+        if pool is None:
+            raise RuntimeError(f"engine client {self.name!r} is not open")
         try:
             resp = await pool.post(self._h1_head, ENCODER.encode(body), timeout_s)
         except TRANSPORT_ERRORS as exc:

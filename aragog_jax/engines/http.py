@@ -2,8 +2,10 @@
 
 * :class:`LoopSessions`: one ``aiohttp`` session (and its connection pool, with the
   caller's limits and timeouts) per event loop, opened on first use and kept until
-  :meth:`LoopSessions.aclose`. A client used from several loops (a server's, a
-  synchronous helper's ``asyncio.run``) never shares a session across loops.
+  :meth:`LoopSessions.aclose`; with ``keep_alive=(host, port)`` also a lean keep-alive
+  pool to that origin (:mod:`aragog_jax.engines._h1`) that opens and closes with it. A
+  client used from several loops (a server's, a synchronous helper's ``asyncio.run``)
+  never shares a session across loops.
 * :func:`transport_error`: every transport exception an endpoint can produce becomes an
   :class:`~aragog_jax.errors.UpstreamError` (``UpstreamTimeout`` for timeouts) with a
   message naming the endpoint; callers raise it ``from`` the transport exception.
@@ -20,6 +22,7 @@ import weakref
 import aiohttp
 import msgspec
 
+from aragog_jax.engines._h1 import H1Pool
 from aragog_jax.errors import UpstreamError, UpstreamTimeout
 
 
@@ -47,7 +50,8 @@ TRANSPORT_ERRORS = (TimeoutError, aiohttp.ClientError, OSError, ValueError)
 
 
 class LoopSessions:
-    """One ``aiohttp.ClientSession`` per event loop (see the module docstring)."""
+    """One ``aiohttp.ClientSession`` per event loop, and with ``keep_alive`` one
+    :class:`~aragog_jax.engines._h1.H1Pool` beside it (see the module docstring)."""
 
     def __init__(
         self,
@@ -55,12 +59,18 @@ class LoopSessions:
         max_connections: int,
         timeout_s: float,
         connect_timeout_s: float | None = None,
+        keep_alive: tuple[str, int] | None = None,
     ):
         self.max_connections = max(1, int(max_connections))
+        self.connect_timeout_s = connect_timeout_s
         self.timeout = aiohttp.ClientTimeout(total=timeout_s, sock_connect=connect_timeout_s)
+        self.keep_alive = keep_alive
         self._sessions: weakref.WeakKeyDictionary[
             asyncio.AbstractEventLoop, aiohttp.ClientSession
         ] = weakref.WeakKeyDictionary()
+        self._pools: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, H1Pool] = (
+            weakref.WeakKeyDictionary()
+        )
 
     def __len__(self) -> int:
         """Sessions held (one per loop that opened one and has not closed it)."""
@@ -78,6 +88,13 @@ class LoopSessions:
                 connector=connector, timeout=self.timeout, raise_for_status=False
             )
             self._sessions[loop] = session
+            if self.keep_alive is not None:
+                self._close_pool(loop)
+                self._pools[loop] = H1Pool(
+                    *self.keep_alive,
+                    max_connections=self.max_connections,
+                    connect_timeout_s=self.connect_timeout_s,
+                )
         return session
 
     def current(self) -> aiohttp.ClientSession | None:
@@ -88,11 +105,24 @@ class LoopSessions:
             return None
         return None if session is None or session.closed else session
 
+    def pool(self) -> H1Pool | None:
+        """The running loop's keep-alive pool while its session is open, or None."""
+        if self.current() is None:
+            return None
+        return self._pools.get(asyncio.get_running_loop())
+
     async def aclose(self) -> None:
-        """Close the running loop's session (no-op when it has none)."""
-        session = self._sessions.pop(asyncio.get_running_loop(), None)
+        """Close the running loop's session and pool (no-op when it has none)."""
+        loop = asyncio.get_running_loop()
+        self._close_pool(loop)
+        session = self._sessions.pop(loop, None)
         if session is not None:
             await session.close()
+
+    def _close_pool(self, loop: asyncio.AbstractEventLoop) -> None:
+        pool = self._pools.pop(loop, None)
+        if pool is not None:
+            pool.close()
 
 
 __all__ = ["TRANSPORT_ERRORS", "LoopSessions", "transport_error"]

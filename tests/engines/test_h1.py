@@ -9,7 +9,7 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from aragog_jax.engines._h1 import H1Pool
+from aragog_jax.engines._h1 import H1Pool, request_head
 from aragog_jax.engines.client import ClientLimits, EngineClient
 from aragog_jax.errors import UpstreamError, UpstreamTimeout
 from aragog_jax.serving import FakeEngine, LoopbackServer
@@ -50,7 +50,8 @@ async def _with(echo: Echo, fn, **pool_kw):
     kw = {"max_connections": 8, "connect_timeout_s": 1.0, **pool_kw}
     pool = H1Pool("127.0.0.1", srv.port, **kw)
     try:
-        return await fn(pool, pool.head("/echo", {"Content-Type": "text/plain"}))
+        head = request_head("127.0.0.1", srv.port, "/echo", {"Content-Type": "text/plain"})
+        return await fn(pool, head)
     finally:
         pool.close()
         await srv.stop()
@@ -138,6 +139,19 @@ def test_connection_close_replies_and_idle_expiry_open_new_connections():
 
     assert asyncio.run(_with(echo, go, idle_s=0.1)) <= 1
     assert len(set(echo.ports)) == 5
+
+
+def test_a_call_that_ends_after_the_pool_closed_closes_its_connection():
+    echo = Echo(delay_s=0.2)
+
+    async def go(pool, head):
+        call = asyncio.create_task(pool.post(head, b"late", 2.0))
+        await asyncio.sleep(0.05)
+        pool.close()
+        body = (await call).body
+        return body, len(pool._idle), pool._open
+
+    assert asyncio.run(_with(echo, go)) == (b"late", 0, 0)
 
 
 def test_engine_closing_an_idle_connection_is_not_an_error():
