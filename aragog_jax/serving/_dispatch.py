@@ -104,12 +104,12 @@ class StageDispatcher:
         except StageFunctionError as exc:
             # The workflow's own code failed, not the engine: no failover, the run fails (500).
             log.error("workflow %s run %s: %s", run.wf.name, run.id, exc, exc_info=exc.__cause__)
-            self.metrics.child(self.metrics.dispatches, a.engine, st.model, "function_error").inc()
+            self.metrics.dispatches.labels(a.engine, st.model, "function_error").inc()
             self._finish(run, "failed", exc)
             self.kick()
             return
         except EngineRejected as exc:
-            self.metrics.child(self.metrics.dispatches, a.engine, st.model, "rejected").inc()
+            self.metrics.dispatches.labels(a.engine, st.model, "rejected").inc()
             self._finish(run, "failed", UpstreamError(f"stage {stage.name!r}: {exc}"))
             self.kick()
             return
@@ -121,7 +121,7 @@ class StageDispatcher:
             log.warning("engine %s recovered", st.name)
         if res.last is not None and res.last.orca is not None:
             st.orca = res.last.orca
-        self.metrics.child(self.metrics.dispatches, a.engine, st.model, "ok").inc()
+        self.metrics.dispatches.labels(a.engine, st.model, "ok").inc()
         if run.finished:
             self.kick()
             return
@@ -161,7 +161,7 @@ class StageDispatcher:
     def abandoned(self, run: Run, a: Assignment, st: EngineLoadState) -> None:
         """A dispatched stage was cancelled (its run ended): counted, and a round may use
         the engine slot it gave back."""
-        self.metrics.child(self.metrics.dispatches, a.engine, st.model, "cancelled").inc()
+        self.metrics.dispatches.labels(a.engine, st.model, "cancelled").inc()
         self.kick()
 
     def _on_engine_fault(
@@ -171,7 +171,7 @@ class StageDispatcher:
         sid = a.stage
         if st.breaker.on_failure(now, str(exc)):
             log.warning("engine %s marked unhealthy: %s", st.name, exc)
-        self.metrics.child(self.metrics.dispatches, a.engine, st.model, "error").inc()
+        self.metrics.dispatches.labels(a.engine, st.model, "error").inc()
         attempts = run.attempts.setdefault(sid, [])
         attempts.append(Attempt(model=st.model, engine=st.name, error=str(exc)))
         if run.streamed_chars and not run.finished:
@@ -188,7 +188,7 @@ class StageDispatcher:
             self.kick()
             return
         run.failovers += 1
-        self.metrics.child(self.metrics.failovers, run.wf.name).inc()
+        self.metrics.failovers.labels(run.wf.name).inc()
         healthy = healthy_models(self.engines.values(), now)
         viable = self.sched.failed(run.id, sid, a.engine)
         if len(attempts) >= MAX_ATTEMPTS_PER_STAGE:

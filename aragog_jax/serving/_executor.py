@@ -341,6 +341,6 @@ class Executor:
             run.timer.cancel()
         self.runs.pop(run.id, None)
         self.counts[status] = self.counts.get(status, 0) + 1
-        self.metrics.child(self.metrics.requests, run.wf.name, status).inc()
+        self.metrics.requests.labels(run.wf.name, status).inc()
         if run.events is not None and status == "completed":
             run.events.put_nowait(None)

@@ -171,9 +171,5 @@ class ServerMetrics:
             registry=r,
         )
 
-    def child(self, metric: Counter, *values: str) -> _Value:
-        """``metric.labels(*values)``: the counter of one label set."""
-        return metric.labels(*values)
-
     def render(self) -> bytes:
         return generate_latest(self.registry)
