@@ -9,8 +9,10 @@ run; ``GET /_trace`` answers the records finished since the last call (and forge
 
 The points, in the order a one-stage request passes them:
 
-* ``recv``: the request's bytes reached aiohttp (``RequestHandler.data_received``);
-* ``handler``: the OpenAI front's handler starts (``Api.chat``);
+* ``recv``: the request's bytes reached the server (``Lane.data_received``, or aiohttp's
+  ``RequestHandler.data_received``);
+* ``handler``: the OpenAI front's handler starts (``Api.fast`` in the fast lane, ``Api.chat``
+  through aiohttp);
 * ``admitted``: validated and admitted (``Executor.admit`` returned);
 * ``round``: the scheduling round that routes it starts (``Executor._round``);
 * ``routed``: routed and queued (``Intake.route_admitted`` returned);
@@ -25,9 +27,11 @@ The points, in the order a one-stage request passes them:
 * ``completed``: the run's result is set (``Executor.complete``);
 * ``resumed``: the handler has the result (``Executor.wait`` returned);
 * ``response``: the handler returns its response (receipt and body encoded);
-* ``finishing``: aiohttp starts finishing the response (``RequestHandler.finish_response``);
-* ``prepared``: the response head is prepared (``Response.prepare``);
-* ``written``: aiohttp has written the response (``finish_response`` returned).
+* ``finishing``: aiohttp starts finishing the response (``RequestHandler.finish_response``;
+  not in the fast lane);
+* ``prepared``: the response head is prepared (``Response.prepare``; not in the fast lane);
+* ``written``: the response is written (the fast lane's ``Lane._answer`` or aiohttp's
+  ``finish_response`` returned).
 """
 
 from __future__ import annotations
@@ -86,12 +90,13 @@ def install() -> None:
 
     from aragog_jax.engines import _h1
     from aragog_jax.engines.client import EngineClient
-    from aragog_jax.serving import _api, _dispatch, _executor, _intake, _sched, _server
+    from aragog_jax.serving import _api, _dispatch, _executor, _intake, _lane, _sched, _server
 
     def data_received(self, data):
         _last_recv[0] = now()
 
     _wrap_sync(web_protocol.RequestHandler, "data_received", before=data_received)
+    _wrap_sync(_lane.Lane, "data_received", before=data_received)
 
     def chat_in(self, request):
         CUR.set({"recv": _last_recv[0], "handler": now()})
@@ -100,6 +105,25 @@ def install() -> None:
         _stamp(CUR.get(), "response")
 
     _wrap_async(_api.Api, "chat", before=chat_in, after=chat_out)
+
+    # The fast lane (serving/_lane.py): Api.fast runs in the protocol's callback, and the
+    # task answering the request starts with its context (the record).
+    def fast_in(self, path, raw):
+        if path == _api.CHAT_PATH:
+            CUR.set({"recv": _last_recv[0], "handler": now()})
+
+    _wrap_sync(_api.Api, "fast", before=fast_in)
+    _wrap_async(_api.Api, "_chat_reply", after=lambda self, out, *a: _stamp(CUR.get(), "response"))
+
+    def lane_written(self, out, *a):
+        rec = CUR.get()
+        for run_id, r in list(RECORDS.items()):
+            if r is rec:
+                del RECORDS[run_id]
+                _stamp(rec, "written")
+                DONE.append(rec)
+
+    _wrap_async(_lane.Lane, "_answer", after=lane_written)
 
     def admitted(self, run, *a, **kw):
         rec = CUR.get()

@@ -10,12 +10,13 @@ from __future__ import annotations
 import asyncio
 import os
 import time
+from collections.abc import Coroutine
 from typing import TYPE_CHECKING
 
 import msgspec
 from aiohttp import web
 
-from aragog_jax.errors import BadRequest, NotFound, RequestTimeout, ShuttingDown
+from aragog_jax.errors import AragogError, BadRequest, NotFound, RequestTimeout, ShuttingDown
 from aragog_jax.serving._executor import Run
 from aragog_jax.serving._sse import chat_frames, run_frames, send_sse, usage_of
 from aragog_jax.serving._status import clip, schema_error
@@ -23,6 +24,8 @@ from aragog_jax.serving._wire import (
     ENCODER,
     FRONT_CHAT_DECODER,
     RUN_REQUEST_DECODER,
+    FrontChatRequest,
+    RunRequest,
     RunResponse,
     WorkflowInfo,
 )
@@ -31,6 +34,8 @@ if TYPE_CHECKING:
     from aragog_jax.serving._server import Server
 
 WORKFLOW_MODEL_PREFIX = "workflow:"
+CHAT_PATH = "/v1/chat/completions"
+RUNS_PREFIX, RUNS_SUFFIX = "/v1/workflows/", "/runs"  # POST /v1/workflows/{name}/runs
 # request -> the Run admitted for it (a typed key where aiohttp has them: 3.12+ warns on str keys)
 RUN_KEY = web.RequestKey("aragog_run", Run) if hasattr(web, "RequestKey") else "aragog_run"
 
@@ -134,21 +139,37 @@ class Api:
                 raise RequestTimeout(
                     f"request body not received within {self.settings.body_timeout_s:g} s"
                 ) from exc
-        try:
-            return decoder.decode(raw)
-        except msgspec.MsgspecError as exc:
-            raise schema_error(exc) from exc
+        return _decode(raw, decoder)
 
-    def _admit(self, request: web.Request, workflow: str, text: str, **kw) -> Run:
-        """Admit a run for ``request``; the guard cancels it if the client goes away."""
+    def _admit(self, request: web.Request | None, workflow: str, text: str, **kw) -> Run:
+        """Admit a run for ``request`` (None in the fast lane, which cancels the run itself
+        when the client goes away); the guard cancels it if the client goes away."""
         if self.server.state != "serving" or self.executor is None:
             raise ShuttingDown(f"server is {self.server.state}; not accepting new requests")
-        run = request[RUN_KEY] = self.executor.admit(workflow, text, **kw)
+        run = self.executor.admit(workflow, text, **kw)
+        if request is not None:
+            request[RUN_KEY] = run
         return run
 
-    async def run_workflow(self, request: web.Request) -> web.StreamResponse:
-        wf = self._workflow(request.match_info["name"])
-        body = await self._read(request, RUN_REQUEST_DECODER)
+    # -- the fast lane (._lane): the hot requests' answers as bytes -----------------------
+
+    def fast(self, path: str, raw: bytes) -> Coroutine[None, None, bytes] | None:
+        """The body of the answer to a non-streaming ``POST path`` with body ``raw`` (a
+        coroutine), or None for a request the aiohttp app takes: a stream (SSE) or a path
+        that is not a run or a chat completion. Raises the request's error at once when
+        the body is not valid."""
+        if path == CHAT_PATH:
+            chat = _decode(raw, FRONT_CHAT_DECODER)
+            return None if chat.stream else self._chat_reply(None, chat)
+        name = path.removeprefix(RUNS_PREFIX).removesuffix(RUNS_SUFFIX)
+        if len(name) + len(RUNS_PREFIX) + len(RUNS_SUFFIX) != len(path) or not name or "/" in name:
+            return None
+        body = _decode(raw, RUN_REQUEST_DECODER)
+        return None if body.stream else self._run_reply(None, name, body)
+
+    def _admit_run(self, request: web.Request | None, name: str, body: RunRequest):
+        """(workflow, run) for a run request."""
+        wf = self._workflow(name)
         run = self._admit(
             request,
             wf.name,
@@ -157,23 +178,16 @@ class Api:
             replay=body.replay,
             stream=body.stream,
         )
-        if body.stream:
-            return await self._stream_run(request, run)
-        res = await self.executor.wait(run)
-        return web.Response(
-            body=ENCODER.encode(
-                RunResponse(id=res.id, workflow=wf.name, output=res.output, receipt=res.receipt)
-            ),
-            content_type="application/json",
+        return wf, run
+
+    async def _run_reply(self, request: web.Request | None, name: str, body: RunRequest) -> bytes:
+        wf, run = self._admit_run(request, name, body)
+        res = await self._result(run)
+        return ENCODER.encode(
+            RunResponse(id=res.id, workflow=wf.name, output=res.output, receipt=res.receipt)
         )
 
-    async def _stream_run(self, request: web.Request, run: Run) -> web.StreamResponse:
-        return await send_sse(self.executor, request, run, run_frames(run))
-
-    # -- OpenAI-compatible ------------------------------------------------------------------
-
-    async def chat(self, request: web.Request) -> web.StreamResponse:
-        body = await self._read(request, FRONT_CHAT_DECODER)
+    def _admit_chat(self, request: web.Request | None, body: FrontChatRequest) -> Run:
         if not body.model.startswith(WORKFLOW_MODEL_PREFIX):
             raise NotFound(
                 f"model {clip(body.model)!r}: use 'workflow:<name>' (see GET /v1/models)"
@@ -182,16 +196,16 @@ class Api:
         users = [m for m in body.messages if m.role == "user"]
         if not users:
             raise BadRequest("messages: needs a user message (the workflow input)", "messages")
-        run = self._admit(
-            request, wf.name, _workflow_input(users[-1].text(), "messages"), stream=body.stream
-        )
+        text = _workflow_input(users[-1].text(), "messages")
+        return self._admit(request, wf.name, text, stream=body.stream)
+
+    async def _chat_reply(self, request: web.Request | None, body: FrontChatRequest) -> bytes:
+        run = self._admit_chat(request, body)
         created = int(time.time())
-        cid = f"chatcmpl-{os.urandom(12).hex()}"
-        if not body.stream:
-            res = await self.executor.wait(run)
-            usage = usage_of(res.receipt)
-            payload = {
-                "id": cid,
+        res = await self._result(run)
+        return ENCODER.encode(
+            {
+                "id": _chat_id(),
                 "object": "chat.completion",
                 "created": created,
                 "model": body.model,
@@ -202,13 +216,56 @@ class Api:
                         "finish_reason": "stop",
                     }
                 ],
-                "usage": usage,
+                "usage": usage_of(res.receipt),
                 "aragog": {"id": res.id, "receipt": res.receipt},
             }
-            return web.Response(body=ENCODER.encode(payload), content_type="application/json")
-        return await send_sse(
-            self.executor, request, run, chat_frames(run, cid, created, body.model)
         )
+
+    async def _result(self, run: Run):
+        """The run's result; a failure other than the run's own error (a bug) cancels it."""
+        try:
+            return await self.executor.wait(run)
+        except AragogError:
+            raise
+        except Exception as exc:
+            self.executor.cancel(run, f"request handler failed: {type(exc).__name__}")
+            raise
+
+    # -- aiohttp routes ---------------------------------------------------------------------
+
+    async def run_workflow(self, request: web.Request) -> web.StreamResponse:
+        name = request.match_info["name"]
+        self._workflow(name)  # an unknown workflow is 404 before the body is read
+        body = await self._read(request, RUN_REQUEST_DECODER)
+        if not body.stream:
+            return _json(await self._run_reply(request, name, body))
+        _, run = self._admit_run(request, name, body)
+        return await send_sse(self.executor, request, run, run_frames(run))
+
+    # -- OpenAI-compatible ------------------------------------------------------------------
+
+    async def chat(self, request: web.Request) -> web.StreamResponse:
+        body = await self._read(request, FRONT_CHAT_DECODER)
+        if not body.stream:
+            return _json(await self._chat_reply(request, body))
+        run = self._admit_chat(request, body)
+        frames = chat_frames(run, _chat_id(), int(time.time()), body.model)
+        return await send_sse(self.executor, request, run, frames)
+
+
+def _chat_id() -> str:
+    return f"chatcmpl-{os.urandom(12).hex()}"
+
+
+def _json(body: bytes) -> web.Response:
+    return web.Response(body=body, content_type="application/json")
+
+
+def _decode(raw: bytes, decoder):
+    try:
+        return decoder.decode(raw)
+    except msgspec.MsgspecError as exc:
+        raise schema_error(exc) from exc
 
 
 def _workflow_input(text: str, field: str) -> str:

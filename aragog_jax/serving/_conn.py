@@ -31,6 +31,7 @@ from http import HTTPStatus
 from aiohttp import web
 from aiohttp.http_exceptions import LineTooLong
 
+from aragog_jax.serving._lane import Lane, LaneHandler
 from aragog_jax.serving._wire import error_body
 
 log = logging.getLogger("aragog_jax.serving")
@@ -49,6 +50,9 @@ class ConnLimits:
     # of a reset; then close.
     linger_s: float = 2.0
 
+
+#: Requests whose head starts with this may be answered by the fast lane (:mod:`._lane`).
+LANE_PREFIX = b"POST /v1/"
 
 #: Called with (status, error type) for every request or connection refused here.
 OnRefused = Callable[[int, str], None]
@@ -189,6 +193,14 @@ class _GuardedProtocol(web.RequestHandler):
             )
         self.force_close()
 
+    def continue_head(self, since: float) -> None:
+        """The head in progress started at ``since`` (loop time), before the fast lane
+        handed the connection over (:mod:`._lane`): its deadline counts from then."""
+        self._head_since = since
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+        self._arm_head_timer(since + self._guard.limits.header_timeout_s)
+
     def head_received(self) -> None:
         """A request head is complete: its handler runs next (the server's request factory)."""
         self._awaiting_head = False
@@ -245,6 +257,8 @@ class _GuardedServer(web.Server):
         guard: _Guard,
         loop: asyncio.AbstractEventLoop,
         protocol_kwargs: dict,
+        lane: LaneHandler | None,
+        max_body: int,
     ):
         super().__init__(
             self._handle, request_factory=self._request, handler_cancellation=True, loop=loop
@@ -254,8 +268,23 @@ class _GuardedServer(web.Server):
         self._guard = guard
         self._protocol_loop = loop
         self._protocol_kwargs = protocol_kwargs
+        self._lane = lane
+        self._max_body = max_body
 
-    def __call__(self) -> _GuardedProtocol:
+    def __call__(self) -> asyncio.Protocol:
+        if self._lane is None:
+            return self._guarded()
+        return Lane(
+            self,
+            self._guard,
+            self._lane,
+            self._guarded,
+            self._protocol_loop,
+            prefix=LANE_PREFIX,
+            max_body=self._max_body,
+        )
+
+    def _guarded(self) -> _GuardedProtocol:
         return _GuardedProtocol(
             self, guard=self._guard, loop=self._protocol_loop, **self._protocol_kwargs
         )
@@ -272,7 +301,10 @@ class _GuardedServer(web.Server):
 
 
 class GuardedRunner(web.AppRunner):
-    """An AppRunner whose connections are guarded (see the module docstring)."""
+    """An AppRunner whose connections are guarded (see the module docstring). With a
+    ``lane`` handler, each connection starts in the fast lane (:mod:`._lane`), which
+    answers the hot ``POST /v1/...`` requests itself (bodies up to ``max_body`` bytes)
+    and hands the rest to the guarded aiohttp protocol."""
 
     def __init__(
         self,
@@ -281,6 +313,8 @@ class GuardedRunner(web.AppRunner):
         on_refused: OnRefused,
         *,
         shutdown_timeout: float = 1.0,
+        lane: LaneHandler | None = None,
+        max_body: int = 0,
     ):
         self._protocol_kwargs = {
             "access_log": None,
@@ -290,6 +324,8 @@ class GuardedRunner(web.AppRunner):
             "lingering_time": limits.linger_s,
         }
         self._guard = _Guard(limits, on_refused)
+        self._lane = lane
+        self._max_body = max_body
         super().__init__(
             app, handle_signals=False, shutdown_timeout=shutdown_timeout, **self._protocol_kwargs
         )
@@ -303,4 +339,11 @@ class GuardedRunner(web.AppRunner):
         # The application's own server (it freezes the app and resolves its handler and
         # request factory); the guarded server takes those over.
         base = await super()._make_server()
-        return _GuardedServer(base, self._guard, asyncio.get_running_loop(), self._protocol_kwargs)
+        return _GuardedServer(
+            base,
+            self._guard,
+            asyncio.get_running_loop(),
+            self._protocol_kwargs,
+            self._lane,
+            self._max_body,
+        )

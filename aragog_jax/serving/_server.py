@@ -20,6 +20,7 @@ import gc
 import hmac
 import logging
 import time
+from collections.abc import Awaitable
 from dataclasses import dataclass
 
 from aiohttp import web
@@ -32,6 +33,7 @@ from aragog_jax.serving._emulated import EmulatedEngine
 from aragog_jax.serving._executor import Executor, close_part
 from aragog_jax.serving._fleet import FleetRuntime, start_engines
 from aragog_jax.serving._intake import DEFAULT_ROUTING_BUDGET_S
+from aragog_jax.serving._lane import Answer
 from aragog_jax.serving._loopback import LoopbackServer
 from aragog_jax.serving._metrics import ServerMetrics
 from aragog_jax.serving._remote import RemotePort, SchedulerLink
@@ -41,6 +43,7 @@ from aragog_jax.serving._status import (
     REJECTIONS,
     RETRY_AFTER_S,
     clip,
+    error_parts,
     error_response,
     is_loopback,
     schema_error,
@@ -113,6 +116,10 @@ class ServeOptions:
     # (``exchange`` and ``engine_urls`` coroutines; see :mod:`._remote`). The host runs the
     # emulated engines, the load monitor and the rounds; this server runs everything else.
     remote: SchedulerLink | None = None
+    # Answer the hot requests (non-streaming runs and chat completions) in the fast lane
+    # (aragog_jax.serving._lane) instead of through aiohttp's server; off: aiohttp takes
+    # every request (the lane's tests compare the two).
+    fast_lane: bool = True
 
 
 class Server:
@@ -216,7 +223,14 @@ class Server:
             )
 
     def _runner(self, app: web.Application, shutdown_timeout: float) -> GuardedRunner:
-        return GuardedRunner(app, self.limits, self._rejected, shutdown_timeout=shutdown_timeout)
+        return GuardedRunner(
+            app,
+            self.limits,
+            self._rejected,
+            shutdown_timeout=shutdown_timeout,
+            lane=self._lane if self.options.fast_lane else None,
+            max_body=self.settings.max_body_bytes,
+        )
 
     def _rejected(self, status: int, kind: str) -> None:
         self.metrics.rejected.labels(str(status), kind).inc()
@@ -338,12 +352,39 @@ class Server:
             raise
 
     def _authorize(self, auth: str) -> None:
-        key = auth[7:].strip() if auth[:7].lower() == "bearer " else ""
-        raw = key.encode("utf-8", "surrogateescape")  # the header's bytes, whatever they are
-        if not raw or not any(hmac.compare_digest(raw, k) for k in self._keys):
+        # The header's bytes, whatever they are (aiohttp decodes with surrogate escapes).
+        if not self._key_ok(auth.encode("utf-8", "surrogateescape")):
             raise Unauthorized(
                 "missing or invalid API key (send Authorization: Bearer <key>)"
             )  # never the key
+
+    def _key_ok(self, auth: bytes) -> bool:
+        key = auth[7:].strip() if auth[:7].lower() == b"bearer " else b""
+        return bool(key) and any(hmac.compare_digest(key, k) for k in self._keys)
+
+    # -- the fast lane (._lane) -----------------------------------------------------------
+
+    def _lane(self, path: str, auth: bytes | None, body: bytes) -> Awaitable[Answer] | None:
+        """The answer to a hot request, or None for one the app takes: a missing or bad
+        key (the middleware answers 401), a stream, any other route."""
+        if self._keys and (auth is None or not self._key_ok(auth)):
+            return None
+        try:
+            reply = self.api.fast(path, body)
+        except AragogError as exc:
+            return self._lane_answer(None, exc)
+        return None if reply is None else self._lane_answer(reply, None)
+
+    async def _lane_answer(self, reply: Awaitable[bytes] | None, exc: AragogError | None) -> Answer:
+        try:
+            if exc is None:
+                return 200, b"", await reply
+        except AragogError as raised:
+            exc = raised
+        if isinstance(exc, REJECTIONS):
+            self._rejected(*status_of(exc))
+        status, headers, body = error_parts(exc)
+        return status, "".join(f"{k}: {v}\r\n" for k, v in headers.items()).encode(), body
 
     def _http_error(self, request: web.Request, exc: web.HTTPException) -> web.Response:
         if exc.status == 404:

@@ -76,14 +76,17 @@ def status_of(exc: BaseException) -> tuple[int, str]:
     return 500, "internal_error"
 
 
-def error_response(exc: BaseException) -> web.Response:
+def error_parts(exc: BaseException) -> tuple[int, dict[str, str], bytes]:
+    """(status, extra headers, JSON body) of the error response for ``exc``."""
     status, kind = status_of(exc)
-    headers = {"Retry-After": str(RETRY_AFTER_S)} if status == 429 else None
+    headers = {"Retry-After": str(RETRY_AFTER_S)} if status == 429 else {}
+    return status, headers, error_body(str(exc), kind, status, getattr(exc, "field", None))
+
+
+def error_response(exc: BaseException) -> web.Response:
+    status, headers, body = error_parts(exc)
     resp = web.Response(
-        status=status,
-        body=error_body(str(exc), kind, status, getattr(exc, "field", None)),
-        content_type="application/json",
-        headers=headers,
+        status=status, body=body, content_type="application/json", headers=headers or None
     )
     if status == 408:
         resp.force_close()  # the rest of the body may still be coming
