@@ -17,7 +17,11 @@ one front per peer pointed at it, all started once and left running:
 * ``aiohttp-proxy``: the floor of aragog_jax's own transport: an aiohttp server (uvloop)
   whose one handler reads the body and posts it unchanged to the backend through one
   pooled aiohttp client session, then answers the backend's bytes: one aiohttp
-  request/response pair on each side and nothing else (no parsing, no routing, no round).
+  request/response pair on each side and nothing else (no parsing, no routing, no round);
+* ``python-floor``: the leanest pass-through this project can write in Python: an
+  ``asyncio.Protocol`` server parsing with httptools on uvloop, forwarding through
+  aragog_jax's own keep-alive engine pool (``engines/_h1.py``), no framework: what any
+  Python front pays before it does anything of its own.
 
 A closed-loop client (``--concurrency`` clients, each sending the next request when the
 previous one ends) measures each front for ``--duration-s`` seconds per cell; rounds
@@ -74,7 +78,7 @@ TEXT = "Write a function that reverses a string."
 #: it an unprofiled engine would get the 16-slot placeholder and aragog_jax would hold
 #: 112 of 128 clients' calls in its queue while the peers pass them all through.
 BACKEND_MAX_NUM_SEQS = 256
-FRONTS = ("direct", "aragog_jax", "aiohttp-proxy", "vllm-router", "litellm")
+FRONTS = ("direct", "aragog_jax", "aiohttp-proxy", "python-floor", "vllm-router", "litellm")
 BASE = "aragog_jax@base"  # --baseline: the same server from another checkout
 
 
@@ -157,6 +161,56 @@ def _proxy_main(backend: str) -> None:
         uvloop.run(go())
     else:
         asyncio.run(go())
+
+
+def _raw_proxy_main(backend: str) -> None:
+    """Child process: the leanest Python pass-through this project can write (front
+    ``python-floor``); prints its URL. No framework on either side: an ``asyncio.Protocol``
+    server that parses requests with httptools (llhttp) and forwards each body unchanged
+    through aragog_jax's own keep-alive engine pool (``engines/_h1.py``), on uvloop. One
+    parser callback set and one task per request: what any Python front pays on this
+    machine before it does anything of its own."""
+    import httptools
+    import uvloop
+
+    from aragog_jax.engines._h1 import H1Pool, request_head
+
+    host, port_s = backend.removeprefix("http://").rsplit(":", 1)
+    pool = H1Pool(host, int(port_s), max_connections=4096, connect_timeout_s=10.0)
+    head = request_head(
+        host, int(port_s), "/v1/chat/completions", {"Content-Type": "application/json"}
+    )
+
+    class Front(asyncio.Protocol):
+        def connection_made(self, transport):
+            self.transport = transport
+            self.parser = httptools.HttpRequestParser(self)
+            self.body: list[bytes] = []
+
+        def data_received(self, data):
+            self.parser.feed_data(data)
+
+        def on_body(self, body):
+            self.body.append(body)
+
+        def on_message_complete(self):
+            body, self.body = b"".join(self.body), []
+            asyncio.get_running_loop().create_task(self.forward(body))
+
+        async def forward(self, body):
+            res = await pool.post(head, body, 30.0)
+            self.transport.write(
+                b"HTTP/1.1 %d OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s"
+                % (res.status, len(res.body), res.body)
+            )
+
+    async def go():
+        port = _free_port()
+        await asyncio.get_running_loop().create_server(Front, "127.0.0.1", port)
+        print(f"http://127.0.0.1:{port}", flush=True)
+        await asyncio.Event().wait()
+
+    uvloop.run(go())
 
 
 def _write_aragog_fleet(tmp: Path, backend: str) -> Path:
@@ -501,12 +555,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "peers.json")
     ap.add_argument("--_backend", dest="backend", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--_proxy", dest="proxy", default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--_raw_proxy", dest="raw_proxy", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.backend:
         _backend_main()
         return 0
     if args.proxy:
         _proxy_main(args.proxy)
+        return 0
+    if args.raw_proxy:
+        _raw_proxy_main(args.raw_proxy)
         return 0
     if args.quick:
         args.rounds, args.duration_s = 1, 1.5
@@ -550,6 +608,13 @@ def main(argv: list[str] | None = None) -> int:
                 procs.append(proc)
                 urls["aiohttp-proxy"] = (lines[-1].strip(), proc.pid)
                 peers["aiohttp-proxy"] = f"aiohttp {aiohttp.__version__}"
+            if "python-floor" in fronts:
+                proc, lines = _spawn(
+                    [sys.executable, __file__, "--_raw_proxy", backend], r"^http://"
+                )
+                procs.append(proc)
+                urls["python-floor"] = (lines[-1].strip(), proc.pid)
+                peers["python-floor"] = "asyncio.Protocol + httptools, engines/_h1.py pool"
             for name in ("vllm-router", "litellm"):
                 if name not in fronts:
                     continue
