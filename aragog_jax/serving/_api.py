@@ -10,7 +10,8 @@ from __future__ import annotations
 import asyncio
 import os
 import time
-from collections.abc import Coroutine
+from collections.abc import Awaitable, Callable
+from functools import partial
 from typing import TYPE_CHECKING
 
 import msgspec
@@ -153,19 +154,19 @@ class Api:
 
     # -- the fast lane (._lane): the hot requests' answers as bytes -----------------------
 
-    def fast(self, path: str, raw: bytes) -> Coroutine[None, None, bytes] | None:
-        """The body of the answer to a non-streaming ``POST path`` with body ``raw`` (a
-        coroutine), or None for a request the aiohttp app takes: a stream (SSE) or a path
-        that is not a run or a chat completion. Raises the request's error at once when
-        the body is not valid."""
+    def fast(self, path: str, raw: bytes) -> Callable[[], Awaitable[bytes]] | None:
+        """What answers a non-streaming ``POST path`` with body ``raw`` (a coroutine
+        function of no arguments returning the answer's body), or None for a request the
+        aiohttp app takes: a stream (SSE) or a path that is not a run or a chat
+        completion. Raises the request's error at once when the body is not valid."""
         if path == CHAT_PATH:
             chat = _decode(raw, FRONT_CHAT_DECODER)
-            return None if chat.stream else self._chat_reply(None, chat)
+            return None if chat.stream else partial(self._chat_reply, None, chat)
         name = path.removeprefix(RUNS_PREFIX).removesuffix(RUNS_SUFFIX)
         if len(name) + len(RUNS_PREFIX) + len(RUNS_SUFFIX) != len(path) or not name or "/" in name:
             return None
         body = _decode(raw, RUN_REQUEST_DECODER)
-        return None if body.stream else self._run_reply(None, name, body)
+        return None if body.stream else partial(self._run_reply, None, name, body)
 
     def _admit_run(self, request: web.Request | None, name: str, body: RunRequest):
         """(workflow, run) for a run request."""

@@ -53,15 +53,20 @@ log = logging.getLogger("aragog_jax.serving")
 
 #: An answer: (status, extra header lines each ending in CRLF, JSON body).
 Answer = tuple[int, bytes, bytes]
-#: The lane handler: (path, Authorization value or None, body) -> the answer, or None to
-#: hand the request to aiohttp.
-LaneHandler = Callable[[str, bytes | None, bytes], Awaitable[Answer] | None]
+#: The lane handler: (path, Authorization value or None, body) -> a function that starts
+#: answering (a coroutine function of no arguments, called in the request's task, so no
+#: coroutine exists before the task runs), or None to hand the request to aiohttp.
+LaneHandler = Callable[[str, bytes | None, bytes], Callable[[], Awaitable[Answer]] | None]
 
 HEAD_END = b"\r\n\r\n"
 _PHRASES = {s.value: s.phrase.encode() for s in HTTPStatus}
 _INTERNAL = error_body(
     "internal server error (details are in the server log)", "internal_error", 500
 )
+
+
+async def _internal_error() -> Answer:
+    return 500, b"", _INTERNAL
 
 
 class _Head:
@@ -244,8 +249,8 @@ class Lane(asyncio.Protocol):
             self._hand_over()
             return
         end = buf.find(HEAD_END)
-        if end < 0:
-            if len(buf) > self._guard.limits.max_line_bytes:
+        if end < 0 or end > self._guard.limits.max_line_bytes:
+            if end >= 0 or len(buf) > self._guard.limits.max_line_bytes:
                 self._hand_over()  # aiohttp applies its per-line limits and answers
             return
         head = parse_head(bytes(buf[: end + 4]))
@@ -257,7 +262,11 @@ class Lane(asyncio.Protocol):
         if length > self._max_body or len(buf) < total:
             self._hand_over()  # 413, or a body still coming (read under aiohttp's timeout)
             return
-        answer = self._handler(path, auth, bytes(buf[end + 4 : total]))
+        try:
+            answer = self._handler(path, auth, bytes(buf[end + 4 : total]))
+        except Exception:
+            log.exception("unhandled error answering a request")
+            answer = _internal_error
         if answer is None:
             self._hand_over()
             return
@@ -266,9 +275,9 @@ class Lane(asyncio.Protocol):
         self._keep = keep
         self._task = self._loop.create_task(self._answer(answer))
 
-    async def _answer(self, answer: Awaitable[Answer]) -> None:
+    async def _answer(self, answer: Callable[[], Awaitable[Answer]]) -> None:
         try:
-            status, extra, body = await answer
+            status, extra, body = await answer()
         except Exception:
             log.exception("unhandled error answering a request")
             status, extra, body = 500, b"", _INTERNAL

@@ -20,8 +20,9 @@ import gc
 import hmac
 import logging
 import time
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from functools import partial
 
 from aiohttp import web
 
@@ -364,21 +365,25 @@ class Server:
 
     # -- the fast lane (._lane) -----------------------------------------------------------
 
-    def _lane(self, path: str, auth: bytes | None, body: bytes) -> Awaitable[Answer] | None:
-        """The answer to a hot request, or None for one the app takes: a missing or bad
+    def _lane(
+        self, path: str, auth: bytes | None, body: bytes
+    ) -> Callable[[], Awaitable[Answer]] | None:
+        """What answers a hot request, or None for one the app takes: a missing or bad
         key (the middleware answers 401), a stream, any other route."""
         if self._keys and (auth is None or not self._key_ok(auth)):
             return None
         try:
             reply = self.api.fast(path, body)
         except AragogError as exc:
-            return self._lane_answer(None, exc)
-        return None if reply is None else self._lane_answer(reply, None)
+            return partial(self._lane_answer, None, exc)
+        return None if reply is None else partial(self._lane_answer, reply, None)
 
-    async def _lane_answer(self, reply: Awaitable[bytes] | None, exc: AragogError | None) -> Answer:
+    async def _lane_answer(
+        self, reply: Callable[[], Awaitable[bytes]] | None, exc: AragogError | None
+    ) -> Answer:
         try:
             if exc is None:
-                return 200, b"", await reply
+                return 200, b"", await reply()
         except AragogError as raised:
             exc = raised
         if isinstance(exc, REJECTIONS):

@@ -310,3 +310,50 @@ def test_response_bytes_are_one_complete_http_reply():
     assert head.startswith(b"HTTP/1.1 429 Too Many Requests\r\n")
     assert b"\r\nContent-Length: 8\r\n" in head and b"\r\nRetry-After: 1\r\n" in head
     assert head.endswith(b"Connection: close") and body == b'{"a": 1}'
+
+
+def test_a_long_line_in_a_complete_head_gets_aiohttps_400_even_with_a_good_key(tmp_path):
+    async def fn(s, http):
+        reader, writer = await _open(s.url)
+        headers = {"Authorization": "Bearer k1", "X-Long": "a" * 9000}
+        writer.write(_req("POST", RUN, {"input": "x"}, headers=headers))
+        reply = await _read_reply(reader)
+        writer.close()
+        return reply
+
+    status, head, doc = asyncio.run(
+        serve_fakes(tmp_path, fake_pair(), fn, server={"api_keys": ["k1"]})
+    )
+    assert status == 400 and "over 8190 bytes" in doc["error"]["message"] and AIOHTTP in head
+
+
+def test_a_bug_in_the_lane_handler_is_a_json_500_and_the_server_serves_on(
+    tmp_path, monkeypatch, caplog
+):
+    from aragog_jax.serving import _api
+
+    real = _api.Api.fast
+    calls = []
+
+    def broken_once(self, path, raw):
+        calls.append(path)
+        if len(calls) == 1:
+            raise RuntimeError("bug in the handler")
+        return real(self, path, raw)
+
+    monkeypatch.setattr(_api.Api, "fast", broken_once)
+
+    async def fn(s, http):
+        out = []
+        for _ in range(2):
+            reader, writer = await _open(s.url)
+            writer.write(_req("POST", RUN, {"input": "x"}))
+            out.append(await _read_reply(reader))
+            writer.close()
+        return out
+
+    (status, _, doc), (status2, _, doc2) = asyncio.run(serve_fakes(tmp_path, fake_pair(), fn))
+    assert status == 500 and doc["error"]["type"] == "internal_error"
+    assert "bug in the handler" not in json.dumps(doc)
+    assert status2 == 200 and doc2["output"]
+    assert any("unhandled error answering a request" in r.getMessage() for r in caplog.records)
