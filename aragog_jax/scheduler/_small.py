@@ -155,6 +155,14 @@ def host_search(
     num_viable = [sum(row) for row in kept]
     kept_e = [[row[m] for m in em] for row in kept]
     allows = [[e for e, k in enumerate(row) if k > 0] for row in kept_e]  # engines per item
+    if n == 1:  # the loop below for one item: one step, the best candidate of one beam
+        nv = max(num_viable[0], 1)
+        row = kept_e[0]
+        cands = [(-gain[e][0], -(row[e] * SHARE_SCALE // nv), e) for e in allows[0] if free[e] > 0]
+        if not (valid[0] and cands):
+            return (), 0, 0, 0
+        neg_util, neg_flex, e = min(cands)
+        return ((0, e),), -neg_util, -neg_flex, 1
     # Pre-filter and compaction: items with an allowed engine that has a free slot.
     is_open = [f > 0 for f in free]
     order = [i for i in range(n) if valid[i] and any(map(is_open.__getitem__, allows[i]))]

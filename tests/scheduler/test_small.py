@@ -87,6 +87,29 @@ def test_small_round_equals_compiled_round(
     _assert_same(arrays, beam, reserve)
 
 
+@pytest.mark.parametrize("seed", range(24))
+def test_one_item_rounds_equal_the_compiled_round(seed):
+    """``host_search``'s one-item shortcut (every live request's round at low load): the
+    best allowed engine with a free slot, U, F and steps as the kernel's, none placed when
+    no allowed engine is free (same buckets as the tie test: no extra executables)."""
+    rng = np.random.default_rng(seed)
+    arrays, _ = random_round(
+        rng,
+        num_items=1,
+        num_configs=int(rng.choice((1, 4, 27, 100))),
+        num_engines=3,
+        total_free=int(rng.integers(0, 7)),
+        max_ready=1,
+        blocked_share=float(rng.choice((0.0, 0.5))),
+        blocked_slots=int(rng.integers(0, 3)),
+        item_bucket=32,
+        cfg_bucket=128,
+        slot_bucket=128,
+    )
+    for beam, reserve in itertools.product((1, 2, 4), (False, True)):
+        _assert_same(arrays, beam, reserve)
+
+
 def test_ties_break_as_the_kernel_does():
     """Equal gains and shares everywhere: only the candidate index orders them, and the
     greedy line's replacement of the last survivor decides (same buckets as the random
