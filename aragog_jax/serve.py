@@ -88,6 +88,16 @@ def build_parser() -> argparse.ArgumentParser:
         help="scheduling rounds kept for GET /v1/rounds/{id} (default 256)",
     )
     ap.add_argument(
+        "--no-fast-lane",
+        dest="fast_lane",
+        action="store_false",
+        help=(
+            "answer every request through aiohttp's server; by default non-streaming runs and "
+            "chat completions whose whole body has arrived are answered by a lighter HTTP/1.1 "
+            "path with less CPU per request (bench/peers.py), under the same limits"
+        ),
+    )
+    ap.add_argument(
         "--loop",
         default="auto",
         choices=["auto", "asyncio", "uvloop"],
@@ -138,6 +148,7 @@ async def _serve(args: argparse.Namespace) -> int:
         policy=args.policy,
         beam_width=args.beam_width,
         routing_budget_s=args.routing_budget_ms / 1000.0,
+        fast_lane=args.fast_lane,
     )
     server = Server(fleet, options)
     try:

@@ -79,3 +79,30 @@ def test_api_keys_env_naming_an_unset_variable_is_exit_2(tmp_path, capsys, monke
         err.count("\n") == 1
         and "server.api_keys_env: environment variable ARAGOG_NO_SUCH_KEYS is not set" in err
     )
+
+
+def test_no_fast_lane_reaches_the_server_options(tmp_path, monkeypatch):
+    """``--no-fast-lane`` turns ServeOptions.fast_lane off (the default is on)."""
+    import asyncio
+
+    from aragog_jax import serve
+    from aragog_jax.serving import _server
+
+    from ._fleetkit import write_fleet
+
+    fleet = str(write_fleet(tmp_path, [("e-small", "small", "http://127.0.0.1:9")]))
+
+    seen = []
+
+    class Stop(Exception):
+        pass
+
+    def capture(self, fleet, options):
+        seen.append(options.fast_lane)
+        raise Stop
+
+    monkeypatch.setattr(_server.Server, "__init__", capture)
+    for argv in (["--fleet", fleet], ["--fleet", fleet, "--no-fast-lane"]):
+        with pytest.raises(Stop):
+            asyncio.run(serve._serve(serve.build_parser().parse_args(argv)))
+    assert seen == [True, False]
