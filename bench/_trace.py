@@ -90,13 +90,19 @@ def install() -> None:
 
     from aragog_jax.engines import _h1
     from aragog_jax.engines.client import EngineClient
-    from aragog_jax.serving import _api, _dispatch, _executor, _intake, _lane, _sched, _server
+    from aragog_jax.serving import _api, _dispatch, _executor, _intake, _sched, _server
+
+    try:
+        from aragog_jax.serving import _lane
+    except ImportError:  # a checkout from before the fast lane (--baseline)
+        _lane = None
 
     def data_received(self, data):
         _last_recv[0] = now()
 
     _wrap_sync(web_protocol.RequestHandler, "data_received", before=data_received)
-    _wrap_sync(_lane.Lane, "data_received", before=data_received)
+    if _lane is not None:
+        _wrap_sync(_lane.Lane, "data_received", before=data_received)
 
     def chat_in(self, request):
         CUR.set({"recv": _last_recv[0], "handler": now()})
@@ -112,8 +118,11 @@ def install() -> None:
         if path == _api.CHAT_PATH:
             CUR.set({"recv": _last_recv[0], "handler": now()})
 
-    _wrap_sync(_api.Api, "fast", before=fast_in)
-    _wrap_async(_api.Api, "_chat_reply", after=lambda self, out, *a: _stamp(CUR.get(), "response"))
+    if _lane is not None:
+        _wrap_sync(_api.Api, "fast", before=fast_in)
+        _wrap_async(
+            _api.Api, "_chat_reply", after=lambda self, out, *a: _stamp(CUR.get(), "response")
+        )
 
     def lane_written(self, out, *a):
         rec = CUR.get()
@@ -123,7 +132,8 @@ def install() -> None:
                 _stamp(rec, "written")
                 DONE.append(rec)
 
-    _wrap_async(_lane.Lane, "_answer", after=lane_written)
+    if _lane is not None:
+        _wrap_async(_lane.Lane, "_answer", after=lane_written)
 
     def admitted(self, run, *a, **kw):
         rec = CUR.get()
