@@ -63,7 +63,7 @@ class RecordedRequest(Protocol):
     def configs(self) -> np.ndarray: ...
 
 
-@dataclass(frozen=True, eq=False)
+@dataclass(frozen=True, eq=False, init=False)
 class RoundRecord:
     """What a plan needs to render its round: references, rendered only on demand.
 
@@ -81,6 +81,29 @@ class RoundRecord:
     stages: np.ndarray  # int[n]
     viable: np.ndarray  # bool[>= n, >= C]
     engine: np.ndarray  # int[n], -1 not placed
+
+    def __init__(
+        self,
+        load: LoadVector,
+        model_names: tuple[str, ...],
+        utility_scale: int,
+        row_req: Sequence[RecordedRequest],
+        rows: np.ndarray,
+        stages: np.ndarray,
+        viable: np.ndarray,
+        engine: np.ndarray,
+    ) -> None:
+        # Filled at once, as Assignment's (one record per round).
+        self.__dict__.update(
+            load=load,
+            model_names=model_names,
+            utility_scale=utility_scale,
+            row_req=row_req,
+            rows=rows,
+            stages=stages,
+            viable=viable,
+            engine=engine,
+        )
 
     @property
     def num_items(self) -> int:
@@ -124,7 +147,7 @@ class RoundRecord:
         return {"utility_scale": self.utility_scale, "engines": engines, "requests": requests}
 
 
-@dataclass(frozen=True, eq=False)
+@dataclass(frozen=True, eq=False, init=False)
 class Plan:
     """The decision of one round.
 
@@ -148,6 +171,27 @@ class Plan:
     _record: RoundRecord | None = field(default=None, repr=False)
     search_steps: int = 0
     round_id: int = 0
+
+    def __init__(
+        self,
+        assignments: tuple[Assignment, ...],
+        utilization: float,
+        flexibility: float,
+        policy: str,
+        _record: RoundRecord | None = None,
+        search_steps: int = 0,
+        round_id: int = 0,
+    ) -> None:
+        # Filled at once, as Assignment's (one plan per round).
+        self.__dict__.update(
+            assignments=assignments,
+            utilization=utilization,
+            flexibility=flexibility,
+            policy=policy,
+            _record=_record,
+            search_steps=search_steps,
+            round_id=round_id,
+        )
 
     @property
     def num_items(self) -> int:

@@ -39,7 +39,8 @@ class RoundArrays:
     Attributes:
       item_viable: bool[R, C] viable mask of each item's request (padding: False).
       item_cfg_model: int[R, C] model id per configuration at the item's stage (-1 pad).
-      item_req: int32[R] request slot; items of a request are consecutive.
+      item_req: int32[R] request key (the scheduler's: the request's row); items of a
+        request are consecutive, and only neighbours' keys are compared (-1 pad).
       item_valid: bool[R] real item.
       engine_model: int32[E] model id of each engine.
       free_slots: int32[E] free slots of each engine.
@@ -71,10 +72,12 @@ class RoundArrays:
         )
 
     def bucket_key(self, beam_width: int, reserve: bool = False) -> tuple:
+        # The dtype object itself (hashable, equal for equal dtypes): its ``str`` runs
+        # NumPy's Python-level name lookup on every round.
         return (
             self.item_viable.shape,
             self.gain.shape,
-            str(self.item_cfg_model.dtype),
+            self.item_cfg_model.dtype,
             self.num_models,
             beam_width,
             reserve,

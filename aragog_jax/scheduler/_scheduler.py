@@ -52,6 +52,7 @@ _STATUS = ("waiting", "ready", "running", "done")
 #: Finished requests remembered for ``is_done`` / ``realised_config``.
 MAX_FINISHED = 65_536
 _BOOL = np.dtype(np.bool_)
+_new_assignment = object.__new__  # an Assignment without its __init__ (``_start``)
 
 
 class _Shape:
@@ -426,7 +427,7 @@ class Scheduler:
         round_id = self._num_rounds
         self._num_rounds += 1
         tables = self.tables
-        rows, pos, space_ids, stages = tables.items()
+        rows, pos, stages, cols = tables.items()
         n = rows.size
         policy = str(self.policy.name)
         if n == 0:
@@ -439,7 +440,7 @@ class Scheduler:
             k_b = max(self._slot_bucket, bucket_size(max(top, MIN_SLOTS)))
             host = self.policy
             if type(host).assign is BeamPolicy.assign and n <= host.small_items:
-                items = (rows, pos, space_ids, stages)
+                items = (rows, pos, stages, cols)
                 return self._host_round(
                     load, round_id, items, free_list, self._curves.host(load, k_b)
                 )
@@ -448,19 +449,20 @@ class Scheduler:
         if top > 0:
             free = np.array(free_list, dtype=np.int32)
             arrays = tables.round_arrays(
-                rows, pos, space_ids, item_viable, self._engine_model, free, curves.gain
+                rows, cols, item_viable, self._engine_model, free, curves.gain
             )
             result = self.policy.assign(arrays)
             engine = np.asarray(result.engine)[:n]
             steps = int(np.asarray(result.num_steps))
-            placed = np.flatnonzero(engine >= 0)
+            placed = (engine >= 0).nonzero()[0]
         else:  # nothing can be placed: no kernel, no commit
             engine = np.full(n, -1, dtype=np.int32)
             steps, placed = 0, None
         if placed is not None and placed.size:
-            assignments, flexibility = self._commit(arrays, rows, pos, stages, engine, placed)
-            counts = np.bincount(engine[placed], minlength=len(self.engines))
-            utilization = curves.utilization(tuple(counts.tolist()))
+            assignments, flexibility, counts = self._commit(
+                arrays, rows, pos, stages, engine, placed
+            )
+            utilization = curves.utilization(tuple(counts))
         else:  # Σ_e [f_e(load_e + 0) - f_e(load_e)] is exactly 0.0
             assignments, utilization, flexibility = (), 0.0, 1.0
         record = self._record(load, rows, stages, item_viable, engine)
@@ -566,33 +568,44 @@ class Scheduler:
         stages: np.ndarray,
         engine: np.ndarray,
         placed: np.ndarray,
-    ) -> tuple[tuple[Assignment, ...], float]:
+    ) -> tuple[tuple[Assignment, ...], float, list[int]]:
         """Mark the placed items running, narrow their requests' masks (in the tables,
-        vectorised); returns the assignments and the round's F."""
+        vectorised); returns the assignments, the round's F and the placed count per
+        engine."""
         p_rows = rows[placed]
         p_engines = engine[placed]
+        rows_l = p_rows.tolist()
         flexibility = self.tables.commit(
-            arrays, p_rows, pos[placed], placed, self._engine_cfg_model[p_engines]
+            arrays, p_rows, pos[placed], placed, self._engine_cfg_model[p_engines], rows_l
         )
-        return self._start(
-            p_rows.tolist(), stages[placed].tolist(), p_engines.tolist()
-        ), flexibility
+        assignments, counts = self._start(rows_l, stages[placed].tolist(), p_engines.tolist())
+        return assignments, flexibility, counts
 
     def _start(
         self, rows: list[int], stages: list[int], engines: list[int]
-    ) -> tuple[Assignment, ...]:
+    ) -> tuple[tuple[Assignment, ...], list[int]]:
         """Mark the placed items (row, stage, engine) running in their requests; returns
-        their assignments."""
+        their assignments and the count per engine."""
         row_req = self.tables.row_req
         names, models = self.engine_names, self._engine_models  # per engine
+        counts = [0] * len(names)
+        new = _new_assignment
         out = []
         for row, s, e in zip(rows, stages, engines, strict=True):
             req = row_req[row]
             req.status[s] = RUNNING
             req.engine[s] = e
             req.ready.remove(s)
-            out.append(Assignment(req.request_id, s, req.info.stage_names[s], names[e], models[e]))
-        return tuple(out)
+            counts[e] += 1
+            a = new(Assignment)
+            d = a.__dict__  # Assignment's fields in order, as its __init__ sets them
+            d["request_id"] = req.request_id
+            d["stage"] = s
+            d["stage_name"] = req.info.stage_names[s]
+            d["engine"] = names[e]
+            d["model"] = models[e]
+            out.append(a)
+        return tuple(out), counts
 
     def _host_round(
         self,
@@ -606,12 +619,12 @@ class Scheduler:
         what ``schedule`` gets from ``policy.assign`` (``small_round``) on the round's
         padded arrays and commits from them, without building them (``host_search`` on the
         items' rows; the commit one request at a time)."""
-        rows, pos, space_ids, stages = items
+        rows, pos, stages, cols = items
         policy = self.policy
         tables = self.tables
         n = rows.size
         viable = tables.viable[rows]  # bool[n, C] (a fresh copy: the record keeps it)
-        cfgm = tables.columns[tables.rank_column[space_ids, pos]]
+        cfgm = tables.columns[cols]
         model_masks, kept = host_inputs(viable, cfgm, len(self.model_names))
         rows_l = rows.tolist()
         choice, _, _, steps = host_search(
@@ -636,12 +649,9 @@ class Scheduler:
                 viable, model_masks, kept, rows_l, pos.tolist(), items, models
             )
             stages_l = stages.tolist()
-            assignments = self._start(
+            assignments, counts = self._start(
                 [rows_l[i] for i in items], [stages_l[i] for i in items], [e for _, e in choice]
             )
-            counts = [0] * len(self.engines)
-            for _, e in choice:
-                counts[e] += 1
             utilization = curves.utilization(counts)
         else:
             assignments, utilization, flexibility = (), 0.0, 1.0

@@ -12,6 +12,7 @@ their model ids to the scheduler's and add one row per stage to the column table
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -62,8 +63,8 @@ class RowTables:
         self.ready = np.zeros((MIN_ROWS, 1), dtype=bool)  # row, rank position -> ready
         self.row_space = np.zeros(MIN_ROWS, dtype=np.int32)  # row -> SpaceInfo.space_id
         self.rank_stage = np.zeros((0, 1), dtype=np.int32)  # space id, rank position -> stage
-        # space id, rank position -> row of that stage in ``columns``
-        self.rank_column = np.zeros((0, 1), dtype=np.int32)
+        # space id, rank position -> (stage, row of that stage in ``columns``)
+        self.rank_item = np.zeros((0, 1, 2), dtype=np.int32)
         self.stage_base = np.zeros(0, dtype=np.int32)  # space id -> row of its stage 0
         self.columns = np.zeros((0, self.cfg_bucket), dtype=cfg_dtype)  # (space, stage) -> models
 
@@ -107,7 +108,8 @@ class RowTables:
         rank_stage[info.space_id, : space.num_stages] = order
         self.rank_stage = rank_stage
         self.stage_base = np.append(self.stage_base, np.int32(info.stage_base)).astype(np.int32)
-        self.rank_column = rank_stage + self.stage_base[:, None]
+        rank_column = rank_stage + self.stage_base[:, None]
+        self.rank_item = np.stack([rank_stage, rank_column], axis=-1)
         columns = np.full(
             (self.columns.shape[0] + space.num_stages, self.cfg_bucket), -1, dtype=self.cfg_dtype
         )
@@ -161,6 +163,7 @@ class RowTables:
         pos: np.ndarray,
         placed: np.ndarray,
         models: np.ndarray,
+        rows_list: list[int] | None = None,
     ) -> float:
         """Placed items leave the ready table and their requests' masks narrow; returns
         the round's flexibility (``round_flexibility`` of the round).
@@ -170,6 +173,7 @@ class RowTables:
           rows, pos: int[p] row and rank position of every placed item (FIFO order).
           placed: int[p] item index of every placed item.
           models: int[p] model id each placed item runs on, in ``cfg_dtype``.
+          rows_list: ``rows.tolist()`` when the caller has it.
 
         A request's items are consecutive and its row mask is the round's ``item_viable``
         row (nothing changed it since :meth:`gather_viable`), so its committed mask is that
@@ -187,14 +191,16 @@ class RowTables:
             after, before = int(np.count_nonzero(narrowed)), int(np.count_nonzero(before_row))
             return after / max(before, 1)
         before_rows = arrays.item_viable[placed]
-        kept = before_rows & (arrays.item_cfg_model[placed] == models[:, None])
-        first = np.empty(p, dtype=bool)
-        first[0] = True
-        np.not_equal(rows[1:], rows[:-1], out=first[1:])
-        starts = np.flatnonzero(first)
-        if starts.size == p:  # one placed item per request: nothing to combine
+        kept = arrays.item_cfg_model[placed] == models[:, None]
+        kept &= before_rows
+        rows_l = rows.tolist() if rows_list is None else rows_list
+        # Where each request's placed items start (a few dozen: a Python pass over the list
+        # costs less than the NumPy calls that find them).
+        starts = [k for k in range(1, p) if rows_l[k] != rows_l[k - 1]]
+        if len(starts) == p - 1:  # one placed item per request: nothing to combine
             narrowed, first_rows = kept, rows
         else:
+            starts.insert(0, 0)
             narrowed = _and_groups(kept, starts)
             first_rows, before_rows = rows[starts], before_rows[starts]
         self.ready[rows, pos] = False
@@ -280,59 +286,53 @@ class RowTables:
     # ---- a round's items -------------------------------------------------------------
 
     def items(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        """(rows, rank positions, space ids, stages) of every ready stage: FIFO across
+        """(rows, rank positions, stages, column rows) of every ready stage: FIFO across
         requests (row order), rank order within one (the row-major nonzeros of the ready
-        table)."""
-        rows, pos = np.nonzero(self.ready[: self.num_rows])
-        space_ids = self.row_space[rows]
-        return rows, pos, space_ids, self.rank_stage[space_ids, pos]
+        table); an item's column row is the row of ``columns`` of its (space, stage)."""
+        ready = self.ready[: self.num_rows]
+        rows, pos = ready.nonzero()
+        # One row of the flattened (space, rank position) table per item, for both: a
+        # flat take costs a third of the two-index lookup ``rank_item[space, pos]``.
+        key = self.row_space.take(rows) * ready.shape[1]
+        key += pos
+        item = self.rank_item.reshape(-1, 2).take(key, axis=0)
+        return rows, pos, item[:, 0], item[:, 1]
 
     def gather_viable(self, rows: np.ndarray) -> np.ndarray:
         """bool[R, C] padded viable masks of the items (a fresh array: the plan's record
         keeps it)."""
-        r_b = bucket_size(max(rows.size, MIN_ITEMS))
-        out = np.zeros((r_b, self.viable.shape[1]), dtype=bool)
-        self.viable.take(rows, axis=0, out=out[: rows.size], mode="clip")
+        n = rows.size
+        out = np.empty((bucket_size(max(n, MIN_ITEMS)), self.viable.shape[1]), dtype=bool)
+        self.viable.take(rows, axis=0, out=out[:n], mode="clip")
+        out[n:] = False
         return out
 
     def round_arrays(
         self,
         rows: np.ndarray,
-        pos: np.ndarray,
-        space_ids: np.ndarray,
+        cols: np.ndarray,
         item_viable: np.ndarray,
         engine_model: np.ndarray,
         free: np.ndarray,
         gain: np.ndarray,
     ) -> RoundArrays:
-        """Padded kernel inputs of the items (from :meth:`items`, viable masks from
-        :meth:`gather_viable`); items of one request are consecutive and share a request
-        slot."""
+        """Padded kernel inputs of the items (rows and column rows from :meth:`items`,
+        viable masks from :meth:`gather_viable`). Items of one request are consecutive;
+        an item's request key is its row (the kernels compare neighbours' keys only)."""
         n = rows.size
         r_b, c_b = item_viable.shape
         # Model per configuration at each item's stage: one row of ``columns`` per item.
         item_cfg_model = np.empty((r_b, c_b), dtype=self.cfg_dtype)
-        self.columns.take(
-            self.rank_column[space_ids, pos], axis=0, out=item_cfg_model[:n], mode="clip"
-        )
+        self.columns.take(cols, axis=0, out=item_cfg_model[:n], mode="clip")
         item_cfg_model[n:] = -1
         item_req = np.empty(r_b, dtype=np.int32)
-        item_req.fill(-1)
-        if n > 1:
-            first = item_req[:n]  # 1 where a request's items start, then their running count
-            first[0] = 1
-            np.not_equal(rows[1:], rows[:-1], out=first[1:])
-            np.add.accumulate(first, out=first)
-            first -= 1
-        elif n:
-            item_req[0] = 0
-        item_valid = np.zeros(r_b, dtype=bool)
-        item_valid[:n] = True
+        item_req[:n] = rows
+        item_req[n:] = -1
         return RoundArrays(
             item_viable=item_viable,
             item_cfg_model=item_cfg_model,
             item_req=item_req,
-            item_valid=item_valid,
+            item_valid=valid_prefix(r_b, n),
             engine_model=engine_model,
             free_slots=free,
             gain=gain,
@@ -341,7 +341,22 @@ class RowTables:
         )
 
 
-def _and_groups(masks: np.ndarray, starts: np.ndarray) -> np.ndarray:
+@functools.cache
+def _valid_template(size: int) -> np.ndarray:
+    """``size`` True then ``size`` False (read-only)."""
+    out = np.zeros(2 * size, dtype=bool)
+    out[:size] = True
+    out.flags.writeable = False
+    return out
+
+
+def valid_prefix(size: int, n: int) -> np.ndarray:
+    """bool[size], the first ``n`` True: a read-only view of a cached array, so a round
+    builds no ``item_valid`` of its own."""
+    return _valid_template(size)[size - n : 2 * size - n]
+
+
+def _and_groups(masks: np.ndarray, starts: np.ndarray | list[int]) -> np.ndarray:
     """bool[g, C]: the AND of each group of consecutive rows of ``masks`` (a fresh
     bool[p, C]), groups starting at ``starts``. Bools are bytes 0/1, so AND-ing them eight
     at a time as uint64 words gives the same bytes as ``np.logical_and.reduceat``, about

@@ -133,3 +133,41 @@ def test_warmup_compiles_the_item_buckets_of_its_range_only():
     assert sched.warmup(16) == 1
     assert sorted(key[0][0] for key in compiled.buckets) == [16, 32, 64]
     assert Scheduler(FLEET, make_policy("brute_force")).warmup(64) == 0
+
+
+def test_schedule_builds_assignments_plans_and_records_equal_to_their_constructors():
+    """schedule() fills Assignment, Plan and RoundRecord without their constructors' field
+    by field path (the instance dict at once): each equals the object the constructor
+    builds from the same values, fields in order, with the same hash and repr."""
+    import dataclasses
+
+    from aragog_jax.scheduler import Assignment, Plan, RoundRecord
+
+    sp = space(DAG)
+    sched = Scheduler(FLEET, BeamPolicy(4, small_items=0), spaces=[sp])  # the arrays path
+    for r in range(20):
+        sched.add_request(r, sp)
+    plan = sched.schedule(LoadVector.idle(FLEET))
+    assert len(plan.assignments) == 16
+    for a in plan.assignments:
+        b = Assignment(*(getattr(a, f.name) for f in dataclasses.fields(Assignment)))
+        assert list(vars(a)) == list(vars(b)) and vars(a) == vars(b)
+        assert a == b and hash(a) == hash(b) and repr(a) == repr(b)
+    twin = Plan(*(getattr(plan, f.name) for f in dataclasses.fields(Plan)))
+    assert list(vars(twin)) == [f.name for f in dataclasses.fields(Plan)]
+    assert repr(twin) == repr(plan) and twin.decision() == plan.decision()
+    assert dataclasses.replace(plan, round_id=7).round_id == 7
+    record = plan._record
+    fields = [f.name for f in dataclasses.fields(RoundRecord)]
+    assert list(vars(RoundRecord(*(getattr(record, f) for f in fields)))) == fields
+    assert record.render() == plan.to_replay()
+
+
+def test_valid_prefix_is_a_read_only_view_of_n_leading_trues():
+    from aragog_jax.scheduler._tables import valid_prefix
+
+    for size in (16, 64):
+        for n in range(size + 1):
+            got = valid_prefix(size, n)
+            assert got.shape == (size,) and got.dtype == np.bool_ and not got.flags.writeable
+            np.testing.assert_array_equal(got, np.arange(size) < n)
