@@ -531,6 +531,8 @@ def main(argv=None) -> int:
         "benchmark": "scheduler",
         "command": "python bench/scheduler.py"
         + (" --quick" if quick else "")
+        + (" --only-schedule" if args.only_schedule else "")
+        + (" --profile" if args.profile else "")
         + (f" --json {args.json}" if args.json else ""),
         "git_sha": git_sha(),
         "device": str(jax.devices()[0]),
