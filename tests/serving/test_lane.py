@@ -357,3 +357,30 @@ def test_a_bug_in_the_lane_handler_is_a_json_500_and_the_server_serves_on(
     assert "bug in the handler" not in json.dumps(doc)
     assert status2 == 200 and doc2["output"]
     assert any("unhandled error answering a request" in r.getMessage() for r in caplog.records)
+
+
+def test_a_client_gone_before_the_answer_cancels_its_run_in_the_lane(tmp_path, caplog):
+    import logging
+
+    caplog.set_level(logging.INFO)
+
+    async def fn(s, http):
+        reader, writer = await _open(s.url)
+        writer.write(_req("POST", RUN, {"input": "x"}))
+        await writer.drain()
+        for _ in range(200):  # until its stage is on an engine
+            if s.executor.num_in_flight and any(st.in_flight for st in s.executor.engines.values()):
+                break
+            await asyncio.sleep(0.01)
+        writer.close()
+        for _ in range(300):
+            if s.executor.num_in_flight == 0:
+                break
+            await asyncio.sleep(0.01)
+        return s.executor.num_in_flight, dict(s.executor.counts)
+
+    in_flight, counts = asyncio.run(
+        serve_fakes(tmp_path, fake_pair("slow", "slow", slow_s=30.0), fn)
+    )
+    assert in_flight == 0 and counts.get("cancelled") == 1
+    assert any("client disconnected" in r.getMessage() for r in caplog.records)
