@@ -62,7 +62,6 @@ class RowTables:
         self.viable = np.zeros((MIN_ROWS, self.cfg_bucket), dtype=bool)  # row -> viable mask
         self.ready = np.zeros((MIN_ROWS, 1), dtype=bool)  # row, rank position -> ready
         self.row_space = np.zeros(MIN_ROWS, dtype=np.int32)  # row -> SpaceInfo.space_id
-        self.rank_stage = np.zeros((0, 1), dtype=np.int32)  # space id, rank position -> stage
         # space id, rank position -> (stage, row of that stage in ``columns``)
         self.rank_item = np.zeros((0, 1, 2), dtype=np.int32)
         self.stage_base = np.zeros(0, dtype=np.int32)  # space id -> row of its stage 0
@@ -104,9 +103,9 @@ class RowTables:
         self.viable = _widened(self.viable, self.cfg_bucket, False)
         self.ready = _widened(self.ready, self.max_stages, False)
         rank_stage = np.zeros((len(self.infos), self.max_stages), dtype=np.int32)
-        rank_stage[: self.rank_stage.shape[0], : self.rank_stage.shape[1]] = self.rank_stage
+        old = self.rank_item[..., 0]
+        rank_stage[: old.shape[0], : old.shape[1]] = old
         rank_stage[info.space_id, : space.num_stages] = order
-        self.rank_stage = rank_stage
         self.stage_base = np.append(self.stage_base, np.int32(info.stage_base)).astype(np.int32)
         rank_column = rank_stage + self.stage_base[:, None]
         self.rank_item = np.stack([rank_stage, rank_column], axis=-1)
@@ -163,7 +162,7 @@ class RowTables:
         pos: np.ndarray,
         placed: np.ndarray,
         models: np.ndarray,
-        rows_list: list[int] | None = None,
+        rows_list: list[int],
     ) -> float:
         """Placed items leave the ready table and their requests' masks narrow; returns
         the round's flexibility (``round_flexibility`` of the round).
@@ -173,7 +172,7 @@ class RowTables:
           rows, pos: int[p] row and rank position of every placed item (FIFO order).
           placed: int[p] item index of every placed item.
           models: int[p] model id each placed item runs on, in ``cfg_dtype``.
-          rows_list: ``rows.tolist()`` when the caller has it.
+          rows_list: ``rows.tolist()`` (the caller has it already).
 
         A request's items are consecutive and its row mask is the round's ``item_viable``
         row (nothing changed it since :meth:`gather_viable`), so its committed mask is that
@@ -193,10 +192,9 @@ class RowTables:
         before_rows = arrays.item_viable[placed]
         kept = arrays.item_cfg_model[placed] == models[:, None]
         kept &= before_rows
-        rows_l = rows.tolist() if rows_list is None else rows_list
         # Where each request's placed items start (a few dozen: a Python pass over the list
         # costs less than the NumPy calls that find them).
-        starts = [k for k in range(1, p) if rows_l[k] != rows_l[k - 1]]
+        starts = [k for k in range(1, p) if rows_list[k] != rows_list[k - 1]]
         if len(starts) == p - 1:  # one placed item per request: nothing to combine
             narrowed, first_rows = kept, rows
         else:
