@@ -162,8 +162,10 @@ class Api:
         if path == CHAT_PATH:
             chat = _decode(raw, FRONT_CHAT_DECODER)
             return None if chat.stream else partial(self._chat_reply, None, chat)
-        name = path.removeprefix(RUNS_PREFIX).removesuffix(RUNS_SUFFIX)
-        if len(name) + len(RUNS_PREFIX) + len(RUNS_SUFFIX) != len(path) or not name or "/" in name:
+        if not (path.startswith(RUNS_PREFIX) and path.endswith(RUNS_SUFFIX)):
+            return None
+        name = path[len(RUNS_PREFIX) : -len(RUNS_SUFFIX)]
+        if not name or "/" in name:  # (as aiohttp's {name}: one non-empty path segment)
             return None
         body = _decode(raw, RUN_REQUEST_DECODER)
         return None if body.stream else partial(self._run_reply, None, name, body)

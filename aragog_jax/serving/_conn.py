@@ -32,7 +32,7 @@ from aiohttp import web
 from aiohttp.http_exceptions import LineTooLong
 
 from aragog_jax.serving._lane import Lane, LaneHandler
-from aragog_jax.serving._wire import error_body
+from aragog_jax.serving._wire import INTERNAL_ERROR_MESSAGE, error_body
 
 log = logging.getLogger("aragog_jax.serving")
 
@@ -76,7 +76,7 @@ def describe_http_error(
     """(status, error type, message) for an error aiohttp raised while parsing or
     handling a request. The message never contains request bytes."""
     if status >= 500:
-        return 500, "internal_error", "internal server error (details are in the server log)"
+        return 500, "internal_error", INTERNAL_ERROR_MESSAGE
     if isinstance(exc, LineTooLong):
         return (
             400,

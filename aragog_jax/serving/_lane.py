@@ -47,7 +47,7 @@ from http import HTTPStatus
 
 import httptools
 
-from aragog_jax.serving._wire import error_body
+from aragog_jax.serving._wire import INTERNAL_ERROR_MESSAGE, error_body
 
 log = logging.getLogger("aragog_jax.serving")
 
@@ -60,9 +60,7 @@ LaneHandler = Callable[[str, bytes | None, bytes], Callable[[], Awaitable[Answer
 
 HEAD_END = b"\r\n\r\n"
 _PHRASES = {s.value: s.phrase.encode() for s in HTTPStatus}
-_INTERNAL = error_body(
-    "internal server error (details are in the server log)", "internal_error", 500
-)
+_INTERNAL = error_body(INTERNAL_ERROR_MESSAGE, "internal_error", 500)
 
 
 async def _internal_error() -> Answer:

@@ -28,7 +28,14 @@ from aiohttp import web
 
 from aragog_jax.errors import AragogError, PayloadTooLarge, Unauthorized
 from aragog_jax.scheduler import DEFAULT_BEAM_WIDTH
-from aragog_jax.serving._api import RUN_KEY, WORKFLOW_MODEL_PREFIX, Api
+from aragog_jax.serving._api import (
+    CHAT_PATH,
+    RUN_KEY,
+    RUNS_PREFIX,
+    RUNS_SUFFIX,
+    WORKFLOW_MODEL_PREFIX,
+    Api,
+)
 from aragog_jax.serving._conn import ConnLimits, GuardedRunner
 from aragog_jax.serving._emulated import EmulatedEngine
 from aragog_jax.serving._executor import Executor, close_part
@@ -236,6 +243,11 @@ class Server:
     def _rejected(self, status: int, kind: str) -> None:
         self.metrics.rejected.labels(str(status), kind).inc()
 
+    def _count_refusal(self, exc: AragogError) -> None:
+        """Count a request refused before its run was admitted (:data:`REJECTIONS`)."""
+        if isinstance(exc, REJECTIONS):
+            self._rejected(*status_of(exc))
+
     @property
     def compiling(self) -> bool:
         return self._late_warm is not None and not self._late_warm.done()
@@ -305,9 +317,9 @@ class Server:
         r.add_get("/ready", self.api.ready)
         r.add_get("/metrics", self.api.prom)
         r.add_get("/v1/workflows", self.api.list_workflows)
-        r.add_post("/v1/workflows/{name}/runs", self.api.run_workflow)
+        r.add_post(RUNS_PREFIX + "{name}" + RUNS_SUFFIX, self.api.run_workflow)
         r.add_get("/v1/models", self.api.list_models)
-        r.add_post("/v1/chat/completions", self.api.chat)
+        r.add_post(CHAT_PATH, self.api.chat)
         r.add_get("/v1/rounds/{round_id}", self.api.get_round)
         r.add_get("/v1/rounds/{round_id}/decision", self.api.get_round)
         return app
@@ -324,8 +336,7 @@ class Server:
                 raise PayloadTooLarge(f"request body over {self.settings.max_body_bytes} bytes")
             return await handler(request)
         except AragogError as exc:
-            if isinstance(exc, REJECTIONS):
-                self._rejected(*status_of(exc))
+            self._count_refusal(exc)
             return error_response(exc)
         except web.HTTPRequestEntityTooLarge:  # a chunked body over client_max_size
             self._rejected(413, "payload_too_large")
@@ -386,8 +397,7 @@ class Server:
                 return 200, b"", await reply()
         except AragogError as raised:
             exc = raised
-        if isinstance(exc, REJECTIONS):
-            self._rejected(*status_of(exc))
+        self._count_refusal(exc)
         status, headers, body = error_parts(exc)
         return status, "".join(f"{k}: {v}\r\n" for k, v in headers.items()).encode(), body
 

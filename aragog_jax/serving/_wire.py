@@ -167,6 +167,10 @@ RUN_REQUEST_DECODER = msgspec.json.Decoder(RunRequest)
 FRONT_CHAT_DECODER = msgspec.json.Decoder(FrontChatRequest)
 
 
+#: The message of every 500 the front door answers (the details go to the server log only).
+INTERNAL_ERROR_MESSAGE = "internal server error (details are in the server log)"
+
+
 def error_body(message: str, kind: str, code: int, field: str | None = None) -> bytes:
     """The one JSON error shape of the front door: ``{"error": {"message", "type", "code", "field"}}``."""
     return ENCODER.encode(
