@@ -37,12 +37,13 @@ from collections.abc import Hashable, Iterator, Sequence
 import numpy as np
 
 from aragog_jax.errors import NoViableConfigurationError, SchedulerError
+from aragog_jax.kernels import SHARE_SCALE
 from aragog_jax.scheduler._cache import CurveCache, HostCurves
 from aragog_jax.scheduler._load import UTILITY_SCALE, EngineInfo, LoadVector
 from aragog_jax.scheduler._plan import Assignment, Plan, RoundRecord
 from aragog_jax.scheduler._policy import DEFAULT_BEAM_WIDTH, BeamPolicy, Policy, make_policy
 from aragog_jax.scheduler._round import MIN_ITEMS, MIN_SLOTS, RoundArrays, model_dtype
-from aragog_jax.scheduler._small import host_inputs, host_search
+from aragog_jax.scheduler._small import _count, _model_masks, host_inputs, host_search
 from aragog_jax.scheduler._tables import RowTables, SpaceInfo
 from aragog_jax.space import ConfigSpace, bucket_size
 
@@ -251,6 +252,8 @@ class Scheduler:
         self._engine_model_list = self._engine_model.tolist()
         self._curves = CurveCache(len(engines), self.utility_scale)
         self._num_rounds = 0
+        self._masks_of: np.ndarray | None = None  # the column table _masks was made from
+        self._masks = np.zeros((0, 0, 0), dtype=bool)
         for sp in spaces:
             self.tables.register(sp)
 
@@ -427,19 +430,23 @@ class Scheduler:
         round_id = self._num_rounds
         self._num_rounds += 1
         tables = self.tables
+        free_list = [e.free_slots for e in load.engines]
+        top = max(free_list)
+        host = self.policy
+        on_host = type(host).assign is BeamPolicy.assign
+        if top > 0 and on_host and tables.num_ready == 1 and host.small_items >= 1:
+            k_b = max(self._slot_bucket, bucket_size(max(top, MIN_SLOTS)))
+            return self._one_item_round(load, round_id, free_list, self._curves.host(load, k_b))
         rows, pos, stages, cols = tables.items()
         n = rows.size
-        policy = str(self.policy.name)
+        policy = str(host.name)
         if n == 0:
             none = np.zeros((0, 0), dtype=bool)
             empty = self._record(load, rows, stages, none, stages)
             return Plan((), 0.0, 1.0, policy, empty, round_id=round_id)
-        free_list = [e.free_slots for e in load.engines]
-        top = max(free_list)
         if top > 0:
             k_b = max(self._slot_bucket, bucket_size(max(top, MIN_SLOTS)))
-            host = self.policy
-            if type(host).assign is BeamPolicy.assign and n <= host.small_items:
+            if on_host and n <= host.small_items:
                 items = (rows, pos, stages, cols)
                 return self._host_round(
                     load, round_id, items, free_list, self._curves.host(load, k_b)
@@ -659,6 +666,59 @@ class Scheduler:
         return Plan(
             assignments, utilization, flexibility, str(policy.name), record, steps, round_id
         )
+
+    def _one_item_round(
+        self, load: LoadVector, round_id: int, free: list[int], curves: HostCurves
+    ) -> Plan:
+        """:meth:`_host_round` of a round with one ready item (every round at light load),
+        in scalar Python: ``host_search``'s one-item step and ``commit_host``'s one-item
+        commit, on the item's row. The same plan, record and commit."""
+        tables = self.tables
+        row, pos, stage, col = tables.one_item()
+        viable = tables.viable[row : row + 1].copy()  # bool[1, C] (the record keeps it)
+        masks = self._column_masks()[col]  # bool[M, C]: configuration c uses model m here
+        kept = _count(masks & viable[0]).tolist()  # viable configurations per model
+        share = max(sum(kept), 1)
+        gains = curves.gains
+        best = None
+        for e, m in enumerate(self._engine_model_list):
+            k = kept[m]
+            if k > 0 and free[e] > 0:
+                cand = (-gains[e][0], -(k * SHARE_SCALE // share), e)
+                if best is None or cand < best:
+                    best = cand
+        rows = np.array([row], dtype=np.intp)
+        stages = np.array([stage], dtype=np.int32)
+        policy = str(self.policy.name)
+        if best is None:
+            record = self._record(load, rows, stages, viable, np.array([-1], dtype=np.int32))
+            return Plan((), 0.0, 1.0, policy, record, 0, round_id)
+        e = best[2]
+        m = self._engine_model_list[e]
+        before = max(int(np.count_nonzero(viable[0])), 1)
+        tables.viable[row] = viable[0] & masks[m]
+        tables.ready[row, pos] = False
+        tables.num_ready -= 1
+        assignments, counts = self._start([row], [stage], [e])
+        record = self._record(load, rows, stages, viable, np.array([e], dtype=np.int32))
+        return Plan(
+            assignments,
+            curves.utilization(counts),
+            kept[m] / before,
+            policy,
+            record,
+            1,
+            round_id,
+        )
+
+    def _column_masks(self) -> np.ndarray:
+        """bool[columns, M, C]: configuration c uses model m at the (space, stage) of each
+        row of the tables' column table (kept until a registration replaces the table)."""
+        columns = self.tables.columns
+        if self._masks_of is not columns:
+            self._masks = _model_masks(columns, len(self.model_names))
+            self._masks_of = columns
+        return self._masks
 
     def _record(self, load, rows, stages, viable, engine) -> RoundRecord:
         tables, names, scale = self.tables, self.model_names, self.utility_scale

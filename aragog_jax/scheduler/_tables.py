@@ -64,6 +64,7 @@ class RowTables:
         self.row_space = np.zeros(MIN_ROWS, dtype=np.int32)  # row -> SpaceInfo.space_id
         # space id, rank position -> (stage, row of that stage in ``columns``)
         self.rank_item = np.zeros((0, 1, 2), dtype=np.int32)
+        self.rank_item_list: list[list[list[int]]] = []
         self.stage_base = np.zeros(0, dtype=np.int32)  # space id -> row of its stage 0
         self.columns = np.zeros((0, self.cfg_bucket), dtype=cfg_dtype)  # (space, stage) -> models
 
@@ -109,6 +110,7 @@ class RowTables:
         self.stage_base = np.append(self.stage_base, np.int32(info.stage_base)).astype(np.int32)
         rank_column = rank_stage + self.stage_base[:, None]
         self.rank_item = np.stack([rank_stage, rank_column], axis=-1)
+        self.rank_item_list = self.rank_item.tolist()  # the same, for one-item rounds
         columns = np.full(
             (self.columns.shape[0] + space.num_stages, self.cfg_bucket), -1, dtype=self.cfg_dtype
         )
@@ -295,6 +297,14 @@ class RowTables:
         key += pos
         item = self.rank_item.reshape(-1, 2).take(key, axis=0)
         return rows, pos, item[:, 0], item[:, 1]
+
+    def one_item(self) -> tuple[int, int, int, int]:
+        """:meth:`items` of a round with one ready stage (``num_ready == 1``), as Python
+        ints: (row, rank position, stage, column row)."""
+        ready = self.ready[: self.num_rows]
+        row, pos = divmod(int(ready.argmax()), ready.shape[1])  # the first True, row-major
+        stage, col = self.rank_item_list[self.row_space[row]][pos]
+        return row, pos, stage, col
 
     def gather_viable(self, rows: np.ndarray) -> np.ndarray:
         """bool[R, C] padded viable masks of the items (a fresh array: the plan's record

@@ -285,14 +285,12 @@ class _ViaArrays(BeamPolicy):
         return super().assign(arrays)
 
 
-@pytest.mark.parametrize("policy", ["aragog-paper", "aragog-scarce"])
-def test_host_rounds_from_the_tables_equal_the_arrays_path_and_the_replay(policy):
-    """schedule()'s small rounds straight from the tables (``host_search`` + a commit one
-    request at a time, cached U) against the same scheduler through the padded arrays
-    (``small_round`` + the vectorised commit): the same plans, U, F, steps, skipped and
-    masks, round after round on two workflows and busy engines, and both equal to the
-    replay of the round (U and F recomputed from scratch). Rounds where one request
-    places several stages, and several requests each place some, both occur."""
+def _lockstep_against_arrays(policy: str, seed: int, max_arrivals: int) -> collections.Counter:
+    """Run a scheduler with schedule()'s host rounds straight from the tables against the
+    same scheduler through the padded arrays (``_ViaArrays``), round after round on two
+    workflows and busy engines, asserting the same plans, U, F, steps, skipped, records
+    and masks, and both equal to the replay of the round (U and F recomputed from
+    scratch). Returns counts of the kinds of rounds that occurred."""
     chain = space([("draft", ()), ("polish", ("draft",))], name="chain")
     fan = space(FANOUT, name="fan")
     fleet = engines(
@@ -308,12 +306,12 @@ def test_host_rounds_from_the_tables_equal_the_arrays_path_and_the_replay(policy
         Scheduler(fleet, cls(4, name=base.name, compiled=base.compiled), spaces=[chain, fan])
         for cls in (BeamPolicy, _ViaArrays)
     ]
-    rng = np.random.default_rng(11)
+    rng = np.random.default_rng(seed)
     running: list[tuple[int, str, str]] = []
     ids = itertools.count()
-    grouped = shared = 0
+    seen: collections.Counter = collections.Counter()
     for _ in range(150):
-        for _ in range(int(rng.integers(0, 3))):
+        for _ in range(int(rng.integers(0, max_arrivals + 1))):
             r, sp = next(ids), (chain, fan)[int(rng.integers(2))]
             mask = rng.random(sp.num_configs) < 0.5
             mask[int(rng.integers(sp.num_configs))] = True
@@ -323,6 +321,7 @@ def test_host_rounds_from_the_tables_equal_the_arrays_path_and_the_replay(policy
         for _, _, e in running:
             busy[e] += 1
         load = LoadVector.observe(fleet, {n: {"running": b} for n, b in busy.items()})
+        one = scheds[0].num_ready == 1
         a, b = (s.schedule(load) for s in scheds)
         assert (a.assignments, a.utilization, a.flexibility, a.search_steps) == (
             b.assignments,
@@ -334,7 +333,30 @@ def test_host_rounds_from_the_tables_equal_the_arrays_path_and_the_replay(policy
         if a.assignments:
             assert replay_round(a.to_replay(), make_policy(policy)) == a.decision()
         per_request = collections.Counter(x.request_id for x in a.assignments)
-        grouped += any(k > 1 for k in per_request.values())
-        shared += len(per_request) > 1
+        seen["grouped"] += any(k > 1 for k in per_request.values())
+        seen["shared"] += len(per_request) > 1
+        if one:
+            seen["one placed" if a.assignments else "one skipped"] += 1
         running = _finish_some(scheds, a, running, rng, 0.1)
-    assert grouped > 5 and shared > 5
+    return seen
+
+
+@pytest.mark.parametrize("policy", ["aragog-paper", "aragog-scarce"])
+def test_host_rounds_from_the_tables_equal_the_arrays_path_and_the_replay(policy):
+    """schedule()'s small rounds straight from the tables (``host_search`` + a commit one
+    request at a time, cached U) against the same scheduler through the padded arrays
+    (``small_round`` + the vectorised commit): see ``_lockstep_against_arrays``. Rounds
+    where one request places several stages, and several requests each place some, both
+    occur."""
+    seen = _lockstep_against_arrays(policy, 11, 2)
+    assert seen["grouped"] > 5 and seen["shared"] > 5
+
+
+@pytest.mark.parametrize("policy", ["aragog-paper", "aragog-scarce"])
+def test_one_item_rounds_from_the_tables_equal_the_arrays_path_and_the_replay(policy):
+    """A round with one ready stage (every round of a lightly loaded server) takes its own
+    scalar path (``Scheduler._one_item_round``): the same plans, records, commits and
+    masks as the arrays path and the replay, with the stage placed and with no engine of
+    its models free."""
+    seen = _lockstep_against_arrays(policy, 5, 1)
+    assert seen["one placed"] > 20 and seen["one skipped"] > 2
