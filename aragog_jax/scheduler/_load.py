@@ -110,6 +110,33 @@ class EngineLoad:
         return int(self.running) + int(self.waiting)
 
     @classmethod
+    def of(
+        cls,
+        engine: EngineInfo,
+        running: int,
+        waiting: int,
+        kv_usage: float,
+        healthy: bool,
+        free_slots: int,
+    ) -> EngineLoad:
+        """An engine's load from observations the caller has checked (counts >= 0, free
+        slots worked out): what a live server builds for every engine every round,
+        without the dataclass's per-field ``object.__setattr__`` and checks."""
+        load = object.__new__(cls)
+        load.__dict__.update(
+            name=engine.name,
+            model=engine.model,
+            saturation_batch=engine.saturation_batch,
+            curve=engine.curve,
+            running=running,
+            waiting=waiting,
+            kv_usage=kv_usage,
+            healthy=healthy,
+            free_slots=free_slots,
+        )
+        return load
+
+    @classmethod
     def observe(
         cls,
         engine: EngineInfo,
@@ -157,6 +184,15 @@ class LoadVector:
         if unknown:
             raise SchedulerError(f"load observations for unknown engines {unknown}")
         return cls(tuple(EngineLoad.observe(e, **observations.get(e.name, {})) for e in engines))
+
+    @classmethod
+    def ordered(cls, engines: tuple[EngineLoad, ...], names: tuple[str, ...]) -> LoadVector:
+        """A load vector of ``engines``, which the caller built in the order ``names`` (a
+        scheduler's ``engine_names``, one per engine): that scheduler's ``in_order`` takes
+        it as it is, without comparing names."""
+        vector = cls(engines)
+        vector.__dict__["names"] = names  # what the cached property would compute
+        return vector
 
     @functools.cached_property
     def names(self) -> tuple[str, ...]:

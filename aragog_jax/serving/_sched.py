@@ -174,20 +174,8 @@ class SchedulerPort:
             free = free_slots(info.saturation_batch, ld.running, ld.waiting, kv, ld.healthy)
             if ld.slots_cap is not None:
                 free = min(free, ld.slots_cap)
-            out.append(
-                EngineLoad(
-                    name=info.name,
-                    model=info.model,
-                    saturation_batch=info.saturation_batch,
-                    curve=info.curve,
-                    running=ld.running,
-                    waiting=ld.waiting,
-                    kv_usage=kv,
-                    healthy=ld.healthy,
-                    free_slots=free,
-                )
-            )
-        return LoadVector(tuple(out))
+            out.append(EngineLoad.of(info, ld.running, ld.waiting, kv, ld.healthy, free))
+        return LoadVector.ordered(tuple(out), self.sched.engine_names)
 
     def round(self, snapshot: Callable[[], list[EngineReading]]) -> Plan | None:
         """One round when stages are ready (None when none are)."""

@@ -171,3 +171,32 @@ def test_valid_prefix_is_a_read_only_view_of_n_leading_trues():
             got = valid_prefix(size, n)
             assert got.shape == (size,) and got.dtype == np.bool_ and not got.flags.writeable
             np.testing.assert_array_equal(got, np.arange(size) < n)
+
+
+def test_loads_built_for_a_round_equal_the_checked_constructors():
+    """``EngineLoad.of`` (no per-field checks) and ``LoadVector.ordered`` (names given)
+    build what the checked constructors build: equal values, hashes and loads, and the
+    scheduler takes the vector as it is when the names are its own."""
+    fleet = engines({"a": ("7B", 100.0, 4), "b": ("14B", 60.0, 3)})
+    fast = tuple(EngineLoad.of(e, 3, 1, 0.25, True, 2) for e in fleet)
+    slow = tuple(
+        EngineLoad(
+            name=e.name,
+            model=e.model,
+            saturation_batch=e.saturation_batch,
+            curve=e.curve,
+            running=3,
+            waiting=1,
+            kv_usage=0.25,
+            healthy=True,
+            free_slots=2,
+        )
+        for e in fleet
+    )
+    assert fast == slow and [hash(x) for x in fast] == [hash(x) for x in slow]
+    assert [x.load for x in fast] == [4, 4]
+    names = tuple(e.name for e in fleet)
+    vector = LoadVector.ordered(fast, names)
+    assert vector == LoadVector(slow) and vector.names == names
+    assert vector.in_order(names) is vector
+    assert vector.in_order(names[::-1]).names == names[::-1]
