@@ -37,13 +37,18 @@ from collections.abc import Hashable, Iterator, Sequence
 import numpy as np
 
 from aragog_jax.errors import NoViableConfigurationError, SchedulerError
-from aragog_jax.kernels import SHARE_SCALE
 from aragog_jax.scheduler._cache import CurveCache, HostCurves
 from aragog_jax.scheduler._load import UTILITY_SCALE, EngineInfo, LoadVector
 from aragog_jax.scheduler._plan import Assignment, Plan, RoundRecord
 from aragog_jax.scheduler._policy import DEFAULT_BEAM_WIDTH, BeamPolicy, Policy, make_policy
 from aragog_jax.scheduler._round import MIN_ITEMS, MIN_SLOTS, RoundArrays, model_dtype
-from aragog_jax.scheduler._small import _count, _model_masks, host_inputs, host_search
+from aragog_jax.scheduler._small import (
+    _count,
+    _model_masks,
+    host_inputs,
+    host_search,
+    one_item_choice,
+)
 from aragog_jax.scheduler._tables import RowTables, SpaceInfo
 from aragog_jax.space import ConfigSpace, bucket_size
 
@@ -678,15 +683,7 @@ class Scheduler:
         viable = tables.viable[row : row + 1].copy()  # bool[1, C] (the record keeps it)
         masks = self._column_masks()[col]  # bool[M, C]: configuration c uses model m here
         kept = _count(masks & viable[0]).tolist()  # viable configurations per model
-        share = max(sum(kept), 1)
-        gains = curves.gains
-        best = None
-        for e, m in enumerate(self._engine_model_list):
-            k = kept[m]
-            if k > 0 and free[e] > 0:
-                cand = (-gains[e][0], -(k * SHARE_SCALE // share), e)
-                if best is None or cand < best:
-                    best = cand
+        best = one_item_choice(kept, self._engine_model_list, free, curves.gains)
         rows = np.array([row], dtype=np.intp)
         stages = np.array([stage], dtype=np.int32)
         policy = str(self.policy.name)

@@ -125,6 +125,23 @@ def small_round(arrays: RoundArrays, beam_width: int, reserve: bool = False) -> 
     )
 
 
+def one_item_choice(
+    kept: list[int], em: list[int], free: list[int], gain: list[list[int]]
+) -> tuple[int, int, int] | None:
+    """The search of a round with one item, whose request keeps ``kept[m]`` viable
+    configurations with model m at its stage: (-U, -F, engine) of the best engine with a
+    free slot whose model keeps some (the kernel's rank), or None when there is none."""
+    share = max(sum(kept), 1)
+    best = None
+    for e, m in enumerate(em):
+        k = kept[m]
+        if k > 0 and free[e] > 0:
+            cand = (-gain[e][0], -(k * SHARE_SCALE // share), e)
+            if best is None or cand < best:
+                best = cand
+    return best
+
+
 def host_search(
     viable: np.ndarray,
     model_masks: np.ndarray,
@@ -156,12 +173,10 @@ def host_search(
     kept_e = [[row[m] for m in em] for row in kept]
     allows = [[e for e, k in enumerate(row) if k > 0] for row in kept_e]  # engines per item
     if n == 1:  # the loop below for one item: one step, the best candidate of one beam
-        nv = max(num_viable[0], 1)
-        row = kept_e[0]
-        cands = [(-gain[e][0], -(row[e] * SHARE_SCALE // nv), e) for e in allows[0] if free[e] > 0]
-        if not (valid[0] and cands):
+        best = one_item_choice(kept[0], em, free, gain) if valid[0] else None
+        if best is None:
             return (), 0, 0, 0
-        neg_util, neg_flex, e = min(cands)
+        neg_util, neg_flex, e = best
         return ((0, e),), -neg_util, -neg_flex, 1
     # Pre-filter and compaction: items with an allowed engine that has a free slot.
     is_open = [f > 0 for f in free]
