@@ -32,7 +32,7 @@ def model_dtype(num_models: int) -> type[np.signedinteger]:
     return np.int8 if num_models < 127 else np.int32
 
 
-@dataclass(frozen=True, eq=False)
+@dataclass(frozen=True, eq=False, init=False)
 class RoundArrays:
     """Kernel inputs of one round, padded (see ``aragog_jax.kernels.beam_assign``).
 
@@ -58,6 +58,32 @@ class RoundArrays:
     gain: np.ndarray
     num_models: int
     num_items: int
+
+    def __init__(
+        self,
+        item_viable: np.ndarray,
+        item_cfg_model: np.ndarray,
+        item_req: np.ndarray,
+        item_valid: np.ndarray,
+        engine_model: np.ndarray,
+        free_slots: np.ndarray,
+        gain: np.ndarray,
+        num_models: int,
+        num_items: int,
+    ) -> None:
+        # The instance dict filled at once (a frozen dataclass's generated __init__ sets
+        # each field through object.__setattr__; one per round), as the scheduler's Plan.
+        self.__dict__.update(
+            item_viable=item_viable,
+            item_cfg_model=item_cfg_model,
+            item_req=item_req,
+            item_valid=item_valid,
+            engine_model=engine_model,
+            free_slots=free_slots,
+            gain=gain,
+            num_models=num_models,
+            num_items=num_items,
+        )
 
     def kernel_args(self) -> tuple[Any, ...]:
         """Positional arguments of ``schedule_round`` (without the static ones)."""

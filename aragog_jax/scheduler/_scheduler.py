@@ -41,7 +41,7 @@ from aragog_jax.scheduler._cache import CurveCache, HostCurves
 from aragog_jax.scheduler._load import UTILITY_SCALE, EngineInfo, LoadVector
 from aragog_jax.scheduler._plan import Assignment, Plan, RoundRecord
 from aragog_jax.scheduler._policy import DEFAULT_BEAM_WIDTH, BeamPolicy, Policy, make_policy
-from aragog_jax.scheduler._round import MIN_ITEMS, MIN_SLOTS, RoundArrays, model_dtype
+from aragog_jax.scheduler._round import MIN_ITEMS, MIN_SLOTS, model_dtype
 from aragog_jax.scheduler._small import (
     _count,
     _model_masks,
@@ -93,7 +93,6 @@ class _Request:
         "status",
         "engine",
         "excluded",
-        "ready",
         "num_done",
         "ups_left",
         "routed",
@@ -113,13 +112,17 @@ class _Request:
         self.status = shape.status.copy()
         self.engine = [-1] * shape.num_stages
         self.excluded: set[tuple[int, int]] = set()  # (stage, scheduler model id)
-        self.ready = shape.ready.copy()  # ready stages in rank order
         self.num_done = 0
         self.ups_left = shape.num_upstream.copy()  # per stage: upstream stages not done
 
     @property
     def space(self) -> ConfigSpace:
         return self.info.space
+
+    def ready(self) -> list[int]:
+        """The ready stages, ascending (read off ``status``: a round marks 64 stages
+        running without a list to update per request)."""
+        return [s for s, st in enumerate(self.status) if st == READY]
 
     @property
     def configs(self) -> np.ndarray:
@@ -252,8 +255,9 @@ class Scheduler:
         self._finished_order: collections.deque[Hashable] = collections.deque()
         self._shapes: dict[int, _Shape] = {}  # SpaceInfo.space_id -> its shape
         self._slot_bucket = bucket_size(max(max(e.saturation_batch for e in engines), MIN_SLOTS))
-        self.tables = RowTables(model_index, model_dtype(len(self.model_names)))
-        self._engine_cfg_model = self._engine_model.astype(self.tables.cfg_dtype)
+        self.tables = RowTables(
+            model_index, model_dtype(len(self.model_names)), self._engine_model.tolist()
+        )
         self._engine_model_list = self._engine_model.tolist()
         self._curves = CurveCache(len(engines), self.utility_scale)
         self._num_rounds = 0
@@ -311,7 +315,7 @@ class Scheduler:
     def ready_stages(self, request_id: Hashable) -> list[int]:
         """Indices of the request's ready stages, ascending (none while it is held)."""
         req = self._get(request_id)
-        return [] if req.held else sorted(req.ready)
+        return [] if req.held else req.ready()
 
     def is_held(self, request_id: Hashable) -> bool:
         """True while the request's stages wait for :meth:`release`."""
@@ -377,7 +381,7 @@ class Scheduler:
             )
         req = _Request(request_id, shape, admitted, mask.copy())
         req.held = bool(held)
-        ready = () if req.held else req.ready
+        ready = () if req.held else shape.ready
         req.row = self.tables.attach(req, info, admitted, ready, self._queue.values())
         self._queue[request_id] = req
 
@@ -388,10 +392,11 @@ class Scheduler:
         if not req.held:
             return []
         req.held = False
-        rank = req.info.stage_rank
-        for s in req.ready:
-            self.tables.mark_ready(req.row, int(rank[s]))
-        return sorted(req.ready)
+        rank = req.shape.rank
+        ready = req.ready()
+        for s in ready:
+            self.tables.mark_ready(req.row, rank[s])
+        return ready
 
     def widen_mask(self, request_id: Hashable, mask: np.ndarray) -> None:
         """Grow a queued request's router mask to ``mask`` (routing found more).
@@ -442,7 +447,8 @@ class Scheduler:
         if top > 0 and on_host and tables.num_ready == 1 and host.small_items >= 1:
             k_b = max(self._slot_bucket, bucket_size(max(top, MIN_SLOTS)))
             return self._one_item_round(load, round_id, free_list, self._curves.host(load, k_b))
-        rows, pos, stages, cols = tables.items()
+        item = tables.items()
+        rows, stages, cols = item[0], item[2], item[3]
         n = rows.size
         policy = str(host.name)
         if n == 0:
@@ -452,9 +458,8 @@ class Scheduler:
         if top > 0:
             k_b = max(self._slot_bucket, bucket_size(max(top, MIN_SLOTS)))
             if on_host and n <= host.small_items:
-                items = (rows, pos, stages, cols)
                 return self._host_round(
-                    load, round_id, items, free_list, self._curves.host(load, k_b)
+                    load, round_id, item, free_list, self._curves.host(load, k_b)
                 )
             curves = self._curves.round(load, k_b)
         item_viable = tables.gather_viable(rows)
@@ -471,9 +476,7 @@ class Scheduler:
             engine = np.full(n, -1, dtype=np.int32)
             steps, placed = 0, None
         if placed is not None and placed.size:
-            assignments, flexibility, counts = self._commit(
-                arrays, rows, pos, stages, engine, placed
-            )
+            assignments, flexibility, counts = self._commit(item_viable, item, engine, placed)
             utilization = curves.utilization(tuple(counts))
         else:  # Σ_e [f_e(load_e + 0) - f_e(load_e)] is exactly 0.0
             assignments, utilization, flexibility = (), 0.0, 1.0
@@ -508,17 +511,12 @@ class Scheduler:
             return True
         ups_left = req.ups_left
         rank = shape.rank
-        added = False
         for d in shape.downstream[s]:
             left = ups_left[d] - 1
             ups_left[d] = left
             if not left and status[d] == WAITING:  # its last upstream stage finished
                 status[d] = READY
-                req.ready.append(d)
                 self.tables.mark_ready(req.row, rank[d])
-                added = True
-        if added:
-            req.ready.sort(key=rank.__getitem__)
         return False
 
     def on_stage_failed(self, request_id: Hashable, stage: int | str, engine: str) -> None:
@@ -536,9 +534,7 @@ class Scheduler:
         req.excluded.add((s, model))
         req.status[s] = READY
         req.engine[s] = -1
-        req.ready.append(s)
-        req.ready.sort(key=req.info.stage_rank.__getitem__)
-        self.tables.mark_ready(req.row, int(req.info.stage_rank[s]))
+        self.tables.mark_ready(req.row, req.shape.rank[s])
         viable = req.recompute_viable(self._engine_model)
         self._viable(req)[:] = viable
         if not viable.any():
@@ -573,24 +569,16 @@ class Scheduler:
         req.row = -1
 
     def _commit(
-        self,
-        arrays: RoundArrays,
-        rows: np.ndarray,
-        pos: np.ndarray,
-        stages: np.ndarray,
-        engine: np.ndarray,
-        placed: np.ndarray,
+        self, item_viable: np.ndarray, item: np.ndarray, engine: np.ndarray, placed: np.ndarray
     ) -> tuple[tuple[Assignment, ...], float, list[int]]:
         """Mark the placed items running, narrow their requests' masks (in the tables,
         vectorised); returns the assignments, the round's F and the placed count per
-        engine."""
-        p_rows = rows[placed]
+        engine. ``item`` is the round's :meth:`RowTables.items`."""
+        cells = item[:, placed]  # the placed items' rows, positions, stages, ...: one take
         p_engines = engine[placed]
-        rows_l = p_rows.tolist()
-        flexibility = self.tables.commit(
-            arrays, p_rows, pos[placed], placed, self._engine_cfg_model[p_engines], rows_l
-        )
-        assignments, counts = self._start(rows_l, stages[placed].tolist(), p_engines.tolist())
+        rows_l, _, stages_l, _, _ = cells.tolist()
+        flexibility = self.tables.commit(item_viable, placed, cells, p_engines, rows_l)
+        assignments, counts = self._start(rows_l, stages_l, p_engines.tolist())
         return assignments, flexibility, counts
 
     def _start(
@@ -607,7 +595,6 @@ class Scheduler:
             req = row_req[row]
             req.status[s] = RUNNING
             req.engine[s] = e
-            req.ready.remove(s)
             counts[e] += 1
             a = new(Assignment)
             d = a.__dict__  # Assignment's fields in order, as its __init__ sets them
@@ -623,7 +610,7 @@ class Scheduler:
         self,
         load: LoadVector,
         round_id: int,
-        items: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray],
+        items: np.ndarray,
         free: list[int],
         curves: HostCurves,
     ) -> Plan:
@@ -631,7 +618,7 @@ class Scheduler:
         what ``schedule`` gets from ``policy.assign`` (``small_round``) on the round's
         padded arrays and commits from them, without building them (``host_search`` on the
         items' rows; the commit one request at a time)."""
-        rows, pos, stages, cols = items
+        rows, pos, stages, cols, _ = items
         policy = self.policy
         tables = self.tables
         n = rows.size

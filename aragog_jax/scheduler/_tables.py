@@ -49,9 +49,16 @@ class RowTables:
     compaction builds a new list, so a plan's record can keep the old one.
     """
 
-    def __init__(self, model_index: dict[str, int], cfg_dtype: type[np.signedinteger]) -> None:
+    def __init__(
+        self,
+        model_index: dict[str, int],
+        cfg_dtype: type[np.signedinteger],
+        engine_model: Sequence[int] = (),
+    ) -> None:
         self.model_index = model_index
         self.cfg_dtype = cfg_dtype
+        # The scheduler's engines' model ids (``engine_masks``' middle axis).
+        self.engine_model = np.asarray(engine_model, dtype=cfg_dtype).reshape(1, -1, 1)
         self.cfg_bucket = MIN_CONFIGS
         self.max_stages = 1
         self.num_rows = 0
@@ -62,9 +69,16 @@ class RowTables:
         self.viable = np.zeros((MIN_ROWS, self.cfg_bucket), dtype=bool)  # row -> viable mask
         self.ready = np.zeros((MIN_ROWS, 1), dtype=bool)  # row, rank position -> ready
         self.row_space = np.zeros(MIN_ROWS, dtype=np.int32)  # row -> SpaceInfo.space_id
-        # space id, rank position -> (stage, row of that stage in ``columns``)
-        self.rank_item = np.zeros((0, 1, 2), dtype=np.int32)
-        self.rank_item_list: list[list[list[int]]] = []
+        # space id -> (stage, row of that stage in ``columns``) per rank position
+        self.space_cells = np.zeros((0, 2, 1), dtype=np.int32)
+        # (row, rank position, stage, column row, flat index) of every cell of ``ready``,
+        # flattened row-major: a round's items are one take of it at the ready table's
+        # nonzeros; ``ready_flat`` is ``ready`` as one row (a view: cleared by flat index).
+        self.cells = _cell_table(self.ready.shape, self.space_cells, self.row_space)
+        self.ready_flat = self.ready.reshape(-1)
+        # (column row, engine) -> bool[C]: the configurations using the engine's model there.
+        self.engine_masks = np.zeros((0, self.engine_model.shape[1], self.cfg_bucket), dtype=bool)
+        self.rank_item_list: list[list[list[int]]] = []  # (stage, column row), one-item rounds
         self.stage_base = np.zeros(0, dtype=np.int32)  # space id -> row of its stage 0
         self.columns = np.zeros((0, self.cfg_bucket), dtype=cfg_dtype)  # (space, stage) -> models
 
@@ -104,19 +118,22 @@ class RowTables:
         self.viable = _widened(self.viable, self.cfg_bucket, False)
         self.ready = _widened(self.ready, self.max_stages, False)
         rank_stage = np.zeros((len(self.infos), self.max_stages), dtype=np.int32)
-        old = self.rank_item[..., 0]
+        old = self.space_cells[:, 0]
         rank_stage[: old.shape[0], : old.shape[1]] = old
         rank_stage[info.space_id, : space.num_stages] = order
         self.stage_base = np.append(self.stage_base, np.int32(info.stage_base)).astype(np.int32)
         rank_column = rank_stage + self.stage_base[:, None]
-        self.rank_item = np.stack([rank_stage, rank_column], axis=-1)
-        self.rank_item_list = self.rank_item.tolist()  # the same, for one-item rounds
+        self.space_cells = np.stack([rank_stage, rank_column], axis=1)
+        self.cells = _cell_table(self.ready.shape, self.space_cells, self.row_space)
+        self.rank_item_list = np.stack([rank_stage, rank_column], axis=-1).tolist()
         columns = np.full(
             (self.columns.shape[0] + space.num_stages, self.cfg_bucket), -1, dtype=self.cfg_dtype
         )
         columns[: self.columns.shape[0], : self.columns.shape[1]] = self.columns
         columns[info.stage_base :, : space.num_configs] = info.columns
         self.columns = columns
+        self.engine_masks = columns[:, None, :] == self.engine_model
+        self.ready_flat = self.ready.reshape(-1)
         return info
 
     # ---- rows ------------------------------------------------------------------------
@@ -145,6 +162,8 @@ class RowTables:
             ready_row[info.stage_rank[s]] = True
         self.num_ready += len(ready)
         self.row_space[row] = info.space_id
+        width = ready_row.size
+        self.cells[2:4, row * width : (row + 1) * width] = self.space_cells[info.space_id]
         return row
 
     def detach(self, row: int) -> None:
@@ -159,57 +178,59 @@ class RowTables:
 
     def commit(
         self,
-        arrays: RoundArrays,
-        rows: np.ndarray,
-        pos: np.ndarray,
+        item_viable: np.ndarray,
         placed: np.ndarray,
-        models: np.ndarray,
+        cells: np.ndarray,
+        engines: np.ndarray,
         rows_list: list[int],
     ) -> float:
         """Placed items leave the ready table and their requests' masks narrow; returns
         the round's flexibility (``round_flexibility`` of the round).
 
         Args:
-          arrays: the round's kernel inputs (from :meth:`round_arrays`).
-          rows, pos: int[p] row and rank position of every placed item (FIFO order).
-          placed: int[p] item index of every placed item.
-          models: int[p] model id each placed item runs on, in ``cfg_dtype``.
-          rows_list: ``rows.tolist()`` (the caller has it already).
+          item_viable: bool[R, C] the round's viable masks (from :meth:`gather_viable`).
+          placed: int[p] item index of every placed item (FIFO order).
+          cells: int32[5, p] their columns of :meth:`items` (row, rank position, stage,
+            column row, flat index).
+          engines: int[p] engine each placed item runs on (an index of ``engine_model``).
+          rows_list: ``cells[0].tolist()`` (the caller has it already).
 
         A request's items are consecutive and its row mask is the round's ``item_viable``
         row (nothing changed it since :meth:`gather_viable`), so its committed mask is that
         row narrowed by every placed item's model, which is what ``round_flexibility``
-        computes (same counts, same order).
+        computes (same counts, same order). A queued request keeps at least one viable
+        configuration (one that uses the placed model, as the kernel placed it), so the
+        counts before are at least 1 and ``round_flexibility``'s ``max(before, 1)`` is
+        the count itself.
         """
-        p = rows.size
+        p = placed.size
+        kept = self.engine_masks[cells[3], engines]  # (column row, engine) -> its mask
         if p == 1:  # one item: its row, counted in Python (the same float: one ratio)
-            row, item = int(rows[0]), int(placed[0])
-            before_row = arrays.item_viable[item]
-            narrowed = before_row & (arrays.item_cfg_model[item] == models[0])
-            self.ready[row, int(pos[0])] = False
+            before_row = item_viable[int(placed[0])]
+            narrowed = kept[0]
+            narrowed &= before_row
+            self.ready_flat[int(cells[4, 0])] = False
             self.num_ready -= 1
-            self.viable[row] = narrowed
-            after, before = int(np.count_nonzero(narrowed)), int(np.count_nonzero(before_row))
-            return after / max(before, 1)
-        before_rows = arrays.item_viable[placed]
-        kept = arrays.item_cfg_model[placed] == models[:, None]
+            self.viable[rows_list[0]] = narrowed
+            return int(np.count_nonzero(narrowed)) / int(np.count_nonzero(before_row))
+        before_rows = item_viable[placed]
         kept &= before_rows
         # Where each request's placed items start (a few dozen: a Python pass over the list
         # costs less than the NumPy calls that find them).
         starts = [k for k in range(1, p) if rows_list[k] != rows_list[k - 1]]
         if len(starts) == p - 1:  # one placed item per request: nothing to combine
-            narrowed, first_rows = kept, rows
+            narrowed, first_rows = kept, cells[0]
         else:
             starts.insert(0, 0)
-            narrowed = _and_groups(kept, starts)
-            first_rows, before_rows = rows[starts], before_rows[starts]
-        self.ready[rows, pos] = False
+            first = np.array(starts, dtype=np.intp)  # (converted once for its three uses)
+            narrowed = _and_groups(kept, first)
+            first_rows, before_rows = cells[0].take(first), before_rows.take(first, axis=0)
+        self.ready_flat[cells[4]] = False
         self.num_ready -= p
         self.viable[first_rows] = narrowed
         # Exact integer counts (a uint8 view of the masks, counted in int32: the fast sum).
         after = np.add.reduce(narrowed.view(np.uint8), axis=1, dtype=np.int32)
-        before = np.add.reduce(before_rows.view(np.uint8), axis=1, dtype=np.int32)
-        ratio = after / np.maximum(before, 1)
+        ratio = after / np.add.reduce(before_rows.view(np.uint8), axis=1, dtype=np.int32)
         return float(ratio.sum() / ratio.size)  # np.mean's own sum and division, bit for bit
 
     def commit_host(
@@ -273,6 +294,8 @@ class RowTables:
         self.viable = _resized(self.viable, keep, cap)
         self.ready = _resized(self.ready, keep, cap)
         self.row_space = _resized(self.row_space, keep, cap)
+        self.cells = _cell_table(self.ready.shape, self.space_cells, self.row_space)
+        self.ready_flat = self.ready.reshape(-1)
         self.row_req = reqs  # a new list: records keep the old one
         for i, req in enumerate(reqs):
             req.row = i
@@ -285,18 +308,15 @@ class RowTables:
 
     # ---- a round's items -------------------------------------------------------------
 
-    def items(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        """(rows, rank positions, stages, column rows) of every ready stage: FIFO across
-        requests (row order), rank order within one (the row-major nonzeros of the ready
-        table); an item's column row is the row of ``columns`` of its (space, stage)."""
-        ready = self.ready[: self.num_rows]
-        rows, pos = ready.nonzero()
-        # One row of the flattened (space, rank position) table per item, for both: a
-        # flat take costs a third of the two-index lookup ``rank_item[space, pos]``.
-        key = self.row_space.take(rows) * ready.shape[1]
-        key += pos
-        item = self.rank_item.reshape(-1, 2).take(key, axis=0)
-        return rows, pos, item[:, 0], item[:, 1]
+    def items(self) -> np.ndarray:
+        """int32[5, n]: (rows, rank positions, stages, column rows, flat indices in
+        ``ready_flat``) of every ready stage: FIFO
+        across requests (row order), rank order within one (the row-major nonzeros of the
+        ready table); an item's column row is the row of ``columns`` of its (space, stage).
+        One take of the cell table at the flat nonzeros: after a garbage collection every
+        NumPy call of a round starts cold, so fewer calls cost less than cheaper ones."""
+        flat = self.ready_flat[: self.num_rows * self.ready.shape[1]].nonzero()[0]
+        return self.cells.take(flat, axis=1)
 
     def one_item(self) -> tuple[int, int, int, int]:
         """:meth:`items` of a round with one ready stage (``num_ready == 1``), as Python
@@ -372,6 +392,23 @@ def _and_groups(masks: np.ndarray, starts: np.ndarray | list[int]) -> np.ndarray
     if masks.shape[1] % 8 or not masks.flags.c_contiguous:
         return np.logical_and.reduceat(masks, starts, axis=0)
     return np.bitwise_and.reduceat(masks.view(np.uint64), starts, axis=0).view(np.bool_)
+
+
+def _cell_table(
+    shape: tuple[int, int], space_cells: np.ndarray, row_space: np.ndarray
+) -> np.ndarray:
+    """int32[5, rows * width]: row, rank position, stage, column row and flat index of every
+    cell of a ready table of ``shape`` (stage and column row from the row's space; rows not
+    attached yet get those of space 0 or zeros, and are never ready)."""
+    cap, width = shape
+    flat = np.arange(cap * width, dtype=np.int32)
+    cells = np.zeros((5, cap * width), dtype=np.int32)
+    cells[0] = flat // width
+    cells[1] = flat % width
+    cells[4] = flat
+    if space_cells.shape[0]:
+        cells[2:4] = space_cells[row_space[:cap]].transpose(1, 0, 2).reshape(2, -1)
+    return cells
 
 
 def _widened(table: np.ndarray, width: int, fill: Any) -> np.ndarray:
