@@ -574,8 +574,8 @@ class Scheduler:
         """Mark the placed items running, narrow their requests' masks (in the tables,
         vectorised); returns the assignments, the round's F and the placed count per
         engine. ``item`` is the round's :meth:`RowTables.items`."""
-        cells = item[:, placed]  # the placed items' rows, positions, stages, ...: one take
-        p_engines = engine[placed]
+        cells = item.take(placed, axis=1)  # the placed items' rows, positions, ...: one take
+        p_engines = engine.take(placed)
         rows_l, _, stages_l, _, _ = cells.tolist()
         flexibility = self.tables.commit(item_viable, placed, cells, p_engines, rows_l)
         assignments, counts = self._start(rows_l, stages_l, p_engines.tolist())

@@ -213,7 +213,7 @@ class RowTables:
             self.num_ready -= 1
             self.viable[rows_list[0]] = narrowed
             return int(np.count_nonzero(narrowed)) / int(np.count_nonzero(before_row))
-        before_rows = item_viable[placed]
+        before_rows = item_viable.take(placed, axis=0)
         kept &= before_rows
         # Where each request's placed items start (a few dozen: a Python pass over the list
         # costs less than the NumPy calls that find them).
