@@ -17,8 +17,9 @@ straight from its row tables for a :class:`BeamPolicy`'s small rounds (no padded
 ``tests/scheduler/test_small.py`` checks both against each other and the round's replay).
 
 ``BeamPolicy`` takes this path for rounds of at most ``SMALL_ROUND_ITEMS`` items, a
-threshold measured by ``bench/scheduler.py`` (``small_rounds``: schedule() per round
-size with and without the host path, in one run).
+threshold measured on the simulator's rounds by ``bench/sim_speed.py --crossover``
+(schedule()'s process CPU per round size with every round on the host path against every
+round compiled, the same rounds paired) and by ``bench/scheduler.py`` (``small_rounds``).
 """
 
 from __future__ import annotations
@@ -29,8 +30,10 @@ from aragog_jax.kernels import SHARE_SCALE, BeamResult
 from aragog_jax.scheduler._round import RoundArrays
 
 #: Largest round (ready items) that :class:`BeamPolicy` runs on the host instead of the
-#: compiled kernel; ``bench/results/scheduler_small.json`` measures the crossover.
-SMALL_ROUND_ITEMS = 16
+#: compiled kernel: the crossover measured in ``bench/results/sim_speed_crossover.json``
+#: (the host round is the cheaper one up to 25-28 items, the compiled one from 29-32;
+#: process CPU, which counts XLA's worker threads too).
+SMALL_ROUND_ITEMS = 28
 
 
 _UNPLACED: dict[int, np.ndarray] = {}
