@@ -251,6 +251,7 @@ def _simulate(
         {"name": i.name, "model": i.model, "saturation_batch": i.saturation_batch, "curve": i.curve}
         for i in infos
     ]
+    engine_names = tuple(i.name for i in infos)
 
     def load_vector() -> LoadVector:
         """What ``EngineLoad.observe`` gives for every engine, built without the frozen
@@ -273,7 +274,11 @@ def _simulate(
             d["healthy"] = True
             d["free_slots"] = free_slots(static["saturation_batch"], running, waiting, kv, True)
             obs.append(ld)
-        return LoadVector(tuple(obs))
+        load = LoadVector(tuple(obs))
+        # Its names, as the cached property would compute them on the scheduler's first
+        # ask (a functools.cached_property takes a lock there, once per round).
+        load.__dict__["names"] = engine_names
+        return load
 
     def dispatch(plan_assignments, t: float) -> None:
         nonlocal counter
