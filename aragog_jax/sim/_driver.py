@@ -47,7 +47,6 @@ from aragog_jax.sim._workload import arrival_times, sample_inputs
 
 _ENGINE, _ADD, _DISPATCH, _POLL, _TICK = 0, 1, 2, 3, 4
 INF = math.inf
-_new_load = object.__new__  # an EngineLoad without its __init__ (``load_vector``)
 
 
 @dataclass(frozen=True)
@@ -246,39 +245,23 @@ def _simulate(
     remaining = n
     now = 0.0
 
-    # Per engine, its EngineLoad's static fields in field order (see load_vector).
-    load_static = [
-        {"name": i.name, "model": i.model, "saturation_batch": i.saturation_batch, "curve": i.curve}
-        for i in infos
-    ]
     engine_names = tuple(i.name for i in infos)
+    load_of = EngineLoad.of
 
     def load_vector() -> LoadVector:
-        """What ``EngineLoad.observe`` gives for every engine, built without the frozen
-        dataclass's ``__init__`` (about a quarter of its cost; a vector per round): the
-        same fields in the same order, from the engine model's own ints and floats."""
+        """What ``EngineLoad.observe`` gives for every engine (a vector per round), built
+        with ``EngineLoad.of`` from the engine model's own ints and floats."""
         obs = []
-        for e, static in enumerate(load_static):
+        for e, info in enumerate(infos):
             if poll > 0:
                 running, waiting, kv = snap[e]
                 waiting += sent_since[e]
             else:
                 eng = engines[e]
                 running, waiting, kv = eng.b, len(eng.waiting), eng.kv_usage()
-            ld = _new_load(EngineLoad)
-            d = ld.__dict__
-            d.update(static)
-            d["running"] = running
-            d["waiting"] = waiting
-            d["kv_usage"] = kv
-            d["healthy"] = True
-            d["free_slots"] = free_slots(static["saturation_batch"], running, waiting, kv, True)
-            obs.append(ld)
-        load = LoadVector(tuple(obs))
-        # Its names, as the cached property would compute them on the scheduler's first
-        # ask (a functools.cached_property takes a lock there, once per round).
-        load.__dict__["names"] = engine_names
-        return load
+            free = free_slots(info.saturation_batch, running, waiting, kv, True)
+            obs.append(load_of(info, running, waiting, kv, True, free))
+        return LoadVector.ordered(tuple(obs), engine_names)
 
     def dispatch(plan_assignments, t: float) -> None:
         nonlocal counter
