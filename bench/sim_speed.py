@@ -22,6 +22,14 @@ the top automatic rate, aragog and per_workflow). Per checkout, in a fresh proce
 
 With ``--baseline`` the two checkouts alternate ``--repeats`` times and the JSON holds
 both and their ratios. Written to ``bench/results/sim_speed.json`` (git SHAs, load average).
+
+``--crossover`` measures instead where the host path for small rounds stops paying
+(``SMALL_ROUND_ITEMS``): the headline run (and the same case at ``--rate-factors`` times
+its rate, for larger rounds) with a fixed round cost, once with every round on the host
+path and once with every round compiled, alternating ``--repeats`` times. Plans are the
+same bit for bit, so the runs hold the same rounds: per round the median process CPU of
+``schedule()`` on each path (process CPU counts XLA's worker threads too), binned by ready
+items, into ``bench/results/sim_speed_crossover.json``.
 """
 
 from __future__ import annotations
@@ -36,6 +44,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 FIXED_ROUND_COST_S = 0.001
+DEFAULT_OUT = ROOT / "bench/results/sim_speed.json"
 
 
 def _one(tree: Path, reps: int) -> dict:
@@ -181,6 +190,111 @@ def _one(tree: Path, reps: int) -> dict:
     return out
 
 
+#: Bins of ready items per round in the ``--crossover`` table (inclusive bounds).
+CROSSOVER_BINS = (
+    (1, 1),
+    (2, 4),
+    (5, 8),
+    (9, 12),
+    (13, 16),
+    (17, 20),
+    (21, 24),
+    (25, 28),
+    (29, 32),
+    (33, 40),
+    (41, 48),
+    (49, 64),
+    (65, 128),
+    (129, 1 << 30),
+)
+#: ``small_items`` of the two paths: every round on the host / every round compiled.
+ALL_HOST, ALL_COMPILED = 1 << 30, 0
+
+
+def crossover(reps: int, rate_factors: list[float]) -> dict:
+    """schedule()'s process CPU per round on the host path vs compiled, by ready items."""
+    sys.path.insert(0, str(ROOT))
+    import numpy as np
+
+    from bench.paper import Settings, _ds, _jax_setup, speed_case, speed_config
+
+    _jax_setup()
+    import aragog_jax.sim._driver as driver
+    from aragog_jax._provenance import git_sha
+    from aragog_jax.scheduler import SMALL_ROUND_ITEMS, BeamPolicy
+    from aragog_jax.sim import auto_rates, simulate
+
+    st = Settings()
+    hs, hm, _ = speed_case(_ds(st, "self_refine_humaneval", "qwen"), st)
+    top = auto_rates(hs, st.coarse_rates)[-1]
+    real = driver.Scheduler
+    rounds: list[tuple[int, int, int]] = []  # (ready items, search steps, process CPU ns)
+
+    class Timed(real):
+        def schedule(self, load):
+            n = self.num_ready
+            t0 = time.process_time_ns()
+            plan = super().schedule(load)
+            rounds.append((n, plan.search_steps, time.process_time_ns() - t0))
+            return plan
+
+    out: dict = {"git_sha": git_sha(ROOT), "small_round_items": SMALL_ROUND_ITEMS, "cases": []}
+    driver.Scheduler = Timed
+    try:
+        for factor in rate_factors:
+            cfg = speed_config(st, "aragog", top * factor, hm.route_cost_s, FIXED_ROUND_COST_S)
+            cpu: dict[int, list[list[int]]] = {ALL_HOST: [], ALL_COMPILED: []}
+            finish = {}
+            for small in cpu:  # compile every bucket the run needs
+                simulate(hs, cfg, hm.router, policy=BeamPolicy(small_items=small))
+            for _ in range(reps):
+                for small, runs in cpu.items():
+                    rounds.clear()
+                    res = simulate(hs, cfg, hm.router, policy=BeamPolicy(small_items=small))
+                    finish.setdefault(small, res.finish)
+                    if not np.array_equal(finish[small], res.finish):
+                        raise RuntimeError("a run with a fixed round cost changed its outputs")
+                    runs.append([r[2] for r in rounds])
+            if not np.array_equal(finish[ALL_HOST], finish[ALL_COMPILED]):
+                raise RuntimeError("the host path and the compiled round planned differently")
+            items = np.array([r[0] for r in rounds])
+            steps = np.array([r[1] for r in rounds])
+            med = {
+                k: np.median(np.array(v, dtype=np.float64), axis=0) / 1e3 for k, v in cpu.items()
+            }
+            rows = []
+            for lo, hi in CROSSOVER_BINS:
+                m = (items >= lo) & (items <= hi)
+                if m.any():
+                    host, comp = float(med[ALL_HOST][m].mean()), float(med[ALL_COMPILED][m].mean())
+                    rows.append(
+                        {
+                            "items": [lo, min(hi, int(items.max()))],
+                            "rounds": int(m.sum()),
+                            "mean_search_steps": float(steps[m].mean()),
+                            "host_us": host,
+                            "compiled_us": comp,
+                            "host_over_compiled": host / comp,
+                        }
+                    )
+            out["cases"].append(
+                {
+                    "rate": top * factor,
+                    "rate_factor": factor,
+                    "rounds": len(rounds),
+                    "rounds_by_items": np.bincount(items).tolist(),
+                    "run_ms": {
+                        "all_host": float(med[ALL_HOST].sum() / 1e3),
+                        "all_compiled": float(med[ALL_COMPILED].sum() / 1e3),
+                    },
+                    "by_items": rows,
+                }
+            )
+    finally:
+        driver.Scheduler = real
+    return out
+
+
 def _measure(tree: Path, reps: int) -> dict:
     proc = subprocess.run(
         [sys.executable, str(Path(__file__).resolve()), "--one", str(tree), "--repeats", str(reps)],
@@ -200,13 +314,57 @@ def main() -> int:
     ap.add_argument("--baseline", type=Path, help="another checkout to measure alongside")
     ap.add_argument("--repeats", type=int, default=7, help="runs per measurement (default 7)")
     ap.add_argument("--rounds", type=int, default=2, help="alternations with --baseline")
-    ap.add_argument("--out", type=Path, default=ROOT / "bench/results/sim_speed.json")
+    ap.add_argument("--out", type=Path, default=DEFAULT_OUT)
     ap.add_argument("--note", default="", help="said in the JSON (e.g. what the baseline is)")
+    ap.add_argument(
+        "--crossover",
+        action="store_true",
+        help="host path vs compiled round per round size (bench/results/sim_speed_crossover.json)",
+    )
+    ap.add_argument(
+        "--rate-factors",
+        default="1,1.3",
+        help="--crossover: multiples of the headline rate to run (default 1,1.3)",
+    )
     ap.add_argument("--one", type=Path, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.repeats < 1 or args.rounds < 1:
         print("sim_speed: --repeats and --rounds must be >= 1", file=sys.stderr)
         return 2
+    if args.crossover:
+        try:
+            factors = [float(x) for x in args.rate_factors.split(",")]
+        except ValueError:
+            factors = []
+        if not factors or min(factors) <= 0:
+            print(
+                f"sim_speed: --rate-factors {args.rate_factors!r}: give positive numbers, comma-separated",
+                file=sys.stderr,
+            )
+            return 2
+        out = (
+            args.out if args.out != DEFAULT_OUT else ROOT / "bench/results/sim_speed_crossover.json"
+        )
+        load = os.getloadavg()[0]
+        result = {
+            "benchmark": "schedule() per round, host path vs compiled, headline case's rounds",
+            "command": " ".join(["python bench/sim_speed.py", *sys.argv[1:]]),
+            "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            **crossover(args.repeats, factors),
+            "load_average_1m": [load, os.getloadavg()[0]],
+            "note": "2-core machine shared with other jobs; process CPU per round (median over "
+            "the repeats), compare within this file only. " + args.note,
+        }
+        out.write_text(json.dumps(result, indent=1) + "\n")
+        for case in result["cases"]:
+            print(f"rate x{case['rate_factor']:g}: {case['run_ms']}")
+            for row in case["by_items"]:
+                print(
+                    f"  items {row['items'][0]:>3}-{row['items'][1]:<4} rounds {row['rounds']:>4}  "
+                    f"host {row['host_us']:6.0f} us  compiled {row['compiled_us']:6.0f} us  "
+                    f"ratio {row['host_over_compiled']:.2f}"
+                )
+        return 0
     if args.one is not None:
         print(json.dumps(_one(args.one, args.repeats)))
         return 0

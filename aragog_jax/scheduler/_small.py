@@ -17,8 +17,9 @@ straight from its row tables for a :class:`BeamPolicy`'s small rounds (no padded
 ``tests/scheduler/test_small.py`` checks both against each other and the round's replay).
 
 ``BeamPolicy`` takes this path for rounds of at most ``SMALL_ROUND_ITEMS`` items, a
-threshold measured by ``bench/scheduler.py`` (``small_rounds``: schedule() per round
-size with and without the host path, in one run).
+threshold measured on the simulator's rounds by ``bench/sim_speed.py --crossover``
+(schedule()'s process CPU per round size with every round on the host path against every
+round compiled, the same rounds paired) and by ``bench/scheduler.py`` (``small_rounds``).
 """
 
 from __future__ import annotations
@@ -29,8 +30,10 @@ from aragog_jax.kernels import SHARE_SCALE, BeamResult
 from aragog_jax.scheduler._round import RoundArrays
 
 #: Largest round (ready items) that :class:`BeamPolicy` runs on the host instead of the
-#: compiled kernel; ``bench/results/scheduler_small.json`` measures the crossover.
-SMALL_ROUND_ITEMS = 16
+#: compiled kernel: the crossover measured in ``bench/results/sim_speed_crossover.json``
+#: (the host round is the cheaper one up to 25-28 items, the compiled one from 29-32;
+#: process CPU, which counts XLA's worker threads too).
+SMALL_ROUND_ITEMS = 28
 
 
 _UNPLACED: dict[int, np.ndarray] = {}
@@ -196,24 +199,35 @@ def host_search(
     ]
     greedy = 0
     j = 0
+    open_engines = list(engines)
+    open_until = -1  # open_engines holds the engines with last_use >= j while j <= this
     while j < num_live:
         # The compiled loop's stop rule: some beam has a free slot on an engine that a
         # remaining item allows.
-        open_engines = [e for e in engines if last_use[e] >= j]
-        for _, _, used, _, _ in beams:
-            if any(free[e] > used[e] for e in open_engines):
-                break
+        if j > open_until:
+            open_engines = [e for e in open_engines if last_use[e] >= j]
+            open_until = min([last_use[e] for e in open_engines], default=num_live)
+        for beam in beams:
+            used = beam[2]
+            for e in open_engines:
+                if free[e] > used[e]:
+                    break
+            else:
+                continue
+            break
         else:
             break
         i = order[j]
         first = first_c[j]
-        masks = model_masks[i]  # bool[M, C]
         nv = max(num_viable[i], 1)
         if first:  # (engine, -share) of every allowed engine
             row = kept_e[i]
             allowed = [(e, -(row[e] * SHARE_SCALE // nv)) for e in allows[i]]
+        else:
+            masks = model_masks[i]  # bool[M, C]
         check = reserve and flexible[j]
         cands = []
+        append = cands.append
         base = 0
         for neg_util, neg_flex, used, mask, _ in beams:
             if not first:  # the request's mask as this beam narrowed it
@@ -221,25 +235,24 @@ def host_search(
                 allowed = [
                     (e, -(k * SHARE_SCALE // nv)) for e in engines if (k := per_model[em[e]]) > 0
                 ]
+            extended = False
             if check:  # free slots per model left in this beam, against the reservation
                 left = [f - u for f, u in zip(free, used, strict=True)]
                 left = [sum(left[e] for e in engines if em[e] == m) for m in range(num_models)]
                 res = reserved_after[j]
-                extended = [
-                    (neg_util - gain[e][used[e]], neg_flex + share, base + e)
-                    for e, share in allowed
-                    if free[e] > used[e] and left[em[e]] > res[em[e]]
-                ]
+                for e, share in allowed:
+                    u = used[e]
+                    if free[e] > u and left[em[e]] > res[em[e]]:
+                        append((neg_util - gain[e][u], neg_flex + share, base + e))
+                        extended = True
             else:
-                extended = [
-                    (neg_util - gain[e][used[e]], neg_flex + share, base + e)
-                    for e, share in allowed
-                    if free[e] > used[e]
-                ]
-            if extended:
-                cands += extended
-            else:
-                cands.append((neg_util, neg_flex, base + num_engines))
+                for e, share in allowed:
+                    u = used[e]
+                    if free[e] > u:
+                        append((neg_util - gain[e][u], neg_flex + share, base + e))
+                        extended = True
+            if not extended:
+                append((neg_util, neg_flex, base + num_engines))
             base += num_cand
         cands.sort()
         pos = 0
@@ -250,7 +263,9 @@ def host_search(
             top[-1] = cands[pos]
         greedy = min(pos, width - 1)
         narrow = next_same[j]
-        viable_row = viable[i] if narrow and first else None
+        if narrow:
+            masks = model_masks[i]
+            viable_row = viable[i] if first else None
         new_beams = []
         for neg_util, neg_flex, cand in top:
             parent, e = divmod(cand, num_cand)
@@ -258,7 +273,7 @@ def host_search(
             if e < num_engines:
                 used = used.copy()
                 used[e] += 1
-                choice = (*choice, (i, e))
+                choice = (choice, i, e)  # a chain: unrolled into pairs at the end
             if narrow:
                 mask = viable_row if first else mask
                 if e < num_engines:
@@ -266,5 +281,9 @@ def host_search(
             new_beams.append((neg_util, neg_flex, used, mask, choice))
         beams = new_beams
         j += 1
-    neg_util, neg_flex, _, _, choice = beams[0]
-    return choice, -neg_util, -neg_flex, j
+    neg_util, neg_flex, _, _, chain = beams[0]
+    choice = []
+    while chain:
+        chain, i, e = chain
+        choice.append((i, e))
+    return tuple(reversed(choice)), -neg_util, -neg_flex, j

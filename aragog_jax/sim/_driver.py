@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from aragog_jax.engines.batching import BatchingEngine
+from aragog_jax.engines.model import free_slots
 from aragog_jax.errors import AragogError
 from aragog_jax.scheduler import (
     COMPILED,
@@ -244,25 +245,23 @@ def _simulate(
     remaining = n
     now = 0.0
 
+    engine_names = tuple(i.name for i in infos)
+    load_of = EngineLoad.of
+
     def load_vector() -> LoadVector:
-        if poll > 0:
-            obs = [
-                EngineLoad.observe(
-                    info,
-                    running=snap[e][0],
-                    waiting=snap[e][1] + sent_since[e],
-                    kv_usage=snap[e][2],
-                )
-                for e, info in enumerate(infos)
-            ]
-        else:
-            obs = [
-                EngineLoad.observe(
-                    info, running=eng.b, waiting=len(eng.waiting), kv_usage=eng.kv_usage()
-                )
-                for info, eng in zip(infos, engines, strict=True)
-            ]
-        return LoadVector(tuple(obs))
+        """What ``EngineLoad.observe`` gives for every engine (a vector per round), built
+        with ``EngineLoad.of`` from the engine model's own ints and floats."""
+        obs = []
+        for e, info in enumerate(infos):
+            if poll > 0:
+                running, waiting, kv = snap[e]
+                waiting += sent_since[e]
+            else:
+                eng = engines[e]
+                running, waiting, kv = eng.b, len(eng.waiting), eng.kv_usage()
+            free = free_slots(info.saturation_batch, running, waiting, kv, True)
+            obs.append(load_of(info, running, waiting, kv, True, free))
+        return LoadVector.ordered(tuple(obs), engine_names)
 
     def dispatch(plan_assignments, t: float) -> None:
         nonlocal counter

@@ -15,6 +15,7 @@ from aragog_jax.kernels import SHARE_SCALE
 from aragog_jax.scheduler import (
     COMPILED_PAPER,
     COMPILED_SCARCE,
+    SMALL_ROUND_ITEMS,
     BeamPolicy,
     LoadVector,
     RoundArrays,
@@ -46,7 +47,7 @@ def _assert_same(arrays: RoundArrays, beam: int, reserve: bool) -> None:
 )
 @given(
     seed=st.integers(0, 2**31 - 1),
-    num_items=st.integers(1, 24),
+    num_items=st.integers(1, 32),
     num_configs=st.sampled_from((1, 4, 27, 100)),
     num_engines=st.sampled_from((3, 9)),
     beam=st.sampled_from((1, 2, 4)),
@@ -206,12 +207,12 @@ FANOUT = [
 
 @pytest.mark.parametrize("policy", ["aragog-paper", "aragog-scarce"])
 def test_scheduler_plans_equal_with_and_without_the_host_path(policy):
-    """Two schedulers in lockstep (host path for rounds <= 16 items vs never): the same
+    """Two schedulers in lockstep (host path for rounds <= SMALL_ROUND_ITEMS vs never): the same
     plans, steps and masks through arrivals, finishes, failures and cancels."""
     sp = space(FANOUT)
     fleet = engines({"e7": ("7B", 100.0, 4), "e14": ("14B", 60.0, 3), "e32": ("32B", 30.0, 2)})
     scheds = []
-    for small in (16, 0):
+    for small in (SMALL_ROUND_ITEMS, 0):
         base = Scheduler(fleet, policy, spaces=[sp]).policy
         beam = BeamPolicy(
             base.beam_width, name=base.name, compiled=base.compiled, small_items=small
@@ -232,7 +233,7 @@ def test_scheduler_plans_equal_with_and_without_the_host_path(policy):
         for _, _, e in running:
             busy[e] += 1
         load = LoadVector.observe(fleet, {n: {"running": b} for n, b in busy.items()})
-        host_rounds += 0 < scheds[0].num_ready <= 16
+        host_rounds += 0 < scheds[0].num_ready <= SMALL_ROUND_ITEMS
         a, b = (s.schedule(load) for s in scheds)
         assert a.assignments == b.assignments
         assert (a.search_steps, a.utilization, a.flexibility) == (
