@@ -44,7 +44,6 @@ from aragog_jax.scheduler._policy import DEFAULT_BEAM_WIDTH, BeamPolicy, Policy,
 from aragog_jax.scheduler._round import MIN_ITEMS, MIN_SLOTS, model_dtype
 from aragog_jax.scheduler._small import (
     _count,
-    _model_masks,
     host_inputs,
     host_search,
     one_item_choice,
@@ -261,8 +260,6 @@ class Scheduler:
         self._engine_model_list = self._engine_model.tolist()
         self._curves = CurveCache(len(engines), self.utility_scale)
         self._num_rounds = 0
-        self._masks_of: np.ndarray | None = None  # the column table _masks was made from
-        self._masks = np.zeros((0, 0, 0), dtype=bool)
         for sp in spaces:
             self.tables.register(sp)
 
@@ -668,7 +665,7 @@ class Scheduler:
         tables = self.tables
         row, pos, stage, col = tables.one_item()
         viable = tables.viable[row : row + 1].copy()  # bool[1, C] (the record keeps it)
-        masks = self._column_masks()[col]  # bool[M, C]: configuration c uses model m here
+        masks = tables.model_masks[col]  # bool[M, C]: configuration c uses model m here
         kept = _count(masks & viable[0]).tolist()  # viable configurations per model
         best = one_item_choice(kept, self._engine_model_list, free, curves.gains)
         rows = np.array([row], dtype=np.intp)
@@ -694,15 +691,6 @@ class Scheduler:
             1,
             round_id,
         )
-
-    def _column_masks(self) -> np.ndarray:
-        """bool[columns, M, C]: configuration c uses model m at the (space, stage) of each
-        row of the tables' column table (kept until a registration replaces the table)."""
-        columns = self.tables.columns
-        if self._masks_of is not columns:
-            self._masks = _model_masks(columns, len(self.model_names))
-            self._masks_of = columns
-        return self._masks
 
     def _record(self, load, rows, stages, viable, engine) -> RoundRecord:
         tables, names, scale = self.tables, self.model_names, self.utility_scale

@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from aragog_jax.scheduler._round import MIN_CONFIGS, MIN_ITEMS, RoundArrays
+from aragog_jax.scheduler._small import _model_masks
 from aragog_jax.space import ConfigSpace, bucket_size
 
 #: Smallest row-table capacity (rows are per in-flight request).
@@ -58,7 +59,7 @@ class RowTables:
         self.model_index = model_index
         self.cfg_dtype = cfg_dtype
         # The scheduler's engines' model ids (``engine_masks``' middle axis).
-        self.engine_model = np.asarray(engine_model, dtype=cfg_dtype).reshape(1, -1, 1)
+        self.engine_model = np.asarray(engine_model, dtype=np.intp)
         self.cfg_bucket = MIN_CONFIGS
         self.max_stages = 1
         self.num_rows = 0
@@ -76,9 +77,10 @@ class RowTables:
         # nonzeros; ``ready_flat`` is ``ready`` as one row (a view: cleared by flat index).
         self.cells = _cell_table(self.ready.shape, self.space_cells, self.row_space)
         self.ready_flat = self.ready.reshape(-1)
-        # (column row, engine) -> bool[C]: the configurations using the engine's model there.
-        self.engine_masks = np.zeros((0, self.engine_model.shape[1], self.cfg_bucket), dtype=bool)
-        self.rank_item_list: list[list[list[int]]] = []  # (stage, column row), one-item rounds
+        # (column row, model) -> bool[C]: the configurations using the model there, and the
+        # same per engine (its model's row).
+        self.model_masks = np.zeros((0, len(model_index), self.cfg_bucket), dtype=bool)
+        self.engine_masks = self.model_masks[:, self.engine_model]
         self.stage_base = np.zeros(0, dtype=np.int32)  # space id -> row of its stage 0
         self.columns = np.zeros((0, self.cfg_bucket), dtype=cfg_dtype)  # (space, stage) -> models
 
@@ -125,14 +127,14 @@ class RowTables:
         rank_column = rank_stage + self.stage_base[:, None]
         self.space_cells = np.stack([rank_stage, rank_column], axis=1)
         self.cells = _cell_table(self.ready.shape, self.space_cells, self.row_space)
-        self.rank_item_list = np.stack([rank_stage, rank_column], axis=-1).tolist()
         columns = np.full(
             (self.columns.shape[0] + space.num_stages, self.cfg_bucket), -1, dtype=self.cfg_dtype
         )
         columns[: self.columns.shape[0], : self.columns.shape[1]] = self.columns
         columns[info.stage_base :, : space.num_configs] = info.columns
         self.columns = columns
-        self.engine_masks = columns[:, None, :] == self.engine_model
+        self.model_masks = _model_masks(columns, len(self.model_index))
+        self.engine_masks = self.model_masks[:, self.engine_model]
         self.ready_flat = self.ready.reshape(-1)
         return info
 
@@ -321,9 +323,8 @@ class RowTables:
     def one_item(self) -> tuple[int, int, int, int]:
         """:meth:`items` of a round with one ready stage (``num_ready == 1``), as Python
         ints: (row, rank position, stage, column row)."""
-        ready = self.ready[: self.num_rows]
-        row, pos = divmod(int(ready.argmax()), ready.shape[1])  # the first True, row-major
-        stage, col = self.rank_item_list[self.row_space[row]][pos]
+        flat = int(self.ready_flat[: self.num_rows * self.ready.shape[1]].argmax())  # first True
+        row, pos, stage, col = self.cells[:4, flat].tolist()
         return row, pos, stage, col
 
     def gather_viable(self, rows: np.ndarray) -> np.ndarray:
