@@ -167,6 +167,12 @@ def host_search(
     A beam is kept as (-U, -F, ...) and a candidate's rank is the tuple (-U, -F,
     candidate index), which sorts as the kernel ranks."""
     n = len(kept)
+    if n == 1:  # the loop below for one item: one step, the best candidate of one beam
+        best = one_item_choice(kept[0], em, free, gain) if valid[0] else None
+        if best is None:
+            return (), 0, 0, 0
+        neg_util, neg_flex, e = best
+        return ((0, e),), -neg_util, -neg_flex, 1
     num_models = model_masks.shape[1]
     num_engines = len(em)
     num_cand = num_engines + 1
@@ -175,12 +181,6 @@ def host_search(
     num_viable = [sum(row) for row in kept]
     kept_e = [[row[m] for m in em] for row in kept]
     allows = [[e for e, k in enumerate(row) if k > 0] for row in kept_e]  # engines per item
-    if n == 1:  # the loop below for one item: one step, the best candidate of one beam
-        best = one_item_choice(kept[0], em, free, gain) if valid[0] else None
-        if best is None:
-            return (), 0, 0, 0
-        neg_util, neg_flex, e = best
-        return ((0, e),), -neg_util, -neg_flex, 1
     # Pre-filter and compaction: items with an allowed engine that has a free slot.
     is_open = [f > 0 for f in free]
     order = [i for i in range(n) if valid[i] and any(map(is_open.__getitem__, allows[i]))]
