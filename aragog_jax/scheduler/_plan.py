@@ -1,7 +1,7 @@
 """What one scheduling round decided, and how to render it for replay.
 
 A :class:`Plan` is the scheduler's output of one round: the assignments (request id,
-stage index, engine), the round's U and F, and a :class:`RoundRecord` holding references
+stage index, engine), the round's U (F on demand), and a :class:`RoundRecord` holding references
 to what the round saw. Rendering the round as the round-replay CLI's input
 (:meth:`Plan.to_replay`) and the skipped stages are built from the record only when
 asked for, so a round that nobody inspects pays nothing for them.
@@ -109,6 +109,22 @@ class RoundRecord:
     def num_items(self) -> int:
         return int(self.rows.size)
 
+    def flexibility(self) -> float:
+        """:func:`round_flexibility` of the round, from the masks as they were before its
+        commits and the placed items' requests' configurations."""
+        placed = np.flatnonzero(self.engine >= 0)
+        if not placed.size:
+            return 1.0
+        model_id = {name: m for m, name in enumerate(self.model_names)}
+        engine_model = [model_id[e.model] for e in self.load.engines]
+        rows = self.rows.take(placed)
+        stages, engines = self.stages.take(placed).tolist(), self.engine.take(placed).tolist()
+        uses = np.zeros((placed.size, self.viable.shape[1]), dtype=bool)
+        for k, (row, s, e) in enumerate(zip(rows.tolist(), stages, engines, strict=True)):
+            configs = self.row_req[row].configs  # int[C, S] model ids
+            uses[k, : configs.shape[0]] = configs[:, s] == engine_model[e]
+        return kept_share(self.viable.take(placed, axis=0), uses, rows)
+
     def skipped(self) -> tuple[Skipped, ...]:
         out = []
         for i in np.flatnonzero(self.engine < 0).tolist():
@@ -157,7 +173,8 @@ class Plan:
       utilization: U of DESIGN §5 — Σ_e [f_e(load_e + assigned_e) - f_e(load_e)] over
         Σ_e f_e(last curve point).
       flexibility: mean over the requests with an assignment of the share of their
-        viable configurations kept (1.0 when nothing was assigned).
+        viable configurations kept (1.0 when nothing was assigned); a property, computed
+        from the round's record when first read.
       policy: the policy's name.
       search_steps: items the policy's search looked at (the beam search's
         ``num_steps``; 0 when no kernel ran): what a round's cost grows with.
@@ -166,7 +183,6 @@ class Plan:
 
     assignments: tuple[Assignment, ...]
     utilization: float
-    flexibility: float
     policy: str
     _record: RoundRecord | None = field(default=None, repr=False)
     search_steps: int = 0
@@ -176,7 +192,6 @@ class Plan:
         self,
         assignments: tuple[Assignment, ...],
         utilization: float,
-        flexibility: float,
         policy: str,
         _record: RoundRecord | None = None,
         search_steps: int = 0,
@@ -186,12 +201,17 @@ class Plan:
         self.__dict__.update(
             assignments=assignments,
             utilization=utilization,
-            flexibility=flexibility,
             policy=policy,
             _record=_record,
             search_steps=search_steps,
             round_id=round_id,
         )
+
+    @functools.cached_property
+    def flexibility(self) -> float:
+        """F, computed from the record on first access (nothing on the serving path or
+        in the simulator reads it; receipts and the replay format do)."""
+        return self._record.flexibility() if self._record is not None else 1.0
 
     @property
     def num_items(self) -> int:
@@ -241,10 +261,17 @@ def round_flexibility(arrays: RoundArrays, engine: np.ndarray) -> float:
     if placed.size == 0:
         return 1.0
     chosen_model = arrays.engine_model[engine[placed]].astype(arrays.item_cfg_model.dtype)
-    kept = arrays.item_viable[placed] & (arrays.item_cfg_model[placed] == chosen_model[:, None])
-    req = arrays.item_req[placed]
-    # A request's items are consecutive.
-    starts = np.flatnonzero(np.concatenate([[True], req[1:] != req[:-1]]))
-    after = np.logical_and.reduceat(kept, starts, axis=0).sum(axis=1)
-    before = arrays.item_viable[placed[starts]].sum(axis=1)
+    uses = arrays.item_cfg_model[placed] == chosen_model[:, None]
+    return kept_share(arrays.item_viable[placed], uses, arrays.item_req[placed])
+
+
+def kept_share(viable: np.ndarray, uses: np.ndarray, keys: np.ndarray) -> float:
+    """F of a round from its placed items (bool[p, C] each one's request's viable mask
+    before the round, bool[p, C] the configurations that use the item's model at its
+    stage, int[p] its request's key; a request's items are consecutive): per request, the
+    viable configurations that every one of its placed items keeps over its viable ones;
+    the mean over requests."""
+    starts = np.flatnonzero(np.concatenate([[True], keys[1:] != keys[:-1]]))
+    after = np.logical_and.reduceat(viable & uses, starts, axis=0).sum(axis=1)
+    before = viable[starts].sum(axis=1)
     return float(np.mean(after / np.maximum(before, 1)))

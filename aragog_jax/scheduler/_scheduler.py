@@ -451,7 +451,7 @@ class Scheduler:
         if n == 0:
             none = np.zeros((0, 0), dtype=bool)
             empty = self._record(load, rows, stages, none, stages)
-            return Plan((), 0.0, 1.0, policy, empty, round_id=round_id)
+            return Plan((), 0.0, policy, empty, round_id=round_id)
         if top > 0:
             k_b = max(self._slot_bucket, bucket_size(max(top, MIN_SLOTS)))
             if on_host and n <= host.small_items:
@@ -473,12 +473,12 @@ class Scheduler:
             engine = np.full(n, -1, dtype=np.int32)
             steps, placed = 0, None
         if placed is not None and placed.size:
-            assignments, flexibility, counts = self._commit(item_viable, item, engine, placed)
+            assignments, counts = self._commit(item, engine, placed)
             utilization = curves.utilization(tuple(counts))
         else:  # Σ_e [f_e(load_e + 0) - f_e(load_e)] is exactly 0.0
-            assignments, utilization, flexibility = (), 0.0, 1.0
+            assignments, utilization = (), 0.0
         record = self._record(load, rows, stages, item_viable, engine)
-        return Plan(assignments, utilization, flexibility, policy, record, steps, round_id)
+        return Plan(assignments, utilization, policy, record, steps, round_id)
 
     def on_stage_finished(self, request_id: Hashable, stage: int | str) -> bool:
         """A dispatched stage returned. Returns True when the request is now done."""
@@ -566,17 +566,16 @@ class Scheduler:
         req.row = -1
 
     def _commit(
-        self, item_viable: np.ndarray, item: np.ndarray, engine: np.ndarray, placed: np.ndarray
-    ) -> tuple[tuple[Assignment, ...], float, list[int]]:
+        self, item: np.ndarray, engine: np.ndarray, placed: np.ndarray
+    ) -> tuple[tuple[Assignment, ...], list[int]]:
         """Mark the placed items running, narrow their requests' masks (in the tables,
-        vectorised); returns the assignments, the round's F and the placed count per
-        engine. ``item`` is the round's :meth:`RowTables.items`."""
+        vectorised); returns the assignments and the placed count per engine. ``item`` is
+        the round's :meth:`RowTables.items`."""
         cells = item.take(placed, axis=1)  # the placed items' rows, positions, ...: one take
         p_engines = engine.take(placed)
+        self.tables.commit(cells, p_engines)
         rows_l, _, stages_l, _, _ = cells.tolist()
-        flexibility = self.tables.commit(item_viable, placed, cells, p_engines, rows_l)
-        assignments, counts = self._start(rows_l, stages_l, p_engines.tolist())
-        return assignments, flexibility, counts
+        return self._start(rows_l, stages_l, p_engines.tolist())
 
     def _start(
         self, rows: list[int], stages: list[int], engines: list[int]
@@ -641,20 +640,16 @@ class Scheduler:
         if choice:
             items = [i for i, _ in choice]
             models = [self._engine_model_list[e] for _, e in choice]
-            flexibility = tables.commit_host(
-                viable, model_masks, kept, rows_l, pos.tolist(), items, models
-            )
+            tables.commit_host(model_masks, rows_l, pos.tolist(), items, models)
             stages_l = stages.tolist()
             assignments, counts = self._start(
                 [rows_l[i] for i in items], [stages_l[i] for i in items], [e for _, e in choice]
             )
             utilization = curves.utilization(counts)
         else:
-            assignments, utilization, flexibility = (), 0.0, 1.0
+            assignments, utilization = (), 0.0
         record = self._record(load, rows, stages, viable, np.array(engine, dtype=np.int32))
-        return Plan(
-            assignments, utilization, flexibility, str(policy.name), record, steps, round_id
-        )
+        return Plan(assignments, utilization, str(policy.name), record, steps, round_id)
 
     def _one_item_round(
         self, load: LoadVector, round_id: int, free: list[int], curves: HostCurves
@@ -673,24 +668,14 @@ class Scheduler:
         policy = str(self.policy.name)
         if best is None:
             record = self._record(load, rows, stages, viable, np.array([-1], dtype=np.int32))
-            return Plan((), 0.0, 1.0, policy, record, 0, round_id)
+            return Plan((), 0.0, policy, record, 0, round_id)
         e = best[2]
-        m = self._engine_model_list[e]
-        before = max(int(np.count_nonzero(viable[0])), 1)
-        tables.viable[row] = viable[0] & masks[m]
+        tables.viable[row] = viable[0] & masks[self._engine_model_list[e]]
         tables.ready[row, pos] = False
         tables.num_ready -= 1
         assignments, counts = self._start([row], [stage], [e])
         record = self._record(load, rows, stages, viable, np.array([e], dtype=np.int32))
-        return Plan(
-            assignments,
-            curves.utilization(counts),
-            kept[m] / before,
-            policy,
-            record,
-            1,
-            round_id,
-        )
+        return Plan(assignments, curves.utilization(counts), policy, record, 1, round_id)
 
     def _record(self, load, rows, stages, viable, engine) -> RoundRecord:
         tables, names, scale = self.tables, self.model_names, self.utility_scale

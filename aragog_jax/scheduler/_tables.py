@@ -178,113 +178,49 @@ class RowTables:
         self.ready[row, pos] = True
         self.num_ready += 1
 
-    def commit(
-        self,
-        item_viable: np.ndarray,
-        placed: np.ndarray,
-        cells: np.ndarray,
-        engines: np.ndarray,
-        rows_list: list[int],
-    ) -> float:
-        """Placed items leave the ready table and their requests' masks narrow; returns
-        the round's flexibility (``round_flexibility`` of the round).
+    def commit(self, cells: np.ndarray, engines: np.ndarray) -> None:
+        """Placed items leave the ready table and their requests' masks narrow to the
+        configurations that use each placed item's model at its stage.
 
         Args:
-          item_viable: bool[R, C] the round's viable masks (from :meth:`gather_viable`).
-          placed: int[p] item index of every placed item (FIFO order).
-          cells: int32[5, p] their columns of :meth:`items` (row, rank position, stage,
-            column row, flat index).
+          cells: int32[5, p] the placed items' columns of :meth:`items` (row, rank
+            position, stage, column row, flat index).
           engines: int[p] engine each placed item runs on (an index of ``engine_model``).
-          rows_list: ``cells[0].tolist()`` (the caller has it already).
 
-        A request's items are consecutive and its row mask is the round's ``item_viable``
-        row (nothing changed it since :meth:`gather_viable`), so its committed mask is that
-        row narrowed by every placed item's model, which is what ``round_flexibility``
-        computes (same counts, same order). A queued request keeps at least one viable
-        configuration (one that uses the placed model, as the kernel placed it), so the
-        counts before are at least 1 and ``round_flexibility``'s ``max(before, 1)`` is
-        the count itself.
+        A request with several placed items is narrowed by each in turn (one unbuffered
+        AND per item: :func:`_narrow`). The round's F is computed from its record when asked
+        (:meth:`RoundRecord.flexibility`), not here.
         """
-        p = placed.size
-        kept = self.engine_masks[cells[3], engines]  # (column row, engine) -> its mask
-        if p == 1:  # one item: its row, counted in Python (the same float: one ratio)
-            before_row = item_viable[int(placed[0])]
-            narrowed = kept[0]
-            narrowed &= before_row
-            self.ready_flat[int(cells[4, 0])] = False
-            self.num_ready -= 1
-            self.viable[rows_list[0]] = narrowed
-            return int(np.count_nonzero(narrowed)) / int(np.count_nonzero(before_row))
-        before_rows = item_viable.take(placed, axis=0)
-        kept &= before_rows
-        # Where each request's placed items start (a few dozen: a Python pass over the list
-        # costs less than the NumPy calls that find them).
-        starts = [k for k in range(1, p) if rows_list[k] != rows_list[k - 1]]
-        if len(starts) == p - 1:  # one placed item per request: nothing to combine
-            narrowed, first_rows = kept, cells[0]
-        else:
-            starts.insert(0, 0)
-            first = np.array(starts, dtype=np.intp)  # (converted once for its three uses)
-            narrowed = _and_groups(kept, first)
-            first_rows, before_rows = cells[0].take(first), before_rows.take(first, axis=0)
+        # (column row, engine) -> its mask
+        _narrow(self.viable, cells[0], self.engine_masks[cells[3], engines])
         self.ready_flat[cells[4]] = False
-        self.num_ready -= p
-        self.viable[first_rows] = narrowed
-        # Exact integer counts (a uint8 view of the masks, counted in int32: the fast sum).
-        after = np.add.reduce(narrowed.view(np.uint8), axis=1, dtype=np.int32)
-        ratio = after / np.add.reduce(before_rows.view(np.uint8), axis=1, dtype=np.int32)
-        return float(ratio.sum() / ratio.size)  # np.mean's own sum and division, bit for bit
+        self.num_ready -= cells.shape[1]
 
     def commit_host(
         self,
-        viable: np.ndarray,
         model_masks: np.ndarray,
-        kept: list[list[int]],
         rows: list[int],
         pos: list[int],
         items: list[int],
         models: list[int],
-    ) -> float:
+    ) -> None:
         """:meth:`commit` for a round of a few items, from the host search's inputs.
 
         Args:
-          viable: bool[n, C] the items' viable masks (rows of this table, gathered).
           model_masks: bool[n, M, C] configuration c uses model m at item i's stage.
-          kept: kept[i][m], the True cells of ``viable[i] & model_masks[i, m]``.
           rows, pos: every item's row and rank position.
           items, models: the placed items (ascending) and the model each runs on.
-
-        The same masks and the same F as :meth:`commit`: a request's mask narrowed by
-        each placed item's model, the ratios of viable counts after / before in item
-        order, averaged by ``ndarray.sum`` (one ratio: itself). A request with one placed
-        item keeps ``kept[i][m]`` of its configurations.
         """
-        p = len(items)
-        p_rows = [rows[i] for i in items]
-        if p == 1:
-            i, m, row = items[0], models[0], p_rows[0]
-            self.viable[row] = viable[i] & model_masks[i, m]
-            self.ready[row, pos[i]] = False
+        if len(items) == 1:
+            i = items[0]
+            self.viable[rows[i]] &= model_masks[i, models[0]]
+            self.ready[rows[i], pos[i]] = False
             self.num_ready -= 1
-            return kept[i][m] / max(int(np.count_nonzero(viable[i])), 1)
-        starts = [k for k in range(p) if k == 0 or p_rows[k] != p_rows[k - 1]]
-        index = np.array(items)
-        narrowed = viable[index] & model_masks[index, models]
-        first = index if len(starts) == p else index[starts]
-        if len(starts) == p:  # one placed item per request: nothing to combine
-            after = [kept[i][m] for i, m in zip(items, models, strict=True)]
-        else:
-            narrowed = _and_groups(narrowed, np.array(starts))
-            after = np.add.reduce(narrowed.view(np.uint8), axis=1, dtype=np.int64).tolist()
-        before = np.add.reduce(viable[first].view(np.uint8), axis=1, dtype=np.int64).tolist()
-        self.viable[[p_rows[k] for k in starts]] = narrowed
+            return
+        p_rows = [rows[i] for i in items]
+        _narrow(self.viable, p_rows, model_masks[items, models])
         self.ready[p_rows, [pos[i] for i in items]] = False
-        self.num_ready -= p
-        ratios = [a / max(b, 1) for a, b in zip(after, before, strict=True)]
-        if len(ratios) == 1:
-            return ratios[0]
-        ratio = np.array(ratios)
-        return float(ratio.sum() / ratio.size)
+        self.num_ready -= len(items)
 
     def compact(self, live: Iterable[Any]) -> None:
         """Move the rows of the ``live`` requests (FIFO order, each with a ``row``
@@ -385,14 +321,14 @@ def valid_prefix(size: int, n: int) -> np.ndarray:
     return _valid_template(size)[size - n : 2 * size - n]
 
 
-def _and_groups(masks: np.ndarray, starts: np.ndarray | list[int]) -> np.ndarray:
-    """bool[g, C]: the AND of each group of consecutive rows of ``masks`` (a fresh
-    bool[p, C]), groups starting at ``starts``. Bools are bytes 0/1, so AND-ing them eight
-    at a time as uint64 words gives the same bytes as ``np.logical_and.reduceat``, about
-    five times faster."""
-    if masks.shape[1] % 8 or not masks.flags.c_contiguous:
-        return np.logical_and.reduceat(masks, starts, axis=0)
-    return np.bitwise_and.reduceat(masks.view(np.uint64), starts, axis=0).view(np.bool_)
+def _narrow(table: np.ndarray, rows: np.ndarray | list[int], masks: np.ndarray) -> None:
+    """``table[rows[k]] &= masks[k]`` for every k in order, a row listed twice narrowed
+    twice (``ufunc.at`` is unbuffered). Bools are bytes 0/1, so AND-ing the rows eight
+    bytes at a time as uint64 words gives the same bytes as ``np.logical_and.at``."""
+    if table.shape[1] % 8 or not (table.flags.c_contiguous and masks.flags.c_contiguous):
+        np.logical_and.at(table, rows, masks)
+    else:
+        np.bitwise_and.at(table.view(np.uint64), rows, masks.view(np.uint64))
 
 
 def _cell_table(

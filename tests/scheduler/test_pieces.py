@@ -102,6 +102,36 @@ def test_plans_carry_round_ids_and_dump_the_replay_and_decision():
     assert dump["decision"]["assignments"][0]["stage"] == 0
 
 
+def test_a_plans_flexibility_is_computed_from_its_record_when_first_read():
+    """F is not computed by the round (nothing in serving or the simulator reads it) but
+    on first read, from the record: per request the configurations viable before the
+    round that every placed item's model keeps, over the viable ones, averaged over the
+    requests; the same on the host path and the arrays path."""
+    sp = space(DAG)
+    rng = np.random.default_rng(3)
+    masks = {r: rng.random(sp.num_configs) < 0.6 for r in ("x", "y")}
+    for small in (8, 0):
+        sched = Scheduler(FLEET, BeamPolicy(4, small_items=small), spaces=[sp])
+        for r, mask in masks.items():
+            sched.add_request(r, sp, mask)
+        for a in sched.schedule(LoadVector.idle(FLEET)).assignments:  # stage a of both
+            sched.on_stage_finished(a.request_id, a.stage)
+        before = {r: sched.viable_mask(r).copy() for r in masks}
+        plan = sched.schedule(LoadVector.idle(FLEET))  # b and c of both: 4 items
+        assert len(plan.assignments) == 4 and "flexibility" not in vars(plan)
+        shares = []
+        for r in masks:
+            kept = before[r].copy()
+            for a in plan.assignments:
+                if a.request_id == r:
+                    names = np.array(sp.model_names)[sp.configs[:, a.stage]]
+                    kept &= names == a.model
+            assert np.array_equal(kept, sched.viable_mask(r))  # what the commit narrowed
+            shares.append(kept.sum() / before[r].sum())
+        assert plan.flexibility == float(np.mean(shares)) < 1.0
+        assert vars(plan)["flexibility"] == plan.flexibility  # kept once read
+
+
 def test_stage_queries_are_indices_and_the_ready_count_follows_every_transition():
     sp = space(DAG)
     sched = Scheduler(FLEET, "aragog", spaces=[sp])
