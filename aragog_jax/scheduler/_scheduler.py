@@ -613,7 +613,7 @@ class Scheduler:
         """A small round of a :class:`BeamPolicy` on the host, straight from the tables:
         what ``schedule`` gets from ``policy.assign`` (``small_round``) on the round's
         padded arrays and commits from them, without building them (``host_search`` on the
-        items' rows; the commit one request at a time)."""
+        items' rows; :meth:`RowTables.commit_host`)."""
         rows, pos, stages, cols, _ = items
         policy = self.policy
         tables = self.tables
