@@ -1,8 +1,8 @@
 """What one scheduling round decided, and how to render it for replay.
 
 A :class:`Plan` is the scheduler's output of one round: the assignments (request id,
-stage index, engine), the round's U (F on demand), and a :class:`RoundRecord` holding references
-to what the round saw. Rendering the round as the round-replay CLI's input
+stage index, engine), the round's U, and a :class:`RoundRecord` holding references to
+what the round saw. The round's F, its rendering as the round-replay CLI's input
 (:meth:`Plan.to_replay`) and the skipped stages are built from the record only when
 asked for, so a round that nobody inspects pays nothing for them.
 """

@@ -670,9 +670,7 @@ class Scheduler:
             record = self._record(load, rows, stages, viable, np.array([-1], dtype=np.int32))
             return Plan((), 0.0, policy, record, 0, round_id)
         e = best[2]
-        tables.viable[row] = viable[0] & masks[self._engine_model_list[e]]
-        tables.ready[row, pos] = False
-        tables.num_ready -= 1
+        tables.commit_one(row, pos, masks[self._engine_model_list[e]])
         assignments, counts = self._start([row], [stage], [e])
         record = self._record(load, rows, stages, viable, np.array([e], dtype=np.int32))
         return Plan(assignments, curves.utilization(counts), policy, record, 1, round_id)

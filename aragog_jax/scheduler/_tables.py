@@ -213,14 +213,20 @@ class RowTables:
         """
         if len(items) == 1:
             i = items[0]
-            self.viable[rows[i]] &= model_masks[i, models[0]]
-            self.ready[rows[i], pos[i]] = False
-            self.num_ready -= 1
+            self.commit_one(rows[i], pos[i], model_masks[i, models[0]])
             return
         p_rows = [rows[i] for i in items]
         _narrow(self.viable, p_rows, model_masks[items, models])
         self.ready[p_rows, [pos[i] for i in items]] = False
         self.num_ready -= len(items)
+
+    def commit_one(self, row: int, pos: int, mask: np.ndarray) -> None:
+        """:meth:`commit` of one placed item: rank position ``pos`` of ``row`` leaves the
+        ready table and the row's mask narrows by ``mask`` (bool[C], the configurations
+        that use the item's model at its stage)."""
+        self.viable[row] &= mask
+        self.ready[row, pos] = False
+        self.num_ready -= 1
 
     def compact(self, live: Iterable[Any]) -> None:
         """Move the rows of the ``live`` requests (FIFO order, each with a ``row``
