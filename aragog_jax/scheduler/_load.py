@@ -117,11 +117,14 @@ class EngineLoad:
         waiting: int,
         kv_usage: float,
         healthy: bool,
-        free_slots: int,
+        free: int = -1,
     ) -> EngineLoad:
-        """An engine's load from observations the caller has checked (counts >= 0, free
-        slots worked out): what a live server builds for every engine every round,
-        without the dataclass's per-field ``object.__setattr__`` and checks."""
+        """An engine's load from observations the caller has checked (counts >= 0):
+        what a live server builds for every engine every round, without the dataclass's
+        per-field ``object.__setattr__`` and checks. ``free`` < 0 derives the free slots
+        from the observations, as the constructor does."""
+        if free < 0:
+            free = free_slots(engine.saturation_batch, running, waiting, kv_usage, healthy)
         load = object.__new__(cls)
         load.__dict__.update(
             name=engine.name,
@@ -132,7 +135,7 @@ class EngineLoad:
             waiting=waiting,
             kv_usage=kv_usage,
             healthy=healthy,
-            free_slots=free_slots,
+            free_slots=free,
         )
         return load
 

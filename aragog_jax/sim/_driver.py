@@ -31,7 +31,6 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from aragog_jax.engines.batching import BatchingEngine
-from aragog_jax.engines.model import free_slots
 from aragog_jax.errors import AragogError
 from aragog_jax.scheduler import (
     COMPILED,
@@ -259,8 +258,7 @@ def _simulate(
             else:
                 eng = engines[e]
                 running, waiting, kv = eng.b, len(eng.waiting), eng.kv_usage()
-            free = free_slots(info.saturation_batch, running, waiting, kv, True)
-            obs.append(load_of(info, running, waiting, kv, True, free))
+            obs.append(load_of(info, running, waiting, kv, True))
         return LoadVector.ordered(tuple(obs), engine_names)
 
     def dispatch(plan_assignments, t: float) -> None:

@@ -230,3 +230,19 @@ def test_loads_built_for_a_round_equal_the_checked_constructors():
     assert vector == LoadVector(slow) and vector.names == names
     assert vector.in_order(names) is vector
     assert vector.in_order(names[::-1]).names == names[::-1]
+    # Without free slots given, ``of`` derives them as the constructor does.
+    derived_free = []
+    for running, waiting, kv, healthy in (
+        (1, 0, 0.1, True),
+        (3, 1, 0.25, True),
+        (90, 40, 0.97, True),
+        (0, 0, 0.0, False),
+    ):
+        for e in fleet:
+            derived = EngineLoad.of(e, running, waiting, kv, healthy)
+            checked = EngineLoad.observe(
+                e, running=running, waiting=waiting, kv_usage=kv, healthy=healthy
+            )
+            assert derived == checked and derived.free_slots == checked.free_slots
+            derived_free.append(derived.free_slots)
+    assert max(derived_free) > 0 and min(derived_free) == 0
